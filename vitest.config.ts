@@ -1,0 +1,13 @@
+import { defineConfig } from "vitest/config";
+
+export default defineConfig({
+  test: {
+    include: ["src/**/*.test.ts", "test/**/*.test.ts"],
+    testTimeout: 60_000,
+    hookTimeout: 60_000,
+    pool: "forks",
+    // Cluster tests start real processes; keep parallelism modest on a 2-core machine.
+    maxWorkers: 2,
+    reporters: ["default"],
+  },
+});
