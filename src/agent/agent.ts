@@ -1,0 +1,492 @@
+import { mkdir } from "node:fs/promises";
+import { hostname } from "node:os";
+import * as path from "node:path";
+import { create } from "@bufbuild/protobuf";
+import { fetchPinnedCa } from "../client/pinning.js";
+import { createClients, createCoordinatorTransport } from "../client/transport.js";
+import { fromConnectError } from "../control/api/errorMapping.js";
+import { generateKeyAndCsr } from "../control/security/pki.js";
+import { parseToken } from "../control/security/tokens.js";
+import {
+  CapacitySchema,
+  type HeartbeatRequest,
+  HeartbeatRequestSchema,
+  NodeInfoSchema,
+} from "../gen/cloudless/v1/node_pb.js";
+import { type Clock, systemClock } from "../lib/clock.js";
+import { CloudlessError } from "../lib/errors.js";
+import { acquirePidLock } from "../lib/pidLock.js";
+import { mathRng, type Rng } from "../lib/rng.js";
+import type { Logger } from "../observe/logger.js";
+import { silentLogger } from "../observe/logger.js";
+import { type AgentIdentity, certificateWindow, loadIdentity, saveIdentity } from "./identity.js";
+import {
+  type CapacityOverrides,
+  collectNodeInfo,
+  type MeasuredCapacity,
+  measureCapacity,
+  measureEgressMbps,
+  UsageSampler,
+} from "./resources/index.js";
+
+export const agentVersion = "0.1.0";
+
+export interface AgentOptions {
+  dataDir: string;
+  /** Coordinator URLs; required to join, optional afterwards (the saved ones are used). */
+  joinUrls?: string[];
+  token?: string;
+  name?: string;
+  region?: string;
+  zone?: string;
+  labels?: Record<string, string>;
+  overrides?: CapacityOverrides;
+  clock?: Clock;
+  rng?: Rng;
+  logger?: Logger;
+  /** Renew the certificate once this fraction of its lifetime has passed. */
+  renewAtFraction?: number;
+}
+
+export interface AgentExit {
+  code: number;
+  message: string;
+}
+
+export interface Agent {
+  nodeName: string;
+  capacity: MeasuredCapacity;
+  /** Resolves when the agent stops, by stop() or a fatal error. */
+  done: Promise<AgentExit>;
+  /** Stops the agent; with leave, tells the coordinator first (graceful leave). */
+  stop(options?: { leave?: boolean }): Promise<AgentExit>;
+}
+
+const reconnectBaseMs = 200;
+const reconnectMaxMs = 5_000;
+const leaveAckTimeoutMs = 2_000;
+const renewCheckIntervalMs = 5_000;
+
+/** Enrolls (first run) or reuses the saved identity, then keeps a heartbeat stream up. */
+export async function startAgent(options: AgentOptions): Promise<Agent> {
+  const clock = options.clock ?? systemClock;
+  const rng = options.rng ?? mathRng;
+  const dataDir = path.resolve(options.dataDir);
+  await mkdir(dataDir, { recursive: true, mode: 0o700 });
+  const lock = await acquirePidLock(path.join(dataDir, "agent.lock"), `agent data dir ${dataDir}`);
+  try {
+    let identity = await loadIdentity(dataDir);
+    const baseLogger = options.logger ?? silentLogger;
+    if (identity) {
+      if (options.name && options.name !== identity.nodeName) {
+        throw CloudlessError.invalid(
+          `data dir ${dataDir} holds the identity of node "${identity.nodeName}", not "${options.name}"; use another --data-dir for a second node`,
+        );
+      }
+      if (options.joinUrls && options.joinUrls.length > 0) {
+        identity = { ...identity, servers: options.joinUrls };
+        await saveIdentity(dataDir, identity);
+      }
+      baseLogger.info({ node: identity.nodeName }, "reusing saved identity; no token needed");
+    } else {
+      identity = await enroll(options, dataDir, baseLogger);
+    }
+    const logger = baseLogger.child({ node: identity.nodeName });
+    const runner = new AgentRunner(identity, options, dataDir, clock, rng, logger, lock.release);
+    await runner.start();
+    return runner.handle();
+  } catch (error) {
+    await lock.release();
+    throw error;
+  }
+}
+
+async function enroll(
+  options: AgentOptions,
+  dataDir: string,
+  logger: Logger,
+): Promise<AgentIdentity> {
+  const joinUrl = options.joinUrls?.[0];
+  if (!joinUrl || !options.token) {
+    throw CloudlessError.invalid(
+      `this agent has not joined a cluster yet (no identity in ${dataDir}); pass --join URL --token TOKEN`,
+    );
+  }
+  const parsed = parseToken(options.token);
+  if (!parsed.ok) throw CloudlessError.invalid(parsed.reason);
+  const nodeName = options.name ?? defaultNodeName();
+  const caPem = await fetchPinnedCa(joinUrl, parsed.caFingerprint);
+  const { keyPem, csrPem } = await generateKeyAndCsr({ commonName: nodeName });
+  // The cluster name is only known after enrollment; for this one call any
+  // coordinator certificate from the pinned CA is accepted.
+  const clients = createClients(createCoordinatorTransport({ baseUrl: joinUrl, caPem }));
+  try {
+    const response = await clients.nodes.enroll({
+      token: options.token,
+      name: nodeName,
+      csrPem,
+      region: options.region ?? "",
+      zone: options.zone ?? "",
+      labels: options.labels ?? {},
+    });
+    const identity: AgentIdentity = {
+      nodeName: response.nodeName,
+      clusterName: response.clusterName,
+      servers: options.joinUrls ?? [joinUrl],
+      caPem: response.caPem,
+      certPem: response.certificatePem,
+      keyPem,
+    };
+    await saveIdentity(dataDir, identity);
+    logger.info({ node: nodeName, cluster: response.clusterName }, "enrolled");
+    return identity;
+  } catch (error) {
+    throw fromConnectError(error);
+  }
+}
+
+function defaultNodeName(): string {
+  const name = hostname()
+    .toLowerCase()
+    .replace(/[^a-z0-9-]/g, "-")
+    .replace(/^-+|-+$/g, "")
+    .slice(0, 63);
+  return name || "node";
+}
+
+interface StreamSession {
+  abort: AbortController;
+  done: Promise<void>;
+  firstAck: Promise<boolean>;
+  leave(): Promise<void>;
+}
+
+class AgentRunner {
+  private clients: ReturnType<typeof createClients>;
+  private capacity!: MeasuredCapacity;
+  private readonly usage = new UsageSampler();
+  private intervalMs = 1000;
+  private stopping = false;
+  private current: StreamSession | undefined;
+  private exit: AgentExit | undefined;
+  private resolveDone!: (exit: AgentExit) => void;
+  private readonly done = new Promise<AgentExit>((resolve) => {
+    this.resolveDone = resolve;
+  });
+  private cancelRenewTimer: (() => void) | undefined;
+  private wakeBackoff: (() => void) | undefined;
+
+  constructor(
+    private identity: AgentIdentity,
+    private readonly options: AgentOptions,
+    private readonly dataDir: string,
+    private readonly clock: Clock,
+    private readonly rng: Rng,
+    private readonly logger: Logger,
+    private readonly releaseLock: () => Promise<void>,
+  ) {
+    this.clients = createClients(this.transportFor(identity));
+  }
+
+  async start(): Promise<void> {
+    this.capacity = await measureCapacity({
+      dataDir: this.dataDir,
+      overrides: this.options.overrides,
+      measureEgressMbps: () =>
+        measureEgressMbps(async (chunks) => {
+          const response = await this.clients.nodes.measureEgress(
+            (async function* () {
+              for await (const chunk of chunks) yield { chunk };
+            })(),
+          );
+          return {
+            bytesReceived: Number(response.bytesReceived),
+            durationMs: response.durationMs,
+          };
+        }),
+    });
+    this.logger.info({ capacity: this.capacity }, "measured capacity");
+    void this.run();
+    this.scheduleRenewal();
+  }
+
+  handle(): Agent {
+    return {
+      nodeName: this.identity.nodeName,
+      capacity: this.capacity,
+      done: this.done,
+      stop: (options) => this.stop(options?.leave ?? true),
+    };
+  }
+
+  private transportFor(identity: AgentIdentity) {
+    const server = identity.servers[0];
+    if (!server) throw CloudlessError.invalid("no coordinator URL known; pass --join URL");
+    return createCoordinatorTransport({
+      baseUrl: server,
+      clusterName: identity.clusterName,
+      caPem: identity.caPem,
+      certPem: identity.certPem,
+      keyPem: identity.keyPem,
+    });
+  }
+
+  private async run(): Promise<void> {
+    let attempt = 0;
+    while (!this.stopping) {
+      const session = this.current ?? this.openSession();
+      this.current = session;
+      const openedMs = this.clock.nowMs();
+      await session.done;
+      if (this.current !== session) continue; // rotated to a new certificate
+      this.current = undefined;
+      if (this.stopping) break;
+      if (this.clock.nowMs() - openedMs > 10_000) attempt = 0;
+      const delayMs = Math.round(
+        this.rng.next() * Math.min(reconnectMaxMs, reconnectBaseMs * 2 ** attempt),
+      );
+      attempt = Math.min(attempt + 1, 10);
+      this.logger.debug({ delayMs }, "heartbeat stream ended; reconnecting");
+      await new Promise<void>((resolve) => {
+        const cancel = this.clock.setTimeout(resolve, delayMs);
+        this.wakeBackoff = () => {
+          cancel();
+          resolve();
+        };
+      });
+      this.wakeBackoff = undefined;
+    }
+  }
+
+  private openSession(): StreamSession {
+    const abort = new AbortController();
+    const outgoing = new MessageQueue<HeartbeatRequest>();
+    let resolveFirstAck!: (ok: boolean) => void;
+    const firstAck = new Promise<boolean>((resolve) => {
+      resolveFirstAck = resolve;
+    });
+    let resolveLeaveAck: (() => void) | undefined;
+    const info = collectNodeInfo(agentVersion, []);
+    outgoing.push(
+      create(HeartbeatRequestSchema, {
+        kind: {
+          case: "hello",
+          value: {
+            nodeName: this.identity.nodeName,
+            capacity: create(CapacitySchema, {
+              cpuMillicores: this.capacity.cpuMillicores,
+              memoryMib: this.capacity.memoryMiB,
+              storageGib: this.capacity.storageGiB,
+              iopsClass: this.capacity.iopsClass,
+              measuredIops: this.capacity.measuredIops,
+              egressMbps: Math.round(this.capacity.egressMbps),
+              egressSource: this.capacity.egressSource,
+              source: this.capacity.source,
+            }),
+            info: create(NodeInfoSchema, info),
+            region: this.options.region ?? "",
+            zone: this.options.zone ?? "",
+            labels: this.options.labels ?? {},
+          },
+        },
+      }),
+    );
+    let seq = 0n;
+    let cancelBeat: (() => void) | undefined;
+    const beat = () => {
+      seq += 1n;
+      const sample = this.usage.sample();
+      outgoing.push(
+        create(HeartbeatRequestSchema, {
+          kind: {
+            case: "beat",
+            value: {
+              seq,
+              usage: {
+                cpuMillicoresUsed: Math.round(sample.cpuMillicoresUsed),
+                memoryMibUsed: Math.round(sample.memoryMiBUsed),
+              },
+            },
+          },
+        }),
+      );
+      cancelBeat = this.clock.setTimeout(beat, this.intervalMs);
+    };
+
+    const done = (async () => {
+      try {
+        const responses = this.clients.nodes.heartbeat(outgoing.drain(), {
+          signal: abort.signal,
+          timeoutMs: 0,
+        });
+        let first = true;
+        for await (const response of responses) {
+          if (response.intervalMs > 0) this.intervalMs = response.intervalMs;
+          if (first) {
+            first = false;
+            resolveFirstAck(true);
+            this.logger.info("connected; heartbeating");
+            cancelBeat = this.clock.setTimeout(beat, this.intervalMs);
+          }
+          if (resolveLeaveAck && response.ackSeq === 0n) resolveLeaveAck();
+        }
+      } catch (error) {
+        if (abort.signal.aborted) return;
+        const normalized = fromConnectError(error);
+        if (normalized.code === "Unauthenticated" || normalized.code === "PermissionDenied") {
+          this.fail(1, normalized.message);
+          return;
+        }
+        this.logger.warn({ err: normalized.message }, "heartbeat stream failed");
+      } finally {
+        cancelBeat?.();
+        outgoing.close();
+        resolveFirstAck(false);
+      }
+    })();
+
+    return {
+      abort,
+      done,
+      firstAck,
+      leave: async () => {
+        const acked = new Promise<void>((resolve) => {
+          resolveLeaveAck = resolve;
+        });
+        cancelBeat?.();
+        outgoing.push(
+          create(HeartbeatRequestSchema, {
+            kind: { case: "leave", value: { reason: "shutdown" } },
+          }),
+        );
+        await Promise.race([
+          acked,
+          new Promise<void>((resolve) => this.clock.setTimeout(resolve, leaveAckTimeoutMs)),
+        ]);
+        abort.abort();
+      },
+    };
+  }
+
+  private scheduleRenewal(): void {
+    const check = async () => {
+      if (this.stopping) return;
+      try {
+        const { notBeforeMs, notAfterMs } = certificateWindow(this.identity.certPem);
+        const renewAtMs =
+          notBeforeMs + (notAfterMs - notBeforeMs) * (this.options.renewAtFraction ?? 2 / 3);
+        if (this.clock.nowMs() >= renewAtMs) await this.renew();
+      } catch (error) {
+        this.logger.warn(
+          { err: fromConnectError(error).message },
+          "certificate renewal failed; will retry",
+        );
+      }
+      if (!this.stopping)
+        this.cancelRenewTimer = this.clock.setTimeout(() => void check(), this.renewCheckMs());
+    };
+    this.cancelRenewTimer = this.clock.setTimeout(() => void check(), this.renewCheckMs());
+  }
+
+  private renewCheckMs(): number {
+    const { notBeforeMs, notAfterMs } = certificateWindow(this.identity.certPem);
+    return Math.max(500, Math.min(renewCheckIntervalMs, (notAfterMs - notBeforeMs) / 20));
+  }
+
+  /** Renews the certificate and moves the heartbeat stream over without a gap. */
+  private async renew(): Promise<void> {
+    const { keyPem, csrPem } = await generateKeyAndCsr({ commonName: this.identity.nodeName });
+    const response = await this.clients.nodes.renewCertificate({ csrPem });
+    const renewed: AgentIdentity = {
+      ...this.identity,
+      certPem: response.certificatePem,
+      caPem: response.caPem || this.identity.caPem,
+      keyPem,
+    };
+    await saveIdentity(this.dataDir, renewed);
+    this.identity = renewed;
+    this.clients = createClients(this.transportFor(renewed));
+    const { notAfterMs } = certificateWindow(renewed.certPem);
+    this.logger.info({ notAfter: new Date(notAfterMs).toISOString() }, "certificate renewed");
+    // Open the new stream first; the old one closes once the new one is acknowledged,
+    // so the coordinator never sees the node without a stream.
+    const previous = this.current;
+    const next = this.openSession();
+    if (await next.firstAck) {
+      this.current = next;
+      previous?.abort.abort();
+    } else {
+      next.abort.abort();
+    }
+  }
+
+  private fail(code: number, message: string): void {
+    if (this.exit) return;
+    this.logger.error({ reason: message }, "agent stopping");
+    void this.finish({ code, message });
+  }
+
+  private async stop(leave: boolean): Promise<AgentExit> {
+    if (!this.exit) {
+      if (leave && this.current) {
+        await this.current.leave().catch(() => undefined);
+      }
+      await this.finish({ code: 0, message: leave ? "left the cluster" : "stopped" });
+    }
+    return this.done;
+  }
+
+  private async finish(exit: AgentExit): Promise<void> {
+    if (this.exit) return;
+    this.exit = exit;
+    this.stopping = true;
+    this.cancelRenewTimer?.();
+    this.current?.abort.abort();
+    this.wakeBackoff?.();
+    await this.releaseLock();
+    this.resolveDone(exit);
+  }
+}
+
+/** The outgoing side of a stream; bounded, since the agent pushes one beat per interval. */
+class MessageQueue<T> {
+  private readonly items: T[] = [];
+  private waiter: ((result: IteratorResult<T>) => void) | undefined;
+  private closed = false;
+
+  push(item: T): void {
+    if (this.closed) return;
+    if (this.waiter) {
+      const waiter = this.waiter;
+      this.waiter = undefined;
+      waiter({ value: item, done: false });
+    } else if (this.items.length < 1000) {
+      this.items.push(item);
+    }
+  }
+
+  close(): void {
+    this.closed = true;
+    const waiter = this.waiter;
+    this.waiter = undefined;
+    waiter?.({ value: undefined, done: true });
+  }
+
+  private next(): Promise<IteratorResult<T>> {
+    const item = this.items.shift();
+    if (item !== undefined) return Promise.resolve({ value: item, done: false });
+    if (this.closed) return Promise.resolve({ value: undefined, done: true });
+    return new Promise((resolve) => {
+      this.waiter = resolve;
+    });
+  }
+
+  /** The queue as an async generator (which the RPC layer requires), ending on close(). */
+  async *drain(): AsyncGenerator<T> {
+    for (;;) {
+      const result = await this.next();
+      if (result.done) return;
+      yield result.value;
+    }
+  }
+}

@@ -1,0 +1,249 @@
+import { readFile } from "node:fs/promises";
+import * as path from "node:path";
+import type { Command } from "commander";
+import { type Agent, startAgent } from "../../agent/agent.js";
+import { defaultDataDir } from "../../client/config.js";
+import { type Coordinator, startCoordinator } from "../../control/coordinator.js";
+import { parseDurationMs } from "../../lib/duration.js";
+import { CloudlessError } from "../../lib/errors.js";
+import { createLogger, isLogLevel } from "../../observe/logger.js";
+import { action, fail } from "../run.js";
+import { collect, splitLabel } from "./nodeCommands.js";
+
+export function parseLogLevel(value: string) {
+  if (!isLogLevel(value))
+    fail(`--log-level ${value}: use trace, debug, info, warn, error or silent`);
+  return value;
+}
+
+export function parsePort(value: string): number {
+  const port = Number(value);
+  if (!Number.isInteger(port) || port < 0 || port > 65_535) {
+    fail(`--port ${value}: expected a port number between 0 and 65535`);
+  }
+  return port;
+}
+
+function positiveNumber(flag: string, value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  const number = Number(value);
+  if (!Number.isFinite(number) || number <= 0) fail(`${flag} ${value}: expected a positive number`);
+  return number;
+}
+
+function durationFlag(flag: string, value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  const ms = parseDurationMs(value);
+  if (ms === undefined || ms <= 0)
+    fail(`${flag} ${value}: expected a duration such as 500ms, 10s or 24h`);
+  return ms;
+}
+
+export interface CoordinatorFlags {
+  dataDir: string;
+  host: string;
+  port: string;
+  clusterName: string;
+  san: string[];
+  advertiseUrl?: string;
+  heartbeatInterval?: string;
+  phiSuspect?: string;
+  phiLost?: string;
+  streamLossGrace?: string;
+  startupGrace?: string;
+  nodeCertTtl?: string;
+  logLevel: string;
+}
+
+export function addCoordinatorFlags(command: Command, defaults: { dataDir: string }): Command {
+  return command
+    .option("--data-dir <dir>", "where the store, CA and admin config live", defaults.dataDir)
+    .option("--host <address>", "address to listen on", "0.0.0.0")
+    .option("--port <port>", "port to listen on (gRPC and HTTP/JSON over mTLS)", "7443")
+    .option("--cluster-name <name>", "cluster name (trust domain), set on first start", "cloudless")
+    .option(
+      "--san <name>",
+      "extra DNS name or IP for the server certificate (repeatable)",
+      collect,
+      [],
+    )
+    .option("--advertise-url <url>", "URL written into admin.conf")
+    .option("--heartbeat-interval <duration>", "how often agents heartbeat", "1s")
+    .option("--phi-suspect <phi>", "phi at which a silent node becomes NotReady")
+    .option("--phi-lost <phi>", "phi at which a NotReady node becomes Lost")
+    .option(
+      "--stream-loss-grace <duration>",
+      "time a disconnected node has to reconnect before it is Lost",
+    )
+    .option(
+      "--startup-grace <duration>",
+      "time nodes get to reconnect after the coordinator starts",
+    )
+    .option(
+      "--node-cert-ttl <duration>",
+      "lifetime of node certificates (agents renew at 2/3)",
+      "24h",
+    )
+    .option("--log-level <level>", "trace, debug, info, warn, error or silent", "info");
+}
+
+export async function coordinatorFromFlags(
+  flags: CoordinatorFlags,
+  logDestination?: NodeJS.WritableStream,
+): Promise<Coordinator> {
+  const logger = createLogger({
+    component: "coordinator",
+    level: parseLogLevel(flags.logLevel),
+    destination: logDestination,
+  });
+  const membership: Record<string, number> = {};
+  const interval = durationFlag("--heartbeat-interval", flags.heartbeatInterval);
+  if (interval !== undefined) membership.heartbeatIntervalMs = interval;
+  const phiSuspect = positiveNumber("--phi-suspect", flags.phiSuspect);
+  if (phiSuspect !== undefined) membership.phiSuspect = phiSuspect;
+  const phiLost = positiveNumber("--phi-lost", flags.phiLost);
+  if (phiLost !== undefined) membership.phiLost = phiLost;
+  const streamLoss = durationFlag("--stream-loss-grace", flags.streamLossGrace);
+  if (streamLoss !== undefined) membership.streamLossGraceMs = streamLoss;
+  const startup = durationFlag("--startup-grace", flags.startupGrace);
+  if (startup !== undefined) membership.startupGraceMs = startup;
+  if (
+    membership.phiSuspect !== undefined &&
+    membership.phiLost !== undefined &&
+    membership.phiLost <= membership.phiSuspect
+  ) {
+    fail("--phi-lost must be greater than --phi-suspect");
+  }
+  return startCoordinator({
+    dataDir: flags.dataDir,
+    host: flags.host,
+    port: parsePort(flags.port),
+    clusterName: flags.clusterName,
+    subjectAltNames: flags.san,
+    advertiseUrl: flags.advertiseUrl,
+    membership,
+    heartbeatEstimateMs: interval,
+    nodeCertTtlMs: durationFlag("--node-cert-ttl", flags.nodeCertTtl),
+    logger,
+  });
+}
+
+export function registerDaemonCommands(program: Command): void {
+  addCoordinatorFlags(
+    program.command("coordinator").description("run a coordinator (control plane)"),
+    { dataDir: defaultDataDir() },
+  ).action(
+    action(async (flags: CoordinatorFlags) => {
+      const coordinator = await coordinatorFromFlags(flags);
+      process.stderr.write(
+        `coordinator of cluster "${coordinator.clusterName}" listening on ${coordinator.url}\nadmin config: ${coordinator.adminConfigPath}\n`,
+      );
+      await waitForSignal();
+      await coordinator.stop();
+    }),
+  );
+
+  program
+    .command("agent")
+    .description("run a node agent: join a cluster (first run) and keep heartbeating")
+    .option("--join <url>", "coordinator URL, e.g. https://10.0.0.1:7443 (repeatable)", collect, [])
+    .option("--token <token>", "one-time bootstrap token (or CLOUDLESS_TOKEN, or --token-file)")
+    .option("--token-file <file>", "read the bootstrap token from a file")
+    .option("--name <name>", "node name (default: the host name)")
+    .option("--region <region>", "region label of this node", "")
+    .option("--zone <zone>", "zone label of this node", "")
+    .option("--label <k=v>", "node label (repeatable)", collect, [])
+    .option(
+      "--data-dir <dir>",
+      "where the agent keeps its identity and state",
+      path.join(defaultDataDir(), "agent"),
+    )
+    .option("--cpu-millicores <n>", "override measured CPU")
+    .option("--memory-mib <n>", "override measured memory")
+    .option("--storage-gib <n>", "override measured storage")
+    .option("--egress-mbps <n>", "configure egress bandwidth instead of measuring it")
+    .option("--log-level <level>", "trace, debug, info, warn, error or silent", "info")
+    .action(
+      action(
+        async (flags: {
+          join: string[];
+          token?: string;
+          tokenFile?: string;
+          name?: string;
+          region: string;
+          zone: string;
+          label: string[];
+          dataDir: string;
+          cpuMillicores?: string;
+          memoryMib?: string;
+          storageGib?: string;
+          egressMbps?: string;
+          logLevel: string;
+        }) => {
+          const logger = createLogger({ component: "agent", level: parseLogLevel(flags.logLevel) });
+          for (const url of flags.join) {
+            if (!/^https:\/\/[^/]+/.test(url))
+              fail(`--join ${url}: expected an https:// URL such as https://10.0.0.1:7443`);
+          }
+          let token = flags.token ?? process.env.CLOUDLESS_TOKEN;
+          if (flags.tokenFile) {
+            token = (
+              await readFile(flags.tokenFile, "utf8").catch(() =>
+                fail(`--token-file ${flags.tokenFile}: cannot read it`),
+              )
+            ).trim();
+          }
+          const overrides = {
+            ...(flags.cpuMillicores !== undefined
+              ? { cpuMillicores: Number(flags.cpuMillicores) }
+              : {}),
+            ...(flags.memoryMib !== undefined ? { memoryMiB: Number(flags.memoryMib) } : {}),
+            ...(flags.storageGib !== undefined ? { storageGiB: Number(flags.storageGib) } : {}),
+            ...(flags.egressMbps !== undefined ? { egressMbps: Number(flags.egressMbps) } : {}),
+          };
+          let agent: Agent;
+          try {
+            agent = await startAgent({
+              dataDir: flags.dataDir,
+              joinUrls: flags.join,
+              token,
+              name: flags.name,
+              region: flags.region,
+              zone: flags.zone,
+              labels: Object.fromEntries(flags.label.map(splitLabel)),
+              overrides,
+              logger,
+            });
+          } catch (error) {
+            if (error instanceof CloudlessError) throw error;
+            throw CloudlessError.invalid(error instanceof Error ? error.message : String(error));
+          }
+          process.stderr.write(`agent running as node "${agent.nodeName}"\n`);
+          // Timers inside the agent do not hold the process open; this does, until it stops.
+          const keepAlive = setInterval(() => undefined, 1 << 30);
+          const exit = await Promise.race([
+            agent.done,
+            waitForSignal().then(() => agent.stop({ leave: true })),
+          ]);
+          clearInterval(keepAlive);
+          if (exit.code !== 0) {
+            process.stderr.write(`error: ${exit.message}\n`);
+            process.exit(exit.code);
+          }
+          process.exit(0);
+        },
+      ),
+    );
+}
+
+export function waitForSignal(): Promise<NodeJS.Signals> {
+  return new Promise((resolve) => {
+    const handler = (signal: NodeJS.Signals) => {
+      process.off("SIGINT", handler);
+      process.off("SIGTERM", handler);
+      resolve(signal);
+    };
+    process.on("SIGINT", handler);
+    process.on("SIGTERM", handler);
+  });
+}

@@ -1,0 +1,44 @@
+import { Command, CommanderError } from "commander";
+import { agentVersion } from "../agent/agent.js";
+import { registerDaemonCommands } from "./commands/daemonCommands.js";
+import { registerEventCommands } from "./commands/eventCommands.js";
+import { registerNodeCommands } from "./commands/nodeCommands.js";
+import { registerTokenCommands } from "./commands/tokenCommands.js";
+import { registerUpCommand } from "./commands/upCommand.js";
+import { reportAndExit } from "./run.js";
+
+/** The `cloudless` program: coordinator, agent and client in one. */
+export function buildProgram(): Command {
+  const program = new Command("cloudless")
+    .description("Cloudless: one elastic fabric from heterogeneous machines")
+    .version(agentVersion, "--version")
+    .option(
+      "--config <file>",
+      "client config (default: $CLOUDLESS_CONFIG or ~/.cloudless/admin.conf)",
+    )
+    .showHelpAfterError("(run with --help for usage)")
+    .exitOverride();
+  program.configureOutput({
+    writeErr: (text) => process.stderr.write(text),
+  });
+  registerUpCommand(program);
+  registerDaemonCommands(program);
+  registerTokenCommands(program);
+  registerNodeCommands(program);
+  registerEventCommands(program);
+  return program;
+}
+
+export async function main(argv: string[]): Promise<void> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv);
+  } catch (error) {
+    if (error instanceof CommanderError) {
+      process.exit(error.exitCode === 0 ? 0 : 2);
+    }
+    reportAndExit(error);
+  }
+}
+
+await main(process.argv);

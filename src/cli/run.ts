@@ -1,0 +1,45 @@
+import { CloudlessError } from "../lib/errors.js";
+
+const exitCodes: Record<CloudlessError["code"], number> = {
+  InvalidArgument: 2,
+  NotFound: 3,
+  AlreadyExists: 4,
+  Conflict: 4,
+  Unauthenticated: 5,
+  PermissionDenied: 5,
+  Unavailable: 6,
+  Internal: 1,
+};
+
+/**
+ * Runs a command action and turns any failure into one line on stderr and a
+ * non-zero exit code. A stack trace is shown only for internal errors, and only
+ * with CLOUDLESS_DEBUG=1.
+ */
+export function action<A extends unknown[]>(
+  fn: (...args: A) => Promise<void>,
+): (...args: A) => Promise<void> {
+  return async (...args: A) => {
+    try {
+      await fn(...args);
+    } catch (error) {
+      reportAndExit(error);
+    }
+  };
+}
+
+export function reportAndExit(error: unknown): never {
+  const normalized =
+    error instanceof CloudlessError
+      ? error
+      : CloudlessError.internal(error instanceof Error ? error.message : String(error), error);
+  process.stderr.write(`error: ${normalized.message}\n`);
+  if (process.env.CLOUDLESS_DEBUG === "1" && normalized.cause instanceof Error) {
+    process.stderr.write(`${normalized.cause.stack ?? ""}\n`);
+  }
+  process.exit(exitCodes[normalized.code]);
+}
+
+export function fail(message: string): never {
+  throw CloudlessError.invalid(message);
+}

@@ -1,0 +1,71 @@
+import type { HandlerContext } from "@connectrpc/connect";
+import type { Clock } from "../../lib/clock.js";
+import { CloudlessError } from "../../lib/errors.js";
+import type { Logger } from "../../observe/logger.js";
+import type { EventLog } from "../events/eventLog.js";
+import type { MembershipService } from "../membership/membershipService.js";
+import type { NodeRegistry } from "../nodes/nodeRegistry.js";
+import { authorize, type Identity } from "../security/identity.js";
+import type { CertificateAuthority } from "../security/pki.js";
+import type { Store } from "../store/store.js";
+import type { TokenRegistry } from "../tokens/tokenRegistry.js";
+import { type Peer, peerKey } from "./peer.js";
+
+/** Everything the API handlers share: one coordinator's services. */
+export interface CoordinatorServices {
+  clusterName: string;
+  store: Store;
+  nodes: NodeRegistry;
+  tokens: TokenRegistry;
+  events: EventLog;
+  membership: MembershipService;
+  ca: CertificateAuthority;
+  clock: Clock;
+  logger: Logger;
+  nodeCertTtlMs: number;
+  /** Streams of connected nodes, so deleting a node can end its stream at once. */
+  nodeStreams: Map<string, Set<AbortController>>;
+}
+
+export function peerOf(context: HandlerContext): Peer {
+  return context.values.get(peerKey);
+}
+
+function identityOf(context: HandlerContext): Identity {
+  const peer = peerOf(context);
+  if (!peer.identity) {
+    throw CloudlessError.unauthenticated(peer.refusal ?? "a client certificate is required");
+  }
+  return { kind: peer.identity.kind, name: peer.identity.name };
+}
+
+/** The caller must be an administrator. */
+export function requireAdmin(context: HandlerContext): Identity {
+  const identity = identityOf(context);
+  const verdict = authorize(identity, { kind: "admin" });
+  if (!verdict.ok) throw CloudlessError.permissionDenied(verdict.reason);
+  return identity;
+}
+
+/** The caller must be the node `nodeName` itself, or an administrator. */
+export function requireNodeOrAdmin(context: HandlerContext, nodeName: string): Identity {
+  const identity = identityOf(context);
+  const verdict = authorize(identity, { kind: "nodeOrAdmin", nodeName });
+  if (!verdict.ok) throw CloudlessError.permissionDenied(verdict.reason);
+  return identity;
+}
+
+/** The caller must be a node (it then acts as itself only). */
+export function requireNode(context: HandlerContext): Identity {
+  const identity = identityOf(context);
+  if (identity.kind !== "node") {
+    throw CloudlessError.permissionDenied(
+      `only node agents may call this method; you are ${identity.kind} "${identity.name}"`,
+    );
+  }
+  return identity;
+}
+
+export function actorName(identity: Identity): string {
+  return `${identity.kind}/${identity.name}`;
+}

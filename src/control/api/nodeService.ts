@@ -1,0 +1,401 @@
+import { randomUUID } from "node:crypto";
+import { create } from "@bufbuild/protobuf";
+import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
+import {
+  type HeartbeatRequest,
+  type HeartbeatResponse,
+  HeartbeatResponseSchema,
+  type NodeService,
+} from "../../gen/cloudless/v1/node_pb.js";
+import { CloudlessError } from "../../lib/errors.js";
+import { emptyCapacity, emptyInfo, type NodeRecord, nodeKey } from "../nodes/nodeRecord.js";
+import { spiffeUri, validateNodeName } from "../security/pki.js";
+import {
+  actorName,
+  type CoordinatorServices,
+  peerOf,
+  requireAdmin,
+  requireNode,
+  requireNodeOrAdmin,
+} from "./context.js";
+import { capacityFromProto, infoFromProto, nodeToProto } from "./convert.js";
+import { limits, validateLabels, validateLocality } from "./validation.js";
+
+/** How long a new heartbeat stream may take to say hello before it is dropped. */
+const helloTimeoutMs = 10_000;
+/** Upper bound on the bytes one egress measurement may send. */
+const maxEgressProbeBytes = 16 * 1024 * 1024;
+
+export function nodeServiceImpl(services: CoordinatorServices): ServiceImpl<typeof NodeService> {
+  const { nodes, tokens, events, membership, ca, clock, store, logger } = services;
+
+  async function refuseEnrollment(
+    context: HandlerContext,
+    reason: string,
+    message: string,
+    nodeName: string,
+    tokenId?: string,
+  ): Promise<never> {
+    await events.record({
+      type: "EnrollmentRefused",
+      category: "security",
+      subject: nodeName ? `node/${nodeName}` : "node/?",
+      reason,
+      message,
+      actor: `anonymous@${peerOf(context).address}`,
+      attributes: { address: peerOf(context).address, ...(tokenId ? { tokenId } : {}) },
+    });
+    logger.warn({ reason, node: nodeName, address: peerOf(context).address }, "enrollment refused");
+    throw CloudlessError.unauthenticated(message);
+  }
+
+  return {
+    async enroll(request, context) {
+      const name = request.name;
+      const nameCheck = validateNodeName(name);
+      if (!nameCheck.ok) throw CloudlessError.invalid(`--name: ${nameCheck.reason}`);
+      validateLocality(request.region, "region");
+      validateLocality(request.zone, "zone");
+      validateLabels(request.labels);
+      if (request.csrPem.length === 0 || request.csrPem.length > limits.csrPemBytes) {
+        throw CloudlessError.invalid(
+          `csr_pem must be a PEM certificate signing request of at most ${limits.csrPemBytes} bytes`,
+        );
+      }
+      const check = await tokens.check(request.token);
+      if (!check.ok) {
+        return refuseEnrollment(context, check.refusal, check.message, name, check.tokenId);
+      }
+      if (await nodes.get(name)) {
+        throw CloudlessError.alreadyExists(
+          `node "${name}" is already enrolled; delete it with \`cloudless node delete ${name}\` first, or join with another --name`,
+        );
+      }
+      const now = clock.nowMs();
+      let issued: { certPem: string; serial: string; notAfterMs: number };
+      try {
+        issued = await ca.issueFromCsr(request.csrPem, {
+          subjectName: name,
+          spiffeUri: spiffeUri(services.clusterName, "node", name),
+          ttlMs: services.nodeCertTtlMs,
+          nowMs: now,
+          usage: "client",
+        });
+      } catch (error) {
+        throw CloudlessError.invalid(
+          `certificate signing request refused: ${error instanceof Error ? error.message : String(error)}`,
+        );
+      }
+      const record: NodeRecord = {
+        name,
+        uid: randomUUID(),
+        status: "NotReady",
+        statusReason: "AwaitingFirstHeartbeat",
+        region: request.region,
+        zone: request.zone,
+        labels: { ...request.labels },
+        capacity: emptyCapacity(),
+        info: emptyInfo(),
+        cordoned: false,
+        draining: false,
+        enrolledAtMs: now,
+        lastTransitionAtMs: now,
+        certSerials: [issued.serial],
+        certExpiresAtMs: issued.notAfterMs,
+        address: peerOf(context).address,
+        enrollments: 1,
+      };
+      const consume = tokens.consumeOps(check, `node/${name}`);
+      // Token use and node creation commit together or not at all.
+      const result = await store.txn({
+        compare: [consume.compare, { key: nodeKey(name), target: "version", op: "==", version: 0 }],
+        success: [consume.op, { type: "put", key: nodeKey(name), value: JSON.stringify(record) }],
+      });
+      if (!result.succeeded) {
+        return refuseEnrollment(
+          context,
+          "used",
+          "token was used concurrently by another enrollment; create a new one",
+          name,
+          check.record.id,
+        );
+      }
+      await events.record({
+        type: "EnrollmentAccepted",
+        category: "security",
+        subject: `node/${name}`,
+        reason: "ValidToken",
+        message: `node enrolled with token ${check.record.id}`,
+        actor: `node/${name}`,
+        attributes: { address: peerOf(context).address, tokenId: check.record.id },
+      });
+      logger.info({ node: name, tokenId: check.record.id }, "node enrolled");
+      return {
+        nodeName: name,
+        certificatePem: issued.certPem,
+        caPem: ca.certPem,
+        clusterName: services.clusterName,
+      };
+    },
+
+    async *heartbeat(requests: AsyncIterable<HeartbeatRequest>, context) {
+      const identity = requireNode(context);
+      const name = identity.name;
+      const iterator = requests[Symbol.asyncIterator]();
+      const first = await withTimeout(iterator.next(), helloTimeoutMs);
+      if (!first || first.done) return;
+      const hello = first.value.kind.case === "hello" ? first.value.kind.value : undefined;
+      if (!hello) {
+        throw CloudlessError.invalid("the first message on a heartbeat stream must be a hello");
+      }
+      if (hello.nodeName !== name) {
+        await events.record({
+          type: "PermissionDenied",
+          category: "security",
+          subject: `node/${hello.nodeName}`,
+          reason: "ImpersonationAttempt",
+          message: `node "${name}" tried to heartbeat as node "${hello.nodeName}"`,
+          actor: actorName(identity),
+        });
+        throw CloudlessError.permissionDenied(
+          `node "${name}" may not act as node "${hello.nodeName}"`,
+        );
+      }
+      validateLocality(hello.region, "region");
+      validateLocality(hello.zone, "zone");
+      validateLabels(hello.labels);
+      const abort = new AbortController();
+      let streams = services.nodeStreams.get(name);
+      if (!streams) {
+        streams = new Set();
+        services.nodeStreams.set(name, streams);
+      }
+      streams.add(abort);
+      let left = false;
+      let helloed = false;
+      try {
+        const record = await membership.hello(name, {
+          capacity: capacityFromProto(hello.capacity),
+          info: infoFromProto(hello.info),
+          region: hello.region,
+          zone: hello.zone,
+          labels: { ...hello.labels },
+          address: peerOf(context).address,
+        });
+        helloed = true;
+        yield ack(0n, services, record);
+        for (;;) {
+          const next = await raceAbort(iterator.next(), abort.signal);
+          if (next === "aborted") {
+            throw CloudlessError.unauthenticated(
+              `node "${name}" was deleted from the cluster; join again with a new token`,
+            );
+          }
+          if (next.done) break;
+          const message = next.value.kind;
+          if (message.case === "beat") {
+            membership.beat(name);
+            yield ack(message.value.seq, services);
+          } else if (message.case === "leave") {
+            left = true;
+            await membership.leave(name);
+            yield ack(0n, services);
+            return;
+          }
+        }
+      } finally {
+        streams.delete(abort);
+        if (streams.size === 0) services.nodeStreams.delete(name);
+        if (helloed && !left) membership.streamClosed(name);
+      }
+    },
+
+    async renewCertificate(request, context) {
+      const identity = requireNode(context);
+      if (request.csrPem.length === 0 || request.csrPem.length > limits.csrPemBytes) {
+        throw CloudlessError.invalid(`csr_pem must be at most ${limits.csrPemBytes} bytes`);
+      }
+      let issued: { certPem: string; serial: string; notAfterMs: number };
+      try {
+        issued = await ca.issueFromCsr(request.csrPem, {
+          subjectName: identity.name,
+          spiffeUri: spiffeUri(services.clusterName, "node", identity.name),
+          ttlMs: services.nodeCertTtlMs,
+          nowMs: clock.nowMs(),
+          usage: "client",
+        });
+      } catch (error) {
+        throw CloudlessError.invalid(
+          `certificate signing request refused: ${error instanceof Error ? error.message : String(error)}`,
+        );
+      }
+      await nodes.update(identity.name, (node) => {
+        // The previous serial stays valid until it expires, so streams opened with it
+        // keep working while the agent switches over.
+        node.certSerials = [issued.serial, ...node.certSerials].slice(0, 2);
+        node.certExpiresAtMs = issued.notAfterMs;
+        return node;
+      });
+      logger.info({ node: identity.name }, "node certificate renewed");
+      return { certificatePem: issued.certPem, caPem: ca.certPem };
+    },
+
+    async measureEgress(requests, context) {
+      requireNode(context);
+      let bytes = 0;
+      let startedMs: number | undefined;
+      for await (const request of requests) {
+        startedMs ??= performance.now();
+        bytes += request.chunk.byteLength;
+        if (bytes > maxEgressProbeBytes) {
+          throw CloudlessError.invalid(
+            `egress probe larger than ${maxEgressProbeBytes} bytes; send less`,
+          );
+        }
+      }
+      const durationMs = startedMs === undefined ? 0 : Math.round(performance.now() - startedMs);
+      return { bytesReceived: BigInt(bytes), durationMs };
+    },
+
+    async listNodes(request, context) {
+      requireAdmin(context);
+      const selector = Object.entries(request.labelSelector);
+      const all = await nodes.list();
+      const selected = all.filter(
+        (node) =>
+          (request.status === "" || node.status === request.status) &&
+          selector.every(([key, value]) => node.labels[key] === value),
+      );
+      return {
+        nodes: selected.map((node) =>
+          nodeToProto(node, membership.tracker.lastHeartbeatMs(node.name)),
+        ),
+      };
+    },
+
+    async getNode(request, context) {
+      requireNodeOrAdmin(context, request.name);
+      const node = await nodes.mustGet(request.name);
+      return { node: nodeToProto(node, membership.tracker.lastHeartbeatMs(node.name)) };
+    },
+
+    async cordonNode(request, context) {
+      const identity = requireAdmin(context);
+      const node = await setFlags(services, request.name, { cordoned: true }, identity);
+      return { node: nodeToProto(node, membership.tracker.lastHeartbeatMs(node.name)) };
+    },
+
+    async uncordonNode(request, context) {
+      const identity = requireAdmin(context);
+      const node = await setFlags(
+        services,
+        request.name,
+        { cordoned: false, draining: false },
+        identity,
+      );
+      return { node: nodeToProto(node, membership.tracker.lastHeartbeatMs(node.name)) };
+    },
+
+    async drainNode(request, context) {
+      const identity = requireAdmin(context);
+      const node = await setFlags(
+        services,
+        request.name,
+        { cordoned: true, draining: true },
+        identity,
+      );
+      return { node: nodeToProto(node, membership.tracker.lastHeartbeatMs(node.name)) };
+    },
+
+    async deleteNode(request, context) {
+      const identity = requireAdmin(context);
+      await nodes.delete(request.name);
+      membership.forget(request.name);
+      for (const stream of services.nodeStreams.get(request.name) ?? []) stream.abort();
+      await events.record({
+        type: "NodeDeleted",
+        category: "membership",
+        subject: `node/${request.name}`,
+        reason: "Deleted",
+        message: "node removed from the cluster; its certificate is no longer accepted",
+        actor: actorName(identity),
+      });
+      return {};
+    },
+  };
+}
+
+async function setFlags(
+  services: CoordinatorServices,
+  name: string,
+  flags: { cordoned?: boolean; draining?: boolean },
+  identity: { kind: string; name: string },
+): Promise<NodeRecord> {
+  let changed = false;
+  const node = await services.nodes.update(name, (current) => {
+    const next = { ...current, ...flags };
+    changed = next.cordoned !== current.cordoned || next.draining !== current.draining;
+    return changed ? next : undefined;
+  });
+  if (changed) {
+    const type =
+      flags.draining === true
+        ? "NodeDrained"
+        : flags.cordoned === true
+          ? "NodeCordoned"
+          : "NodeUncordoned";
+    await services.events.record({
+      type,
+      category: "operations",
+      subject: `node/${name}`,
+      reason: type.replace("Node", ""),
+      message:
+        type === "NodeDrained"
+          ? "node cordoned and drained: no new replicas are placed on it"
+          : type === "NodeCordoned"
+            ? "node cordoned: no new replicas are placed on it"
+            : "node schedulable again",
+      actor: `${identity.kind}/${identity.name}`,
+    });
+  }
+  return node;
+}
+
+function ack(seq: bigint, services: CoordinatorServices, record?: NodeRecord): HeartbeatResponse {
+  return create(HeartbeatResponseSchema, {
+    ackSeq: seq,
+    intervalMs: services.membership.config.heartbeatIntervalMs,
+    cordoned: record?.cordoned ?? false,
+    draining: record?.draining ?? false,
+  });
+}
+
+async function withTimeout<T>(promise: Promise<T>, timeoutMs: number): Promise<T | undefined> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<undefined>((resolve) => {
+    timer = setTimeout(() => resolve(undefined), timeoutMs);
+  });
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+async function raceAbort<T>(promise: Promise<T>, signal: AbortSignal): Promise<T | "aborted"> {
+  if (signal.aborted) return "aborted";
+  return new Promise<T | "aborted">((resolve, reject) => {
+    const onAbort = () => resolve("aborted");
+    signal.addEventListener("abort", onAbort, { once: true });
+    promise.then(
+      (value) => {
+        signal.removeEventListener("abort", onAbort);
+        resolve(value);
+      },
+      (error: unknown) => {
+        signal.removeEventListener("abort", onAbort);
+        reject(error);
+      },
+    );
+  });
+}

@@ -1,0 +1,63 @@
+import { X509Certificate } from "node:crypto";
+import type { IncomingMessage } from "node:http";
+import type { Http2ServerRequest } from "node:http2";
+import type { TLSSocket } from "node:tls";
+import { createContextKey } from "@connectrpc/connect";
+import { identityFromCertificate } from "../security/pki.js";
+
+/** Who is calling, as established by the TLS handshake. */
+export interface Peer {
+  /** Remote address, for events and logs. */
+  address: string;
+  /** Present only when the client certificate chains to the cluster CA. */
+  identity?: { kind: "admin" | "node" | "coordinator"; name: string; serial: string };
+  /** Why there is no identity, for the error message and the event. */
+  refusal?: string;
+}
+
+export const peerKey = createContextKey<Peer>(
+  { address: "unknown", refusal: "no peer information" },
+  { description: "the authenticated peer of a request" },
+);
+
+const peerBySocket = new WeakMap<object, Peer>();
+
+/** Reads the peer's identity from its TLS session, once per connection. */
+export function resolvePeer(
+  request: IncomingMessage | Http2ServerRequest,
+  clusterName: string,
+): Peer {
+  const socket = request.socket as TLSSocket;
+  const sessionKey = ("stream" in request && request.stream?.session) || socket;
+  const cached = peerBySocket.get(sessionKey);
+  if (cached) return cached;
+  const address = `${socket.remoteAddress ?? "unknown"}:${socket.remotePort ?? 0}`;
+  const peer = identify(socket, clusterName, address);
+  peerBySocket.set(sessionKey, peer);
+  return peer;
+}
+
+function identify(socket: TLSSocket, clusterName: string, address: string): Peer {
+  const certificate =
+    typeof socket.getPeerCertificate === "function" ? socket.getPeerCertificate(false) : undefined;
+  if (!certificate?.raw) {
+    return { address, refusal: "no client certificate was presented" };
+  }
+  if (!socket.authorized) {
+    return {
+      address,
+      refusal: `client certificate was not issued by this cluster's CA (${String(socket.authorizationError)})`,
+    };
+  }
+  const identity = identityFromCertificate(new X509Certificate(certificate.raw), clusterName);
+  if (!identity) {
+    return {
+      address,
+      refusal: "client certificate carries no Cloudless identity for this cluster",
+    };
+  }
+  return {
+    address,
+    identity: { kind: identity.kind, name: identity.name, serial: identity.serial },
+  };
+}

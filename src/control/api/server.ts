@@ -1,0 +1,220 @@
+import * as http2 from "node:http2";
+import * as net from "node:net";
+import type { ConnectRouter, Interceptor } from "@connectrpc/connect";
+import { createContextValues } from "@connectrpc/connect";
+import { connectNodeAdapter } from "@connectrpc/connect-node";
+import { EventService } from "../../gen/cloudless/v1/event_pb.js";
+import { NodeService } from "../../gen/cloudless/v1/node_pb.js";
+import { TokenService } from "../../gen/cloudless/v1/token_pb.js";
+import { CloudlessError } from "../../lib/errors.js";
+import type { CoordinatorServices } from "./context.js";
+import { toConnectError } from "./errorMapping.js";
+import { eventServiceImpl } from "./eventService.js";
+import { nodeServiceImpl } from "./nodeService.js";
+import { type Peer, peerKey, resolvePeer } from "./peer.js";
+import { tokenServiceImpl } from "./tokenService.js";
+
+/** The only method that answers without a client certificate: it requires a token. */
+const enrollPath = `/${NodeService.typeName}/${NodeService.method.enroll.name}`;
+
+/** Largest request message accepted; bigger ones are refused before they are parsed. */
+export const readMaxBytes = 4 * 1024 * 1024;
+const tlsHandshakeTimeoutMs = 10_000;
+const maxConnections = 20_000;
+
+export interface ApiServerOptions {
+  host: string;
+  port: number;
+  tls: { keyPem: string; certPem: string; caPem: string };
+}
+
+export interface ApiServer {
+  port: number;
+  close(): Promise<void>;
+}
+
+/**
+ * One listener serves gRPC, gRPC-web and Connect (HTTP/JSON) from the same handlers
+ * over TLS. Every request but Enroll must carry a client certificate from the
+ * cluster CA. Plain-text HTTP on the port gets a one-line hint instead of silence.
+ */
+export async function startApiServer(
+  services: CoordinatorServices,
+  options: ApiServerOptions,
+): Promise<ApiServer> {
+  const authenticationFailures = new RateLimitedRecorder(10_000);
+
+  const authenticate: Interceptor = (next) => async (request) => {
+    const isEnroll = request.url.endsWith(enrollPath);
+    const peer = request.contextValues.get(peerKey);
+    if (!isEnroll && !peer.identity) {
+      const reason = peer.refusal ?? "no client certificate was presented";
+      authenticationFailures.maybeRecord(peer.address, () =>
+        services.events.record({
+          type: "AuthenticationFailed",
+          category: "security",
+          subject: `peer/${peer.address}`,
+          reason: "NoValidClientCertificate",
+          message: `${request.method.name} refused: ${reason}`,
+          actor: `anonymous@${peer.address}`,
+        }),
+      );
+      throw toConnectError(
+        CloudlessError.unauthenticated(
+          `${reason}; use the admin config written by \`cloudless up\` (--config) or a node certificate`,
+        ),
+      );
+    }
+    if (peer.identity?.kind === "node" && !isEnroll) {
+      const node = await services.nodes.get(peer.identity.name);
+      if (!node?.certSerials.includes(peer.identity.serial)) {
+        throw toConnectError(
+          CloudlessError.unauthenticated(
+            `node "${peer.identity.name}" is no longer a member of this cluster (deleted or re-enrolled); join again with a new token`,
+          ),
+        );
+      }
+    }
+    return next(request);
+  };
+
+  const mapErrors: Interceptor = (next) => async (request) => {
+    try {
+      const response = await next(request);
+      if (!response.stream) return response;
+      const messages = response.message;
+      return {
+        ...response,
+        message: (async function* () {
+          try {
+            yield* messages;
+          } catch (error) {
+            throw toConnectError(error);
+          }
+        })(),
+      };
+    } catch (error) {
+      const mapped = toConnectError(error);
+      if (mapped.code === 13) {
+        services.logger.error({ err: error, method: request.method.name }, "internal error");
+      }
+      throw mapped;
+    }
+  };
+
+  const routes = (router: ConnectRouter) => {
+    router.service(NodeService, nodeServiceImpl(services));
+    router.service(TokenService, tokenServiceImpl(services));
+    router.service(EventService, eventServiceImpl(services));
+  };
+
+  const handler = connectNodeAdapter({
+    routes,
+    interceptors: [mapErrors, authenticate],
+    readMaxBytes,
+    contextValues: (request) =>
+      createContextValues().set(peerKey, resolvePeer(request, services.clusterName)),
+    fallback: (request, response) => {
+      const peer: Peer = resolvePeer(request, services.clusterName);
+      response.writeHead(peer.identity ? 404 : 401, { "content-type": "application/json" });
+      response.end(
+        JSON.stringify(
+          peer.identity
+            ? { code: "not_found", message: "no such method" }
+            : { code: "unauthenticated", message: "a client certificate is required" },
+        ),
+      );
+    },
+  });
+
+  const tlsServer = http2.createSecureServer(
+    {
+      key: options.tls.keyPem,
+      // Sending the CA with the leaf lets a joining agent pin it by fingerprint.
+      cert: options.tls.certPem + options.tls.caPem,
+      ca: options.tls.caPem,
+      requestCert: true,
+      // Enrollment needs no certificate; everything else is refused by `authenticate`.
+      rejectUnauthorized: false,
+      allowHTTP1: true,
+      minVersion: "TLSv1.2",
+      handshakeTimeout: tlsHandshakeTimeoutMs,
+      settings: { maxConcurrentStreams: 1000 },
+    },
+    handler,
+  );
+  tlsServer.on("tlsClientError", (error) => {
+    services.logger.debug({ err: error }, "TLS handshake failed");
+  });
+  tlsServer.on("sessionError", (error) => {
+    services.logger.debug({ err: error }, "HTTP/2 session error");
+  });
+
+  const sockets = new Set<net.Socket>();
+  const listener = net.createServer({ pauseOnConnect: true }, (socket) => {
+    sockets.add(socket);
+    socket.once("close", () => sockets.delete(socket));
+    socket.on("error", () => socket.destroy());
+    socket.setTimeout(tlsHandshakeTimeoutMs, () => socket.destroy());
+    socket.once("readable", () => {
+      const head: Buffer | null = socket.read(1);
+      if (!head) {
+        socket.destroy();
+        return;
+      }
+      socket.setTimeout(0);
+      socket.unshift(head);
+      // 0x16 is a TLS handshake record; anything else is plain text or garbage.
+      if (head[0] === 0x16) {
+        tlsServer.emit("connection", socket);
+      } else {
+        refusePlainText(socket);
+      }
+    });
+    socket.resume();
+    socket.pause();
+  });
+  listener.maxConnections = maxConnections;
+
+  await new Promise<void>((resolve, reject) => {
+    listener.once("error", reject);
+    listener.listen(options.port, options.host, () => {
+      listener.off("error", reject);
+      resolve();
+    });
+  });
+  const address = listener.address() as net.AddressInfo;
+
+  return {
+    port: address.port,
+    async close() {
+      await new Promise<void>((resolve) => {
+        listener.close(() => resolve());
+        tlsServer.close();
+        for (const socket of sockets) socket.destroy();
+      });
+    },
+  };
+}
+
+function refusePlainText(socket: net.Socket): void {
+  const body =
+    "this port speaks TLS only and requires a client certificate; use https:// with the cluster CA\n";
+  socket.end(
+    `HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
+  );
+}
+
+/** Records at most one event per key per interval, so a scanner cannot flood the event log. */
+class RateLimitedRecorder {
+  private readonly lastMs = new Map<string, number>();
+  constructor(private readonly intervalMs: number) {}
+  maybeRecord(key: string, record: () => Promise<void>): void {
+    const host = key.replace(/:\d+$/, "");
+    const now = Date.now();
+    if (now - (this.lastMs.get(host) ?? 0) < this.intervalMs) return;
+    if (this.lastMs.size > 10_000) this.lastMs.clear();
+    this.lastMs.set(host, now);
+    record().catch(() => undefined);
+  }
+}

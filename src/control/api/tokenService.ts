@@ -1,0 +1,57 @@
+import type { ServiceImpl } from "@connectrpc/connect";
+import type { TokenService } from "../../gen/cloudless/v1/token_pb.js";
+import { CloudlessError } from "../../lib/errors.js";
+import { actorName, type CoordinatorServices, requireAdmin } from "./context.js";
+import { tokenToProto } from "./convert.js";
+import { limits } from "./validation.js";
+
+const defaultTokenTtlSeconds = 3600;
+
+export function tokenServiceImpl(services: CoordinatorServices): ServiceImpl<typeof TokenService> {
+  return {
+    async createToken(request, context) {
+      const identity = requireAdmin(context);
+      if (request.description.length > limits.descriptionBytes) {
+        throw CloudlessError.invalid(
+          `--description must be at most ${limits.descriptionBytes} characters`,
+        );
+      }
+      const ttlSeconds = request.ttlSeconds === 0 ? defaultTokenTtlSeconds : request.ttlSeconds;
+      const { token, record } = await services.tokens.create({
+        ttlMs: ttlSeconds * 1000,
+        description: request.description,
+        createdBy: actorName(identity),
+      });
+      await services.events.record({
+        type: "TokenCreated",
+        category: "security",
+        subject: `token/${record.id}`,
+        reason: "Created",
+        message: `bootstrap token created, valid for ${ttlSeconds} s`,
+        actor: actorName(identity),
+      });
+      return { token, info: tokenToProto(record) };
+    },
+
+    async listTokens(_request, context) {
+      requireAdmin(context);
+      const records = await services.tokens.list();
+      records.sort((a, b) => a.createdAtMs - b.createdAtMs);
+      return { tokens: records.map(tokenToProto) };
+    },
+
+    async deleteToken(request, context) {
+      const identity = requireAdmin(context);
+      await services.tokens.delete(request.id);
+      await services.events.record({
+        type: "TokenDeleted",
+        category: "security",
+        subject: `token/${request.id}`,
+        reason: "Deleted",
+        message: "bootstrap token revoked",
+        actor: actorName(identity),
+      });
+      return {};
+    },
+  };
+}

@@ -1,0 +1,155 @@
+import type { Clock } from "../../lib/clock.js";
+import type { Logger } from "../../observe/logger.js";
+import type { EventLog, NewEvent } from "../events/eventLog.js";
+import type { NodeCapacityRecord, NodeInfoRecord, NodeRecord } from "../nodes/nodeRecord.js";
+import type { NodeRegistry } from "../nodes/nodeRegistry.js";
+import {
+  defaultMembershipConfig,
+  type MembershipConfig,
+  MembershipTracker,
+  type NodeStatus,
+  type Transition,
+} from "./membershipTracker.js";
+
+export interface HelloReport {
+  capacity: NodeCapacityRecord;
+  info: NodeInfoRecord;
+  region: string;
+  zone: string;
+  labels: Record<string, string>;
+  address: string;
+}
+
+const eventTypeFor: Record<NodeStatus, string> = {
+  Ready: "NodeReady",
+  NotReady: "NodeNotReady",
+  Lost: "NodeLost",
+  Left: "NodeLeft",
+};
+
+/**
+ * Feeds heartbeat-stream events into the pure MembershipTracker and records what
+ * it decides: node status in the store and an event per transition. Heartbeats
+ * themselves never touch the store.
+ */
+export class MembershipService {
+  readonly tracker: MembershipTracker;
+  private readonly openStreams = new Map<string, number>();
+  private stopTicker: (() => void) | undefined;
+  private pending: Promise<void> = Promise.resolve();
+  private stopped = false;
+
+  constructor(
+    private readonly nodes: NodeRegistry,
+    private readonly events: EventLog,
+    private readonly clock: Clock,
+    private readonly logger: Logger,
+    readonly config: MembershipConfig = defaultMembershipConfig,
+    private readonly tickMs = 100,
+  ) {
+    this.tracker = new MembershipTracker(config);
+  }
+
+  /** Loads known nodes and starts judging them (after the startup grace period). */
+  async start(): Promise<void> {
+    const now = this.clock.nowMs();
+    for (const node of await this.nodes.list()) {
+      this.tracker.restore(node.name, node.status, now);
+    }
+    const loop = () => {
+      if (this.stopped) return;
+      this.apply(this.tracker.tick(this.clock.nowMs()));
+      this.stopTicker = this.clock.setTimeout(loop, this.tickMs);
+    };
+    this.stopTicker = this.clock.setTimeout(loop, this.tickMs);
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.stopTicker?.();
+    await this.pending;
+  }
+
+  /** A stream said hello: update what the node reports and mark it Ready. */
+  async hello(name: string, report: HelloReport): Promise<NodeRecord> {
+    this.openStreams.set(name, (this.openStreams.get(name) ?? 0) + 1);
+    const record = await this.nodes.update(name, (node) => {
+      node.capacity = report.capacity;
+      node.info = report.info;
+      node.region = report.region || node.region;
+      node.zone = report.zone || node.zone;
+      node.labels = Object.keys(report.labels).length > 0 ? report.labels : node.labels;
+      node.address = report.address;
+      return node;
+    });
+    this.apply(this.tracker.onHello(name, this.clock.nowMs()));
+    await this.pending;
+    return record;
+  }
+
+  beat(name: string): void {
+    this.apply(this.tracker.onBeat(name, this.clock.nowMs()));
+  }
+
+  async leave(name: string): Promise<void> {
+    this.apply(this.tracker.onLeave(name, this.clock.nowMs()));
+    await this.pending;
+  }
+
+  /** A stream ended. Suspicion only when it was the node's last open stream. */
+  streamClosed(name: string): void {
+    const open = (this.openStreams.get(name) ?? 1) - 1;
+    if (open > 0) {
+      this.openStreams.set(name, open);
+      return;
+    }
+    this.openStreams.delete(name);
+    this.apply(this.tracker.onStreamClosed(name, this.clock.nowMs()));
+  }
+
+  forget(name: string): void {
+    this.tracker.remove(name);
+    this.openStreams.delete(name);
+  }
+
+  /** Waits until every recorded transition has been written. */
+  async flush(): Promise<void> {
+    await this.pending;
+  }
+
+  private apply(transitions: Transition[]): void {
+    if (transitions.length === 0) return;
+    // Writes are chained so transitions land in the order they were decided.
+    this.pending = this.pending.then(() => this.record(transitions));
+  }
+
+  private async record(transitions: Transition[]): Promise<void> {
+    for (const transition of transitions) {
+      try {
+        await this.nodes.update(transition.node, (node) => {
+          node.status = transition.to;
+          node.statusReason = transition.reason;
+          node.lastTransitionAtMs = transition.atMs;
+          return node;
+        });
+        const event: NewEvent = {
+          type: transition.reason === "Joined" ? "NodeJoined" : eventTypeFor[transition.to],
+          category: "membership",
+          subject: `node/${transition.node}`,
+          reason: transition.reason,
+          message: transition.message,
+          attributes: { from: transition.from ?? "", to: transition.to },
+        };
+        await this.events.record(event);
+        this.logger.info(
+          { node: transition.node, from: transition.from, to: transition.to },
+          `node ${transition.node} is ${transition.to}: ${transition.message}`,
+        );
+      } catch (error) {
+        // A node deleted meanwhile has nothing left to update; anything else is logged
+        // and the next transition still gets its chance.
+        this.logger.warn({ err: error, node: transition.node }, "could not record transition");
+      }
+    }
+  }
+}

@@ -1,0 +1,75 @@
+import type { NodeStatus } from "../membership/membershipTracker.js";
+
+/** What the store holds for a node, under /nodes/<name>. */
+export interface NodeCapacityRecord {
+  cpuMillicores: number;
+  memoryMiB: number;
+  storageGiB: number;
+  iopsClass: string;
+  measuredIops: number;
+  egressMbps: number;
+  egressSource: string;
+  source: string;
+}
+
+export interface NodeInfoRecord {
+  os: string;
+  arch: string;
+  kernel: string;
+  hostname: string;
+  agentVersion: string;
+  cpuModel: string;
+  drivers: string[];
+}
+
+export interface NodeRecord {
+  name: string;
+  uid: string;
+  status: NodeStatus;
+  statusReason: string;
+  region: string;
+  zone: string;
+  labels: Record<string, string>;
+  capacity: NodeCapacityRecord;
+  info: NodeInfoRecord;
+  cordoned: boolean;
+  draining: boolean;
+  enrolledAtMs: number;
+  lastTransitionAtMs: number;
+  /** The certificate serials this node may present: the newest first, the previous one while it rotates. */
+  certSerials: string[];
+  certExpiresAtMs: number;
+  address: string;
+  enrollments: number;
+}
+
+export const nodeKeyPrefix = "/nodes/";
+
+export function nodeKey(name: string): string {
+  return nodeKeyPrefix + name;
+}
+
+export function emptyCapacity(): NodeCapacityRecord {
+  return {
+    cpuMillicores: 0,
+    memoryMiB: 0,
+    storageGiB: 0,
+    iopsClass: "",
+    measuredIops: 0,
+    egressMbps: 0,
+    egressSource: "unknown",
+    source: "measured",
+  };
+}
+
+export function emptyInfo(): NodeInfoRecord {
+  return {
+    os: "",
+    arch: "",
+    kernel: "",
+    hostname: "",
+    agentVersion: "",
+    cpuModel: "",
+    drivers: [],
+  };
+}

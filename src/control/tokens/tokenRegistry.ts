@@ -1,0 +1,152 @@
+import type { Clock } from "../../lib/clock.js";
+import { CloudlessError } from "../../lib/errors.js";
+import { generateToken, parseToken, secretMatches } from "../security/tokens.js";
+import type { Op, Store } from "../store/store.js";
+
+/**
+ * One-time bootstrap tokens (REQ-001). Only a hash of the secret is stored, under
+ * /tokens/<id>. Consuming a token is a compare-and-swap in the same transaction as
+ * the write that uses it, so a token can never enroll two nodes.
+ */
+export interface TokenRecord {
+  id: string;
+  secretHash: string;
+  description: string;
+  createdAtMs: number;
+  expiresAtMs: number;
+  usedAtMs?: number;
+  usedBy?: string;
+  createdBy: string;
+}
+
+export const tokenKeyPrefix = "/tokens/";
+
+/** How long a used or expired token's record is kept, for `token list` and audit. */
+const keepSpentTokensMs = 24 * 3600 * 1000;
+
+export type TokenRefusal = "malformed" | "otherCluster" | "unknown" | "expired" | "used";
+
+export type TokenCheck =
+  | { ok: true; record: TokenRecord; modRevision: number }
+  | { ok: false; refusal: TokenRefusal; message: string; tokenId?: string };
+
+export const maxTokenTtlMs = 30 * 24 * 3600 * 1000;
+
+export class TokenRegistry {
+  constructor(
+    private readonly store: Store,
+    private readonly clock: Clock,
+    private readonly caFingerprint: string,
+  ) {}
+
+  async create(options: {
+    ttlMs: number;
+    description: string;
+    createdBy: string;
+  }): Promise<{ token: string; record: TokenRecord }> {
+    if (!Number.isFinite(options.ttlMs) || options.ttlMs < 1000) {
+      throw CloudlessError.invalid("--ttl must be at least 1s, e.g. --ttl 1h");
+    }
+    if (options.ttlMs > maxTokenTtlMs) {
+      throw CloudlessError.invalid("--ttl must be at most 720h (30 days); use a shorter TTL");
+    }
+    const generated = generateToken(this.caFingerprint);
+    const now = this.clock.nowMs();
+    const record: TokenRecord = {
+      id: generated.id,
+      secretHash: generated.secretHash,
+      description: options.description,
+      createdAtMs: now,
+      expiresAtMs: now + options.ttlMs,
+      createdBy: options.createdBy,
+    };
+    const result = await this.store.txn({
+      compare: [{ key: tokenKeyPrefix + record.id, target: "version", op: "==", version: 0 }],
+      success: [{ type: "put", key: tokenKeyPrefix + record.id, value: JSON.stringify(record) }],
+    });
+    if (!result.succeeded) throw CloudlessError.conflict("token id collision; try again");
+    return { token: generated.token, record };
+  }
+
+  /** Checks a presented token without consuming it. */
+  async check(token: string): Promise<TokenCheck> {
+    const parsed = parseToken(token);
+    if (!parsed.ok) return { ok: false, refusal: "malformed", message: parsed.reason };
+    if (parsed.caFingerprint !== this.caFingerprint) {
+      return {
+        ok: false,
+        refusal: "otherCluster",
+        tokenId: parsed.id,
+        message:
+          "token was issued by another cluster (its CA hash does not match); create one with `cloudless token create` on this cluster",
+      };
+    }
+    const kv = await this.store.get(tokenKeyPrefix + parsed.id);
+    const record = kv ? (JSON.parse(kv.value) as TokenRecord) : undefined;
+    if (!kv || !record || !secretMatches(record.secretHash, parsed.id, parsed.secret)) {
+      return {
+        ok: false,
+        refusal: "unknown",
+        tokenId: parsed.id,
+        message: "token is not valid for this cluster; create one with `cloudless token create`",
+      };
+    }
+    if (record.usedAtMs !== undefined) {
+      return {
+        ok: false,
+        refusal: "used",
+        tokenId: parsed.id,
+        message: "token was already used; bootstrap tokens are single-use, create a new one",
+      };
+    }
+    if (this.clock.nowMs() >= record.expiresAtMs) {
+      return {
+        ok: false,
+        refusal: "expired",
+        tokenId: parsed.id,
+        message: "token has expired; create a new one with `cloudless token create --ttl 1h`",
+      };
+    }
+    return { ok: true, record, modRevision: kv.modRevision };
+  }
+
+  /** The compare and put that consume a checked token inside a caller's transaction. */
+  consumeOps(
+    check: Extract<TokenCheck, { ok: true }>,
+    usedBy: string,
+  ): { compare: { key: string; target: "modRevision"; op: "=="; modRevision: number }; op: Op } {
+    const key = tokenKeyPrefix + check.record.id;
+    const used: TokenRecord = { ...check.record, usedAtMs: this.clock.nowMs(), usedBy };
+    return {
+      compare: { key, target: "modRevision", op: "==", modRevision: check.modRevision },
+      op: { type: "put", key, value: JSON.stringify(used) },
+    };
+  }
+
+  async list(): Promise<TokenRecord[]> {
+    const result = await this.store.range(tokenKeyPrefix);
+    return result.kvs.map((kv) => JSON.parse(kv.value) as TokenRecord);
+  }
+
+  async delete(id: string): Promise<void> {
+    const deleted = await this.store.delete(tokenKeyPrefix + id);
+    if (deleted === 0) {
+      throw CloudlessError.notFound(
+        `token "${id}" not found; run \`cloudless token list\` to see token ids`,
+      );
+    }
+  }
+
+  /** Removes records of tokens spent or expired more than a day ago. */
+  async prune(): Promise<number> {
+    const now = this.clock.nowMs();
+    let removed = 0;
+    for (const record of await this.list()) {
+      const spentAt = record.usedAtMs ?? record.expiresAtMs;
+      if (now - spentAt > keepSpentTokensMs) {
+        removed += await this.store.delete(tokenKeyPrefix + record.id);
+      }
+    }
+    return removed;
+  }
+}

@@ -1,0 +1,63 @@
+/**
+ * The one error type at the API boundary, with a closed set of codes. Inside the
+ * code base expected failures are returned as values; a CloudlessError is what
+ * crosses the wire (mapped to Connect/gRPC codes in exactly one place,
+ * control/api/errorMapping.ts) and what the CLI prints as one line.
+ */
+export const errorCodes = [
+  "NotFound",
+  "AlreadyExists",
+  "Conflict",
+  "InvalidArgument",
+  "Unauthenticated",
+  "PermissionDenied",
+  "Unavailable",
+  "Internal",
+] as const;
+
+export type ErrorCode = (typeof errorCodes)[number];
+
+export class CloudlessError extends Error {
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+    this.name = "CloudlessError";
+  }
+
+  static notFound(message: string): CloudlessError {
+    return new CloudlessError("NotFound", message);
+  }
+  static alreadyExists(message: string): CloudlessError {
+    return new CloudlessError("AlreadyExists", message);
+  }
+  static conflict(message: string): CloudlessError {
+    return new CloudlessError("Conflict", message);
+  }
+  static invalid(message: string): CloudlessError {
+    return new CloudlessError("InvalidArgument", message);
+  }
+  static unauthenticated(message: string): CloudlessError {
+    return new CloudlessError("Unauthenticated", message);
+  }
+  static permissionDenied(message: string): CloudlessError {
+    return new CloudlessError("PermissionDenied", message);
+  }
+  static unavailable(message: string): CloudlessError {
+    return new CloudlessError("Unavailable", message);
+  }
+  static internal(message: string, cause?: unknown): CloudlessError {
+    return new CloudlessError("Internal", message, { cause });
+  }
+
+  /** Normalizes anything thrown into a CloudlessError; unknown errors become Internal. */
+  static from(error: unknown): CloudlessError {
+    if (error instanceof CloudlessError) return error;
+    return CloudlessError.internal(
+      "internal error; see the coordinator log for details and report it if it persists",
+      error,
+    );
+  }
+}

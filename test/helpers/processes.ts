@@ -1,0 +1,139 @@
+import { type ChildProcess, spawn } from "node:child_process";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import * as path from "node:path";
+import { fileURLToPath } from "node:url";
+
+export const repoRoot = fileURLToPath(new URL("../..", import.meta.url));
+export const binPath = path.join(repoRoot, "bin", "cloudless");
+
+/** Waits for a condition, polling, until a deadline; never a fixed sleep. */
+export async function waitFor<T>(
+  description: string,
+  probe: () => Promise<T | undefined | false> | T | undefined | false,
+  timeoutMs = 20_000,
+  intervalMs = 100,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let lastError: unknown;
+  while (Date.now() < deadline) {
+    try {
+      const value = await probe();
+      if (value !== undefined && value !== false) return value;
+    } catch (error) {
+      lastError = error;
+    }
+    await new Promise((resolve) => setTimeout(resolve, intervalMs));
+  }
+  throw new Error(
+    `timed out after ${timeoutMs} ms waiting for ${description}${lastError ? ` (last error: ${String(lastError)})` : ""}`,
+  );
+}
+
+export interface RunResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs `cloudless ARGS…` to completion. */
+export function runCli(
+  args: string[],
+  options: { env?: NodeJS.ProcessEnv; timeoutMs?: number } = {},
+): Promise<RunResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [binPath, ...args], {
+      env: { ...process.env, CLOUDLESS_CONFIG: undefined, ...options.env },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (chunk: Buffer) => {
+      stdout += chunk.toString();
+    });
+    child.stderr.on("data", (chunk: Buffer) => {
+      stderr += chunk.toString();
+    });
+    const timer = setTimeout(() => {
+      child.kill("SIGKILL");
+      reject(new Error(`cloudless ${args.join(" ")} did not finish in time; stderr: ${stderr}`));
+    }, options.timeoutMs ?? 30_000);
+    child.once("exit", (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code: code ?? (signal ? 128 : 1), stdout, stderr });
+    });
+  });
+}
+
+/** A long-running `cloudless` process whose output is captured for assertions. */
+export class ManagedProcess {
+  readonly child: ChildProcess;
+  stdout = "";
+  stderr = "";
+  private exitPromise: Promise<number | null>;
+
+  constructor(args: string[], env: NodeJS.ProcessEnv = {}) {
+    this.child = spawn(process.execPath, [binPath, ...args], {
+      env: { ...process.env, CLOUDLESS_CONFIG: undefined, ...env },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    this.child.stdout?.on("data", (chunk: Buffer) => {
+      this.stdout += chunk.toString();
+    });
+    this.child.stderr?.on("data", (chunk: Buffer) => {
+      this.stderr += chunk.toString();
+    });
+    this.exitPromise = new Promise((resolve) => {
+      this.child.once("exit", (code) => resolve(code));
+    });
+  }
+
+  get pid(): number {
+    return this.child.pid ?? -1;
+  }
+
+  get running(): boolean {
+    return this.child.exitCode === null && this.child.signalCode === null;
+  }
+
+  /** Resolves with the exit code once the process has exited. */
+  exited(): Promise<number | null> {
+    return this.exitPromise;
+  }
+
+  kill(signal: NodeJS.Signals = "SIGTERM"): void {
+    if (this.running) this.child.kill(signal);
+  }
+
+  /** Stops the process, escalating to SIGKILL after a grace period. */
+  async stop(graceMs = 5_000): Promise<number | null> {
+    if (!this.running) return this.child.exitCode;
+    this.child.kill("SIGTERM");
+    const timer = setTimeout(() => this.child.kill("SIGKILL"), graceMs);
+    const code = await this.exitPromise;
+    clearTimeout(timer);
+    return code;
+  }
+}
+
+/** Temp directories and processes created by a test, removed afterwards even on failure. */
+export class TestResources {
+  private readonly dirs: string[] = [];
+  private readonly processes: ManagedProcess[] = [];
+
+  async tempDir(prefix = "cloudless-test-"): Promise<string> {
+    const dir = await mkdtemp(path.join(tmpdir(), prefix));
+    this.dirs.push(dir);
+    return dir;
+  }
+
+  track(process: ManagedProcess): ManagedProcess {
+    this.processes.push(process);
+    return process;
+  }
+
+  async cleanup(): Promise<void> {
+    await Promise.all(this.processes.map((p) => p.stop(3_000)));
+    await Promise.all(this.dirs.map((dir) => rm(dir, { recursive: true, force: true })));
+  }
+}
