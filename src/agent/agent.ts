@@ -11,6 +11,7 @@ import {
   CapacitySchema,
   type HeartbeatRequest,
   HeartbeatRequestSchema,
+  type HeartbeatResponse,
   NodeInfoSchema,
 } from "../gen/cloudless/v1/node_pb.js";
 import { type Clock, systemClock } from "../lib/clock.js";
@@ -19,7 +20,16 @@ import { acquirePidLock } from "../lib/pidLock.js";
 import { mathRng, type Rng } from "../lib/rng.js";
 import type { Logger } from "../observe/logger.js";
 import { silentLogger } from "../observe/logger.js";
-import { type AgentIdentity, certificateWindow, loadIdentity, saveIdentity } from "./identity.js";
+import { desiredFromAssignment, reportToProto } from "./assignments.js";
+import type { DriverName, RuntimeDriver } from "./drivers/driver.js";
+import { detectDrivers } from "./drivers/index.js";
+import {
+  type AgentIdentity,
+  certificateWindow,
+  loadIdentity,
+  renewalSchedule,
+  saveIdentity,
+} from "./identity.js";
 import {
   type CapacityOverrides,
   collectNodeInfo,
@@ -28,6 +38,9 @@ import {
   measureEgressMbps,
   UsageSampler,
 } from "./resources/index.js";
+import { ReplicaSupervisor } from "./supervisor/index.js";
+import type { DesiredReplica, ReplicaReport } from "./supervisor/supervisorTypes.js";
+import { AgentTunnels } from "./tunnels.js";
 
 export const agentVersion = "0.1.0";
 
@@ -41,6 +54,11 @@ export interface AgentOptions {
   zone?: string;
   labels?: Record<string, string>;
   overrides?: CapacityOverrides;
+  taints?: { key: string; value: string; effect: "NoSchedule" | "PreferNoSchedule" }[];
+  /** Docker/Podman API socket; default: $DOCKER_HOST, then the usual socket paths. */
+  containerSocket?: string;
+  /** Drivers to use, e.g. ["process"]; default: every driver that works here. */
+  drivers?: DriverName[];
   clock?: Clock;
   rng?: Rng;
   logger?: Logger;
@@ -136,6 +154,7 @@ async function enroll(
       caPem: response.caPem,
       certPem: response.certificatePem,
       keyPem,
+      certReceivedAtMs: (options.clock ?? systemClock).nowMs(),
     };
     await saveIdentity(dataDir, identity);
     logger.info({ node: nodeName, cluster: response.clusterName }, "enrolled");
@@ -159,12 +178,25 @@ interface StreamSession {
   done: Promise<void>;
   firstAck: Promise<boolean>;
   leave(): Promise<void>;
+  send(message: HeartbeatRequest): void;
 }
+
+/** A full report is resent this often even when nothing changed (level-triggered). */
+const fullReportIntervalMs = 10_000;
 
 class AgentRunner {
   private clients: ReturnType<typeof createClients>;
   private capacity!: MeasuredCapacity;
   private readonly usage = new UsageSampler();
+  private drivers = new Map<DriverName, RuntimeDriver>();
+  private supervisor: ReplicaSupervisor | undefined;
+  private latestReports: ReplicaReport[] = [];
+  private cancelReportTimer: (() => void) | undefined;
+  private readonly tunnels = new AgentTunnels(
+    () => this.clients,
+    () => this.drivers,
+    () => this.latestReports,
+  );
   private intervalMs = 1000;
   private stopping = false;
   private current: StreamSession | undefined;
@@ -206,6 +238,36 @@ class AgentRunner {
         }),
     });
     this.logger.info({ capacity: this.capacity }, "measured capacity");
+    const detected = await detectDrivers({
+      dataDir: this.dataDir,
+      socketPath: this.options.containerSocket,
+      logger: this.logger,
+    });
+    for (const driver of detected.drivers) {
+      if (!this.options.drivers || this.options.drivers.includes(driver.name)) {
+        this.drivers.set(driver.name, driver);
+      }
+    }
+    this.logger.info(
+      { drivers: [...this.drivers.keys()], unavailable: detected.unavailable },
+      "runtime drivers",
+    );
+    this.supervisor = new ReplicaSupervisor({
+      drivers: this.drivers,
+      clock: this.clock,
+      rng: this.rng,
+      logger: this.logger.child({ component: "supervisor" }),
+      onReport: (reports) => {
+        this.latestReports = reports;
+        this.sendReports();
+      },
+    });
+    await this.supervisor.start();
+    const resend = () => {
+      this.sendReports();
+      this.cancelReportTimer = this.clock.setTimeout(resend, fullReportIntervalMs);
+    };
+    this.cancelReportTimer = this.clock.setTimeout(resend, fullReportIntervalMs);
     void this.run();
     this.scheduleRenewal();
   }
@@ -266,7 +328,7 @@ class AgentRunner {
       resolveFirstAck = resolve;
     });
     let resolveLeaveAck: (() => void) | undefined;
-    const info = collectNodeInfo(agentVersion, []);
+    const info = collectNodeInfo(agentVersion, [...this.drivers.keys()]);
     outgoing.push(
       create(HeartbeatRequestSchema, {
         kind: {
@@ -287,6 +349,7 @@ class AgentRunner {
             region: this.options.region ?? "",
             zone: this.options.zone ?? "",
             labels: this.options.labels ?? {},
+            taints: this.options.taints ?? [],
           },
         },
       }),
@@ -329,6 +392,7 @@ class AgentRunner {
             cancelBeat = this.clock.setTimeout(beat, this.intervalMs);
           }
           if (resolveLeaveAck && response.ackSeq === 0n) resolveLeaveAck();
+          this.handleCoordinatorMessage(response);
         }
       } catch (error) {
         if (abort.signal.aborted) return;
@@ -349,6 +413,7 @@ class AgentRunner {
       abort,
       done,
       firstAck,
+      send: (message) => outgoing.push(message),
       leave: async () => {
         const acked = new Promise<void>((resolve) => {
           resolveLeaveAck = resolve;
@@ -372,9 +437,7 @@ class AgentRunner {
     const check = async () => {
       if (this.stopping) return;
       try {
-        const { notBeforeMs, notAfterMs } = certificateWindow(this.identity.certPem);
-        const renewAtMs =
-          notBeforeMs + (notAfterMs - notBeforeMs) * (this.options.renewAtFraction ?? 2 / 3);
+        const { renewAtMs } = this.renewalSchedule();
         if (this.clock.nowMs() >= renewAtMs) await this.renew();
       } catch (error) {
         this.logger.warn(
@@ -388,9 +451,16 @@ class AgentRunner {
     this.cancelRenewTimer = this.clock.setTimeout(() => void check(), this.renewCheckMs());
   }
 
+  private renewalSchedule() {
+    return renewalSchedule(this.identity, this.options.renewAtFraction ?? 2 / 3);
+  }
+
   private renewCheckMs(): number {
-    const { notBeforeMs, notAfterMs } = certificateWindow(this.identity.certPem);
-    return Math.max(500, Math.min(renewCheckIntervalMs, (notAfterMs - notBeforeMs) / 20));
+    const { startMs, renewAtMs, notAfterMs } = this.renewalSchedule();
+    const pollMs = Math.max(500, Math.min(renewCheckIntervalMs, (notAfterMs - startMs) / 20));
+    // Wake exactly when renewal is due, not up to one poll interval later.
+    const untilDueMs = renewAtMs - this.clock.nowMs();
+    return untilDueMs > 0 ? Math.min(pollMs, untilDueMs) : pollMs;
   }
 
   /** Renews the certificate and moves the heartbeat stream over without a gap. */
@@ -402,6 +472,7 @@ class AgentRunner {
       certPem: response.certificatePem,
       caPem: response.caPem || this.identity.caPem,
       keyPem,
+      certReceivedAtMs: this.clock.nowMs(),
     };
     await saveIdentity(this.dataDir, renewed);
     this.identity = renewed;
@@ -420,6 +491,41 @@ class AgentRunner {
     }
   }
 
+  /** What the coordinator pushes on the heartbeat stream besides acks. */
+  private handleCoordinatorMessage(response: HeartbeatResponse): void {
+    if (response.assignments && this.supervisor) {
+      const desired: DesiredReplica[] = [];
+      for (const assignment of response.assignments.replicas) {
+        const converted = desiredFromAssignment({
+          replicaId: assignment.replicaId,
+          namespace: assignment.namespace,
+          workload: assignment.workload,
+          revision: Number(assignment.revision),
+          specJson: assignment.specJson,
+        });
+        if (converted.ok) desired.push(converted.desired);
+        else this.logger.warn({ replica: assignment.replicaId }, converted.message);
+      }
+      this.supervisor.setDesired(desired);
+    }
+    if (response.logsRequest) this.tunnels.startLogs(response.logsRequest);
+    if (response.cancel) this.tunnels.cancel(response.cancel.requestId);
+    if (response.execRequest) void this.tunnels.exec(response.execRequest);
+  }
+
+  private sendReports(): void {
+    const session = this.current;
+    if (!session || !this.supervisor) return;
+    session.send(
+      create(HeartbeatRequestSchema, {
+        kind: {
+          case: "reports",
+          value: { full: true, replicas: this.latestReports.map(reportToProto) },
+        },
+      }),
+    );
+  }
+
   private fail(code: number, message: string): void {
     if (this.exit) return;
     this.logger.error({ reason: message }, "agent stopping");
@@ -431,6 +537,9 @@ class AgentRunner {
       if (leave && this.current) {
         await this.current.leave().catch(() => undefined);
       }
+      // Leaving the cluster stops this node's replicas: the coordinator places them
+      // elsewhere, and two copies must not run.
+      await this.supervisor?.stop({ stopReplicas: leave }).catch(() => undefined);
       await this.finish({ code: 0, message: leave ? "left the cluster" : "stopped" });
     }
     return this.done;
@@ -441,6 +550,12 @@ class AgentRunner {
     this.exit = exit;
     this.stopping = true;
     this.cancelRenewTimer?.();
+    this.cancelReportTimer?.();
+    this.tunnels.cancelAll();
+    if (exit.code !== 0) {
+      // Deleted from the cluster: nothing here is wanted any more.
+      await this.supervisor?.stop({ stopReplicas: true }).catch(() => undefined);
+    }
     this.current?.abort.abort();
     this.wakeBackoff?.();
     await this.releaseLock();

@@ -1,5 +1,5 @@
 import { X509Certificate } from "node:crypto";
-import { access, mkdir, readFile } from "node:fs/promises";
+import { access, mkdir, readFile, stat } from "node:fs/promises";
 import * as path from "node:path";
 import { writePublicFile, writeSecretFile } from "../control/security/pki.js";
 import { CloudlessError } from "../lib/errors.js";
@@ -12,6 +12,11 @@ export interface AgentIdentity {
   caPem: string;
   certPem: string;
   keyPem: string;
+  /**
+   * When the agent received certPem (ms since the epoch), if known. The CA backdates
+   * notBefore to allow for clock skew, so renewal is timed from this, not notBefore.
+   */
+  certReceivedAtMs?: number;
 }
 
 interface IdentityFile {
@@ -36,17 +41,20 @@ export async function loadIdentity(dataDir: string): Promise<AgentIdentity | und
   }
   try {
     const meta = JSON.parse(await readFile(metaPath, "utf8")) as IdentityFile;
-    const [caPem, certPem, keyPem] = await Promise.all([
+    const [caPem, certPem, keyPem, certStat] = await Promise.all([
       readFile(path.join(dataDir, files.ca), "utf8"),
       readFile(path.join(dataDir, files.cert), "utf8"),
       readFile(path.join(dataDir, files.key), "utf8"),
+      stat(path.join(dataDir, files.cert)),
     ]);
     new X509Certificate(certPem);
     new X509Certificate(caPem);
     if (typeof meta.nodeName !== "string" || !Array.isArray(meta.servers)) {
       throw new Error("identity.json lacks nodeName or servers");
     }
-    return { ...meta, caPem, certPem, keyPem };
+    // node.crt is written when the certificate arrives, so its mtime is the receipt time.
+    const certReceivedAtMs = Math.min(certStat.mtimeMs, Date.now());
+    return { ...meta, caPem, certPem, keyPem, certReceivedAtMs };
   } catch (error) {
     throw CloudlessError.invalid(
       `agent identity in ${dataDir} is corrupt (${error instanceof Error ? error.message : String(error)}); restore it or move the directory aside and join again with a new token`,
@@ -74,4 +82,21 @@ export function certificateWindow(certPem: string): { notBeforeMs: number; notAf
     notBeforeMs: Date.parse(certificate.validFrom),
     notAfterMs: Date.parse(certificate.validTo),
   };
+}
+
+/**
+ * When a certificate is due for renewal: after `fraction` of its lifetime, counted
+ * from when it was received (notBefore is backdated for clock skew, which for short
+ * lifetimes would make a renewal due at once and spaced only by the check interval).
+ */
+export function renewalSchedule(
+  identity: Pick<AgentIdentity, "certPem" | "certReceivedAtMs">,
+  fraction: number,
+): { startMs: number; renewAtMs: number; notAfterMs: number } {
+  const { notBeforeMs, notAfterMs } = certificateWindow(identity.certPem);
+  const startMs = Math.min(
+    notAfterMs,
+    Math.max(notBeforeMs, identity.certReceivedAtMs ?? notBeforeMs),
+  );
+  return { startMs, renewAtMs: startMs + (notAfterMs - startMs) * fraction, notAfterMs };
 }

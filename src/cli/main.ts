@@ -5,6 +5,7 @@ import { registerEventCommands } from "./commands/eventCommands.js";
 import { registerNodeCommands } from "./commands/nodeCommands.js";
 import { registerTokenCommands } from "./commands/tokenCommands.js";
 import { registerUpCommand } from "./commands/upCommand.js";
+import { registerWorkloadCommands } from "./commands/workloadCommands.js";
 import { reportAndExit } from "./run.js";
 
 /** The `cloudless` program: coordinator, agent and client in one. */
@@ -25,6 +26,7 @@ export function buildProgram(): Command {
   registerDaemonCommands(program);
   registerTokenCommands(program);
   registerNodeCommands(program);
+  registerWorkloadCommands(program);
   registerEventCommands(program);
   return program;
 }
@@ -33,6 +35,9 @@ export async function main(argv: string[]): Promise<void> {
   const program = buildProgram();
   try {
     await program.parseAsync(argv);
+    // Client connections (HTTP/2 sessions and their pings) would keep the process
+    // alive after the command is done; stdout and stderr are synchronous on Linux.
+    process.exit(process.exitCode ?? 0);
   } catch (error) {
     if (error instanceof CommanderError) {
       process.exit(error.exitCode === 0 ? 0 : 2);

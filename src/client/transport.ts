@@ -4,6 +4,7 @@ import { createGrpcTransport } from "@connectrpc/connect-node";
 import { EventService } from "../gen/cloudless/v1/event_pb.js";
 import { NodeService } from "../gen/cloudless/v1/node_pb.js";
 import { TokenService } from "../gen/cloudless/v1/token_pb.js";
+import { WorkloadService } from "../gen/cloudless/v1/workload_pb.js";
 
 export interface TransportOptions {
   baseUrl: string;
@@ -59,6 +60,7 @@ export interface CoordinatorClients {
   nodes: Client<typeof NodeService>;
   tokens: Client<typeof TokenService>;
   events: Client<typeof EventService>;
+  workloads: Client<typeof WorkloadService>;
 }
 
 export function createClients(transport: Transport): CoordinatorClients {
@@ -66,5 +68,6 @@ export function createClients(transport: Transport): CoordinatorClients {
     nodes: createClient(NodeService, transport),
     tokens: createClient(TokenService, transport),
     events: createClient(EventService, transport),
+    workloads: createClient(WorkloadService, transport),
   };
 }

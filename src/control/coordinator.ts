@@ -4,10 +4,15 @@ import * as path from "node:path";
 import { stringify } from "yaml";
 import { type Clock, systemClock } from "../lib/clock.js";
 import { CloudlessError } from "../lib/errors.js";
+import { mathRng, type Rng } from "../lib/rng.js";
 import type { Logger } from "../observe/logger.js";
 import { silentLogger } from "../observe/logger.js";
 import type { CoordinatorServices } from "./api/context.js";
 import { type ApiServer, startApiServer } from "./api/server.js";
+import { AssignmentHub } from "./controllers/assignmentHub.js";
+import { ReplicaStatusWriter } from "./controllers/replicaStatusWriter.js";
+import { TunnelHub } from "./controllers/tunnelHub.js";
+import { WorkloadController } from "./controllers/workloadController.js";
 import { EventLog } from "./events/eventLog.js";
 import { MembershipService } from "./membership/membershipService.js";
 import { defaultMembershipConfig, type MembershipConfig } from "./membership/membershipTracker.js";
@@ -31,6 +36,7 @@ export interface CoordinatorOptions {
   heartbeatEstimateMs?: number;
   nodeCertTtlMs?: number;
   clock?: Clock;
+  rng?: Rng;
   logger?: Logger;
 }
 
@@ -79,14 +85,17 @@ async function startWithStore(
   clock: Clock,
   logger: Logger,
 ): Promise<Coordinator> {
-  const { ca, created } = await loadOrCreateCa(
-    path.join(dataDir, "pki"),
-    options.clusterName,
-    clock.nowMs(),
-  );
+  const existing = await store.get(clusterKey);
+  const pkiDir = path.join(dataDir, "pki");
+  if (existing && !(await anyExists([path.join(pkiDir, "ca.crt"), path.join(pkiDir, "ca.key")]))) {
+    // A new CA here would not match the cluster's and would lock every node out.
+    throw CloudlessError.invalid(
+      `data dir ${dataDir} holds an existing cluster but pki/ca.crt and pki/ca.key are missing; restore pki/ from a backup — Cloudless will not create a new CA for an existing cluster`,
+    );
+  }
+  const { ca, created } = await loadOrCreateCa(pkiDir, options.clusterName, clock.nowMs());
   if (created) logger.info({ fingerprint: ca.fingerprintSha256 }, "created cluster CA");
 
-  const existing = await store.get(clusterKey);
   let clusterName = options.clusterName;
   if (existing) {
     const info = JSON.parse(existing.value) as ClusterInfo;
@@ -134,6 +143,15 @@ async function startWithStore(
     },
   };
   const membership = new MembershipService(nodes, events, clock, logger, membershipConfig);
+  const assignments = new AssignmentHub();
+  const workloads = new WorkloadController({
+    store,
+    clock,
+    rng: options.rng ?? mathRng,
+    logger: logger.child({ component: "controller" }),
+    events,
+    assignments,
+  });
   const services: CoordinatorServices = {
     clusterName,
     store,
@@ -146,6 +164,10 @@ async function startWithStore(
     logger,
     nodeCertTtlMs: options.nodeCertTtlMs ?? defaultNodeCertTtlMs,
     nodeStreams: new Map(),
+    assignments,
+    replicaStatus: new ReplicaStatusWriter(store, clock),
+    tunnels: new TunnelHub(assignments),
+    workloads,
   };
 
   let server: ApiServer;
@@ -170,6 +192,7 @@ async function startWithStore(
     throw error;
   }
   await membership.start();
+  await workloads.start();
 
   const url =
     options.advertiseUrl ??
@@ -218,6 +241,7 @@ async function startWithStore(
       if (stopped) return;
       stopped = true;
       stopMaintenance();
+      await workloads.stop();
       await membership.stop();
       await server.close();
       await store.close();
@@ -298,4 +322,16 @@ async function writeAdminConfigIfMissing(
     key: admin.keyPem,
   };
   await writeSecretFile(configPath, stringify(config));
+}
+
+async function anyExists(paths: string[]): Promise<boolean> {
+  const found = await Promise.all(
+    paths.map((file) =>
+      access(file).then(
+        () => true,
+        () => false,
+      ),
+    ),
+  );
+  return found.includes(true);
 }

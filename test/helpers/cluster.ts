@@ -97,8 +97,11 @@ export class TestCluster {
     this.port = Number(new URL(url).port);
   }
 
-  cli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<RunResult> {
-    return runCli(args, { env: { CLOUDLESS_CONFIG: this.configPath, ...env } });
+  cli(args: string[], env: NodeJS.ProcessEnv = {}, timeoutMs?: number): Promise<RunResult> {
+    return runCli(args, {
+      env: { CLOUDLESS_CONFIG: this.configPath, ...env },
+      ...(timeoutMs !== undefined ? { timeoutMs } : {}),
+    });
   }
 
   async cliJson<T>(args: string[]): Promise<T> {

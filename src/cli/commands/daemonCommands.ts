@@ -154,6 +154,22 @@ export function registerDaemonCommands(program: Command): void {
     .option("--zone <zone>", "zone label of this node", "")
     .option("--label <k=v>", "node label (repeatable)", collect, [])
     .option(
+      "--taint <k=v:effect>",
+      "node taint, effect NoSchedule or PreferNoSchedule (repeatable)",
+      collect,
+      [],
+    )
+    .option(
+      "--container-socket <path>",
+      "Docker or Podman API socket (default: $DOCKER_HOST, /var/run/docker.sock, /run/podman/podman.sock)",
+    )
+    .option(
+      "--driver <name>",
+      "only use this runtime driver: container or process (repeatable)",
+      collect,
+      [],
+    )
+    .option(
       "--data-dir <dir>",
       "where the agent keeps its identity and state",
       path.join(defaultDataDir(), "agent"),
@@ -173,6 +189,9 @@ export function registerDaemonCommands(program: Command): void {
           region: string;
           zone: string;
           label: string[];
+          taint: string[];
+          containerSocket?: string;
+          driver: string[];
           dataDir: string;
           cpuMillicores?: string;
           memoryMib?: string;
@@ -211,6 +230,9 @@ export function registerDaemonCommands(program: Command): void {
               region: flags.region,
               zone: flags.zone,
               labels: Object.fromEntries(flags.label.map(splitLabel)),
+              taints: flags.taint.map(parseTaint),
+              ...(flags.containerSocket ? { containerSocket: flags.containerSocket } : {}),
+              ...(flags.driver.length > 0 ? { drivers: flags.driver.map(parseDriver) } : {}),
               overrides,
               logger,
             });
@@ -234,6 +256,29 @@ export function registerDaemonCommands(program: Command): void {
         },
       ),
     );
+}
+
+function parseTaint(text: string): {
+  key: string;
+  value: string;
+  effect: "NoSchedule" | "PreferNoSchedule";
+} {
+  const match = /^([^=:]+)(?:=([^:]*))?:(NoSchedule|PreferNoSchedule)$/.exec(text);
+  if (!match) {
+    fail(`--taint ${text}: expected key=value:NoSchedule or key=value:PreferNoSchedule`);
+  }
+  return {
+    key: match[1] as string,
+    value: match[2] ?? "",
+    effect: match[3] as "NoSchedule" | "PreferNoSchedule",
+  };
+}
+
+function parseDriver(text: string): "container" | "process" {
+  if (text !== "container" && text !== "process") {
+    fail(`--driver ${text}: expected container or process`);
+  }
+  return text;
 }
 
 export function waitForSignal(): Promise<NodeJS.Signals> {

@@ -142,8 +142,17 @@ export function registerUpCommand(program: Command): void {
         if (agentProcess && agentProcess.exitCode === null) {
           const exited = new Promise((resolve) => agentProcess?.once("exit", resolve));
           agentProcess.kill("SIGTERM");
-          await Promise.race([exited, new Promise((resolve) => setTimeout(resolve, 5000))]);
-          if (agentProcess.exitCode === null) agentProcess.kill("SIGKILL");
+          // The grace timer is cleared once the agent is gone, or it holds the process open.
+          let graceTimer: NodeJS.Timeout | undefined;
+          await Promise.race([
+            exited,
+            new Promise((resolve) => {
+              graceTimer = setTimeout(resolve, 5000);
+            }),
+          ]);
+          clearTimeout(graceTimer);
+          if (agentProcess.exitCode === null && agentProcess.signalCode === null)
+            agentProcess.kill("SIGKILL");
         }
         await coordinator.stop();
         coordinatorLog.end();

@@ -2,6 +2,10 @@ import type { HandlerContext } from "@connectrpc/connect";
 import type { Clock } from "../../lib/clock.js";
 import { CloudlessError } from "../../lib/errors.js";
 import type { Logger } from "../../observe/logger.js";
+import type { AssignmentHub } from "../controllers/assignmentHub.js";
+import type { ReplicaStatusWriter } from "../controllers/replicaStatusWriter.js";
+import type { TunnelHub } from "../controllers/tunnelHub.js";
+import type { WorkloadController } from "../controllers/workloadController.js";
 import type { EventLog } from "../events/eventLog.js";
 import type { MembershipService } from "../membership/membershipService.js";
 import type { NodeRegistry } from "../nodes/nodeRegistry.js";
@@ -25,6 +29,10 @@ export interface CoordinatorServices {
   nodeCertTtlMs: number;
   /** Streams of connected nodes, so deleting a node can end its stream at once. */
   nodeStreams: Map<string, Set<AbortController>>;
+  assignments: AssignmentHub;
+  replicaStatus: ReplicaStatusWriter;
+  tunnels: TunnelHub;
+  workloads: WorkloadController;
 }
 
 export function peerOf(context: HandlerContext): Peer {

@@ -1,5 +1,5 @@
 import { create } from "@bufbuild/protobuf";
-import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import { timestampFromMs, timestampMs } from "@bufbuild/protobuf/wkt";
 import { type Event, EventSchema } from "../../gen/cloudless/v1/event_pb.js";
 import {
   type Capacity,
@@ -8,10 +8,19 @@ import {
   type NodeInfo,
   NodeInfoSchema,
   NodeSchema,
+  type ReplicaReport,
+  type Taint,
+  TaintSchema,
 } from "../../gen/cloudless/v1/node_pb.js";
 import { type TokenInfo, TokenInfoSchema } from "../../gen/cloudless/v1/token_pb.js";
+import type { ReportedReplica } from "../controllers/replicaStatusWriter.js";
 import type { ClusterEvent } from "../events/eventLog.js";
-import type { NodeCapacityRecord, NodeInfoRecord, NodeRecord } from "../nodes/nodeRecord.js";
+import type {
+  NodeCapacityRecord,
+  NodeInfoRecord,
+  NodeRecord,
+  TaintRecord,
+} from "../nodes/nodeRecord.js";
 import type { TokenRecord } from "../tokens/tokenRegistry.js";
 
 export function nodeToProto(record: NodeRecord, lastHeartbeatMs: number | undefined): Node {
@@ -23,6 +32,7 @@ export function nodeToProto(record: NodeRecord, lastHeartbeatMs: number | undefi
     region: record.region,
     zone: record.zone,
     labels: record.labels,
+    taints: (record.taints ?? []).map((taint) => create(TaintSchema, taint)),
     capacity: capacityToProto(record.capacity),
     info: create(NodeInfoSchema, record.info),
     cordoned: record.cordoned,
@@ -34,6 +44,31 @@ export function nodeToProto(record: NodeRecord, lastHeartbeatMs: number | undefi
     address: record.address,
     enrollments: record.enrollments,
   });
+}
+
+export function reportFromProto(report: ReplicaReport): ReportedReplica {
+  return {
+    replicaId: report.replicaId,
+    phase: report.phase,
+    ready: report.ready,
+    restarts: report.restarts,
+    reason: report.reason,
+    message: report.message,
+    ...(report.phase === "Failed" || report.phase === "Succeeded" || report.exitCode !== 0
+      ? { exitCode: report.exitCode }
+      : {}),
+    ...(report.startedAt ? { startedAtMs: timestampMs(report.startedAt) } : {}),
+    hostPorts: { ...report.hostPorts },
+    driver: report.driver,
+  };
+}
+
+export function taintsFromProto(taints: readonly Taint[]): TaintRecord[] {
+  return taints.map((taint) => ({
+    key: taint.key,
+    value: taint.value,
+    effect: taint.effect === "PreferNoSchedule" ? "PreferNoSchedule" : "NoSchedule",
+  }));
 }
 
 export function capacityToProto(capacity: NodeCapacityRecord): Capacity {

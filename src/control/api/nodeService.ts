@@ -7,6 +7,7 @@ import {
   HeartbeatResponseSchema,
   type NodeService,
 } from "../../gen/cloudless/v1/node_pb.js";
+import { AsyncQueue } from "../../lib/asyncQueue.js";
 import { CloudlessError } from "../../lib/errors.js";
 import { emptyCapacity, emptyInfo, type NodeRecord, nodeKey } from "../nodes/nodeRecord.js";
 import { spiffeUri, validateNodeName } from "../security/pki.js";
@@ -18,11 +19,19 @@ import {
   requireNode,
   requireNodeOrAdmin,
 } from "./context.js";
-import { capacityFromProto, infoFromProto, nodeToProto } from "./convert.js";
+import {
+  capacityFromProto,
+  infoFromProto,
+  nodeToProto,
+  reportFromProto,
+  taintsFromProto,
+} from "./convert.js";
 import { limits, validateLabels, validateLocality } from "./validation.js";
 
 /** How long a new heartbeat stream may take to say hello before it is dropped. */
 const helloTimeoutMs = 10_000;
+/** Messages queued for one agent before its stream is dropped. */
+const outboundQueueLimit = 10_000;
 /** Upper bound on the bytes one egress measurement may send. */
 const maxEgressProbeBytes = 16 * 1024 * 1024;
 
@@ -94,6 +103,7 @@ export function nodeServiceImpl(services: CoordinatorServices): ServiceImpl<type
         region: request.region,
         zone: request.zone,
         labels: { ...request.labels },
+        taints: [],
         capacity: emptyCapacity(),
         info: emptyInfo(),
         cordoned: false,
@@ -164,15 +174,19 @@ export function nodeServiceImpl(services: CoordinatorServices): ServiceImpl<type
       validateLocality(hello.region, "region");
       validateLocality(hello.zone, "zone");
       validateLabels(hello.labels);
-      const abort = new AbortController();
+      const deleted = new AbortController();
       let streams = services.nodeStreams.get(name);
       if (!streams) {
         streams = new Set();
         services.nodeStreams.set(name, streams);
       }
-      streams.add(abort);
+      streams.add(deleted);
+      // Messages to the agent: acks, desired sets and log/exec requests. Bounded: an
+      // agent that stops reading is disconnected and resynchronises on reconnect.
+      const outbound = new AsyncQueue<HeartbeatResponse>(outboundQueueLimit);
       let left = false;
       let helloed = false;
+      let detach: (() => void) | undefined;
       try {
         const record = await membership.hello(name, {
           capacity: capacityFromProto(hello.capacity),
@@ -180,31 +194,58 @@ export function nodeServiceImpl(services: CoordinatorServices): ServiceImpl<type
           region: hello.region,
           zone: hello.zone,
           labels: { ...hello.labels },
+          taints: taintsFromProto(hello.taints),
           address: peerOf(context).address,
         });
         helloed = true;
-        yield ack(0n, services, record);
-        for (;;) {
-          const next = await raceAbort(iterator.next(), abort.signal);
-          if (next === "aborted") {
-            throw CloudlessError.unauthenticated(
-              `node "${name}" was deleted from the cluster; join again with a new token`,
-            );
+        outbound.push(ack(0n, services, record));
+        detach = services.assignments.attach(name, (message) => outbound.push(message));
+        const reader = (async () => {
+          let reports: Promise<void> = Promise.resolve();
+          for (;;) {
+            const next = await raceAbort(iterator.next(), deleted.signal);
+            if (next === "aborted") {
+              throw CloudlessError.unauthenticated(
+                `node "${name}" was deleted from the cluster; join again with a new token`,
+              );
+            }
+            if (next.done) break;
+            const message = next.value.kind;
+            if (message.case === "beat") {
+              membership.beat(name);
+              outbound.push(ack(message.value.seq, services));
+            } else if (message.case === "reports") {
+              const batch = message.value;
+              // Reports apply in order; a slow store write never blocks heartbeats.
+              reports = reports
+                .then(() =>
+                  services.replicaStatus.apply(
+                    name,
+                    batch.replicas.map(reportFromProto),
+                    batch.full,
+                  ),
+                )
+                .catch((error: unknown) =>
+                  logger.warn({ err: error, node: name }, "could not record replica reports"),
+                );
+            } else if (message.case === "leave") {
+              left = true;
+              await reports;
+              await membership.leave(name);
+              outbound.push(ack(0n, services));
+              break;
+            }
           }
-          if (next.done) break;
-          const message = next.value.kind;
-          if (message.case === "beat") {
-            membership.beat(name);
-            yield ack(message.value.seq, services);
-          } else if (message.case === "leave") {
-            left = true;
-            await membership.leave(name);
-            yield ack(0n, services);
-            return;
-          }
-        }
+          await reports;
+        })();
+        reader.then(
+          () => outbound.close(),
+          (error: unknown) => outbound.fail(error),
+        );
+        yield* outbound.drain();
       } finally {
-        streams.delete(abort);
+        detach?.();
+        streams.delete(deleted);
         if (streams.size === 0) services.nodeStreams.delete(name);
         if (helloed && !left) membership.streamClosed(name);
       }
@@ -255,6 +296,42 @@ export function nodeServiceImpl(services: CoordinatorServices): ServiceImpl<type
       }
       const durationMs = startedMs === undefined ? 0 : Math.round(performance.now() - startedMs);
       return { bytesReceived: BigInt(bytes), durationMs };
+    },
+
+    async uploadLogs(requests, context) {
+      const identity = requireNode(context);
+      let requestId = "";
+      for await (const request of requests) {
+        requestId ||= request.requestId;
+        if (request.error) {
+          services.tunnels.endLogs(identity.name, requestId, request.error);
+          return {};
+        }
+        const accepted = services.tunnels.acceptLogLines(
+          identity.name,
+          requestId,
+          request.lines.map((l) => ({ stream: l.stream, line: l.line })),
+        );
+        if (!accepted) {
+          throw CloudlessError.notFound(`no one is waiting for log request ${requestId} any more`);
+        }
+      }
+      services.tunnels.endLogs(identity.name, requestId);
+      return {};
+    },
+
+    async reportExecResult(request, context) {
+      const identity = requireNode(context);
+      const accepted = services.tunnels.acceptExecResult(
+        identity.name,
+        request.requestId,
+        { exitCode: request.exitCode, stdout: request.stdout, stderr: request.stderr },
+        request.error || undefined,
+      );
+      if (!accepted) {
+        throw CloudlessError.notFound(`exec request ${request.requestId} is unknown or timed out`);
+      }
+      return {};
     },
 
     async listNodes(request, context) {

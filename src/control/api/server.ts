@@ -1,11 +1,13 @@
+import type { IncomingMessage, ServerResponse } from "node:http";
 import * as http2 from "node:http2";
 import * as net from "node:net";
 import type { ConnectRouter, Interceptor } from "@connectrpc/connect";
-import { createContextValues } from "@connectrpc/connect";
+import { Code, createContextValues } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { EventService } from "../../gen/cloudless/v1/event_pb.js";
 import { NodeService } from "../../gen/cloudless/v1/node_pb.js";
 import { TokenService } from "../../gen/cloudless/v1/token_pb.js";
+import { WorkloadService } from "../../gen/cloudless/v1/workload_pb.js";
 import { CloudlessError } from "../../lib/errors.js";
 import type { CoordinatorServices } from "./context.js";
 import { toConnectError } from "./errorMapping.js";
@@ -13,6 +15,7 @@ import { eventServiceImpl } from "./eventService.js";
 import { nodeServiceImpl } from "./nodeService.js";
 import { type Peer, peerKey, resolvePeer } from "./peer.js";
 import { tokenServiceImpl } from "./tokenService.js";
+import { workloadServiceImpl } from "./workloadService.js";
 
 /** The only method that answers without a client certificate: it requires a token. */
 const enrollPath = `/${NodeService.typeName}/${NodeService.method.enroll.name}`;
@@ -44,26 +47,27 @@ export async function startApiServer(
 ): Promise<ApiServer> {
   const authenticationFailures = new RateLimitedRecorder(10_000);
 
+  const recordAuthenticationFailure = (peer: Peer, methodName: string, reason: string) =>
+    authenticationFailures.maybeRecord(peer.address, () =>
+      services.events.record({
+        type: "AuthenticationFailed",
+        category: "security",
+        subject: `peer/${peer.address}`,
+        reason: "NoValidClientCertificate",
+        message: `${methodName} refused: ${reason}`,
+        actor: `anonymous@${peer.address}`,
+      }),
+    );
+  const unauthenticatedMessage = (reason: string) =>
+    `${reason}; use the admin config written by \`cloudless up\` (--config) or a node certificate`;
+
   const authenticate: Interceptor = (next) => async (request) => {
     const isEnroll = request.url.endsWith(enrollPath);
     const peer = request.contextValues.get(peerKey);
     if (!isEnroll && !peer.identity) {
       const reason = peer.refusal ?? "no client certificate was presented";
-      authenticationFailures.maybeRecord(peer.address, () =>
-        services.events.record({
-          type: "AuthenticationFailed",
-          category: "security",
-          subject: `peer/${peer.address}`,
-          reason: "NoValidClientCertificate",
-          message: `${request.method.name} refused: ${reason}`,
-          actor: `anonymous@${peer.address}`,
-        }),
-      );
-      throw toConnectError(
-        CloudlessError.unauthenticated(
-          `${reason}; use the admin config written by \`cloudless up\` (--config) or a node certificate`,
-        ),
-      );
+      recordAuthenticationFailure(peer, request.method.name, reason);
+      throw toConnectError(CloudlessError.unauthenticated(unauthenticatedMessage(reason)));
     }
     if (peer.identity?.kind === "node" && !isEnroll) {
       const node = await services.nodes.get(peer.identity.name);
@@ -106,6 +110,7 @@ export async function startApiServer(
     router.service(NodeService, nodeServiceImpl(services));
     router.service(TokenService, tokenServiceImpl(services));
     router.service(EventService, eventServiceImpl(services));
+    router.service(WorkloadService, workloadServiceImpl(services));
   };
 
   const handler = connectNodeAdapter({
@@ -127,6 +132,23 @@ export async function startApiServer(
     },
   });
 
+  // A caller without a valid client certificate is refused before its request body is
+  // read or parsed: only Enroll (which carries a token) is open to it.
+  const guarded = (
+    request: http2.Http2ServerRequest | IncomingMessage,
+    response: http2.Http2ServerResponse | ServerResponse,
+  ) => {
+    const peer = resolvePeer(request, services.clusterName);
+    const pathname = (request.url ?? "").split("?")[0] ?? "";
+    if (peer.identity || pathname === enrollPath) {
+      handler(request, response);
+      return;
+    }
+    const reason = peer.refusal ?? "no client certificate was presented";
+    recordAuthenticationFailure(peer, pathname.split("/").pop() || pathname, reason);
+    refuseUnauthenticated(request, response, unauthenticatedMessage(reason));
+  };
+
   const tlsServer = http2.createSecureServer(
     {
       key: options.tls.keyPem,
@@ -141,7 +163,7 @@ export async function startApiServer(
       handshakeTimeout: tlsHandshakeTimeoutMs,
       settings: { maxConcurrentStreams: 1000 },
     },
-    handler,
+    guarded,
   );
   tlsServer.on("tlsClientError", (error) => {
     services.logger.debug({ err: error }, "TLS handshake failed");
@@ -195,6 +217,38 @@ export async function startApiServer(
       });
     },
   };
+}
+
+/**
+ * Answers an unauthenticated request in its own protocol without reading its body:
+ * gRPC and gRPC-web get a trailers-only Unauthenticated status, Connect streaming an
+ * end-stream error, everything else (Connect unary, HTTP/JSON) a 401.
+ */
+function refuseUnauthenticated(
+  request: http2.Http2ServerRequest | IncomingMessage,
+  response: http2.Http2ServerResponse | ServerResponse,
+  message: string,
+): void {
+  const contentType = String(request.headers["content-type"] ?? "").toLowerCase();
+  const reply = response as ServerResponse;
+  if (contentType.startsWith("application/grpc")) {
+    reply.writeHead(200, {
+      "content-type": contentType,
+      "grpc-status": String(Code.Unauthenticated),
+      "grpc-message": encodeURIComponent(message),
+    });
+    reply.end();
+  } else if (contentType.startsWith("application/connect+")) {
+    const error = Buffer.from(JSON.stringify({ error: { code: "unauthenticated", message } }));
+    const envelope = Buffer.alloc(5);
+    envelope[0] = 0b10; // end-stream flag
+    envelope.writeUInt32BE(error.length, 1);
+    reply.writeHead(200, { "content-type": contentType });
+    reply.end(Buffer.concat([envelope, error]));
+  } else {
+    reply.writeHead(401, { "content-type": "application/json" });
+    reply.end(JSON.stringify({ code: "unauthenticated", message }));
+  }
 }
 
 function refusePlainText(socket: net.Socket): void {

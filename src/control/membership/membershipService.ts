@@ -1,7 +1,12 @@
 import type { Clock } from "../../lib/clock.js";
 import type { Logger } from "../../observe/logger.js";
 import type { EventLog, NewEvent } from "../events/eventLog.js";
-import type { NodeCapacityRecord, NodeInfoRecord, NodeRecord } from "../nodes/nodeRecord.js";
+import type {
+  NodeCapacityRecord,
+  NodeInfoRecord,
+  NodeRecord,
+  TaintRecord,
+} from "../nodes/nodeRecord.js";
 import type { NodeRegistry } from "../nodes/nodeRegistry.js";
 import {
   defaultMembershipConfig,
@@ -17,6 +22,7 @@ export interface HelloReport {
   region: string;
   zone: string;
   labels: Record<string, string>;
+  taints: TaintRecord[];
   address: string;
 }
 
@@ -79,6 +85,7 @@ export class MembershipService {
       node.region = report.region || node.region;
       node.zone = report.zone || node.zone;
       node.labels = Object.keys(report.labels).length > 0 ? report.labels : node.labels;
+      node.taints = report.taints;
       node.address = report.address;
       return node;
     });

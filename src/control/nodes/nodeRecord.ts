@@ -22,6 +22,12 @@ export interface NodeInfoRecord {
   drivers: string[];
 }
 
+export interface TaintRecord {
+  key: string;
+  value: string;
+  effect: "NoSchedule" | "PreferNoSchedule";
+}
+
 export interface NodeRecord {
   name: string;
   uid: string;
@@ -30,6 +36,7 @@ export interface NodeRecord {
   region: string;
   zone: string;
   labels: Record<string, string>;
+  taints: TaintRecord[];
   capacity: NodeCapacityRecord;
   info: NodeInfoRecord;
   cordoned: boolean;

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file cloudless/v1/node.proto.
  */
 export const file_cloudless_v1_node: GenFile = /*@__PURE__*/
-  fileDesc("ChdjbG91ZGxlc3MvdjEvbm9kZS5wcm90bxIMY2xvdWRsZXNzLnYxIskBCghDYXBhY2l0eRIWCg5jcHVfbWlsbGljb3JlcxgBIAEoBRIdCgptZW1vcnlfbWliGAIgASgFUgltZW1vcnlNaUISHwoLc3RvcmFnZV9naWIYAyABKAFSCnN0b3JhZ2VHaUISEgoKaW9wc19jbGFzcxgEIAEoCRIVCg1tZWFzdXJlZF9pb3BzGAUgASgFEhMKC2VncmVzc19tYnBzGAYgASgFEhUKDWVncmVzc19zb3VyY2UYByABKAkSDgoGc291cmNlGAggASgJIoEBCghOb2RlSW5mbxIKCgJvcxgBIAEoCRIMCgRhcmNoGAIgASgJEg4KBmtlcm5lbBgDIAEoCRIQCghob3N0bmFtZRgEIAEoCRIVCg1hZ2VudF92ZXJzaW9uGAUgASgJEhEKCWNwdV9tb2RlbBgGIAEoCRIPCgdkcml2ZXJzGAcgAygJIrQECgROb2RlEgwKBG5hbWUYASABKAkSCwoDdWlkGAIgASgJEg4KBnN0YXR1cxgDIAEoCRIVCg1zdGF0dXNfcmVhc29uGAQgASgJEg4KBnJlZ2lvbhgFIAEoCRIMCgR6b25lGAYgASgJEi4KBmxhYmVscxgHIAMoCzIeLmNsb3VkbGVzcy52MS5Ob2RlLkxhYmVsc0VudHJ5EigKCGNhcGFjaXR5GAggASgLMhYuY2xvdWRsZXNzLnYxLkNhcGFjaXR5EiQKBGluZm8YCSABKAsyFi5jbG91ZGxlc3MudjEuTm9kZUluZm8SEAoIY29yZG9uZWQYCiABKAgSEAoIZHJhaW5pbmcYCyABKAgSLwoLZW5yb2xsZWRfYXQYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjYKEmxhc3RfdHJhbnNpdGlvbl9hdBgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNQoRbGFzdF9oZWFydGJlYXRfYXQYDiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjMKD2NlcnRfZXhwaXJlc19hdBgPIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHYWRkcmVzcxgQIAEoCRITCgtlbnJvbGxtZW50cxgRIAEoBRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIsMBCg1FbnJvbGxSZXF1ZXN0Eg0KBXRva2VuGAEgASgJEgwKBG5hbWUYAiABKAkSDwoHY3NyX3BlbRgDIAEoCRIOCgZyZWdpb24YBCABKAkSDAoEem9uZRgFIAEoCRI3CgZsYWJlbHMYBiADKAsyJy5jbG91ZGxlc3MudjEuRW5yb2xsUmVxdWVzdC5MYWJlbHNFbnRyeRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBImIKDkVucm9sbFJlc3BvbnNlEhEKCW5vZGVfbmFtZRgBIAEoCRIXCg9jZXJ0aWZpY2F0ZV9wZW0YAiABKAkSDgoGY2FfcGVtGAMgASgJEhQKDGNsdXN0ZXJfbmFtZRgEIAEoCSL6AQoOSGVhcnRiZWF0SGVsbG8SEQoJbm9kZV9uYW1lGAEgASgJEigKCGNhcGFjaXR5GAIgASgLMhYuY2xvdWRsZXNzLnYxLkNhcGFjaXR5EiQKBGluZm8YAyABKAsyFi5jbG91ZGxlc3MudjEuTm9kZUluZm8SDgoGcmVnaW9uGAQgASgJEgwKBHpvbmUYBSABKAkSOAoGbGFiZWxzGAYgAygLMiguY2xvdWRsZXNzLnYxLkhlYXJ0YmVhdEhlbGxvLkxhYmVsc0VudHJ5Gi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEidgoFVXNhZ2USGwoTY3B1X21pbGxpY29yZXNfdXNlZBgBIAEoBRImCg9tZW1vcnlfbWliX3VzZWQYAiABKAVSDW1lbW9yeU1pQlVzZWQSKAoQc3RvcmFnZV9naWJfZnJlZRgDIAEoAVIOc3RvcmFnZUdpQkZyZWUiQAoNSGVhcnRiZWF0QmVhdBILCgNzZXEYASABKAQSIgoFdXNhZ2UYAiABKAsyEy5jbG91ZGxlc3MudjEuVXNhZ2UiIAoOSGVhcnRiZWF0TGVhdmUSDgoGcmVhc29uGAEgASgJIqUBChBIZWFydGJlYXRSZXF1ZXN0Ei0KBWhlbGxvGAEgASgLMhwuY2xvdWRsZXNzLnYxLkhlYXJ0YmVhdEhlbGxvSAASKwoEYmVhdBgCIAEoCzIbLmNsb3VkbGVzcy52MS5IZWFydGJlYXRCZWF0SAASLQoFbGVhdmUYAyABKAsyHC5jbG91ZGxlc3MudjEuSGVhcnRiZWF0TGVhdmVIAEIGCgRraW5kIl0KEUhlYXJ0YmVhdFJlc3BvbnNlEg8KB2Fja19zZXEYASABKAQSEwoLaW50ZXJ2YWxfbXMYAiABKAUSEAoIY29yZG9uZWQYAyABKAgSEAoIZHJhaW5pbmcYBCABKAgiKgoXUmVuZXdDZXJ0aWZpY2F0ZVJlcXVlc3QSDwoHY3NyX3BlbRgBIAEoCSJDChhSZW5ld0NlcnRpZmljYXRlUmVzcG9uc2USFwoPY2VydGlmaWNhdGVfcGVtGAEgASgJEg4KBmNhX3BlbRgCIAEoCSIlChRNZWFzdXJlRWdyZXNzUmVxdWVzdBINCgVjaHVuaxgBIAEoDCJEChVNZWFzdXJlRWdyZXNzUmVzcG9uc2USFgoOYnl0ZXNfcmVjZWl2ZWQYASABKAQSEwoLZHVyYXRpb25fbXMYAiABKA0iowEKEExpc3ROb2Rlc1JlcXVlc3QSSQoObGFiZWxfc2VsZWN0b3IYASADKAsyMS5jbG91ZGxlc3MudjEuTGlzdE5vZGVzUmVxdWVzdC5MYWJlbFNlbGVjdG9yRW50cnkSDgoGc3RhdHVzGAIgASgJGjQKEkxhYmVsU2VsZWN0b3JFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIjYKEUxpc3ROb2Rlc1Jlc3BvbnNlEiEKBW5vZGVzGAEgAygLMhIuY2xvdWRsZXNzLnYxLk5vZGUiHgoOR2V0Tm9kZVJlcXVlc3QSDAoEbmFtZRgBIAEoCSIzCg9HZXROb2RlUmVzcG9uc2USIAoEbm9kZRgBIAEoCzISLmNsb3VkbGVzcy52MS5Ob2RlIiEKEUNvcmRvbk5vZGVSZXF1ZXN0EgwKBG5hbWUYASABKAkiNgoSQ29yZG9uTm9kZVJlc3BvbnNlEiAKBG5vZGUYASABKAsyEi5jbG91ZGxlc3MudjEuTm9kZSIjChNVbmNvcmRvbk5vZGVSZXF1ZXN0EgwKBG5hbWUYASABKAkiOAoUVW5jb3Jkb25Ob2RlUmVzcG9uc2USIAoEbm9kZRgBIAEoCzISLmNsb3VkbGVzcy52MS5Ob2RlIiAKEERyYWluTm9kZVJlcXVlc3QSDAoEbmFtZRgBIAEoCSI1ChFEcmFpbk5vZGVSZXNwb25zZRIgCgRub2RlGAEgASgLMhIuY2xvdWRsZXNzLnYxLk5vZGUiIQoRRGVsZXRlTm9kZVJlcXVlc3QSDAoEbmFtZRgBIAEoCSIUChJEZWxldGVOb2RlUmVzcG9uc2UywAYKC05vZGVTZXJ2aWNlEkMKBkVucm9sbBIbLmNsb3VkbGVzcy52MS5FbnJvbGxSZXF1ZXN0GhwuY2xvdWRsZXNzLnYxLkVucm9sbFJlc3BvbnNlElAKCUhlYXJ0YmVhdBIeLmNsb3VkbGVzcy52MS5IZWFydGJlYXRSZXF1ZXN0Gh8uY2xvdWRsZXNzLnYxLkhlYXJ0YmVhdFJlc3BvbnNlKAEwARJhChBSZW5ld0NlcnRpZmljYXRlEiUuY2xvdWRsZXNzLnYxLlJlbmV3Q2VydGlmaWNhdGVSZXF1ZXN0GiYuY2xvdWRsZXNzLnYxLlJlbmV3Q2VydGlmaWNhdGVSZXNwb25zZRJaCg1NZWFzdXJlRWdyZXNzEiIuY2xvdWRsZXNzLnYxLk1lYXN1cmVFZ3Jlc3NSZXF1ZXN0GiMuY2xvdWRsZXNzLnYxLk1lYXN1cmVFZ3Jlc3NSZXNwb25zZSgBEkwKCUxpc3ROb2RlcxIeLmNsb3VkbGVzcy52MS5MaXN0Tm9kZXNSZXF1ZXN0Gh8uY2xvdWRsZXNzLnYxLkxpc3ROb2Rlc1Jlc3BvbnNlEkYKB0dldE5vZGUSHC5jbG91ZGxlc3MudjEuR2V0Tm9kZVJlcXVlc3QaHS5jbG91ZGxlc3MudjEuR2V0Tm9kZVJlc3BvbnNlEk8KCkNvcmRvbk5vZGUSHy5jbG91ZGxlc3MudjEuQ29yZG9uTm9kZVJlcXVlc3QaIC5jbG91ZGxlc3MudjEuQ29yZG9uTm9kZVJlc3BvbnNlElUKDFVuY29yZG9uTm9kZRIhLmNsb3VkbGVzcy52MS5VbmNvcmRvbk5vZGVSZXF1ZXN0GiIuY2xvdWRsZXNzLnYxLlVuY29yZG9uTm9kZVJlc3BvbnNlEkwKCURyYWluTm9kZRIeLmNsb3VkbGVzcy52MS5EcmFpbk5vZGVSZXF1ZXN0Gh8uY2xvdWRsZXNzLnYxLkRyYWluTm9kZVJlc3BvbnNlEk8KCkRlbGV0ZU5vZGUSHy5jbG91ZGxlc3MudjEuRGVsZXRlTm9kZVJlcXVlc3QaIC5jbG91ZGxlc3MudjEuRGVsZXRlTm9kZVJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("ChdjbG91ZGxlc3MvdjEvbm9kZS5wcm90bxIMY2xvdWRsZXNzLnYxIskBCghDYXBhY2l0eRIWCg5jcHVfbWlsbGljb3JlcxgBIAEoBRIdCgptZW1vcnlfbWliGAIgASgFUgltZW1vcnlNaUISHwoLc3RvcmFnZV9naWIYAyABKAFSCnN0b3JhZ2VHaUISEgoKaW9wc19jbGFzcxgEIAEoCRIVCg1tZWFzdXJlZF9pb3BzGAUgASgFEhMKC2VncmVzc19tYnBzGAYgASgFEhUKDWVncmVzc19zb3VyY2UYByABKAkSDgoGc291cmNlGAggASgJIoEBCghOb2RlSW5mbxIKCgJvcxgBIAEoCRIMCgRhcmNoGAIgASgJEg4KBmtlcm5lbBgDIAEoCRIQCghob3N0bmFtZRgEIAEoCRIVCg1hZ2VudF92ZXJzaW9uGAUgASgJEhEKCWNwdV9tb2RlbBgGIAEoCRIPCgdkcml2ZXJzGAcgAygJIjMKBVRhaW50EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCRIOCgZlZmZlY3QYAyABKAkimwUKBE5vZGUSDAoEbmFtZRgBIAEoCRILCgN1aWQYAiABKAkSDgoGc3RhdHVzGAMgASgJEhUKDXN0YXR1c19yZWFzb24YBCABKAkSDgoGcmVnaW9uGAUgASgJEgwKBHpvbmUYBiABKAkSLgoGbGFiZWxzGAcgAygLMh4uY2xvdWRsZXNzLnYxLk5vZGUuTGFiZWxzRW50cnkSKAoIY2FwYWNpdHkYCCABKAsyFi5jbG91ZGxlc3MudjEuQ2FwYWNpdHkSJAoEaW5mbxgJIAEoCzIWLmNsb3VkbGVzcy52MS5Ob2RlSW5mbxIQCghjb3Jkb25lZBgKIAEoCBIQCghkcmFpbmluZxgLIAEoCBIvCgtlbnJvbGxlZF9hdBgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNgoSbGFzdF90cmFuc2l0aW9uX2F0GA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI1ChFsYXN0X2hlYXJ0YmVhdF9hdBgOIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMwoPY2VydF9leHBpcmVzX2F0GA8gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdhZGRyZXNzGBAgASgJEhMKC2Vucm9sbG1lbnRzGBEgASgFEiMKBnRhaW50cxgSIAMoCzITLmNsb3VkbGVzcy52MS5UYWludBIVCg1yZXBsaWNhX2NvdW50GBMgASgFEikKCWFsbG9jYXRlZBgUIAEoCzIWLmNsb3VkbGVzcy52MS5DYXBhY2l0eRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIsMBCg1FbnJvbGxSZXF1ZXN0Eg0KBXRva2VuGAEgASgJEgwKBG5hbWUYAiABKAkSDwoHY3NyX3BlbRgDIAEoCRIOCgZyZWdpb24YBCABKAkSDAoEem9uZRgFIAEoCRI3CgZsYWJlbHMYBiADKAsyJy5jbG91ZGxlc3MudjEuRW5yb2xsUmVxdWVzdC5MYWJlbHNFbnRyeRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBImIKDkVucm9sbFJlc3BvbnNlEhEKCW5vZGVfbmFtZRgBIAEoCRIXCg9jZXJ0aWZpY2F0ZV9wZW0YAiABKAkSDgoGY2FfcGVtGAMgASgJEhQKDGNsdXN0ZXJfbmFtZRgEIAEoCSKfAgoOSGVhcnRiZWF0SGVsbG8SEQoJbm9kZV9uYW1lGAEgASgJEigKCGNhcGFjaXR5GAIgASgLMhYuY2xvdWRsZXNzLnYxLkNhcGFjaXR5EiQKBGluZm8YAyABKAsyFi5jbG91ZGxlc3MudjEuTm9kZUluZm8SDgoGcmVnaW9uGAQgASgJEgwKBHpvbmUYBSABKAkSOAoGbGFiZWxzGAYgAygLMiguY2xvdWRsZXNzLnYxLkhlYXJ0YmVhdEhlbGxvLkxhYmVsc0VudHJ5EiMKBnRhaW50cxgHIAMoCzITLmNsb3VkbGVzcy52MS5UYWludBotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBInYKBVVzYWdlEhsKE2NwdV9taWxsaWNvcmVzX3VzZWQYASABKAUSJgoPbWVtb3J5X21pYl91c2VkGAIgASgFUg1tZW1vcnlNaUJVc2VkEigKEHN0b3JhZ2VfZ2liX2ZyZWUYAyABKAFSDnN0b3JhZ2VHaUJGcmVlIkAKDUhlYXJ0YmVhdEJlYXQSCwoDc2VxGAEgASgEEiIKBXVzYWdlGAIgASgLMhMuY2xvdWRsZXNzLnYxLlVzYWdlIiAKDkhlYXJ0YmVhdExlYXZlEg4KBnJlYXNvbhgBIAEoCSLNAgoNUmVwbGljYVJlcG9ydBISCgpyZXBsaWNhX2lkGAEgASgJEg0KBXBoYXNlGAIgASgJEg0KBXJlYWR5GAMgASgIEhAKCHJlc3RhcnRzGAQgASgFEg4KBnJlYXNvbhgFIAEoCRIPCgdtZXNzYWdlGAYgASgJEhEKCWV4aXRfY29kZRgHIAEoBRIuCgpzdGFydGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI+Cgpob3N0X3BvcnRzGAkgAygLMiouY2xvdWRsZXNzLnYxLlJlcGxpY2FSZXBvcnQuSG9zdFBvcnRzRW50cnkSDgoGZHJpdmVyGAogASgJEhIKCmdlbmVyYXRpb24YCyABKAMaMAoOSG9zdFBvcnRzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgFOgI4ASJNCg5SZXBsaWNhUmVwb3J0cxItCghyZXBsaWNhcxgBIAMoCzIbLmNsb3VkbGVzcy52MS5SZXBsaWNhUmVwb3J0EgwKBGZ1bGwYAiABKAgi1gEKEEhlYXJ0YmVhdFJlcXVlc3QSLQoFaGVsbG8YASABKAsyHC5jbG91ZGxlc3MudjEuSGVhcnRiZWF0SGVsbG9IABIrCgRiZWF0GAIgASgLMhsuY2xvdWRsZXNzLnYxLkhlYXJ0YmVhdEJlYXRIABItCgVsZWF2ZRgDIAEoCzIcLmNsb3VkbGVzcy52MS5IZWFydGJlYXRMZWF2ZUgAEi8KB3JlcG9ydHMYBCABKAsyHC5jbG91ZGxlc3MudjEuUmVwbGljYVJlcG9ydHNIAEIGCgRraW5kImoKCkFzc2lnbm1lbnQSEgoKcmVwbGljYV9pZBgBIAEoCRIRCgluYW1lc3BhY2UYAiABKAkSEAoId29ya2xvYWQYAyABKAkSEAoIcmV2aXNpb24YBCABKAMSEQoJc3BlY19qc29uGAUgASgJIkoKC0Fzc2lnbm1lbnRzEioKCHJlcGxpY2FzGAEgAygLMhguY2xvdWRsZXNzLnYxLkFzc2lnbm1lbnQSDwoHdmVyc2lvbhgCIAEoBCJZCgtMb2dzUmVxdWVzdBISCgpyZXF1ZXN0X2lkGAEgASgJEhIKCnJlcGxpY2FfaWQYAiABKAkSDgoGZm9sbG93GAMgASgIEhIKCnRhaWxfbGluZXMYBCABKAUiIwoNQ2FuY2VsUmVxdWVzdBISCgpyZXF1ZXN0X2lkGAEgASgJIloKC0V4ZWNSZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAkSEgoKcmVwbGljYV9pZBgCIAEoCRIPCgdjb21tYW5kGAMgAygJEhIKCnRpbWVvdXRfbXMYBCABKA0inAIKEUhlYXJ0YmVhdFJlc3BvbnNlEg8KB2Fja19zZXEYASABKAQSEwoLaW50ZXJ2YWxfbXMYAiABKAUSEAoIY29yZG9uZWQYAyABKAgSEAoIZHJhaW5pbmcYBCABKAgSLgoLYXNzaWdubWVudHMYBSABKAsyGS5jbG91ZGxlc3MudjEuQXNzaWdubWVudHMSLwoMbG9nc19yZXF1ZXN0GAYgASgLMhkuY2xvdWRsZXNzLnYxLkxvZ3NSZXF1ZXN0EisKBmNhbmNlbBgHIAEoCzIbLmNsb3VkbGVzcy52MS5DYW5jZWxSZXF1ZXN0Ei8KDGV4ZWNfcmVxdWVzdBgIIAEoCzIZLmNsb3VkbGVzcy52MS5FeGVjUmVxdWVzdCInCgdMb2dMaW5lEg4KBnN0cmVhbRgBIAEoCRIMCgRsaW5lGAIgASgJIlwKEVVwbG9hZExvZ3NSZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAkSJAoFbGluZXMYAiADKAsyFS5jbG91ZGxlc3MudjEuTG9nTGluZRINCgVlcnJvchgDIAEoCSIUChJVcGxvYWRMb2dzUmVzcG9uc2UibwoXUmVwb3J0RXhlY1Jlc3VsdFJlcXVlc3QSEgoKcmVxdWVzdF9pZBgBIAEoCRIRCglleGl0X2NvZGUYAiABKAUSDgoGc3Rkb3V0GAMgASgJEg4KBnN0ZGVychgEIAEoCRINCgVlcnJvchgFIAEoCSIaChhSZXBvcnRFeGVjUmVzdWx0UmVzcG9uc2UiKgoXUmVuZXdDZXJ0aWZpY2F0ZVJlcXVlc3QSDwoHY3NyX3BlbRgBIAEoCSJDChhSZW5ld0NlcnRpZmljYXRlUmVzcG9uc2USFwoPY2VydGlmaWNhdGVfcGVtGAEgASgJEg4KBmNhX3BlbRgCIAEoCSIlChRNZWFzdXJlRWdyZXNzUmVxdWVzdBINCgVjaHVuaxgBIAEoDCJEChVNZWFzdXJlRWdyZXNzUmVzcG9uc2USFgoOYnl0ZXNfcmVjZWl2ZWQYASABKAQSEwoLZHVyYXRpb25fbXMYAiABKA0iowEKEExpc3ROb2Rlc1JlcXVlc3QSSQoObGFiZWxfc2VsZWN0b3IYASADKAsyMS5jbG91ZGxlc3MudjEuTGlzdE5vZGVzUmVxdWVzdC5MYWJlbFNlbGVjdG9yRW50cnkSDgoGc3RhdHVzGAIgASgJGjQKEkxhYmVsU2VsZWN0b3JFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIjYKEUxpc3ROb2Rlc1Jlc3BvbnNlEiEKBW5vZGVzGAEgAygLMhIuY2xvdWRsZXNzLnYxLk5vZGUiHgoOR2V0Tm9kZVJlcXVlc3QSDAoEbmFtZRgBIAEoCSIzCg9HZXROb2RlUmVzcG9uc2USIAoEbm9kZRgBIAEoCzISLmNsb3VkbGVzcy52MS5Ob2RlIiEKEUNvcmRvbk5vZGVSZXF1ZXN0EgwKBG5hbWUYASABKAkiNgoSQ29yZG9uTm9kZVJlc3BvbnNlEiAKBG5vZGUYASABKAsyEi5jbG91ZGxlc3MudjEuTm9kZSIjChNVbmNvcmRvbk5vZGVSZXF1ZXN0EgwKBG5hbWUYASABKAkiOAoUVW5jb3Jkb25Ob2RlUmVzcG9uc2USIAoEbm9kZRgBIAEoCzISLmNsb3VkbGVzcy52MS5Ob2RlIiAKEERyYWluTm9kZVJlcXVlc3QSDAoEbmFtZRgBIAEoCSI1ChFEcmFpbk5vZGVSZXNwb25zZRIgCgRub2RlGAEgASgLMhIuY2xvdWRsZXNzLnYxLk5vZGUiIQoRRGVsZXRlTm9kZVJlcXVlc3QSDAoEbmFtZRgBIAEoCSIUChJEZWxldGVOb2RlUmVzcG9uc2Uy9gcKC05vZGVTZXJ2aWNlEkMKBkVucm9sbBIbLmNsb3VkbGVzcy52MS5FbnJvbGxSZXF1ZXN0GhwuY2xvdWRsZXNzLnYxLkVucm9sbFJlc3BvbnNlElAKCUhlYXJ0YmVhdBIeLmNsb3VkbGVzcy52MS5IZWFydGJlYXRSZXF1ZXN0Gh8uY2xvdWRsZXNzLnYxLkhlYXJ0YmVhdFJlc3BvbnNlKAEwARJhChBSZW5ld0NlcnRpZmljYXRlEiUuY2xvdWRsZXNzLnYxLlJlbmV3Q2VydGlmaWNhdGVSZXF1ZXN0GiYuY2xvdWRsZXNzLnYxLlJlbmV3Q2VydGlmaWNhdGVSZXNwb25zZRJaCg1NZWFzdXJlRWdyZXNzEiIuY2xvdWRsZXNzLnYxLk1lYXN1cmVFZ3Jlc3NSZXF1ZXN0GiMuY2xvdWRsZXNzLnYxLk1lYXN1cmVFZ3Jlc3NSZXNwb25zZSgBEkwKCUxpc3ROb2RlcxIeLmNsb3VkbGVzcy52MS5MaXN0Tm9kZXNSZXF1ZXN0Gh8uY2xvdWRsZXNzLnYxLkxpc3ROb2Rlc1Jlc3BvbnNlEkYKB0dldE5vZGUSHC5jbG91ZGxlc3MudjEuR2V0Tm9kZVJlcXVlc3QaHS5jbG91ZGxlc3MudjEuR2V0Tm9kZVJlc3BvbnNlEk8KCkNvcmRvbk5vZGUSHy5jbG91ZGxlc3MudjEuQ29yZG9uTm9kZVJlcXVlc3QaIC5jbG91ZGxlc3MudjEuQ29yZG9uTm9kZVJlc3BvbnNlElUKDFVuY29yZG9uTm9kZRIhLmNsb3VkbGVzcy52MS5VbmNvcmRvbk5vZGVSZXF1ZXN0GiIuY2xvdWRsZXNzLnYxLlVuY29yZG9uTm9kZVJlc3BvbnNlEkwKCURyYWluTm9kZRIeLmNsb3VkbGVzcy52MS5EcmFpbk5vZGVSZXF1ZXN0Gh8uY2xvdWRsZXNzLnYxLkRyYWluTm9kZVJlc3BvbnNlEk8KCkRlbGV0ZU5vZGUSHy5jbG91ZGxlc3MudjEuRGVsZXRlTm9kZVJlcXVlc3QaIC5jbG91ZGxlc3MudjEuRGVsZXRlTm9kZVJlc3BvbnNlElEKClVwbG9hZExvZ3MSHy5jbG91ZGxlc3MudjEuVXBsb2FkTG9nc1JlcXVlc3QaIC5jbG91ZGxlc3MudjEuVXBsb2FkTG9nc1Jlc3BvbnNlKAESYQoQUmVwb3J0RXhlY1Jlc3VsdBIlLmNsb3VkbGVzcy52MS5SZXBvcnRFeGVjUmVzdWx0UmVxdWVzdBomLmNsb3VkbGVzcy52MS5SZXBvcnRFeGVjUmVzdWx0UmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * Capacity is what a node offers, measured on the machine unless overridden.
@@ -124,6 +124,37 @@ export const NodeInfoSchema: GenMessage<NodeInfo> = /*@__PURE__*/
   messageDesc(file_cloudless_v1_node, 1);
 
 /**
+ * A taint keeps replicas off a node unless they tolerate it.
+ *
+ * @generated from message cloudless.v1.Taint
+ */
+export type Taint = Message<"cloudless.v1.Taint"> & {
+  /**
+   * @generated from field: string key = 1;
+   */
+  key: string;
+
+  /**
+   * @generated from field: string value = 2;
+   */
+  value: string;
+
+  /**
+   * NoSchedule or PreferNoSchedule.
+   *
+   * @generated from field: string effect = 3;
+   */
+  effect: string;
+};
+
+/**
+ * Describes the message cloudless.v1.Taint.
+ * Use `create(TaintSchema)` to create a new message.
+ */
+export const TaintSchema: GenMessage<Taint> = /*@__PURE__*/
+  messageDesc(file_cloudless_v1_node, 2);
+
+/**
  * @generated from message cloudless.v1.Node
  */
 export type Node = Message<"cloudless.v1.Node"> & {
@@ -213,6 +244,23 @@ export type Node = Message<"cloudless.v1.Node"> & {
    * @generated from field: int32 enrollments = 17;
    */
   enrollments: number;
+
+  /**
+   * @generated from field: repeated cloudless.v1.Taint taints = 18;
+   */
+  taints: Taint[];
+
+  /**
+   * Replicas placed on the node and the resources they reserve.
+   *
+   * @generated from field: int32 replica_count = 19;
+   */
+  replicaCount: number;
+
+  /**
+   * @generated from field: cloudless.v1.Capacity allocated = 20;
+   */
+  allocated?: Capacity;
 };
 
 /**
@@ -220,7 +268,7 @@ export type Node = Message<"cloudless.v1.Node"> & {
  * Use `create(NodeSchema)` to create a new message.
  */
 export const NodeSchema: GenMessage<Node> = /*@__PURE__*/
-  messageDesc(file_cloudless_v1_node, 2);
+  messageDesc(file_cloudless_v1_node, 3);
 
 /**
  * @generated from message cloudless.v1.EnrollRequest
@@ -264,7 +312,7 @@ export type EnrollRequest = Message<"cloudless.v1.EnrollRequest"> & {
  * Use `create(EnrollRequestSchema)` to create a new message.
  */
 export const EnrollRequestSchema: GenMessage<EnrollRequest> = /*@__PURE__*/
-  messageDesc(file_cloudless_v1_node, 3);
+  messageDesc(file_cloudless_v1_node, 4);
 
 /**
  * @generated from message cloudless.v1.EnrollResponse
@@ -296,7 +344,7 @@ export type EnrollResponse = Message<"cloudless.v1.EnrollResponse"> & {
  * Use `create(EnrollResponseSchema)` to create a new message.
  */
 export const EnrollResponseSchema: GenMessage<EnrollResponse> = /*@__PURE__*/
-  messageDesc(file_cloudless_v1_node, 4);
+  messageDesc(file_cloudless_v1_node, 5);
 
 /**
  * @generated from message cloudless.v1.HeartbeatHello
@@ -331,6 +379,11 @@ export type HeartbeatHello = Message<"cloudless.v1.HeartbeatHello"> & {
    * @generated from field: map<string, string> labels = 6;
    */
   labels: { [key: string]: string };
+
+  /**
+   * @generated from field: repeated cloudless.v1.Taint taints = 7;
+   */
+  taints: Taint[];
 };
 
 /**
@@ -338,7 +391,7 @@ export type HeartbeatHello = Message<"cloudless.v1.HeartbeatHello"> & {
  * Use `create(HeartbeatHelloSchema)` to create a new message.
  */
 export const HeartbeatHelloSchema: GenMessage<HeartbeatHello> = /*@__PURE__*/
-  messageDesc(file_cloudless_v1_node, 5);
+  messageDesc(file_cloudless_v1_node, 6);
 
 /**
  * @generated from message cloudless.v1.Usage
@@ -365,7 +418,7 @@ export type Usage = Message<"cloudless.v1.Usage"> & {
  * Use `create(UsageSchema)` to create a new message.
  */
 export const UsageSchema: GenMessage<Usage> = /*@__PURE__*/
-  messageDesc(file_cloudless_v1_node, 6);
+  messageDesc(file_cloudless_v1_node, 7);
 
 /**
  * @generated from message cloudless.v1.HeartbeatBeat
@@ -387,7 +440,7 @@ export type HeartbeatBeat = Message<"cloudless.v1.HeartbeatBeat"> & {
  * Use `create(HeartbeatBeatSchema)` to create a new message.
  */
 export const HeartbeatBeatSchema: GenMessage<HeartbeatBeat> = /*@__PURE__*/
-  messageDesc(file_cloudless_v1_node, 7);
+  messageDesc(file_cloudless_v1_node, 8);
 
 /**
  * @generated from message cloudless.v1.HeartbeatLeave
@@ -404,7 +457,100 @@ export type HeartbeatLeave = Message<"cloudless.v1.HeartbeatLeave"> & {
  * Use `create(HeartbeatLeaveSchema)` to create a new message.
  */
 export const HeartbeatLeaveSchema: GenMessage<HeartbeatLeave> = /*@__PURE__*/
-  messageDesc(file_cloudless_v1_node, 8);
+  messageDesc(file_cloudless_v1_node, 9);
+
+/**
+ * What a replica looks like from its node.
+ *
+ * @generated from message cloudless.v1.ReplicaReport
+ */
+export type ReplicaReport = Message<"cloudless.v1.ReplicaReport"> & {
+  /**
+   * @generated from field: string replica_id = 1;
+   */
+  replicaId: string;
+
+  /**
+   * @generated from field: string phase = 2;
+   */
+  phase: string;
+
+  /**
+   * @generated from field: bool ready = 3;
+   */
+  ready: boolean;
+
+  /**
+   * @generated from field: int32 restarts = 4;
+   */
+  restarts: number;
+
+  /**
+   * @generated from field: string reason = 5;
+   */
+  reason: string;
+
+  /**
+   * @generated from field: string message = 6;
+   */
+  message: string;
+
+  /**
+   * @generated from field: int32 exit_code = 7;
+   */
+  exitCode: number;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp started_at = 8;
+   */
+  startedAt?: Timestamp;
+
+  /**
+   * @generated from field: map<string, int32> host_ports = 9;
+   */
+  hostPorts: { [key: string]: number };
+
+  /**
+   * @generated from field: string driver = 10;
+   */
+  driver: string;
+
+  /**
+   * @generated from field: int64 generation = 11;
+   */
+  generation: bigint;
+};
+
+/**
+ * Describes the message cloudless.v1.ReplicaReport.
+ * Use `create(ReplicaReportSchema)` to create a new message.
+ */
+export const ReplicaReportSchema: GenMessage<ReplicaReport> = /*@__PURE__*/
+  messageDesc(file_cloudless_v1_node, 10);
+
+/**
+ * @generated from message cloudless.v1.ReplicaReports
+ */
+export type ReplicaReports = Message<"cloudless.v1.ReplicaReports"> & {
+  /**
+   * @generated from field: repeated cloudless.v1.ReplicaReport replicas = 1;
+   */
+  replicas: ReplicaReport[];
+
+  /**
+   * True when this is every replica the agent runs (absent ones are gone).
+   *
+   * @generated from field: bool full = 2;
+   */
+  full: boolean;
+};
+
+/**
+ * Describes the message cloudless.v1.ReplicaReports.
+ * Use `create(ReplicaReportsSchema)` to create a new message.
+ */
+export const ReplicaReportsSchema: GenMessage<ReplicaReports> = /*@__PURE__*/
+  messageDesc(file_cloudless_v1_node, 11);
 
 /**
  * @generated from message cloudless.v1.HeartbeatRequest
@@ -431,6 +577,12 @@ export type HeartbeatRequest = Message<"cloudless.v1.HeartbeatRequest"> & {
      */
     value: HeartbeatLeave;
     case: "leave";
+  } | {
+    /**
+     * @generated from field: cloudless.v1.ReplicaReports reports = 4;
+     */
+    value: ReplicaReports;
+    case: "reports";
   } | { case: undefined; value?: undefined };
 };
 
@@ -439,7 +591,155 @@ export type HeartbeatRequest = Message<"cloudless.v1.HeartbeatRequest"> & {
  * Use `create(HeartbeatRequestSchema)` to create a new message.
  */
 export const HeartbeatRequestSchema: GenMessage<HeartbeatRequest> = /*@__PURE__*/
-  messageDesc(file_cloudless_v1_node, 9);
+  messageDesc(file_cloudless_v1_node, 12);
+
+/**
+ * One replica a node should run.
+ *
+ * @generated from message cloudless.v1.Assignment
+ */
+export type Assignment = Message<"cloudless.v1.Assignment"> & {
+  /**
+   * @generated from field: string replica_id = 1;
+   */
+  replicaId: string;
+
+  /**
+   * @generated from field: string namespace = 2;
+   */
+  namespace: string;
+
+  /**
+   * @generated from field: string workload = 3;
+   */
+  workload: string;
+
+  /**
+   * The workload revision (rollout generation) this replica runs.
+   *
+   * @generated from field: int64 revision = 4;
+   */
+  revision: bigint;
+
+  /**
+   * The workload spec of that revision, canonical JSON (same schema as `apply`).
+   *
+   * @generated from field: string spec_json = 5;
+   */
+  specJson: string;
+};
+
+/**
+ * Describes the message cloudless.v1.Assignment.
+ * Use `create(AssignmentSchema)` to create a new message.
+ */
+export const AssignmentSchema: GenMessage<Assignment> = /*@__PURE__*/
+  messageDesc(file_cloudless_v1_node, 13);
+
+/**
+ * @generated from message cloudless.v1.Assignments
+ */
+export type Assignments = Message<"cloudless.v1.Assignments"> & {
+  /**
+   * The whole desired set for the node: anything not listed must be stopped.
+   *
+   * @generated from field: repeated cloudless.v1.Assignment replicas = 1;
+   */
+  replicas: Assignment[];
+
+  /**
+   * @generated from field: uint64 version = 2;
+   */
+  version: bigint;
+};
+
+/**
+ * Describes the message cloudless.v1.Assignments.
+ * Use `create(AssignmentsSchema)` to create a new message.
+ */
+export const AssignmentsSchema: GenMessage<Assignments> = /*@__PURE__*/
+  messageDesc(file_cloudless_v1_node, 14);
+
+/**
+ * @generated from message cloudless.v1.LogsRequest
+ */
+export type LogsRequest = Message<"cloudless.v1.LogsRequest"> & {
+  /**
+   * @generated from field: string request_id = 1;
+   */
+  requestId: string;
+
+  /**
+   * @generated from field: string replica_id = 2;
+   */
+  replicaId: string;
+
+  /**
+   * @generated from field: bool follow = 3;
+   */
+  follow: boolean;
+
+  /**
+   * @generated from field: int32 tail_lines = 4;
+   */
+  tailLines: number;
+};
+
+/**
+ * Describes the message cloudless.v1.LogsRequest.
+ * Use `create(LogsRequestSchema)` to create a new message.
+ */
+export const LogsRequestSchema: GenMessage<LogsRequest> = /*@__PURE__*/
+  messageDesc(file_cloudless_v1_node, 15);
+
+/**
+ * @generated from message cloudless.v1.CancelRequest
+ */
+export type CancelRequest = Message<"cloudless.v1.CancelRequest"> & {
+  /**
+   * @generated from field: string request_id = 1;
+   */
+  requestId: string;
+};
+
+/**
+ * Describes the message cloudless.v1.CancelRequest.
+ * Use `create(CancelRequestSchema)` to create a new message.
+ */
+export const CancelRequestSchema: GenMessage<CancelRequest> = /*@__PURE__*/
+  messageDesc(file_cloudless_v1_node, 16);
+
+/**
+ * @generated from message cloudless.v1.ExecRequest
+ */
+export type ExecRequest = Message<"cloudless.v1.ExecRequest"> & {
+  /**
+   * @generated from field: string request_id = 1;
+   */
+  requestId: string;
+
+  /**
+   * @generated from field: string replica_id = 2;
+   */
+  replicaId: string;
+
+  /**
+   * @generated from field: repeated string command = 3;
+   */
+  command: string[];
+
+  /**
+   * @generated from field: uint32 timeout_ms = 4;
+   */
+  timeoutMs: number;
+};
+
+/**
+ * Describes the message cloudless.v1.ExecRequest.
+ * Use `create(ExecRequestSchema)` to create a new message.
+ */
+export const ExecRequestSchema: GenMessage<ExecRequest> = /*@__PURE__*/
+  messageDesc(file_cloudless_v1_node, 17);
 
 /**
  * @generated from message cloudless.v1.HeartbeatResponse
@@ -468,6 +768,26 @@ export type HeartbeatResponse = Message<"cloudless.v1.HeartbeatResponse"> & {
    * @generated from field: bool draining = 4;
    */
   draining: boolean;
+
+  /**
+   * @generated from field: cloudless.v1.Assignments assignments = 5;
+   */
+  assignments?: Assignments;
+
+  /**
+   * @generated from field: cloudless.v1.LogsRequest logs_request = 6;
+   */
+  logsRequest?: LogsRequest;
+
+  /**
+   * @generated from field: cloudless.v1.CancelRequest cancel = 7;
+   */
+  cancel?: CancelRequest;
+
+  /**
+   * @generated from field: cloudless.v1.ExecRequest exec_request = 8;
+   */
+  execRequest?: ExecRequest;
 };
 
 /**
@@ -475,7 +795,121 @@ export type HeartbeatResponse = Message<"cloudless.v1.HeartbeatResponse"> & {
  * Use `create(HeartbeatResponseSchema)` to create a new message.
  */
 export const HeartbeatResponseSchema: GenMessage<HeartbeatResponse> = /*@__PURE__*/
-  messageDesc(file_cloudless_v1_node, 10);
+  messageDesc(file_cloudless_v1_node, 18);
+
+/**
+ * @generated from message cloudless.v1.LogLine
+ */
+export type LogLine = Message<"cloudless.v1.LogLine"> & {
+  /**
+   * @generated from field: string stream = 1;
+   */
+  stream: string;
+
+  /**
+   * @generated from field: string line = 2;
+   */
+  line: string;
+};
+
+/**
+ * Describes the message cloudless.v1.LogLine.
+ * Use `create(LogLineSchema)` to create a new message.
+ */
+export const LogLineSchema: GenMessage<LogLine> = /*@__PURE__*/
+  messageDesc(file_cloudless_v1_node, 19);
+
+/**
+ * @generated from message cloudless.v1.UploadLogsRequest
+ */
+export type UploadLogsRequest = Message<"cloudless.v1.UploadLogsRequest"> & {
+  /**
+   * @generated from field: string request_id = 1;
+   */
+  requestId: string;
+
+  /**
+   * @generated from field: repeated cloudless.v1.LogLine lines = 2;
+   */
+  lines: LogLine[];
+
+  /**
+   * Set on the last message when the logs could not be read.
+   *
+   * @generated from field: string error = 3;
+   */
+  error: string;
+};
+
+/**
+ * Describes the message cloudless.v1.UploadLogsRequest.
+ * Use `create(UploadLogsRequestSchema)` to create a new message.
+ */
+export const UploadLogsRequestSchema: GenMessage<UploadLogsRequest> = /*@__PURE__*/
+  messageDesc(file_cloudless_v1_node, 20);
+
+/**
+ * @generated from message cloudless.v1.UploadLogsResponse
+ */
+export type UploadLogsResponse = Message<"cloudless.v1.UploadLogsResponse"> & {
+};
+
+/**
+ * Describes the message cloudless.v1.UploadLogsResponse.
+ * Use `create(UploadLogsResponseSchema)` to create a new message.
+ */
+export const UploadLogsResponseSchema: GenMessage<UploadLogsResponse> = /*@__PURE__*/
+  messageDesc(file_cloudless_v1_node, 21);
+
+/**
+ * @generated from message cloudless.v1.ReportExecResultRequest
+ */
+export type ReportExecResultRequest = Message<"cloudless.v1.ReportExecResultRequest"> & {
+  /**
+   * @generated from field: string request_id = 1;
+   */
+  requestId: string;
+
+  /**
+   * @generated from field: int32 exit_code = 2;
+   */
+  exitCode: number;
+
+  /**
+   * @generated from field: string stdout = 3;
+   */
+  stdout: string;
+
+  /**
+   * @generated from field: string stderr = 4;
+   */
+  stderr: string;
+
+  /**
+   * @generated from field: string error = 5;
+   */
+  error: string;
+};
+
+/**
+ * Describes the message cloudless.v1.ReportExecResultRequest.
+ * Use `create(ReportExecResultRequestSchema)` to create a new message.
+ */
+export const ReportExecResultRequestSchema: GenMessage<ReportExecResultRequest> = /*@__PURE__*/
+  messageDesc(file_cloudless_v1_node, 22);
+
+/**
+ * @generated from message cloudless.v1.ReportExecResultResponse
+ */
+export type ReportExecResultResponse = Message<"cloudless.v1.ReportExecResultResponse"> & {
+};
+
+/**
+ * Describes the message cloudless.v1.ReportExecResultResponse.
+ * Use `create(ReportExecResultResponseSchema)` to create a new message.
+ */
+export const ReportExecResultResponseSchema: GenMessage<ReportExecResultResponse> = /*@__PURE__*/
+  messageDesc(file_cloudless_v1_node, 23);
 
 /**
  * @generated from message cloudless.v1.RenewCertificateRequest
@@ -492,7 +926,7 @@ export type RenewCertificateRequest = Message<"cloudless.v1.RenewCertificateRequ
  * Use `create(RenewCertificateRequestSchema)` to create a new message.
  */
 export const RenewCertificateRequestSchema: GenMessage<RenewCertificateRequest> = /*@__PURE__*/
-  messageDesc(file_cloudless_v1_node, 11);
+  messageDesc(file_cloudless_v1_node, 24);
 
 /**
  * @generated from message cloudless.v1.RenewCertificateResponse
@@ -514,7 +948,7 @@ export type RenewCertificateResponse = Message<"cloudless.v1.RenewCertificateRes
  * Use `create(RenewCertificateResponseSchema)` to create a new message.
  */
 export const RenewCertificateResponseSchema: GenMessage<RenewCertificateResponse> = /*@__PURE__*/
-  messageDesc(file_cloudless_v1_node, 12);
+  messageDesc(file_cloudless_v1_node, 25);
 
 /**
  * @generated from message cloudless.v1.MeasureEgressRequest
@@ -531,7 +965,7 @@ export type MeasureEgressRequest = Message<"cloudless.v1.MeasureEgressRequest"> 
  * Use `create(MeasureEgressRequestSchema)` to create a new message.
  */
 export const MeasureEgressRequestSchema: GenMessage<MeasureEgressRequest> = /*@__PURE__*/
-  messageDesc(file_cloudless_v1_node, 13);
+  messageDesc(file_cloudless_v1_node, 26);
 
 /**
  * @generated from message cloudless.v1.MeasureEgressResponse
@@ -553,7 +987,7 @@ export type MeasureEgressResponse = Message<"cloudless.v1.MeasureEgressResponse"
  * Use `create(MeasureEgressResponseSchema)` to create a new message.
  */
 export const MeasureEgressResponseSchema: GenMessage<MeasureEgressResponse> = /*@__PURE__*/
-  messageDesc(file_cloudless_v1_node, 14);
+  messageDesc(file_cloudless_v1_node, 27);
 
 /**
  * @generated from message cloudless.v1.ListNodesRequest
@@ -577,7 +1011,7 @@ export type ListNodesRequest = Message<"cloudless.v1.ListNodesRequest"> & {
  * Use `create(ListNodesRequestSchema)` to create a new message.
  */
 export const ListNodesRequestSchema: GenMessage<ListNodesRequest> = /*@__PURE__*/
-  messageDesc(file_cloudless_v1_node, 15);
+  messageDesc(file_cloudless_v1_node, 28);
 
 /**
  * @generated from message cloudless.v1.ListNodesResponse
@@ -594,7 +1028,7 @@ export type ListNodesResponse = Message<"cloudless.v1.ListNodesResponse"> & {
  * Use `create(ListNodesResponseSchema)` to create a new message.
  */
 export const ListNodesResponseSchema: GenMessage<ListNodesResponse> = /*@__PURE__*/
-  messageDesc(file_cloudless_v1_node, 16);
+  messageDesc(file_cloudless_v1_node, 29);
 
 /**
  * @generated from message cloudless.v1.GetNodeRequest
@@ -611,7 +1045,7 @@ export type GetNodeRequest = Message<"cloudless.v1.GetNodeRequest"> & {
  * Use `create(GetNodeRequestSchema)` to create a new message.
  */
 export const GetNodeRequestSchema: GenMessage<GetNodeRequest> = /*@__PURE__*/
-  messageDesc(file_cloudless_v1_node, 17);
+  messageDesc(file_cloudless_v1_node, 30);
 
 /**
  * @generated from message cloudless.v1.GetNodeResponse
@@ -628,7 +1062,7 @@ export type GetNodeResponse = Message<"cloudless.v1.GetNodeResponse"> & {
  * Use `create(GetNodeResponseSchema)` to create a new message.
  */
 export const GetNodeResponseSchema: GenMessage<GetNodeResponse> = /*@__PURE__*/
-  messageDesc(file_cloudless_v1_node, 18);
+  messageDesc(file_cloudless_v1_node, 31);
 
 /**
  * @generated from message cloudless.v1.CordonNodeRequest
@@ -645,7 +1079,7 @@ export type CordonNodeRequest = Message<"cloudless.v1.CordonNodeRequest"> & {
  * Use `create(CordonNodeRequestSchema)` to create a new message.
  */
 export const CordonNodeRequestSchema: GenMessage<CordonNodeRequest> = /*@__PURE__*/
-  messageDesc(file_cloudless_v1_node, 19);
+  messageDesc(file_cloudless_v1_node, 32);
 
 /**
  * @generated from message cloudless.v1.CordonNodeResponse
@@ -662,7 +1096,7 @@ export type CordonNodeResponse = Message<"cloudless.v1.CordonNodeResponse"> & {
  * Use `create(CordonNodeResponseSchema)` to create a new message.
  */
 export const CordonNodeResponseSchema: GenMessage<CordonNodeResponse> = /*@__PURE__*/
-  messageDesc(file_cloudless_v1_node, 20);
+  messageDesc(file_cloudless_v1_node, 33);
 
 /**
  * @generated from message cloudless.v1.UncordonNodeRequest
@@ -679,7 +1113,7 @@ export type UncordonNodeRequest = Message<"cloudless.v1.UncordonNodeRequest"> & 
  * Use `create(UncordonNodeRequestSchema)` to create a new message.
  */
 export const UncordonNodeRequestSchema: GenMessage<UncordonNodeRequest> = /*@__PURE__*/
-  messageDesc(file_cloudless_v1_node, 21);
+  messageDesc(file_cloudless_v1_node, 34);
 
 /**
  * @generated from message cloudless.v1.UncordonNodeResponse
@@ -696,7 +1130,7 @@ export type UncordonNodeResponse = Message<"cloudless.v1.UncordonNodeResponse"> 
  * Use `create(UncordonNodeResponseSchema)` to create a new message.
  */
 export const UncordonNodeResponseSchema: GenMessage<UncordonNodeResponse> = /*@__PURE__*/
-  messageDesc(file_cloudless_v1_node, 22);
+  messageDesc(file_cloudless_v1_node, 35);
 
 /**
  * @generated from message cloudless.v1.DrainNodeRequest
@@ -713,7 +1147,7 @@ export type DrainNodeRequest = Message<"cloudless.v1.DrainNodeRequest"> & {
  * Use `create(DrainNodeRequestSchema)` to create a new message.
  */
 export const DrainNodeRequestSchema: GenMessage<DrainNodeRequest> = /*@__PURE__*/
-  messageDesc(file_cloudless_v1_node, 23);
+  messageDesc(file_cloudless_v1_node, 36);
 
 /**
  * @generated from message cloudless.v1.DrainNodeResponse
@@ -730,7 +1164,7 @@ export type DrainNodeResponse = Message<"cloudless.v1.DrainNodeResponse"> & {
  * Use `create(DrainNodeResponseSchema)` to create a new message.
  */
 export const DrainNodeResponseSchema: GenMessage<DrainNodeResponse> = /*@__PURE__*/
-  messageDesc(file_cloudless_v1_node, 24);
+  messageDesc(file_cloudless_v1_node, 37);
 
 /**
  * @generated from message cloudless.v1.DeleteNodeRequest
@@ -747,7 +1181,7 @@ export type DeleteNodeRequest = Message<"cloudless.v1.DeleteNodeRequest"> & {
  * Use `create(DeleteNodeRequestSchema)` to create a new message.
  */
 export const DeleteNodeRequestSchema: GenMessage<DeleteNodeRequest> = /*@__PURE__*/
-  messageDesc(file_cloudless_v1_node, 25);
+  messageDesc(file_cloudless_v1_node, 38);
 
 /**
  * @generated from message cloudless.v1.DeleteNodeResponse
@@ -760,7 +1194,7 @@ export type DeleteNodeResponse = Message<"cloudless.v1.DeleteNodeResponse"> & {
  * Use `create(DeleteNodeResponseSchema)` to create a new message.
  */
 export const DeleteNodeResponseSchema: GenMessage<DeleteNodeResponse> = /*@__PURE__*/
-  messageDesc(file_cloudless_v1_node, 26);
+  messageDesc(file_cloudless_v1_node, 39);
 
 /**
  * NodeService is how agents join and stay in the cluster, and how operators
@@ -858,6 +1292,27 @@ export const NodeService: GenService<{
     methodKind: "unary";
     input: typeof DeleteNodeRequestSchema;
     output: typeof DeleteNodeResponseSchema;
+  },
+  /**
+   * UploadLogs carries log lines the coordinator asked for (LogsRequest on the
+   * heartbeat stream) from the agent back to the coordinator.
+   *
+   * @generated from rpc cloudless.v1.NodeService.UploadLogs
+   */
+  uploadLogs: {
+    methodKind: "client_streaming";
+    input: typeof UploadLogsRequestSchema;
+    output: typeof UploadLogsResponseSchema;
+  },
+  /**
+   * ReportExecResult answers an ExecRequest sent on the heartbeat stream.
+   *
+   * @generated from rpc cloudless.v1.NodeService.ReportExecResult
+   */
+  reportExecResult: {
+    methodKind: "unary";
+    input: typeof ReportExecResultRequestSchema;
+    output: typeof ReportExecResultResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_cloudless_v1_node, 0);

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Debian packages the test suite needs beyond Node.js and npm. Run as root.
+# - python3, make, g++: build better-sqlite3 (no prebuilt binaries can be fetched here)
+# - podman, runc, busybox-static: container driver tests (images are built locally
+#   FROM scratch with a static busybox; there is no registry)
+set -euo pipefail
+packages=(python3 make g++ podman runc busybox-static)
+missing=()
+for package in "${packages[@]}"; do
+  dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}"
+fi

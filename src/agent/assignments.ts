@@ -1,0 +1,118 @@
+import { create } from "@bufbuild/protobuf";
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import { parseWorkloadValue } from "../control/workloads/parse.js";
+import type { Probe, WorkloadSpecDocument } from "../control/workloads/spec.js";
+import {
+  type ReplicaReport as ReplicaReportMessage,
+  ReplicaReportSchema,
+} from "../gen/cloudless/v1/node_pb.js";
+import type { ReplicaRunSpec } from "./drivers/driver.js";
+import type { ProbeAction, ProbeSpec } from "./probes/probeTypes.js";
+import type { DesiredReplica, ReplicaReport } from "./supervisor/supervisorTypes.js";
+
+export interface AssignmentInput {
+  replicaId: string;
+  namespace: string;
+  workload: string;
+  revision: number;
+  specJson: string;
+}
+
+/**
+ * Turns what the coordinator assigned into what the local supervisor runs. The spec
+ * is validated again with the same schema: an agent never runs a document it does
+ * not understand.
+ */
+export function desiredFromAssignment(
+  assignment: AssignmentInput,
+): { ok: true; desired: DesiredReplica } | { ok: false; message: string } {
+  let value: unknown;
+  try {
+    value = JSON.parse(assignment.specJson);
+  } catch {
+    return { ok: false, message: "assignment carries a spec that is not JSON" };
+  }
+  const parsed = parseWorkloadValue(value);
+  if (!parsed.ok) {
+    return {
+      ok: false,
+      message: `assignment spec is invalid: ${parsed.errors.map((e) => `${e.path}: ${e.message}`).join("; ")}`,
+    };
+  }
+  const doc = parsed.doc;
+  const spec = runSpecFromDocument(assignment.replicaId, doc);
+  return {
+    ok: true,
+    desired: {
+      spec,
+      restartPolicy: doc.spec.restartPolicy,
+      ...(doc.spec.livenessProbe ? { liveness: probeFromSpec(doc.spec.livenessProbe, doc) } : {}),
+      ...(doc.spec.readinessProbe
+        ? { readiness: probeFromSpec(doc.spec.readinessProbe, doc) }
+        : {}),
+      terminationGracePeriodSeconds: doc.spec.terminationGracePeriodSeconds,
+      generation: assignment.revision,
+    },
+  };
+}
+
+export function runSpecFromDocument(replicaId: string, doc: WorkloadSpecDocument): ReplicaRunSpec {
+  const image = doc.spec.image;
+  return {
+    replicaId,
+    namespace: doc.metadata.namespace,
+    workload: doc.metadata.name,
+    driver: image ? "container" : "process",
+    ...(image ? { image } : {}),
+    ...(doc.spec.command ? { command: [...doc.spec.command] } : {}),
+    ...(doc.spec.args ? { args: [...doc.spec.args] } : {}),
+    env: { ...doc.spec.env },
+    ports: doc.spec.ports.map((port) => ({
+      name: port.name,
+      containerPort: port.containerPort,
+      hostPort: 0,
+      protocol: port.protocol,
+    })),
+    resources: {
+      cpuMillicores: doc.spec.resources.cpuMillicores,
+      memoryMiB: doc.spec.resources.memoryMiB,
+      storageGiB: doc.spec.resources.storageGiB,
+    },
+  };
+}
+
+/** Probe ports may name a port of the spec; the supervisor maps container ports to host ports. */
+function probeFromSpec(probe: Probe, doc: WorkloadSpecDocument): ProbeSpec {
+  const portNumber = (reference: number | string): number => {
+    if (typeof reference === "number") return reference;
+    return doc.spec.ports.find((p) => p.name === reference)?.containerPort ?? 0;
+  };
+  let action: ProbeAction;
+  if (probe.http) action = { http: { path: probe.http.path, port: portNumber(probe.http.port) } };
+  else if (probe.tcp) action = { tcp: { port: portNumber(probe.tcp.port) } };
+  else action = { exec: { command: [...(probe.exec?.command ?? [])] } };
+  return {
+    action,
+    periodSeconds: probe.periodSeconds,
+    timeoutSeconds: probe.timeoutSeconds,
+    failureThreshold: probe.failureThreshold,
+    successThreshold: probe.successThreshold,
+    initialDelaySeconds: probe.initialDelaySeconds,
+  };
+}
+
+/** The supervisor's report in the wire format of the heartbeat stream. */
+export function reportToProto(report: ReplicaReport): ReplicaReportMessage {
+  return create(ReplicaReportSchema, {
+    replicaId: report.replicaId,
+    phase: report.phase,
+    ready: report.ready,
+    restarts: report.restarts,
+    reason: report.reason,
+    message: report.message,
+    exitCode: report.exitCode ?? 0,
+    ...(report.startedAtMs ? { startedAt: timestampFromMs(report.startedAtMs) } : {}),
+    hostPorts: report.hostPorts,
+    driver: report.driver,
+  });
+}

@@ -1,0 +1,320 @@
+import { existsSync, readFileSync } from "node:fs";
+import { mkdtemp, rm, rmdir } from "node:fs/promises";
+import * as net from "node:net";
+import { tmpdir } from "node:os";
+import * as path from "node:path";
+import Docker from "dockerode";
+import { afterAll, afterEach, describe, expect, it } from "vitest";
+import { ensurePodman, type PodmanAvailability } from "../../../test/helpers/podman.js";
+import { waitFor } from "../../../test/helpers/processes.js";
+import { containerNameFor, createContainerDriver } from "./containerDriver.js";
+import { DriverError, type LogLine, type ReplicaRunSpec } from "./driver.js";
+import { detectDrivers } from "./index.js";
+
+const podman: PodmanAvailability = await ensurePodman();
+const skipReason = podman.available ? "" : podman.reason;
+if (skipReason) console.warn(`container driver tests skipped: ${skipReason}`);
+
+afterAll(async () => {
+  if (podman.available) await podman.stop();
+});
+
+/** A port that was free a moment ago (the engine binds it, so it cannot be held open). */
+async function freePort(): Promise<number> {
+  const server = net.createServer();
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const address = server.address();
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  if (address === null || typeof address === "string") throw new Error("no port");
+  return address.port;
+}
+
+let counter = 0;
+function replicaId(): string {
+  counter += 1;
+  return `ct-${process.pid}-${Date.now().toString(36)}-${counter}`;
+}
+
+function spec(overrides: Partial<ReplicaRunSpec> & { replicaId: string }): ReplicaRunSpec {
+  return {
+    namespace: "default",
+    workload: "web",
+    driver: "container",
+    image: podman.available ? podman.image : "none",
+    env: {},
+    ports: [],
+    resources: { cpuMillicores: 0, memoryMiB: 0, storageGiB: 0 },
+    ...overrides,
+  };
+}
+
+async function collect(iterable: AsyncIterable<LogLine>): Promise<LogLine[]> {
+  const lines: LogLine[] = [];
+  for await (const line of iterable) lines.push(line);
+  return lines;
+}
+
+/**
+ * Where a process's cgroup files are on the host, for both interfaces: v1 lists a
+ * path per controller in /proc/<pid>/cgroup, v2 a single "0::" path.
+ */
+function hostCgroupFiles(pid: number): { memoryLimit: string; cpuLimit: string } {
+  const lines = readFileSync(`/proc/${pid}/cgroup`, "utf8").trim().split("\n");
+  const pathFor = (controller: string): string | undefined =>
+    lines
+      .map((line) => /^\d+:([^:]*):(.*)$/.exec(line))
+      .find((match) => match?.[1]?.split(",").includes(controller))?.[2];
+  const memoryV1 = pathFor("memory");
+  const cpuV1 = pathFor("cpu");
+  if (memoryV1 !== undefined && cpuV1 !== undefined && existsSync("/sys/fs/cgroup/memory")) {
+    const memoryDir = path.join("/sys/fs/cgroup/memory", memoryV1);
+    const cpuDir = path.join("/sys/fs/cgroup/cpu", cpuV1);
+    return {
+      memoryLimit: readFileSync(path.join(memoryDir, "memory.limit_in_bytes"), "utf8").trim(),
+      cpuLimit: [
+        readFileSync(path.join(cpuDir, "cpu.cfs_quota_us"), "utf8").trim(),
+        readFileSync(path.join(cpuDir, "cpu.cfs_period_us"), "utf8").trim(),
+      ].join(" "),
+    };
+  }
+  const unified = lines.find((line) => line.startsWith("0::"))?.slice(3) ?? "/";
+  const dir = path.join("/sys/fs/cgroup", unified);
+  return {
+    memoryLimit: readFileSync(path.join(dir, "memory.max"), "utf8").trim(),
+    cpuLimit: readFileSync(path.join(dir, "cpu.max"), "utf8").trim(),
+  };
+}
+
+describe("container driver without an engine", () => {
+  it("reports an unreachable socket in health() and start() fails as unavailable", async () => {
+    const socketPath = "/nonexistent/cloudless/docker.sock";
+    const driver = createContainerDriver({ socketPath });
+    const health = await driver.health();
+    expect(health.ok).toBe(false);
+    if (!health.ok) expect(health.reason).toContain(socketPath);
+    const error = await driver
+      .start(spec({ replicaId: "unreachable", image: "busybox" }))
+      .catch((caught: unknown) => caught);
+    expect(error).toBeInstanceOf(DriverError);
+    expect((error as DriverError).kind).toBe("unavailable");
+  });
+
+  it("rejects a spec without an image or with an unusable replica id as invalid", async () => {
+    const driver = createContainerDriver({ socketPath: "/nonexistent/docker.sock" });
+    const noImage = await driver
+      .start({ ...spec({ replicaId: "x" }), image: undefined })
+      .catch((caught: unknown) => caught);
+    expect((noImage as DriverError).kind).toBe("invalid");
+    const badId = await driver.status("../etc").catch((caught: unknown) => caught);
+    expect((badId as DriverError).kind).toBe("invalid");
+  });
+});
+
+describe.skipIf(skipReason !== "")("container driver on podman", () => {
+  const created: string[] = [];
+  const driver = () =>
+    createContainerDriver({ socketPath: podman.available ? podman.socketPath : "" });
+
+  afterEach(async () => {
+    // Every container a test made goes, whatever the test's outcome.
+    const cleanup = driver();
+    for (const id of created.splice(0)) await cleanup.remove(id).catch(() => undefined);
+  });
+
+  it("runs busybox httpd on a host port: HTTP, status, logs, exec, stop, restart, remove", async () => {
+    const runtime = driver();
+    expect(await runtime.health()).toEqual({ ok: true });
+    const id = replicaId();
+    created.push(id);
+    const hostPort = await freePort();
+    const replica = spec({
+      replicaId: id,
+      command: ["/bin/sh", "-c"],
+      args: ["echo started; echo to-stderr >&2; exec httpd -f -p 8080 -h /www"],
+      env: { GREETING: "hello" },
+      ports: [{ name: "http", containerPort: 8080, hostPort, protocol: "tcp" }],
+    });
+    await runtime.start(replica);
+
+    const body = await waitFor("the page over the published port", async () => {
+      const response = await fetch(`http://127.0.0.1:${hostPort}/index.html`, {
+        signal: AbortSignal.timeout(2_000),
+      });
+      return response.ok ? response.text() : undefined;
+    });
+    expect(body).toContain("cloudless test page");
+
+    const running = await runtime.status(id);
+    expect(running.state).toBe("running");
+    expect(running.startedAtMs).toBeGreaterThan(Date.now() - 120_000);
+    expect(await runtime.list()).toContain(id);
+
+    const lines = await collect(runtime.logs(id, { follow: false }));
+    expect(lines).toContainEqual({ stream: "stdout", line: "started" });
+    expect(lines).toContainEqual({ stream: "stderr", line: "to-stderr" });
+    expect(await collect(runtime.logs(id, { follow: false, tailLines: 0 }))).toEqual([]);
+
+    expect(await runtime.exec(id, ["echo", "hi"], 10_000)).toEqual({
+      exitCode: 0,
+      stdout: "hi\n",
+      stderr: "",
+    });
+    const shell = await runtime.exec(
+      id,
+      ["/bin/sh", "-c", 'echo "$GREETING"; echo oops >&2; exit 3'],
+      10_000,
+    );
+    expect(shell).toEqual({ exitCode: 3, stdout: "hello\n", stderr: "oops\n" });
+
+    // start() of a running replica is a no-op: same container.
+    const docker = new Docker({ socketPath: podman.available ? podman.socketPath : "" });
+    const before = await docker.getContainer(containerNameFor(id)).inspect();
+    await runtime.start(replica);
+    const after = await docker.getContainer(containerNameFor(id)).inspect();
+    expect(after.Id).toBe(before.Id);
+
+    // httpd runs as PID 1 and ignores SIGTERM, so the grace period ends in SIGKILL.
+    await runtime.stop(id, 1_000);
+    const stopped = await runtime.status(id);
+    expect(stopped.state).toBe("exited");
+    expect(stopped.exitCode).toBe(137);
+    expect(stopped.finishedAtMs).toBeGreaterThanOrEqual(stopped.startedAtMs ?? 0);
+    await runtime.stop(id, 1_000); // idempotent
+    const execStopped = await runtime.exec(id, ["true"], 5_000).catch((error: unknown) => error);
+    expect((execStopped as DriverError).kind).toBe("failed");
+
+    // start() of an exited replica replaces its container.
+    await runtime.start(replica);
+    expect((await runtime.status(id)).state).toBe("running");
+    const replaced = await docker.getContainer(containerNameFor(id)).inspect();
+    expect(replaced.Id).not.toBe(before.Id);
+    expect(replaced.Config.Labels).toMatchObject({
+      "cloudless.replica": id,
+      "cloudless.workload": "web",
+      "cloudless.namespace": "default",
+    });
+
+    await runtime.remove(id);
+    expect(await runtime.status(id)).toEqual({ state: "missing" });
+    expect(await runtime.list()).not.toContain(id);
+    await runtime.remove(id); // idempotent
+    await runtime.stop(id, 0);
+  });
+
+  it("is detected first when its engine answers", async () => {
+    const dataDir = await mkdtemp(path.join(tmpdir(), "cloudless-detect-ct-"));
+    const cgroupParent = `cloudless-detect-ct-${process.pid}`;
+    try {
+      const detected = await detectDrivers({
+        dataDir,
+        socketPath: podman.available ? podman.socketPath : "",
+        cgroupParent,
+        enforceLimits: false,
+      });
+      expect(detected.drivers.map((driver) => driver.name)).toEqual(["container", "process"]);
+      expect(detected.unavailable).toEqual([]);
+    } finally {
+      await rm(dataDir, { recursive: true, force: true });
+      for (const controller of ["", "cpu", "memory"]) {
+        await rmdir(path.join("/sys/fs/cgroup", controller, cgroupParent)).catch(() => undefined);
+      }
+    }
+  });
+
+  it("gives the entrypoint no image CMD arguments when only command is set", async () => {
+    const runtime = driver();
+    const id = replicaId();
+    created.push(id);
+    await runtime.start(spec({ replicaId: id, command: ["/bin/echo", "only", "these"] }));
+    await waitFor("the echo to finish", async () => (await runtime.status(id)).state === "exited");
+    expect(await runtime.status(id)).toMatchObject({ state: "exited", exitCode: 0 });
+    const lines = await collect(runtime.logs(id, { follow: false }));
+    expect(lines).toEqual([{ stream: "stdout", line: "only these" }]);
+  });
+
+  it("follows logs until the caller aborts, and ends when the container stops", async () => {
+    const runtime = driver();
+    const id = replicaId();
+    created.push(id);
+    await runtime.start(
+      spec({
+        replicaId: id,
+        command: ["/bin/sh", "-c", "i=0; while true; do i=$((i+1)); echo line $i; sleep 0.2; done"],
+      }),
+    );
+    const controller = new AbortController();
+    const seen: string[] = [];
+    for await (const entry of runtime.logs(id, { follow: true, signal: controller.signal })) {
+      seen.push(entry.line);
+      if (seen.length === 3) controller.abort();
+    }
+    expect(seen.slice(0, 3)).toEqual(["line 1", "line 2", "line 3"]);
+
+    const follower = collect(runtime.logs(id, { follow: true, tailLines: 1 }));
+    await runtime.stop(id, 0);
+    const tail = await follower;
+    expect(tail.length).toBeGreaterThanOrEqual(1);
+    expect(tail[0]?.line).toMatch(/^line \d+$/);
+  });
+
+  it("fails fast with imageNotFound for an image that is not present and cannot be pulled", async () => {
+    const runtime = driver();
+    const id = replicaId();
+    created.push(id);
+    const startedMs = Date.now();
+    const error = await runtime
+      .start(spec({ replicaId: id, image: "localhost/nope:1" }))
+      .catch((caught: unknown) => caught);
+    expect(error).toBeInstanceOf(DriverError);
+    expect((error as DriverError).kind).toBe("imageNotFound");
+    expect((error as DriverError).message).toContain(
+      'image "localhost/nope:1" is not present on this node and could not be pulled',
+    );
+    expect(Date.now() - startedMs).toBeLessThan(10_000);
+    expect((await runtime.status(id)).state).toBe("missing");
+  });
+
+  it("REQ-011 REQ-062 applies memory and cpu limits (inspect and host cgroup files) and least privilege", async () => {
+    const runtime = driver();
+    const id = replicaId();
+    created.push(id);
+    await runtime.start(
+      spec({
+        replicaId: id,
+        command: ["/bin/sleep", "60"],
+        resources: { cpuMillicores: 250, memoryMiB: 64, storageGiB: 0 },
+      }),
+    );
+    const docker = new Docker({ socketPath: podman.available ? podman.socketPath : "" });
+    const info = await docker.getContainer(containerNameFor(id)).inspect();
+    expect(info.HostConfig.Memory).toBe(64 * 1024 * 1024);
+    expect(info.HostConfig.NanoCpus).toBe(250_000_000);
+    expect(info.HostConfig.RestartPolicy?.Name ?? "no").toMatch(/^(no|)$/);
+
+    const pid = info.State.Pid;
+    expect(pid).toBeGreaterThan(0);
+    const files = hostCgroupFiles(pid);
+    expect(files.memoryLimit).toBe(String(64 * 1024 * 1024));
+    // "quota period": from cpu.cfs_quota_us + cpu.cfs_period_us (v1) or cpu.max (v2).
+    expect(files.cpuLimit).toBe("25000 100000");
+
+    // No new privileges, and NET_RAW (bit 13) is not among the effective capabilities.
+    const status = readFileSync(`/proc/${pid}/status`, "utf8");
+    expect(status).toMatch(/^NoNewPrivs:\s+1$/m);
+    const capEff = BigInt(`0x${/^CapEff:\s+([0-9a-f]+)$/m.exec(status)?.[1] ?? "0"}`);
+    expect(capEff & (1n << 13n)).toBe(0n);
+    expect(capEff & (1n << 10n)).not.toBe(0n); // NET_BIND_SERVICE kept
+  });
+
+  it("bounds exec with a deadline", async () => {
+    const runtime = driver();
+    const id = replicaId();
+    created.push(id);
+    await runtime.start(spec({ replicaId: id, command: ["/bin/sleep", "60"] }));
+    const startedMs = Date.now();
+    const error = await runtime.exec(id, ["/bin/sleep", "30"], 500).catch((caught) => caught);
+    expect(error).toBeInstanceOf(DriverError);
+    expect((error as DriverError).message).toContain("did not finish within 500 ms");
+    expect(Date.now() - startedMs).toBeLessThan(5_000);
+  });
+});

@@ -1,0 +1,657 @@
+/**
+ * The container driver: replicas are containers of a Docker-API engine (Docker, or
+ * Podman's compatible service), named `cloudless-<replicaId>` and labelled with the
+ * replica, workload and namespace so list() can find them after an agent restart.
+ *
+ * Every engine call has a deadline (`withDeadline`, which also aborts the request);
+ * a socket that does not answer makes the driver "unavailable", and it looks for an
+ * engine again on the next call. Restarts are the agent's business: containers get
+ * no restart policy. Storage reservations (storageGiB) are not enforced here: the
+ * engines' overlay storage has no per-container quota without XFS project quotas.
+ */
+import { existsSync } from "node:fs";
+import type { Readable } from "node:stream";
+import Docker from "dockerode";
+import type { Logger } from "../../observe/logger.js";
+import { silentLogger } from "../../observe/logger.js";
+import { DockerStreamDemuxer } from "./dockerStream.js";
+import {
+  DriverError,
+  type ExecResult,
+  type LogLine,
+  type ReplicaRunSpec,
+  type ReplicaRuntimeStatus,
+  type RuntimeDriver,
+} from "./driver.js";
+import {
+  checkReplicaId,
+  DeadlineExceeded,
+  describeError,
+  errnoCode,
+  sleep,
+  withDeadline,
+} from "./util.js";
+
+export interface ContainerDriverOptions {
+  /** Docker API socket; discovered when absent (see `defaultSocketCandidates`). */
+  socketPath?: string;
+  logger?: Logger;
+  /** Deadline for ordinary engine calls (inspect, create, start, remove…). */
+  callTimeoutMs?: number;
+  /** Deadline for a health ping, and for each discovery ping. */
+  pingTimeoutMs?: number;
+  /** Deadline for pulling an image that is not present locally. */
+  pullTimeoutMs?: number;
+}
+
+export const replicaLabel = "cloudless.replica";
+export const workloadLabel = "cloudless.workload";
+export const namespaceLabel = "cloudless.namespace";
+
+/** Largest exec output kept per stream; the rest is dropped (exec is for probes and debugging). */
+const maxExecOutputBytes = 4 * 1024 * 1024;
+
+/**
+ * Capabilities a replica keeps (REQ-062). Everything else is dropped — notably NET_RAW
+ * (raw sockets/ARP spoofing), MKNOD, AUDIT_WRITE, SYS_CHROOT, SETFCAP and SETPCAP,
+ * which Docker and Podman grant by default. Dropping ALL would break ordinary images:
+ * servers binding ports below 1024 need NET_BIND_SERVICE, and images that start as
+ * root and switch to a service user need SETUID/SETGID/CHOWN and the DAC/FOWNER pair
+ * to prepare their files.
+ */
+export const keptCapabilities = [
+  "CHOWN",
+  "DAC_OVERRIDE",
+  "FOWNER",
+  "FSETID",
+  "KILL",
+  "NET_BIND_SERVICE",
+  "SETGID",
+  "SETUID",
+];
+
+export function containerNameFor(replicaId: string): string {
+  return `cloudless-${replicaId}`;
+}
+
+/** Where to look for an engine when no socket is configured, in order of preference. */
+export function defaultSocketCandidates(env: NodeJS.ProcessEnv = process.env): string[] {
+  const candidates: string[] = [];
+  const dockerHost = env.DOCKER_HOST;
+  if (dockerHost?.startsWith("unix://")) candidates.push(dockerHost.slice("unix://".length));
+  candidates.push("/var/run/docker.sock", "/run/podman/podman.sock");
+  return [...new Set(candidates)];
+}
+
+export interface ContainerDriver extends RuntimeDriver {
+  readonly name: "container";
+  /** The socket in use once an engine has answered; undefined before that. */
+  readonly socketPath: string | undefined;
+}
+
+export function createContainerDriver(options: ContainerDriverOptions = {}): ContainerDriver {
+  return new DockerContainerDriver(options);
+}
+
+interface Engine {
+  docker: Docker;
+  socketPath: string;
+}
+
+/** HTTP status of a dockerode error, looking through a DriverError's cause. */
+function statusCodeOf(error: unknown): number | undefined {
+  const direct = (error as { statusCode?: unknown } | null)?.statusCode;
+  if (typeof direct === "number") return direct;
+  if (error instanceof DriverError) return statusCodeOf(error.cause);
+  return undefined;
+}
+
+/** The engine's own message (dockerode prefixes it with the HTTP status and a reason). */
+function engineMessage(error: unknown): string {
+  const json = (error as { json?: unknown } | null)?.json;
+  if (json && typeof json === "object") {
+    const message = (json as { message?: unknown }).message;
+    if (typeof message === "string" && message.length > 0) return message;
+  }
+  if (Buffer.isBuffer(json) && json.length > 0) return json.toString("utf8").trim();
+  return describeError(error);
+}
+
+const unreachableCodes = new Set([
+  "ECONNREFUSED",
+  "ENOENT",
+  "EACCES",
+  "ECONNRESET",
+  "EPIPE",
+  "ENOTSOCK",
+  "ETIMEDOUT",
+]);
+
+function parseEngineTime(value: string | undefined): number | undefined {
+  if (!value || value.startsWith("0001-")) return undefined;
+  const ms = Date.parse(value);
+  return Number.isNaN(ms) ? undefined : ms;
+}
+
+class DockerContainerDriver implements ContainerDriver {
+  readonly name = "container" as const;
+  private engine: Engine | undefined;
+  private readonly logger: Logger;
+  private readonly callTimeoutMs: number;
+  private readonly pingTimeoutMs: number;
+  private readonly pullTimeoutMs: number;
+
+  constructor(private readonly options: ContainerDriverOptions) {
+    this.logger = (options.logger ?? silentLogger).child({ driver: "container" });
+    this.callTimeoutMs = options.callTimeoutMs ?? 15_000;
+    this.pingTimeoutMs = options.pingTimeoutMs ?? 2_000;
+    this.pullTimeoutMs = options.pullTimeoutMs ?? 120_000;
+  }
+
+  get socketPath(): string | undefined {
+    return this.engine?.socketPath;
+  }
+
+  private async ping(docker: Docker, socketPath: string): Promise<void> {
+    // The typings omit ping's options, but dockerode passes abortSignal through.
+    const ping = docker.ping.bind(docker) as unknown as (opts: {
+      abortSignal: AbortSignal;
+    }) => Promise<unknown>;
+    await withDeadline(
+      `ping of the container engine at ${socketPath}`,
+      this.pingTimeoutMs,
+      (signal) => ping({ abortSignal: signal }),
+    );
+  }
+
+  /** The first socket that answers a ping; remembered until the engine stops answering. */
+  private async connect(): Promise<Engine> {
+    if (this.engine) return this.engine;
+    const candidates = this.options.socketPath
+      ? [this.options.socketPath]
+      : defaultSocketCandidates();
+    const failures: string[] = [];
+    for (const socketPath of candidates) {
+      if (!existsSync(socketPath)) {
+        failures.push(`${socketPath}: no such socket`);
+        continue;
+      }
+      const docker = new Docker({ socketPath });
+      try {
+        await this.ping(docker, socketPath);
+        this.engine = { docker, socketPath };
+        this.logger.debug({ socketPath }, "container engine answered");
+        return this.engine;
+      } catch (error) {
+        failures.push(`${socketPath}: ${this.describe(error)}`);
+      }
+    }
+    throw new DriverError(
+      "unavailable",
+      `no container engine is reachable (${failures.join("; ")})`,
+    );
+  }
+
+  private describe(error: unknown): string {
+    const code = errnoCode(error);
+    if (code && unreachableCodes.has(code)) return `${code} (${describeError(error)})`;
+    return engineMessage(error);
+  }
+
+  /**
+   * One engine call with a deadline; connection failures become "unavailable" (and
+   * forget the engine so the next call looks again), engine errors become "failed"
+   * with the raw error as cause so callers can look at its status code.
+   */
+  private async call<T>(
+    what: string,
+    fn: (docker: Docker, signal: AbortSignal) => Promise<T>,
+    timeoutMs = this.callTimeoutMs,
+  ): Promise<T> {
+    const engine = await this.connect();
+    try {
+      return await withDeadline(what, timeoutMs, (signal) => fn(engine.docker, signal));
+    } catch (error) {
+      throw this.mapError(what, engine, error);
+    }
+  }
+
+  private mapError(what: string, engine: Engine, error: unknown): DriverError {
+    if (error instanceof DriverError) {
+      if (error.kind === "unavailable") this.engine = undefined;
+      return error;
+    }
+    const code = errnoCode(error);
+    if (code && unreachableCodes.has(code)) {
+      this.engine = undefined;
+      return new DriverError(
+        "unavailable",
+        `${what}: the container engine at ${engine.socketPath} is not reachable (${code})`,
+        { cause: error },
+      );
+    }
+    return new DriverError("failed", `${what}: ${engineMessage(error)}`, { cause: error });
+  }
+
+  async health(): Promise<{ ok: true } | { ok: false; reason: string }> {
+    try {
+      // connect() pings when it (re)discovers; a remembered engine is pinged here.
+      const known = this.engine;
+      if (known) await this.ping(known.docker, known.socketPath);
+      else await this.connect();
+      return { ok: true };
+    } catch (error) {
+      this.engine = undefined;
+      return { ok: false, reason: describeError(error) };
+    }
+  }
+
+  private async inspect(replicaId: string): Promise<Docker.ContainerInspectInfo | undefined> {
+    const name = containerNameFor(replicaId);
+    try {
+      return await this.call(`inspecting container ${name}`, (docker, signal) =>
+        docker.getContainer(name).inspect({ abortSignal: signal }),
+      );
+    } catch (error) {
+      if (statusCodeOf(error) === 404) return undefined;
+      throw error;
+    }
+  }
+
+  async start(spec: ReplicaRunSpec): Promise<void> {
+    checkReplicaId(spec.replicaId);
+    const image = spec.image;
+    if (!image) throw new DriverError("invalid", "the container driver needs an image");
+    const create = this.createOptions(spec, image);
+    const name = containerNameFor(spec.replicaId);
+
+    const existing = await this.inspect(spec.replicaId);
+    if (existing?.State.Running) {
+      this.logger.debug({ replica: spec.replicaId }, "already running");
+      return;
+    }
+    if (existing) {
+      // An exited container of an earlier attempt: start fresh, as the spec may differ.
+      await this.remove(spec.replicaId);
+    }
+    await this.ensureImage(image);
+
+    const container = await this.call(`creating container ${name}`, (docker, signal) =>
+      docker.createContainer({ ...create, abortSignal: signal }),
+    ).catch((error: unknown) => {
+      throw this.startError(name, error);
+    });
+    try {
+      await this.call(`starting container ${name}`, (_docker, signal) =>
+        container.start({ abortSignal: signal }),
+      );
+    } catch (error) {
+      // A container that never ran holds the name and its port reservations; drop it so
+      // the status line carries the reason and the next attempt starts clean.
+      await this.remove(spec.replicaId).catch(() => undefined);
+      throw this.startError(name, error);
+    }
+    this.logger.info({ replica: spec.replicaId, image }, "container started");
+  }
+
+  /** Errors the spec caused (missing binary, taken port) are "invalid"; others stay as they are. */
+  private startError(name: string, error: unknown): DriverError {
+    const mapped =
+      error instanceof DriverError
+        ? error
+        : new DriverError("failed", `${name}: ${describeError(error)}`, { cause: error });
+    if (mapped.kind !== "failed") return mapped;
+    const text = mapped.message;
+    if (
+      /executable file not found|no such file or directory|permission denied|address already in use|port is already allocated|invalid/i.test(
+        text,
+      )
+    ) {
+      return new DriverError("invalid", text, { cause: mapped.cause });
+    }
+    return mapped;
+  }
+
+  private createOptions(spec: ReplicaRunSpec, image: string): Docker.ContainerCreateOptions {
+    const env: string[] = [];
+    for (const [key, value] of Object.entries(spec.env)) {
+      if (key.length === 0 || key.includes("=") || key.includes("\0") || value.includes("\0")) {
+        throw new DriverError(
+          "invalid",
+          `environment variable "${key}" has an invalid name or value`,
+        );
+      }
+      env.push(`${key}=${value}`);
+    }
+    const exposedPorts: Record<string, object> = {};
+    const portBindings: Record<string, Array<{ HostIp: string; HostPort: string }>> = {};
+    for (const port of spec.ports) {
+      for (const value of [port.containerPort, port.hostPort]) {
+        if (!Number.isInteger(value) || value < 1 || value > 65535) {
+          throw new DriverError("invalid", `port "${port.name}" has an invalid number ${value}`);
+        }
+      }
+      const key = `${port.containerPort}/${port.protocol}`;
+      exposedPorts[key] = {};
+      const bindings = portBindings[key] ?? [];
+      // An empty HostIp means every address of the node, as 0.0.0.0 does for Docker.
+      // Podman 4.x (netavark) turns an explicit "0.0.0.0" into a DNAT rule matching
+      // only destination 0.0.0.0, and connections then hang on its port reservation.
+      bindings.push({ HostIp: "", HostPort: String(port.hostPort) });
+      portBindings[key] = bindings;
+    }
+    const { cpuMillicores, memoryMiB } = spec.resources;
+    if (!(cpuMillicores >= 0) || !(memoryMiB >= 0)) {
+      throw new DriverError("invalid", "cpu and memory reservations must not be negative");
+    }
+    const memoryBytes = Math.round(memoryMiB * 1024 * 1024);
+    return {
+      name: containerNameFor(spec.replicaId),
+      Image: image,
+      Labels: {
+        [replicaLabel]: spec.replicaId,
+        [workloadLabel]: spec.workload,
+        [namespaceLabel]: spec.namespace,
+      },
+      Env: env,
+      // An explicit entrypoint must not pick up the image's CMD as its arguments, so
+      // Cmd is set (possibly empty) whenever the entrypoint is overridden.
+      ...(spec.command ? { Entrypoint: spec.command, Cmd: spec.args ?? [] } : {}),
+      ...(!spec.command && spec.args ? { Cmd: spec.args } : {}),
+      ExposedPorts: exposedPorts,
+      Tty: false,
+      OpenStdin: false,
+      HostConfig: {
+        NetworkMode: "bridge",
+        PortBindings: portBindings,
+        // The agent's supervisor owns restarts (with backoff and status reporting).
+        RestartPolicy: { Name: "no" },
+        // 0 means "no limit" to the engine; swap equal to memory means no swap on top,
+        // so the limit behaves like the process driver's (OOM kill at the limit).
+        ...(memoryBytes > 0 ? { Memory: memoryBytes, MemorySwap: memoryBytes } : {}),
+        ...(cpuMillicores > 0 ? { NanoCpus: Math.round(cpuMillicores * 1_000_000) } : {}),
+        SecurityOpt: ["no-new-privileges"],
+        CapDrop: ["ALL"],
+        CapAdd: keptCapabilities,
+      },
+    };
+  }
+
+  /** Makes sure the image is local, pulling it once (with a deadline) when it is not. */
+  private async ensureImage(image: string): Promise<void> {
+    try {
+      // Image inspect takes no abort signal in dockerode; the deadline still bounds it.
+      await this.call(`inspecting image ${image}`, (docker) => docker.getImage(image).inspect());
+      return;
+    } catch (error) {
+      if (statusCodeOf(error) !== 404) throw error;
+    }
+    this.logger.info({ image }, "image not present, pulling");
+    try {
+      await this.call(
+        `pulling image ${image}`,
+        async (docker, signal) => {
+          const stream = (await docker.pull(image, { abortSignal: signal })) as Readable;
+          await consumePullProgress(stream);
+        },
+        this.pullTimeoutMs,
+      );
+    } catch (error) {
+      // An engine that went away is "unavailable"; a registry that is unreachable, slow
+      // or does not know the image means the image cannot be had here.
+      if (
+        error instanceof DriverError &&
+        error.kind === "unavailable" &&
+        !(error instanceof DeadlineExceeded)
+      ) {
+        throw error;
+      }
+      const reason =
+        error instanceof DriverError && error.cause !== undefined
+          ? engineMessage(error.cause)
+          : describeError(error);
+      throw new DriverError(
+        "imageNotFound",
+        `image "${image}" is not present on this node and could not be pulled: ${reason}`,
+        { cause: error },
+      );
+    }
+  }
+
+  async stop(replicaId: string, graceMs: number): Promise<void> {
+    checkReplicaId(replicaId);
+    const name = containerNameFor(replicaId);
+    const graceSeconds = Math.max(0, Math.ceil(graceMs / 1000));
+    try {
+      await this.call(
+        `stopping container ${name}`,
+        (docker, signal) =>
+          docker.getContainer(name).stop({ t: graceSeconds, abortSignal: signal }),
+        graceSeconds * 1000 + this.callTimeoutMs,
+      );
+    } catch (error) {
+      const status = statusCodeOf(error);
+      // 304: already stopped; 404: already gone. Both mean "stopped".
+      if (status === 304 || status === 404) return;
+      throw error;
+    }
+  }
+
+  async remove(replicaId: string): Promise<void> {
+    checkReplicaId(replicaId);
+    const name = containerNameFor(replicaId);
+    try {
+      await this.call(`removing container ${name}`, (docker, signal) =>
+        docker.getContainer(name).remove({ force: true, v: true, abortSignal: signal }),
+      );
+    } catch (error) {
+      if (statusCodeOf(error) === 404) return;
+      throw error;
+    }
+  }
+
+  async status(replicaId: string): Promise<ReplicaRuntimeStatus> {
+    checkReplicaId(replicaId);
+    const info = await this.inspect(replicaId);
+    if (!info) return { state: "missing" };
+    const state = info.State;
+    const startedAtMs = parseEngineTime(state.StartedAt);
+    if (state.Running) return { state: "running", ...(startedAtMs ? { startedAtMs } : {}) };
+    const finishedAtMs = parseEngineTime(state.FinishedAt);
+    // A container that was created but never started has no meaningful exit code.
+    const neverRan = startedAtMs === undefined;
+    return {
+      state: "exited",
+      ...(neverRan ? {} : { exitCode: state.ExitCode }),
+      ...(startedAtMs ? { startedAtMs } : {}),
+      ...(finishedAtMs ? { finishedAtMs } : {}),
+      oomKilled: state.OOMKilled === true,
+    };
+  }
+
+  async list(): Promise<string[]> {
+    const containers = await this.call("listing containers", (docker, signal) =>
+      docker.listContainers({ all: true, filters: { label: [replicaLabel] }, abortSignal: signal }),
+    );
+    const ids = new Set<string>();
+    for (const container of containers) {
+      const id = container.Labels?.[replicaLabel];
+      if (id) ids.add(id);
+    }
+    return [...ids].sort();
+  }
+
+  async *logs(
+    replicaId: string,
+    options: { follow: boolean; tailLines?: number; signal?: AbortSignal },
+  ): AsyncIterable<LogLine> {
+    // Lines arrive in batches (a read, a frame); none is handed out after the abort.
+    for await (const line of this.readLogs(replicaId, options)) {
+      if (options.signal?.aborted) return;
+      yield line;
+    }
+  }
+
+  private async *readLogs(
+    replicaId: string,
+    options: { follow: boolean; tailLines?: number; signal?: AbortSignal },
+  ): AsyncGenerator<LogLine> {
+    checkReplicaId(replicaId);
+    const name = containerNameFor(replicaId);
+    const tail = options.tailLines !== undefined ? { tail: Math.max(0, options.tailLines) } : {};
+    const demuxer = new DockerStreamDemuxer();
+    const missing = (error: unknown): unknown =>
+      statusCodeOf(error) === 404
+        ? new DriverError("failed", `replica "${replicaId}" has no container on this node`)
+        : error;
+
+    if (!options.follow) {
+      const buffer = await this.call(`reading logs of ${name}`, (docker, signal) =>
+        docker
+          .getContainer(name)
+          .logs({ stdout: true, stderr: true, follow: false, ...tail, abortSignal: signal }),
+      ).catch((error: unknown) => {
+        throw missing(error);
+      });
+      yield* demuxer.pushLines(Buffer.isBuffer(buffer) ? buffer : Buffer.from(String(buffer)));
+      yield* demuxer.flushLines();
+      return;
+    }
+
+    if (options.signal?.aborted) return;
+    // The stream lives until the caller aborts (or the container stops), so only opening
+    // it has a deadline; the caller's signal tears down the request itself.
+    const streamController = new AbortController();
+    const onAbort = (): void => streamController.abort();
+    options.signal?.addEventListener("abort", onAbort, { once: true });
+    let stream: Readable | undefined;
+    try {
+      stream = (await this.call(`following logs of ${name}`, (docker, deadline) => {
+        deadline.addEventListener("abort", onAbort, { once: true });
+        return docker.getContainer(name).logs({
+          stdout: true,
+          stderr: true,
+          follow: true,
+          ...tail,
+          abortSignal: streamController.signal,
+        });
+      }).catch((error: unknown) => {
+        throw missing(error);
+      })) as Readable;
+      const openStream = stream;
+      streamController.signal.addEventListener("abort", () => openStream.destroy(), { once: true });
+      try {
+        for await (const chunk of openStream) {
+          yield* demuxer.pushLines(chunk as Buffer);
+        }
+      } catch (error) {
+        if (!streamController.signal.aborted) throw error;
+      }
+      yield* demuxer.flushLines();
+    } finally {
+      options.signal?.removeEventListener("abort", onAbort);
+      stream?.destroy();
+    }
+  }
+
+  async exec(replicaId: string, command: string[], timeoutMs: number): Promise<ExecResult> {
+    checkReplicaId(replicaId);
+    if (command.length === 0) throw new DriverError("invalid", "exec needs a command");
+    const name = containerNameFor(replicaId);
+    const exec = await this.call(`creating exec in ${name}`, (docker, signal) =>
+      docker.getContainer(name).exec({
+        Cmd: command,
+        AttachStdout: true,
+        AttachStderr: true,
+        Tty: false,
+        abortSignal: signal,
+      }),
+    ).catch((error: unknown) => {
+      const status = statusCodeOf(error);
+      if (status === 404 || status === 409) {
+        throw new DriverError("failed", `replica "${replicaId}" is not running`, { cause: error });
+      }
+      throw error;
+    });
+
+    const output = { stdout: [] as Buffer[], stderr: [] as Buffer[] };
+    const sizes = { stdout: 0, stderr: 0 };
+    const engine = await this.connect();
+    try {
+      await withDeadline(
+        `exec of "${command.join(" ")}" in replica ${replicaId}`,
+        timeoutMs,
+        async (signal) => {
+          const stream = (await exec.start({
+            hijack: false,
+            Detach: false,
+            Tty: false,
+            abortSignal: signal,
+          })) as unknown as Readable;
+          signal.addEventListener("abort", () => stream.destroy(), { once: true });
+          const demuxer = new DockerStreamDemuxer();
+          for await (const chunk of stream) {
+            for (const frame of demuxer.push(chunk as Buffer)) {
+              const room = maxExecOutputBytes - sizes[frame.stream];
+              if (room <= 0) continue;
+              const kept = frame.payload.subarray(0, room);
+              output[frame.stream].push(Buffer.from(kept));
+              sizes[frame.stream] += kept.length;
+            }
+          }
+        },
+        "failed",
+      );
+    } catch (error) {
+      // The command may keep running inside the container: the Docker API cannot kill an exec.
+      throw this.mapError(`exec in ${name}`, engine, error);
+    }
+
+    // The stream can end a moment before the engine records the exit code.
+    const deadline = Date.now() + this.callTimeoutMs;
+    for (;;) {
+      const info = await this.call(`inspecting exec in ${name}`, (_docker, signal) =>
+        exec.inspect({ abortSignal: signal }),
+      );
+      if (!info.Running && typeof info.ExitCode === "number") {
+        return {
+          exitCode: info.ExitCode,
+          stdout: Buffer.concat(output.stdout).toString("utf8"),
+          stderr: Buffer.concat(output.stderr).toString("utf8"),
+        };
+      }
+      if (Date.now() > deadline) {
+        throw new DriverError("failed", `exec in ${name} finished but reported no exit code`);
+      }
+      await sleep(50);
+    }
+  }
+}
+
+/**
+ * Reads a pull's progress stream (JSON objects, one per line) to its end. The engine
+ * reports a failed pull in-band with an `error` field and a 200 status, so the stream
+ * must be read to know whether the pull worked.
+ */
+async function consumePullProgress(stream: Readable): Promise<void> {
+  let pending = "";
+  let failure: string | undefined;
+  const handle = (line: string): void => {
+    if (line.trim().length === 0) return;
+    try {
+      const event = JSON.parse(line) as { error?: unknown; errorDetail?: { message?: unknown } };
+      const message = event.errorDetail?.message ?? event.error;
+      if (typeof message === "string" && message.length > 0) failure = message;
+    } catch {
+      // Not JSON: progress output from an engine that does not frame it; ignore.
+    }
+  };
+  for await (const chunk of stream) {
+    pending += (chunk as Buffer).toString("utf8");
+    const lines = pending.split("\n");
+    pending = lines.pop() ?? "";
+    for (const line of lines) handle(line);
+  }
+  handle(pending);
+  if (failure !== undefined) throw new Error(failure);
+}

@@ -1,0 +1,95 @@
+/**
+ * Runtime drivers run replicas on a node (DESIGN.md decision 7). `container` speaks
+ * the Docker Engine API (Docker or Podman's compatible service); `process` runs a
+ * child process in its own cgroup and working directory. The agent's replica
+ * supervisor talks only to this interface.
+ */
+export type DriverName = "container" | "process";
+
+export interface PortMapping {
+  name: string;
+  /** Port the workload listens on inside its network namespace (container) or on the host (process). */
+  containerPort: number;
+  /** Port on the node where it is reachable; for the process driver equal to containerPort. */
+  hostPort: number;
+  protocol: "tcp" | "udp";
+}
+
+export interface ReplicaRunSpec {
+  replicaId: string;
+  namespace: string;
+  workload: string;
+  driver: DriverName;
+  /** Container image (container driver). */
+  image?: string;
+  /** Entrypoint override (container) or the program and its leading arguments (process). */
+  command?: string[];
+  args?: string[];
+  env: Record<string, string>;
+  ports: PortMapping[];
+  resources: { cpuMillicores: number; memoryMiB: number; storageGiB: number };
+}
+
+export type DriverErrorKind =
+  /** The image is not present locally and could not be pulled. */
+  | "imageNotFound"
+  /** The spec cannot run on this driver (bad command, missing binary, bad port…). */
+  | "invalid"
+  /** The engine is not reachable (socket gone, daemon down). */
+  | "unavailable"
+  /** Anything else the driver could not do. */
+  | "failed";
+
+/** A driver failure with a message fit for a replica's status line. */
+export class DriverError extends Error {
+  constructor(
+    readonly kind: DriverErrorKind,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+    this.name = "DriverError";
+  }
+}
+
+export interface ReplicaRuntimeStatus {
+  state: "running" | "exited" | "missing";
+  exitCode?: number;
+  startedAtMs?: number;
+  finishedAtMs?: number;
+  /** The kernel's OOM killer ended it (memory limit reached). */
+  oomKilled?: boolean;
+}
+
+export interface LogLine {
+  stream: "stdout" | "stderr";
+  line: string;
+}
+
+export interface ExecResult {
+  exitCode: number;
+  stdout: string;
+  stderr: string;
+}
+
+export interface RuntimeDriver {
+  readonly name: DriverName;
+  /** Whether the driver can run replicas here now, and why not. */
+  health(): Promise<{ ok: true } | { ok: false; reason: string }>;
+  /** Creates and starts the replica; idempotent for a replica that already runs. */
+  start(spec: ReplicaRunSpec): Promise<void>;
+  /** Stops the replica: SIGTERM, then SIGKILL after graceMs. Idempotent. */
+  stop(replicaId: string, graceMs: number): Promise<void>;
+  /** Removes everything the replica left behind (container, working directory, cgroup). Idempotent. */
+  remove(replicaId: string): Promise<void>;
+  status(replicaId: string): Promise<ReplicaRuntimeStatus>;
+  /** Replica ids this driver has resources for on this node (to adopt after an agent restart). */
+  list(): Promise<string[]>;
+  /** Log lines, the last `tailLines` first; with follow, keeps going until the signal aborts. */
+  logs(
+    replicaId: string,
+    options: { follow: boolean; tailLines?: number; signal?: AbortSignal },
+  ): AsyncIterable<LogLine>;
+  /** Runs a command inside the replica (its container, or its working directory and cgroup). */
+  exec(replicaId: string, command: string[], timeoutMs: number): Promise<ExecResult>;
+}

@@ -1,0 +1,80 @@
+import type { Logger } from "../../observe/logger.js";
+import { silentLogger } from "../../observe/logger.js";
+import { createContainerDriver } from "./containerDriver.js";
+import type { DriverName, RuntimeDriver } from "./driver.js";
+import { createProcessDriver } from "./processDriver.js";
+
+export type { CgroupLayout, CgroupPaths } from "./cgroups.js";
+export { cpuPeriodUs, detectCgroupLayout } from "./cgroups.js";
+export type { ContainerDriver, ContainerDriverOptions } from "./containerDriver.js";
+export {
+  containerNameFor,
+  createContainerDriver,
+  defaultSocketCandidates,
+  keptCapabilities,
+  namespaceLabel,
+  replicaLabel,
+  workloadLabel,
+} from "./containerDriver.js";
+export type {
+  DriverErrorKind,
+  DriverName,
+  ExecResult,
+  LogLine,
+  PortMapping,
+  ReplicaRunSpec,
+  ReplicaRuntimeStatus,
+  RuntimeDriver,
+} from "./driver.js";
+export { DriverError } from "./driver.js";
+export type { ProcessDriver, ProcessDriverOptions } from "./processDriver.js";
+export { createProcessDriver } from "./processDriver.js";
+
+export interface DetectedDrivers {
+  /** Drivers whose health check passed, the container driver first. */
+  drivers: RuntimeDriver[];
+  /** Drivers that cannot run replicas here, and why. */
+  unavailable: Array<{ name: DriverName; reason: string }>;
+}
+
+/**
+ * Builds both drivers and keeps those that can run replicas on this node. Health
+ * checks run in parallel and each has its own deadline, so this returns promptly even
+ * when the container engine hangs.
+ */
+export async function detectDrivers(options: {
+  dataDir: string;
+  socketPath?: string;
+  logger?: Logger;
+  /** Passed to the process driver: run without cgroup limits where they cannot be set. */
+  enforceLimits?: boolean;
+  /** Passed to the process driver: the cgroup replicas are created under. */
+  cgroupParent?: string;
+}): Promise<DetectedDrivers> {
+  const logger = options.logger ?? silentLogger;
+  const candidates: RuntimeDriver[] = [
+    createContainerDriver({
+      logger,
+      ...(options.socketPath !== undefined ? { socketPath: options.socketPath } : {}),
+    }),
+    createProcessDriver({
+      dataDir: options.dataDir,
+      logger,
+      ...(options.enforceLimits !== undefined ? { enforceLimits: options.enforceLimits } : {}),
+      ...(options.cgroupParent !== undefined ? { cgroupParent: options.cgroupParent } : {}),
+    }),
+  ];
+  const results = await Promise.all(
+    candidates.map(async (driver) => ({ driver, health: await driver.health() })),
+  );
+  const detected: DetectedDrivers = { drivers: [], unavailable: [] };
+  for (const { driver, health } of results) {
+    if (health.ok) {
+      detected.drivers.push(driver);
+    } else {
+      detected.unavailable.push({ name: driver.name, reason: health.reason });
+      logger.info({ driver: driver.name, reason: health.reason }, "runtime driver unavailable");
+    }
+  }
+  return detected;
+}

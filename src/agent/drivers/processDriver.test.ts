@@ -1,0 +1,426 @@
+import { existsSync, readFileSync } from "node:fs";
+import { mkdtemp, readFile, rm, rmdir, stat, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import * as path from "node:path";
+import { afterAll, afterEach, describe, expect, it } from "vitest";
+import { waitFor } from "../../../test/helpers/processes.js";
+import { detectCgroupLayout, prepareParent } from "./cgroups.js";
+import { DriverError, type LogLine, type ReplicaRunSpec } from "./driver.js";
+import {
+  createProcessDriver,
+  type ProcessDriver,
+  type ProcessDriverOptions,
+} from "./processDriver.js";
+
+// A parent of its own, so the tests never touch a real agent's replicas.
+const cgroupParent = `cloudless-test-${process.pid}`;
+const layout = detectCgroupLayout("/sys/fs/cgroup");
+const cgroupProblem =
+  process.platform !== "linux"
+    ? "cgroups need Linux"
+    : process.getuid?.() !== 0
+      ? "writing cgroups needs root"
+      : await prepareParent(layout, cgroupParent);
+if (cgroupProblem) console.warn(`process driver cgroup tests skipped: ${cgroupProblem}`);
+
+const drivers: ProcessDriver[] = [];
+const dataDirs: string[] = [];
+
+async function newDriver(
+  overrides: Partial<ProcessDriverOptions> = {},
+): Promise<{ driver: ProcessDriver; dataDir: string }> {
+  const dataDir = overrides.dataDir ?? (await mkdtemp(path.join(tmpdir(), "cloudless-procdrv-")));
+  if (!dataDirs.includes(dataDir)) dataDirs.push(dataDir);
+  const driver = createProcessDriver({ cgroupParent, ...overrides, dataDir });
+  drivers.push(driver);
+  return { driver, dataDir };
+}
+
+afterEach(async () => {
+  // Every process, cgroup and directory a test made goes, whatever its outcome.
+  for (const driver of drivers.splice(0)) {
+    for (const id of await driver.list().catch(() => [])) {
+      await driver.remove(id).catch(() => undefined);
+    }
+    driver.close();
+  }
+  for (const dir of dataDirs.splice(0)) await rm(dir, { recursive: true, force: true });
+});
+
+afterAll(async () => {
+  if (layout.version === 2)
+    await rmdir(path.join(layout.root, cgroupParent)).catch(() => undefined);
+  if (layout.version === 1) {
+    await rmdir(path.join(layout.cpuRoot, cgroupParent)).catch(() => undefined);
+    await rmdir(path.join(layout.memoryRoot, cgroupParent)).catch(() => undefined);
+  }
+});
+
+let counter = 0;
+function replicaId(): string {
+  counter += 1;
+  return `pt-${Date.now().toString(36)}-${counter}`;
+}
+
+function spec(overrides: Partial<ReplicaRunSpec> & { replicaId: string }): ReplicaRunSpec {
+  return {
+    namespace: "default",
+    workload: "job",
+    driver: "process",
+    env: {},
+    ports: [],
+    resources: { cpuMillicores: 250, memoryMiB: 64, storageGiB: 0 },
+    ...overrides,
+  };
+}
+
+async function collect(iterable: AsyncIterable<LogLine>): Promise<LogLine[]> {
+  const lines: LogLine[] = [];
+  for await (const line of iterable) lines.push(line);
+  return lines;
+}
+
+async function logText(driver: ProcessDriver, id: string): Promise<string> {
+  return (await collect(driver.logs(id, { follow: false }))).map((entry) => entry.line).join("\n");
+}
+
+async function pidOf(dataDir: string, id: string): Promise<number> {
+  return Number((await readFile(path.join(dataDir, "replicas", id, "pid"), "utf8")).trim());
+}
+
+function read(file: string): string {
+  return readFileSync(file, "utf8").trim();
+}
+
+describe("process driver without usable cgroups", () => {
+  it("REQ-011 refuses to run without limits by default, and runs when enforceLimits is false", async () => {
+    const fakeRoot = await mkdtemp(path.join(tmpdir(), "cloudless-nocgroup-"));
+    dataDirs.push(fakeRoot);
+    const strict = (await newDriver({ cgroupRoot: fakeRoot })).driver;
+    const health = await strict.health();
+    expect(health.ok).toBe(false);
+    if (!health.ok) expect(health.reason).toContain("cgroup limits cannot be enforced");
+    const id = replicaId();
+    const error = await strict
+      .start(spec({ replicaId: id, command: ["/bin/sleep", "30"] }))
+      .catch((caught: unknown) => caught);
+    expect(error).toBeInstanceOf(DriverError);
+    expect((error as DriverError).kind).toBe("failed");
+    expect(await strict.status(id)).toEqual({ state: "missing" });
+
+    const lenient = (await newDriver({ cgroupRoot: fakeRoot, enforceLimits: false })).driver;
+    expect(await lenient.health()).toEqual({ ok: true });
+    expect(lenient.cgroupPaths(id)).toBeUndefined();
+    await lenient.start(spec({ replicaId: id, command: ["/bin/sleep", "30"] }));
+    expect((await lenient.status(id)).state).toBe("running");
+    await lenient.remove(id);
+    expect(await lenient.status(id)).toEqual({ state: "missing" });
+  });
+
+  it("rejects specs it cannot run as invalid", async () => {
+    const { driver } = await newDriver({ enforceLimits: false });
+    const noCommand = await driver.start(spec({ replicaId: "a" })).catch((caught) => caught);
+    expect((noCommand as DriverError).kind).toBe("invalid");
+    const missing = await driver
+      .start(spec({ replicaId: "b", command: ["definitely-not-a-program-xyz"] }))
+      .catch((caught) => caught);
+    expect((missing as DriverError).kind).toBe("invalid");
+    expect((missing as DriverError).message).toContain("definitely-not-a-program-xyz");
+    const badId = await driver
+      .start(spec({ replicaId: "../escape", command: ["/bin/true"] }))
+      .catch((caught) => caught);
+    expect((badId as DriverError).kind).toBe("invalid");
+  });
+});
+
+describe.skipIf(cgroupProblem !== undefined)(
+  `process driver with cgroup v${layout.version}`,
+  () => {
+    it("REQ-011 puts the process in its cgroups, with the limits, before the workload runs", async () => {
+      const { driver, dataDir } = await newDriver();
+      expect(await driver.health()).toEqual({ ok: true });
+      const id = replicaId();
+      await driver.start(
+        spec({
+          replicaId: id,
+          command: ["/bin/sh", "-c", 'echo "$PWD"; sleep 30'],
+          resources: { cpuMillicores: 250, memoryMiB: 64, storageGiB: 0 },
+        }),
+      );
+      const paths = driver.cgroupPaths(id);
+      expect(paths).toBeDefined();
+      if (!paths) return;
+      const pid = await pidOf(dataDir, id);
+      expect(pid).toBeGreaterThan(0);
+      if (paths.version === 1) {
+        expect(read(path.join(paths.cpuDir, "cpu.cfs_period_us"))).toBe("100000");
+        expect(read(path.join(paths.cpuDir, "cpu.cfs_quota_us"))).toBe(String(250 * 100));
+        expect(read(path.join(paths.memoryDir, "memory.limit_in_bytes"))).toBe(
+          String(64 * 2 ** 20),
+        );
+      } else {
+        expect(read(path.join(paths.cpuDir, "cpu.max"))).toBe("25000 100000");
+        expect(read(path.join(paths.memoryDir, "memory.max"))).toBe(String(64 * 2 ** 20));
+      }
+      for (const procs of paths.procsFiles) {
+        expect(read(procs).split("\n")).toContain(String(pid));
+      }
+      expect(readFileSync(`/proc/${pid}/cgroup`, "utf8")).toContain(`/${cgroupParent}/${id}`);
+      expect((await driver.status(id)).state).toBe("running");
+      expect(await driver.list()).toEqual([id]);
+
+      // The program's very first view of itself is already inside the cgroup: cat is
+      // exec'd by the wrapper, so /proc/self/cgroup is read by the workload itself.
+      const first = replicaId();
+      await driver.start(spec({ replicaId: first, command: ["/bin/cat", "/proc/self/cgroup"] }));
+      await waitFor("cat to exit", async () => (await driver.status(first)).state === "exited");
+      const view = await logText(driver, first);
+      const expectedLine = paths.version === 1 ? /:memory:.*\/pt-/ : /^0::.*\/pt-/m;
+      expect(view).toMatch(expectedLine);
+      expect(view).toContain(`/${cgroupParent}/${first}`);
+    });
+
+    it("REQ-052 gives each replica a private working directory that remove() deletes", async () => {
+      const { driver } = await newDriver();
+      const ids = [replicaId(), replicaId()];
+      for (const id of ids) {
+        await driver.start(
+          spec({ replicaId: id, command: ["/bin/sh", "-c", 'echo "$PWD"; sleep 30'] }),
+        );
+      }
+      const [first, second] = ids.map((id) => driver.workDir(id));
+      expect(first).not.toBe(second);
+      for (const id of ids) {
+        const workDir = driver.workDir(id);
+        expect((await stat(workDir)).mode & 0o777).toBe(0o700);
+        expect((await stat(driver.replicaDir(id))).mode & 0o777).toBe(0o700);
+        await waitFor("the pwd line", async () => (await logText(driver, id)) === workDir);
+      }
+      const firstId = ids[0] ?? "";
+      const paths = driver.cgroupPaths(firstId);
+      await driver.remove(firstId);
+      expect(existsSync(driver.replicaDir(firstId))).toBe(false);
+      expect(existsSync(paths?.cpuDir ?? "")).toBe(false);
+      expect(existsSync(paths?.memoryDir ?? "")).toBe(false);
+      expect(await driver.status(firstId)).toEqual({ state: "missing" });
+      expect(await driver.list()).toEqual([ids[1]]);
+      // The other replica is untouched.
+      expect((await driver.status(ids[1] ?? "")).state).toBe("running");
+      await driver.remove(firstId); // idempotent
+    });
+
+    it("REQ-011 has a process that exceeds its memory limit OOM-killed", async () => {
+      const { driver } = await newDriver();
+      const id = replicaId();
+      await driver.start(
+        spec({
+          replicaId: id,
+          command: [
+            process.execPath,
+            "-e",
+            "const held = []; for (let i = 0; i < 50; i++) held.push(Buffer.alloc(4 << 20, 1)); console.log('survived');",
+          ],
+          resources: { cpuMillicores: 1000, memoryMiB: 64, storageGiB: 0 },
+        }),
+      );
+      const status = await waitFor("the process to end", async () => {
+        const current = await driver.status(id);
+        return current.state === "exited" ? current : undefined;
+      });
+      expect(status.oomKilled).toBe(true);
+      expect(status.exitCode).toBe(137);
+      expect(await logText(driver, id)).not.toContain("survived");
+    });
+
+    it("captures stdout and stderr, tails them and follows until aborted or exited", async () => {
+      const { driver } = await newDriver();
+      const id = replicaId();
+      await driver.start(
+        spec({
+          replicaId: id,
+          command: ["/bin/sh", "-c"],
+          args: [
+            'for i in 1 2 3 4 5; do echo "out $i"; done; echo "err 1" >&2; i=6; while true; do echo "out $i"; i=$((i+1)); sleep 0.1; done',
+          ],
+        }),
+      );
+      await waitFor("the first lines", async () => (await logText(driver, id)).includes("err 1"));
+      const all = await collect(driver.logs(id, { follow: false }));
+      expect(all.slice(0, 5).map((entry) => entry.line)).toEqual([
+        "out 1",
+        "out 2",
+        "out 3",
+        "out 4",
+        "out 5",
+      ]);
+      expect(all).toContainEqual({ stream: "stderr", line: "err 1" });
+
+      const tail = await collect(driver.logs(id, { follow: false, tailLines: 2 }));
+      expect(tail.filter((entry) => entry.stream === "stdout")).toHaveLength(2);
+      expect(tail.filter((entry) => entry.stream === "stderr")).toEqual([
+        { stream: "stderr", line: "err 1" },
+      ]);
+
+      const controller = new AbortController();
+      const followed: string[] = [];
+      for await (const entry of driver.logs(id, {
+        follow: true,
+        tailLines: 0,
+        signal: controller.signal,
+      })) {
+        followed.push(entry.line);
+        if (followed.length === 3) controller.abort();
+      }
+      expect(followed).toHaveLength(3);
+      const numbers = followed.map((line) => Number(line.replace("out ", "")));
+      expect(numbers[1]).toBe((numbers[0] ?? 0) + 1);
+
+      // A follower ends by itself once the process is gone.
+      const follower = collect(driver.logs(id, { follow: true, tailLines: 1 }));
+      await driver.stop(id, 1_000);
+      const rest = await follower;
+      expect(rest.length).toBeGreaterThanOrEqual(1);
+    });
+
+    it("runs exec in the replica's working directory, cgroup and environment, with a deadline", async () => {
+      const { driver } = await newDriver();
+      const id = replicaId();
+      await driver.start(
+        spec({ replicaId: id, command: ["/bin/sleep", "30"], env: { GREETING: "hello" } }),
+      );
+      const pwd = await driver.exec(id, ["pwd"], 5_000);
+      expect(pwd).toEqual({ exitCode: 0, stdout: `${driver.workDir(id)}\n`, stderr: "" });
+      const inside = await driver.exec(id, ["/bin/cat", "/proc/self/cgroup"], 5_000);
+      expect(inside.stdout).toContain(`/${cgroupParent}/${id}`);
+      const env = await driver.exec(
+        id,
+        ["/bin/sh", "-c", 'echo "$GREETING"; echo bad >&2; exit 4'],
+        5_000,
+      );
+      expect(env).toEqual({ exitCode: 4, stdout: "hello\n", stderr: "bad\n" });
+
+      const startedMs = Date.now();
+      const slow = await driver.exec(id, ["/bin/sleep", "30"], 300).catch((caught) => caught);
+      expect(slow).toBeInstanceOf(DriverError);
+      expect((slow as DriverError).message).toContain("did not finish within 300 ms");
+      expect(Date.now() - startedMs).toBeLessThan(3_000);
+
+      await driver.stop(id, 0);
+      const stopped = await driver.exec(id, ["true"], 1_000).catch((caught) => caught);
+      expect((stopped as DriverError).kind).toBe("failed");
+    });
+
+    it("stops with SIGTERM, then SIGKILL after the grace period, and records exit codes", async () => {
+      const { driver } = await newDriver();
+      const polite = replicaId();
+      await driver.start(
+        spec({
+          replicaId: polite,
+          command: ["/bin/sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.1; done"],
+        }),
+      );
+      const stubborn = replicaId();
+      await driver.start(
+        spec({
+          replicaId: stubborn,
+          command: ["/bin/sh", "-c", "trap '' TERM; while true; do sleep 0.1; done"],
+        }),
+      );
+      await driver.start(spec({ replicaId: polite, command: ["/bin/false"] })); // no-op: running
+      let startedMs = Date.now();
+      await driver.stop(polite, 5_000);
+      expect(Date.now() - startedMs).toBeLessThan(4_000);
+      expect(await driver.status(polite)).toMatchObject({ state: "exited", exitCode: 0 });
+
+      startedMs = Date.now();
+      await driver.stop(stubborn, 500);
+      expect(Date.now() - startedMs).toBeGreaterThanOrEqual(450);
+      const killed = await driver.status(stubborn);
+      expect(killed).toMatchObject({ state: "exited", exitCode: 137, oomKilled: false });
+      expect(killed.finishedAtMs).toBeGreaterThanOrEqual(killed.startedAtMs ?? 0);
+      await driver.stop(stubborn, 500); // idempotent
+
+      // An exited replica starts again in the same working directory.
+      await driver.start(spec({ replicaId: polite, command: ["/bin/sh", "-c", "exit 3"] }));
+      await waitFor(
+        "the second run to end",
+        async () => (await driver.status(polite)).state === "exited",
+      );
+      expect(await driver.status(polite)).toMatchObject({ state: "exited", exitCode: 3 });
+    });
+
+    it("adopts running replicas after an agent restart (a new driver on the same data dir)", async () => {
+      const { driver: before, dataDir } = await newDriver();
+      const id = replicaId();
+      await before.start(spec({ replicaId: id, command: ["/bin/sleep", "30"] }));
+      const pid = await pidOf(dataDir, id);
+      const exited = replicaId();
+      await before.start(spec({ replicaId: exited, command: ["/bin/sh", "-c", "exit 5"] }));
+      await waitFor(
+        "the short one to end",
+        async () => (await before.status(exited)).state === "exited",
+      );
+      before.close();
+
+      const { driver: after } = await newDriver({ dataDir });
+      expect(await after.list()).toEqual([id, exited].sort());
+      const adopted = await after.status(id);
+      expect(adopted.state).toBe("running");
+      expect(adopted.startedAtMs).toBeGreaterThan(0);
+      // The exit code written by the earlier agent survives the restart.
+      expect(await after.status(exited)).toMatchObject({ state: "exited", exitCode: 5 });
+      expect((await after.exec(id, ["pwd"], 5_000)).stdout.trim()).toBe(after.workDir(id));
+
+      await after.stop(id, 1_000);
+      expect((await after.status(id)).state).toBe("exited");
+      await waitFor("the process to be gone", () => {
+        try {
+          process.kill(pid, 0);
+          return false;
+        } catch {
+          return true;
+        }
+      });
+      await after.remove(id);
+      expect(await after.list()).toEqual([exited]);
+    });
+
+    it("does not adopt a pid that now belongs to another process", async () => {
+      const { driver: before, dataDir } = await newDriver();
+      const id = replicaId();
+      await before.start(spec({ replicaId: id, command: ["/bin/sleep", "30"] }));
+      await before.stop(id, 0);
+      // Pretend the pid was reused by this test process, which is not in the replica's cgroup.
+      const record = path.join(dataDir, "replicas", id, "process.json");
+      const json = JSON.parse(await readFile(record, "utf8")) as Record<string, unknown>;
+      await writeFile(record, JSON.stringify({ ...json, pid: process.pid }));
+      await rm(path.join(dataDir, "replicas", id, "exit.json"), { force: true });
+      const { driver: after } = await newDriver({ dataDir });
+      const status = await after.status(id);
+      expect(status.state).toBe("exited");
+      expect(status.exitCode).toBeUndefined();
+    });
+
+    it("bounds log files by rotating them", async () => {
+      const { driver } = await newDriver({ maxLogBytes: 4096, logCheckIntervalMs: 50 });
+      const id = replicaId();
+      await driver.start(
+        spec({
+          replicaId: id,
+          command: [
+            "/bin/sh",
+            "-c",
+            "while true; do echo 0123456789012345678901234567890123456789; sleep 0.01; done",
+          ],
+        }),
+      );
+      const logFile = path.join(driver.replicaDir(id), "stdout.log");
+      await waitFor("a rotation", async () => existsSync(`${logFile}.1`), 20_000);
+      // Checked every 50 ms while ~4 KiB/s arrive, so the live file stays near the bound.
+      for (let check = 0; check < 5; check += 1) {
+        expect((await stat(logFile)).size).toBeLessThan(4096 * 4);
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+    });
+  },
+);

@@ -1,0 +1,867 @@
+/**
+ * The process driver: a replica is a child process of the agent, in its own process
+ * group, cgroup(s) with the replica's cpu and memory limits (REQ-011) and private
+ * working directory (REQ-052). Its state lives under <dataDir>/replicas/<replicaId>:
+ *
+ *   work/                the working directory (cwd and HOME), mode 0700
+ *   stdout.log, stderr.log  the output, written by the process itself; rotated to *.1
+ *   pid, process.json    who it is (pid, start time, cgroup), to adopt it after a restart
+ *   exit.json            how it ended, when the agent saw it end
+ *
+ * The process does not depend on the agent: its output goes straight to files and it
+ * leads its own session, so an agent restart neither kills it nor loses its logs.
+ * It shares the node's network, so ports are used as given (hostPort = containerPort).
+ * All replicas run as the agent's user; the 0700 directories keep them apart from other
+ * users' processes, not from each other if that user is root. Disk use (storageGiB) is
+ * not limited.
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { closeSync, existsSync, openSync, readFileSync, writeFileSync } from "node:fs";
+import {
+  access,
+  chmod,
+  constants,
+  copyFile,
+  mkdir,
+  open,
+  readdir,
+  readFile,
+  rm,
+  stat,
+  truncate,
+  writeFile,
+} from "node:fs/promises";
+import { constants as osConstants } from "node:os";
+import * as path from "node:path";
+import type { Logger } from "../../observe/logger.js";
+import { silentLogger } from "../../observe/logger.js";
+import {
+  type CgroupLayout,
+  type CgroupPaths,
+  cgroupPathsFor,
+  createReplicaCgroup,
+  detectCgroupLayout,
+  isInCgroup,
+  killMembers,
+  prepareParent,
+  readOomKillCount,
+  removeReplicaCgroup,
+} from "./cgroups.js";
+import {
+  DriverError,
+  type ExecResult,
+  type LogLine,
+  type ReplicaRunSpec,
+  type ReplicaRuntimeStatus,
+  type RuntimeDriver,
+} from "./driver.js";
+import { LineSplitter } from "./lineSplitter.js";
+import { checkReplicaId, describeError, errnoCode, sleep } from "./util.js";
+
+export type { CgroupPaths } from "./cgroups.js";
+
+export interface ProcessDriverOptions {
+  /** The agent's data directory; replicas live in <dataDir>/replicas/<replicaId>. */
+  dataDir: string;
+  /** Where the cgroup filesystem is mounted (default /sys/fs/cgroup). */
+  cgroupRoot?: string;
+  /** Name of the cgroup replicas are created under (default "cloudless"). */
+  cgroupParent?: string;
+  /**
+   * Refuse to start replicas when cgroup limits cannot be applied (default true).
+   * With false, replicas run without limits where cgroups are not writable.
+   */
+  enforceLimits?: boolean;
+  logger?: Logger;
+  /** A log file larger than this is rotated to <file>.1 (one generation kept). */
+  maxLogBytes?: number;
+  /** How often log sizes are checked. */
+  logCheckIntervalMs?: number;
+}
+
+export interface ProcessDriver extends RuntimeDriver {
+  readonly name: "process";
+  /** The replica's cgroup directories, or undefined where cgroups are not usable. */
+  cgroupPaths(replicaId: string): CgroupPaths | undefined;
+  /** <dataDir>/replicas/<replicaId>: pid, exit status and log files. */
+  replicaDir(replicaId: string): string;
+  /** The replica's private working directory (REQ-052), its cwd and HOME. */
+  workDir(replicaId: string): string;
+  /** Stops background timers; replicas keep running (they outlive the agent). */
+  close(): void;
+}
+
+export function createProcessDriver(options: ProcessDriverOptions): ProcessDriver {
+  return new CgroupProcessDriver(options);
+}
+
+const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+const maxExecOutputBytes = 4 * 1024 * 1024;
+const logPollIntervalMs = 200;
+
+/**
+ * Joins the cgroups named by the leading arguments, then becomes the workload. The
+ * shell's pid is the workload's pid (exec keeps it), so the workload and everything it
+ * forks are inside the cgroups from their first instruction. Arguments travel as
+ * positional parameters, never through the script text, so nothing needs quoting.
+ */
+const joinAndExec = [
+  'n="$1"; shift',
+  'while [ "$n" -gt 0 ]; do',
+  '  echo $$ > "$1" || { echo "cloudless: cannot join cgroup $1" >&2; exit 125; }',
+  "  shift; n=$((n - 1))",
+  "done",
+  'exec "$@"',
+].join("\n");
+
+/** What a replica's process.json records so a later agent can recognise its process. */
+interface ProcessRecord {
+  pid: number;
+  /** Start time in clock ticks since boot (/proc/<pid>/stat field 22): guards against pid reuse. */
+  startTicks: string | undefined;
+  startedAtMs: number;
+  cgroup: CgroupPaths | undefined;
+}
+
+interface ExitRecord {
+  exitCode: number | undefined;
+  finishedAtMs: number | undefined;
+  oomKilled: boolean;
+}
+
+interface Tracked extends ProcessRecord {
+  replicaId: string;
+  /** Set when this driver instance spawned the process (so it gets the exit code). */
+  child: ChildProcess | undefined;
+  exit: ExitRecord | undefined;
+  /** Resolves when the process is known to have exited. */
+  exited: Promise<void>;
+  markExited: () => void;
+}
+
+function readProcStat(pid: number): { state: string; startTicks: string } | undefined {
+  try {
+    const text = readFileSync(`/proc/${pid}/stat`, "utf8");
+    // comm (field 2) may contain spaces and parentheses; fields resume after the last ")".
+    const fields = text.slice(text.lastIndexOf(")") + 2).split(" ");
+    const state = fields[0];
+    const startTicks = fields[19];
+    if (state === undefined || startTicks === undefined) return undefined;
+    return { state, startTicks };
+  } catch {
+    return undefined;
+  }
+}
+
+function exitCodeOf(code: number | null, signal: NodeJS.Signals | null): number | undefined {
+  if (code !== null) return code;
+  if (signal !== null) {
+    const number = osConstants.signals[signal];
+    return typeof number === "number" ? 128 + number : undefined;
+  }
+  return undefined;
+}
+
+function signalGroup(pid: number, signal: NodeJS.Signals): void {
+  for (const target of [-pid, pid]) {
+    try {
+      // The replica leads its own process group (spawned detached); the direct signal
+      // covers a workload that moved itself into another group.
+      process.kill(target, signal);
+    } catch {
+      // ESRCH: already gone.
+    }
+  }
+}
+
+/** Reads the last `lines` lines of a file (all of it when undefined) and the size read up to. */
+async function readTail(
+  file: string,
+  lines: number | undefined,
+): Promise<{ bytes: Buffer; size: number }> {
+  let handle: Awaited<ReturnType<typeof open>>;
+  try {
+    handle = await open(file, "r");
+  } catch (error) {
+    if (errnoCode(error) === "ENOENT") return { bytes: Buffer.alloc(0), size: 0 };
+    throw error;
+  }
+  try {
+    const { size } = await handle.stat();
+    if (lines !== undefined && lines <= 0) return { bytes: Buffer.alloc(0), size };
+    if (lines === undefined) {
+      const bytes = Buffer.alloc(size);
+      const { bytesRead } = await handle.read(bytes, 0, size, 0);
+      return { bytes: bytes.subarray(0, bytesRead), size };
+    }
+    // Read backwards in chunks until enough newlines are seen. A final newline ends
+    // the last line rather than starting an empty one, so it is not counted.
+    const chunkBytes = 64 * 1024;
+    let start = size;
+    let buffer = Buffer.alloc(0);
+    for (;;) {
+      const end = size - buffer.length;
+      start = Math.max(0, end - chunkBytes);
+      const chunk = Buffer.alloc(end - start);
+      await handle.read(chunk, 0, chunk.length, start);
+      buffer = Buffer.concat([chunk, buffer]);
+      const body = buffer[buffer.length - 1] === 0x0a ? buffer.subarray(0, -1) : buffer;
+      let seen = 0;
+      for (let index = body.length - 1; index >= 0; index -= 1) {
+        if (body[index] === 0x0a) {
+          seen += 1;
+          if (seen === lines) return { bytes: buffer.subarray(index + 1), size };
+        }
+      }
+      if (start === 0) return { bytes: buffer, size };
+    }
+  } finally {
+    await handle.close();
+  }
+}
+
+class CgroupProcessDriver implements ProcessDriver {
+  readonly name = "process" as const;
+  private readonly logger: Logger;
+  private readonly layout: CgroupLayout;
+  private readonly cgroupParent: string;
+  private readonly enforceLimits: boolean;
+  private readonly maxLogBytes: number;
+  private readonly logCheckIntervalMs: number;
+  private readonly replicasDir: string;
+  private readonly tracked = new Map<string, Tracked>();
+  private readonly queues = new Map<string, Promise<unknown>>();
+  private cgroupsReady: Promise<string | undefined> | undefined;
+  private logTimer: NodeJS.Timeout | undefined;
+
+  constructor(options: ProcessDriverOptions) {
+    this.logger = (options.logger ?? silentLogger).child({ driver: "process" });
+    this.layout = detectCgroupLayout(options.cgroupRoot ?? "/sys/fs/cgroup");
+    this.cgroupParent = options.cgroupParent ?? "cloudless";
+    this.enforceLimits = options.enforceLimits ?? true;
+    this.maxLogBytes = options.maxLogBytes ?? 10 * 1024 * 1024;
+    this.logCheckIntervalMs = options.logCheckIntervalMs ?? 2_000;
+    this.replicasDir = path.join(path.resolve(options.dataDir), "replicas");
+  }
+
+  cgroupPaths(replicaId: string): CgroupPaths | undefined {
+    checkReplicaId(replicaId);
+    return cgroupPathsFor(this.layout, this.cgroupParent, replicaId);
+  }
+
+  replicaDir(replicaId: string): string {
+    checkReplicaId(replicaId);
+    return path.join(this.replicasDir, replicaId);
+  }
+
+  workDir(replicaId: string): string {
+    return path.join(this.replicaDir(replicaId), "work");
+  }
+
+  close(): void {
+    clearInterval(this.logTimer);
+    this.logTimer = undefined;
+  }
+
+  /** Runs operations on one replica one at a time (start/stop/remove must not interleave). */
+  private serialize<T>(replicaId: string, fn: () => Promise<T>): Promise<T> {
+    const previous = this.queues.get(replicaId) ?? Promise.resolve();
+    const next = previous.then(fn);
+    const settled = next.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.queues.set(replicaId, settled);
+    void settled.then(() => {
+      if (this.queues.get(replicaId) === settled) this.queues.delete(replicaId);
+    });
+    return next;
+  }
+
+  /** Whether cgroups can be used here; the reason when not. Success is remembered. */
+  private cgroupProblem(): Promise<string | undefined> {
+    if (!this.cgroupsReady) {
+      const attempt = prepareParent(this.layout, this.cgroupParent);
+      this.cgroupsReady = attempt;
+      void attempt.then((problem) => {
+        // Retry later: permissions or mounts may be fixed while the agent runs.
+        if (problem !== undefined && this.cgroupsReady === attempt) this.cgroupsReady = undefined;
+      });
+    }
+    return this.cgroupsReady;
+  }
+
+  async health(): Promise<{ ok: true } | { ok: false; reason: string }> {
+    try {
+      await mkdir(this.replicasDir, { recursive: true, mode: 0o700 });
+      await access(this.replicasDir, constants.W_OK);
+    } catch (error) {
+      return { ok: false, reason: `data directory is not writable: ${describeError(error)}` };
+    }
+    if (!existsSync("/bin/sh")) return { ok: false, reason: "/bin/sh is missing" };
+    if (this.enforceLimits) {
+      const problem = await this.cgroupProblem();
+      if (problem !== undefined) {
+        return {
+          ok: false,
+          reason: `cgroup limits cannot be enforced: ${problem} (configure enforceLimits: false to run without limits)`,
+        };
+      }
+    }
+    return { ok: true };
+  }
+
+  private newTracked(replicaId: string, record: ProcessRecord, child?: ChildProcess): Tracked {
+    let markExited = (): void => undefined;
+    const exited = new Promise<void>((resolve) => {
+      markExited = resolve;
+    });
+    return { ...record, replicaId, child, exit: undefined, exited, markExited };
+  }
+
+  /**
+   * The replica's process as this instance knows it, or as a previous agent left it on
+   * disk (adoption): the pid counts as the replica only if it is alive, started at the
+   * recorded time and sits in the replica's cgroup, so a reused pid is never mistaken.
+   */
+  private async lookup(replicaId: string): Promise<Tracked | undefined> {
+    const known = this.tracked.get(replicaId);
+    if (known) return known;
+    const dir = this.replicaDir(replicaId);
+    let record: ProcessRecord;
+    try {
+      record = JSON.parse(await readFile(path.join(dir, "process.json"), "utf8")) as ProcessRecord;
+    } catch {
+      return undefined;
+    }
+    const tracked = this.newTracked(replicaId, record);
+    if (!this.isAlive(tracked)) {
+      // It ended while no agent watched, unless the one that spawned it saw the end.
+      tracked.exit = (await this.readExitRecord(replicaId)) ?? {
+        exitCode: undefined,
+        finishedAtMs: undefined,
+        oomKilled: tracked.cgroup ? readOomKillCount(tracked.cgroup) > 0 : false,
+      };
+      tracked.markExited();
+    } else {
+      this.logger.info({ replica: replicaId, pid: record.pid }, "adopted running replica");
+      this.ensureLogTimer();
+    }
+    this.tracked.set(replicaId, tracked);
+    return tracked;
+  }
+
+  private isAlive(tracked: Tracked): boolean {
+    if (tracked.exit) return false;
+    if (tracked.child) return true;
+    const stat = readProcStat(tracked.pid);
+    if (!stat || stat.state === "Z" || stat.state === "X") return false;
+    if (tracked.startTicks !== undefined && stat.startTicks !== tracked.startTicks) return false;
+    if (tracked.cgroup) {
+      return isInCgroup(tracked.pid, tracked.cgroup, `/${this.cgroupParent}/${tracked.replicaId}`);
+    }
+    return true;
+  }
+
+  /** Checks an adopted process and records its end once it is gone. */
+  private async refresh(tracked: Tracked): Promise<boolean> {
+    if (this.isAlive(tracked)) return true;
+    if (!tracked.exit) {
+      // Not our child, so no exit code — unless the agent that spawned it wrote one.
+      const written = await this.readExitRecord(tracked.replicaId);
+      tracked.exit = {
+        exitCode: written?.exitCode,
+        finishedAtMs: written?.finishedAtMs ?? Date.now(),
+        oomKilled:
+          written?.oomKilled ?? (tracked.cgroup ? readOomKillCount(tracked.cgroup) > 0 : false),
+      };
+      tracked.markExited();
+    }
+    return false;
+  }
+
+  private async readExitRecord(replicaId: string): Promise<ExitRecord | undefined> {
+    try {
+      const text = await readFile(path.join(this.replicaDir(replicaId), "exit.json"), "utf8");
+      return JSON.parse(text) as ExitRecord;
+    } catch {
+      return undefined;
+    }
+  }
+
+  async start(spec: ReplicaRunSpec): Promise<void> {
+    checkReplicaId(spec.replicaId);
+    return this.serialize(spec.replicaId, () => this.startLocked(spec));
+  }
+
+  private async startLocked(spec: ReplicaRunSpec): Promise<void> {
+    const replicaId = spec.replicaId;
+    const argv = [...(spec.command ?? []), ...(spec.args ?? [])];
+    const program = argv[0];
+    if (program === undefined || program.length === 0) {
+      throw new DriverError("invalid", "the process driver needs a command");
+    }
+    const existing = await this.lookup(replicaId);
+    if (existing && (await this.refresh(existing))) return;
+
+    for (const port of spec.ports) {
+      // The process shares the node's network: it listens on the port it is told
+      // (through env), so there is nothing that could map one port onto another.
+      if (port.hostPort !== port.containerPort) {
+        throw new DriverError(
+          "invalid",
+          `port "${port.name}": the process driver cannot map host port ${port.hostPort} to ${port.containerPort}`,
+        );
+      }
+    }
+
+    const env: Record<string, string> = {};
+    for (const [key, value] of Object.entries(spec.env)) {
+      if (key.length === 0 || key.includes("=") || key.includes("\0") || value.includes("\0")) {
+        throw new DriverError(
+          "invalid",
+          `environment variable "${key}" has an invalid name or value`,
+        );
+      }
+      env[key] = value;
+    }
+    const dir = this.replicaDir(replicaId);
+    const workDir = this.workDir(replicaId);
+    env.PATH ??= defaultPath;
+    env.HOME ??= workDir;
+    await this.resolveProgram(program, env.PATH, workDir);
+
+    let cgroup: CgroupPaths | undefined;
+    const problem = await this.cgroupProblem();
+    if (problem === undefined) {
+      cgroup = this.cgroupPaths(replicaId);
+      try {
+        if (cgroup) await createReplicaCgroup(cgroup, spec.resources);
+      } catch (error) {
+        const reason = `cannot create the cgroup for replica ${replicaId}: ${describeError(error)}`;
+        if (this.enforceLimits) throw new DriverError("failed", reason, { cause: error });
+        this.logger.warn({ replica: replicaId, reason }, "running without resource limits");
+        if (cgroup) await removeReplicaCgroup(cgroup).catch(() => undefined);
+        cgroup = undefined;
+      }
+    } else if (this.enforceLimits) {
+      throw new DriverError("failed", `cgroup limits cannot be enforced: ${problem}`);
+    } else {
+      this.logger.warn({ replica: replicaId, reason: problem }, "running without resource limits");
+    }
+
+    // Private per replica (REQ-052): only the agent's user can enter it. It survives
+    // restarts of the replica and goes away with remove().
+    await mkdir(this.replicasDir, { recursive: true, mode: 0o700 });
+    await mkdir(workDir, { recursive: true, mode: 0o700 });
+    await chmod(dir, 0o700);
+    await chmod(workDir, 0o700);
+    await rm(path.join(dir, "exit.json"), { force: true });
+    await this.rotateIfLarge(replicaId);
+
+    // The workload writes its output straight into the log files (O_APPEND), so it keeps
+    // logging — and keeps running — while the agent restarts.
+    const stdoutFd = openSync(path.join(dir, "stdout.log"), "a", 0o600);
+    let stderrFd: number | undefined;
+    let child: ChildProcess;
+    try {
+      stderrFd = openSync(path.join(dir, "stderr.log"), "a", 0o600);
+      const procs = cgroup?.procsFiles ?? [];
+      child = spawn(
+        "/bin/sh",
+        ["-c", joinAndExec, "cloudless", String(procs.length), ...procs, ...argv],
+        {
+          cwd: workDir,
+          env,
+          detached: true,
+          stdio: ["ignore", stdoutFd, stderrFd],
+        },
+      );
+    } finally {
+      closeSync(stdoutFd);
+      if (stderrFd !== undefined) closeSync(stderrFd);
+    }
+    const record: ProcessRecord = {
+      pid: 0,
+      startTicks: undefined,
+      startedAtMs: Date.now(),
+      cgroup,
+    };
+    const tracked = this.newTracked(replicaId, record, child);
+    child.on("exit", (code, signal) => this.onExit(tracked, code, signal));
+    try {
+      await new Promise<void>((resolve, reject) => {
+        child.once("spawn", resolve);
+        child.once("error", reject);
+      });
+    } catch (error) {
+      if (cgroup) await removeReplicaCgroup(cgroup).catch(() => undefined);
+      throw new DriverError(
+        "failed",
+        `cannot start replica ${replicaId}: ${describeError(error)}`,
+        { cause: error },
+      );
+    }
+    // The agent may exit before its replicas; it must not wait for them.
+    child.unref();
+    tracked.pid = child.pid ?? 0;
+    tracked.startTicks = readProcStat(tracked.pid)?.startTicks;
+    const persisted: ProcessRecord = {
+      pid: tracked.pid,
+      startTicks: tracked.startTicks,
+      startedAtMs: tracked.startedAtMs,
+      cgroup,
+    };
+    await writeFile(path.join(dir, "pid"), `${tracked.pid}\n`, { mode: 0o600 });
+    await writeFile(path.join(dir, "process.json"), JSON.stringify(persisted), { mode: 0o600 });
+    this.tracked.set(replicaId, tracked);
+    this.ensureLogTimer();
+    if (cgroup) await this.waitJoined(tracked, cgroup);
+    this.logger.info({ replica: replicaId, pid: tracked.pid, cgroup: cgroup?.cpuDir }, "started");
+  }
+
+  /**
+   * Returns once the wrapper has moved itself into the replica's cgroups (the memory one
+   * is joined last) or has already ended, so a started replica is always under its limits.
+   */
+  private async waitJoined(tracked: Tracked, cgroup: CgroupPaths): Promise<void> {
+    const suffix = `/${this.cgroupParent}/${tracked.replicaId}`;
+    const deadline = Date.now() + 5_000;
+    while (!tracked.exit && !isInCgroup(tracked.pid, cgroup, suffix)) {
+      if (Date.now() > deadline) {
+        signalGroup(tracked.pid, "SIGKILL");
+        throw new DriverError(
+          "failed",
+          `replica ${tracked.replicaId} (pid ${tracked.pid}) did not join its cgroup within 5 s`,
+        );
+      }
+      await sleep(5);
+    }
+  }
+
+  private onExit(tracked: Tracked, code: number | null, signal: NodeJS.Signals | null): void {
+    // Read synchronously so a status() right after the exit already sees the OOM kill.
+    const exit: ExitRecord = {
+      exitCode: exitCodeOf(code, signal),
+      finishedAtMs: Date.now(),
+      oomKilled: tracked.cgroup ? readOomKillCount(tracked.cgroup) > 0 : false,
+    };
+    tracked.exit = exit;
+    tracked.child = undefined;
+    tracked.markExited();
+    try {
+      // Kept on disk so an agent restarted later still knows how the replica ended.
+      writeFileSync(
+        path.join(this.replicaDir(tracked.replicaId), "exit.json"),
+        JSON.stringify(exit),
+        { mode: 0o600 },
+      );
+    } catch {
+      // The replica was removed meanwhile.
+    }
+    this.logger.info({ replica: tracked.replicaId, ...exit }, "exited");
+  }
+
+  /** Checks the program exists and is executable, for a clear "invalid" rather than exit 127. */
+  private async resolveProgram(
+    program: string,
+    searchPath: string,
+    workDir: string,
+  ): Promise<void> {
+    const candidates = program.includes("/")
+      ? [path.resolve(workDir, program)]
+      : searchPath
+          .split(":")
+          .filter((dir) => dir.length > 0)
+          .map((dir) => path.join(dir, program));
+    for (const candidate of candidates) {
+      try {
+        const info = await stat(candidate);
+        if (!info.isFile()) continue;
+        await access(candidate, constants.X_OK);
+        return;
+      } catch {
+        // Next candidate.
+      }
+    }
+    // A relative path may point into the work dir, which does not exist before the first start.
+    if (program.includes("/") && !path.isAbsolute(program)) return;
+    throw new DriverError("invalid", `command "${program}" was not found or is not executable`);
+  }
+
+  async stop(replicaId: string, graceMs: number): Promise<void> {
+    checkReplicaId(replicaId);
+    return this.serialize(replicaId, () => this.stopLocked(replicaId, graceMs));
+  }
+
+  private async stopLocked(replicaId: string, graceMs: number): Promise<void> {
+    const tracked = await this.lookup(replicaId);
+    if (!tracked) return;
+    if (await this.refresh(tracked)) {
+      signalGroup(tracked.pid, "SIGTERM");
+      if (!(await this.waitExit(tracked, graceMs))) {
+        signalGroup(tracked.pid, "SIGKILL");
+        if (!(await this.waitExit(tracked, 5_000))) {
+          throw new DriverError("failed", `replica ${replicaId} (pid ${tracked.pid}) did not die`);
+        }
+      }
+    }
+    // Whatever the workload left behind (daemonised children) goes with it, as the
+    // processes of a container go with its init.
+    if (tracked.cgroup) await killMembers(tracked.cgroup);
+  }
+
+  private async waitExit(tracked: Tracked, timeoutMs: number): Promise<boolean> {
+    const deadline = Date.now() + timeoutMs;
+    if (tracked.child) {
+      let timer: NodeJS.Timeout | undefined;
+      const timeout = new Promise<boolean>((resolve) => {
+        timer = setTimeout(() => resolve(false), timeoutMs);
+      });
+      const done = await Promise.race([tracked.exited.then(() => true), timeout]);
+      clearTimeout(timer);
+      return done;
+    }
+    for (;;) {
+      if (!(await this.refresh(tracked))) return true;
+      if (Date.now() >= deadline) return false;
+      await sleep(25);
+    }
+  }
+
+  async remove(replicaId: string): Promise<void> {
+    checkReplicaId(replicaId);
+    return this.serialize(replicaId, async () => {
+      await this.stopLocked(replicaId, 0);
+      const tracked = this.tracked.get(replicaId);
+      const cgroup = tracked?.cgroup ?? this.cgroupPaths(replicaId);
+      let cgroupError: unknown;
+      if (cgroup) {
+        await removeReplicaCgroup(cgroup).catch((error: unknown) => {
+          cgroupError = error;
+        });
+      }
+      await rm(this.replicaDir(replicaId), { recursive: true, force: true });
+      this.tracked.delete(replicaId);
+      if (cgroupError !== undefined) {
+        throw new DriverError(
+          "failed",
+          `cannot remove the cgroup of replica ${replicaId}: ${describeError(cgroupError)}`,
+          { cause: cgroupError },
+        );
+      }
+    });
+  }
+
+  async status(replicaId: string): Promise<ReplicaRuntimeStatus> {
+    checkReplicaId(replicaId);
+    const tracked = await this.lookup(replicaId);
+    if (!tracked) {
+      // A directory without a process record: a start that failed half-way.
+      return existsSync(this.replicaDir(replicaId)) ? { state: "exited" } : { state: "missing" };
+    }
+    if (await this.refresh(tracked)) {
+      return { state: "running", startedAtMs: tracked.startedAtMs };
+    }
+    const exit = tracked.exit;
+    return {
+      state: "exited",
+      startedAtMs: tracked.startedAtMs,
+      ...(exit?.exitCode !== undefined ? { exitCode: exit.exitCode } : {}),
+      ...(exit?.finishedAtMs !== undefined ? { finishedAtMs: exit.finishedAtMs } : {}),
+      oomKilled: exit?.oomKilled ?? false,
+    };
+  }
+
+  async list(): Promise<string[]> {
+    const ids = new Set<string>();
+    try {
+      for (const entry of await readdir(this.replicasDir, { withFileTypes: true })) {
+        if (entry.isDirectory()) ids.add(entry.name);
+      }
+    } catch (error) {
+      if (errnoCode(error) !== "ENOENT") throw error;
+    }
+    for (const id of this.tracked.keys()) ids.add(id);
+    return [...ids].sort();
+  }
+
+  async *logs(
+    replicaId: string,
+    options: { follow: boolean; tailLines?: number; signal?: AbortSignal },
+  ): AsyncIterable<LogLine> {
+    // Lines arrive in batches (a read, a frame); none is handed out after the abort.
+    for await (const line of this.readLogs(replicaId, options)) {
+      if (options.signal?.aborted) return;
+      yield line;
+    }
+  }
+
+  private async *readLogs(
+    replicaId: string,
+    options: { follow: boolean; tailLines?: number; signal?: AbortSignal },
+  ): AsyncGenerator<LogLine> {
+    const dir = this.replicaDir(replicaId);
+    if (!existsSync(dir)) {
+      throw new DriverError("failed", `replica "${replicaId}" does not exist on this node`);
+    }
+    // The two streams go to separate files without timestamps, so their relative order
+    // is unknown: each stream's tail comes whole, stdout first. tailLines is per stream.
+    const streams = (["stdout", "stderr"] as const).map((stream) => ({
+      stream,
+      file: path.join(dir, `${stream}.log`),
+      splitter: new LineSplitter(stream),
+      position: 0,
+    }));
+    for (const entry of streams) {
+      const { bytes, size } = await readTail(entry.file, options.tailLines);
+      entry.position = size;
+      yield* entry.splitter.push(bytes);
+    }
+    if (!options.follow) {
+      for (const entry of streams) yield* entry.splitter.flush();
+      return;
+    }
+    const tracked = await this.lookup(replicaId);
+    let finalPass = false;
+    while (!options.signal?.aborted) {
+      // Once the process is gone, read what it wrote last and end, like `docker logs -f`.
+      const running = tracked ? await this.refresh(tracked) : false;
+      for (const entry of streams) {
+        let size: number;
+        try {
+          size = (await stat(entry.file)).size;
+        } catch {
+          continue;
+        }
+        // Rotation truncated the file: what was appended since is at its start.
+        if (size < entry.position) entry.position = 0;
+        if (size === entry.position) continue;
+        const handle = await open(entry.file, "r");
+        try {
+          const chunk = Buffer.alloc(size - entry.position);
+          const { bytesRead } = await handle.read(chunk, 0, chunk.length, entry.position);
+          entry.position += bytesRead;
+          yield* entry.splitter.push(chunk.subarray(0, bytesRead));
+        } finally {
+          await handle.close();
+        }
+      }
+      if (finalPass) break;
+      if (!running) {
+        finalPass = true;
+        continue;
+      }
+      await sleep(logPollIntervalMs, options.signal);
+    }
+    for (const entry of streams) yield* entry.splitter.flush();
+  }
+
+  async exec(replicaId: string, command: string[], timeoutMs: number): Promise<ExecResult> {
+    checkReplicaId(replicaId);
+    if (command.length === 0) throw new DriverError("invalid", "exec needs a command");
+    const tracked = await this.lookup(replicaId);
+    if (!tracked || !(await this.refresh(tracked))) {
+      throw new DriverError("failed", `replica "${replicaId}" is not running`);
+    }
+    const env = this.replicaEnv(tracked);
+    const procs = tracked.cgroup?.procsFiles ?? [];
+    const child = spawn(
+      "/bin/sh",
+      ["-c", joinAndExec, "cloudless-exec", String(procs.length), ...procs, ...command],
+      {
+        cwd: this.workDir(replicaId),
+        env,
+        // Its own process group, so a timeout kills the whole command tree.
+        detached: true,
+        stdio: ["ignore", "pipe", "pipe"],
+      },
+    );
+    const output = { stdout: [] as Buffer[], stderr: [] as Buffer[] };
+    const sizes = { stdout: 0, stderr: 0 };
+    const collect = (stream: "stdout" | "stderr") => (chunk: Buffer) => {
+      const room = maxExecOutputBytes - sizes[stream];
+      if (room <= 0) return;
+      const kept = chunk.subarray(0, room);
+      output[stream].push(kept);
+      sizes[stream] += kept.length;
+    };
+    child.stdout?.on("data", collect("stdout"));
+    child.stderr?.on("data", collect("stderr"));
+    return new Promise<ExecResult>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        if (child.pid !== undefined) signalGroup(child.pid, "SIGKILL");
+        reject(
+          new DriverError(
+            "failed",
+            `exec of "${command.join(" ")}" in replica ${replicaId} did not finish within ${timeoutMs} ms`,
+          ),
+        );
+      }, timeoutMs);
+      child.once("error", (error) => {
+        clearTimeout(timer);
+        reject(new DriverError("failed", `exec in replica ${replicaId}: ${describeError(error)}`));
+      });
+      // "close" rather than "exit": all output has been read by then.
+      child.once("close", (code, signal) => {
+        clearTimeout(timer);
+        resolve({
+          exitCode: exitCodeOf(code, signal) ?? 1,
+          stdout: Buffer.concat(output.stdout).toString("utf8"),
+          stderr: Buffer.concat(output.stderr).toString("utf8"),
+        });
+      });
+    });
+  }
+
+  /** The replica's own environment (as it started), so exec sees what the workload sees. */
+  private replicaEnv(tracked: Tracked): Record<string, string> {
+    const env: Record<string, string> = {};
+    try {
+      for (const entry of readFileSync(`/proc/${tracked.pid}/environ`, "utf8").split("\0")) {
+        const at = entry.indexOf("=");
+        if (at > 0) env[entry.slice(0, at)] = entry.slice(at + 1);
+      }
+    } catch {
+      // Unreadable (gone meanwhile): fall back to the basics below.
+    }
+    env.PATH ??= defaultPath;
+    env.HOME ??= this.workDir(tracked.replicaId);
+    return env;
+  }
+
+  private ensureLogTimer(): void {
+    if (this.logTimer) return;
+    this.logTimer = setInterval(() => {
+      void this.rotateAll();
+    }, this.logCheckIntervalMs);
+    // Log housekeeping must never keep the agent alive.
+    this.logTimer.unref();
+  }
+
+  private async rotateAll(): Promise<void> {
+    for (const tracked of this.tracked.values()) {
+      if (!tracked.exit) await this.rotateIfLarge(tracked.replicaId).catch(() => undefined);
+    }
+  }
+
+  /**
+   * Bounds a replica's log files: one larger than maxLogBytes is copied to <file>.1 and
+   * truncated in place. Renaming would not work, as the workload holds the file open
+   * and would keep writing to the renamed one; with O_APPEND its next write lands at
+   * the start of the truncated file. Lines written between copy and truncate are lost.
+   */
+  private async rotateIfLarge(replicaId: string): Promise<void> {
+    const dir = this.replicaDir(replicaId);
+    for (const name of ["stdout.log", "stderr.log"]) {
+      const file = path.join(dir, name);
+      const size = await stat(file).then(
+        (info) => info.size,
+        () => 0,
+      );
+      if (size <= this.maxLogBytes) continue;
+      await copyFile(file, `${file}.1`);
+      await truncate(file, 0);
+    }
+  }
+}

@@ -1,0 +1,628 @@
+import { afterEach, describe, expect, it } from "vitest";
+import { ManualClock } from "../../lib/clock.js";
+import { seededRng } from "../../lib/rng.js";
+import { DriverError, type DriverName, type RuntimeDriver } from "../drivers/driver.js";
+import type { ProbeAction, ProbeFunction, ProbeResult, ProbeSpec } from "../probes/probeTypes.js";
+import { runProbeOnce } from "../probes/runProbeOnce.js";
+import { ReplicaSupervisor } from "./replicaSupervisor.js";
+import type { DesiredReplica, ReplicaReport } from "./supervisorTypes.js";
+import { FakeDriver } from "./testing/fakeDriver.js";
+
+/** Lets promise chains started by timers run to completion. */
+async function settle(): Promise<void> {
+  for (let i = 0; i < 20; i++) await new Promise((resolve) => setImmediate(resolve));
+}
+
+/** Moves simulated time in small steps, settling async work in between. */
+async function advance(clock: ManualClock, totalMs: number, stepMs = 100): Promise<void> {
+  for (let doneMs = 0; doneMs < totalMs; doneMs += stepMs) {
+    clock.advance(Math.min(stepMs, totalMs - doneMs));
+    await settle();
+  }
+}
+
+function desired(
+  id: string,
+  overrides: Partial<Omit<DesiredReplica, "spec">> & {
+    driver?: DriverName;
+    image?: string;
+    env?: Record<string, string>;
+  } = {},
+): DesiredReplica {
+  const { driver = "container", image = "web:1", env = {}, ...rest } = overrides;
+  return {
+    spec: {
+      replicaId: id,
+      namespace: "default",
+      workload: "web",
+      driver,
+      ...(driver === "container" ? { image } : { command: ["/bin/web"] }),
+      env,
+      ports: [{ name: "http", containerPort: 8080, hostPort: 0, protocol: "tcp" }],
+      resources: { cpuMillicores: 100, memoryMiB: 64, storageGiB: 1 },
+    },
+    restartPolicy: "Always",
+    terminationGracePeriodSeconds: 5,
+    generation: 1,
+    ...rest,
+  };
+}
+
+function probeSpec(action: ProbeAction, overrides: Partial<ProbeSpec> = {}): ProbeSpec {
+  return {
+    action,
+    periodSeconds: 1,
+    timeoutSeconds: 1,
+    failureThreshold: 3,
+    successThreshold: 1,
+    initialDelaySeconds: 0,
+    ...overrides,
+  };
+}
+
+interface Harness {
+  clock: ManualClock;
+  container: FakeDriver;
+  process: FakeDriver;
+  supervisor: ReplicaSupervisor;
+  emitted: ReplicaReport[][];
+  /** Result per probed host port; default healthy. */
+  probeResults: Map<number, ProbeResult>;
+  probedPorts: number[];
+  report(id: string): ReplicaReport | undefined;
+}
+
+const supervisors: ReplicaSupervisor[] = [];
+afterEach(async () => {
+  await Promise.all(supervisors.splice(0).map((s) => s.stop({ stopReplicas: false })));
+});
+
+function harness(
+  options: { drivers?: RuntimeDriver[]; clock?: ManualClock; firstHostPort?: number } = {},
+): Harness {
+  const clock = options.clock ?? new ManualClock();
+  const container = new FakeDriver("container", clock);
+  const processDriver = new FakeDriver("process", clock);
+  const drivers = options.drivers ?? [container, processDriver];
+  const emitted: ReplicaReport[][] = [];
+  const probeResults = new Map<number, ProbeResult>();
+  const probedPorts: number[] = [];
+  const probe: ProbeFunction = async (action, runOptions) => {
+    if ("exec" in action) return runProbeOnce(action, runOptions);
+    const port = "http" in action ? action.http.port : action.tcp.port;
+    probedPorts.push(port);
+    return probeResults.get(port) ?? { ok: true, message: "HTTP 200" };
+  };
+  let nextHostPort = options.firstHostPort ?? 40_000;
+  const supervisor = new ReplicaSupervisor({
+    drivers: new Map(drivers.map((driver) => [driver.name, driver])),
+    clock,
+    rng: seededRng(42),
+    onReport: (reports) => emitted.push(reports),
+    allocatePort: async () => nextHostPort++,
+    probe,
+  });
+  supervisors.push(supervisor);
+  return {
+    clock,
+    container,
+    process: processDriver,
+    supervisor,
+    emitted,
+    probeResults,
+    probedPorts,
+    report: (id) => supervisor.reports().find((report) => report.replicaId === id),
+  };
+}
+
+describe("ReplicaSupervisor: starting and restarting", () => {
+  it("starts a desired replica and reports it Running and ready", async () => {
+    const h = harness();
+    h.supervisor.setDesired([desired("web-0", { env: { GREETING: "hi" } })]);
+    await h.supervisor.start();
+
+    expect(h.report("web-0")).toMatchObject({
+      phase: "Running",
+      ready: true,
+      restarts: 0,
+      reason: "",
+      hostPorts: { http: 40_000 },
+      driver: "container",
+      startedAtMs: h.clock.nowMs(),
+    });
+    const running = h.container.replicas.get("web-0");
+    expect(running?.state).toBe("running");
+    expect(running?.spec.ports[0]?.hostPort).toBe(40_000);
+    expect(running?.spec.env).toEqual({ PORT: "8080", PORT_HTTP: "8080", GREETING: "hi" });
+    expect(h.emitted.at(-1)?.map((report) => report.phase)).toEqual(["Running"]);
+  });
+
+  it("gives process replicas their container port as host port", async () => {
+    const h = harness();
+    h.supervisor.setDesired([desired("job-0", { driver: "process" })]);
+    await h.supervisor.start();
+    expect(h.report("job-0")).toMatchObject({
+      phase: "Running",
+      hostPorts: { http: 8080 },
+      driver: "process",
+    });
+    expect(h.process.replicas.get("job-0")?.spec.env.PORT).toBe("8080");
+  });
+
+  it("Always: restarts an exiting replica with growing back-off, reporting CrashLoopBackOff", async () => {
+    const h = harness();
+    h.supervisor.setDesired([desired("web-0")]);
+    await h.supervisor.start();
+
+    const messages: string[] = [];
+    for (let crash = 1; crash <= 3; crash++) {
+      h.container.exit("web-0", 1);
+      await advance(h.clock, 1000);
+      const report = h.report("web-0");
+      expect(report).toMatchObject({
+        phase: "CrashLoopBackOff",
+        reason: "CrashLoopBackOff",
+        ready: false,
+        exitCode: 1,
+        restarts: crash - 1,
+      });
+      messages.push(report?.message ?? "");
+      await advance(h.clock, 2 ** crash * 1000);
+      expect(h.report("web-0")).toMatchObject({ phase: "Running", restarts: crash });
+    }
+    expect(messages).toEqual([
+      "back-off 1s restarting failed replica (exit code 1)",
+      "back-off 2s restarting failed replica (exit code 1)",
+      "back-off 4s restarting failed replica (exit code 1)",
+    ]);
+    // The replica remembers why it was restarted.
+    expect(h.report("web-0")).toMatchObject({ reason: "Error", message: expect.any(String) });
+
+    const startTimes = h.container.callsTo("start", "web-0").map((call) => call.atMs);
+    const gaps = startTimes.slice(1).map((atMs, i) => atMs - (startTimes[i] as number));
+    expect(gaps).toHaveLength(3);
+    expect(gaps[1] as number).toBeGreaterThan(gaps[0] as number);
+    expect(gaps[2] as number).toBeGreaterThan(gaps[1] as number);
+  });
+
+  it("resets the back-off once a replica has run for a while", async () => {
+    const h = harness();
+    h.supervisor.setDesired([desired("web-0")]);
+    await h.supervisor.start();
+    for (let crash = 1; crash <= 3; crash++) {
+      h.container.exit("web-0", 1);
+      await advance(h.clock, 1000 + 2 ** crash * 1000);
+    }
+    expect(h.report("web-0")?.phase).toBe("Running");
+    await advance(h.clock, 11_000);
+    h.container.exit("web-0", 2);
+    await advance(h.clock, 1000);
+    expect(h.report("web-0")?.message).toBe("back-off 1s restarting failed replica (exit code 2)");
+  });
+
+  it("OnFailure: a clean exit is Succeeded and not restarted; a failure is restarted", async () => {
+    const h = harness();
+    h.supervisor.setDesired([
+      desired("ok-0", { restartPolicy: "OnFailure" }),
+      desired("bad-0", { restartPolicy: "OnFailure" }),
+    ]);
+    await h.supervisor.start();
+    h.container.exit("ok-0", 0);
+    h.container.exit("bad-0", 3);
+    await advance(h.clock, 30_000);
+
+    expect(h.report("ok-0")).toMatchObject({
+      phase: "Succeeded",
+      reason: "Completed",
+      message: "exited with code 0",
+      exitCode: 0,
+      ready: false,
+      restarts: 0,
+    });
+    expect(h.container.callsTo("start", "ok-0")).toHaveLength(1);
+    expect(h.report("bad-0")).toMatchObject({ phase: "Running", restarts: 1 });
+  });
+
+  it("Never: an exited replica is Failed and stays that way", async () => {
+    const h = harness();
+    h.supervisor.setDesired([desired("once-0", { restartPolicy: "Never" })]);
+    await h.supervisor.start();
+    h.container.exit("once-0", 1);
+    await advance(h.clock, 30_000);
+    expect(h.report("once-0")).toMatchObject({
+      phase: "Failed",
+      reason: "Error",
+      message: "exited with code 1",
+      exitCode: 1,
+      restarts: 0,
+    });
+    expect(h.container.callsTo("start", "once-0")).toHaveLength(1);
+    expect(h.container.replicas.get("once-0")?.state).toBe("exited");
+  });
+
+  it("reports an OOM kill as OOMKilled", async () => {
+    const h = harness();
+    h.supervisor.setDesired([desired("big-0", { restartPolicy: "Never" })]);
+    await h.supervisor.start();
+    h.container.exit("big-0", 137, { oomKilled: true });
+    await advance(h.clock, 1000);
+    expect(h.report("big-0")).toMatchObject({
+      phase: "Failed",
+      reason: "OOMKilled",
+      exitCode: 137,
+    });
+  });
+
+  it("restarts a replica that disappeared from the runtime", async () => {
+    const h = harness();
+    h.supervisor.setDesired([desired("web-0")]);
+    await h.supervisor.start();
+    h.container.replicas.delete("web-0");
+    await advance(h.clock, 1000);
+    expect(h.report("web-0")).toMatchObject({
+      phase: "CrashLoopBackOff",
+      message: "back-off 1s restarting failed replica (replica disappeared)",
+    });
+    await advance(h.clock, 2000);
+    expect(h.report("web-0")).toMatchObject({ phase: "Running", restarts: 1, reason: "Lost" });
+  });
+});
+
+describe("ReplicaSupervisor: probes", () => {
+  it("REQ-032 restarts a replica whose liveness probe fails failureThreshold times", async () => {
+    const h = harness();
+    h.supervisor.setDesired([
+      desired("web-0", {
+        liveness: probeSpec({ http: { path: "/healthz", port: 8080 } }, { failureThreshold: 3 }),
+      }),
+    ]);
+    await h.supervisor.start();
+    await advance(h.clock, 5000);
+    expect(h.report("web-0")).toMatchObject({ phase: "Running", restarts: 0 });
+    // The probe goes to the replica's host port, not its container port.
+    expect(new Set(h.probedPorts)).toEqual(new Set([40_000]));
+
+    h.probeResults.set(40_000, { ok: false, message: "HTTP 500" });
+    await advance(h.clock, 2000);
+    expect(h.report("web-0")?.phase).toBe("Running");
+    expect(h.container.callsTo("stop", "web-0")).toHaveLength(0);
+    await advance(h.clock, 1000);
+    expect(h.container.callsTo("stop", "web-0")).toHaveLength(1);
+    expect(h.report("web-0")).toMatchObject({
+      phase: "CrashLoopBackOff",
+      reason: "LivenessProbeFailed",
+      message: "back-off 1s restarting failed replica (liveness probe failed: HTTP 500)",
+    });
+
+    h.probeResults.set(40_000, { ok: true, message: "HTTP 200" });
+    await advance(h.clock, 1500);
+    expect(h.report("web-0")).toMatchObject({
+      phase: "Running",
+      restarts: 1,
+      reason: "LivenessProbeFailed",
+      hostPorts: { http: 40_000 },
+    });
+    await advance(h.clock, 20_000);
+    expect(h.report("web-0")?.restarts).toBe(1);
+  });
+
+  it("REQ-032 exec liveness probes run through the driver's exec", async () => {
+    const h = harness();
+    let healthy = true;
+    h.container.onExec((_id, command) => {
+      expect(command).toEqual(["cat", "/tmp/alive"]);
+      return { exitCode: healthy ? 0 : 1, stdout: "", stderr: healthy ? "" : "no such file" };
+    });
+    h.supervisor.setDesired([
+      desired("web-0", {
+        restartPolicy: "Never",
+        liveness: probeSpec({ exec: { command: ["cat", "/tmp/alive"] } }, { failureThreshold: 1 }),
+      }),
+    ]);
+    await h.supervisor.start();
+    await advance(h.clock, 3000);
+    expect(h.report("web-0")?.phase).toBe("Running");
+    healthy = false;
+    await advance(h.clock, 2000);
+    expect(h.report("web-0")).toMatchObject({
+      phase: "Failed",
+      reason: "LivenessProbeFailed",
+      message: "killed after its liveness probe failed: exit code 1: no such file",
+    });
+  });
+
+  it("REQ-032 readiness gates the ready flag: false, then true, false and true again", async () => {
+    const h = harness();
+    h.probeResults.set(40_000, { ok: false, message: "connection refused" });
+    h.supervisor.setDesired([
+      desired("web-0", {
+        readiness: probeSpec(
+          { tcp: { port: 8080 } },
+          { failureThreshold: 2, successThreshold: 2, initialDelaySeconds: 2 },
+        ),
+      }),
+    ]);
+    await h.supervisor.start();
+    expect(h.report("web-0")).toMatchObject({ phase: "Running", ready: false });
+
+    h.probeResults.set(40_000, { ok: true, message: "connected" });
+    await advance(h.clock, 2500);
+    expect(h.report("web-0")?.ready).toBe(false);
+    await advance(h.clock, 1000);
+    expect(h.report("web-0")?.ready).toBe(true);
+    expect(h.emitted.at(-1)?.[0]?.ready).toBe(true);
+    const readyAtMs = h.report("web-0")?.lastTransitionAtMs ?? 0;
+
+    h.probeResults.set(40_000, { ok: false, message: "connection refused" });
+    await advance(h.clock, 2000);
+    expect(h.report("web-0")).toMatchObject({ phase: "Running", ready: false, restarts: 0 });
+    expect(h.report("web-0")?.lastTransitionAtMs).toBeGreaterThan(readyAtMs);
+
+    h.probeResults.set(40_000, { ok: true, message: "connected" });
+    await advance(h.clock, 2000);
+    expect(h.report("web-0")?.ready).toBe(true);
+    expect(h.emitted.map((reports) => reports[0]?.ready)).toEqual([false, true, false, true]);
+  });
+});
+
+describe("ReplicaSupervisor: the desired set", () => {
+  it("adopts a running desired replica without restarting it and removes an undesired one", async () => {
+    const h = harness();
+    const keep = desired("keep-0");
+    h.container.seed(keep.spec);
+    h.container.seed(desired("gone-0").spec);
+    h.supervisor.setDesired([keep]);
+    await h.supervisor.start();
+
+    expect(h.report("keep-0")).toMatchObject({
+      phase: "Running",
+      reason: "Adopted",
+      ready: true,
+      restarts: 0,
+    });
+    expect(h.container.callsTo("start")).toHaveLength(0);
+    expect(h.container.callsTo("stop", "keep-0")).toHaveLength(0);
+    expect(h.container.callsTo("stop", "gone-0")).toHaveLength(1);
+    expect(h.container.callsTo("remove", "gone-0")).toHaveLength(1);
+    expect([...h.container.replicas.keys()]).toEqual(["keep-0"]);
+    expect(h.supervisor.reports().map((report) => report.replicaId)).toEqual(["keep-0"]);
+  });
+
+  it("removes nothing it finds before it has been given a desired set", async () => {
+    const h = harness();
+    h.container.seed(desired("unknown-0").spec);
+    await h.supervisor.start();
+    await advance(h.clock, 5000);
+    expect(h.container.replicas.get("unknown-0")?.state).toBe("running");
+
+    h.supervisor.setDesired([]);
+    await advance(h.clock, 100);
+    expect(h.container.replicas.has("unknown-0")).toBe(false);
+  });
+
+  it("keeps an adopted replica's restart policy: a Never replica found exited is not rerun", async () => {
+    const h = harness();
+    const job = desired("job-0", { restartPolicy: "Never" });
+    h.container.seed(job.spec, "exited", 0);
+    h.supervisor.setDesired([job]);
+    await h.supervisor.start();
+    await advance(h.clock, 5000);
+    expect(h.report("job-0")).toMatchObject({ phase: "Succeeded", exitCode: 0 });
+    expect(h.container.callsTo("start")).toHaveLength(0);
+  });
+
+  it("stops and removes a replica dropped from the desired set", async () => {
+    const h = harness();
+    h.supervisor.setDesired([desired("a-0"), desired("b-0")]);
+    await h.supervisor.start();
+    h.supervisor.setDesired([desired("a-0")]);
+    await settle();
+
+    expect(h.container.callsTo("stop", "b-0")).toHaveLength(1);
+    expect(h.container.callsTo("remove", "b-0")).toHaveLength(1);
+    expect(h.container.replicas.has("b-0")).toBe(false);
+    expect(h.supervisor.reports().map((report) => report.replicaId)).toEqual(["a-0"]);
+    expect(h.emitted.at(-1)?.map((report) => report.replicaId)).toEqual(["a-0"]);
+    expect(h.container.callsTo("stop", "a-0")).toHaveLength(0);
+  });
+
+  it("replaces a replica whose generation changed, keeping its host port", async () => {
+    const h = harness();
+    h.supervisor.setDesired([desired("web-0")]);
+    await h.supervisor.start();
+    h.container.exit("web-0", 1);
+    await advance(h.clock, 1000);
+    await advance(h.clock, 2000);
+    expect(h.report("web-0")?.restarts).toBe(1);
+
+    h.supervisor.setDesired([desired("web-0", { generation: 2, image: "web:2" })]);
+    await settle();
+    expect(h.container.callsTo("stop", "web-0")).toHaveLength(1);
+    expect(h.container.replicas.get("web-0")?.spec.image).toBe("web:2");
+    expect(h.report("web-0")).toMatchObject({
+      phase: "Running",
+      restarts: 0,
+      hostPorts: { http: 40_000 },
+    });
+  });
+
+  it("applies probe changes without restarting the replica", async () => {
+    const h = harness();
+    h.supervisor.setDesired([desired("web-0")]);
+    await h.supervisor.start();
+    h.probeResults.set(40_000, { ok: false, message: "HTTP 503" });
+    h.supervisor.setDesired([desired("web-0", { readiness: probeSpec({ tcp: { port: 8080 } }) })]);
+    await advance(h.clock, 2000);
+    expect(h.report("web-0")).toMatchObject({ phase: "Running", ready: false });
+    expect(h.container.callsTo("start")).toHaveLength(1);
+  });
+
+  it("does not emit a report when nothing changed", async () => {
+    const h = harness();
+    h.supervisor.setDesired([desired("web-0")]);
+    await h.supervisor.start();
+    const before = h.emitted.length;
+    await advance(h.clock, 10_000);
+    expect(h.emitted).toHaveLength(before);
+  });
+});
+
+describe("ReplicaSupervisor: failures stay contained", () => {
+  it("reports DriverUnavailable for one driver's replicas while the other driver's keep working", async () => {
+    const h = harness();
+    h.supervisor.setDesired([desired("web-0"), desired("job-0", { driver: "process" })]);
+    await h.supervisor.start();
+
+    h.container.setAvailable(false, "podman socket gone");
+    await advance(h.clock, 1000);
+    expect(h.report("web-0")).toMatchObject({
+      reason: "DriverUnavailable",
+      message: "container driver unavailable: podman socket gone",
+    });
+
+    h.process.exit("job-0", 1);
+    await advance(h.clock, 4000);
+    expect(h.report("job-0")).toMatchObject({ phase: "Running", restarts: 1, reason: "Error" });
+
+    h.container.setAvailable(true);
+    await advance(h.clock, 1000);
+    expect(h.report("web-0")).toMatchObject({ phase: "Running", reason: "", restarts: 0 });
+    expect(h.container.callsTo("start", "web-0")).toHaveLength(1);
+  });
+
+  it("reports ImageNotFound and retries with back-off, not in a storm", async () => {
+    const h = harness();
+    h.container.failStarts(
+      new DriverError(
+        "imageNotFound",
+        "image web:1 is not present locally and could not be pulled",
+      ),
+    );
+    h.supervisor.setDesired([desired("web-0")]);
+    await h.supervisor.start();
+    expect(h.report("web-0")).toMatchObject({
+      phase: "Pending",
+      reason: "ImageNotFound",
+      ready: false,
+      message: "image web:1 is not present locally and could not be pulled (back-off 1s)",
+    });
+
+    await advance(h.clock, 60_000, 250);
+    // Back-off 1, 2, 4, 8, 16, 32 s: attempts at about 0, 1, 3, 7, 15, 31 s in 60 s.
+    const attempts = h.container.callsTo("start", "web-0").length;
+    expect(attempts).toBeGreaterThanOrEqual(5);
+    expect(attempts).toBeLessThanOrEqual(7);
+    expect(h.report("web-0")?.reason).toBe("ImageNotFound");
+
+    h.container.failStarts(undefined);
+    await advance(h.clock, 70_000, 500);
+    expect(h.report("web-0")).toMatchObject({ phase: "Running", restarts: 0 });
+  });
+
+  it("bounds a hung driver call with a deadline while other replicas proceed", async () => {
+    const h = harness();
+    const release = h.container.hang("start", "slow-0");
+    h.supervisor.setDesired([desired("slow-0"), desired("fast-0")]);
+    const started = h.supervisor.start();
+    await settle();
+    expect(h.report("fast-0")?.phase).toBe("Running");
+    expect(h.report("slow-0")?.phase).toBe("Starting");
+
+    await advance(h.clock, 30_000, 1000);
+    await started;
+    expect(h.report("slow-0")).toMatchObject({
+      phase: "Pending",
+      reason: "DriverTimeout",
+      message: "container start did not answer within 30000 ms (back-off 1s)",
+    });
+    // One start in flight per replica: no further calls were piled up while it hung.
+    expect(h.container.callsTo("start", "slow-0")).toHaveLength(1);
+
+    release();
+    await advance(h.clock, 2000);
+    // The late start did complete; the replica is picked up as running, not started twice.
+    expect(h.report("slow-0")?.phase).toBe("Running");
+    expect(h.container.callsTo("start", "slow-0")).toHaveLength(1);
+  });
+
+  it("keeps running when onReport throws", async () => {
+    const clock = new ManualClock();
+    const driver = new FakeDriver("container", clock);
+    const supervisor = new ReplicaSupervisor({
+      drivers: new Map([["container", driver]]),
+      clock,
+      rng: seededRng(1),
+      onReport: () => {
+        throw new Error("coordinator link down");
+      },
+      allocatePort: async () => 40_000,
+    });
+    supervisors.push(supervisor);
+    supervisor.setDesired([desired("web-0")]);
+    await supervisor.start();
+    driver.exit("web-0", 1);
+    await advance(clock, 3000);
+    expect(supervisor.reports()[0]).toMatchObject({ phase: "Running", restarts: 1 });
+  });
+});
+
+describe("ReplicaSupervisor: lifecycle and state", () => {
+  it("snapshot and restore let a new agent adopt replicas with their host ports", async () => {
+    const clock = new ManualClock();
+    const first = harness({ clock });
+    first.supervisor.setDesired([desired("web-0"), desired("web-1")]);
+    await first.supervisor.start();
+    const saved = JSON.parse(JSON.stringify(first.supervisor.snapshot()));
+    await first.supervisor.stop({ stopReplicas: false });
+    expect(first.container.replicas.get("web-0")?.state).toBe("running");
+
+    const second = harness({ clock, drivers: [first.container], firstHostPort: 50_000 });
+    second.supervisor.restore(saved);
+    await second.supervisor.start();
+    expect(second.supervisor.reports()).toMatchObject([
+      { replicaId: "web-0", phase: "Running", reason: "Adopted", hostPorts: { http: 40_000 } },
+      { replicaId: "web-1", phase: "Running", reason: "Adopted", hostPorts: { http: 40_001 } },
+    ]);
+    expect(first.container.callsTo("start")).toHaveLength(2);
+  });
+
+  it("replaces an adopted replica that runs an outdated generation", async () => {
+    const clock = new ManualClock();
+    const first = harness({ clock });
+    first.supervisor.setDesired([desired("web-0")]);
+    await first.supervisor.start();
+    const saved = first.supervisor.snapshot();
+    await first.supervisor.stop({ stopReplicas: false });
+    // The coordinator moved on while this agent was down.
+    saved.desired = [desired("web-0", { generation: 2, image: "web:2" })];
+
+    const second = harness({ clock, drivers: [first.container] });
+    second.supervisor.restore(saved);
+    await second.supervisor.start();
+    expect(first.container.replicas.get("web-0")?.spec.image).toBe("web:2");
+    expect(second.report("web-0")).toMatchObject({ phase: "Running", reason: "" });
+  });
+
+  it("stop without stopReplicas leaves replicas running and makes no more driver calls", async () => {
+    const h = harness();
+    h.supervisor.setDesired([desired("web-0", { liveness: probeSpec({ tcp: { port: 8080 } }) })]);
+    await h.supervisor.start();
+    await h.supervisor.stop({ stopReplicas: false });
+    const calls = h.container.calls.length;
+    const probes = h.probedPorts.length;
+    await advance(h.clock, 30_000, 1000);
+    expect(h.container.calls).toHaveLength(calls);
+    expect(h.probedPorts).toHaveLength(probes);
+    expect(h.container.replicas.get("web-0")?.state).toBe("running");
+  });
+
+  it("stop with stopReplicas stops and removes them and reports Stopped", async () => {
+    const h = harness();
+    h.supervisor.setDesired([desired("web-0")]);
+    await h.supervisor.start();
+    await h.supervisor.stop({ stopReplicas: true });
+    expect(h.container.replicas.size).toBe(0);
+    expect(h.report("web-0")).toMatchObject({ phase: "Stopped", ready: false });
+    expect(h.emitted.at(-1)?.[0]?.phase).toBe("Stopped");
+  });
+});

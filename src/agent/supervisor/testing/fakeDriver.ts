@@ -1,0 +1,232 @@
+import type { Clock } from "../../../lib/clock.js";
+import type {
+  DriverName,
+  ExecResult,
+  LogLine,
+  ReplicaRunSpec,
+  ReplicaRuntimeStatus,
+  RuntimeDriver,
+} from "../../drivers/driver.js";
+import { DriverError } from "../../drivers/driver.js";
+
+export type FakeDriverMethod = "health" | "start" | "stop" | "remove" | "status" | "list" | "exec";
+
+export interface FakeDriverCall {
+  method: FakeDriverMethod;
+  replicaId?: string;
+  atMs: number;
+}
+
+/** What the fake holds for one replica, as an engine would. */
+export interface FakeReplica {
+  spec: ReplicaRunSpec;
+  state: "running" | "exited";
+  exitCode?: number;
+  oomKilled?: boolean;
+  startedAtMs: number;
+  finishedAtMs?: number;
+}
+
+/**
+ * An in-memory RuntimeDriver for tests: replicas "run" until a test makes them exit,
+ * starts can be made to fail or crash at once, the engine can go away, and any method
+ * can be made to hang so deadlines can be tested. Every call is recorded. Time comes
+ * from the injected clock.
+ */
+export class FakeDriver implements RuntimeDriver {
+  readonly calls: FakeDriverCall[] = [];
+  readonly replicas = new Map<string, FakeReplica>();
+  private readonly logLines = new Map<string, LogLine[]>();
+  private unhealthyReason: string | undefined;
+  private startError: DriverError | undefined;
+  private readonly crashOnStartCodes = new Map<string, number>();
+  private readonly hangs = new Map<
+    FakeDriverMethod,
+    { replicaId?: string; waiters: (() => void)[] }
+  >();
+  private execHandler: (replicaId: string, command: string[]) => ExecResult = () => ({
+    exitCode: 0,
+    stdout: "",
+    stderr: "",
+  });
+
+  constructor(
+    readonly name: DriverName,
+    private readonly clock: Clock,
+  ) {}
+
+  // --- scripting -------------------------------------------------------------------
+
+  /** The engine goes away (every call fails with kind "unavailable") or comes back. */
+  setAvailable(available: boolean, reason = "engine socket not answering"): void {
+    this.unhealthyReason = available ? undefined : reason;
+  }
+
+  /** Every start fails with this error until called with undefined. */
+  failStarts(error: DriverError | undefined): void {
+    this.startError = error;
+  }
+
+  /** Every start of this replica exits at once with the code (undefined: runs normally). */
+  crashOnStart(replicaId: string, exitCode: number | undefined): void {
+    if (exitCode === undefined) this.crashOnStartCodes.delete(replicaId);
+    else this.crashOnStartCodes.set(replicaId, exitCode);
+  }
+
+  /** A running replica exits now. */
+  exit(replicaId: string, exitCode: number, options: { oomKilled?: boolean } = {}): void {
+    const replica = this.replicas.get(replicaId);
+    if (replica?.state !== "running") {
+      throw new Error(`fake: replica ${replicaId} is not running`);
+    }
+    replica.state = "exited";
+    replica.exitCode = exitCode;
+    replica.finishedAtMs = this.clock.nowMs();
+    if (options.oomKilled) replica.oomKilled = true;
+  }
+
+  /** Puts a replica on the "node" as if left there by a previous agent. */
+  seed(spec: ReplicaRunSpec, state: "running" | "exited" = "running", exitCode?: number): void {
+    this.replicas.set(spec.replicaId, {
+      spec,
+      state,
+      startedAtMs: this.clock.nowMs(),
+      ...(state === "exited" ? { exitCode: exitCode ?? 0, finishedAtMs: this.clock.nowMs() } : {}),
+    });
+  }
+
+  /**
+   * Calls to `method` (for `replicaId`, or any) wait until the returned function is
+   * called; the call is recorded when it arrives.
+   */
+  hang(method: FakeDriverMethod, replicaId?: string): () => void {
+    const entry = { ...(replicaId ? { replicaId } : {}), waiters: [] as (() => void)[] };
+    this.hangs.set(method, entry);
+    return () => {
+      if (this.hangs.get(method) === entry) this.hangs.delete(method);
+      for (const release of entry.waiters.splice(0)) release();
+    };
+  }
+
+  /** Lines logs() will return for the replica. */
+  appendLog(replicaId: string, line: LogLine): void {
+    const lines = this.logLines.get(replicaId) ?? [];
+    lines.push(line);
+    this.logLines.set(replicaId, lines);
+  }
+
+  onExec(handler: (replicaId: string, command: string[]) => ExecResult): void {
+    this.execHandler = handler;
+  }
+
+  // --- inspection ------------------------------------------------------------------
+
+  callsTo(method: FakeDriverMethod, replicaId?: string): FakeDriverCall[] {
+    return this.calls.filter(
+      (call) => call.method === method && (replicaId === undefined || call.replicaId === replicaId),
+    );
+  }
+
+  // --- RuntimeDriver ---------------------------------------------------------------
+
+  async health(): Promise<{ ok: true } | { ok: false; reason: string }> {
+    await this.enter("health");
+    return this.unhealthyReason === undefined
+      ? { ok: true }
+      : { ok: false, reason: this.unhealthyReason };
+  }
+
+  async start(spec: ReplicaRunSpec): Promise<void> {
+    await this.enter("start", spec.replicaId);
+    this.assertAvailable();
+    if (this.startError) throw this.startError;
+    const existing = this.replicas.get(spec.replicaId);
+    if (existing?.state === "running") return;
+    const nowMs = this.clock.nowMs();
+    const crashCode = this.crashOnStartCodes.get(spec.replicaId);
+    this.replicas.set(spec.replicaId, {
+      spec: structuredClone(spec),
+      state: crashCode === undefined ? "running" : "exited",
+      startedAtMs: nowMs,
+      ...(crashCode === undefined ? {} : { exitCode: crashCode, finishedAtMs: nowMs }),
+    });
+  }
+
+  async stop(replicaId: string, _graceMs: number): Promise<void> {
+    await this.enter("stop", replicaId);
+    this.assertAvailable();
+    const replica = this.replicas.get(replicaId);
+    if (replica?.state === "running") {
+      replica.state = "exited";
+      // What an engine reports for SIGTERM.
+      replica.exitCode = 143;
+      replica.finishedAtMs = this.clock.nowMs();
+    }
+  }
+
+  async remove(replicaId: string): Promise<void> {
+    await this.enter("remove", replicaId);
+    this.assertAvailable();
+    const replica = this.replicas.get(replicaId);
+    if (replica?.state === "running") {
+      throw new DriverError("failed", `replica ${replicaId} is running; stop it first`);
+    }
+    this.replicas.delete(replicaId);
+  }
+
+  async status(replicaId: string): Promise<ReplicaRuntimeStatus> {
+    await this.enter("status", replicaId);
+    this.assertAvailable();
+    const replica = this.replicas.get(replicaId);
+    if (!replica) return { state: "missing" };
+    return {
+      state: replica.state,
+      startedAtMs: replica.startedAtMs,
+      ...(replica.exitCode !== undefined ? { exitCode: replica.exitCode } : {}),
+      ...(replica.finishedAtMs !== undefined ? { finishedAtMs: replica.finishedAtMs } : {}),
+      ...(replica.oomKilled ? { oomKilled: true } : {}),
+    };
+  }
+
+  async list(): Promise<string[]> {
+    await this.enter("list");
+    this.assertAvailable();
+    return [...this.replicas.keys()];
+  }
+
+  async *logs(
+    replicaId: string,
+    _options: { follow: boolean; tailLines?: number; signal?: AbortSignal },
+  ): AsyncIterable<LogLine> {
+    this.assertAvailable();
+    if (!this.replicas.has(replicaId)) throw new DriverError("invalid", `no replica ${replicaId}`);
+    yield* this.logLines.get(replicaId) ?? [];
+  }
+
+  async exec(replicaId: string, command: string[], _timeoutMs: number): Promise<ExecResult> {
+    await this.enter("exec", replicaId);
+    this.assertAvailable();
+    const replica = this.replicas.get(replicaId);
+    if (replica?.state !== "running") {
+      throw new DriverError("invalid", `replica ${replicaId} is not running`);
+    }
+    return this.execHandler(replicaId, command);
+  }
+
+  private async enter(method: FakeDriverMethod, replicaId?: string): Promise<void> {
+    this.calls.push({ method, ...(replicaId ? { replicaId } : {}), atMs: this.clock.nowMs() });
+    const hang = this.hangs.get(method);
+    if (hang && (hang.replicaId === undefined || hang.replicaId === replicaId)) {
+      await new Promise<void>((resolve) => hang.waiters.push(resolve));
+    }
+  }
+
+  private assertAvailable(): void {
+    if (this.unhealthyReason !== undefined) {
+      throw new DriverError(
+        "unavailable",
+        `${this.name} engine unavailable: ${this.unhealthyReason}`,
+      );
+    }
+  }
+}

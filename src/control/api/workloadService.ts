@@ -1,0 +1,621 @@
+import { createHash, randomUUID } from "node:crypto";
+import { create, type JsonObject } from "@bufbuild/protobuf";
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import type { ServiceImpl } from "@connectrpc/connect";
+import {
+  type Replica,
+  ReplicaSchema,
+  type Workload,
+  WorkloadLogsResponseSchema,
+  WorkloadSchema,
+  type WorkloadService,
+  type WorkloadStatus,
+  WorkloadStatusSchema,
+} from "../../gen/cloudless/v1/workload_pb.js";
+import { CloudlessError } from "../../lib/errors.js";
+import { type ClusterState, readClusterState } from "../controllers/clusterState.js";
+import {
+  type ReplicaRecord,
+  revisionKey,
+  revisionListPrefix,
+  type WorkloadRecord,
+  workloadId,
+  workloadKey,
+} from "../controllers/records.js";
+import { asSpecView, driverOfSpec, placementOf } from "../controllers/specView.js";
+import { toSchedNodes } from "../controllers/workloadController.js";
+import { reconcileWorkload, type WorkloadStatusView } from "../controllers/workloadReconciler.js";
+import { explainPending } from "../scheduler/index.js";
+import type { Op } from "../store/store.js";
+import {
+  canonicalSpecJson,
+  formatSpecErrors,
+  parseWorkloadText,
+  parseWorkloadValue,
+} from "../workloads/parse.js";
+import type { WorkloadSpecDocument } from "../workloads/spec.js";
+import { actorName, type CoordinatorServices, requireAdmin } from "./context.js";
+
+/** Revisions kept per workload for `rollout undo`. */
+const revisionHistoryLimit = 10;
+const specTextLimitBytes = 256 * 1024;
+const defaultRolloutTimeoutSeconds = 600;
+const rolloutPollMs = 250;
+
+/** Everything but the replica count and rollout knobs: a change here is a new revision. */
+export function templateHash(doc: WorkloadSpecDocument): string {
+  const { replicas: _r, minAvailable: _m, rollout: _o, ...template } = doc.spec;
+  return createHash("sha256")
+    .update(canonicalSpecJson({ ...doc, spec: template } as WorkloadSpecDocument))
+    .digest("hex")
+    .slice(0, 16);
+}
+
+function nameOf(request: { name: string; namespace: string }) {
+  if (!request.name) throw CloudlessError.invalid("a workload name is required");
+  return { name: request.name, namespace: request.namespace || "default" };
+}
+
+function notFound(namespace: string, name: string): CloudlessError {
+  return CloudlessError.notFound(
+    `workload "${name}" not found in namespace "${namespace}"; run \`cloudless workload list\` to see workloads`,
+  );
+}
+
+export function workloadServiceImpl(
+  services: CoordinatorServices,
+): ServiceImpl<typeof WorkloadService> {
+  const { store, clock, events } = services;
+
+  async function load(namespace: string, name: string) {
+    const state = await readClusterState(store);
+    const entry = state.workloads.get(workloadId(namespace, name));
+    if (!entry) throw notFound(namespace, name);
+    return { state, workload: entry.value, modRevision: entry.modRevision };
+  }
+
+  return {
+    async applyWorkload(request, context) {
+      const identity = requireAdmin(context);
+      const parsed = parseRequestSpec(request.specText, request.spec);
+      if (!parsed.ok) {
+        throw CloudlessError.invalid(
+          `workload spec is invalid:\n${formatSpecErrors(parsed.errors)}`,
+        );
+      }
+      const doc = parsed.doc;
+      const { name, namespace } = doc.metadata;
+      const key = workloadKey(namespace, name);
+      const now = clock.nowMs();
+      for (let attempt = 0; attempt < 5; attempt++) {
+        const existingKv = await store.get(key);
+        const existing = existingKv ? (JSON.parse(existingKv.value) as WorkloadRecord) : undefined;
+        const hash = templateHash(doc);
+        const ops: Op[] = [];
+        let action: "created" | "updated" | "scaled" | "unchanged";
+        let record: WorkloadRecord;
+        if (!existing) {
+          action = "created";
+          record = {
+            uid: randomUUID(),
+            namespace,
+            name,
+            revision: 1,
+            templateHash: hash,
+            spec: doc,
+            replicas: doc.spec.replicas,
+            minAvailable: doc.spec.minAvailable,
+            createdAtMs: now,
+            updatedAtMs: now,
+          };
+        } else if (existing.templateHash === hash) {
+          const same =
+            canonicalSpecJson(existing.spec as WorkloadSpecDocument) === canonicalSpecJson(doc);
+          if (same && existing.replicas === doc.spec.replicas) {
+            return { workload: toWorkload(await loadState(), existing), action: "unchanged" };
+          }
+          action =
+            existing.replicas !== doc.spec.replicas &&
+            canonicalSpecJson({
+              ...(existing.spec as WorkloadSpecDocument),
+              spec: {
+                ...(existing.spec as WorkloadSpecDocument).spec,
+                replicas: doc.spec.replicas,
+                minAvailable: doc.spec.minAvailable,
+              },
+            }) === canonicalSpecJson(doc)
+              ? "scaled"
+              : "updated";
+          record = {
+            ...existing,
+            spec: doc,
+            replicas: doc.spec.replicas,
+            minAvailable: doc.spec.minAvailable,
+            updatedAtMs: now,
+          };
+        } else {
+          action = "updated";
+          record = {
+            ...existing,
+            revision: existing.revision + 1,
+            templateHash: hash,
+            spec: doc,
+            replicas: doc.spec.replicas,
+            minAvailable: doc.spec.minAvailable,
+            updatedAtMs: now,
+          };
+        }
+        if (request.dryRun) {
+          return { workload: toWorkload(await loadState(), record), action };
+        }
+        ops.push({ type: "put", key, value: JSON.stringify(record) });
+        if (!existing || existing.revision !== record.revision) {
+          ops.push({
+            type: "put",
+            key: revisionKey(namespace, name, record.revision),
+            value: JSON.stringify({
+              revision: record.revision,
+              templateHash: hash,
+              spec: doc,
+              createdAtMs: now,
+            }),
+          });
+          const expired = record.revision - revisionHistoryLimit;
+          if (expired >= 1)
+            ops.push({ type: "delete", key: revisionKey(namespace, name, expired) });
+        }
+        const result = await store.txn({
+          compare: [
+            existingKv
+              ? { key, target: "modRevision", op: "==", modRevision: existingKv.modRevision }
+              : { key, target: "version", op: "==", version: 0 },
+          ],
+          success: ops,
+        });
+        if (!result.succeeded) continue;
+        await events.record({
+          type:
+            action === "created"
+              ? "WorkloadCreated"
+              : action === "scaled"
+                ? "WorkloadScaled"
+                : "WorkloadUpdated",
+          category: "scheduling",
+          subject: `workload/${namespace}/${name}`,
+          reason:
+            action === "updated" && existing?.revision !== record.revision
+              ? "NewRevision"
+              : "Applied",
+          message:
+            action === "created"
+              ? `created with ${record.replicas} replica${record.replicas === 1 ? "" : "s"}`
+              : action === "scaled"
+                ? `scaled to ${record.replicas}`
+                : existing?.revision !== record.revision
+                  ? `rolling out revision ${record.revision}`
+                  : "settings updated",
+          actor: actorName(identity),
+        });
+        services.workloads.trigger();
+        return { workload: toWorkload(await loadState(), record), action };
+      }
+      throw CloudlessError.conflict(`workload "${name}" is being changed concurrently; try again`);
+
+      async function loadState() {
+        return readClusterState(store);
+      }
+    },
+
+    async getWorkload(request, context) {
+      requireAdmin(context);
+      const { namespace, name } = nameOf(request);
+      const { state, workload } = await load(namespace, name);
+      return { workload: toWorkload(state, workload) };
+    },
+
+    async listWorkloads(request, context) {
+      requireAdmin(context);
+      const state = await readClusterState(store);
+      const workloads = [...state.workloads.values()]
+        .map((entry) => entry.value)
+        .filter((w) => !request.namespace || w.namespace === request.namespace)
+        .sort((a, b) => a.namespace.localeCompare(b.namespace) || a.name.localeCompare(b.name));
+      return { workloads: workloads.map((w) => toWorkload(state, w)) };
+    },
+
+    async deleteWorkload(request, context) {
+      const identity = requireAdmin(context);
+      const { namespace, name } = nameOf(request);
+      const key = workloadKey(namespace, name);
+      const result = await store.txn({
+        compare: [{ key, target: "version", op: ">", version: 0 }],
+        success: [
+          { type: "delete", key },
+          { type: "deletePrefix", prefix: revisionListPrefix(namespace, name) },
+        ],
+      });
+      if (!result.succeeded) throw notFound(namespace, name);
+      await events.record({
+        type: "WorkloadDeleted",
+        category: "scheduling",
+        subject: `workload/${namespace}/${name}`,
+        reason: "Deleted",
+        message: "workload deleted; its replicas are being stopped",
+        actor: actorName(identity),
+      });
+      services.workloads.trigger();
+      return {};
+    },
+
+    async scaleWorkload(request, context) {
+      const identity = requireAdmin(context);
+      const { namespace, name } = nameOf(request);
+      if (
+        !Number.isInteger(request.replicas) ||
+        request.replicas < 0 ||
+        request.replicas > 10_000
+      ) {
+        throw CloudlessError.invalid("--replicas must be an integer between 0 and 10000");
+      }
+      for (let attempt = 0; attempt < 5; attempt++) {
+        const { state, workload, modRevision } = await load(namespace, name);
+        const doc = workload.spec as WorkloadSpecDocument;
+        const minAvailable = Math.min(workload.minAvailable, request.replicas);
+        const updated: WorkloadRecord = {
+          ...workload,
+          replicas: request.replicas,
+          minAvailable,
+          spec: { ...doc, spec: { ...doc.spec, replicas: request.replicas, minAvailable } },
+          updatedAtMs: clock.nowMs(),
+        };
+        const key = workloadKey(namespace, name);
+        const result = await store.txn({
+          compare: [{ key, target: "modRevision", op: "==", modRevision }],
+          success: [{ type: "put", key, value: JSON.stringify(updated) }],
+        });
+        if (!result.succeeded) continue;
+        await events.record({
+          type: "WorkloadScaled",
+          category: "scheduling",
+          subject: `workload/${namespace}/${name}`,
+          reason: "Scaled",
+          message: `scaled from ${workload.replicas} to ${request.replicas}`,
+          actor: actorName(identity),
+        });
+        services.workloads.trigger();
+        return { workload: toWorkload(state, updated) };
+      }
+      throw CloudlessError.conflict(`workload "${name}" is being changed concurrently; try again`);
+    },
+
+    async *rolloutStatus(request, context) {
+      requireAdmin(context);
+      const { namespace, name } = nameOf(request);
+      const timeoutMs = (request.timeoutSeconds || defaultRolloutTimeoutSeconds) * 1000;
+      const deadline = clock.nowMs() + timeoutMs;
+      let last = "";
+      while (!context.signal.aborted) {
+        const { state, workload } = await load(namespace, name);
+        const view = statusOf(state, workload);
+        const complete =
+          view.phase === "Running" &&
+          view.updatedReplicas === view.desiredReplicas &&
+          view.replicas === view.desiredReplicas;
+        const timedOut = clock.nowMs() >= deadline;
+        const fingerprint = JSON.stringify(view);
+        if (fingerprint !== last || complete || timedOut) {
+          last = fingerprint;
+          yield {
+            status: statusToProto(view),
+            done: complete || timedOut,
+            failed: !complete && timedOut,
+          };
+        }
+        if (complete || timedOut) return;
+        await sleep(rolloutPollMs, context.signal);
+      }
+    },
+
+    async rolloutUndo(request, context) {
+      const identity = requireAdmin(context);
+      const { namespace, name } = nameOf(request);
+      const { workload, modRevision } = await load(namespace, name);
+      const history = await store.range(revisionListPrefix(namespace, name));
+      const previous = history.kvs
+        .map(
+          (kv) =>
+            JSON.parse(kv.value) as {
+              revision: number;
+              templateHash: string;
+              spec: WorkloadSpecDocument;
+            },
+        )
+        .filter((r) => r.revision < workload.revision && r.templateHash !== workload.templateHash)
+        .sort((a, b) => b.revision - a.revision)[0];
+      if (!previous) {
+        throw CloudlessError.invalid(
+          `workload "${name}" has no previous revision to roll back to (current revision ${workload.revision})`,
+        );
+      }
+      const now = clock.nowMs();
+      const revision = workload.revision + 1;
+      const doc: WorkloadSpecDocument = {
+        ...previous.spec,
+        spec: {
+          ...previous.spec.spec,
+          replicas: workload.replicas,
+          minAvailable: workload.minAvailable,
+        },
+      };
+      const updated: WorkloadRecord = {
+        ...workload,
+        revision,
+        templateHash: previous.templateHash,
+        spec: doc,
+        updatedAtMs: now,
+      };
+      const key = workloadKey(namespace, name);
+      const result = await store.txn({
+        compare: [{ key, target: "modRevision", op: "==", modRevision }],
+        success: [
+          { type: "put", key, value: JSON.stringify(updated) },
+          {
+            type: "put",
+            key: revisionKey(namespace, name, revision),
+            value: JSON.stringify({
+              revision,
+              templateHash: previous.templateHash,
+              spec: doc,
+              createdAtMs: now,
+            }),
+          },
+        ],
+      });
+      if (!result.succeeded) {
+        throw CloudlessError.conflict(`workload "${name}" changed meanwhile; try again`);
+      }
+      await events.record({
+        type: "WorkloadRolledBack",
+        category: "scheduling",
+        subject: `workload/${namespace}/${name}`,
+        reason: "RolloutUndo",
+        message: `rolling back to the spec of revision ${previous.revision} as revision ${revision}`,
+        actor: actorName(identity),
+      });
+      services.workloads.trigger();
+      const state = await readClusterState(store);
+      return {
+        workload: toWorkload(state, updated),
+        fromRevision: BigInt(workload.revision),
+        toRevision: BigInt(previous.revision),
+      };
+    },
+
+    async explainWorkload(request, context) {
+      requireAdmin(context);
+      const { namespace, name } = nameOf(request);
+      const { state, workload } = await load(namespace, name);
+      const key = workloadId(namespace, name);
+      const replicas = (state.replicasByWorkload.get(key) ?? []).map((r) => r.value);
+      const pending = replicas.filter((r) => r.node === "" && r.desired === "Running");
+      const snapshot = {
+        revision: state.revision,
+        nodes: toSchedNodes(state, clock.nowMs()),
+        replicas: replicas
+          .filter((r) => r.node !== "")
+          .map((r) => ({ id: r.id, workloadKey: key, node: r.node })),
+      };
+      const explanations = pending.slice(0, 20).map((replica) => {
+        const spec = asSpecView(
+          state.revisions.get(`${namespace}/${name}/${replica.revision}`)?.spec ?? workload.spec,
+        );
+        const explanation = explainPending(snapshot, {
+          id: replica.id,
+          workloadKey: key,
+          driver: driverOfSpec(spec),
+          resources: replica.resources,
+          placement: placementOf(spec),
+        });
+        return {
+          replicaId: replica.id,
+          totalNodes: explanation.totalNodes,
+          feasibleNodes: explanation.schedulable
+            ? explanation.feasibleNodes
+            : explanation.eligibleNodes,
+          rejections: explanation.rejections,
+          message: explanation.message,
+          bestScores: explanation.bestScores.map((s) => ({ node: s.node, score: s.score })),
+        };
+      });
+      const summary =
+        pending.length === 0
+          ? `all ${replicas.filter((r) => r.desired === "Running").length} replicas of ${name} are placed`
+          : `${pending.length} replica${pending.length === 1 ? "" : "s"} of ${name} pending: ${explanations[0]?.message ?? ""}`;
+      return { pending: explanations, summary };
+    },
+
+    async *workloadLogs(request, context) {
+      requireAdmin(context);
+      const { namespace, name } = nameOf(request);
+      const { state } = await load(namespace, name);
+      const replica = pickReplica(state, namespace, name, request.replicaId);
+      for await (const line of services.tunnels.logs(replica.node, replica.id, {
+        follow: request.follow,
+        tailLines: request.tailLines,
+        signal: context.signal,
+      })) {
+        yield create(WorkloadLogsResponseSchema, {
+          replicaId: replica.id,
+          stream: line.stream,
+          line: line.line,
+        });
+      }
+    },
+
+    async execWorkload(request, context) {
+      const identity = requireAdmin(context);
+      const { namespace, name } = nameOf(request);
+      if (request.command.length === 0) {
+        throw CloudlessError.invalid(
+          "a command is required: cloudless workload exec NAME -- CMD [ARGS…]",
+        );
+      }
+      const { state } = await load(namespace, name);
+      const replica = pickReplica(state, namespace, name, request.replicaId);
+      const timeoutMs = Math.min(300, request.timeoutSeconds || 30) * 1000;
+      const result = await services.tunnels.exec(
+        replica.node,
+        replica.id,
+        request.command,
+        timeoutMs,
+      );
+      await events.record({
+        type: "ReplicaExec",
+        category: "operations",
+        subject: `replica/${namespace}/${name}/${replica.id}`,
+        reason: "Exec",
+        message: `ran ${JSON.stringify(request.command[0])} (exit code ${result.exitCode})`,
+        actor: actorName(identity),
+      });
+      return { replicaId: replica.id, ...result };
+    },
+  };
+
+  function toWorkload(state: ClusterState, workload: WorkloadRecord): Workload {
+    const replicas = (
+      state.replicasByWorkload.get(workloadId(workload.namespace, workload.name)) ?? []
+    )
+      .map((r) => r.value)
+      .filter((r) => r.desired === "Running")
+      .sort((a, b) => a.createdAtMs - b.createdAtMs || a.id.localeCompare(b.id));
+    return create(WorkloadSchema, {
+      name: workload.name,
+      namespace: workload.namespace,
+      uid: workload.uid,
+      spec: workload.spec as JsonObject,
+      status: statusToProto(statusOf(state, workload)),
+      replicas: replicas.map((r) => replicaToProto(r, state)),
+      createdAt: timestampFromMs(workload.createdAtMs),
+      updatedAt: timestampFromMs(workload.updatedAtMs),
+    });
+  }
+}
+
+function statusOf(state: ClusterState, workload: WorkloadRecord): WorkloadStatusView {
+  const spec = asSpecView(workload.spec);
+  return reconcileWorkload({
+    workload: {
+      revision: workload.revision,
+      replicas: workload.replicas,
+      minAvailable: workload.minAvailable,
+      maxSurge: spec.spec.rollout.maxSurge,
+      maxUnavailable: spec.spec.rollout.maxUnavailable,
+    },
+    replicas: (
+      state.replicasByWorkload.get(workloadId(workload.namespace, workload.name)) ?? []
+    ).map((r) => r.value),
+    nodeStatus: (node) => state.nodes.get(node)?.status,
+    newReplicaId: () => "",
+  }).status;
+}
+
+function statusToProto(view: WorkloadStatusView): WorkloadStatus {
+  return create(WorkloadStatusSchema, {
+    replicas: view.replicas,
+    readyReplicas: view.readyReplicas,
+    updatedReplicas: view.updatedReplicas,
+    availableReplicas: view.availableReplicas,
+    phase: view.phase,
+    message: view.message,
+    revision: BigInt(view.revision),
+    desiredReplicas: view.desiredReplicas,
+    minAvailable: view.minAvailable,
+  });
+}
+
+function replicaToProto(replica: ReplicaRecord, state: ClusterState): Replica {
+  const nodeStatus = replica.node ? state.nodes.get(replica.node)?.status : undefined;
+  const phase = replica.node === "" ? "Pending" : (replica.status?.phase ?? "Scheduled");
+  const ready =
+    replica.status?.ready === true && replica.status.phase === "Running" && nodeStatus === "Ready";
+  return create(ReplicaSchema, {
+    id: replica.id,
+    node: replica.node,
+    phase,
+    ready,
+    restarts: replica.status?.restarts ?? 0,
+    revision: BigInt(replica.revision),
+    reason:
+      replica.node === ""
+        ? "Unschedulable"
+        : nodeStatus && nodeStatus !== "Ready"
+          ? `Node${nodeStatus}`
+          : (replica.status?.reason ?? ""),
+    message:
+      replica.node === ""
+        ? (replica.pendingReason ?? "waiting to be scheduled")
+        : (replica.status?.message ?? ""),
+    hostPorts: replica.status?.hostPorts ?? {},
+    createdAt: timestampFromMs(replica.createdAtMs),
+    startedAt: replica.status?.startedAtMs
+      ? timestampFromMs(replica.status.startedAtMs)
+      : undefined,
+    driver: replica.status?.driver ?? "",
+    exitCode: replica.status?.exitCode ?? 0,
+  });
+}
+
+function pickReplica(
+  state: ClusterState,
+  namespace: string,
+  name: string,
+  replicaId: string,
+): ReplicaRecord {
+  const replicas = (state.replicasByWorkload.get(workloadId(namespace, name)) ?? [])
+    .map((r) => r.value)
+    .filter((r) => r.desired === "Running" && r.node !== "");
+  if (replicaId) {
+    const found = replicas.find((r) => r.id === replicaId);
+    if (!found) {
+      throw CloudlessError.notFound(
+        `replica "${replicaId}" of workload "${name}" not found or not placed; see \`cloudless workload get ${name}\``,
+      );
+    }
+    return found;
+  }
+  const running = replicas
+    .filter((r) => r.status?.phase === "Running")
+    .sort((a, b) => a.id.localeCompare(b.id));
+  const chosen = running[0] ?? replicas[0];
+  if (!chosen) {
+    throw CloudlessError.unavailable(
+      `workload "${name}" has no placed replica yet; see \`cloudless workload explain ${name}\``,
+    );
+  }
+  return chosen;
+}
+
+function parseRequestSpec(text: string, value: unknown) {
+  if (text) {
+    if (Buffer.byteLength(text) > specTextLimitBytes) {
+      throw CloudlessError.invalid(`workload spec is larger than ${specTextLimitBytes / 1024} KiB`);
+    }
+    return parseWorkloadText(text, "spec");
+  }
+  if (value !== undefined) return parseWorkloadValue(value);
+  throw CloudlessError.invalid("no spec given: send spec_text (YAML or JSON) or spec");
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, ms);
+    signal.addEventListener(
+      "abort",
+      () => {
+        clearTimeout(timer);
+        resolve();
+      },
+      { once: true },
+    );
+  });
+}

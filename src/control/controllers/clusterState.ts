@@ -1,0 +1,74 @@
+import type { NodeRecord } from "../nodes/nodeRecord.js";
+import { nodeKeyPrefix } from "../nodes/nodeRecord.js";
+import type { Store } from "../store/store.js";
+import {
+  type ReplicaRecord,
+  replicaPrefix,
+  revisionPrefix,
+  type WorkloadRecord,
+  type WorkloadRevisionRecord,
+  workloadId,
+  workloadPrefix,
+} from "./records.js";
+
+export interface Versioned<T> {
+  value: T;
+  modRevision: number;
+}
+
+/** One consistent read of everything the controllers reason about, at one revision. */
+export interface ClusterState {
+  revision: number;
+  nodes: Map<string, NodeRecord>;
+  workloads: Map<string, Versioned<WorkloadRecord>>;
+  /** By "namespace/workload", including replicas whose workload is gone. */
+  replicasByWorkload: Map<string, Versioned<ReplicaRecord>[]>;
+  /** "namespace/name/revision" → spec document of that revision. */
+  revisions: Map<string, WorkloadRevisionRecord>;
+}
+
+export async function readClusterState(store: Store): Promise<ClusterState> {
+  // One read-only transaction: all ranges see the same revision.
+  const result = await store.txn({
+    compare: [],
+    success: [
+      { type: "range", prefix: nodeKeyPrefix },
+      { type: "range", prefix: workloadPrefix },
+      { type: "range", prefix: replicaPrefix },
+      { type: "range", prefix: revisionPrefix },
+    ],
+  });
+  const ranges = result.results.map((r) => (r.type === "range" ? r.kvs : []));
+  const nodes = new Map<string, NodeRecord>();
+  for (const kv of ranges[0] ?? []) {
+    const node = JSON.parse(kv.value) as NodeRecord;
+    nodes.set(node.name, node);
+  }
+  const workloads = new Map<string, Versioned<WorkloadRecord>>();
+  for (const kv of ranges[1] ?? []) {
+    const workload = JSON.parse(kv.value) as WorkloadRecord;
+    workloads.set(workloadId(workload.namespace, workload.name), {
+      value: workload,
+      modRevision: kv.modRevision,
+    });
+  }
+  const replicasByWorkload = new Map<string, Versioned<ReplicaRecord>[]>();
+  for (const kv of ranges[2] ?? []) {
+    const replica = JSON.parse(kv.value) as ReplicaRecord;
+    const key = workloadId(replica.namespace, replica.workload);
+    let list = replicasByWorkload.get(key);
+    if (!list) {
+      list = [];
+      replicasByWorkload.set(key, list);
+    }
+    list.push({ value: replica, modRevision: kv.modRevision });
+  }
+  const revisions = new Map<string, WorkloadRevisionRecord>();
+  for (const kv of ranges[3] ?? []) {
+    const revision = JSON.parse(kv.value) as WorkloadRevisionRecord;
+    // Key: /workloadrevisions/<ns>/<name>/<rev padded>
+    const [namespace, name] = kv.key.slice(revisionPrefix.length).split("/");
+    revisions.set(`${namespace}/${name}/${revision.revision}`, revision);
+  }
+  return { revision: result.revision, nodes, workloads, replicasByWorkload, revisions };
+}

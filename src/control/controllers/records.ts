@@ -1,0 +1,103 @@
+/**
+ * Workload and replica records as the store holds them. The coordinator is the only
+ * writer: API handlers write workloads, controllers write replicas, and agents'
+ * status reports reach the store through the coordinator.
+ */
+export interface ResourcesRecord {
+  cpuMillicores: number;
+  memoryMiB: number;
+  storageGiB: number;
+  bandwidthMbps: number;
+}
+
+export interface WorkloadRecord {
+  uid: string;
+  namespace: string;
+  name: string;
+  /** Template revision: bumps when anything but the replica count or rollout knobs changes. */
+  revision: number;
+  templateHash: string;
+  /** The full applied document (defaults applied), canonical form. */
+  spec: unknown;
+  replicas: number;
+  minAvailable: number;
+  createdAtMs: number;
+  updatedAtMs: number;
+}
+
+export interface WorkloadRevisionRecord {
+  revision: number;
+  templateHash: string;
+  spec: unknown;
+  createdAtMs: number;
+}
+
+export type ReplicaPhase =
+  | "Pending"
+  | "Scheduled"
+  | "Starting"
+  | "Running"
+  | "CrashLoopBackOff"
+  | "Succeeded"
+  | "Failed"
+  | "Stopped"
+  | "Stopping";
+
+export interface ReplicaStatusRecord {
+  phase: ReplicaPhase;
+  ready: boolean;
+  restarts: number;
+  reason: string;
+  message: string;
+  exitCode?: number;
+  startedAtMs?: number;
+  hostPorts: Record<string, number>;
+  driver: string;
+  reportedAtMs: number;
+}
+
+export interface ReplicaRecord {
+  id: string;
+  namespace: string;
+  workload: string;
+  revision: number;
+  /** "" while pending. */
+  node: string;
+  desired: "Running" | "Stopped";
+  resources: ResourcesRecord;
+  createdAtMs: number;
+  scheduledAtMs?: number;
+  /** Why it is not placed yet (the scheduler's summary). */
+  pendingReason?: string;
+  stopRequestedAtMs?: number;
+  status?: ReplicaStatusRecord;
+}
+
+export const workloadPrefix = "/workloads/";
+export const revisionPrefix = "/workloadrevisions/";
+export const replicaPrefix = "/replicas/";
+
+export function workloadKey(namespace: string, name: string): string {
+  return `${workloadPrefix}${namespace}/${name}`;
+}
+
+export function revisionKey(namespace: string, name: string, revision: number): string {
+  return `${revisionPrefix}${namespace}/${name}/${String(revision).padStart(10, "0")}`;
+}
+
+export function revisionListPrefix(namespace: string, name: string): string {
+  return `${revisionPrefix}${namespace}/${name}/`;
+}
+
+export function replicaKey(namespace: string, workload: string, id: string): string {
+  return `${replicaPrefix}${namespace}/${workload}/${id}`;
+}
+
+export function replicaListPrefix(namespace: string, workload: string): string {
+  return `${replicaPrefix}${namespace}/${workload}/`;
+}
+
+/** "namespace/name": how workloads are keyed inside the controllers and scheduler. */
+export function workloadId(namespace: string, name: string): string {
+  return `${namespace}/${name}`;
+}

@@ -1,0 +1,427 @@
+import { randomBytes } from "node:crypto";
+import type { Clock } from "../../lib/clock.js";
+import type { Rng } from "../../lib/rng.js";
+import type { Logger } from "../../observe/logger.js";
+import type { EventLog } from "../events/eventLog.js";
+import type { NodeRecord } from "../nodes/nodeRecord.js";
+import { schedule } from "../scheduler/index.js";
+import type {
+  ClusterSnapshot,
+  ExistingReplica,
+  PendingReplica,
+  SchedNode,
+  ScoreWeights,
+} from "../scheduler/types.js";
+import type { Op, Store, Watch } from "../store/store.js";
+import type { AssignmentEntry, AssignmentHub } from "./assignmentHub.js";
+import { type ClusterState, readClusterState, type Versioned } from "./clusterState.js";
+import {
+  type ReplicaRecord,
+  replicaKey,
+  replicaPrefix,
+  type WorkloadRecord,
+  workloadPrefix,
+} from "./records.js";
+import { asSpecView, driverOfSpec, placementOf } from "./specView.js";
+import { reconcileWorkload } from "./workloadReconciler.js";
+
+export interface WorkloadControllerOptions {
+  store: Store;
+  clock: Clock;
+  rng: Rng;
+  logger: Logger;
+  events: EventLog;
+  assignments: AssignmentHub;
+  weights?: ScoreWeights;
+  /** A full pass runs at least this often even without changes (level-triggered safety net). */
+  resyncIntervalMs?: number;
+  /** Changes arriving within this window share one pass. */
+  debounceMs?: number;
+}
+
+/**
+ * The coordinator's control loop: replica and rollout reconciliation, node-loss
+ * rescheduling, scheduling of pending replicas (the coordinator is the only committer
+ * of plans, re-checking each placement before it writes it) and the per-node desired
+ * sets pushed to agents. Each pass reads the whole state at one revision.
+ */
+export class WorkloadController {
+  private watches: Watch[] = [];
+  private running = false;
+  private dirty = false;
+  private stopped = false;
+  private cancelTimer: (() => void) | undefined;
+  private passPromise: Promise<void> = Promise.resolve();
+  private readonly pendingReasons = new Map<string, string>();
+  /** Replicas placed, by pass; read by tests and metrics. */
+  placementsTotal = 0;
+
+  constructor(private readonly options: WorkloadControllerOptions) {}
+
+  async start(): Promise<void> {
+    const trigger = () => this.trigger();
+    for (const prefix of ["/nodes/", workloadPrefix, replicaPrefix]) {
+      this.watches.push(this.options.store.watch(prefix, {}, { onEvents: trigger }));
+    }
+    this.trigger();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.cancelTimer?.();
+    for (const watch of this.watches) watch.cancel();
+    await this.passPromise;
+  }
+
+  /** Asks for a pass soon; passes never overlap. */
+  trigger(): void {
+    if (this.stopped) return;
+    this.dirty = true;
+    if (this.running) return;
+    this.cancelTimer?.();
+    this.cancelTimer = this.options.clock.setTimeout(
+      () => this.runPass(),
+      this.options.debounceMs ?? 10,
+    );
+  }
+
+  /** Waits for the current pass (tests). */
+  async settled(): Promise<void> {
+    await this.passPromise;
+  }
+
+  private runPass(): void {
+    if (this.running || this.stopped) return;
+    this.running = true;
+    this.dirty = false;
+    this.passPromise = this.pass()
+      .catch((error: unknown) =>
+        this.options.logger.error({ err: error }, "controller pass failed"),
+      )
+      .finally(() => {
+        this.running = false;
+        if (this.stopped) return;
+        const delayMs = this.dirty
+          ? (this.options.debounceMs ?? 10)
+          : (this.options.resyncIntervalMs ?? 2000);
+        this.cancelTimer = this.options.clock.setTimeout(() => {
+          this.dirty = true;
+          this.runPass();
+        }, delayMs);
+      });
+  }
+
+  private async pass(): Promise<void> {
+    let state = await readClusterState(this.options.store);
+    const wrote = await this.reconcile(state);
+    if (wrote) state = await readClusterState(this.options.store);
+    const placed = await this.scheduleAndCommit(state);
+    if (placed) state = await readClusterState(this.options.store);
+    this.publishAssignments(state);
+  }
+
+  /** Replica and rollout controllers; returns whether anything was written. */
+  private async reconcile(state: ClusterState): Promise<boolean> {
+    const nodeStatus = (name: string) => state.nodes.get(name)?.status;
+    const keys = new Set([...state.workloads.keys(), ...state.replicasByWorkload.keys()]);
+    let wrote = false;
+    for (const key of keys) {
+      const workload = state.workloads.get(key)?.value;
+      const replicas = state.replicasByWorkload.get(key) ?? [];
+      const spec = workload ? asSpecView(workload.spec) : undefined;
+      const { actions } = reconcileWorkload({
+        workload:
+          workload && spec
+            ? {
+                revision: workload.revision,
+                replicas: workload.replicas,
+                minAvailable: workload.minAvailable,
+                maxSurge: spec.spec.rollout.maxSurge,
+                maxUnavailable: spec.spec.rollout.maxUnavailable,
+              }
+            : undefined,
+        replicas: replicas.map((r) => r.value),
+        nodeStatus,
+        newReplicaId: () => newReplicaId(workload?.name ?? "replica"),
+      });
+      if (actions.length === 0) continue;
+      const byId = new Map(replicas.map((r) => [r.value.id, r]));
+      const compare: { key: string; target: "modRevision"; op: "=="; modRevision: number }[] = [];
+      const ops: Op[] = [];
+      const now = this.options.clock.nowMs();
+      let forgottenOnLostNodes = 0;
+      for (const action of actions) {
+        if (action.type === "create" && workload && spec) {
+          const record: ReplicaRecord = {
+            id: action.id,
+            namespace: workload.namespace,
+            workload: workload.name,
+            revision: action.revision,
+            node: "",
+            desired: "Running",
+            resources: spec.spec.resources,
+            createdAtMs: now,
+          };
+          ops.push({
+            type: "put",
+            key: replicaKey(workload.namespace, workload.name, action.id),
+            value: JSON.stringify(record),
+          });
+          continue;
+        }
+        const existing = byId.get(action.id);
+        if (!existing) continue;
+        const key = replicaKey(
+          existing.value.namespace,
+          existing.value.workload,
+          existing.value.id,
+        );
+        compare.push({ key, target: "modRevision", op: "==", modRevision: existing.modRevision });
+        if (action.type === "forget") {
+          if (existing.value.node !== "" && existing.value.desired === "Running")
+            forgottenOnLostNodes++;
+          ops.push({ type: "delete", key });
+        } else {
+          const stopped: ReplicaRecord = {
+            ...existing.value,
+            desired: "Stopped",
+            stopRequestedAtMs: now,
+          };
+          ops.push({ type: "put", key, value: JSON.stringify(stopped) });
+        }
+      }
+      if (ops.length === 0) continue;
+      const result = await this.options.store.txn({ compare, success: ops });
+      if (!result.succeeded) {
+        this.dirty = true;
+        continue;
+      }
+      wrote = true;
+      if (forgottenOnLostNodes > 0) {
+        await this.options.events.record({
+          type: "ReplicasRescheduled",
+          category: "scheduling",
+          subject: `workload/${key}`,
+          reason: "NodeLost",
+          message: `${forgottenOnLostNodes} replica${forgottenOnLostNodes === 1 ? "" : "s"} on lost or departed nodes replaced`,
+        });
+      }
+    }
+    return wrote;
+  }
+
+  /** Schedules pending replicas and commits the plan; returns whether anything was placed. */
+  private async scheduleAndCommit(state: ClusterState): Promise<boolean> {
+    const pending: PendingReplica[] = [];
+    const pendingRecords = new Map<string, Versioned<ReplicaRecord>>();
+    const existing: ExistingReplica[] = [];
+    for (const [key, replicas] of state.replicasByWorkload) {
+      const workload = state.workloads.get(key)?.value;
+      for (const replica of replicas) {
+        if (replica.value.node !== "") {
+          existing.push({ id: replica.value.id, workloadKey: key, node: replica.value.node });
+          continue;
+        }
+        if (replica.value.desired !== "Running" || !workload) continue;
+        const spec = specOfRevision(state, workload, replica.value.revision);
+        pending.push({
+          id: replica.value.id,
+          workloadKey: key,
+          driver: driverOfSpec(spec),
+          resources: replica.value.resources,
+          placement: placementOf(spec),
+        });
+        pendingRecords.set(replica.value.id, replica);
+      }
+    }
+    if (pending.length === 0) return false;
+    const snapshot: ClusterSnapshot = {
+      revision: state.revision,
+      nodes: toSchedNodes(state, this.options.clock.nowMs()),
+      replicas: existing,
+    };
+    const plan = schedule({
+      snapshot,
+      pending,
+      weights: this.options.weights,
+      nowMs: this.options.clock.nowMs(),
+      rng: this.options.rng,
+    });
+    const now = this.options.clock.nowMs();
+    const compare: { key: string; target: "modRevision"; op: "=="; modRevision: number }[] = [];
+    const ops: Op[] = [];
+    const placedByWorkload = new Map<string, string[]>();
+    // Re-check against the nodes as they are now: the plan applier is the only
+    // committer, and a node that changed since the snapshot gets no placement.
+    const latest = await readNodes(this.options.store);
+    const headroom = new Map(
+      toSchedNodes({ ...state, nodes: latest }, now).map((n) => [n.name, n]),
+    );
+    for (const placement of plan.placements) {
+      const record = pendingRecords.get(placement.replicaId);
+      const node = headroom.get(placement.node);
+      if (!record || !node || !fits(node, record.value.resources)) continue;
+      node.allocated = add(node.allocated, record.value.resources);
+      const key = replicaKey(record.value.namespace, record.value.workload, record.value.id);
+      compare.push({ key, target: "modRevision", op: "==", modRevision: record.modRevision });
+      const placed: ReplicaRecord = {
+        ...record.value,
+        node: placement.node,
+        scheduledAtMs: now,
+        pendingReason: undefined,
+      };
+      ops.push({ type: "put", key, value: JSON.stringify(placed) });
+      const list = placedByWorkload.get(`${record.value.namespace}/${record.value.workload}`) ?? [];
+      list.push(placement.node);
+      placedByWorkload.set(`${record.value.namespace}/${record.value.workload}`, list);
+    }
+    for (const failure of plan.unschedulable) {
+      const record = pendingRecords.get(failure.replicaId);
+      if (!record || record.value.pendingReason === failure.message) continue;
+      const key = replicaKey(record.value.namespace, record.value.workload, record.value.id);
+      compare.push({ key, target: "modRevision", op: "==", modRevision: record.modRevision });
+      ops.push({
+        type: "put",
+        key,
+        value: JSON.stringify({ ...record.value, pendingReason: failure.message }),
+      });
+      if (this.pendingReasons.get(failure.workloadKey) !== failure.message) {
+        this.pendingReasons.set(failure.workloadKey, failure.message);
+        await this.options.events.record({
+          type: "ReplicaUnschedulable",
+          category: "scheduling",
+          subject: `workload/${failure.workloadKey}`,
+          reason: "Unschedulable",
+          message: failure.message,
+        });
+      }
+    }
+    if (ops.length === 0) return false;
+    const result = await this.options.store.txn({ compare, success: ops });
+    if (!result.succeeded) {
+      this.dirty = true;
+      return false;
+    }
+    let placedCount = 0;
+    for (const [workload, nodes] of placedByWorkload) {
+      placedCount += nodes.length;
+      this.pendingReasons.delete(workload);
+      await this.options.events.record({
+        type: "ReplicasPlaced",
+        category: "scheduling",
+        subject: `workload/${workload}`,
+        reason: "Scheduled",
+        message: `placed ${nodes.length} replica${nodes.length === 1 ? "" : "s"} on ${[...new Set(nodes)].join(", ")}`,
+      });
+    }
+    this.placementsTotal += placedCount;
+    return placedCount > 0;
+  }
+
+  private publishAssignments(state: ClusterState): void {
+    const byNode = new Map<string, AssignmentEntry[]>();
+    for (const name of state.nodes.keys()) byNode.set(name, []);
+    for (const node of this.options.assignments.knownNodes()) {
+      if (!byNode.has(node)) byNode.set(node, []);
+    }
+    for (const [key, replicas] of state.replicasByWorkload) {
+      const workload = state.workloads.get(key)?.value;
+      if (!workload) continue;
+      for (const { value: replica } of replicas) {
+        if (replica.node === "" || replica.desired !== "Running") continue;
+        const spec = specOfRevision(state, workload, replica.revision);
+        byNode.get(replica.node)?.push({
+          replicaId: replica.id,
+          namespace: replica.namespace,
+          workload: replica.workload,
+          revision: replica.revision,
+          specJson: JSON.stringify(spec),
+        });
+      }
+    }
+    for (const [node, entries] of byNode) this.options.assignments.publish(node, entries);
+  }
+}
+
+function specOfRevision(state: ClusterState, workload: WorkloadRecord, revision: number) {
+  const record = state.revisions.get(`${workload.namespace}/${workload.name}/${revision}`);
+  return asSpecView(record?.spec ?? workload.spec);
+}
+
+async function readNodes(store: Store): Promise<Map<string, NodeRecord>> {
+  const result = await store.range("/nodes/");
+  return new Map(
+    result.kvs.map((kv) => {
+      const node = JSON.parse(kv.value) as NodeRecord;
+      return [node.name, node];
+    }),
+  );
+}
+
+const oneHourMs = 3_600_000;
+
+export function toSchedNodes(
+  state: Pick<ClusterState, "nodes" | "replicasByWorkload">,
+  nowMs: number,
+): SchedNode[] {
+  const allocated = new Map<string, SchedNode["allocated"]>();
+  for (const replicas of state.replicasByWorkload.values()) {
+    for (const { value: replica } of replicas) {
+      if (replica.node === "") continue;
+      allocated.set(replica.node, add(allocated.get(replica.node) ?? zero(), replica.resources));
+    }
+  }
+  return [...state.nodes.values()].map((node) => ({
+    name: node.name,
+    status: node.status,
+    cordoned: node.cordoned || node.draining,
+    region: node.region,
+    zone: node.zone,
+    labels: node.labels,
+    taints: node.taints ?? [],
+    drivers: node.info.drivers,
+    capacity: {
+      cpuMillicores: node.capacity.cpuMillicores,
+      memoryMiB: node.capacity.memoryMiB,
+      storageGiB: node.capacity.storageGiB,
+      bandwidthMbps: node.capacity.egressMbps,
+    },
+    allocated: allocated.get(node.name) ?? zero(),
+    egressMbps: node.capacity.egressMbps,
+    // A node that changed state recently is less trusted than one steady for an hour.
+    reliability: Math.min(1, Math.max(0.1, (nowMs - node.lastTransitionAtMs) / oneHourMs)),
+    ...(node.labels["cloudless.io/cost-per-hour"]
+      ? { costPerHour: Number(node.labels["cloudless.io/cost-per-hour"]) }
+      : {}),
+  }));
+}
+
+function zero(): SchedNode["allocated"] {
+  return { cpuMillicores: 0, memoryMiB: 0, storageGiB: 0, bandwidthMbps: 0 };
+}
+
+function add(a: SchedNode["allocated"], b: SchedNode["allocated"]): SchedNode["allocated"] {
+  return {
+    cpuMillicores: a.cpuMillicores + b.cpuMillicores,
+    memoryMiB: a.memoryMiB + b.memoryMiB,
+    storageGiB: a.storageGiB + b.storageGiB,
+    bandwidthMbps: a.bandwidthMbps + b.bandwidthMbps,
+  };
+}
+
+function fits(node: SchedNode, request: SchedNode["allocated"]): boolean {
+  if (node.status !== "Ready" || node.cordoned) return false;
+  const after = add(node.allocated, request);
+  return (
+    after.cpuMillicores <= node.capacity.cpuMillicores &&
+    after.memoryMiB <= node.capacity.memoryMiB &&
+    after.storageGiB <= node.capacity.storageGiB &&
+    (request.bandwidthMbps === 0 || after.bandwidthMbps <= node.capacity.bandwidthMbps)
+  );
+}
+
+function newReplicaId(workloadName: string): string {
+  return `${workloadName}-${randomBytes(4).toString("hex")}`;
+}
+
+export type { Versioned };

@@ -1,0 +1,207 @@
+import fc from "fast-check";
+import { describe, expect, it } from "vitest";
+import type { NodeStatus } from "../membership/membershipTracker.js";
+import type { ReplicaRecord } from "./records.js";
+import { reconcileWorkload, type WorkloadIntent } from "./workloadReconciler.js";
+
+/** A tiny simulated cluster: actions apply at once; readiness flips when the test says. */
+class SimCluster {
+  replicas: ReplicaRecord[] = [];
+  nodes = new Map<string, NodeStatus>([
+    ["n1", "Ready"],
+    ["n2", "Ready"],
+    ["n3", "Ready"],
+  ]);
+  private seq = 0;
+  private nowMs = 0;
+
+  pass(workload: WorkloadIntent | undefined) {
+    const result = reconcileWorkload({
+      workload,
+      replicas: this.replicas,
+      nodeStatus: (n) => this.nodes.get(n),
+      newReplicaId: () => `r${++this.seq}`,
+    });
+    for (const action of result.actions) {
+      if (action.type === "create") {
+        this.replicas.push({
+          id: action.id,
+          namespace: "default",
+          workload: "web",
+          revision: action.revision,
+          node: "",
+          desired: "Running",
+          resources: { cpuMillicores: 100, memoryMiB: 64, storageGiB: 0, bandwidthMbps: 0 },
+          createdAtMs: this.nowMs++,
+        });
+      } else if (action.type === "stop") {
+        const replica = this.replicas.find((r) => r.id === action.id);
+        if (replica) replica.desired = "Stopped";
+      } else {
+        this.replicas = this.replicas.filter((r) => r.id !== action.id);
+      }
+    }
+    return result;
+  }
+
+  /** The scheduler places pending replicas round-robin. */
+  place() {
+    const ready = [...this.nodes].filter(([, s]) => s === "Ready").map(([n]) => n);
+    let i = 0;
+    for (const replica of this.replicas) {
+      if (replica.node === "" && ready.length > 0) replica.node = ready[i++ % ready.length] ?? "";
+    }
+  }
+
+  /** Agents start placed replicas and confirm stopped ones are gone. */
+  agentsReport(readyIds: (r: ReplicaRecord) => boolean) {
+    this.replicas = this.replicas.filter((r) => r.desired === "Running");
+    for (const replica of this.replicas) {
+      if (replica.node === "") continue;
+      const isReady = readyIds(replica);
+      replica.status = {
+        phase: "Running",
+        ready: isReady,
+        restarts: 0,
+        reason: "",
+        message: "",
+        hostPorts: {},
+        driver: "process",
+        reportedAtMs: 0,
+      };
+    }
+  }
+
+  readyCount() {
+    return this.replicas.filter(
+      (r) =>
+        r.desired === "Running" && r.status?.ready === true && this.nodes.get(r.node) === "Ready",
+    ).length;
+  }
+}
+
+const intent = (overrides: Partial<WorkloadIntent> = {}): WorkloadIntent => ({
+  revision: 1,
+  replicas: 3,
+  minAvailable: 2,
+  maxSurge: 1,
+  maxUnavailable: 0,
+  ...overrides,
+});
+
+function converge(cluster: SimCluster, workload: WorkloadIntent, rounds = 30) {
+  for (let i = 0; i < rounds; i++) {
+    cluster.pass(workload);
+    cluster.place();
+    cluster.agentsReport(() => true);
+  }
+}
+
+describe("workload reconciler", () => {
+  it("REQ-020 creates the desired replicas and then does nothing more (idempotent)", () => {
+    const cluster = new SimCluster();
+    converge(cluster, intent());
+    expect(cluster.replicas).toHaveLength(3);
+    const again = cluster.pass(intent());
+    expect(again.actions).toEqual([]);
+    expect(again.status).toMatchObject({ phase: "Running", readyReplicas: 3, updatedReplicas: 3 });
+  });
+
+  it("REQ-031 replicas of a Lost node are forgotten and replaced in the same pass", () => {
+    const cluster = new SimCluster();
+    converge(cluster, intent());
+    const onN1 = cluster.replicas.filter((r) => r.node === "n1").length;
+    cluster.nodes.set("n1", "Lost");
+    const result = cluster.pass(intent());
+    expect(result.actions.filter((a) => a.type === "forget")).toHaveLength(onN1);
+    expect(result.actions.filter((a) => a.type === "create")).toHaveLength(onN1);
+  });
+
+  it("REQ-023 a rollout with maxSurge 1 never drops below replicas-1 ready and completes", () => {
+    const cluster = new SimCluster();
+    converge(cluster, intent());
+    const v2 = intent({ revision: 2 });
+    for (let round = 0; round < 50; round++) {
+      cluster.pass(v2);
+      expect(cluster.readyCount()).toBeGreaterThanOrEqual(2);
+      cluster.place();
+      cluster.agentsReport(() => true);
+    }
+    expect(cluster.replicas.every((r) => r.revision === 2)).toBe(true);
+    expect(cluster.replicas).toHaveLength(3);
+  });
+
+  it("REQ-023 a broken new revision never takes ready replicas below minAvailable", () => {
+    const cluster = new SimCluster();
+    converge(cluster, intent({ maxUnavailable: 1, maxSurge: 0 }));
+    const broken = intent({ revision: 2, maxUnavailable: 1, maxSurge: 0 });
+    for (let round = 0; round < 30; round++) {
+      cluster.pass(broken);
+      expect(cluster.readyCount()).toBeGreaterThanOrEqual(2);
+      cluster.place();
+      cluster.agentsReport((r) => r.revision === 1);
+    }
+    expect(cluster.readyCount()).toBe(2);
+  });
+
+  it("REQ-023 property: for any rollout knobs and readiness pattern, ready never drops below the floor", () => {
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 1, max: 6 }),
+        fc.integer({ min: 0, max: 3 }),
+        fc.integer({ min: 0, max: 3 }),
+        fc.array(fc.boolean(), { minLength: 40, maxLength: 40 }),
+        (replicas, maxSurge, maxUnavailable, readiness) => {
+          fc.pre(maxSurge + maxUnavailable > 0);
+          const minAvailable = Math.max(0, replicas - Math.max(1, maxUnavailable));
+          const base = { replicas, minAvailable, maxSurge, maxUnavailable };
+          const cluster = new SimCluster();
+          converge(cluster, { ...base, revision: 1 });
+          const floor = Math.min(replicas, Math.max(minAvailable, replicas - maxUnavailable));
+          // A replica, once ready, stays ready: the reconciler cannot prevent a crash,
+          // only avoid removing ready replicas below the floor itself.
+          const becameReady = new Set<string>();
+          let round = 0;
+          for (const newIsReady of readiness) {
+            cluster.pass({ ...base, revision: 2 });
+            if (cluster.readyCount() < floor) return false;
+            cluster.place();
+            cluster.agentsReport((r) => {
+              if (r.revision === 1 || newIsReady || round > 30) becameReady.add(r.id);
+              return becameReady.has(r.id);
+            });
+            round++;
+          }
+          // And the rollout completes once new replicas become ready.
+          return (
+            cluster.replicas.every((r) => r.revision === 2) && cluster.readyCount() === replicas
+          );
+        },
+      ),
+      { numRuns: 300 },
+    );
+  });
+
+  it("REQ-020 scaling down removes not-ready replicas first; deletion stops all", () => {
+    const cluster = new SimCluster();
+    converge(cluster, intent({ replicas: 4, minAvailable: 3 }));
+    const notReady = cluster.replicas[0];
+    if (notReady?.status) notReady.status.ready = false;
+    const result = cluster.pass(intent({ replicas: 3, minAvailable: 2 }));
+    expect(result.actions).toEqual([
+      { type: "stop", id: notReady?.id, reason: "scaled down to 3" },
+    ]);
+    const deleted = cluster.pass(undefined);
+    expect(deleted.actions.filter((a) => a.type === "stop")).toHaveLength(3);
+  });
+
+  it("reports Pending with the scheduler's reason when nothing can be placed", () => {
+    const cluster = new SimCluster();
+    cluster.pass(intent());
+    for (const replica of cluster.replicas)
+      replica.pendingReason = "0/3 nodes available: 3 Insufficient memory";
+    const result = cluster.pass(intent());
+    expect(result.status.phase).toBe("Pending");
+    expect(result.status.message).toMatch(/Insufficient memory/);
+  });
+});

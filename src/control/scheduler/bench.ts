@@ -1,0 +1,152 @@
+/**
+ * Micro-benchmark of scheduler decision latency (target: P99 ≤ 5 ms at 5,000 nodes).
+ *   npx tsx src/control/scheduler/bench.ts [iterations]
+ * Prints P50/P95/P99 per decision. A decision is one schedule() call for one replica,
+ * including the per-call setup (working copy, zone index, workload counts), because that
+ * is what the coordinator pays per pending replica. The batch rows divide a 100-replica
+ * call by 100. This is the one file in the folder allowed a clock and console: it measures.
+ * No assertions here; the benchmark issue builds regression tracking on top of it.
+ */
+import { performance } from "node:perf_hooks";
+import { pathToFileURL } from "node:url";
+import { type Rng, seededRng } from "../../lib/rng.js";
+import { schedule } from "./schedule.js";
+import { makeReplica, type NodeTemplate, SchedulerHarness } from "./testing/harness.js";
+import type { ClusterSnapshot, PendingReplica } from "./types.js";
+
+const regions = ["eu-west", "eu-central", "us-east"];
+const zones = ["a", "b", "c"];
+const shapes = [
+  { cpuMillicores: 2000, memoryMiB: 4096 },
+  { cpuMillicores: 4000, memoryMiB: 8192 },
+  { cpuMillicores: 8000, memoryMiB: 16384 },
+  { cpuMillicores: 16000, memoryMiB: 32768 },
+];
+
+function pick<T>(rng: Rng, items: readonly T[]): T {
+  return items[Math.floor(rng.next() * items.length)]!;
+}
+
+/** A heterogeneous fleet: 9 zones, mixed shapes, partial load, some down/cordoned/tainted. */
+export function benchCluster(nodeCount: number, seed = 42): SchedulerHarness {
+  const rng = seededRng(seed);
+  const h = new SchedulerHarness();
+  h.addNodes(nodeCount, (i): NodeTemplate => {
+    const region = regions[i % regions.length]!;
+    const shape = pick(rng, shapes);
+    const load = rng.next() * 0.7;
+    const roll = rng.next();
+    return {
+      region,
+      zone: `${region}-${zones[Math.floor(i / regions.length) % zones.length]}`,
+      status: roll < 0.02 ? "NotReady" : "Ready",
+      cordoned: roll >= 0.02 && roll < 0.03,
+      taints:
+        roll >= 0.03 && roll < 0.08
+          ? [{ key: "gpu", value: "true", effect: "NoSchedule" }]
+          : roll >= 0.08 && roll < 0.13
+            ? [{ key: "spot", value: "true", effect: "PreferNoSchedule" }]
+            : [],
+      labels: { tier: rng.next() < 0.5 ? "edge" : "core", arch: "amd64" },
+      capacity: { ...shape, storageGiB: 200, bandwidthMbps: 1000 },
+      allocated: {
+        cpuMillicores: Math.floor(shape.cpuMillicores * load),
+        memoryMiB: Math.floor(shape.memoryMiB * load),
+        storageGiB: Math.floor(200 * load),
+        bandwidthMbps: Math.floor(500 * load),
+      },
+      egressMbps: rng.next() < 0.1 ? 0 : 100 + Math.floor(rng.next() * 900),
+      reliability: 0.8 + rng.next() * 0.2,
+      costPerHour: rng.next() < 0.5 ? undefined : 0.01 + rng.next() * 0.5,
+    };
+  });
+  // Two live replicas per node across 200 workloads, plus the spread workload's own 60.
+  for (let i = 0; i < nodeCount * 2; i++) {
+    h.addExisting({ workloadKey: `bench/w${i % 200}`, node: h.nodes[i % nodeCount]!.name });
+  }
+  for (let i = 0; i < 60; i++) {
+    h.addExisting({ workloadKey: "bench/web", node: h.nodes[(i * 7919) % nodeCount]!.name });
+  }
+  return h;
+}
+
+const scenarios: Record<string, (i: number) => PendingReplica> = {
+  binpack: (i) => makeReplica(`r${i}`, "bench/api"),
+  "spread+anti": (i) =>
+    makeReplica(`r${i}`, "bench/web", {
+      placement: { strategy: "spread", antiAffinity: true, spreadAcrossZones: true },
+    }),
+  constrained: (i) =>
+    makeReplica(`r${i}`, "bench/db", {
+      placement: {
+        regions: { required: ["eu-west", "eu-central"], preferred: ["eu-west"] },
+        zones: { required: [], preferred: ["eu-west-a"] },
+        nodeSelector: { tier: "core" },
+        tolerations: [{ key: "spot", operator: "Exists" }],
+      },
+    }),
+};
+
+function percentile(sortedMs: Float64Array, p: number): number {
+  return sortedMs[Math.min(sortedMs.length - 1, Math.ceil(p * sortedMs.length) - 1)]!;
+}
+
+function decide(snapshot: ClusterSnapshot, pending: PendingReplica[], seed: number): number {
+  const start = performance.now();
+  const plan = schedule({ snapshot, pending, nowMs: 0, rng: seededRng(seed) });
+  const elapsedMs = performance.now() - start;
+  // Keep the result observable so the work cannot be optimised away.
+  if (plan.placements.length + plan.unschedulable.length !== pending.length) {
+    throw new Error("scheduler lost a replica");
+  }
+  return elapsedMs;
+}
+
+export function run(iterations: number): void {
+  const rows: string[][] = [["nodes", "scenario", "p50 ms", "p95 ms", "p99 ms", "max ms"]];
+  for (const nodeCount of [1_000, 5_000, 10_000]) {
+    const snapshot = benchCluster(nodeCount).snapshot();
+    const cases: [string, number, (i: number) => PendingReplica[]][] = [
+      ...Object.entries(scenarios).map(
+        ([name, make]): [string, number, (i: number) => PendingReplica[]] => [
+          name,
+          1,
+          (i) => [make(i)],
+        ],
+      ),
+      [
+        "batch100 binpack",
+        100,
+        (i) => Array.from({ length: 100 }, (_, k) => scenarios.binpack!(i * 100 + k)),
+      ],
+      [
+        "batch100 spread+anti",
+        100,
+        (i) => Array.from({ length: 100 }, (_, k) => scenarios["spread+anti"]!(i * 100 + k)),
+      ],
+    ];
+    for (const [name, perCall, make] of cases) {
+      const calls = perCall === 1 ? iterations : Math.max(20, Math.floor(iterations / 20));
+      for (let i = 0; i < Math.min(200, calls); i++) decide(snapshot, make(i), i); // JIT warm-up
+      const samples = new Float64Array(calls);
+      for (let i = 0; i < calls; i++) samples[i] = decide(snapshot, make(i), i) / perCall;
+      samples.sort();
+      const fmt = (ms: number) => ms.toFixed(3);
+      rows.push([
+        String(nodeCount),
+        name,
+        fmt(percentile(samples, 0.5)),
+        fmt(percentile(samples, 0.95)),
+        fmt(percentile(samples, 0.99)),
+        fmt(samples[samples.length - 1]!),
+      ]);
+    }
+  }
+  const widths = rows[0]!.map((_, c) => Math.max(...rows.map((row) => row[c]!.length)));
+  for (const row of rows) console.log(row.map((cell, c) => cell.padStart(widths[c]!)).join("  "));
+}
+
+// Importable (benchCluster) without running.
+if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  run(Number(process.argv[2] ?? 1000));
+}

@@ -1,0 +1,116 @@
+/**
+ * schedule(snapshot, pending, weights, now, rng) → Plan: the scheduler's only entry point
+ * for the coordinator. Pure: no I/O, no clock, no ambient randomness; the snapshot is read,
+ * never written. Replicas are placed in input order against a working copy, so one plan
+ * never overcommits a node nor breaks anti-affinity or zone spread with itself.
+ */
+import { defaultFilters } from "./filters.js";
+import { type Framework, formatMessage, runCycle, scoreBreakdown } from "./framework.js";
+import { CycleState, type SchedulingContext } from "./plugin.js";
+import { weightedScores } from "./scores.js";
+import { SchedulingState } from "./state.js";
+import {
+  defaultWeights,
+  type PendingReplica,
+  type Plan,
+  type PlannedPlacement,
+  type Resources,
+  type ScheduleInput,
+  type ScoreWeights,
+  type Unschedulable,
+} from "./types.js";
+
+/** How many near-miss nodes an unschedulable replica reports. */
+export const unschedulableBestScores = 3;
+
+export function defaultFramework(weights: ScoreWeights = defaultWeights): Framework {
+  return { filters: defaultFilters, scores: weightedScores(weights) };
+}
+
+export function schedule(input: ScheduleInput): Plan {
+  return scheduleWith(defaultFramework(input.weights ?? defaultWeights), input);
+}
+
+/** schedule() with an explicit plugin set, for tests of the framework itself. */
+export function scheduleWith(framework: Framework, input: ScheduleInput): Plan {
+  const { snapshot, pending, nowMs, rng } = input;
+  const state = new SchedulingState(snapshot, pending);
+  const ctx: SchedulingContext = {
+    nowMs,
+    state,
+    cycle: new CycleState(),
+    filters: framework.filters,
+  };
+  const placements: PlannedPlacement[] = [];
+  const unschedulable: Unschedulable[] = [];
+
+  for (const replica of pending) {
+    const invalid = invalidRequest(replica.resources);
+    if (invalid !== undefined) {
+      unschedulable.push(invalidReplica(replica, invalid));
+      continue;
+    }
+    const result = runCycle(ctx, framework, replica, {
+      rng,
+      topFeasible: 0,
+      topNearMiss: unschedulableBestScores,
+    });
+    if (result.chosen < 0) {
+      unschedulable.push({
+        replicaId: replica.id,
+        workloadKey: replica.workloadKey,
+        eligibleNodes: 0,
+        rejections: result.rejections,
+        reasons: Object.fromEntries(result.reasons),
+        message: formatMessage(result.totalNodes, 0, result.reasons),
+        bestScores: result.topNearMiss.map(({ node, score }) => ({ node, score })),
+      });
+      continue;
+    }
+    // Breakdown before place(): utilisation is scored as of before this replica landed.
+    const scores = scoreBreakdown(ctx, framework.scores, replica, result.chosen);
+    state.place(replica, result.chosen);
+    placements.push({
+      replicaId: replica.id,
+      node: state.nodes[result.chosen]!.name,
+      score: result.chosenScore,
+      scores,
+    });
+  }
+
+  return { snapshotRevision: snapshot.revision, placements, unschedulable };
+}
+
+const resourceFields: readonly (keyof Resources)[] = [
+  "cpuMillicores",
+  "memoryMiB",
+  "storageGiB",
+  "bandwidthMbps",
+];
+
+/**
+ * A negative request would hand capacity back and let the next replica overcommit, and a
+ * NaN compares false everywhere; the API validates specs, but the scheduler must not be
+ * the place where a bad number turns into a bad placement.
+ */
+export function invalidRequest(resources: Resources): string | undefined {
+  for (const field of resourceFields) {
+    const value = resources[field];
+    if (!(Number.isFinite(value) && value >= 0)) {
+      return `invalid request: ${field} must be a finite number >= 0`;
+    }
+  }
+  return undefined;
+}
+
+export function invalidReplica(replica: PendingReplica, message: string): Unschedulable {
+  return {
+    replicaId: replica.id,
+    workloadKey: replica.workloadKey,
+    eligibleNodes: 0,
+    rejections: {},
+    reasons: {},
+    message,
+    bestScores: [],
+  };
+}

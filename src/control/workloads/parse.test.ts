@@ -1,0 +1,505 @@
+import { describe, expect, it } from "vitest";
+import {
+  canonicalSpecJson,
+  closestKey,
+  formatSpecErrors,
+  maxSpecTextChars,
+  type ParseWorkloadResult,
+  parseWorkloadText,
+  parseWorkloadValue,
+  specHash,
+} from "./parse.js";
+import type { WorkloadSpecDocument } from "./spec.js";
+
+const fullYaml = `
+apiVersion: cloudless/v1
+kind: Workload
+metadata:
+  name: web
+  namespace: shop
+  labels: {app: web, tier: frontend}
+spec:
+  image: localhost/web:1
+  command: ["/bin/httpd"]
+  args: ["-f", "-p", "8080"]
+  env: {LOG_LEVEL: debug, PORT: "8080"}
+  ports:
+    - {name: http, containerPort: 8080, protocol: tcp}
+    - {name: dns, containerPort: 53, protocol: udp}
+    - {name: dns-tcp, containerPort: 53}
+  resources: {cpuMillicores: 250, memoryMiB: 128, storageGiB: 0.5, bandwidthMbps: 10}
+  replicas: 3
+  minAvailable: 2
+  placement:
+    strategy: spread
+    regions: {required: [eu], preferred: [eu-west]}
+    zones: {required: [], preferred: [eu-west-1a]}
+    antiAffinity: true
+    spreadAcrossZones: true
+    nodeSelector: {disk: ssd}
+    tolerations:
+      - {key: dedicated, operator: Equal, value: gpu, effect: NoSchedule}
+      - {key: flaky, operator: Exists}
+  restartPolicy: OnFailure
+  rollout: {maxSurge: 2, maxUnavailable: 1}
+  livenessProbe:
+    http: {path: /healthz, port: http}
+    periodSeconds: 5
+    timeoutSeconds: 2
+    failureThreshold: 4
+    successThreshold: 1
+    initialDelaySeconds: 3
+  readinessProbe: {tcp: {port: 8080}}
+  terminationGracePeriodSeconds: 30
+`;
+
+const minimalYaml = `
+apiVersion: cloudless/v1
+kind: Workload
+metadata: {name: web}
+spec:
+  image: localhost/web:1
+  resources: {cpuMillicores: 100, memoryMiB: 64}
+  readinessProbe: {exec: {command: [/bin/check]}}
+`;
+
+const probeDefaults = {
+  periodSeconds: 10,
+  timeoutSeconds: 1,
+  failureThreshold: 3,
+  successThreshold: 1,
+  initialDelaySeconds: 0,
+};
+
+function parsed(text: string): WorkloadSpecDocument {
+  const result = parseWorkloadText(text, "web.yaml");
+  if (!result.ok) throw new Error(`unexpected errors:\n${formatSpecErrors(result.errors)}`);
+  return result.doc;
+}
+
+function errorLines(result: ParseWorkloadResult): string[] {
+  return result.ok ? [] : formatSpecErrors(result.errors).split("\n");
+}
+
+/** A valid document whose spec body (indented by the caller's lines) replaces the default one. */
+function withSpec(specLines: string, metadata = "{name: web}"): string {
+  return `apiVersion: cloudless/v1\nkind: Workload\nmetadata: ${metadata}\nspec:\n${specLines}`;
+}
+
+const resources = "  resources: {cpuMillicores: 100, memoryMiB: 64}\n";
+const image = "  image: localhost/web:1\n";
+
+describe("parseWorkloadText", () => {
+  it("REQ-020 REQ-081 accepts a spec with every field and keeps every value", () => {
+    const doc = parsed(fullYaml);
+    expect(doc).toEqual({
+      apiVersion: "cloudless/v1",
+      kind: "Workload",
+      metadata: { name: "web", namespace: "shop", labels: { app: "web", tier: "frontend" } },
+      spec: {
+        image: "localhost/web:1",
+        command: ["/bin/httpd"],
+        args: ["-f", "-p", "8080"],
+        env: { LOG_LEVEL: "debug", PORT: "8080" },
+        ports: [
+          { name: "http", containerPort: 8080, protocol: "tcp" },
+          { name: "dns", containerPort: 53, protocol: "udp" },
+          { name: "dns-tcp", containerPort: 53, protocol: "tcp" },
+        ],
+        resources: { cpuMillicores: 250, memoryMiB: 128, storageGiB: 0.5, bandwidthMbps: 10 },
+        replicas: 3,
+        minAvailable: 2,
+        placement: {
+          strategy: "spread",
+          regions: { required: ["eu"], preferred: ["eu-west"] },
+          zones: { required: [], preferred: ["eu-west-1a"] },
+          antiAffinity: true,
+          spreadAcrossZones: true,
+          nodeSelector: { disk: "ssd" },
+          tolerations: [
+            { key: "dedicated", operator: "Equal", value: "gpu", effect: "NoSchedule" },
+            { key: "flaky", operator: "Exists", value: "", effect: "" },
+          ],
+        },
+        restartPolicy: "OnFailure",
+        rollout: { maxSurge: 2, maxUnavailable: 1 },
+        livenessProbe: {
+          http: { path: "/healthz", port: "http" },
+          periodSeconds: 5,
+          timeoutSeconds: 2,
+          failureThreshold: 4,
+          successThreshold: 1,
+          initialDelaySeconds: 3,
+        },
+        readinessProbe: { tcp: { port: 8080 }, ...probeDefaults },
+        terminationGracePeriodSeconds: 30,
+      },
+    });
+  });
+
+  it("REQ-020 REQ-081 applies the defaults to a minimal spec", () => {
+    const doc = parsed(minimalYaml);
+    expect(doc.metadata).toEqual({ name: "web", namespace: "default", labels: {} });
+    expect(doc.spec.replicas).toBe(1);
+    expect(doc.spec.minAvailable).toBe(0);
+    expect(doc.spec.restartPolicy).toBe("Always");
+    expect(doc.spec.rollout).toEqual({ maxSurge: 1, maxUnavailable: 0 });
+    expect(doc.spec.placement.strategy).toBe("binpack");
+    expect(doc.spec.resources).toEqual({
+      cpuMillicores: 100,
+      memoryMiB: 64,
+      storageGiB: 0,
+      bandwidthMbps: 0,
+    });
+    expect(doc.spec.readinessProbe).toEqual({
+      exec: { command: ["/bin/check"] },
+      ...probeDefaults,
+    });
+    expect(doc.spec.livenessProbe).toBeUndefined();
+    expect(doc.spec.terminationGracePeriodSeconds).toBe(10);
+  });
+
+  it("REQ-081 JSON input is equivalent to YAML", () => {
+    const yamlDoc = parsed(fullYaml);
+    const json = JSON.stringify(yamlDoc, null, 2);
+    const jsonDoc = parsed(json);
+    expect(jsonDoc).toEqual(yamlDoc);
+    expect(specHash(jsonDoc)).toBe(specHash(yamlDoc));
+    const compact = parseWorkloadText(
+      '{"apiVersion":"cloudless/v1","kind":"Workload","metadata":{"name":"web"},' +
+        '"spec":{"image":"localhost/web:1","resources":{"cpuMillicores":100,"memoryMiB":64},' +
+        '"readinessProbe":{"exec":{"command":["/bin/check"]}}}}',
+      "web.json",
+    );
+    expect(compact).toEqual({ ok: true, doc: parsed(minimalYaml) });
+  });
+
+  it("REQ-020 a command without an image is a process workload; with one, an override", () => {
+    expect(
+      parsed(withSpec(`  command: [/usr/bin/python3, -m, http.server]\n${resources}`)).spec,
+    ).toMatchObject({ command: ["/usr/bin/python3", "-m", "http.server"] });
+    expect(parsed(withSpec(image + resources)).spec.command).toBeUndefined();
+  });
+
+  it("REQ-081 refuses text too large to be a spec before parsing it", () => {
+    const result = parseWorkloadText(`# ${"x".repeat(maxSpecTextChars)}\n`, "big.yaml");
+    expect(errorLines(result)).toEqual([
+      `(document): big.yaml is ${maxSpecTextChars + 3} characters; a spec may have at most ${maxSpecTextChars}`,
+    ]);
+  });
+
+  it("REQ-081 a trailing document separator is not a second workload", () => {
+    expect(parseWorkloadText(`${minimalYaml}---\n`, "web.yaml").ok).toBe(true);
+  });
+
+  const invalid: Array<[string, string, string[]]> = [
+    [
+      "a negative memory size",
+      withSpec(`${image}  resources: {cpuMillicores: 100, memoryMiB: -1}\n`),
+      ["spec.resources.memoryMiB: expected a positive integer"],
+    ],
+    [
+      "a fractional CPU",
+      withSpec(`${image}  resources: {cpuMillicores: 0.5, memoryMiB: 64}\n`),
+      ["spec.resources.cpuMillicores: expected a positive integer"],
+    ],
+    [
+      "a typo in a field name",
+      withSpec(`${image + resources}  replica: 3\n`),
+      ['spec: unknown field "replica"; did you mean "replicas"?'],
+    ],
+    [
+      "an unknown field with no close match",
+      withSpec(`${image + resources}  sidecars: []\n`),
+      ['spec: unknown field "sidecars"'],
+    ],
+    [
+      "a Kubernetes-style resource name",
+      withSpec(`${image}  resources: {cpuMillicores: 100, memory: 64}\n`),
+      [
+        'spec.resources: unknown field "memory"; did you mean "memoryMiB"?',
+        "spec.resources.memoryMiB: is required",
+      ],
+    ],
+    [
+      "neither image nor command",
+      withSpec(resources),
+      [
+        "spec.image: is required unless command is set (a command without an image runs as a process)",
+      ],
+    ],
+    [
+      "an empty command",
+      withSpec(`  command: []\n${resources}`),
+      ["spec.command: must not be empty"],
+    ],
+    [
+      "a command given as a string",
+      withSpec(`  command: /bin/httpd\n${resources}`),
+      ["spec.command: expected a list, got a string"],
+    ],
+    [
+      "minAvailable above replicas",
+      withSpec(`${image + resources}  replicas: 3\n  minAvailable: 5\n`),
+      ["spec.minAvailable: must be at most replicas (3)"],
+    ],
+    [
+      "a name that is not a DNS label",
+      withSpec(image + resources, "{name: Web_1}"),
+      [
+        "metadata.name: must be a DNS label: lowercase letters, digits and '-', starting and " +
+          "ending with a letter or digit, at most 63 characters",
+      ],
+    ],
+    [
+      "a missing name",
+      withSpec(image + resources, "{namespace: prod}"),
+      ["metadata.name: is required"],
+    ],
+    [
+      "a probe with two kinds",
+      withSpec(`${image + resources}  livenessProbe: {tcp: {port: 80}, exec: {command: [ok]}}\n`),
+      ["spec.livenessProbe: must set exactly one of http, tcp or exec, not tcp and exec"],
+    ],
+    [
+      "a probe with no kind",
+      withSpec(`${image + resources}  readinessProbe: {periodSeconds: 5}\n`),
+      ["spec.readinessProbe: must set exactly one of http, tcp or exec"],
+    ],
+    [
+      "a probe naming an unknown port",
+      withSpec(
+        `${image + resources}  ports: [{name: http, containerPort: 8080}]\n` +
+          "  readinessProbe: {http: {path: /ready, port: metrics}}\n",
+      ),
+      ['spec.readinessProbe.http.port: no port named "metrics" in spec.ports (known: "http")'],
+    ],
+    [
+      "an unknown restart policy",
+      withSpec(`${image + resources}  restartPolicy: Sometimes\n`),
+      ["spec.restartPolicy: expected one of Always, OnFailure, Never"],
+    ],
+    [
+      "a rollout that can never progress",
+      withSpec(`${image + resources}  rollout: {maxSurge: 0, maxUnavailable: 0}\n`),
+      [
+        "spec.rollout: maxSurge and maxUnavailable cannot both be 0; a rolling update could " +
+          "never replace a replica",
+      ],
+    ],
+    [
+      "no surge while every replica must stay available",
+      withSpec(
+        `${image + resources}  replicas: 2\n  minAvailable: 2\n` +
+          "  rollout: {maxSurge: 0, maxUnavailable: 1}\n",
+      ),
+      [
+        "spec.rollout.maxSurge: must be at least 1 when minAvailable equals replicas (2), or a " +
+          "rolling update can never proceed",
+      ],
+    ],
+    [
+      "duplicate port names and numbers",
+      withSpec(
+        `${image + resources}  ports:\n` +
+          "    - {name: http, containerPort: 8080}\n" +
+          "    - {name: http, containerPort: 8081}\n" +
+          "    - {name: alt, containerPort: 8080}\n",
+      ),
+      [
+        'spec.ports[1].name: duplicate port name "http"',
+        "spec.ports[2].containerPort: duplicate port 8080/tcp",
+      ],
+    ],
+    [
+      "a port out of range",
+      withSpec(`${image + resources}  ports: [{name: http, containerPort: 70000}]\n`),
+      ["spec.ports[0].containerPort: expected a port number from 1 to 65535"],
+    ],
+    [
+      "an unquoted number in env and a bad variable name",
+      withSpec(`${image + resources}  env: {PORT: 8080, 1BAD: x}\n`),
+      [
+        "spec.env[\"1BAD\"]: is not a valid environment variable name: letters, digits and '_', " +
+          "not starting with a digit",
+        'spec.env.PORT: expected a string; quote the value, e.g. "8080"',
+      ],
+    ],
+    [
+      "a toleration with Exists and a value",
+      withSpec(
+        `${image + resources}  placement: {tolerations: [{key: gpu, operator: Exists, value: x}]}\n`,
+      ),
+      ["spec.placement.tolerations[0].value: must be omitted when operator is Exists"],
+    ],
+    [
+      "a wrong apiVersion and kind",
+      withSpec(image + resources)
+        .replace("cloudless/v1", "apps/v1")
+        .replace("Workload", "Deployment"),
+      ["apiVersion: must be cloudless/v1", "kind: must be Workload"],
+    ],
+    [
+      "a YAML syntax error",
+      "apiVersion: cloudless/v1\nkind: Workload\nmetadata: {name: web\nspec: {}\n",
+      [
+        "(document): YAML syntax error at web.yaml:4:1: Flow map in block collection must be " +
+          "sufficiently indented and end with a }",
+      ],
+    ],
+    [
+      "a duplicate key",
+      "apiVersion: cloudless/v1\napiVersion: cloudless/v1\n",
+      ["(document): YAML syntax error at web.yaml:2:1: Map keys must be unique"],
+    ],
+    [
+      "an empty file",
+      "",
+      [
+        "(document): web.yaml is empty; expected a mapping with apiVersion, kind, metadata and spec",
+      ],
+    ],
+    [
+      "a file with only comments",
+      "# nothing here\n",
+      [
+        "(document): web.yaml is empty; expected a mapping with apiVersion, kind, metadata and spec",
+      ],
+    ],
+    [
+      "a list instead of a mapping",
+      "- apiVersion: cloudless/v1\n",
+      ["(document): expected a mapping with apiVersion, kind, metadata and spec, got a list"],
+    ],
+    [
+      "two documents",
+      `${minimalYaml}---\n${minimalYaml}`,
+      ["(document): one workload per file: web.yaml holds 2 YAML documents"],
+    ],
+    [
+      "an unknown top-level field",
+      `${minimalYaml}apiversion: cloudless/v1\n`,
+      ['(document): unknown field "apiversion"; did you mean "apiVersion"?'],
+    ],
+  ];
+
+  it.each(invalid)("REQ-081 rejects %s, naming the field", (_name, text, expected) => {
+    const result = parseWorkloadText(text, "web.yaml");
+    expect(result.ok).toBe(false);
+    expect(errorLines(result)).toEqual(expected);
+  });
+
+  it("REQ-081 reports every error at once, sorted by path and without duplicates", () => {
+    const text = withSpec(
+      "  replica: 3\n" +
+        "  resources: {cpuMillicores: -5, memoryMiB: 1.5, storageGiB: -1}\n" +
+        "  restartPolicy: Sometimes\n" +
+        "  ports: [{name: http, containerPort: 8080}, {name: http, containerPort: 0}]\n" +
+        "  livenessProbe: {http: {port: metrics}}\n" +
+        "  terminationGracePeriodSeconds: 4000\n",
+      "{name: Web_1, namespace: prod}",
+    );
+    expect(errorLines(parseWorkloadText(text, "web.yaml"))).toEqual([
+      "metadata.name: must be a DNS label: lowercase letters, digits and '-', starting and ending " +
+        "with a letter or digit, at most 63 characters",
+      'spec: unknown field "replica"; did you mean "replicas"?',
+      "spec.image: is required unless command is set (a command without an image runs as a process)",
+      'spec.livenessProbe.http.port: no port named "metrics" in spec.ports (known: "http")',
+      "spec.ports[1].containerPort: expected a port number from 1 to 65535",
+      'spec.ports[1].name: duplicate port name "http"',
+      "spec.resources.cpuMillicores: expected a positive integer",
+      "spec.resources.memoryMiB: expected a positive integer",
+      "spec.resources.storageGiB: expected a non-negative number",
+      "spec.restartPolicy: expected one of Always, OnFailure, Never",
+      "spec.terminationGracePeriodSeconds: expected an integer from 0 to 3600",
+    ]);
+  });
+
+  it("REQ-081 sorts indices numerically", () => {
+    const ports = Array.from(
+      { length: 11 },
+      (_, i) => `    - {name: p${i}, containerPort: ${i === 2 || i === 10 ? 0 : 1000 + i}}\n`,
+    ).join("");
+    const result = parseWorkloadText(withSpec(`${image + resources}  ports:\n${ports}`), "w.yaml");
+    expect(errorLines(result)).toEqual([
+      "spec.ports[2].containerPort: expected a port number from 1 to 65535",
+      "spec.ports[10].containerPort: expected a port number from 1 to 65535",
+    ]);
+  });
+});
+
+describe("parseWorkloadValue", () => {
+  it("REQ-081 validates an already decoded document the same way", () => {
+    expect(parseWorkloadValue(JSON.parse(JSON.stringify(parsed(fullYaml))))).toEqual({
+      ok: true,
+      doc: parsed(fullYaml),
+    });
+    expect(errorLines(parseWorkloadValue("web"))).toEqual([
+      "(document): expected a mapping with apiVersion, kind, metadata and spec, got a string",
+    ]);
+    expect(errorLines(parseWorkloadValue({}))).toEqual([
+      "apiVersion: is required",
+      "kind: is required",
+      "metadata: is required",
+      "spec: is required",
+    ]);
+  });
+});
+
+describe("specHash", () => {
+  const base = parsed(minimalYaml);
+
+  it("REQ-081 ignores key order and explicitly written defaults", () => {
+    const reordered = parsed(`
+spec:
+  readinessProbe: {exec: {command: [/bin/check]}}
+  resources: {memoryMiB: 64, cpuMillicores: 100}
+  image: localhost/web:1
+metadata: {name: web}
+kind: Workload
+apiVersion: cloudless/v1
+`);
+    const explicit = parsed(`${minimalYaml}  replicas: 1
+  minAvailable: 0
+  restartPolicy: Always
+  rollout: {maxSurge: 1, maxUnavailable: 0}
+  placement: {strategy: binpack, antiAffinity: false, nodeSelector: {}, tolerations: []}
+  env: {}
+  args: []
+  terminationGracePeriodSeconds: 10
+`);
+    expect(specHash(reordered)).toBe(specHash(base));
+    expect(specHash(explicit)).toBe(specHash(base));
+    expect(canonicalSpecJson(explicit)).toBe(canonicalSpecJson(base));
+    expect(specHash(base)).toMatch(/^[0-9a-f]{16}$/);
+  });
+
+  it("REQ-081 changes when the spec changes", () => {
+    const otherImage = parsed(minimalYaml.replace("localhost/web:1", "localhost/web:2"));
+    const scaled = parsed(`${minimalYaml}  replicas: 2\n`);
+    expect(specHash(otherImage)).not.toBe(specHash(base));
+    expect(specHash(scaled)).not.toBe(specHash(base));
+  });
+
+  it("REQ-081 canonical JSON sorts keys at every level", () => {
+    const json = canonicalSpecJson(base);
+    expect(
+      json.startsWith('{"apiVersion":"cloudless/v1","kind":"Workload","metadata":{"labels"'),
+    ).toBe(true);
+    expect(JSON.parse(json)).toEqual(base);
+  });
+});
+
+describe("closestKey", () => {
+  it.each([
+    ["replica", "replicas"],
+    ["iamge", "image"],
+    ["ContainerPort", "containerPort"],
+    ["memory", "memoryMiB"],
+    ["cpu", "cpuMillicores"],
+    ["sidecars", undefined],
+  ])("REQ-081 suggests a close field for %s", (typo, expected) => {
+    const known = ["replicas", "image", "containerPort", "memoryMiB", "cpuMillicores", "command"];
+    expect(closestKey(typo, known)).toBe(expected);
+  });
+});
