@@ -52,8 +52,10 @@ describe("bad input with real processes and real TLS", () => {
 
   it("REQ-072 unknown node names: get, cordon, uncordon, drain and delete fail in one line naming the node", async () => {
     const cluster = await TestCluster.start(resources);
-    for (const verb of ["get", "cordon", "uncordon", "drain", "delete"]) {
-      const result = await cluster.cli(["node", verb, "nope"]);
+    const verbs = ["get", "cordon", "uncordon", "drain", "delete"];
+    const results = await Promise.all(verbs.map((verb) => cluster.cli(["node", verb, "nope"])));
+    for (const [index, result] of results.entries()) {
+      const verb = verbs[index];
       expect(result.code, `node ${verb} nope: ${result.stderr}`).not.toBe(0);
       expect(result.code).toBe(3);
       const lines = result.stderr.split("\n").filter((line) => line.length > 0);

@@ -319,31 +319,41 @@ describe("security with real processes and real TLS", () => {
     await expectRefused(expiring.token, "expired", /expired/);
 
     // The real agent CLI says the same in one line, saves no identity, and exits non-zero.
-    const agentDir = await resources.tempDir("cloudless-agent-refused-");
-    for (const [token, code, message] of [
+    const attempts = [
       [forged, 5, /^error: token is not valid for this cluster/],
       ["garbage", 2, /^error: token is not in the CL1::/],
       // Pinned to another CA: the agent refuses this coordinator before sending the token.
       [otherCluster, 5, /^error: the server at .* is not the cluster this token belongs to/],
-    ] as const) {
-      const run = await runCli([
-        "agent",
-        "--join",
-        cluster.url,
-        "--token",
-        token,
-        "--name",
-        "cli-agent",
-        "--data-dir",
-        agentDir,
-        ...fastAgent,
-      ]);
+    ] as const;
+    const agentDirs = await Promise.all(
+      attempts.map(() => resources.tempDir("cloudless-agent-refused-")),
+    );
+    const runs = await Promise.all(
+      attempts.map(([token], index) =>
+        runCli([
+          "agent",
+          "--join",
+          cluster.url,
+          "--token",
+          token,
+          "--name",
+          "cli-agent",
+          "--data-dir",
+          agentDirs[index] as string,
+          ...fastAgent,
+        ]),
+      ),
+    );
+    for (const [index, [, code, message]] of attempts.entries()) {
+      const run = runs[index]!;
       expect(run.code, run.stderr).toBe(code);
       expect(humanLines(run.stderr), run.stderr).toHaveLength(1);
       expect(humanLines(run.stderr)[0]).toMatch(message);
       expect(hasStackTrace(run.stderr + run.stdout), run.stderr).toBe(false);
     }
-    await expect(stat(path.join(agentDir, "identity.json"))).rejects.toThrow(/ENOENT/);
+    for (const dir of agentDirs) {
+      await expect(stat(path.join(dir, "identity.json"))).rejects.toThrow(/ENOENT/);
+    }
     expect(await nodeNames()).toEqual(["first-use"]);
 
     const events = await cluster.events();

@@ -7,6 +7,7 @@ import {
   findAgentProcesses,
   killProcesses,
   lines,
+  processesUsing,
   readProc,
   withDeadline,
 } from "./helpers/system.js";
@@ -24,14 +25,24 @@ describe("cloudless up", () => {
   });
   afterEach(async () => {
     await resources.cleanup();
-    // If `up` died without stopping its agent, don't leave the agent running.
-    if (dataDir) await killProcesses(await findAgentProcesses(path.join(dataDir, "agent")));
+    // If `up` died without stopping its children, don't leave them running.
+    if (dataDir) await killProcesses(await processesUsing(dataDir));
   });
 
   /** Starts `cloudless up` and waits until it says the cluster is up. */
   async function startUp(dir: string): Promise<{ up: ManagedProcess; url: string }> {
     const up = resources.track(
-      new ManagedProcess(["up", "--data-dir", dir, "--port", "0", "--host", "127.0.0.1"]),
+      // --no-sample: this test is about the cluster itself, not the sample workload.
+      new ManagedProcess([
+        "up",
+        "--data-dir",
+        dir,
+        "--port",
+        "0",
+        "--host",
+        "127.0.0.1",
+        "--no-sample",
+      ]),
     );
     const url = await waitFor(
       "cloudless up to report the cluster is up",
@@ -71,12 +82,13 @@ describe("cloudless up", () => {
 
     // Progress on stderr: each step on its own line, ending in "done (N ms)".
     const progress = lines(up.stderr).filter((line) => line.startsWith("•"));
-    expect(progress.map((line) => line.replace(/ … .*$/, ""))).toEqual([
-      expect.stringMatching(/^• starting coordinator \(data dir .+\)$/),
-      "• creating a bootstrap token for the local agent",
-      "• waiting for the local node to be Ready",
-    ]);
-    for (const line of progress) expect(line).toMatch(/ … done \(\d+ ms\)$/);
+    for (const line of progress) expect(line).toMatch(/^• .+ … done \(\d+ ms\)$/);
+    const steps = progress.map((line) => line.replace(/ … .*$/, ""));
+    expect(steps[0]).toBe(`• starting coordinator (data dir ${dir})`);
+    const tokenStep = steps.indexOf("• creating a bootstrap token for the local agent");
+    const readyStep = steps.indexOf("• waiting for the local node to be Ready");
+    expect(tokenStep).toBeGreaterThan(0);
+    expect(readyStep).toBeGreaterThan(tokenStep);
     expect(up.stdout).toContain(`export CLOUDLESS_CONFIG=${path.join(dir, "admin.conf")}`);
 
     // The admin config works and shows exactly the local node, Ready, with measured capacity.
@@ -117,13 +129,15 @@ describe("cloudless up", () => {
     expect(up.stderr).toContain("• stopping local agent and coordinator");
     expect(up.stderr).not.toMatch(/^error:/m);
     expect(await readProc(agentPid)).toBeUndefined();
-    expect(await findAgentProcesses(agentDir)).toEqual([]);
+    // Nothing `up` started (agent, or anything else using the data dir) outlives it.
+    expect(await processesUsing(dir)).toEqual([]);
 
     // Restart on the same data dir: the same node comes back Ready, without a new token.
     const second = await startUp(dir);
     const secondProgress = lines(second.up.stderr).filter((line) => line.startsWith("•"));
     expect(secondProgress.join("\n")).not.toContain("creating a bootstrap token");
-    for (const line of secondProgress) expect(line).toMatch(/ … done \(\d+ ms\)$/);
+    expect(secondProgress.join("\n")).toContain("• waiting for the local node to be Ready");
+    for (const line of secondProgress) expect(line).toMatch(/^• .+ … done \(\d+ ms\)$/);
     const after = await clientJson<NodeJson[]>(dir, ["node", "list"]);
     expect(after).toHaveLength(1);
     expect(after[0]?.name).toBe(node.name);
@@ -141,5 +155,6 @@ describe("cloudless up", () => {
     expect(secondAgents).toHaveLength(1);
     expect(await interruptAndWait(second.up)).toBe(0);
     expect(await readProc((secondAgents[0] as { pid: number }).pid)).toBeUndefined();
+    expect(await processesUsing(dir)).toEqual([]);
   });
 });

@@ -241,6 +241,7 @@ class AgentRunner {
     const detected = await detectDrivers({
       dataDir: this.dataDir,
       socketPath: this.options.containerSocket,
+      nodeName: this.identity.nodeName,
       logger: this.logger,
     });
     for (const driver of detected.drivers) {

@@ -45,6 +45,14 @@ export function findAgentProcesses(agentDataDir: string): Promise<ProcInfo[]> {
   });
 }
 
+/** Processes (other than this one) with the directory, or a path under it, in their argv. */
+export function processesUsing(dir: string): Promise<ProcInfo[]> {
+  const inside = (arg: string) => arg === dir || arg.includes(`${dir}/`);
+  return findProcesses((argv) => argv.some(inside)).then((found) =>
+    found.filter((info) => info.pid !== process.pid),
+  );
+}
+
 /** Kills (SIGKILL) stray processes a test may have left behind, e.g. after a failure. */
 export async function killProcesses(processes: ProcInfo[]): Promise<void> {
   for (const { pid } of processes) {

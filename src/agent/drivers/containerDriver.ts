@@ -42,11 +42,18 @@ export interface ContainerDriverOptions {
   pingTimeoutMs?: number;
   /** Deadline for pulling an image that is not present locally. */
   pullTimeoutMs?: number;
+  /**
+   * The node this driver serves. Containers are labelled with it and list() returns
+   * only this node's, so several agents sharing one engine (a test host, a simulator)
+   * never adopt or remove each other's replicas.
+   */
+  nodeName?: string;
 }
 
 export const replicaLabel = "cloudless.replica";
 export const workloadLabel = "cloudless.workload";
 export const namespaceLabel = "cloudless.namespace";
+export const nodeLabel = "cloudless.node";
 
 /** Largest exec output kept per stream; the rest is dropped (exec is for probes and debugging). */
 const maxExecOutputBytes = 4 * 1024 * 1024;
@@ -352,6 +359,7 @@ class DockerContainerDriver implements ContainerDriver {
         [replicaLabel]: spec.replicaId,
         [workloadLabel]: spec.workload,
         [namespaceLabel]: spec.namespace,
+        ...(this.options.nodeName ? { [nodeLabel]: this.options.nodeName } : {}),
       },
       Env: env,
       // An explicit entrypoint must not pick up the image's CMD as its arguments, so
@@ -471,7 +479,16 @@ class DockerContainerDriver implements ContainerDriver {
 
   async list(): Promise<string[]> {
     const containers = await this.call("listing containers", (docker, signal) =>
-      docker.listContainers({ all: true, filters: { label: [replicaLabel] }, abortSignal: signal }),
+      docker.listContainers({
+        all: true,
+        filters: {
+          label: [
+            replicaLabel,
+            ...(this.options.nodeName ? [`${nodeLabel}=${this.options.nodeName}`] : []),
+          ],
+        },
+        abortSignal: signal,
+      }),
     );
     const ids = new Set<string>();
     for (const container of containers) {

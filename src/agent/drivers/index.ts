@@ -46,6 +46,8 @@ export async function detectDrivers(options: {
   dataDir: string;
   socketPath?: string;
   logger?: Logger;
+  /** The node the drivers serve (labels containers; see ContainerDriverOptions). */
+  nodeName?: string;
   /** Passed to the process driver: run without cgroup limits where they cannot be set. */
   enforceLimits?: boolean;
   /** Passed to the process driver: the cgroup replicas are created under. */
@@ -55,6 +57,7 @@ export async function detectDrivers(options: {
   const candidates: RuntimeDriver[] = [
     createContainerDriver({
       logger,
+      ...(options.nodeName !== undefined ? { nodeName: options.nodeName } : {}),
       ...(options.socketPath !== undefined ? { socketPath: options.socketPath } : {}),
     }),
     createProcessDriver({

@@ -46,14 +46,40 @@ describe("host ports", () => {
     expect(again).toEqual(first);
   });
 
-  it("uses the container port as host port for the process driver", async () => {
-    const allocate = async () => {
-      throw new Error("must not allocate");
+  it("gives a process replica its declared port when free, another one when taken", async () => {
+    const asked: number[] = [];
+    const allocate = async (preferred: number) => {
+      asked.push(preferred);
+      return preferred === 8080 ? 8080 : 40000 + asked.length;
     };
     expect(await assignHostPorts("process", ports, {}, new Set(), allocate)).toEqual({
       http: 8080,
-      "admin-ui": 9090,
+      "admin-ui": 40002,
     });
+    expect(asked).toEqual([8080, 9090]);
+    // A second replica on the same node cannot have 8080 again.
+    let next = 41000;
+    const second = await assignHostPorts("process", ports, {}, new Set([8080]), async () => next++);
+    expect(second.http).toBe(41000);
+  });
+
+  it("a process replica listens on its host port: PORT names it", () => {
+    const spec = buildRunSpec(
+      {
+        replicaId: "r1",
+        namespace: "default",
+        workload: "web",
+        driver: "process",
+        command: ["/bin/true"],
+        env: {},
+        ports: [{ name: "http", containerPort: 8080, hostPort: 0, protocol: "tcp" }],
+        resources: { cpuMillicores: 100, memoryMiB: 32, storageGiB: 0 },
+      },
+      { http: 41234 },
+    );
+    expect(spec.env.PORT).toBe("41234");
+    expect(spec.env.PORT_HTTP).toBe("41234");
+    expect(spec.ports[0]).toMatchObject({ containerPort: 41234, hostPort: 41234 });
   });
 
   it("gives up after a bounded number of attempts", async () => {
@@ -70,7 +96,8 @@ describe("buildRunSpec", () => {
       "admin-ui": 41002,
     });
     expect(built.ports.map((port) => port.hostPort)).toEqual([41001, 41002]);
-    expect(built.env).toEqual({ PORT: "8080", PORT_HTTP: "8080", PORT_ADMIN_UI: "1234" });
+    expect(built.env).toMatchObject({ PORT: "8080", PORT_HTTP: "8080", PORT_ADMIN_UI: "1234" });
+    expect(built.env.CLOUDLESS_REPLICA).toBe(built.replicaId);
     expect(portEnvName("admin-ui")).toBe("PORT_ADMIN_UI");
   });
 });

@@ -63,17 +63,27 @@ export function buildRunSpec(
   spec: ReplicaRunSpec,
   hostPorts: Record<string, number>,
 ): ReplicaRunSpec {
-  const ports: PortMapping[] = spec.ports.map((port) => ({
-    ...port,
-    hostPort: hostPorts[port.name] ?? port.hostPort,
-  }));
+  // A process shares the node's network: it must listen on the host port it was
+  // given (Nomad-style dynamic ports), so two replicas on one node never collide.
+  const ports: PortMapping[] = spec.ports.map((port) => {
+    const hostPort = hostPorts[port.name] ?? port.hostPort;
+    return spec.driver === "process"
+      ? { ...port, containerPort: hostPort, hostPort }
+      : { ...port, hostPort };
+  });
   const portEnv: Record<string, string> = {};
-  const first = spec.ports[0];
+  const first = ports[0];
   if (first) portEnv.PORT = String(first.containerPort);
-  for (const port of spec.ports) portEnv[portEnvName(port.name)] = String(port.containerPort);
+  for (const port of ports) portEnv[portEnvName(port.name)] = String(port.containerPort);
+  // Identity variables, as Nomad's NOMAD_ALLOC_ID: a replica can tell who it is.
+  const identityEnv = {
+    CLOUDLESS_REPLICA: spec.replicaId,
+    CLOUDLESS_WORKLOAD: spec.workload,
+    CLOUDLESS_NAMESPACE: spec.namespace,
+  };
   return {
     ...spec,
-    env: { ...portEnv, ...spec.env },
+    env: { ...identityEnv, ...portEnv, ...spec.env },
     ports,
     ...(spec.command ? { command: [...spec.command] } : {}),
     ...(spec.args ? { args: [...spec.args] } : {}),
@@ -83,8 +93,8 @@ export function buildRunSpec(
 
 /**
  * Host ports for a replica: kept from `previous` by name (stable across restarts and
- * spec changes), equal to the container port for the process driver (it shares the
- * host's network), otherwise allocated. `taken` holds ports other replicas use.
+ * spec changes), otherwise allocated — for the process driver preferring the declared
+ * port, since it shares the host's network. `taken` holds ports other replicas use.
  */
 export async function assignHostPorts(
   driver: DriverName,
@@ -97,16 +107,15 @@ export async function assignHostPorts(
   const used = new Set(taken);
   for (const port of ports) {
     const kept = previous[port.name];
-    if (driver === "process") {
-      assigned[port.name] = port.containerPort;
-      continue;
-    }
     if (kept !== undefined && (kept === port.hostPort || port.hostPort === 0)) {
       assigned[port.name] = kept;
       used.add(kept);
       continue;
     }
-    assigned[port.name] = await allocateUnused(port.hostPort, used, allocate);
+    // The process driver prefers the declared port, so a single replica keeps it.
+    const preferred =
+      driver === "process" && port.hostPort === 0 ? port.containerPort : port.hostPort;
+    assigned[port.name] = await allocateUnused(preferred, used, allocate);
     used.add(assigned[port.name] as number);
   }
   return assigned;

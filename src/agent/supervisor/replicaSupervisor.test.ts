@@ -78,7 +78,12 @@ afterEach(async () => {
 });
 
 function harness(
-  options: { drivers?: RuntimeDriver[]; clock?: ManualClock; firstHostPort?: number } = {},
+  options: {
+    drivers?: RuntimeDriver[];
+    clock?: ManualClock;
+    firstHostPort?: number;
+    allocatePort?: (preferred: number) => Promise<number>;
+  } = {},
 ): Harness {
   const clock = options.clock ?? new ManualClock();
   const container = new FakeDriver("container", clock);
@@ -99,7 +104,7 @@ function harness(
     clock,
     rng: seededRng(42),
     onReport: (reports) => emitted.push(reports),
-    allocatePort: async () => nextHostPort++,
+    allocatePort: options.allocatePort ?? (async () => nextHostPort++),
     probe,
   });
   supervisors.push(supervisor);
@@ -133,20 +138,34 @@ describe("ReplicaSupervisor: starting and restarting", () => {
     const running = h.container.replicas.get("web-0");
     expect(running?.state).toBe("running");
     expect(running?.spec.ports[0]?.hostPort).toBe(40_000);
-    expect(running?.spec.env).toEqual({ PORT: "8080", PORT_HTTP: "8080", GREETING: "hi" });
+    expect(running?.spec.env).toMatchObject({ PORT: "8080", PORT_HTTP: "8080", GREETING: "hi" });
+    expect(running?.spec.env.CLOUDLESS_WORKLOAD).toBe(running?.spec.workload);
     expect(h.emitted.at(-1)?.map((report) => report.phase)).toEqual(["Running"]);
   });
 
-  it("gives process replicas their container port as host port", async () => {
-    const h = harness();
-    h.supervisor.setDesired([desired("job-0", { driver: "process" })]);
-    await h.supervisor.start();
-    expect(h.report("job-0")).toMatchObject({
-      phase: "Running",
-      hostPorts: { http: 8080 },
-      driver: "process",
+  it("gives one process replica its declared port and a second one on the node another port", async () => {
+    // Like the real allocator: the preferred port while nobody holds it, else a free one.
+    const bound = new Set<number>();
+    let next = 40_000;
+    const h = harness({
+      allocatePort: async (preferred) => {
+        const port = preferred > 0 && !bound.has(preferred) ? preferred : next++;
+        bound.add(port);
+        return port;
+      },
     });
-    expect(h.process.replicas.get("job-0")?.spec.env.PORT).toBe("8080");
+    h.supervisor.setDesired([
+      desired("job-0", { driver: "process" }),
+      desired("job-1", { driver: "process" }),
+    ]);
+    await h.supervisor.start();
+    const ports = ["job-0", "job-1"].map((id) => h.report(id)?.hostPorts.http);
+    expect(ports.sort((a = 0, b = 0) => a - b)).toEqual([8080, 40_000]);
+    for (const id of ["job-0", "job-1"]) {
+      expect(h.report(id)).toMatchObject({ phase: "Running", driver: "process" });
+      // A process listens on its host port itself: PORT names it.
+      expect(h.process.replicas.get(id)?.spec.env.PORT).toBe(String(h.report(id)?.hostPorts.http));
+    }
   });
 
   it("Always: restarts an exiting replica with growing back-off, reporting CrashLoopBackOff", async () => {

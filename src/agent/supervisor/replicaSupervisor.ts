@@ -127,6 +127,8 @@ export class ReplicaSupervisor {
   private readonly orphanScanIntervalMs: number;
   private readonly allocatePort: AllocatePort;
   private readonly probe: ProbeFunction | undefined;
+  /** The host-port assignment in flight; the next one waits for it (see assignPorts). */
+  private portAssignment: Promise<unknown> = Promise.resolve();
 
   /** The one place the desired set lives (serialized by snapshot()); null until first given. */
   private desired: Map<string, DesiredReplica> | null = null;
@@ -586,17 +588,7 @@ export class ReplicaSupervisor {
     }
     const name = driver.name;
     try {
-      record.hostPorts = await this.call(
-        () =>
-          assignHostPorts(
-            name,
-            record.desired.spec.ports,
-            record.hostPorts,
-            this.portsTakenByOthers(record.id),
-            this.allocatePort,
-          ),
-        "allocating host ports",
-      );
+      await this.assignPorts(record, name);
     } catch (error) {
       this.onStartFailed(record, "PortAllocationFailed", errorMessage(error));
       return;
@@ -623,6 +615,9 @@ export class ReplicaSupervisor {
       await this.call(() => driver.start(runSpec), `${name} start`);
     } catch (error) {
       const { reason, message } = describeDriverFailure(error);
+      // Another program took the port between allocation and start: pick new ones
+      // next time instead of failing on the same port forever.
+      if (/address already in use|port is already allocated/i.test(message)) record.hostPorts = {};
       this.onStartFailed(record, reason, message);
       return;
     }
@@ -641,6 +636,29 @@ export class ReplicaSupervisor {
     } catch (error) {
       this.noteDriverProblem(record, error);
     }
+  }
+
+  /**
+   * Gives the replica its host ports. Assignments run one at a time: replicas starting
+   * together would otherwise not see each other's ports, and two process replicas
+   * (which prefer the declared port) would both get it.
+   */
+  private assignPorts(record: ReplicaRecord, driver: DriverName): Promise<void> {
+    const run = this.portAssignment.then(async () => {
+      record.hostPorts = await this.call(
+        () =>
+          assignHostPorts(
+            driver,
+            record.desired.spec.ports,
+            record.hostPorts,
+            this.portsTakenByOthers(record.id),
+            this.allocatePort,
+          ),
+        "allocating host ports",
+      );
+    });
+    this.portAssignment = run.catch(() => undefined);
+    return run;
   }
 
   private onStartFailed(record: ReplicaRecord, reason: string, message: string): void {
@@ -993,15 +1011,15 @@ export class ReplicaSupervisor {
 }
 
 /**
- * Host ports known without allocating: the process driver's equal the container
- * ports, and a container port may be pinned by the spec. Adopted replicas without a
- * restored snapshot have only these.
+ * Host ports known without allocating: those the spec pins. Every other port is
+ * allocated at start — for the process driver too, which only prefers the declared
+ * port, since several replicas on one node cannot all listen on it. Adopted replicas
+ * without a restored snapshot have only these.
  */
 function knownHostPorts(desired: DesiredReplica): Record<string, number> {
   const known: Record<string, number> = {};
   for (const port of desired.spec.ports) {
-    if (desired.spec.driver === "process") known[port.name] = port.containerPort;
-    else if (port.hostPort > 0) known[port.name] = port.hostPort;
+    if (port.hostPort > 0) known[port.name] = port.hostPort;
   }
   return known;
 }

@@ -7,6 +7,7 @@ import type { Command } from "commander";
 import { defaultDataDir } from "../../client/config.js";
 import { CloudlessError } from "../../lib/errors.js";
 import { action } from "../run.js";
+import { deploySample, findOrStartEngine, sampleImage } from "../sample.js";
 import {
   addCoordinatorFlags,
   type CoordinatorFlags,
@@ -39,8 +40,9 @@ export function registerUpCommand(program: Command): void {
     { dataDir: defaultDataDir() },
   )
     .option("--node-name <name>", "name of the local node (default: the host name)")
+    .option("--no-sample", "do not deploy the sample web workload")
     .action(
-      action(async (flags: CoordinatorFlags & { nodeName?: string }) => {
+      action(async (flags: CoordinatorFlags & { nodeName?: string; sample: boolean }) => {
         const dataDir = path.resolve(flags.dataDir);
         const logDir = path.join(dataDir, "logs");
         await mkdir(logDir, { recursive: true, mode: 0o700 });
@@ -67,6 +69,14 @@ export function registerUpCommand(program: Command): void {
             return created.token;
           });
         }
+        const engine = await step("looking for a container engine (Docker or Podman)", () =>
+          findOrStartEngine(dataDir),
+        );
+        process.stderr.write(
+          engine
+            ? `  using ${engine.socketPath}${engine.service ? " (Podman API service started by up)" : ""}\n`
+            : "  none found: workloads run as processes\n",
+        );
         let stopping = false;
         let agentProcess: ChildProcess | undefined;
         const agentLog = path.join(logDir, "agent.log");
@@ -82,10 +92,11 @@ export function registerUpCommand(program: Command): void {
             flags.logLevel,
           ];
           if (flags.nodeName) args.push("--name", flags.nodeName);
+          if (engine) args.push("--container-socket", engine.socketPath);
           const out = createWriteStream(agentLog, { flags: "a", mode: 0o600 });
           // The token travels in the environment, not argv, so `ps` does not show it.
           const child = spawn(process.execPath, args, {
-            env: { ...process.env, ...(token ? { CLOUDLESS_TOKEN: token } : {}) },
+            env: { ...(engine?.env ?? process.env), ...(token ? { CLOUDLESS_TOKEN: token } : {}) },
             stdio: ["ignore", "pipe", "pipe"],
           });
           child.stdout?.pipe(out);
@@ -118,16 +129,35 @@ export function registerUpCommand(program: Command): void {
             `the local agent did not become Ready within ${readyTimeoutMs / 1000} s; see ${agentLog}`,
           );
         });
+        const sample = flags.sample
+          ? await step('deploying the sample web workload "hello"', () =>
+              deploySample({
+                configPath: coordinator.adminConfigPath,
+                nodeDrivers: node.info.drivers,
+                engine,
+                timeoutMs: readyTimeoutMs,
+              }),
+            ).catch((error: unknown) => {
+              process.stderr.write(`! ${error instanceof Error ? error.message : String(error)}\n`);
+              return undefined;
+            })
+          : undefined;
         const cpu = (node.capacity.cpuMillicores / 1000).toFixed(1);
         process.stdout.write(
           [
             "",
             `Cluster "${coordinator.clusterName}" is up at ${coordinator.url}`,
-            `  node ${node.name}: Ready, ${cpu} CPU, ${node.capacity.memoryMiB} MiB, ${node.capacity.storageGiB.toFixed(1)} GiB`,
+            `  node ${node.name}: Ready, ${cpu} CPU, ${node.capacity.memoryMiB} MiB, ${node.capacity.storageGiB.toFixed(1)} GiB, drivers: ${node.info.drivers.join(", ") || "none"}`,
+            ...(sample
+              ? [
+                  `  sample workload "hello" (${sample.driver === "container" ? `container ${sampleImage}` : "process"}) answers at ${sample.url}`,
+                ]
+              : []),
             "",
             "In another shell:",
             `  export CLOUDLESS_CONFIG=${coordinator.adminConfigPath}`,
             "  ./bin/cloudless node list",
+            "  ./bin/cloudless workload get hello",
             "  ./bin/cloudless events",
             "Join another machine:",
             "  ./bin/cloudless token create --ttl 1h",
@@ -147,7 +177,7 @@ export function registerUpCommand(program: Command): void {
           await Promise.race([
             exited,
             new Promise((resolve) => {
-              graceTimer = setTimeout(resolve, 5000);
+              graceTimer = setTimeout(resolve, 15_000);
             }),
           ]);
           clearTimeout(graceTimer);
@@ -155,6 +185,7 @@ export function registerUpCommand(program: Command): void {
             agentProcess.kill("SIGKILL");
         }
         await coordinator.stop();
+        engine?.service?.kill("SIGTERM");
         coordinatorLog.end();
       }),
     );

@@ -109,7 +109,7 @@ export function runCycle(
     for (let k = 0; k < feasibleCount; k++) {
       const i = feasible[k]!;
       const total = weightedTotal(ctx, scores, replica, i);
-      if (total > chosenScore + tieEpsilon) {
+      if (chosen < 0 || total > chosenScore + tieEpsilon) {
         chosen = i;
         chosenScore = total;
         ties = 1;
@@ -174,7 +174,8 @@ function weightedTotal(
   for (const s of scores) {
     if (s.weight !== 0) total += s.weight * s.plugin.score(ctx, replica, node, i);
   }
-  return total;
+  // A plugin that returned NaN is a bug, but it must not make a feasible node unplaceable.
+  return Number.isNaN(total) ? Number.NEGATIVE_INFINITY : total;
 }
 
 /** Each score plugin's 0..100 value for one node; only called for the chosen node. */

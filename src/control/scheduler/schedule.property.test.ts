@@ -35,38 +35,79 @@ const tolerationPool: Toleration[] = [
   { key: "spot", operator: "Exists", effect: "PreferNoSchedule" },
 ];
 
-const resourcesArb = (max: Resources) =>
+const resourcesArb = (min: Resources, max: Resources) =>
   fc.record({
-    cpuMillicores: fc.nat(max.cpuMillicores),
-    memoryMiB: fc.nat(max.memoryMiB),
-    storageGiB: fc.nat(max.storageGiB),
-    bandwidthMbps: fc.nat(max.bandwidthMbps),
+    cpuMillicores: fc.integer({ min: min.cpuMillicores, max: max.cpuMillicores }),
+    memoryMiB: fc.integer({ min: min.memoryMiB, max: max.memoryMiB }),
+    storageGiB: fc.integer({ min: min.storageGiB, max: max.storageGiB }),
+    bandwidthMbps: fc.integer({ min: min.bandwidthMbps, max: max.bandwidthMbps }),
   });
 
+const none: Resources = { cpuMillicores: 0, memoryMiB: 0, storageGiB: 0, bandwidthMbps: 0 };
+
+/** Round numbers, so that requests often fill a node exactly (the ≤ edge of the fit). */
+const roundResourcesArb = (unit: Resources, maxUnits: number) =>
+  fc.record({
+    cpuMillicores: fc.nat(maxUnits).map((k) => k * unit.cpuMillicores),
+    memoryMiB: fc.nat(maxUnits).map((k) => k * unit.memoryMiB),
+    storageGiB: fc.nat(maxUnits).map((k) => k * unit.storageGiB),
+    bandwidthMbps: fc.nat(maxUnits).map((k) => k * unit.bandwidthMbps),
+  });
+const roundUnit: Resources = {
+  cpuMillicores: 250,
+  memoryMiB: 512,
+  storageGiB: 5,
+  bandwidthMbps: 25,
+};
+
+/** Mostly the common case, sometimes the odd one: the mix keeps plans non-trivial. */
+const mostly = <T>(usual: fc.Arbitrary<T>, odd: fc.Arbitrary<T>) =>
+  fc.oneof({ arbitrary: usual, weight: 4 }, { arbitrary: odd, weight: 1 });
+
+// Healthy, roomy nodes most of the time, so plans place replicas and contend for room;
+// every kind of bad node still shows up often enough to be tested.
 const nodeArb = (name: string): fc.Arbitrary<SchedNode> =>
   fc
     .record({
-      status: fc.constantFrom("Ready", "Ready", "Ready", "NotReady", "Lost", "Left"),
-      cordoned: fc.constantFrom(false, false, false, true),
+      status: mostly(
+        fc.constant("Ready" as const),
+        fc.constantFrom("NotReady" as const, "Lost" as const, "Left" as const),
+      ),
+      cordoned: mostly(fc.constant(false), fc.constant(true)),
       region: fc.constantFrom(...regions),
       zone: fc.constantFrom(...zones),
       disk: fc.constantFrom("ssd", "hdd", undefined),
-      taints: fc.subarray(taintPool, { maxLength: 2 }),
-      drivers: fc.subarray(["container", "process"]),
-      capacity: resourcesArb({
-        cpuMillicores: 8000,
-        memoryMiB: 16384,
-        storageGiB: 200,
-        bandwidthMbps: 1000,
-      }),
-      // Up to 120% of capacity: a node may already be overcommitted by an older decision.
-      load: fc.integer({ min: 0, max: 120 }),
+      taints: mostly(fc.constant<Taint[]>([]), fc.subarray(taintPool, { minLength: 1 })),
+      drivers: mostly(
+        fc.constant<string[]>(["container", "process"]),
+        fc.subarray(["container", "process"], { maxLength: 1 }),
+      ),
+      capacity: fc.oneof(
+        roundResourcesArb(roundUnit, 16),
+        resourcesArb(
+          { cpuMillicores: 1000, memoryMiB: 1024, storageGiB: 10, bandwidthMbps: 100 },
+          { cpuMillicores: 8000, memoryMiB: 16384, storageGiB: 200, bandwidthMbps: 1000 },
+        ),
+        resourcesArb(none, {
+          cpuMillicores: 1000,
+          memoryMiB: 1024,
+          storageGiB: 10,
+          bandwidthMbps: 100,
+        }),
+      ),
+      // Percent of capacity in use; above 100 the node is already overcommitted.
+      loadPercent: fc.oneof(
+        fc.constantFrom(0, 25, 50, 75),
+        fc.integer({ min: 0, max: 80 }),
+        fc.integer({ min: 80, max: 120 }),
+      ),
       egressMbps: fc.constantFrom(0, 100, 1000),
       reliability: fc.double({ min: 0, max: 1, noNaN: true }),
       costPerHour: fc.option(fc.double({ min: 0, max: 2, noNaN: true }), { nil: undefined }),
     })
-    .map(
-      (r): SchedNode => ({
+    .map((r): SchedNode => {
+      const share = (x: number) => Math.floor((x * r.loadPercent) / 100);
+      return {
         name,
         status: r.status,
         cordoned: r.cordoned,
@@ -74,34 +115,30 @@ const nodeArb = (name: string): fc.Arbitrary<SchedNode> =>
         zone: r.zone,
         labels: r.disk === undefined ? {} : { disk: r.disk },
         taints: [...r.taints],
-        drivers: r.drivers,
+        drivers: [...r.drivers],
         capacity: r.capacity,
         allocated: {
-          cpuMillicores: Math.floor((r.capacity.cpuMillicores * r.load) / 100),
-          memoryMiB: Math.floor((r.capacity.memoryMiB * r.load) / 100),
-          storageGiB: Math.floor((r.capacity.storageGiB * r.load) / 100),
-          bandwidthMbps: Math.floor((r.capacity.bandwidthMbps * r.load) / 100),
+          cpuMillicores: share(r.capacity.cpuMillicores),
+          memoryMiB: share(r.capacity.memoryMiB),
+          storageGiB: share(r.capacity.storageGiB),
+          bandwidthMbps: share(r.capacity.bandwidthMbps),
         },
         egressMbps: r.egressMbps,
         reliability: r.reliability,
         costPerHour: r.costPerHour,
-      }),
-    );
+      };
+    });
 
 const placementArb: fc.Arbitrary<Placement> = fc
   .record({
     strategy: fc.constantFrom("binpack" as const, "spread" as const),
-    requiredRegions: fc.oneof(fc.constant<string[]>([]), fc.subarray(regions, { minLength: 1 })),
+    requiredRegions: mostly(fc.constant<string[]>([]), fc.subarray(regions, { minLength: 1 })),
     preferredRegions: fc.subarray(regions, { maxLength: 1 }),
-    requiredZones: fc.oneof(
-      fc.constant<string[]>([]),
-      fc.constant<string[]>([]),
-      fc.subarray(zones, { minLength: 1 }),
-    ),
+    requiredZones: mostly(fc.constant<string[]>([]), fc.subarray(zones, { minLength: 1 })),
     preferredZones: fc.subarray(zones, { maxLength: 2 }),
     antiAffinity: fc.boolean(),
     spreadAcrossZones: fc.boolean(),
-    disk: fc.constantFrom(undefined, undefined, "ssd"),
+    disk: mostly(fc.constant(undefined), fc.constant("ssd")),
     tolerations: fc.subarray(tolerationPool),
   })
   .map((r) =>
@@ -131,12 +168,15 @@ const scenarioArb: fc.Arbitrary<Scenario> = fc
         fc.record({
           replicas: fc.integer({ min: 1, max: 8 }),
           driver: fc.constantFrom("container" as const, "process" as const),
-          resources: resourcesArb({
-            cpuMillicores: 3000,
-            memoryMiB: 6000,
-            storageGiB: 50,
-            bandwidthMbps: 300,
-          }),
+          resources: fc.oneof(
+            roundResourcesArb(roundUnit, 4),
+            resourcesArb(none, {
+              cpuMillicores: 1000,
+              memoryMiB: 2048,
+              storageGiB: 10,
+              bandwidthMbps: 50,
+            }),
+          ),
           placement: placementArb,
           // Live replicas, by node position; a position past the end is a vanished node.
           existingOn: fc.array(fc.nat(nodeCount), { maxLength: 8 }),

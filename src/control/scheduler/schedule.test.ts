@@ -1,6 +1,8 @@
 import { describe, expect, it } from "vitest";
 import { seededRng } from "../../lib/rng.js";
-import { schedule } from "./schedule.js";
+import { defaultFilters } from "./filters.js";
+import type { ScorePlugin } from "./plugin.js";
+import { schedule, scheduleWith } from "./schedule.js";
 import { makeNode, makeReplica, SchedulerHarness } from "./testing/harness.js";
 import type { ClusterSnapshot } from "./types.js";
 
@@ -304,5 +306,21 @@ describe("REQ-021 plans are pure and reproducible", () => {
     const replica = makeReplica("r", "ns/web", { placement: { antiAffinity: true } });
     const plan = schedule({ snapshot, pending: [replica], nowMs: 0, rng: seededRng(1) });
     expect(plan.placements.map((p) => p.node)).toEqual(["n2"]);
+  });
+});
+
+describe("REQ-021 framework robustness", () => {
+  it("a score plugin returning NaN cannot leave a feasible replica unplaced", () => {
+    const broken: ScorePlugin = { name: "Broken", score: () => Number.NaN };
+    const plan = scheduleWith(
+      { filters: defaultFilters, scores: [{ plugin: broken, weight: 1 }] },
+      {
+        snapshot: { revision: 1, nodes: [makeNode("n1"), makeNode("n2")], replicas: [] },
+        pending: [makeReplica("r", "ns/w")],
+        nowMs: 0,
+        rng: seededRng(1),
+      },
+    );
+    expect(plan.placements).toHaveLength(1);
   });
 });
