@@ -39,7 +39,8 @@ describe("membership with real processes on loopback", () => {
     const victim = cluster.agents.get("b");
     victim?.kill("SIGKILL");
     await victim?.exited();
-    await cluster.waitForStatus("b", "NotReady");
+    // NotReady lasts only the stream-loss grace (1 s); polling through the CLI could
+    // miss it on a loaded machine, so the order is checked on the events below.
     await cluster.waitForStatus("b", "Lost");
     // The others are untouched.
     expect((await cluster.node("a"))?.status).toBe("Ready");
