@@ -54,7 +54,7 @@ describe("workloads end to end in real Podman containers", () => {
   }
 
   it.skipIf(process.getuid?.() !== 0)(
-    "REQ-021 REQ-022 REQ-031 F1 six replicas spread over zones a, b, c run 2 per zone; after kill -9 of a node they run and are ready elsewhere",
+    "REQ-021 REQ-022 REQ-030 REQ-031 F1 six replicas spread over zones a, b, c run 2 per zone; after kill -9 of a node they run and are ready elsewhere",
     async () => {
       if (!podmanService.available) return;
       const cluster = await threeZoneCluster();
