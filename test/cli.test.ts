@@ -46,7 +46,7 @@ describe("REQ-072 CLI against a one-node cluster", () => {
       zone: "eu-west-1a",
       extra: ["--label", "disk=ssd", "--label", "tier=edge"],
     });
-    await cluster.waitForStatus(nodeName, "Ready");
+    await cluster.waitForStatus(nodeName, "Ready", 40_000);
   });
   afterAll(async () => {
     await resources.cleanup();

@@ -27,7 +27,7 @@ describe("node certificate rotation", () => {
     const agentDir = await cluster.agentDir(nodeName);
     const agent = await cluster.startAgent(nodeName, { token: await cluster.createToken() });
     const agentPid = agent.pid;
-    const first = await cluster.waitForStatus(nodeName, "Ready");
+    const first = await cluster.waitForStatus(nodeName, "Ready", 40_000);
     const firstCert = await certificateValidity(path.join(agentDir, "node.crt"));
     const caPem = await readFile(path.join(agentDir, "ca.crt"), "utf8");
 

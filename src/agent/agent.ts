@@ -20,9 +20,11 @@ import { acquirePidLock } from "../lib/pidLock.js";
 import { mathRng, type Rng } from "../lib/rng.js";
 import type { Logger } from "../observe/logger.js";
 import { silentLogger } from "../observe/logger.js";
+import { countBy, createAgentMetrics } from "../observe/metrics.js";
 import { desiredFromAssignment, reportToProto } from "./assignments.js";
 import type { DriverName, RuntimeDriver } from "./drivers/driver.js";
 import { detectDrivers } from "./drivers/index.js";
+import { InstrumentedDriver } from "./drivers/instrumentedDriver.js";
 import {
   type AgentIdentity,
   certificateWindow,
@@ -40,6 +42,7 @@ import {
 } from "./resources/index.js";
 import { ReplicaSupervisor } from "./supervisor/index.js";
 import type { DesiredReplica, ReplicaReport } from "./supervisor/supervisorTypes.js";
+import { type MetricsListener, startMetricsListener } from "./metricsListener.js";
 import { AgentTunnels } from "./tunnels.js";
 
 export const agentVersion = "0.1.0";
@@ -64,6 +67,11 @@ export interface AgentOptions {
   logger?: Logger;
   /** Renew the certificate once this fraction of its lifetime has passed. */
   renewAtFraction?: number;
+  /**
+   * Serve Prometheus metrics over mutual TLS on this address (opt-in; ADR 0009). Port 0
+   * picks a free port; the Agent's metricsUrl tells which.
+   */
+  metricsListener?: { host: string; port: number };
 }
 
 export interface AgentExit {
@@ -74,6 +82,8 @@ export interface AgentExit {
 export interface Agent {
   nodeName: string;
   capacity: MeasuredCapacity;
+  /** https://host:port/metrics when the metrics listener is on. */
+  metricsUrl?: string;
   /** Resolves when the agent stops, by stop() or a fatal error. */
   done: Promise<AgentExit>;
   /** Stops the agent; with leave, tells the coordinator first (graceful leave). */
@@ -189,6 +199,8 @@ class AgentRunner {
   private capacity!: MeasuredCapacity;
   private readonly usage = new UsageSampler();
   private drivers = new Map<DriverName, RuntimeDriver>();
+  private readonly metrics = createAgentMetrics();
+  private metricsListener: MetricsListener | undefined;
   private supervisor: ReplicaSupervisor | undefined;
   private latestReports: ReplicaReport[] = [];
   private cancelReportTimer: (() => void) | undefined;
@@ -221,6 +233,30 @@ class AgentRunner {
   }
 
   async start(): Promise<void> {
+    this.metrics.setStateSource({
+      replicasByPhase: () => countBy(this.latestReports, (report) => report.phase),
+    });
+    if (this.options.metricsListener) {
+      this.metricsListener = await startMetricsListener({
+        ...this.options.metricsListener,
+        clusterName: this.identity.clusterName,
+        certPem: this.identity.certPem,
+        keyPem: this.identity.keyPem,
+        caPem: this.identity.caPem,
+        registry: this.metrics.registry,
+        logger: this.logger.child({ component: "metrics" }),
+      });
+      this.logger.info({ url: this.metricsListener.url }, "metrics listening");
+    }
+    try {
+      await this.startRunning();
+    } catch (error) {
+      await this.metricsListener?.close();
+      throw error;
+    }
+  }
+
+  private async startRunning(): Promise<void> {
     this.capacity = await measureCapacity({
       dataDir: this.dataDir,
       overrides: this.options.overrides,
@@ -246,7 +282,7 @@ class AgentRunner {
     });
     for (const driver of detected.drivers) {
       if (!this.options.drivers || this.options.drivers.includes(driver.name)) {
-        this.drivers.set(driver.name, driver);
+        this.drivers.set(driver.name, new InstrumentedDriver(driver, this.metrics));
       }
     }
     this.logger.info(
@@ -258,6 +294,8 @@ class AgentRunner {
       clock: this.clock,
       rng: this.rng,
       logger: this.logger.child({ component: "supervisor" }),
+      onProbeResult: (kind, result) =>
+        this.metrics.probeResults.inc({ kind, result: result.ok ? "success" : "failure" }),
       onReport: (reports) => {
         this.latestReports = reports;
         this.sendReports();
@@ -277,6 +315,7 @@ class AgentRunner {
     return {
       nodeName: this.identity.nodeName,
       capacity: this.capacity,
+      ...(this.metricsListener ? { metricsUrl: this.metricsListener.url } : {}),
       done: this.done,
       stop: (options) => this.stop(options?.leave ?? true),
     };
@@ -374,6 +413,7 @@ class AgentRunner {
           },
         }),
       );
+      this.metrics.heartbeatsSent.inc();
       cancelBeat = this.clock.setTimeout(beat, this.intervalMs);
     };
 
@@ -477,6 +517,7 @@ class AgentRunner {
     };
     await saveIdentity(this.dataDir, renewed);
     this.identity = renewed;
+    this.metricsListener?.updateCredentials(renewed);
     this.clients = createClients(this.transportFor(renewed));
     const { notAfterMs } = certificateWindow(renewed.certPem);
     this.logger.info({ notAfter: new Date(notAfterMs).toISOString() }, "certificate renewed");
@@ -559,6 +600,7 @@ class AgentRunner {
     }
     this.current?.abort.abort();
     this.wakeBackoff?.();
+    await this.metricsListener?.close().catch(() => undefined);
     await this.releaseLock();
     this.resolveDone(exit);
   }

@@ -1,5 +1,6 @@
 import { Command, CommanderError } from "commander";
 import { agentVersion } from "../agent/agent.js";
+import { registerAuditCommands } from "./commands/auditCommands.js";
 import { registerDaemonCommands } from "./commands/daemonCommands.js";
 import { registerEventCommands } from "./commands/eventCommands.js";
 import { registerNodeCommands } from "./commands/nodeCommands.js";
@@ -28,6 +29,7 @@ export function buildProgram(): Command {
   registerNodeCommands(program);
   registerWorkloadCommands(program);
   registerEventCommands(program);
+  registerAuditCommands(program);
   return program;
 }
 

@@ -5,11 +5,14 @@ import { stringify } from "yaml";
 import { type Clock, systemClock } from "../lib/clock.js";
 import { CloudlessError } from "../lib/errors.js";
 import { mathRng, type Rng } from "../lib/rng.js";
+import { AuditLog } from "../observe/audit.js";
 import type { Logger } from "../observe/logger.js";
 import { silentLogger } from "../observe/logger.js";
+import { type CoordinatorMetrics, countBy, createCoordinatorMetrics } from "../observe/metrics.js";
 import type { CoordinatorServices } from "./api/context.js";
 import { type ApiServer, startApiServer } from "./api/server.js";
 import { AssignmentHub } from "./controllers/assignmentHub.js";
+import { type ReplicaRecord, replicaPrefix } from "./controllers/records.js";
 import { ReplicaStatusWriter } from "./controllers/replicaStatusWriter.js";
 import { TunnelHub } from "./controllers/tunnelHub.js";
 import { WorkloadController } from "./controllers/workloadController.js";
@@ -18,6 +21,7 @@ import { MembershipService } from "./membership/membershipService.js";
 import { defaultMembershipConfig, type MembershipConfig } from "./membership/membershipTracker.js";
 import { NodeRegistry } from "./nodes/nodeRegistry.js";
 import { loadOrCreateCa, spiffeUri, writeSecretFile } from "./security/pki.js";
+import { InstrumentedStore } from "./store/instrumentedStore.js";
 import { openSqliteStore } from "./store/sqliteStore.js";
 import type { Store } from "./store/store.js";
 import { TokenRegistry } from "./tokens/tokenRegistry.js";
@@ -69,9 +73,13 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
   const dataDir = path.resolve(options.dataDir);
   await mkdir(dataDir, { recursive: true, mode: 0o700 });
 
-  const store = await openSqliteStore({ path: path.join(dataDir, "store.db"), clock });
+  const metrics = createCoordinatorMetrics();
+  const store = new InstrumentedStore(
+    await openSqliteStore({ path: path.join(dataDir, "store.db"), clock }),
+    metrics,
+  );
   try {
-    return await startWithStore(options, store, dataDir, clock, logger);
+    return await startWithStore(options, store, dataDir, clock, logger, metrics);
   } catch (error) {
     await store.close();
     throw error;
@@ -84,6 +92,7 @@ async function startWithStore(
   dataDir: string,
   clock: Clock,
   logger: Logger,
+  metrics: CoordinatorMetrics,
 ): Promise<Coordinator> {
   const existing = await store.get(clusterKey);
   const pkiDir = path.join(dataDir, "pki");
@@ -151,6 +160,16 @@ async function startWithStore(
     logger: logger.child({ component: "controller" }),
     events,
     assignments,
+    metrics,
+  });
+  const audit = await AuditLog.open({
+    dir: path.join(dataDir, "audit"),
+    clock,
+    logger: logger.child({ component: "audit" }),
+  }).catch((error: unknown) => {
+    throw CloudlessError.unavailable(
+      `cannot open the audit log in ${path.join(dataDir, "audit")}: ${error instanceof Error ? error.message : String(error)}`,
+    );
   });
   const services: CoordinatorServices = {
     clusterName,
@@ -168,7 +187,22 @@ async function startWithStore(
     replicaStatus: new ReplicaStatusWriter(store, clock),
     tunnels: new TunnelHub(assignments),
     workloads,
+    audit,
+    metrics,
   };
+  metrics.setStateSource({
+    nodesByStatus: async () => countBy(await nodes.list(), (node) => node.status),
+    replicasByPhase: async () =>
+      countBy((await store.range(replicaPrefix)).kvs, (kv) => {
+        const replica = JSON.parse(kv.value) as ReplicaRecord;
+        return replica.status?.phase ?? (replica.node === "" ? "Pending" : "Scheduled");
+      }),
+    heartbeatStreams: () => {
+      let open = 0;
+      for (const streams of services.nodeStreams.values()) open += streams.size;
+      return open;
+    },
+  });
 
   let server: ApiServer;
   try {
@@ -178,6 +212,7 @@ async function startWithStore(
       tls: { keyPem: serverCert.keyPem, certPem: serverCert.certPem, caPem: ca.certPem },
     });
   } catch (error) {
+    await audit.close();
     const code = (error as NodeJS.ErrnoException).code;
     if (code === "EADDRINUSE") {
       throw CloudlessError.unavailable(
@@ -244,6 +279,7 @@ async function startWithStore(
       await workloads.stop();
       await membership.stop();
       await server.close();
+      await audit.close();
       await store.close();
     },
   };

@@ -10,6 +10,8 @@ export interface ProbeRunnerOptions {
   clock: Clock;
   /** Called when the probe flips between passing and failing. */
   onChange: (state: ProbeState) => void;
+  /** Called with every probe's result (metrics). */
+  onResult?: (result: ProbeResult) => void;
   /** When the replica started; default now. The initial delay counts from here. */
   startedAtMs?: number;
   /** Performs one probe; default runProbeOnce (real sockets). */
@@ -79,6 +81,11 @@ export class ProbeRunner {
       result = { ok: false, message: error instanceof Error ? error.message : String(error) };
     }
     if (this.stopped) return;
+    try {
+      this.options.onResult?.(result);
+    } catch (error) {
+      this.options.logger?.error({ err: error }, "probe onResult handler threw");
+    }
     if (this.tracker.record(result)) {
       const state = this.tracker.state();
       this.options.logger?.debug(

@@ -8,7 +8,13 @@ import {
   type RuntimeDriver,
 } from "../drivers/driver.js";
 import { ProbeRunner } from "../probes/probeRunner.js";
-import type { ProbeExec, ProbeFunction, ProbeSpec } from "../probes/probeTypes.js";
+import type {
+  ProbeExec,
+  ProbeFunction,
+  ProbeKind,
+  ProbeResult,
+  ProbeSpec,
+} from "../probes/probeTypes.js";
 import { type BackoffPolicy, backoffDelay, defaultBackoff, formatDelay } from "./backoff.js";
 import { DeadlineExceededError, withDeadline } from "./deadline.js";
 import {
@@ -45,6 +51,8 @@ export interface ReplicaSupervisorOptions {
   orphanScanIntervalMs?: number;
   /** Performs one probe; default runProbeOnce (real sockets). Injected under simulated time. */
   probe?: ProbeFunction;
+  /** Called with every probe result (metrics). */
+  onProbeResult?: (kind: ProbeKind, result: ProbeResult) => void;
 }
 
 type DriverHealth = { ok: true } | { ok: false; reason: string };
@@ -860,6 +868,9 @@ export class ReplicaSupervisor {
         startedAtMs,
         ...(this.probe ? { probe: this.probe } : {}),
         ...(exec ? { exec } : {}),
+        ...(this.options.onProbeResult
+          ? { onResult: (result: ProbeResult) => this.options.onProbeResult?.(kind, result) }
+          : {}),
         logger: this.logger.child({ replica: record.id }),
         onChange: (state) =>
           onChange(state.status === "passing", state.lastResult?.message ?? "", runner),

@@ -1,7 +1,9 @@
 import type { HandlerContext } from "@connectrpc/connect";
 import type { Clock } from "../../lib/clock.js";
 import { CloudlessError } from "../../lib/errors.js";
+import type { AuditLog } from "../../observe/audit.js";
 import type { Logger } from "../../observe/logger.js";
+import type { CoordinatorMetrics } from "../../observe/metrics.js";
 import type { AssignmentHub } from "../controllers/assignmentHub.js";
 import type { ReplicaStatusWriter } from "../controllers/replicaStatusWriter.js";
 import type { TunnelHub } from "../controllers/tunnelHub.js";
@@ -33,6 +35,10 @@ export interface CoordinatorServices {
   replicaStatus: ReplicaStatusWriter;
   tunnels: TunnelHub;
   workloads: WorkloadController;
+  /** The tamper-evident log of state-changing requests (NFR-C1). */
+  audit: AuditLog;
+  /** Prometheus metrics (REQ-070), served on GET /metrics to cluster identities. */
+  metrics: CoordinatorMetrics;
 }
 
 export function peerOf(context: HandlerContext): Peer {

@@ -88,7 +88,9 @@ export function nodeServiceImpl(services: CoordinatorServices): ServiceImpl<type
           spiffeUri: spiffeUri(services.clusterName, "node", name),
           ttlMs: services.nodeCertTtlMs,
           nowMs: now,
-          usage: "client",
+          // Server use too: the agent's opt-in metrics listener presents it (ADR 0009).
+          usage: "clientAndServer",
+          dnsNames: [name],
         });
       } catch (error) {
         throw CloudlessError.invalid(
@@ -212,6 +214,7 @@ export function nodeServiceImpl(services: CoordinatorServices): ServiceImpl<type
             if (next.done) break;
             const message = next.value.kind;
             if (message.case === "beat") {
+              services.metrics.heartbeatsReceived.inc();
               membership.beat(name);
               outbound.push(ack(message.value.seq, services));
             } else if (message.case === "reports") {
@@ -263,7 +266,8 @@ export function nodeServiceImpl(services: CoordinatorServices): ServiceImpl<type
           spiffeUri: spiffeUri(services.clusterName, "node", identity.name),
           ttlMs: services.nodeCertTtlMs,
           nowMs: clock.nowMs(),
-          usage: "client",
+          usage: "clientAndServer",
+          dnsNames: [identity.name],
         });
       } catch (error) {
         throw CloudlessError.invalid(

@@ -9,9 +9,12 @@ import { NodeService } from "../../gen/cloudless/v1/node_pb.js";
 import { TokenService } from "../../gen/cloudless/v1/token_pb.js";
 import { WorkloadService } from "../../gen/cloudless/v1/workload_pb.js";
 import { CloudlessError } from "../../lib/errors.js";
+import { metricsPath } from "../../observe/metrics.js";
+import { auditInterceptor, auditRefusal } from "./audit.js";
 import type { CoordinatorServices } from "./context.js";
 import { toConnectError } from "./errorMapping.js";
 import { eventServiceImpl } from "./eventService.js";
+import { countRefusedRequest, metricsInterceptor, serveMetrics } from "./metricsInterceptor.js";
 import { nodeServiceImpl } from "./nodeService.js";
 import { type Peer, peerKey, resolvePeer } from "./peer.js";
 import { tokenServiceImpl } from "./tokenService.js";
@@ -115,7 +118,13 @@ export async function startApiServer(
 
   const handler = connectNodeAdapter({
     routes,
-    interceptors: [mapErrors, authenticate],
+    // Metrics, then audit, outermost: they see the codes of refusals by the others.
+    interceptors: [
+      metricsInterceptor(services.metrics),
+      auditInterceptor(services),
+      mapErrors,
+      authenticate,
+    ],
     readMaxBytes,
     contextValues: (request) =>
       createContextValues().set(peerKey, resolvePeer(request, services.clusterName)),
@@ -140,13 +149,23 @@ export async function startApiServer(
   ) => {
     const peer = resolvePeer(request, services.clusterName);
     const pathname = (request.url ?? "").split("?")[0] ?? "";
+    // Prometheus metrics (REQ-070): for cluster identities only, like everything else.
+    if (pathname === metricsPath && peer.identity) {
+      serveMetrics(services, peer, request, response).catch(() => response.destroy());
+      return;
+    }
     if (peer.identity || pathname === enrollPath) {
       handler(request, response);
       return;
     }
     const reason = peer.refusal ?? "no client certificate was presented";
     recordAuthenticationFailure(peer, pathname.split("/").pop() || pathname, reason);
-    refuseUnauthenticated(request, response, unauthenticatedMessage(reason));
+    countRefusedRequest(services.metrics, pathname);
+    const message = unauthenticatedMessage(reason);
+    // The refusal is sent once its audit entry (if the method is audited) is on disk.
+    auditRefusal(services, peer, pathname, message)
+      .then(() => refuseUnauthenticated(request, response, message))
+      .catch(() => response.destroy());
   };
 
   const tlsServer = http2.createSecureServer(

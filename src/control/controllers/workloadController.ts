@@ -2,6 +2,7 @@ import { randomBytes } from "node:crypto";
 import type { Clock } from "../../lib/clock.js";
 import type { Rng } from "../../lib/rng.js";
 import type { Logger } from "../../observe/logger.js";
+import type { ControllerMetrics } from "../../observe/metrics.js";
 import type { EventLog } from "../events/eventLog.js";
 import type { NodeRecord } from "../nodes/nodeRecord.js";
 import { schedule } from "../scheduler/index.js";
@@ -11,6 +12,7 @@ import type {
   PendingReplica,
   SchedNode,
   ScoreWeights,
+  Unschedulable,
 } from "../scheduler/types.js";
 import type { Op, Store, Watch } from "../store/store.js";
 import type { AssignmentEntry, AssignmentHub } from "./assignmentHub.js";
@@ -22,6 +24,7 @@ import {
   type WorkloadRecord,
   workloadPrefix,
 } from "./records.js";
+import { ReplacementTimer } from "./replacementTimer.js";
 import { asSpecView, driverOfSpec, placementOf } from "./specView.js";
 import { reconcileWorkload } from "./workloadReconciler.js";
 
@@ -37,6 +40,8 @@ export interface WorkloadControllerOptions {
   resyncIntervalMs?: number;
   /** Changes arriving within this window share one pass. */
   debounceMs?: number;
+  /** Scheduler and rescheduling metrics (REQ-070); absent in unit tests. */
+  metrics?: ControllerMetrics;
 }
 
 /**
@@ -55,8 +60,12 @@ export class WorkloadController {
   private readonly pendingReasons = new Map<string, string>();
   /** Replicas placed, by pass; read by tests and metrics. */
   placementsTotal = 0;
+  private readonly replacements: ReplacementTimer;
 
-  constructor(private readonly options: WorkloadControllerOptions) {}
+  constructor(private readonly options: WorkloadControllerOptions) {
+    const histogram = options.metrics?.nodeLossToReplacementRunning;
+    this.replacements = new ReplacementTimer((seconds) => histogram?.observe(seconds));
+  }
 
   async start(): Promise<void> {
     const trigger = () => this.trigger();
@@ -118,6 +127,10 @@ export class WorkloadController {
     const placed = await this.scheduleAndCommit(state);
     if (placed) state = await readClusterState(this.options.store);
     this.publishAssignments(state);
+    this.replacements.update(
+      new Map([...state.replicasByWorkload].map(([key, list]) => [key, list.map((r) => r.value)])),
+      this.options.clock.nowMs(),
+    );
   }
 
   /** Replica and rollout controllers; returns whether anything was written. */
@@ -150,6 +163,7 @@ export class WorkloadController {
       const ops: Op[] = [];
       const now = this.options.clock.nowMs();
       let forgottenOnLostNodes = 0;
+      const lostAtMs: number[] = [];
       for (const action of actions) {
         if (action.type === "create" && workload && spec) {
           const record: ReplicaRecord = {
@@ -178,8 +192,11 @@ export class WorkloadController {
         );
         compare.push({ key, target: "modRevision", op: "==", modRevision: existing.modRevision });
         if (action.type === "forget") {
-          if (existing.value.node !== "" && existing.value.desired === "Running")
+          if (existing.value.node !== "" && existing.value.desired === "Running") {
             forgottenOnLostNodes++;
+            const node = state.nodes.get(existing.value.node);
+            if (node?.status === "Lost") lostAtMs.push(node.lastTransitionAtMs);
+          }
           ops.push({ type: "delete", key });
         } else {
           const stopped: ReplicaRecord = {
@@ -197,6 +214,7 @@ export class WorkloadController {
         continue;
       }
       wrote = true;
+      for (const atMs of lostAtMs) this.replacements.noteForgotten(key, atMs, now);
       if (forgottenOnLostNodes > 0) {
         await this.options.events.record({
           type: "ReplicasRescheduled",
@@ -234,12 +252,14 @@ export class WorkloadController {
         pendingRecords.set(replica.value.id, replica);
       }
     }
+    this.options.metrics?.schedulerPending.set(pending.length);
     if (pending.length === 0) return false;
     const snapshot: ClusterSnapshot = {
       revision: state.revision,
       nodes: toSchedNodes(state, this.options.clock.nowMs()),
       replicas: existing,
     };
+    const endDecision = this.options.metrics?.schedulerDecision.startTimer();
     const plan = schedule({
       snapshot,
       pending,
@@ -247,6 +267,7 @@ export class WorkloadController {
       nowMs: this.options.clock.nowMs(),
       rng: this.options.rng,
     });
+    endDecision?.();
     const now = this.options.clock.nowMs();
     const compare: { key: string; target: "modRevision"; op: "=="; modRevision: number }[] = [];
     const ops: Op[] = [];
@@ -260,7 +281,10 @@ export class WorkloadController {
     for (const placement of plan.placements) {
       const record = pendingRecords.get(placement.replicaId);
       const node = headroom.get(placement.node);
-      if (!record || !node || !fits(node, record.value.resources)) continue;
+      if (!record || !node || !fits(node, record.value.resources)) {
+        this.options.metrics?.placementFailures.inc({ reason: "NodeChanged" });
+        continue;
+      }
       node.allocated = add(node.allocated, record.value.resources);
       const key = replicaKey(record.value.namespace, record.value.workload, record.value.id);
       compare.push({ key, target: "modRevision", op: "==", modRevision: record.modRevision });
@@ -276,6 +300,7 @@ export class WorkloadController {
       placedByWorkload.set(`${record.value.namespace}/${record.value.workload}`, list);
     }
     for (const failure of plan.unschedulable) {
+      this.options.metrics?.placementFailures.inc({ reason: failureReason(failure) });
       const record = pendingRecords.get(failure.replicaId);
       if (!record || record.value.pendingReason === failure.message) continue;
       const key = replicaKey(record.value.namespace, record.value.workload, record.value.id);
@@ -299,6 +324,9 @@ export class WorkloadController {
     if (ops.length === 0) return false;
     const result = await this.options.store.txn({ compare, success: ops });
     if (!result.succeeded) {
+      const attempted = [...placedByWorkload.values()].reduce((sum, list) => sum + list.length, 0);
+      if (attempted > 0)
+        this.options.metrics?.placementFailures.inc({ reason: "Conflict" }, attempted);
       this.dirty = true;
       return false;
     }
@@ -315,6 +343,7 @@ export class WorkloadController {
       });
     }
     this.placementsTotal += placedCount;
+    if (placedCount > 0) this.options.metrics?.placements.inc(placedCount);
     return placedCount > 0;
   }
 
@@ -341,6 +370,24 @@ export class WorkloadController {
     }
     for (const [node, entries] of byNode) this.options.assignments.publish(node, entries);
   }
+}
+
+/**
+ * The reason label of a failed placement: the filter that rejected the most nodes (the
+ * earlier filter on a tie), NoNodes when there was no node to try, InvalidRequest when
+ * the request itself was refused. Filter names are a fixed set, so the label is bounded.
+ */
+export function failureReason(failure: Unschedulable): string {
+  let reason = "";
+  let most = 0;
+  for (const [filter, nodes] of Object.entries(failure.rejections)) {
+    if (nodes > most) {
+      reason = filter;
+      most = nodes;
+    }
+  }
+  if (reason) return reason;
+  return failure.message.startsWith("invalid request") ? "InvalidRequest" : "NoNodes";
 }
 
 function specOfRevision(state: ClusterState, workload: WorkloadRecord, revision: number) {

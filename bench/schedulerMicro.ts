@@ -1,18 +1,22 @@
 /**
  * Micro-benchmark of scheduler decision latency (target: P99 ≤ 5 ms at 5,000 nodes).
- *   npx tsx src/control/scheduler/bench.ts [iterations]
+ *   npx tsx bench/schedulerMicro.ts [iterations]
  * Prints wall-clock P50/P95/P99 (and CPU time) per decision. A decision is one schedule() call for one replica,
  * including the per-call setup (working copy, zone index, workload counts), because that
  * is what the coordinator pays per pending replica. The batch rows divide a 100-replica
- * call by 100. This is the one file in the folder allowed a clock and console: it measures.
+ * call by 100. It lives in bench/ because it needs a clock and console; the core itself may not.
  * No assertions here; the benchmark issue builds regression tracking on top of it.
  */
 import { performance } from "node:perf_hooks";
 import { pathToFileURL } from "node:url";
-import { type Rng, seededRng } from "../../lib/rng.js";
-import { schedule } from "./schedule.js";
-import { makeReplica, type NodeTemplate, SchedulerHarness } from "./testing/harness.js";
-import type { ClusterSnapshot, PendingReplica } from "./types.js";
+import { schedule } from "../src/control/scheduler/schedule.js";
+import {
+  makeReplica,
+  type NodeTemplate,
+  SchedulerHarness,
+} from "../src/control/scheduler/testing/harness.js";
+import type { ClusterSnapshot, PendingReplica } from "../src/control/scheduler/types.js";
+import { type Rng, seededRng } from "../src/lib/rng.js";
 
 const regions = ["eu-west", "eu-central", "us-east"];
 const zones = ["a", "b", "c"];

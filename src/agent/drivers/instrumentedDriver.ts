@@ -1,0 +1,122 @@
+import {
+  DriverError,
+  type DriverName,
+  type ExecResult,
+  type LogLine,
+  type ReplicaRunSpec,
+  type ReplicaRuntimeStatus,
+  type RuntimeDriver,
+} from "./driver.js";
+
+/** The metric handles the decorator needs (see src/observe/metrics.ts). */
+export interface DriverMetrics {
+  driverOperations: {
+    inc(labels: { driver: string; operation: string; result: string }): void;
+  };
+  driverOperationDuration: {
+    observe(labels: { driver: string; operation: string }, seconds: number): void;
+  };
+}
+
+/**
+ * The result label of a failed call: the DriverError kind (imageNotFound, invalid,
+ * unavailable, failed) or "error" for anything else — a bounded set.
+ */
+export function driverResultOf(error: unknown): string {
+  return error instanceof DriverError ? error.kind : "error";
+}
+
+/**
+ * A RuntimeDriver that counts and times every call of the driver it wraps, by
+ * operation and result; behaviour is otherwise the inner driver's. Log streams are
+ * counted when they end, not timed (a followed stream lasts as long as its reader).
+ */
+export class InstrumentedDriver implements RuntimeDriver {
+  constructor(
+    private readonly inner: RuntimeDriver,
+    private readonly metrics: DriverMetrics,
+  ) {}
+
+  get name(): DriverName {
+    return this.inner.name;
+  }
+
+  async health(): Promise<{ ok: true } | { ok: false; reason: string }> {
+    const started = process.hrtime.bigint();
+    try {
+      const health = await this.inner.health();
+      this.record("health", health.ok ? "ok" : "unhealthy", started);
+      return health;
+    } catch (error) {
+      this.record("health", driverResultOf(error), started);
+      throw error;
+    }
+  }
+
+  start(spec: ReplicaRunSpec): Promise<void> {
+    return this.time("start", () => this.inner.start(spec));
+  }
+
+  stop(replicaId: string, graceMs: number): Promise<void> {
+    return this.time("stop", () => this.inner.stop(replicaId, graceMs));
+  }
+
+  remove(replicaId: string): Promise<void> {
+    return this.time("remove", () => this.inner.remove(replicaId));
+  }
+
+  status(replicaId: string): Promise<ReplicaRuntimeStatus> {
+    return this.time("status", () => this.inner.status(replicaId));
+  }
+
+  list(): Promise<string[]> {
+    return this.time("list", () => this.inner.list());
+  }
+
+  exec(replicaId: string, command: string[], timeoutMs: number): Promise<ExecResult> {
+    return this.time("exec", () => this.inner.exec(replicaId, command, timeoutMs));
+  }
+
+  logs(
+    replicaId: string,
+    options: { follow: boolean; tailLines?: number; signal?: AbortSignal },
+  ): AsyncIterable<LogLine> {
+    const inner = this.inner;
+    const count = (result: string) =>
+      this.metrics.driverOperations.inc({ driver: inner.name, operation: "logs", result });
+    return {
+      async *[Symbol.asyncIterator]() {
+        let result = "ok";
+        try {
+          yield* inner.logs(replicaId, options);
+        } catch (error) {
+          result = driverResultOf(error);
+          throw error;
+        } finally {
+          count(result);
+        }
+      },
+    };
+  }
+
+  private async time<T>(operation: string, call: () => Promise<T>): Promise<T> {
+    const started = process.hrtime.bigint();
+    try {
+      const value = await call();
+      this.record(operation, "ok", started);
+      return value;
+    } catch (error) {
+      this.record(operation, driverResultOf(error), started);
+      throw error;
+    }
+  }
+
+  private record(operation: string, result: string, started: bigint): void {
+    const driver = this.inner.name;
+    this.metrics.driverOperations.inc({ driver, operation, result });
+    this.metrics.driverOperationDuration.observe(
+      { driver, operation },
+      Number(process.hrtime.bigint() - started) / 1e9,
+    );
+  }
+}

@@ -1,0 +1,115 @@
+/**
+ * API metrics (REQ-070): every call counted by procedure and Connect code, and timed.
+ * The `method` label is the full procedure name ("cloudless.v1.NodeService/ListNodes"),
+ * the `code` label the Connect code name ("ok", "unauthenticated", "not_found", …).
+ */
+
+import type { IncomingMessage, ServerResponse } from "node:http";
+import type { Http2ServerRequest, Http2ServerResponse } from "node:http2";
+import type { DescService } from "@bufbuild/protobuf";
+import { ConnectError, type Interceptor } from "@connectrpc/connect";
+import { codeToString } from "@connectrpc/connect/protocol-connect";
+import { EventService } from "../../gen/cloudless/v1/event_pb.js";
+import { NodeService } from "../../gen/cloudless/v1/node_pb.js";
+import { TokenService } from "../../gen/cloudless/v1/token_pb.js";
+import { WorkloadService } from "../../gen/cloudless/v1/workload_pb.js";
+import { type CoordinatorMetrics, writeMetrics } from "../../observe/metrics.js";
+import type { CoordinatorServices } from "./context.js";
+import type { Peer } from "./peer.js";
+
+type ApiMetrics = Pick<CoordinatorMetrics, "apiRequests" | "apiRequestDuration">;
+
+const services: DescService[] = [NodeService, TokenService, EventService, WorkloadService];
+
+/** Every procedure the API serves: the only values `method` takes besides "other". */
+export const knownProcedures: ReadonlySet<string> = new Set(
+  services.flatMap((service) => service.methods.map((m) => `${service.typeName}/${m.name}`)),
+);
+
+function codeOf(error: unknown): string {
+  return codeToString(ConnectError.from(error).code);
+}
+
+/** Counts and times each call; put it outermost so it sees the final code. */
+export function metricsInterceptor(metrics: ApiMetrics): Interceptor {
+  return (next) => async (request) => {
+    const method = `${request.service.typeName}/${request.method.name}`;
+    const started = process.hrtime.bigint();
+    let recorded = false;
+    const record = (code: string) => {
+      if (recorded) return;
+      recorded = true;
+      metrics.apiRequests.inc({ method, code });
+      metrics.apiRequestDuration.observe(
+        { method },
+        Number(process.hrtime.bigint() - started) / 1e9,
+      );
+    };
+    let response: Awaited<ReturnType<typeof next>>;
+    try {
+      response = await next(request);
+    } catch (error) {
+      record(codeOf(error));
+      throw error;
+    }
+    if (!response.stream) {
+      record("ok");
+      return response;
+    }
+    const messages = response.message;
+    return {
+      ...response,
+      message: (async function* () {
+        let code = "canceled";
+        try {
+          yield* messages;
+          code = "ok";
+        } catch (error) {
+          code = codeOf(error);
+          throw error;
+        } finally {
+          // A stream the client abandoned ends here without an error: "canceled".
+          record(code);
+        }
+      })(),
+    };
+  };
+}
+
+/** Counts a call refused before routing (no valid client certificate). */
+export function countRefusedRequest(metrics: ApiMetrics, pathname: string): void {
+  const procedure = pathname.replace(/^\//, "");
+  const method = knownProcedures.has(procedure) ? procedure : "other";
+  metrics.apiRequests.inc({ method, code: "unauthenticated" });
+}
+
+/**
+ * Serves GET /metrics to an authenticated peer (NFR-S1: the caller has a client
+ * certificate from the cluster CA carrying a cluster identity). A node must still be a
+ * member with that certificate, as for the API: a deleted node's certificate stays
+ * valid until it expires but no longer opens anything.
+ */
+export async function serveMetrics(
+  services: Pick<CoordinatorServices, "nodes" | "metrics">,
+  peer: Peer,
+  request: IncomingMessage | Http2ServerRequest,
+  response: ServerResponse | Http2ServerResponse,
+): Promise<void> {
+  const identity = peer.identity;
+  const member =
+    identity?.kind === "node"
+      ? (await services.nodes.get(identity.name))?.certSerials.includes(identity.serial)
+      : identity !== undefined;
+  if (!member) {
+    const reply = response as ServerResponse;
+    reply.writeHead(401, { "content-type": "application/json" });
+    reply.end(
+      JSON.stringify({
+        code: "unauthenticated",
+        message: "this certificate no longer belongs to a member of the cluster",
+      }),
+    );
+    return;
+  }
+  await writeMetrics(services.metrics.registry, request, response);
+}
