@@ -3,6 +3,7 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
+import { appendCapture, archiveLogFiles, captureFile, recordTokensIn } from "./logCapture.js";
 
 export const repoRoot = fileURLToPath(new URL("../..", import.meta.url));
 export const binPath = path.join(repoRoot, "bin", "cloudless");
@@ -48,11 +49,13 @@ export function runCli(
     });
     let stdout = "";
     let stderr = "";
+    const capture = captureFile(`cli-${args.slice(0, 2).join("-")}`);
     child.stdout.on("data", (chunk: Buffer) => {
       stdout += chunk.toString();
     });
     child.stderr.on("data", (chunk: Buffer) => {
       stderr += chunk.toString();
+      appendCapture(capture, chunk.toString());
     });
     const timer = setTimeout(() => {
       child.kill("SIGKILL");
@@ -60,6 +63,7 @@ export function runCli(
     }, options.timeoutMs ?? 30_000);
     child.once("exit", (code, signal) => {
       clearTimeout(timer);
+      recordTokensIn(stdout);
       resolve({ code: code ?? (signal ? 128 : 1), stdout, stderr });
     });
   });
@@ -77,12 +81,15 @@ export class ManagedProcess {
       env: { ...process.env, CLOUDLESS_CONFIG: undefined, ...env },
       stdio: ["ignore", "pipe", "pipe"],
     });
+    const capture = captureFile(args.slice(0, 1).join("-"));
     this.child.stdout?.on("data", (chunk: Buffer) => {
       this.stdout += chunk.toString();
     });
     this.child.stderr?.on("data", (chunk: Buffer) => {
       this.stderr += chunk.toString();
+      appendCapture(capture, chunk.toString());
     });
+    if (env.CLOUDLESS_TOKEN) recordTokensIn(env.CLOUDLESS_TOKEN);
     this.exitPromise = new Promise((resolve) => {
       this.child.once("exit", (code) => resolve(code));
     });
@@ -134,6 +141,8 @@ export class TestResources {
 
   async cleanup(): Promise<void> {
     await Promise.all(this.processes.map((p) => p.stop(3_000)));
+    // Log files written under temp dirs join the run's log audit before they go.
+    await Promise.all(this.dirs.map((dir) => archiveLogFiles(dir)));
     await Promise.all(this.dirs.map((dir) => rm(dir, { recursive: true, force: true })));
   }
 }

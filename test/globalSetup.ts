@@ -1,0 +1,42 @@
+import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import * as path from "node:path";
+
+/**
+ * Keeps every log line of the test run (see helpers/logCapture.ts) and, when the run
+ * ends, proves that no bootstrap token secret and no private key reached any of them
+ * (NFR-S1, REQ-070). A leak fails the run.
+ */
+let logDir: string;
+
+export async function setup(): Promise<void> {
+  logDir = await mkdtemp(path.join(tmpdir(), "cloudless-test-logs-"));
+  process.env.CLOUDLESS_TEST_LOG_DIR = logDir;
+}
+
+export async function teardown(): Promise<void> {
+  const files = (await readdir(logDir)).filter((name) => name.endsWith(".log"));
+  const tokens = (await readFile(path.join(logDir, "issued-tokens.txt"), "utf8").catch(() => ""))
+    .split("\n")
+    .filter(Boolean);
+  const secrets = [...new Set(tokens.map((token) => token.slice(token.lastIndexOf(".") + 1)))];
+  const leaks: string[] = [];
+  let lines = 0;
+  for (const file of files) {
+    const text = await readFile(path.join(logDir, file), "utf8");
+    lines += text.split("\n").length;
+    for (const secret of secrets) {
+      if (text.includes(secret)) leaks.push(`${file}: a bootstrap token secret`);
+    }
+    if (/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(text)) leaks.push(`${file}: a private key`);
+  }
+  console.log(
+    `NFR-S1 log audit: ${files.length} log files, ${lines} lines, ${secrets.length} issued tokens checked: ${leaks.length === 0 ? "no token or private key found" : `${leaks.length} LEAKS`}`,
+  );
+  if (leaks.length > 0) {
+    // Vitest reports a throwing teardown but still exits 0; the exit code must say it.
+    process.exitCode = 1;
+    throw new Error(`secrets reached the logs (kept in ${logDir}):\n${leaks.join("\n")}`);
+  }
+  await rm(logDir, { recursive: true, force: true });
+}
