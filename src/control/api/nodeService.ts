@@ -26,6 +26,7 @@ import {
   reportFromProto,
   taintsFromProto,
 } from "./convert.js";
+import { EventBudget } from "./eventBudget.js";
 import { limits, validateLabels, validateLocality } from "./validation.js";
 
 /** How long a new heartbeat stream may take to say hello before it is dropped. */
@@ -37,6 +38,8 @@ const maxEgressProbeBytes = 16 * 1024 * 1024;
 
 export function nodeServiceImpl(services: CoordinatorServices): ServiceImpl<typeof NodeService> {
   const { nodes, tokens, events, membership, ca, clock, store, logger } = services;
+  // Refused enrollments come from anonymous callers: their events are rate-limited.
+  const enrollmentEventBudget = new EventBudget();
 
   async function refuseEnrollment(
     context: HandlerContext,
@@ -45,15 +48,22 @@ export function nodeServiceImpl(services: CoordinatorServices): ServiceImpl<type
     nodeName: string,
     tokenId?: string,
   ): Promise<never> {
-    await events.record({
-      type: "EnrollmentRefused",
-      category: "security",
-      subject: nodeName ? `node/${nodeName}` : "node/?",
-      reason,
-      message,
-      actor: `anonymous@${peerOf(context).address}`,
-      attributes: { address: peerOf(context).address, ...(tokenId ? { tokenId } : {}) },
-    });
+    const suppressed = enrollmentEventBudget.take(peerOf(context).address, clock.nowMs());
+    if (suppressed !== undefined) {
+      await events.record({
+        type: "EnrollmentRefused",
+        category: "security",
+        subject: nodeName ? `node/${nodeName}` : "node/?",
+        reason,
+        message,
+        actor: `anonymous@${peerOf(context).address}`,
+        attributes: {
+          address: peerOf(context).address,
+          ...(tokenId ? { tokenId } : {}),
+          ...(suppressed > 0 ? { suppressedBefore: String(suppressed) } : {}),
+        },
+      });
+    }
     logger.warn({ reason, node: nodeName, address: peerOf(context).address }, "enrollment refused");
     throw CloudlessError.unauthenticated(message);
   }
