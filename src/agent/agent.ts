@@ -32,6 +32,7 @@ import {
   renewalSchedule,
   saveIdentity,
 } from "./identity.js";
+import { type MetricsListener, startMetricsListener } from "./metricsListener.js";
 import {
   type CapacityOverrides,
   collectNodeInfo,
@@ -42,7 +43,6 @@ import {
 } from "./resources/index.js";
 import { ReplicaSupervisor } from "./supervisor/index.js";
 import type { DesiredReplica, ReplicaReport } from "./supervisor/supervisorTypes.js";
-import { type MetricsListener, startMetricsListener } from "./metricsListener.js";
 import { AgentTunnels } from "./tunnels.js";
 
 export const agentVersion = "0.1.0";

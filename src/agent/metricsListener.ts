@@ -35,6 +35,13 @@ export interface MetricsListener {
 }
 
 const handshakeTimeoutMs = 10_000;
+const serverAuthOid = "1.3.6.1.5.5.7.3.1";
+
+/** Node certificates issued before 0009 are client-only; they are replaced at renewal. */
+function canServe(certPem: string): boolean {
+  const usages = new X509Certificate(certPem).keyUsage;
+  return usages === undefined || usages.includes(serverAuthOid);
+}
 const maxConnections = 64;
 
 /**
@@ -63,6 +70,11 @@ export async function startMetricsListener(
       });
     },
   );
+  if (!canServe(options.certPem)) {
+    options.logger.warn(
+      "the node certificate was issued for client use only (before metrics listeners existed); scrapers that check key usage, such as Prometheus, refuse it until the agent renews it",
+    );
+  }
   server.maxConnections = maxConnections;
   server.headersTimeout = handshakeTimeoutMs;
   server.requestTimeout = 30_000;

@@ -178,6 +178,11 @@ export function registerDaemonCommands(program: Command): void {
     .option("--memory-mib <n>", "override measured memory")
     .option("--storage-gib <n>", "override measured storage")
     .option("--egress-mbps <n>", "configure egress bandwidth instead of measuring it")
+    .option(
+      "--metrics-port <port>",
+      "serve Prometheus metrics on this port over mutual TLS (cluster certificates only); 0 picks a free port; off by default",
+    )
+    .option("--metrics-host <address>", "address for --metrics-port", "127.0.0.1")
     .option("--log-level <level>", "trace, debug, info, warn, error or silent", "info")
     .action(
       action(
@@ -197,6 +202,8 @@ export function registerDaemonCommands(program: Command): void {
           memoryMib?: string;
           storageGib?: string;
           egressMbps?: string;
+          metricsPort?: string;
+          metricsHost: string;
           logLevel: string;
         }) => {
           const logger = createLogger({ component: "agent", level: parseLogLevel(flags.logLevel) });
@@ -211,6 +218,16 @@ export function registerDaemonCommands(program: Command): void {
                 fail(`--token-file ${flags.tokenFile}: cannot read it`),
               )
             ).trim();
+          }
+          let metricsListener: { host: string; port: number } | undefined;
+          if (flags.metricsPort !== undefined) {
+            const port = Number(flags.metricsPort);
+            if (!Number.isInteger(port) || port < 0 || port > 65_535) {
+              fail(
+                `--metrics-port ${flags.metricsPort}: expected a port number between 0 and 65535`,
+              );
+            }
+            metricsListener = { host: flags.metricsHost, port };
           }
           const overrides = {
             ...(flags.cpuMillicores !== undefined
@@ -234,6 +251,7 @@ export function registerDaemonCommands(program: Command): void {
               ...(flags.containerSocket ? { containerSocket: flags.containerSocket } : {}),
               ...(flags.driver.length > 0 ? { drivers: flags.driver.map(parseDriver) } : {}),
               overrides,
+              ...(metricsListener ? { metricsListener } : {}),
               logger,
             });
           } catch (error) {
@@ -241,6 +259,7 @@ export function registerDaemonCommands(program: Command): void {
             throw CloudlessError.invalid(error instanceof Error ? error.message : String(error));
           }
           process.stderr.write(`agent running as node "${agent.nodeName}"\n`);
+          if (agent.metricsUrl) process.stderr.write(`metrics listening on ${agent.metricsUrl}\n`);
           // Timers inside the agent do not hold the process open; this does, until it stops.
           const keepAlive = setInterval(() => undefined, 1 << 30);
           const exit = await Promise.race([

@@ -87,10 +87,11 @@ export class LeaderElection {
     this.watch?.cancel();
     await this.transition;
     if (this.leading) {
-      // Revoking hands the role over at once instead of after the TTL.
+      const leaseId = this.leaseId;
       await this.demote("stopping");
-      if (this.leaseId !== undefined) {
-        await this.options.store.revokeLease(this.leaseId).catch(() => undefined);
+      // Revoking hands the role over at once instead of after the TTL.
+      if (leaseId !== undefined) {
+        await this.options.store.revokeLease(leaseId).catch(() => undefined);
       }
     }
   }
