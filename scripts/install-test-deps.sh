@@ -3,8 +3,9 @@
 # - python3, make, g++: build better-sqlite3 (no prebuilt binaries can be fetched here)
 # - podman, runc, busybox-static: container driver tests (images are built locally
 #   FROM scratch with a static busybox; there is no registry)
+# - prometheus: test/metrics.test.ts runs the real server (not the service) and promtool
 set -euo pipefail
-packages=(python3 make g++ podman runc busybox-static)
+packages=(python3 make g++ podman runc busybox-static prometheus)
 missing=()
 for package in "${packages[@]}"; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

@@ -154,6 +154,13 @@ export async function startApiServer(
       serveMetrics(services, peer, request, response).catch(() => response.destroy());
       return;
     }
+    // Health for supervisors (/healthz: the process serves; /readyz: it can reach its
+    // store). Like everything else they need a cluster certificate, and they answer only
+    // "ok" or "not ready" so they reveal nothing.
+    if ((pathname === "/healthz" || pathname === "/readyz") && peer.identity) {
+      serveHealth(services, pathname, response).catch(() => response.destroy());
+      return;
+    }
     if (peer.identity || pathname === enrollPath) {
       handler(request, response);
       return;
@@ -268,6 +275,32 @@ function refuseUnauthenticated(
     reply.writeHead(401, { "content-type": "application/json" });
     reply.end(JSON.stringify({ code: "unauthenticated", message }));
   }
+}
+
+const readinessTimeoutMs = 1_000;
+
+async function serveHealth(
+  services: CoordinatorServices,
+  pathname: string,
+  response: http2.Http2ServerResponse | ServerResponse,
+): Promise<void> {
+  const reply = response as ServerResponse;
+  let ready = true;
+  if (pathname === "/readyz") {
+    let timer: NodeJS.Timeout | undefined;
+    ready = await Promise.race([
+      services.store.currentRevision().then(
+        () => true,
+        () => false,
+      ),
+      new Promise<boolean>((resolve) => {
+        timer = setTimeout(() => resolve(false), readinessTimeoutMs);
+      }),
+    ]);
+    clearTimeout(timer);
+  }
+  reply.writeHead(ready ? 200 : 503, { "content-type": "text/plain" });
+  reply.end(ready ? "ok\n" : "not ready\n");
 }
 
 function refusePlainText(socket: net.Socket): void {
