@@ -4,8 +4,9 @@
 # - podman, runc, busybox-static: container driver tests (images are built locally
 #   FROM scratch with a static busybox; there is no registry)
 # - prometheus: test/metrics.test.ts runs the real server (not the service) and promtool
+# - etcd-server, etcd-client: the etcd store backend's tests run against real etcd members
 set -euo pipefail
-packages=(python3 make g++ podman runc busybox-static prometheus)
+packages=(python3 make g++ podman runc busybox-static prometheus etcd-server etcd-client)
 missing=()
 for package in "${packages[@]}"; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
