@@ -84,6 +84,32 @@ export function waitForWorkload(
   );
 }
 
+/**
+ * Samples the workload (through the CLI) until `done` accepts a sample, and returns every
+ * sample taken, so a test can assert what held all along rather than only at the end.
+ */
+export async function sampleWorkloadUntil(
+  cluster: TestCluster,
+  namespace: string,
+  name: string,
+  description: string,
+  done: (workload: WorkloadJson) => boolean,
+  timeoutMs = 60_000,
+): Promise<WorkloadJson[]> {
+  const samples: WorkloadJson[] = [];
+  await waitFor(
+    `${namespace}/${name}: ${description}`,
+    async () => {
+      const workload = await getWorkloadJson(cluster, namespace, name);
+      samples.push(workload);
+      return done(workload);
+    },
+    timeoutMs,
+    250,
+  );
+  return samples;
+}
+
 export interface AgentDefinition {
   name: string;
   zone?: string;

@@ -2,6 +2,15 @@ import type { Clock } from "../../lib/clock.js";
 import type { Rng } from "../../lib/rng.js";
 import { type Logger, silentLogger } from "../../observe/logger.js";
 import {
+  endSpan,
+  extractContext,
+  failSpan,
+  linksTo,
+  runInSpan,
+  type Span,
+  startSpan,
+} from "../../observe/tracing.js";
+import {
   DriverError,
   type DriverName,
   type ReplicaRuntimeStatus,
@@ -594,6 +603,22 @@ export class ReplicaSupervisor {
       this.wakeAfter(record, waitMs);
       return;
     }
+    const span = startReplicaSpan(record, driver.name);
+    try {
+      await this.startNow(record, driver, exists, span);
+      if (record.intent !== "run") failSpan(span, new Error(`${record.reason}: ${record.message}`));
+    } finally {
+      endSpan(span);
+    }
+  }
+
+  /** One start attempt; the driver calls are children of `span` (replica.start). */
+  private async startNow(
+    record: ReplicaRecord,
+    driver: RuntimeDriver,
+    exists: boolean,
+    span: Span,
+  ): Promise<void> {
     const name = driver.name;
     try {
       await this.assignPorts(record, name);
@@ -603,7 +628,7 @@ export class ReplicaSupervisor {
     }
     if (exists) {
       try {
-        await this.call(() => driver.remove(record.id), `${name} remove`);
+        await this.call(() => runInSpan(span, () => driver.remove(record.id)), `${name} remove`);
       } catch (error) {
         const { reason, message } = describeDriverFailure(error);
         this.onStartFailed(record, reason, message);
@@ -620,7 +645,7 @@ export class ReplicaSupervisor {
     record.startAttempted = true;
     const runSpec = buildRunSpec(record.desired.spec, record.hostPorts);
     try {
-      await this.call(() => driver.start(runSpec), `${name} start`);
+      await this.call(() => runInSpan(span, () => driver.start(runSpec)), `${name} start`);
     } catch (error) {
       const { reason, message } = describeDriverFailure(error);
       // Another program took the port between allocation and start: pick new ones
@@ -636,10 +661,15 @@ export class ReplicaSupervisor {
     record.startedAtMs = nowMs;
     record.runningGeneration = record.desired.generation;
     delete record.exitCode;
-    this.logger.info({ replica: record.id, restarts: record.restarts }, "replica started");
+    runInSpan(span, () =>
+      this.logger.info({ replica: record.id, restarts: record.restarts }, "replica started"),
+    );
     // Look once more, so a healthy start reports Running in this same sync.
     try {
-      const status = await this.call(() => driver.status(record.id), `${name} status`);
+      const status = await this.call(
+        () => runInSpan(span, () => driver.status(record.id)),
+        `${name} status`,
+      );
       await this.reconcile(record, driver, status, false);
     } catch (error) {
       this.noteDriverProblem(record, error);
@@ -1090,6 +1120,28 @@ function isStale(record: ReplicaRecord): boolean {
 }
 
 /** A new generation or a different run spec means a new replica; probe changes do not. */
+/**
+ * The span of one start attempt. A first start continues the trace of the coordinator's
+ * placement; a restart (after a crash) starts its own trace, linked to the placement, so
+ * a crash-looping replica does not grow one trace without end.
+ */
+function startReplicaSpan(record: ReplicaRecord, driver: DriverName): Span {
+  const traceparent = record.desired.traceparent;
+  return startSpan(
+    "replica.start",
+    {
+      "cloudless.replica.id": record.id,
+      "cloudless.workload": `${record.desired.spec.namespace}/${record.desired.spec.workload}`,
+      "cloudless.workload.revision": record.desired.generation,
+      "cloudless.driver": driver,
+      "cloudless.replica.restart": record.hasRun,
+    },
+    record.hasRun
+      ? { root: true, links: linksTo(traceparent) }
+      : { parent: extractContext(traceparent) },
+  );
+}
+
 function isReplacement(current: DesiredReplica, next: DesiredReplica): boolean {
   return (
     current.generation !== next.generation ||

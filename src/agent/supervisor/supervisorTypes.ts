@@ -12,6 +12,11 @@ export interface DesiredReplica {
   terminationGracePeriodSeconds: number;
   /** Bumps whenever the coordinator changes this replica; a new generation replaces it. */
   generation: number;
+  /**
+   * W3C trace context of the coordinator's placement of this replica: its first start
+   * is a span in that trace. Not part of the spec (a change never replaces a replica).
+   */
+  traceparent?: string;
 }
 
 export type ReplicaPhase =
