@@ -2,6 +2,7 @@ import { mkdir } from "node:fs/promises";
 import { hostname } from "node:os";
 import * as path from "node:path";
 import { create } from "@bufbuild/protobuf";
+import type { Transport } from "@connectrpc/connect";
 import { fetchPinnedCa } from "../client/pinning.js";
 import { createClients, createCoordinatorTransport } from "../client/transport.js";
 import { fromConnectError } from "../control/api/errorMapping.js";
@@ -39,6 +40,7 @@ import {
   type MeasuredCapacity,
   measureCapacity,
   measureEgressMbps,
+  type UsageSample,
   UsageSampler,
 } from "./resources/index.js";
 import { ReplicaSupervisor } from "./supervisor/index.js";
@@ -72,6 +74,17 @@ export interface AgentOptions {
    * picks a free port; the Agent's metricsUrl tells which.
    */
   metricsListener?: { host: string; port: number };
+  // --- Injected by the hollow-node simulator (src/sim) and tests; leave unset otherwise. ---
+  /** Use these runtime drivers instead of detecting the engines on this machine. */
+  runtimeDrivers?: RuntimeDriver[];
+  /** Report this capacity instead of measuring the machine (no disk probe, no egress upload). */
+  capacity?: MeasuredCapacity;
+  /** Where heartbeat usage samples come from (default: this machine's CPU and memory). */
+  usageSampler?: { sample(): UsageSample };
+  /** Wraps every transport to the coordinator after enrollment (fault injection). */
+  wrapTransport?: (transport: Transport) => Transport;
+  /** Node.js process metrics in the agent's registry (default true; off for many agents per process). */
+  processMetrics?: boolean;
 }
 
 export interface AgentExit {
@@ -197,9 +210,9 @@ const fullReportIntervalMs = 10_000;
 class AgentRunner {
   private clients: ReturnType<typeof createClients>;
   private capacity!: MeasuredCapacity;
-  private readonly usage = new UsageSampler();
+  private readonly usage: { sample(): UsageSample };
   private drivers = new Map<DriverName, RuntimeDriver>();
-  private readonly metrics = createAgentMetrics();
+  private readonly metrics: ReturnType<typeof createAgentMetrics>;
   private metricsListener: MetricsListener | undefined;
   private supervisor: ReplicaSupervisor | undefined;
   private latestReports: ReplicaReport[] = [];
@@ -229,6 +242,8 @@ class AgentRunner {
     private readonly logger: Logger,
     private readonly releaseLock: () => Promise<void>,
   ) {
+    this.usage = options.usageSampler ?? new UsageSampler();
+    this.metrics = createAgentMetrics({ defaultMetrics: options.processMetrics ?? true });
     this.clients = createClients(this.transportFor(identity));
   }
 
@@ -257,29 +272,33 @@ class AgentRunner {
   }
 
   private async startRunning(): Promise<void> {
-    this.capacity = await measureCapacity({
-      dataDir: this.dataDir,
-      overrides: this.options.overrides,
-      measureEgressMbps: () =>
-        measureEgressMbps(async (chunks) => {
-          const response = await this.clients.nodes.measureEgress(
-            (async function* () {
-              for await (const chunk of chunks) yield { chunk };
-            })(),
-          );
-          return {
-            bytesReceived: Number(response.bytesReceived),
-            durationMs: response.durationMs,
-          };
-        }),
-    });
+    this.capacity =
+      this.options.capacity ??
+      (await measureCapacity({
+        dataDir: this.dataDir,
+        overrides: this.options.overrides,
+        measureEgressMbps: () =>
+          measureEgressMbps(async (chunks) => {
+            const response = await this.clients.nodes.measureEgress(
+              (async function* () {
+                for await (const chunk of chunks) yield { chunk };
+              })(),
+            );
+            return {
+              bytesReceived: Number(response.bytesReceived),
+              durationMs: response.durationMs,
+            };
+          }),
+      }));
     this.logger.info({ capacity: this.capacity }, "measured capacity");
-    const detected = await detectDrivers({
-      dataDir: this.dataDir,
-      socketPath: this.options.containerSocket,
-      nodeName: this.identity.nodeName,
-      logger: this.logger,
-    });
+    const detected = this.options.runtimeDrivers
+      ? { drivers: this.options.runtimeDrivers, unavailable: [] }
+      : await detectDrivers({
+          dataDir: this.dataDir,
+          socketPath: this.options.containerSocket,
+          nodeName: this.identity.nodeName,
+          logger: this.logger,
+        });
     for (const driver of detected.drivers) {
       if (!this.options.drivers || this.options.drivers.includes(driver.name)) {
         this.drivers.set(driver.name, new InstrumentedDriver(driver, this.metrics));
@@ -324,13 +343,14 @@ class AgentRunner {
   private transportFor(identity: AgentIdentity) {
     const server = identity.servers[0];
     if (!server) throw CloudlessError.invalid("no coordinator URL known; pass --join URL");
-    return createCoordinatorTransport({
+    const transport = createCoordinatorTransport({
       baseUrl: server,
       clusterName: identity.clusterName,
       caPem: identity.caPem,
       certPem: identity.certPem,
       keyPem: identity.keyPem,
     });
+    return this.options.wrapTransport?.(transport) ?? transport;
   }
 
   private async run(): Promise<void> {
@@ -544,6 +564,7 @@ class AgentRunner {
           workload: assignment.workload,
           revision: Number(assignment.revision),
           specJson: assignment.specJson,
+          traceparent: assignment.traceparent,
         });
         if (converted.ok) desired.push(converted.desired);
         else this.logger.warn({ replica: assignment.replicaId }, converted.message);

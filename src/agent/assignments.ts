@@ -16,6 +16,8 @@ export interface AssignmentInput {
   workload: string;
   revision: number;
   specJson: string;
+  /** Trace context of the placement ("" or absent when untraced). */
+  traceparent?: string;
 }
 
 /**
@@ -52,6 +54,7 @@ export function desiredFromAssignment(
         : {}),
       terminationGracePeriodSeconds: doc.spec.terminationGracePeriodSeconds,
       generation: assignment.revision,
+      ...(assignment.traceparent ? { traceparent: assignment.traceparent } : {}),
     },
   };
 }

@@ -1,11 +1,14 @@
 import { type LevelWithSilent, type Logger, pino } from "pino";
+import { activeTraceIds } from "./tracing.js";
 
 export type { Logger };
 
 /**
  * JSON-lines logs on stderr (stdout stays free for command output). Known secret
  * fields are redacted by path, and any string that looks like a bootstrap token is
- * masked by the serializer below as a second line of defence.
+ * masked by the serializer below as a second line of defence. While tracing is on, each
+ * line written inside a span carries its traceId and spanId; lines about one API request
+ * carry its reqId (see src/control/api/requestContext.ts).
  */
 const redactPaths = [
   "token",
@@ -48,6 +51,7 @@ export function createLogger(options: {
       base: { component: options.component, ...(options.node ? { node: options.node } : {}) },
       redact: { paths: redactPaths, censor: "[REDACTED]" },
       timestamp: pino.stdTimeFunctions.isoTime,
+      mixin: activeTraceIds,
       formatters: { level: (label) => ({ level: label }) },
       hooks: {
         logMethod(args, method) {

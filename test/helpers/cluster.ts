@@ -53,11 +53,17 @@ export class TestCluster {
     readonly resources: TestResources,
     readonly dataDir: string,
     readonly coordinatorFlags: string[] = [],
+    /** Extra environment of the coordinator process. */
+    readonly coordinatorEnv: NodeJS.ProcessEnv = {},
   ) {}
 
-  static async start(resources: TestResources, flags: string[] = []): Promise<TestCluster> {
+  static async start(
+    resources: TestResources,
+    flags: string[] = [],
+    env: NodeJS.ProcessEnv = {},
+  ): Promise<TestCluster> {
     const dir = await resources.tempDir("cloudless-coord-");
-    const cluster = new TestCluster(resources, dir, flags);
+    const cluster = new TestCluster(resources, dir, flags, env);
     await cluster.startCoordinator(0);
     return cluster;
   }
@@ -69,18 +75,21 @@ export class TestCluster {
   /** Starts (or restarts) the coordinator; port 0 picks a free port the first time. */
   async startCoordinator(port = this.port): Promise<void> {
     this.coordinator = this.resources.track(
-      new Proc([
-        "coordinator",
-        "--data-dir",
-        this.dataDir,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        String(port),
-        "--log-level",
-        "info",
-        ...this.coordinatorFlags,
-      ]),
+      new Proc(
+        [
+          "coordinator",
+          "--data-dir",
+          this.dataDir,
+          "--host",
+          "127.0.0.1",
+          "--port",
+          String(port),
+          "--log-level",
+          "info",
+          ...this.coordinatorFlags,
+        ],
+        this.coordinatorEnv,
+      ),
     );
     const url = await waitFor(
       "the coordinator to listen",
@@ -139,6 +148,7 @@ export class TestCluster {
       region?: string;
       dataDir?: string;
       extra?: string[];
+      env?: NodeJS.ProcessEnv;
     } = {},
   ): Promise<ManagedProcess> {
     const dataDir = options.dataDir ?? (await this.agentDir(name));
@@ -157,7 +167,10 @@ export class TestCluster {
       ...(options.extra ?? []),
     ];
     const agent = this.resources.track(
-      new Proc(args, options.token ? { CLOUDLESS_TOKEN: options.token } : {}),
+      new Proc(args, {
+        ...options.env,
+        ...(options.token ? { CLOUDLESS_TOKEN: options.token } : {}),
+      }),
     );
     this.agents.set(name, agent);
     return agent;

@@ -1,3 +1,4 @@
+import { withChildSpan } from "../../observe/tracing.js";
 import {
   DriverError,
   type DriverName,
@@ -30,6 +31,8 @@ export function driverResultOf(error: unknown): string {
  * A RuntimeDriver that counts and times every call of the driver it wraps, by
  * operation and result; behaviour is otherwise the inner driver's. Log streams are
  * counted when they end, not timed (a followed stream lasts as long as its reader).
+ * While tracing is on, a call made inside a span (the supervisor's replica.start) is a
+ * child span `driver.<operation>` of it; the periodic status checks make none.
  */
 export class InstrumentedDriver implements RuntimeDriver {
   constructor(
@@ -54,19 +57,19 @@ export class InstrumentedDriver implements RuntimeDriver {
   }
 
   start(spec: ReplicaRunSpec): Promise<void> {
-    return this.time("start", () => this.inner.start(spec));
+    return this.time("start", () => this.inner.start(spec), spec.replicaId);
   }
 
   stop(replicaId: string, graceMs: number): Promise<void> {
-    return this.time("stop", () => this.inner.stop(replicaId, graceMs));
+    return this.time("stop", () => this.inner.stop(replicaId, graceMs), replicaId);
   }
 
   remove(replicaId: string): Promise<void> {
-    return this.time("remove", () => this.inner.remove(replicaId));
+    return this.time("remove", () => this.inner.remove(replicaId), replicaId);
   }
 
   status(replicaId: string): Promise<ReplicaRuntimeStatus> {
-    return this.time("status", () => this.inner.status(replicaId));
+    return this.time("status", () => this.inner.status(replicaId), replicaId);
   }
 
   list(): Promise<string[]> {
@@ -74,7 +77,7 @@ export class InstrumentedDriver implements RuntimeDriver {
   }
 
   exec(replicaId: string, command: string[], timeoutMs: number): Promise<ExecResult> {
-    return this.time("exec", () => this.inner.exec(replicaId, command, timeoutMs));
+    return this.time("exec", () => this.inner.exec(replicaId, command, timeoutMs), replicaId);
   }
 
   logs(
@@ -99,7 +102,18 @@ export class InstrumentedDriver implements RuntimeDriver {
     };
   }
 
-  private async time<T>(operation: string, call: () => Promise<T>): Promise<T> {
+  private time<T>(operation: string, call: () => Promise<T>, replicaId?: string): Promise<T> {
+    return withChildSpan(
+      `driver.${operation}`,
+      () => ({
+        "cloudless.driver": this.inner.name,
+        ...(replicaId ? { "cloudless.replica.id": replicaId } : {}),
+      }),
+      () => this.measure(operation, call),
+    );
+  }
+
+  private async measure<T>(operation: string, call: () => Promise<T>): Promise<T> {
     const started = process.hrtime.bigint();
     try {
       const value = await call();

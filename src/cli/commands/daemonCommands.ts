@@ -1,12 +1,13 @@
 import { readFile } from "node:fs/promises";
 import * as path from "node:path";
 import type { Command } from "commander";
-import { type Agent, startAgent } from "../../agent/agent.js";
+import { type Agent, agentVersion, startAgent } from "../../agent/agent.js";
 import { defaultDataDir } from "../../client/config.js";
 import { type Coordinator, startCoordinator } from "../../control/coordinator.js";
 import { parseDurationMs } from "../../lib/duration.js";
 import { CloudlessError } from "../../lib/errors.js";
 import { createLogger, isLogLevel } from "../../observe/logger.js";
+import { initTracing, shutdownTracing } from "../../observe/tracing.js";
 import { action, fail } from "../run.js";
 import { collect, splitLabel } from "./nodeCommands.js";
 
@@ -96,6 +97,12 @@ export async function coordinatorFromFlags(
     level: parseLogLevel(flags.logLevel),
     destination: logDestination,
   });
+  // Traces only when OTEL_EXPORTER_OTLP_ENDPOINT (or …_TRACES_ENDPOINT) is set (REQ-070).
+  await initTracing({
+    serviceName: "cloudless-coordinator",
+    version: agentVersion,
+    logger: logger.child({ component: "tracing" }),
+  });
   const membership: Record<string, number> = {};
   const interval = durationFlag("--heartbeat-interval", flags.heartbeatInterval);
   if (interval !== undefined) membership.heartbeatIntervalMs = interval;
@@ -140,6 +147,7 @@ export function registerDaemonCommands(program: Command): void {
       );
       await waitForSignal();
       await coordinator.stop();
+      await shutdownTracing();
     }),
   );
 
@@ -207,6 +215,16 @@ export function registerDaemonCommands(program: Command): void {
           logLevel: string;
         }) => {
           const logger = createLogger({ component: "agent", level: parseLogLevel(flags.logLevel) });
+          // The node name is known once the agent has its identity; spans wait for it.
+          let nameNode: (name: string | undefined) => void = () => undefined;
+          await initTracing({
+            serviceName: "cloudless-agent",
+            version: agentVersion,
+            node: new Promise<string | undefined>((resolve) => {
+              nameNode = resolve;
+            }),
+            logger: logger.child({ component: "tracing" }),
+          });
           for (const url of flags.join) {
             if (!/^https:\/\/[^/]+/.test(url))
               fail(`--join ${url}: expected an https:// URL such as https://10.0.0.1:7443`);
@@ -255,9 +273,12 @@ export function registerDaemonCommands(program: Command): void {
               logger,
             });
           } catch (error) {
+            nameNode(undefined);
+            await shutdownTracing(1_000);
             if (error instanceof CloudlessError) throw error;
             throw CloudlessError.invalid(error instanceof Error ? error.message : String(error));
           }
+          nameNode(agent.nodeName);
           process.stderr.write(`agent running as node "${agent.nodeName}"\n`);
           if (agent.metricsUrl) process.stderr.write(`metrics listening on ${agent.metricsUrl}\n`);
           // Timers inside the agent do not hold the process open; this does, until it stops.
@@ -267,6 +288,7 @@ export function registerDaemonCommands(program: Command): void {
             waitForSignal().then(() => agent.stop({ leave: true })),
           ]);
           clearInterval(keepAlive);
+          await shutdownTracing();
           if (exit.code !== 0) {
             process.stderr.write(`error: ${exit.message}\n`);
             process.exit(exit.code);

@@ -6,6 +6,7 @@ import { fileURLToPath } from "node:url";
 import type { Command } from "commander";
 import { defaultDataDir } from "../../client/config.js";
 import { CloudlessError } from "../../lib/errors.js";
+import { shutdownTracing } from "../../observe/tracing.js";
 import { action } from "../run.js";
 import { deploySample, findOrStartEngine, sampleImage } from "../sample.js";
 import {
@@ -185,6 +186,7 @@ export function registerUpCommand(program: Command): void {
             agentProcess.kill("SIGKILL");
         }
         await coordinator.stop();
+        await shutdownTracing();
         engine?.service?.kill("SIGTERM");
         coordinatorLog.end();
       }),

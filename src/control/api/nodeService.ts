@@ -27,6 +27,7 @@ import {
   taintsFromProto,
 } from "./convert.js";
 import { EventBudget } from "./eventBudget.js";
+import { requestLogger } from "./requestContext.js";
 import { limits, validateLabels, validateLocality } from "./validation.js";
 
 /** How long a new heartbeat stream may take to say hello before it is dropped. */
@@ -64,7 +65,10 @@ export function nodeServiceImpl(services: CoordinatorServices): ServiceImpl<type
         },
       });
     }
-    logger.warn({ reason, node: nodeName, address: peerOf(context).address }, "enrollment refused");
+    requestLogger(context, logger).warn(
+      { reason, node: nodeName, address: peerOf(context).address },
+      "enrollment refused",
+    );
     throw CloudlessError.unauthenticated(message);
   }
 
@@ -151,7 +155,10 @@ export function nodeServiceImpl(services: CoordinatorServices): ServiceImpl<type
         actor: `node/${name}`,
         attributes: { address: peerOf(context).address, tokenId: check.record.id },
       });
-      logger.info({ node: name, tokenId: check.record.id }, "node enrolled");
+      requestLogger(context, logger).info(
+        { node: name, tokenId: check.record.id },
+        "node enrolled",
+      );
       return {
         nodeName: name,
         certificatePem: issued.certPem,
@@ -291,7 +298,7 @@ export function nodeServiceImpl(services: CoordinatorServices): ServiceImpl<type
         node.certExpiresAtMs = issued.notAfterMs;
         return node;
       });
-      logger.info({ node: identity.name }, "node certificate renewed");
+      requestLogger(context, logger).info({ node: identity.name }, "node certificate renewed");
       return { certificatePem: issued.certPem, caPem: ca.certPem };
     },
 

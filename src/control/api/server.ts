@@ -17,6 +17,7 @@ import { eventServiceImpl } from "./eventService.js";
 import { countRefusedRequest, metricsInterceptor, serveMetrics } from "./metricsInterceptor.js";
 import { nodeServiceImpl } from "./nodeService.js";
 import { type Peer, peerKey, resolvePeer } from "./peer.js";
+import { requestContextInterceptor, requestLogger } from "./requestContext.js";
 import { tokenServiceImpl } from "./tokenService.js";
 import { workloadServiceImpl } from "./workloadService.js";
 
@@ -103,7 +104,11 @@ export async function startApiServer(
     } catch (error) {
       const mapped = toConnectError(error);
       if (mapped.code === 13) {
-        services.logger.error({ err: error, method: request.method.name }, "internal error");
+        // The request's logger names the method and carries its reqId (and traceId).
+        requestLogger({ values: request.contextValues }, services.logger).error(
+          { err: error },
+          "internal error",
+        );
       }
       throw mapped;
     }
@@ -118,8 +123,10 @@ export async function startApiServer(
 
   const handler = connectNodeAdapter({
     routes,
-    // Metrics, then audit, outermost: they see the codes of refusals by the others.
+    // Request ID, logger and trace span outermost, so they cover everything; then
+    // metrics and audit: they see the codes of refusals by the others.
     interceptors: [
+      requestContextInterceptor(services.logger),
       metricsInterceptor(services.metrics),
       auditInterceptor(services),
       mapErrors,

@@ -13,6 +13,7 @@ import {
   WorkloadStatusSchema,
 } from "../../gen/cloudless/v1/workload_pb.js";
 import { CloudlessError } from "../../lib/errors.js";
+import { injectTraceparent } from "../../observe/tracing.js";
 import { type ClusterState, readClusterState } from "../controllers/clusterState.js";
 import {
   type ReplicaRecord,
@@ -87,6 +88,8 @@ export function workloadServiceImpl(
       const { name, namespace } = doc.metadata;
       const key = workloadKey(namespace, name);
       const now = clock.nowMs();
+      // The replicas this change makes are placed and started in this request's trace.
+      const traceparent = injectTraceparent();
       for (let attempt = 0; attempt < 5; attempt++) {
         const existingKv = await store.get(key);
         const existing = existingKv ? (JSON.parse(existingKv.value) as WorkloadRecord) : undefined;
@@ -107,6 +110,7 @@ export function workloadServiceImpl(
             minAvailable: doc.spec.minAvailable,
             createdAtMs: now,
             updatedAtMs: now,
+            traceparent,
           };
         } else if (existing.templateHash === hash) {
           const same =
@@ -132,6 +136,7 @@ export function workloadServiceImpl(
             replicas: doc.spec.replicas,
             minAvailable: doc.spec.minAvailable,
             updatedAtMs: now,
+            traceparent,
           };
         } else {
           action = "updated";
@@ -143,6 +148,7 @@ export function workloadServiceImpl(
             replicas: doc.spec.replicas,
             minAvailable: doc.spec.minAvailable,
             updatedAtMs: now,
+            traceparent,
           };
         }
         if (request.dryRun) {
@@ -267,6 +273,7 @@ export function workloadServiceImpl(
           minAvailable,
           spec: { ...doc, spec: { ...doc.spec, replicas: request.replicas, minAvailable } },
           updatedAtMs: clock.nowMs(),
+          traceparent: injectTraceparent(),
         };
         const key = workloadKey(namespace, name);
         const result = await store.txn({
@@ -353,6 +360,7 @@ export function workloadServiceImpl(
         templateHash: previous.templateHash,
         spec: doc,
         updatedAtMs: now,
+        traceparent: injectTraceparent(),
       };
       const key = workloadKey(namespace, name);
       const result = await store.txn({

@@ -14,6 +14,8 @@ export interface AssignmentEntry {
   workload: string;
   revision: number;
   specJson: string;
+  /** Trace context of the replica's placement; not part of what makes a set change. */
+  traceparent?: string;
 }
 
 type Sink = (message: HeartbeatResponse) => void;
@@ -47,6 +49,7 @@ export class AssignmentHub {
               workload: entry.workload,
               revision: BigInt(entry.revision),
               specJson: entry.specJson,
+              traceparent: entry.traceparent ?? "",
             }),
         ),
       }),

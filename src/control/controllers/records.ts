@@ -23,6 +23,11 @@ export interface WorkloadRecord {
   minAvailable: number;
   createdAtMs: number;
   updatedAtMs: number;
+  /**
+   * W3C traceparent of the API call that last changed the workload (set while tracing is
+   * on): replicas the controller creates for it soon after join that trace.
+   */
+  traceparent?: string;
 }
 
 export interface WorkloadRevisionRecord {
@@ -71,6 +76,11 @@ export interface ReplicaRecord {
   pendingReason?: string;
   stopRequestedAtMs?: number;
   status?: ReplicaStatusRecord;
+  /**
+   * W3C trace context the replica's next step joins: the creating apply's until it is
+   * placed, then its placement's (sent to the agent with the assignment).
+   */
+  traceparent?: string;
 }
 
 export const workloadPrefix = "/workloads/";

@@ -3,6 +3,17 @@ import type { Clock } from "../../lib/clock.js";
 import type { Rng } from "../../lib/rng.js";
 import type { Logger } from "../../observe/logger.js";
 import type { ControllerMetrics } from "../../observe/metrics.js";
+import {
+  activeContext,
+  activeLinks,
+  endSpan,
+  extractContext,
+  injectTraceparent,
+  runUntraced,
+  type Span,
+  startSpan,
+  withSpan,
+} from "../../observe/tracing.js";
 import type { EventLog } from "../events/eventLog.js";
 import type { NodeRecord } from "../nodes/nodeRecord.js";
 import { schedule } from "../scheduler/index.js";
@@ -10,6 +21,7 @@ import type {
   ClusterSnapshot,
   ExistingReplica,
   PendingReplica,
+  Plan,
   SchedNode,
   ScoreWeights,
   Unschedulable,
@@ -26,7 +38,23 @@ import {
 } from "./records.js";
 import { ReplacementTimer } from "./replacementTimer.js";
 import { asSpecView, driverOfSpec, placementOf } from "./specView.js";
-import { reconcileWorkload } from "./workloadReconciler.js";
+import { type ReconcileAction, reconcileWorkload } from "./workloadReconciler.js";
+
+/**
+ * Replicas created within this long of an apply join the apply's trace; later ones (a
+ * replacement after a node loss) start their own under the controller pass instead of
+ * stretching an old trace over hours.
+ */
+const applyTraceWindowMs = 10 * 60_000;
+
+/** One workload's reconcile actions, computed before anything is written. */
+interface ReconcilePlan {
+  key: string;
+  workload: WorkloadRecord | undefined;
+  spec: ReturnType<typeof asSpecView> | undefined;
+  replicas: Versioned<ReplicaRecord>[];
+  actions: ReconcileAction[];
+}
 
 export interface WorkloadControllerOptions {
   store: Store;
@@ -103,7 +131,8 @@ export class WorkloadController {
     if (this.running || this.stopped) return;
     this.running = true;
     this.dirty = false;
-    this.passPromise = this.pass()
+    // A pass belongs to no request: whichever one triggered it, its spans start a trace.
+    this.passPromise = runUntraced(() => this.pass())
       .catch((error: unknown) =>
         this.options.logger.error({ err: error }, "controller pass failed"),
       )
@@ -121,11 +150,39 @@ export class WorkloadController {
   }
 
   private async pass(): Promise<void> {
+    const startTime = Date.now();
     let state = await readClusterState(this.options.store);
-    const wrote = await this.reconcile(state);
-    if (wrote) state = await readClusterState(this.options.store);
-    const placed = await this.scheduleAndCommit(state);
-    if (placed) state = await readClusterState(this.options.store);
+    const plans = this.planReconcile(state);
+    if (plans.length === 0 && !hasPendingReplicas(state)) {
+      // Nothing to change: the resync pass only republishes, and leaves no trace.
+      this.options.metrics?.schedulerPending.set(0);
+      this.publish(state);
+      return;
+    }
+    await withSpan(
+      "controller.pass",
+      { "cloudless.controller.workloads_changed": plans.length },
+      async () => {
+        if (plans.length > 0) {
+          const wrote = await withSpan(
+            "controller.reconcile",
+            {
+              "cloudless.controller.workloads_changed": plans.length,
+              "cloudless.controller.actions": plans.reduce((n, p) => n + p.actions.length, 0),
+            },
+            () => this.reconcile(state, plans),
+          );
+          if (wrote) state = await readClusterState(this.options.store);
+        }
+        const placed = await this.scheduleAndCommit(state);
+        if (placed) state = await readClusterState(this.options.store);
+        this.publish(state);
+      },
+      { root: true, startTime },
+    );
+  }
+
+  private publish(state: ClusterState): void {
     this.publishAssignments(state);
     this.replacements.update(
       new Map([...state.replicasByWorkload].map(([key, list]) => [key, list.map((r) => r.value)])),
@@ -133,11 +190,11 @@ export class WorkloadController {
     );
   }
 
-  /** Replica and rollout controllers; returns whether anything was written. */
-  private async reconcile(state: ClusterState): Promise<boolean> {
+  /** What the replica and rollout controllers would do, per workload with something to do. */
+  private planReconcile(state: ClusterState): ReconcilePlan[] {
     const nodeStatus = (name: string) => state.nodes.get(name)?.status;
     const keys = new Set([...state.workloads.keys(), ...state.replicasByWorkload.keys()]);
-    let wrote = false;
+    const plans: ReconcilePlan[] = [];
     for (const key of keys) {
       const workload = state.workloads.get(key)?.value;
       const replicas = state.replicasByWorkload.get(key) ?? [];
@@ -157,7 +214,15 @@ export class WorkloadController {
         nodeStatus,
         newReplicaId: () => newReplicaId(workload?.name ?? "replica"),
       });
-      if (actions.length === 0) continue;
+      if (actions.length > 0) plans.push({ key, workload, spec, replicas, actions });
+    }
+    return plans;
+  }
+
+  /** Writes the planned actions, one transaction per workload; returns whether any did. */
+  private async reconcile(state: ClusterState, plans: ReconcilePlan[]): Promise<boolean> {
+    let wrote = false;
+    for (const { key, workload, spec, replicas, actions } of plans) {
       const byId = new Map(replicas.map((r) => [r.value.id, r]));
       const compare: { key: string; target: "modRevision"; op: "=="; modRevision: number }[] = [];
       const ops: Op[] = [];
@@ -176,6 +241,14 @@ export class WorkloadController {
             resources: spec.spec.resources,
             createdAtMs: now,
           };
+          // Its placement and start join the trace of the apply that asked for it.
+          if (
+            workload.traceparent &&
+            action.revision === workload.revision &&
+            now - workload.updatedAtMs <= applyTraceWindowMs
+          ) {
+            record.traceparent = workload.traceparent;
+          }
           ops.push({
             type: "put",
             key: replicaKey(workload.namespace, workload.name, action.id),
@@ -260,18 +333,49 @@ export class WorkloadController {
       replicas: existing,
     };
     const endDecision = this.options.metrics?.schedulerDecision.startTimer();
-    const plan = schedule({
-      snapshot,
-      pending,
-      weights: this.options.weights,
-      nowMs: this.options.clock.nowMs(),
-      rng: this.options.rng,
-    });
+    const plan = withSpan(
+      "controller.schedule",
+      {
+        "cloudless.scheduler.pending": pending.length,
+        "cloudless.scheduler.nodes": snapshot.nodes.length,
+      },
+      (span) => {
+        const plan = schedule({
+          snapshot,
+          pending,
+          weights: this.options.weights,
+          nowMs: this.options.clock.nowMs(),
+          rng: this.options.rng,
+        });
+        span.setAttributes({
+          "cloudless.scheduler.placements": plan.placements.length,
+          "cloudless.scheduler.unschedulable": plan.unschedulable.length,
+        });
+        return plan;
+      },
+    );
     endDecision?.();
+    return withSpan(
+      "controller.commit_plan",
+      { "cloudless.scheduler.placements": plan.placements.length },
+      () => this.commitPlan(state, plan, pendingRecords),
+    );
+  }
+
+  /**
+   * Re-checks each placement against the nodes as they are now and writes the plan in
+   * one transaction; returns whether anything was placed.
+   */
+  private async commitPlan(
+    state: ClusterState,
+    plan: Plan,
+    pendingRecords: Map<string, Versioned<ReplicaRecord>>,
+  ): Promise<boolean> {
     const now = this.options.clock.nowMs();
     const compare: { key: string; target: "modRevision"; op: "=="; modRevision: number }[] = [];
     const ops: Op[] = [];
     const placedByWorkload = new Map<string, string[]>();
+    const placementSpans: Span[] = [];
     // Re-check against the nodes as they are now: the plan applier is the only
     // committer, and a node that changed since the snapshot gets no placement.
     const latest = await readNodes(this.options.store);
@@ -288,11 +392,15 @@ export class WorkloadController {
       node.allocated = add(node.allocated, record.value.resources);
       const key = replicaKey(record.value.namespace, record.value.workload, record.value.id);
       compare.push({ key, target: "modRevision", op: "==", modRevision: record.modRevision });
+      const placementSpan = startPlacementSpan(record.value, placement.node);
+      placementSpans.push(placementSpan);
       const placed: ReplicaRecord = {
         ...record.value,
         node: placement.node,
         scheduledAtMs: now,
         pendingReason: undefined,
+        // The agent's start of the replica continues the trace from this placement.
+        traceparent: injectTraceparent(placementSpan) ?? record.value.traceparent,
       };
       ops.push({ type: "put", key, value: JSON.stringify(placed) });
       const list = placedByWorkload.get(`${record.value.namespace}/${record.value.workload}`) ?? [];
@@ -322,7 +430,14 @@ export class WorkloadController {
       }
     }
     if (ops.length === 0) return false;
-    const result = await this.options.store.txn({ compare, success: ops });
+    const result = await this.options.store.txn({ compare, success: ops }).catch((error) => {
+      for (const span of placementSpans) endSpan(span, error);
+      throw error;
+    });
+    for (const span of placementSpans) {
+      span.setAttribute("cloudless.placement.committed", result.succeeded);
+      endSpan(span);
+    }
     if (!result.succeeded) {
       const attempted = [...placedByWorkload.values()].reduce((sum, list) => sum + list.length, 0);
       if (attempted > 0)
@@ -365,6 +480,7 @@ export class WorkloadController {
           workload: replica.workload,
           revision: replica.revision,
           specJson: JSON.stringify(spec),
+          ...(replica.traceparent ? { traceparent: replica.traceparent } : {}),
         });
       }
     }
@@ -388,6 +504,39 @@ export function failureReason(failure: Unschedulable): string {
   }
   if (reason) return reason;
   return failure.message.startsWith("invalid request") ? "InvalidRequest" : "NoNodes";
+}
+
+/** Whether any replica waits for a node (what scheduleAndCommit would try to place). */
+function hasPendingReplicas(state: ClusterState): boolean {
+  for (const [key, replicas] of state.replicasByWorkload) {
+    if (!state.workloads.has(key)) continue;
+    for (const { value } of replicas) {
+      if (value.node === "" && value.desired === "Running") return true;
+    }
+  }
+  return false;
+}
+
+/**
+ * The span of one replica's placement: a child of the apply that created the replica
+ * when it carries that apply's trace context (linked to the controller pass), else a
+ * child of the pass's commit.
+ */
+function startPlacementSpan(replica: ReplicaRecord, node: string): Span {
+  const fromApply = replica.traceparent !== undefined;
+  return startSpan(
+    "replica.place",
+    {
+      "cloudless.replica.id": replica.id,
+      "cloudless.workload": `${replica.namespace}/${replica.workload}`,
+      "cloudless.workload.revision": replica.revision,
+      "cloudless.node": node,
+    },
+    {
+      parent: extractContext(replica.traceparent, activeContext()),
+      ...(fromApply ? { links: activeLinks() } : {}),
+    },
+  );
 }
 
 function specOfRevision(state: ClusterState, workload: WorkloadRecord, revision: number) {
