@@ -50,6 +50,7 @@ export async function startApiServer(
   options: ApiServerOptions,
 ): Promise<ApiServer> {
   const authenticationFailures = new RateLimitedRecorder(10_000);
+  const permissionDenials = new RateLimitedRecorder(10_000);
 
   const recordAuthenticationFailure = (peer: Peer, methodName: string, reason: string) =>
     authenticationFailures.maybeRecord(peer.address, () =>
@@ -103,6 +104,23 @@ export async function startApiServer(
       };
     } catch (error) {
       const mapped = toConnectError(error);
+      if (mapped.code === Code.PermissionDenied) {
+        // Security decisions are events (REQ-071); at most one per caller per method per
+        // 10 s, so a misbehaving client cannot flood the log.
+        const peer = request.contextValues.get(peerKey);
+        const actor = peer.identity ? `${peer.identity.kind}/${peer.identity.name}` : "anonymous";
+        permissionDenials.maybeRecord(`${actor}|${request.method.name}`, () =>
+          services.events.record({
+            type: "PermissionDenied",
+            category: "security",
+            subject: `${actor}`,
+            reason: "NotAuthorized",
+            message: `${request.method.name} refused: ${mapped.rawMessage}`,
+            actor,
+            attributes: { address: peer.address, method: request.method.name },
+          }),
+        );
+      }
       if (mapped.code === 13) {
         // The request's logger names the method and carries its reqId (and traceId).
         requestLogger({ values: request.contextValues }, services.logger).error(
