@@ -159,6 +159,15 @@ describe("workloads end to end in real Podman containers", () => {
       );
       expect(status.code, status.stderr).toBe(0);
       expect(status.stdout).toContain("rolled out (revision 2)");
+      // The rollout's start and completion are both in the event stream (REQ-071).
+      await waitFor("a RolloutCompleted event", async () => {
+        const events = await cluster.events();
+        const forRoll = events.filter((e) => e.subject === `workload/${namespace}/roll`);
+        return (
+          forRoll.some((e) => e.type === "WorkloadUpdated" && e.message.includes("revision 2")) &&
+          forRoll.some((e) => e.type === "RolloutCompleted" && e.message.startsWith("revision 2"))
+        );
+      });
       sampling = false;
       await sampler;
 

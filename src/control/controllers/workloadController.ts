@@ -86,6 +86,8 @@ export class WorkloadController {
   private cancelTimer: (() => void) | undefined;
   private passPromise: Promise<void> = Promise.resolve();
   private readonly pendingReasons = new Map<string, string>();
+  /** Revisions seen in progress, per workload, so a completed rollout is announced once. */
+  private readonly rollouts = new Map<string, { revision: number; inProgress: boolean }>();
   /** Replicas placed, by pass; read by tests and metrics. */
   placementsTotal = 0;
   private readonly replacements: ReplacementTimer;
@@ -199,7 +201,7 @@ export class WorkloadController {
       const workload = state.workloads.get(key)?.value;
       const replicas = state.replicasByWorkload.get(key) ?? [];
       const spec = workload ? asSpecView(workload.spec) : undefined;
-      const { actions } = reconcileWorkload({
+      const { actions, status } = reconcileWorkload({
         workload:
           workload && spec
             ? {
@@ -215,8 +217,52 @@ export class WorkloadController {
         newReplicaId: () => newReplicaId(workload?.name ?? "replica"),
       });
       if (actions.length > 0) plans.push({ key, workload, spec, replicas, actions });
+      if (workload) this.noteRolloutProgress(key, workload.revision, status);
+      else this.rollouts.delete(key);
     }
     return plans;
+  }
+
+  /**
+   * Records a RolloutCompleted event when a revision this coordinator saw in progress
+   * has every replica updated and ready. A workload already complete when first seen
+   * (e.g. after a coordinator restart) is not announced again.
+   */
+  private noteRolloutProgress(
+    key: string,
+    revision: number,
+    status: {
+      phase: string;
+      updatedReplicas: number;
+      desiredReplicas: number;
+      replicas: number;
+      readyReplicas: number;
+    },
+  ): void {
+    const complete =
+      status.phase === "Running" &&
+      status.updatedReplicas === status.desiredReplicas &&
+      status.replicas === status.desiredReplicas;
+    const seen = this.rollouts.get(key);
+    if (!seen || seen.revision !== revision) {
+      this.rollouts.set(key, { revision, inProgress: !complete });
+      return;
+    }
+    if (!complete) {
+      seen.inProgress = true;
+      return;
+    }
+    if (!seen.inProgress) return;
+    seen.inProgress = false;
+    void this.options.events
+      .record({
+        type: "RolloutCompleted",
+        category: "scheduling",
+        subject: `workload/${key}`,
+        reason: "Complete",
+        message: `revision ${revision}: ${status.readyReplicas}/${status.desiredReplicas} replicas updated and ready`,
+      })
+      .catch(() => undefined);
   }
 
   /** Writes the planned actions, one transaction per workload; returns whether any did. */
