@@ -74,7 +74,7 @@ export function benchCluster(nodeCount: number, seed = 42): SchedulerHarness {
   return h;
 }
 
-const scenarios: Record<string, (i: number) => PendingReplica> = {
+export const scenarios: Record<string, (i: number) => PendingReplica> = {
   binpack: (i) => makeReplica(`r${i}`, "bench/api"),
   "spread+anti": (i) =>
     makeReplica(`r${i}`, "bench/web", {
