@@ -281,6 +281,20 @@ export function registerDaemonCommands(program: Command): void {
           nameNode(agent.nodeName);
           process.stderr.write(`agent running as node "${agent.nodeName}"\n`);
           if (agent.metricsUrl) process.stderr.write(`metrics listening on ${agent.metricsUrl}\n`);
+          // connect-node can raise an HTTP/2 session error (e.g. "PING timed out" when the
+          // coordinator stalls) outside any call; the agent reconnects by itself, so such
+          // an error must not end the process and with it every replica's supervision.
+          process.on("uncaughtException", (error: unknown) => {
+            if (isTransportError(error)) {
+              logger.warn(
+                { err: error.message },
+                "connection to the coordinator failed; reconnecting",
+              );
+              return;
+            }
+            process.stderr.write(`error: ${(error as Error).message ?? String(error)}\n`);
+            process.exit(1);
+          });
           // Timers inside the agent do not hold the process open; this does, until it stops.
           const keepAlive = setInterval(() => undefined, 1 << 30);
           const exit = await Promise.race([
@@ -320,6 +334,17 @@ function parseDriver(text: string): "container" | "process" {
     fail(`--driver ${text}: expected container or process`);
   }
   return text;
+}
+
+/** Errors of the HTTP/2 connection to the coordinator, which the agent recovers from. */
+export function isTransportError(error: unknown): error is Error {
+  if (!(error instanceof Error)) return false;
+  const code = (error as NodeJS.ErrnoException).code ?? "";
+  return (
+    error.name === "ConnectError" ||
+    /^(ERR_HTTP2_|ECONNRESET|ECONNREFUSED|EPIPE|ETIMEDOUT)/.test(code) ||
+    /PING timed out|http\/2|HTTP2/i.test(error.message)
+  );
 }
 
 export function waitForSignal(): Promise<NodeJS.Signals> {
