@@ -207,6 +207,7 @@ export function nodeServiceImpl(services: CoordinatorServices): ServiceImpl<type
       let helloed = false;
       let detach: (() => void) | undefined;
       try {
+        services.replicaStatus.forget(name);
         const record = await membership.hello(name, {
           capacity: capacityFromProto(hello.capacity),
           info: infoFromProto(hello.info),

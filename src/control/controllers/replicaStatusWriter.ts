@@ -43,10 +43,27 @@ export class ReplicaStatusWriter {
     private readonly clock: Clock,
   ) {}
 
+  /** The last report applied per node: agents resend unchanged full reports every 10 s. */
+  private readonly lastApplied = new Map<string, string>();
+
   async apply(nodeName: string, reports: ReportedReplica[], full: boolean): Promise<void> {
+    // An identical report changes nothing the previous one did not already write, so
+    // it is not worth reading the replicas again (the dominant cost at scale).
+    const fingerprint = JSON.stringify([full, reports]);
+    if (this.lastApplied.get(nodeName) === fingerprint) return;
+    this.lastApplied.delete(nodeName);
     for (let attempt = 0; attempt < 5; attempt++) {
-      if (await this.tryApply(nodeName, reports, full)) return;
+      if (await this.tryApply(nodeName, reports, full)) {
+        if (this.lastApplied.size > 100_000) this.lastApplied.clear();
+        this.lastApplied.set(nodeName, fingerprint);
+        return;
+      }
     }
+  }
+
+  /** Forget what a node last reported (its stream reconnected, or it was deleted). */
+  forget(nodeName: string): void {
+    this.lastApplied.delete(nodeName);
   }
 
   private async tryApply(
