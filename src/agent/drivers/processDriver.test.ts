@@ -303,7 +303,7 @@ describe.skipIf(cgroupProblem !== undefined)(
       const slow = await driver.exec(id, ["/bin/sleep", "30"], 300).catch((caught) => caught);
       expect(slow).toBeInstanceOf(DriverError);
       expect((slow as DriverError).message).toContain("did not finish within 300 ms");
-      expect(Date.now() - startedMs).toBeLessThan(3_000);
+      expect(Date.now() - startedMs).toBeLessThan(15_000); // a 300 ms deadline on a 30 s sleep
 
       await driver.stop(id, 0);
       const stopped = await driver.exec(id, ["true"], 1_000).catch((caught) => caught);
