@@ -1,7 +1,7 @@
 /**
  * Request checks every store backend applies before talking to its engine, so a
  * malformed key, txn or range is refused the same way (kind "invalid") whether the
- * store is SQLite or etcd (REQ-012). They mirror the checks inside sqliteStore.ts.
+ * store is SQLite or etcd (REQ-012). Both backends import them from here.
  */
 
 import { type Op, type RangeOptions, StoreError, type TxnRequest } from "./store.js";
