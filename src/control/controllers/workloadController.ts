@@ -82,7 +82,8 @@ export class WorkloadController {
   private watches: Watch[] = [];
   private running = false;
   private dirty = false;
-  private stopped = false;
+  /** Only the leader's controller runs; it is started on election and stopped on demotion. */
+  private stopped = true;
   private cancelTimer: (() => void) | undefined;
   private passPromise: Promise<void> = Promise.resolve();
   private readonly pendingReasons = new Map<string, string>();
@@ -97,7 +98,13 @@ export class WorkloadController {
     this.replacements = new ReplacementTimer((seconds) => histogram?.observe(seconds));
   }
 
+  /** Starts watching and reconciling; callable again after stop() (a new leadership term). */
   async start(): Promise<void> {
+    if (!this.stopped) return;
+    await this.passPromise;
+    this.stopped = false;
+    this.rollouts.clear();
+    this.pendingReasons.clear();
     const trigger = () => this.trigger();
     for (const prefix of ["/nodes/", workloadPrefix, replicaPrefix]) {
       this.watches.push(this.options.store.watch(prefix, {}, { onEvents: trigger }));
@@ -109,6 +116,7 @@ export class WorkloadController {
     this.stopped = true;
     this.cancelTimer?.();
     for (const watch of this.watches) watch.cancel();
+    this.watches = [];
     await this.passPromise;
   }
 

@@ -43,7 +43,8 @@ export class MembershipService {
   private readonly openStreams = new Map<string, number>();
   private stopTicker: (() => void) | undefined;
   private pending: Promise<void> = Promise.resolve();
-  private stopped = false;
+  /** Only the leader judges nodes; started on election, stopped on demotion. */
+  private stopped = true;
 
   constructor(
     private readonly nodes: NodeRegistry,
@@ -58,6 +59,11 @@ export class MembershipService {
 
   /** Loads known nodes and starts judging them (after the startup grace period). */
   async start(): Promise<void> {
+    if (!this.stopped) return;
+    await this.pending;
+    this.stopped = false;
+    // A new term starts from the store: every known node gets the startup grace period.
+    this.tracker.clear();
     const now = this.clock.nowMs();
     for (const node of await this.nodes.list()) {
       this.tracker.restore(node.name, node.status, now);
@@ -73,6 +79,7 @@ export class MembershipService {
   async stop(): Promise<void> {
     this.stopped = true;
     this.stopTicker?.();
+    this.stopTicker = undefined;
     await this.pending;
   }
 

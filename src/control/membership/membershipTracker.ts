@@ -70,6 +70,8 @@ export class MembershipTracker {
 
   /** Nodes known from the store when the coordinator starts: judged after a grace period. */
   restore(name: string, status: NodeStatus, nowMs: number): void {
+    // A node that already said hello in this term is judged by what it said.
+    if (this.nodes.has(name)) return;
     const detector = new PhiAccrualDetector(this.config.detector);
     detector.resetSilence(nowMs);
     this.nodes.set(name, {
@@ -239,6 +241,11 @@ export class MembershipTracker {
       }
     }
     return transitions;
+  }
+
+  /** Forget every node (a new leadership term starts from the store). */
+  clear(): void {
+    this.nodes.clear();
   }
 
   /** Forget a node (it was deleted). */
