@@ -17,14 +17,30 @@ export const errorCodes = [
 
 export type ErrorCode = (typeof errorCodes)[number];
 
+/** The response header that names the leader when a follower cannot serve a call. */
+export const leaderUrlHeader = "cloudless-leader-url";
+
 export class CloudlessError extends Error {
+  /** Set when the call needs the leader and this coordinator is not it. */
+  readonly leaderUrl: string | undefined;
+
   constructor(
     readonly code: ErrorCode,
     message: string,
-    options?: { cause?: unknown },
+    options?: { cause?: unknown; leaderUrl?: string },
   ) {
     super(message, options);
     this.name = "CloudlessError";
+    this.leaderUrl = options?.leaderUrl;
+  }
+
+  /** A follower's answer to a call only the leader serves (heartbeats, logs, exec). */
+  static notLeader(leaderUrl: string | undefined): CloudlessError {
+    return leaderUrl
+      ? new CloudlessError("Unavailable", `not the leader; the leader is ${leaderUrl}`, {
+          leaderUrl,
+        })
+      : new CloudlessError("Unavailable", "no leader elected yet; retry shortly");
   }
 
   static notFound(message: string): CloudlessError {

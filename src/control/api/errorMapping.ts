@@ -1,5 +1,5 @@
 import { Code, ConnectError } from "@connectrpc/connect";
-import { CloudlessError, type ErrorCode } from "../../lib/errors.js";
+import { CloudlessError, type ErrorCode, leaderUrlHeader } from "../../lib/errors.js";
 
 /** The single place where our closed error codes meet Connect/gRPC codes. */
 const toConnectCode: Record<ErrorCode, Code> = {
@@ -39,6 +39,7 @@ export function toConnectError(error: unknown): ConnectError {
   const normalized = CloudlessError.from(error);
   return new ConnectError(normalized.message, toConnectCode[normalized.code], {
     "x-cloudless-code": normalized.code,
+    ...(normalized.leaderUrl ? { [leaderUrlHeader]: normalized.leaderUrl } : {}),
   });
 }
 
@@ -49,7 +50,11 @@ export function fromConnectError(error: unknown): CloudlessError {
     const named = error.metadata.get("x-cloudless-code");
     const code: ErrorCode =
       named && isErrorCode(named) ? named : (fromConnectCode.get(error.code) ?? "Internal");
-    return new CloudlessError(code, error.rawMessage, { cause: error });
+    const leaderUrl = error.metadata.get(leaderUrlHeader) ?? undefined;
+    return new CloudlessError(code, error.rawMessage, {
+      cause: error,
+      ...(leaderUrl ? { leaderUrl } : {}),
+    });
   }
   return CloudlessError.from(error);
 }
