@@ -1,15 +1,17 @@
+import { randomBytes } from "node:crypto";
 import { access, chmod, mkdir, readFile } from "node:fs/promises";
 import { hostname, networkInterfaces } from "node:os";
 import * as path from "node:path";
 import { stringify } from "yaml";
 import { type Clock, systemClock } from "../lib/clock.js";
 import { CloudlessError } from "../lib/errors.js";
+import { acquirePidLock } from "../lib/pidLock.js";
 import { mathRng, type Rng } from "../lib/rng.js";
 import { AuditLog } from "../observe/audit.js";
 import type { Logger } from "../observe/logger.js";
 import { silentLogger } from "../observe/logger.js";
 import { type CoordinatorMetrics, countBy, createCoordinatorMetrics } from "../observe/metrics.js";
-import type { CoordinatorServices } from "./api/context.js";
+import type { CoordinatorServices, Leadership } from "./api/context.js";
 import { type ApiServer, startApiServer } from "./api/server.js";
 import { AssignmentHub } from "./controllers/assignmentHub.js";
 import { type ReplicaRecord, replicaPrefix } from "./controllers/records.js";
@@ -17,10 +19,27 @@ import { ReplicaStatusWriter } from "./controllers/replicaStatusWriter.js";
 import { TunnelHub } from "./controllers/tunnelHub.js";
 import { WorkloadController } from "./controllers/workloadController.js";
 import { EventLog } from "./events/eventLog.js";
+import { FencedStore } from "./leader/fencedStore.js";
+import { LeaderElection, type LeaderInfo, leaderKey } from "./leader/leaderElection.js";
 import { MembershipService } from "./membership/membershipService.js";
 import { defaultMembershipConfig, type MembershipConfig } from "./membership/membershipTracker.js";
 import { NodeRegistry } from "./nodes/nodeRegistry.js";
-import { loadOrCreateCa, spiffeUri, writeSecretFile } from "./security/pki.js";
+import {
+  CA_KEY_FILE,
+  type CertificateAuthority,
+  loadOrCreateCa,
+  spiffeUri,
+  writeSecretFile,
+} from "./security/pki.js";
+import {
+  installSharedCa,
+  readClusterSecret,
+  readSealedCa,
+  removeLocalCa,
+  sealCa,
+  sharedCaKey,
+} from "./security/sharedCa.js";
+import { openEtcdStore, parseEtcdStoreUrl } from "./store/etcdStore.js";
 import { InstrumentedStore } from "./store/instrumentedStore.js";
 import { openSqliteStore } from "./store/sqliteStore.js";
 import type { Store } from "./store/store.js";
@@ -39,6 +58,18 @@ export interface CoordinatorOptions {
   /** The heartbeat interval the failure detector assumes before it has measured one. */
   heartbeatEstimateMs?: number;
   nodeCertTtlMs?: number;
+  /**
+   * Where cluster state lives: "sqlite" (default; DATA/store.db, one coordinator) or
+   * "etcd://host1:2379,host2:2379[/prefix]" (several coordinators share it, one leads).
+   */
+  store?: string;
+  /**
+   * With etcd: the file holding the secret that seals the cluster CA in the store.
+   * Default DATA/cluster-secret; the first coordinator creates it, the others need a copy.
+   */
+  clusterSecretFile?: string;
+  /** How long a dead leader keeps the role before another coordinator takes over. */
+  leaderLeaseTtlMs?: number;
   clock?: Clock;
   rng?: Rng;
   logger?: Logger;
@@ -50,7 +81,11 @@ export interface Coordinator {
   clusterName: string;
   adminConfigPath: string;
   caFingerprint: string;
+  /** This coordinator's identity in the leader election (persisted in the data dir). */
+  id: string;
   services: CoordinatorServices;
+  /** Resolves once this coordinator has become leader (tests). */
+  isLeader(): boolean;
   stop(): Promise<void>;
 }
 
@@ -59,6 +94,9 @@ const defaultNodeCertTtlMs = 24 * 3600 * 1000;
 const serverCertTtlMs = 90 * 24 * 3600 * 1000;
 const adminCertTtlMs = 365 * 24 * 3600 * 1000;
 const maintenanceIntervalMs = 60_000;
+const defaultLeaderLeaseTtlMs = 5_000;
+/** Coordinators sharing a store register here, so admin.conf can list them all. */
+const coordinatorsPrefix = "/coordinators/";
 
 interface ClusterInfo {
   name: string;
@@ -66,7 +104,7 @@ interface ClusterInfo {
   caFingerprint: string;
 }
 
-/** Starts a coordinator: store, CA, API listener, membership. */
+/** Starts a coordinator: store, CA, API listener, leader election, membership. */
 export async function startCoordinator(options: CoordinatorOptions): Promise<Coordinator> {
   const clock = options.clock ?? systemClock;
   const logger = options.logger ?? silentLogger;
@@ -74,14 +112,36 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
   await mkdir(dataDir, { recursive: true, mode: 0o700 });
 
   const metrics = createCoordinatorMetrics();
-  const store = new InstrumentedStore(
-    await openSqliteStore({ path: path.join(dataDir, "store.db"), clock }),
-    metrics,
-  );
+  const storeUrl = options.store ?? "sqlite";
+  let releaseLock: (() => Promise<void>) | undefined;
+  let inner: Store;
+  if (storeUrl === "sqlite") {
+    // The SQLite store locks its own file: one coordinator per data dir.
+    inner = await openSqliteStore({ path: path.join(dataDir, "store.db"), clock });
+  } else if (storeUrl.startsWith("etcd://")) {
+    const lock = await acquirePidLock(
+      path.join(dataDir, "coordinator.lock"),
+      `coordinator data dir ${dataDir}`,
+    );
+    releaseLock = () => lock.release();
+    try {
+      const parsed = parseEtcdStoreUrl(storeUrl);
+      inner = await openEtcdStore({ ...parsed, clock });
+    } catch (error) {
+      await lock.release();
+      throw error;
+    }
+  } else {
+    throw CloudlessError.invalid(
+      `--store ${JSON.stringify(storeUrl)} is not a store; use "sqlite" or "etcd://host1:2379,host2:2379"`,
+    );
+  }
+  const store = new InstrumentedStore(inner, metrics);
   try {
-    return await startWithStore(options, store, dataDir, clock, logger, metrics);
+    return await startWithStore(options, store, dataDir, clock, logger, metrics, releaseLock);
   } catch (error) {
     await store.close();
+    await releaseLock?.();
     throw error;
   }
 }
@@ -93,40 +153,13 @@ async function startWithStore(
   clock: Clock,
   logger: Logger,
   metrics: CoordinatorMetrics,
+  releaseLock: (() => Promise<void>) | undefined,
 ): Promise<Coordinator> {
-  const existing = await store.get(clusterKey);
-  const pkiDir = path.join(dataDir, "pki");
-  if (existing && !(await anyExists([path.join(pkiDir, "ca.crt"), path.join(pkiDir, "ca.key")]))) {
-    // A new CA here would not match the cluster's and would lock every node out.
-    throw CloudlessError.invalid(
-      `data dir ${dataDir} holds an existing cluster but pki/ca.crt and pki/ca.key are missing; restore pki/ from a backup — Cloudless will not create a new CA for an existing cluster`,
-    );
-  }
-  const { ca, created } = await loadOrCreateCa(pkiDir, options.clusterName, clock.nowMs());
-  if (created) logger.info({ fingerprint: ca.fingerprintSha256 }, "created cluster CA");
-
-  let clusterName = options.clusterName;
-  if (existing) {
-    const info = JSON.parse(existing.value) as ClusterInfo;
-    if (info.caFingerprint !== ca.fingerprintSha256) {
-      throw CloudlessError.invalid(
-        `data dir ${dataDir}: the CA in pki/ does not match the one this cluster was created with; restore pki/ from a backup`,
-      );
-    }
-    clusterName = info.name;
-  } else {
-    const info: ClusterInfo = {
-      name: clusterName,
-      createdAtMs: clock.nowMs(),
-      caFingerprint: ca.fingerprintSha256,
-    };
-    await store.put(clusterKey, JSON.stringify(info));
-  }
-  if (ca.clusterName !== clusterName) {
-    throw CloudlessError.invalid(
-      `data dir ${dataDir} belongs to cluster "${ca.clusterName}", not "${clusterName}"`,
-    );
-  }
+  const { ca, clusterName } =
+    store.backend === "etcd"
+      ? await bootstrapSharedCluster(options, store, dataDir, clock, logger)
+      : await bootstrapLocalCluster(options, store, dataDir, clock, logger);
+  const id = await loadOrCreateCoordinatorId(dataDir);
 
   const serverCert = await ca.issueKeyPair({
     subjectName: "cloudless-coordinator",
@@ -151,10 +184,19 @@ async function startWithStore(
         defaultMembershipConfig.detector.firstHeartbeatEstimateMs,
     },
   };
-  const membership = new MembershipService(nodes, events, clock, logger, membershipConfig);
+  // The leader's controllers write through the fence (NFR-R1); API handlers write
+  // through the plain store from any coordinator.
+  const leaderStore = new FencedStore(store);
+  const membership = new MembershipService(
+    new NodeRegistry(leaderStore),
+    events,
+    clock,
+    logger,
+    membershipConfig,
+  );
   const assignments = new AssignmentHub();
   const workloads = new WorkloadController({
-    store,
+    store: leaderStore,
     clock,
     rng: options.rng ?? mathRng,
     logger: logger.child({ component: "controller" }),
@@ -162,6 +204,15 @@ async function startWithStore(
     assignments,
     metrics,
   });
+  let election: LeaderElection | undefined;
+  const leadership: Leadership = {
+    get isLeader() {
+      return election?.isLeader ?? false;
+    },
+    get leaderUrl() {
+      return election?.leader?.url;
+    },
+  };
   const audit = await AuditLog.open({
     dir: path.join(dataDir, "audit"),
     clock,
@@ -184,9 +235,10 @@ async function startWithStore(
     nodeCertTtlMs: options.nodeCertTtlMs ?? defaultNodeCertTtlMs,
     nodeStreams: new Map(),
     assignments,
-    replicaStatus: new ReplicaStatusWriter(store, clock),
+    replicaStatus: new ReplicaStatusWriter(leaderStore, clock),
     tunnels: new TunnelHub(assignments),
     workloads,
+    leadership,
     audit,
     metrics,
   };
@@ -213,6 +265,7 @@ async function startWithStore(
     });
   } catch (error) {
     await audit.close();
+    await releaseLock?.();
     const code = (error as NodeJS.ErrnoException).code;
     if (code === "EADDRINUSE") {
       throw CloudlessError.unavailable(
@@ -226,16 +279,68 @@ async function startWithStore(
     }
     throw error;
   }
-  await membership.start();
-  await workloads.start();
-
   const url =
     options.advertiseUrl ??
     `https://${formatHost(options.host === "0.0.0.0" || options.host === "::" ? "127.0.0.1" : options.host)}:${server.port}`;
+  await store.put(
+    `${coordinatorsPrefix}${id}`,
+    JSON.stringify({ id, url, startedAtMs: clock.nowMs() }),
+  );
+  await takeBackOwnLeadership(store, id, logger);
+  const electedMessage = (info: LeaderInfo | undefined) =>
+    info ? `coordinator ${info.id} at ${info.url}` : "none";
+  election = new LeaderElection({
+    store,
+    clock,
+    id,
+    url,
+    ttlMs: options.leaderLeaseTtlMs ?? defaultLeaderLeaseTtlMs,
+    logger: logger.child({ component: "leader" }),
+    onElected: async (fence) => {
+      leaderStore.setFence(fence);
+      metrics.leader.set(1);
+      metrics.leaderElections.inc();
+      await membership.start();
+      await workloads.start();
+      logger.info({ id, url }, "this coordinator is now the leader");
+      await events
+        .record({
+          type: "LeaderElected",
+          category: "operations",
+          subject: `coordinator/${id}`,
+          reason: "Elected",
+          message: `coordinator ${id} at ${url} leads: it runs the scheduler and controllers and receives heartbeats`,
+        })
+        .catch((error: unknown) => logger.warn({ err: error }, "could not record LeaderElected"));
+    },
+    onDemoted: async () => {
+      leaderStore.setFence(undefined);
+      metrics.leader.set(0);
+      await workloads.stop();
+      await membership.stop();
+      // Agents connected here reconnect to whoever leads now.
+      const next = CloudlessError.notLeader(
+        election?.leader?.id === id ? undefined : election?.leader?.url,
+      );
+      for (const streams of services.nodeStreams.values()) {
+        for (const stream of streams) stream.abort(next);
+      }
+      logger.warn(
+        { id, leader: electedMessage(election?.leader) },
+        "this coordinator is no longer the leader",
+      );
+    },
+  });
+  await election.start();
+
   const adminConfigPath = path.join(dataDir, "admin.conf");
+  // Every coordinator of the cluster, this one first: the CLI fails over between them.
+  const peers = (await store.range(coordinatorsPrefix)).kvs
+    .map((kv) => (JSON.parse(kv.value) as { url: string }).url)
+    .filter((peer) => peer !== url);
   await writeAdminConfigIfMissing(adminConfigPath, {
     clusterName,
-    url,
+    servers: [url, ...new Set(peers)],
     caPem: ca.certPem,
     issue: () =>
       ca.issueKeyPair({
@@ -248,7 +353,9 @@ async function startWithStore(
   });
 
   let stopMaintenance = clock.setTimeout(function maintain() {
-    Promise.all([events.trim(), tokens.prune()])
+    // Trimming is the leader's job; followers would only race it.
+    const due = election?.isLeader ? [events.trim(), tokens.prune()] : [];
+    Promise.all(due)
       .catch((error: unknown) => logger.warn({ err: error }, "maintenance failed"))
       .finally(() => {
         stopMaintenance = clock.setTimeout(maintain, maintenanceIntervalMs);
@@ -259,9 +366,9 @@ async function startWithStore(
   await events.record({
     type: "CoordinatorStarted",
     category: "operations",
-    subject: `coordinator/${hostname()}`,
+    subject: `coordinator/${id}`,
     reason: "Started",
-    message: `coordinator listening on ${url}`,
+    message: `coordinator ${id} listening on ${url} (store: ${store.backend})`,
   });
 
   let stopped = false;
@@ -271,16 +378,21 @@ async function startWithStore(
     clusterName,
     adminConfigPath,
     caFingerprint: ca.fingerprintSha256,
+    id,
     services,
+    isLeader: () => election?.isLeader ?? false,
     async stop() {
       if (stopped) return;
       stopped = true;
       stopMaintenance();
+      // Stepping down revokes the lease, so a follower takes over at once.
+      await election?.stop();
       await workloads.stop();
       await membership.stop();
       await server.close();
       await audit.close();
       await store.close();
+      await releaseLock?.();
     },
   };
 }
@@ -331,7 +443,7 @@ async function writeAdminConfigIfMissing(
   configPath: string,
   options: {
     clusterName: string;
-    url: string;
+    servers: string[];
     caPem: string;
     issue: () => Promise<{ certPem: string; keyPem: string }>;
   },
@@ -340,7 +452,8 @@ async function writeAdminConfigIfMissing(
     await access(configPath);
     // Keep the credential, but point it at where the coordinator listens now.
     const current = await readFile(configPath, "utf8");
-    const updated = current.replace(/^servers:\n(\s+- .*\n)+/m, `servers:\n  - ${options.url}\n`);
+    const list = options.servers.map((server) => `  - ${server}\n`).join("");
+    const updated = current.replace(/^servers:\n(\s+- .*\n)+/m, `servers:\n${list}`);
     if (updated !== current) await writeSecretFile(configPath, updated);
     await chmod(configPath, 0o600);
     return;
@@ -352,7 +465,7 @@ async function writeAdminConfigIfMissing(
     apiVersion: "cloudless/v1",
     kind: "ClientConfig",
     cluster: options.clusterName,
-    servers: [options.url],
+    servers: options.servers,
     ca: options.caPem,
     cert: admin.certPem,
     key: admin.keyPem,
@@ -370,4 +483,161 @@ async function anyExists(paths: string[]): Promise<boolean> {
     ),
   );
   return found.includes(true);
+}
+
+interface BootstrappedCluster {
+  ca: CertificateAuthority;
+  clusterName: string;
+}
+
+/** SQLite: the CA lives in DATA/pki and must match the cluster recorded in the store. */
+async function bootstrapLocalCluster(
+  options: CoordinatorOptions,
+  store: Store,
+  dataDir: string,
+  clock: Clock,
+  logger: Logger,
+): Promise<BootstrappedCluster> {
+  const existing = await store.get(clusterKey);
+  const pkiDir = path.join(dataDir, "pki");
+  if (existing && !(await anyExists([path.join(pkiDir, "ca.crt"), path.join(pkiDir, "ca.key")]))) {
+    // A new CA here would not match the cluster's and would lock every node out.
+    throw CloudlessError.invalid(
+      `data dir ${dataDir} holds an existing cluster but pki/ca.crt and pki/ca.key are missing; restore pki/ from a backup — Cloudless will not create a new CA for an existing cluster`,
+    );
+  }
+  const { ca, created } = await loadOrCreateCa(pkiDir, options.clusterName, clock.nowMs());
+  if (created) logger.info({ fingerprint: ca.fingerprintSha256 }, "created cluster CA");
+
+  let clusterName = options.clusterName;
+  if (existing) {
+    const info = JSON.parse(existing.value) as ClusterInfo;
+    if (info.caFingerprint !== ca.fingerprintSha256) {
+      throw CloudlessError.invalid(
+        `data dir ${dataDir}: the CA in pki/ does not match the one this cluster was created with; restore pki/ from a backup`,
+      );
+    }
+    clusterName = info.name;
+  } else {
+    const info: ClusterInfo = {
+      name: clusterName,
+      createdAtMs: clock.nowMs(),
+      caFingerprint: ca.fingerprintSha256,
+    };
+    await store.put(clusterKey, JSON.stringify(info));
+  }
+  if (ca.clusterName !== clusterName) {
+    throw CloudlessError.invalid(
+      `data dir ${dataDir} belongs to cluster "${ca.clusterName}", not "${clusterName}"`,
+    );
+  }
+  return { ca, clusterName };
+}
+
+/**
+ * etcd: several coordinators share one cluster. The first creates the CA and publishes
+ * it in the store with its private key sealed by the cluster secret (like k3s's
+ * bootstrap data sealed by the server token); the others open it with a copy of that
+ * secret and keep it in their own DATA/pki.
+ */
+async function bootstrapSharedCluster(
+  options: CoordinatorOptions,
+  store: Store,
+  dataDir: string,
+  clock: Clock,
+  logger: Logger,
+): Promise<BootstrappedCluster> {
+  const pkiDir = path.join(dataDir, "pki");
+  const secretFile = path.resolve(
+    options.clusterSecretFile ?? path.join(dataDir, "cluster-secret"),
+  );
+  const hasLocalCa = await anyExists([path.join(pkiDir, "ca.crt"), path.join(pkiDir, "ca.key")]);
+  let existing = await store.get(clusterKey);
+  if (!existing && !hasLocalCa) {
+    const { secret, created: secretCreated } = await readClusterSecret(secretFile, true);
+    const { ca } = await loadOrCreateCa(pkiDir, options.clusterName, clock.nowMs());
+    const info: ClusterInfo = {
+      name: options.clusterName,
+      createdAtMs: clock.nowMs(),
+      caFingerprint: ca.fingerprintSha256,
+    };
+    const keyPem = await readFile(path.join(pkiDir, CA_KEY_FILE), "utf8");
+    const sealed = await sealCa(ca.certPem, keyPem, secret);
+    const published = await store.txn({
+      compare: [{ key: clusterKey, target: "version", op: "==", version: 0 }],
+      success: [
+        { type: "put", key: clusterKey, value: JSON.stringify(info) },
+        { type: "put", key: sharedCaKey, value: JSON.stringify(sealed) },
+      ],
+    });
+    if (published.succeeded) {
+      logger.info(
+        { fingerprint: ca.fingerprintSha256, secretFile },
+        secretCreated
+          ? `created the cluster CA; other coordinators need a copy of ${secretFile} (--cluster-secret-file)`
+          : "created the cluster CA, sealed with the given cluster secret",
+      );
+      return { ca, clusterName: info.name };
+    }
+    // Another coordinator created the cluster first: use its CA, not ours.
+    await removeLocalCa(pkiDir);
+    existing = await store.get(clusterKey);
+  }
+  if (!existing) {
+    throw CloudlessError.invalid(
+      `data dir ${dataDir} holds a CA in pki/ but the store has no cluster; point --store at this cluster's etcd or use an empty data dir`,
+    );
+  }
+  const info = JSON.parse(existing.value) as ClusterInfo;
+  if (!hasLocalCa) {
+    const sealed = await readSealedCa(store);
+    if (!sealed) {
+      throw CloudlessError.invalid(
+        `the store holds cluster "${info.name}" but no shared CA (${sharedCaKey}); was it created by a single SQLite coordinator? Copy pki/ from its data dir`,
+      );
+    }
+    const { secret } = await readClusterSecret(secretFile, false);
+    await installSharedCa(pkiDir, sealed, secret);
+    logger.info({ fingerprint: info.caFingerprint }, "installed the cluster CA from the store");
+  }
+  const { ca } = await loadOrCreateCa(pkiDir, info.name, clock.nowMs());
+  if (ca.fingerprintSha256 !== info.caFingerprint) {
+    throw CloudlessError.invalid(
+      `data dir ${dataDir}: the CA in pki/ is not this cluster's; move pki/ away and start again with the cluster secret`,
+    );
+  }
+  return { ca, clusterName: info.name };
+}
+
+/** A stable identity per data dir: host name plus a random suffix (hosts may share names). */
+async function loadOrCreateCoordinatorId(dataDir: string): Promise<string> {
+  const file = path.join(dataDir, "coordinator-id");
+  try {
+    const id = (await readFile(file, "utf8")).trim();
+    if (/^[a-z0-9][a-z0-9-]{0,62}$/.test(id)) return id;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== "ENOENT") throw error;
+  }
+  const id = `${coordinatorName().slice(0, 50)}-${randomBytes(3).toString("hex")}`;
+  await writeSecretFile(file, `${id}\n`);
+  return id;
+}
+
+/**
+ * After a crash the store may still hold this coordinator's old leader key until its
+ * lease runs out. The data dir is locked, so no other process has this id: the key is
+ * stale and can go now instead of after the TTL.
+ */
+async function takeBackOwnLeadership(store: Store, id: string, logger: Logger): Promise<void> {
+  const current = await store.get(leaderKey);
+  if (!current) return;
+  const info = JSON.parse(current.value) as LeaderInfo;
+  if (info.id !== id) return;
+  await store.txn({
+    compare: [
+      { key: leaderKey, target: "modRevision", op: "==", modRevision: current.modRevision },
+    ],
+    success: [{ type: "delete", key: leaderKey }],
+  });
+  logger.info({ id }, "removed this coordinator's leader key left from before a restart");
 }

@@ -105,6 +105,10 @@ export interface CoordinatorMetrics extends ControllerMetrics {
   replicas: Gauge<"phase">;
   heartbeatsReceived: Counter<string>;
   heartbeatStreams: Gauge<string>;
+  /** 1 while this coordinator is the leader (NFR-R1). */
+  leader: Gauge<string>;
+  /** Times this coordinator became leader. */
+  leaderElections: Counter<string>;
   /** Connects the state gauges to where the state lives (the coordinator does this once). */
   setStateSource(source: CoordinatorStateSource): void;
 }
@@ -204,6 +208,16 @@ export function createCoordinatorMetrics(
       collect() {
         if (source) this.set(source.heartbeatStreams());
       },
+    }),
+    leader: new Gauge({
+      name: `${prefix}leader`,
+      help: "1 while this coordinator is the leader that runs the scheduler and controllers, else 0.",
+      registers,
+    }),
+    leaderElections: new Counter({
+      name: `${prefix}leader_elections_total`,
+      help: "Times this coordinator won the leader election (a leadership change seen from here).",
+      registers,
     }),
     setStateSource(next) {
       source = next;

@@ -53,6 +53,9 @@ export interface CoordinatorFlags {
   streamLossGrace?: string;
   startupGrace?: string;
   nodeCertTtl?: string;
+  store: string;
+  clusterSecretFile?: string;
+  leaderLease?: string;
   logLevel: string;
 }
 
@@ -84,6 +87,20 @@ export function addCoordinatorFlags(command: Command, defaults: { dataDir: strin
       "--node-cert-ttl <duration>",
       "lifetime of node certificates (agents renew at 2/3)",
       "24h",
+    )
+    .option(
+      "--store <url>",
+      'cluster state: "sqlite" (DATA/store.db, one coordinator) or etcd://host1:2379,host2:2379 (several coordinators, one leads)',
+      "sqlite",
+    )
+    .option(
+      "--cluster-secret-file <path>",
+      "with etcd: the secret sealing the cluster CA in the store (default DATA/cluster-secret; the first coordinator creates it)",
+    )
+    .option(
+      "--leader-lease <duration>",
+      "with several coordinators: how long a dead leader keeps the role before another takes over",
+      "5s",
     )
     .option("--log-level <level>", "trace, debug, info, warn, error or silent", "info");
 }
@@ -131,6 +148,9 @@ export async function coordinatorFromFlags(
     membership,
     heartbeatEstimateMs: interval,
     nodeCertTtlMs: durationFlag("--node-cert-ttl", flags.nodeCertTtl),
+    store: flags.store,
+    clusterSecretFile: flags.clusterSecretFile,
+    leaderLeaseTtlMs: durationFlag("--leader-lease", flags.leaderLease),
     logger,
   });
 }

@@ -17,6 +17,13 @@ import type { Store } from "../store/store.js";
 import type { TokenRegistry } from "../tokens/tokenRegistry.js";
 import { type Peer, peerKey } from "./peer.js";
 
+/** Whether this coordinator leads (runs membership and controllers), and who does. */
+export interface Leadership {
+  readonly isLeader: boolean;
+  /** The leader's API URL as last seen; undefined while none is elected. */
+  readonly leaderUrl: string | undefined;
+}
+
 /** Everything the API handlers share: one coordinator's services. */
 export interface CoordinatorServices {
   clusterName: string;
@@ -35,6 +42,7 @@ export interface CoordinatorServices {
   replicaStatus: ReplicaStatusWriter;
   tunnels: TunnelHub;
   workloads: WorkloadController;
+  leadership: Leadership;
   /** The tamper-evident log of state-changing requests (NFR-C1). */
   audit: AuditLog;
   /** Prometheus metrics (REQ-070), served on GET /metrics to cluster identities. */

@@ -170,6 +170,11 @@ export function nodeServiceImpl(services: CoordinatorServices): ServiceImpl<type
     async *heartbeat(requests: AsyncIterable<HeartbeatRequest>, context) {
       const identity = requireNode(context);
       const name = identity.name;
+      // Only the leader judges nodes and hands out assignments; a follower names it so
+      // the agent reconnects there (NFR-R1).
+      if (!services.leadership.isLeader) {
+        throw CloudlessError.notLeader(services.leadership.leaderUrl);
+      }
       const iterator = requests[Symbol.asyncIterator]();
       const first = await withTimeout(iterator.next(), helloTimeoutMs);
       if (!first || first.done) return;
@@ -225,6 +230,8 @@ export function nodeServiceImpl(services: CoordinatorServices): ServiceImpl<type
           for (;;) {
             const next = await raceAbort(iterator.next(), deleted.signal);
             if (next === "aborted") {
+              // Demotion ends streams with a pointer to the new leader; deletion without.
+              if (deleted.signal.reason instanceof CloudlessError) throw deleted.signal.reason;
               throw CloudlessError.unauthenticated(
                 `node "${name}" was deleted from the cluster; join again with a new token`,
               );

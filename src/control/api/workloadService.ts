@@ -447,6 +447,8 @@ export function workloadServiceImpl(
       const { namespace, name } = nameOf(request);
       const { state } = await load(namespace, name);
       const replica = pickReplica(state, namespace, name, request.replicaId);
+      // Agents' streams, and so the tunnels to replicas, end at the leader.
+      requireLeader(services);
       for await (const line of services.tunnels.logs(replica.node, replica.id, {
         follow: request.follow,
         tailLines: request.tailLines,
@@ -470,6 +472,7 @@ export function workloadServiceImpl(
       }
       const { state } = await load(namespace, name);
       const replica = pickReplica(state, namespace, name, request.replicaId);
+      requireLeader(services);
       const timeoutMs = Math.min(300, request.timeoutSeconds || 30) * 1000;
       const result = await services.tunnels.exec(
         replica.node,
@@ -626,4 +629,8 @@ function sleep(ms: number, signal: AbortSignal): Promise<void> {
       { once: true },
     );
   });
+}
+
+function requireLeader(services: CoordinatorServices): void {
+  if (!services.leadership.isLeader) throw CloudlessError.notLeader(services.leadership.leaderUrl);
 }

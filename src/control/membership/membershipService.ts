@@ -132,7 +132,8 @@ export class MembershipService {
   }
 
   private apply(transitions: Transition[]): void {
-    if (transitions.length === 0) return;
+    // A demoted coordinator records nothing: the new leader judges from its own term.
+    if (transitions.length === 0 || this.stopped) return;
     // Writes are chained so transitions land in the order they were decided.
     this.pending = this.pending.then(() => this.record(transitions));
   }
