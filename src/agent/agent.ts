@@ -26,6 +26,7 @@ import { desiredFromAssignment, reportToProto } from "./assignments.js";
 import type { DriverName, RuntimeDriver } from "./drivers/driver.js";
 import { detectDrivers } from "./drivers/index.js";
 import { InstrumentedDriver } from "./drivers/instrumentedDriver.js";
+import { EndpointRotation, leaderHint, type SessionOutcome } from "./endpoints.js";
 import {
   type AgentIdentity,
   certificateWindow,
@@ -43,6 +44,7 @@ import {
   type UsageSample,
   UsageSampler,
 } from "./resources/index.js";
+import { AgentStateWriter, loadAgentState } from "./stateFile.js";
 import { ReplicaSupervisor } from "./supervisor/index.js";
 import type { DesiredReplica, ReplicaReport } from "./supervisor/supervisorTypes.js";
 import { AgentTunnels } from "./tunnels.js";
@@ -85,6 +87,13 @@ export interface AgentOptions {
   wrapTransport?: (transport: Transport) => Transport;
   /** Node.js process metrics in the agent's registry (default true; off for many agents per process). */
   processMetrics?: boolean;
+  /** Deadline for a heartbeat stream to be acknowledged before the next URL is tried. */
+  connectTimeoutMs?: number;
+  /**
+   * Keep the desired set and replica state in <dataDir>/agent-state.json and restore it
+   * at start (NFR-A1; default true). The simulator's hollow nodes turn it off.
+   */
+  persistState?: boolean;
 }
 
 export interface AgentExit {
@@ -105,6 +114,7 @@ export interface Agent {
 
 const reconnectBaseMs = 200;
 const reconnectMaxMs = 5_000;
+const defaultConnectTimeoutMs = 10_000;
 const leaveAckTimeoutMs = 2_000;
 const renewCheckIntervalMs = 5_000;
 
@@ -147,8 +157,8 @@ async function enroll(
   dataDir: string,
   logger: Logger,
 ): Promise<AgentIdentity> {
-  const joinUrl = options.joinUrls?.[0];
-  if (!joinUrl || !options.token) {
+  const joinUrls = options.joinUrls ?? [];
+  if (joinUrls.length === 0 || !options.token) {
     throw CloudlessError.invalid(
       `this agent has not joined a cluster yet (no identity in ${dataDir}); pass --join URL --token TOKEN`,
     );
@@ -156,35 +166,53 @@ async function enroll(
   const parsed = parseToken(options.token);
   if (!parsed.ok) throw CloudlessError.invalid(parsed.reason);
   const nodeName = options.name ?? defaultNodeName();
-  const caPem = await fetchPinnedCa(joinUrl, parsed.caFingerprint);
   const { keyPem, csrPem } = await generateKeyAndCsr({ commonName: nodeName });
-  // The cluster name is only known after enrollment; for this one call any
-  // coordinator certificate from the pinned CA is accepted.
-  const clients = createClients(createCoordinatorTransport({ baseUrl: joinUrl, caPem }));
-  try {
-    const response = await clients.nodes.enroll({
-      token: options.token,
-      name: nodeName,
-      csrPem,
-      region: options.region ?? "",
-      zone: options.zone ?? "",
-      labels: options.labels ?? {},
-    });
-    const identity: AgentIdentity = {
-      nodeName: response.nodeName,
-      clusterName: response.clusterName,
-      servers: options.joinUrls ?? [joinUrl],
-      caPem: response.caPem,
-      certPem: response.certificatePem,
-      keyPem,
-      certReceivedAtMs: (options.clock ?? systemClock).nowMs(),
-    };
-    await saveIdentity(dataDir, identity);
-    logger.info({ node: nodeName, cluster: response.clusterName }, "enrolled");
-    return identity;
-  } catch (error) {
-    throw fromConnectError(error);
+  // Each join URL in turn (and a leader a follower names): any coordinator that
+  // answers may be the one that enrolls. Only unreachable ones are skipped; a refused
+  // token is an answer.
+  const candidates = [...joinUrls];
+  const failures: string[] = [];
+  for (let i = 0; i < candidates.length && i < joinUrls.length + 2; i++) {
+    const joinUrl = candidates[i] as string;
+    try {
+      const caPem = await fetchPinnedCa(joinUrl, parsed.caFingerprint);
+      // The cluster name is only known after enrollment; for this one call any
+      // coordinator certificate from the pinned CA is accepted.
+      const clients = createClients(createCoordinatorTransport({ baseUrl: joinUrl, caPem }));
+      const response = await clients.nodes.enroll({
+        token: options.token,
+        name: nodeName,
+        csrPem,
+        region: options.region ?? "",
+        zone: options.zone ?? "",
+        labels: options.labels ?? {},
+      });
+      const identity: AgentIdentity = {
+        nodeName: response.nodeName,
+        clusterName: response.clusterName,
+        servers: joinUrls,
+        caPem: response.caPem,
+        certPem: response.certificatePem,
+        keyPem,
+        certReceivedAtMs: (options.clock ?? systemClock).nowMs(),
+      };
+      await saveIdentity(dataDir, identity);
+      logger.info({ node: nodeName, cluster: response.clusterName, url: joinUrl }, "enrolled");
+      return identity;
+    } catch (error) {
+      const hint = leaderHint(error);
+      if (hint?.leaderUrl && !candidates.includes(hint.leaderUrl)) {
+        candidates.splice(i + 1, 0, hint.leaderUrl);
+      }
+      const normalized = fromConnectError(error);
+      if (normalized.code !== "Unavailable" || joinUrls.length === 1) throw normalized;
+      failures.push(`${joinUrl}: ${normalized.message}`);
+      logger.warn({ url: joinUrl, err: normalized.message }, "enrollment failed; trying the next");
+    }
   }
+  throw CloudlessError.unavailable(
+    `could not enroll with any coordinator (${failures.join("; ")}); check the --join URLs`,
+  );
 }
 
 function defaultNodeName(): string {
@@ -200,6 +228,8 @@ interface StreamSession {
   abort: AbortController;
   done: Promise<void>;
   firstAck: Promise<boolean>;
+  /** How the session ended (valid once done has resolved). */
+  outcome(): SessionOutcome;
   leave(): Promise<void>;
   send(message: HeartbeatRequest): void;
 }
@@ -232,6 +262,11 @@ class AgentRunner {
   });
   private cancelRenewTimer: (() => void) | undefined;
   private wakeBackoff: (() => void) | undefined;
+  /** Which coordinator to dial; rotates on failure, follows leader redirects. */
+  private readonly endpoints: EndpointRotation;
+  /** One transport per coordinator URL (rebuilt when the certificate changes). */
+  private clientsByUrl = new Map<string, ReturnType<typeof createClients>>();
+  private stateWriter: AgentStateWriter | undefined;
 
   constructor(
     private identity: AgentIdentity,
@@ -244,7 +279,15 @@ class AgentRunner {
   ) {
     this.usage = options.usageSampler ?? new UsageSampler();
     this.metrics = createAgentMetrics({ defaultMetrics: options.processMetrics ?? true });
-    this.clients = createClients(this.transportFor(identity));
+    if (identity.servers.length === 0) {
+      throw CloudlessError.invalid("no coordinator URL known; pass --join URL");
+    }
+    this.endpoints = new EndpointRotation(identity.servers, {
+      rng,
+      baseDelayMs: reconnectBaseMs,
+      maxDelayMs: reconnectMaxMs,
+    });
+    this.clients = this.clientsFor(this.endpoints.current);
   }
 
   async start(): Promise<void> {
@@ -272,6 +315,53 @@ class AgentRunner {
   }
 
   private async startRunning(): Promise<void> {
+    // Replicas first, capacity and the coordinator after: an agent that restarts while
+    // every coordinator is down brings its replicas back from disk (NFR-A1), and the
+    // capacity measurement (a disk probe, an upload) must not delay that.
+    const detected = this.options.runtimeDrivers
+      ? { drivers: this.options.runtimeDrivers, unavailable: [] }
+      : await detectDrivers({
+          dataDir: this.dataDir,
+          socketPath: this.options.containerSocket,
+          nodeName: this.identity.nodeName,
+          logger: this.logger,
+        });
+    for (const driver of detected.drivers) {
+      if (!this.options.drivers || this.options.drivers.includes(driver.name)) {
+        this.drivers.set(driver.name, new InstrumentedDriver(driver, this.metrics));
+      }
+    }
+    this.logger.info(
+      { drivers: [...this.drivers.keys()], unavailable: detected.unavailable },
+      "runtime drivers",
+    );
+    const supervisor = new ReplicaSupervisor({
+      drivers: this.drivers,
+      clock: this.clock,
+      rng: this.rng,
+      logger: this.logger.child({ component: "supervisor" }),
+      onProbeResult: (kind, result) =>
+        this.metrics.probeResults.inc({ kind, result: result.ok ? "success" : "failure" }),
+      onReport: (reports) => {
+        this.latestReports = reports;
+        this.stateWriter?.runtimeChanged();
+        this.sendReports();
+      },
+    });
+    this.supervisor = supervisor;
+    if (this.options.persistState ?? true) {
+      await this.restoreState(supervisor);
+      this.stateWriter = new AgentStateWriter({
+        dataDir: this.dataDir,
+        nodeName: this.identity.nodeName,
+        clock: this.clock,
+        logger: this.logger,
+        snapshot: () => supervisor.snapshot(),
+      });
+    }
+    await supervisor.start();
+    this.stateWriter?.runtimeChanged();
+
     this.capacity =
       this.options.capacity ??
       (await measureCapacity({
@@ -291,36 +381,6 @@ class AgentRunner {
           }),
       }));
     this.logger.info({ capacity: this.capacity }, "measured capacity");
-    const detected = this.options.runtimeDrivers
-      ? { drivers: this.options.runtimeDrivers, unavailable: [] }
-      : await detectDrivers({
-          dataDir: this.dataDir,
-          socketPath: this.options.containerSocket,
-          nodeName: this.identity.nodeName,
-          logger: this.logger,
-        });
-    for (const driver of detected.drivers) {
-      if (!this.options.drivers || this.options.drivers.includes(driver.name)) {
-        this.drivers.set(driver.name, new InstrumentedDriver(driver, this.metrics));
-      }
-    }
-    this.logger.info(
-      { drivers: [...this.drivers.keys()], unavailable: detected.unavailable },
-      "runtime drivers",
-    );
-    this.supervisor = new ReplicaSupervisor({
-      drivers: this.drivers,
-      clock: this.clock,
-      rng: this.rng,
-      logger: this.logger.child({ component: "supervisor" }),
-      onProbeResult: (kind, result) =>
-        this.metrics.probeResults.inc({ kind, result: result.ok ? "success" : "failure" }),
-      onReport: (reports) => {
-        this.latestReports = reports;
-        this.sendReports();
-      },
-    });
-    await this.supervisor.start();
     const resend = () => {
       this.sendReports();
       this.cancelReportTimer = this.clock.setTimeout(resend, fullReportIntervalMs);
@@ -328,6 +388,34 @@ class AgentRunner {
     this.cancelReportTimer = this.clock.setTimeout(resend, fullReportIntervalMs);
     void this.run();
     this.scheduleRenewal();
+  }
+
+  /**
+   * Loads the state a previous agent left (NFR-A1). A file that cannot be used costs one
+   * warning and an empty start: without a desired set the supervisor removes nothing it
+   * finds, and the coordinator's set replaces it on connect.
+   */
+  private async restoreState(supervisor: ReplicaSupervisor): Promise<void> {
+    const loaded = await loadAgentState(this.dataDir, this.identity.nodeName);
+    if (loaded.kind === "absent") return;
+    if (loaded.kind === "unusable") {
+      this.logger.warn(
+        { reason: loaded.reason },
+        `ignoring the agent state file (${loaded.reason}); starting without saved replicas`,
+      );
+      return;
+    }
+    try {
+      supervisor.restore(loaded.snapshot);
+    } catch (error) {
+      this.logger.warn(
+        { reason: error instanceof Error ? error.message : String(error) },
+        "ignoring the agent state file; starting without saved replicas",
+      );
+      return;
+    }
+    const count = loaded.snapshot.desired?.length ?? 0;
+    this.logger.info({ replicas: count }, "restored desired replicas from the state file");
   }
 
   handle(): Agent {
@@ -340,9 +428,17 @@ class AgentRunner {
     };
   }
 
-  private transportFor(identity: AgentIdentity) {
-    const server = identity.servers[0];
-    if (!server) throw CloudlessError.invalid("no coordinator URL known; pass --join URL");
+  /** Clients for one coordinator URL, with this agent's current certificate. */
+  private clientsFor(url: string): ReturnType<typeof createClients> {
+    let clients = this.clientsByUrl.get(url);
+    if (!clients) {
+      clients = createClients(this.transportFor(this.identity, url));
+      this.clientsByUrl.set(url, clients);
+    }
+    return clients;
+  }
+
+  private transportFor(identity: AgentIdentity, server: string) {
     const transport = createCoordinatorTransport({
       baseUrl: server,
       clusterName: identity.clusterName,
@@ -353,35 +449,70 @@ class AgentRunner {
     return this.options.wrapTransport?.(transport) ?? transport;
   }
 
+  /** Keeps one heartbeat stream up, rotating through the coordinators; ends with stop(). */
   private async run(): Promise<void> {
-    let attempt = 0;
     while (!this.stopping) {
       const session = this.current ?? this.openSession();
       this.current = session;
-      const openedMs = this.clock.nowMs();
       await session.done;
       if (this.current !== session) continue; // rotated to a new certificate
       this.current = undefined;
       if (this.stopping) break;
-      if (this.clock.nowMs() - openedMs > 10_000) attempt = 0;
-      const delayMs = Math.round(
-        this.rng.next() * Math.min(reconnectMaxMs, reconnectBaseMs * 2 ** attempt),
+      const outcome = session.outcome();
+      const from = this.endpoints.current;
+      const next = this.endpoints.next(outcome);
+      if (next.learned) void this.rememberServer(next.learned);
+      this.logger.info(
+        { from, to: next.url, delayMs: next.delayMs, outcome: outcome.kind },
+        outcome.kind === "notLeader" && next.delayMs === 0
+          ? "coordinator is not the leader; connecting to the leader"
+          : "heartbeat stream ended; reconnecting",
       );
-      attempt = Math.min(attempt + 1, 10);
-      this.logger.debug({ delayMs }, "heartbeat stream ended; reconnecting");
-      await new Promise<void>((resolve) => {
-        const cancel = this.clock.setTimeout(resolve, delayMs);
-        this.wakeBackoff = () => {
-          cancel();
-          resolve();
-        };
-      });
-      this.wakeBackoff = undefined;
+      this.clients = this.clientsFor(next.url);
+      if (next.delayMs > 0) {
+        await new Promise<void>((resolve) => {
+          const cancel = this.clock.setTimeout(resolve, next.delayMs);
+          this.wakeBackoff = () => {
+            cancel();
+            resolve();
+          };
+        });
+        this.wakeBackoff = undefined;
+      }
+    }
+  }
+
+  /** Keeps a leader URL learned from a redirect, so a restarted agent knows it too. */
+  private async rememberServer(url: string): Promise<void> {
+    if (this.identity.servers.includes(url)) return;
+    this.identity = { ...this.identity, servers: [...this.identity.servers, url] };
+    try {
+      await saveIdentity(this.dataDir, this.identity);
+    } catch (error) {
+      this.logger.warn(
+        { err: error instanceof Error ? error.message : String(error), url },
+        "cannot save the learned coordinator URL",
+      );
     }
   }
 
   private openSession(): StreamSession {
+    const url = this.endpoints.current;
+    const clients = this.clientsFor(url);
     const abort = new AbortController();
+    let connectedAtMs: number | undefined;
+    let endedAtMs: number | undefined;
+    let notLeader: { leaderUrl?: string } | undefined;
+    // The stream itself has no deadline (it lives for hours); its first answer does.
+    const connectTimeoutMs = this.options.connectTimeoutMs ?? defaultConnectTimeoutMs;
+    const cancelConnectDeadline = this.clock.setTimeout(() => {
+      if (connectedAtMs !== undefined) return;
+      this.logger.warn(
+        { url, timeoutMs: connectTimeoutMs },
+        "coordinator did not answer the heartbeat stream in time; trying the next",
+      );
+      abort.abort();
+    }, connectTimeoutMs);
     const outgoing = new MessageQueue<HeartbeatRequest>();
     let resolveFirstAck!: (ok: boolean) => void;
     const firstAck = new Promise<boolean>((resolve) => {
@@ -439,7 +570,7 @@ class AgentRunner {
 
     const done = (async () => {
       try {
-        const responses = this.clients.nodes.heartbeat(outgoing.drain(), {
+        const responses = clients.nodes.heartbeat(outgoing.drain(), {
           signal: abort.signal,
           timeoutMs: 0,
         });
@@ -448,22 +579,32 @@ class AgentRunner {
           if (response.intervalMs > 0) this.intervalMs = response.intervalMs;
           if (first) {
             first = false;
+            connectedAtMs = this.clock.nowMs();
+            cancelConnectDeadline();
+            this.endpoints.connected();
             resolveFirstAck(true);
-            this.logger.info("connected; heartbeating");
+            this.logger.info({ url }, "connected; heartbeating");
             cancelBeat = this.clock.setTimeout(beat, this.intervalMs);
+            // The coordinator forgot this node's reports on hello: tell it at once what
+            // runs (it may have restarted, or this agent may have), not at the next resend.
+            if (this.supervisor) outgoing.push(this.reportsMessage());
           }
           if (resolveLeaveAck && response.ackSeq === 0n) resolveLeaveAck();
           this.handleCoordinatorMessage(response);
         }
       } catch (error) {
         if (abort.signal.aborted) return;
+        notLeader = leaderHint(error);
+        if (notLeader) return; // run() logs where it goes next
         const normalized = fromConnectError(error);
         if (normalized.code === "Unauthenticated" || normalized.code === "PermissionDenied") {
           this.fail(1, normalized.message);
           return;
         }
-        this.logger.warn({ err: normalized.message }, "heartbeat stream failed");
+        this.logger.warn({ url, err: normalized.message }, "heartbeat stream failed");
       } finally {
+        endedAtMs = this.clock.nowMs();
+        cancelConnectDeadline();
         cancelBeat?.();
         outgoing.close();
         resolveFirstAck(false);
@@ -474,6 +615,14 @@ class AgentRunner {
       abort,
       done,
       firstAck,
+      outcome: (): SessionOutcome => {
+        if (notLeader) return { kind: "notLeader", ...notLeader };
+        if (connectedAtMs === undefined) return { kind: "failed" };
+        return {
+          kind: "ended",
+          connectedForMs: (endedAtMs ?? this.clock.nowMs()) - connectedAtMs,
+        };
+      },
       send: (message) => outgoing.push(message),
       leave: async () => {
         const acked = new Promise<void>((resolve) => {
@@ -538,7 +687,8 @@ class AgentRunner {
     await saveIdentity(this.dataDir, renewed);
     this.identity = renewed;
     this.metricsListener?.updateCredentials(renewed);
-    this.clients = createClients(this.transportFor(renewed));
+    this.clientsByUrl = new Map();
+    this.clients = this.clientsFor(this.endpoints.current);
     const { notAfterMs } = certificateWindow(renewed.certPem);
     this.logger.info({ notAfter: new Date(notAfterMs).toISOString() }, "certificate renewed");
     // Open the new stream first; the old one closes once the new one is acknowledged,
@@ -570,6 +720,7 @@ class AgentRunner {
         else this.logger.warn({ replica: assignment.replicaId }, converted.message);
       }
       this.supervisor.setDesired(desired);
+      this.stateWriter?.desiredChanged();
     }
     if (response.logsRequest) this.tunnels.startLogs(response.logsRequest);
     if (response.cancel) this.tunnels.cancel(response.cancel.requestId);
@@ -579,14 +730,16 @@ class AgentRunner {
   private sendReports(): void {
     const session = this.current;
     if (!session || !this.supervisor) return;
-    session.send(
-      create(HeartbeatRequestSchema, {
-        kind: {
-          case: "reports",
-          value: { full: true, replicas: this.latestReports.map(reportToProto) },
-        },
-      }),
-    );
+    session.send(this.reportsMessage());
+  }
+
+  private reportsMessage(): HeartbeatRequest {
+    return create(HeartbeatRequestSchema, {
+      kind: {
+        case: "reports",
+        value: { full: true, replicas: this.latestReports.map(reportToProto) },
+      },
+    });
   }
 
   private fail(code: number, message: string): void {
@@ -603,9 +756,20 @@ class AgentRunner {
       // Leaving the cluster stops this node's replicas: the coordinator places them
       // elsewhere, and two copies must not run.
       await this.supervisor?.stop({ stopReplicas: leave }).catch(() => undefined);
+      await this.saveFinalState(leave);
       await this.finish({ code: 0, message: leave ? "left the cluster" : "stopped" });
     }
     return this.done;
+  }
+
+  /**
+   * The last write of the state file. Replicas that were stopped (a leave, a deletion)
+   * are no longer wanted here: the file says so, and an agent started later removes
+   * what it finds instead of bringing them back.
+   */
+  private async saveFinalState(replicasStopped: boolean): Promise<void> {
+    if (replicasStopped) this.supervisor?.setDesired([]);
+    await this.stateWriter?.close();
   }
 
   private async finish(exit: AgentExit): Promise<void> {
@@ -618,7 +782,9 @@ class AgentRunner {
     if (exit.code !== 0) {
       // Deleted from the cluster: nothing here is wanted any more.
       await this.supervisor?.stop({ stopReplicas: true }).catch(() => undefined);
+      await this.saveFinalState(true);
     }
+    await this.stateWriter?.close();
     this.current?.abort.abort();
     this.wakeBackoff?.();
     await this.metricsListener?.close().catch(() => undefined);

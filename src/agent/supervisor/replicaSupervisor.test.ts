@@ -605,6 +605,59 @@ describe("ReplicaSupervisor: lifecycle and state", () => {
     expect(first.container.callsTo("start")).toHaveLength(2);
   });
 
+  it("NFR-A1 after a restore, the coordinator's identical set keeps adopted replicas untouched, restart counts included", async () => {
+    const clock = new ManualClock();
+    const first = harness({ clock });
+    first.supervisor.setDesired([desired("web-0"), desired("web-1")]);
+    await first.supervisor.start();
+    first.container.exit("web-1", 1);
+    await advance(clock, 3000);
+    expect(first.report("web-1")).toMatchObject({ phase: "Running", restarts: 1 });
+    const saved = JSON.parse(JSON.stringify(first.supervisor.snapshot()));
+    await first.supervisor.stop({ stopReplicas: false });
+    const startsBefore = first.container.callsTo("start").length;
+
+    const second = harness({ clock, drivers: [first.container] });
+    second.supervisor.restore(saved);
+    await second.supervisor.start();
+    // The coordinator comes back and sends the same set (its objects, not the snapshot's).
+    second.supervisor.setDesired([desired("web-0"), desired("web-1")]);
+    await advance(clock, 5000, 500);
+    expect(second.supervisor.reports()).toMatchObject([
+      { replicaId: "web-0", phase: "Running", reason: "Adopted", restarts: 0 },
+      { replicaId: "web-1", phase: "Running", reason: "Adopted", restarts: 1 },
+    ]);
+    expect(first.container.callsTo("start")).toHaveLength(startsBefore);
+    expect(first.container.callsTo("stop")).toHaveLength(0);
+  });
+
+  it("NFR-A1 a replica that vanished while the agent was down is started again under its restart policy", async () => {
+    const clock = new ManualClock();
+    const first = harness({ clock });
+    first.supervisor.setDesired([
+      desired("always-0"),
+      desired("never-0", { restartPolicy: "Never" }),
+    ]);
+    await first.supervisor.start();
+    const saved = JSON.parse(JSON.stringify(first.supervisor.snapshot()));
+    await first.supervisor.stop({ stopReplicas: false });
+    // Both disappear while no agent runs (a reboot, someone removed them).
+    first.container.replicas.clear();
+
+    const second = harness({ clock, drivers: [first.container] });
+    second.supervisor.restore(saved);
+    await second.supervisor.start();
+    expect(second.report("always-0")).toMatchObject({ phase: "CrashLoopBackOff" });
+    expect(second.report("never-0")).toMatchObject({ phase: "Failed", reason: "Lost" });
+    await advance(clock, 3000);
+    expect(second.report("always-0")).toMatchObject({
+      phase: "Running",
+      restarts: 1,
+      reason: "Lost",
+    });
+    expect(first.container.replicas.has("never-0")).toBe(false);
+  });
+
   it("replaces an adopted replica that runs an outdated generation", async () => {
     const clock = new ManualClock();
     const first = harness({ clock });

@@ -107,6 +107,11 @@ interface ReplicaRecord {
   startAttempted: boolean;
   /** Generation of the spec the replica on the node was started with, when known. */
   runningGeneration?: number;
+  /**
+   * Restored from a snapshot that saw it running: if the runtime no longer has it, it
+   * was lost while no agent watched, and the restart policy decides (not a first start).
+   */
+  restoredRunning: boolean;
   lastTermination?: Termination;
   /** Shown instead of reason/message while the driver cannot be asked. */
   driverProblem?: { reason: string; message: string };
@@ -261,6 +266,7 @@ export class ReplicaSupervisor {
         ...(record.runningGeneration !== undefined
           ? { runningGeneration: record.runningGeneration }
           : {}),
+        restarts: record.restarts,
       };
     }
     return {
@@ -457,6 +463,17 @@ export class ReplicaSupervisor {
         return;
       }
       case "missing": {
+        if (record.intent === "start" && record.restoredRunning && !record.startAttempted) {
+          // It ran under the previous agent and vanished while nobody watched.
+          record.restoredRunning = false;
+          this.onTerminated(record, {
+            reason: "Lost",
+            failed: true,
+            detail: "replica disappeared while the agent was down",
+            summary: "disappeared from the runtime while the agent was down",
+          });
+          return;
+        }
         if (record.intent === "run") {
           this.onTerminated(record, {
             reason: "Lost",
@@ -955,7 +972,7 @@ export class ReplicaSupervisor {
       phase: "Pending",
       reason: "",
       message: "waiting to start",
-      restarts: 0,
+      restarts: restored?.restarts ?? 0,
       failures: 0,
       nextAttemptAtMs: 0,
       hasRun: false,
@@ -963,6 +980,9 @@ export class ReplicaSupervisor {
       ...(restored?.runningGeneration !== undefined
         ? { runningGeneration: restored.runningGeneration }
         : {}),
+      restoredRunning:
+        restored?.runningGeneration !== undefined &&
+        restored.runningGeneration === desired.generation,
       readinessPassing: false,
       lastTransitionAtMs: this.clock.nowMs(),
     };

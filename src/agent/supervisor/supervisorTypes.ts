@@ -62,8 +62,13 @@ export interface SupervisorSnapshot {
     string,
     {
       hostPorts: Record<string, number>;
-      /** Generation of the spec the replica was last started with. */
+      /** Generation of the spec the replica was last started with (set while it runs). */
       runningGeneration?: number;
+      /**
+       * Restarts so far, so the count the coordinator shows survives an agent restart.
+       * Absent in snapshots written before it existed.
+       */
+      restarts?: number;
     }
   >;
 }
