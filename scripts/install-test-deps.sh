@@ -5,8 +5,10 @@
 #   FROM scratch with a static busybox; there is no registry)
 # - prometheus: test/metrics.test.ts runs the real server (not the service) and promtool
 # - etcd-server, etcd-client: the etcd store backend's tests run against real etcd members
+# - iproute2, nftables, util-linux (nsenter): the chaos suite's network lab
+#   (test/helpers/netlab.ts) builds hosts from network namespaces and injects faults
 set -euo pipefail
-packages=(python3 make g++ podman runc busybox-static prometheus etcd-server etcd-client)
+packages=(python3 make g++ podman runc busybox-static prometheus etcd-server etcd-client iproute2 nftables util-linux)
 missing=()
 for package in "${packages[@]}"; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

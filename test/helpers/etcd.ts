@@ -16,7 +16,7 @@ const STOP_GRACE_MS = 3_000;
 const LOG_TAIL_CHARS = 4_000;
 
 export interface EtcdCluster {
-  /** Client endpoints, `127.0.0.1:PORT`, one per member. */
+  /** Client endpoints, `HOST:PORT` (127.0.0.1 unless placed elsewhere), one per member. */
   readonly endpoints: string[];
   /** Stops every member and removes all data directories. Safe to call twice. */
   stop(): Promise<void>;
@@ -28,6 +28,8 @@ export interface EtcdCluster {
 
 interface Member {
   name: string;
+  host: string;
+  launcher: string[];
   clientPort: number;
   peerPort: number;
   dataDir: string;
@@ -77,8 +79,25 @@ async function dataRoot(): Promise<string> {
   }
 }
 
+/** Where one member runs, when not on 127.0.0.1 of this namespace. */
+export interface EtcdPlacement {
+  /** The address the member listens on and advertises, with ports 2379 (client) and 2380 (peer). */
+  host: string;
+  /** Program and leading arguments that start `etcd` there (e.g. nsenter into a test host). */
+  launcher: string[];
+}
+
+export interface EtcdOptions {
+  members: 1 | 3;
+  /**
+   * One placement per member, for members on their own addresses (test/helpers/netlab.ts);
+   * without it every member listens on free ports of 127.0.0.1.
+   */
+  placement?: EtcdPlacement[];
+}
+
 /** Starts an etcd cluster of 1 or 3 members and waits until every member is healthy. */
-export async function startEtcd(options: { members: 1 | 3 }): Promise<EtcdCluster> {
+export async function startEtcd(options: EtcdOptions): Promise<EtcdCluster> {
   // A port picked free can be taken by someone else before etcd binds it: pick again.
   for (let attempt = 1; ; attempt++) {
     try {
@@ -96,7 +115,7 @@ async function distinctFreePorts(count: number): Promise<number[]> {
   return [...ports];
 }
 
-async function startEtcdOnce(options: { members: 1 | 3 }): Promise<EtcdCluster> {
+async function startEtcdOnce(options: EtcdOptions): Promise<EtcdCluster> {
   const root = await mkdtemp(path.join(await dataRoot(), "cloudless-etcd-"));
   const token = `cloudless-test-${randomBytes(6).toString("hex")}`;
   const members: Member[] = [];
@@ -121,25 +140,33 @@ async function startEtcdOnce(options: { members: 1 | 3 }): Promise<EtcdCluster> 
   };
 
   try {
-    const ports = await distinctFreePorts(options.members * 2);
+    if (options.placement && options.placement.length !== options.members) {
+      throw new Error(`${options.placement.length} placements for ${options.members} etcd members`);
+    }
+    const ports = options.placement ? [] : await distinctFreePorts(options.members * 2);
     for (let i = 0; i < options.members; i++) {
       const name = `m${i}`;
+      const placement = options.placement?.[i];
       members.push({
         name,
-        clientPort: ports[2 * i] ?? 0,
-        peerPort: ports[2 * i + 1] ?? 0,
+        host: placement?.host ?? "127.0.0.1",
+        launcher: placement?.launcher ?? ["etcd"],
+        clientPort: placement ? 2379 : (ports[2 * i] ?? 0),
+        peerPort: placement ? 2380 : (ports[2 * i + 1] ?? 0),
         dataDir: path.join(root, name),
         log: "",
       });
     }
-    const initialCluster = members.map((m) => `${m.name}=http://127.0.0.1:${m.peerPort}`).join(",");
+    const initialCluster = members.map((m) => `${m.name}=http://${m.host}:${m.peerPort}`).join(",");
 
     const launch = (member: Member): void => {
-      const client = `http://127.0.0.1:${member.clientPort}`;
-      const peer = `http://127.0.0.1:${member.peerPort}`;
+      const client = `http://${member.host}:${member.clientPort}`;
+      const peer = `http://${member.host}:${member.peerPort}`;
+      const [program, ...leading] = member.launcher;
       const child = spawn(
-        "etcd",
+        program ?? "etcd",
         [
+          ...leading,
           "--name",
           member.name,
           "--data-dir",
@@ -202,7 +229,7 @@ async function startEtcdOnce(options: { members: 1 | 3 }): Promise<EtcdCluster> 
         }
         try {
           // /health does a quorum read: it is true once the cluster has a leader.
-          const response = await fetch(`http://127.0.0.1:${member.clientPort}/health`, {
+          const response = await fetch(`http://${member.host}:${member.clientPort}/health`, {
             signal: AbortSignal.timeout(2_000),
           });
           const body = (await response.json()) as { health?: string };
@@ -213,7 +240,7 @@ async function startEtcdOnce(options: { members: 1 | 3 }): Promise<EtcdCluster> 
         }
         if (Date.now() > deadline) {
           throw new Error(
-            `etcd member ${member.name} on 127.0.0.1:${member.clientPort} was not healthy ` +
+            `etcd member ${member.name} on ${member.host}:${member.clientPort} was not healthy ` +
               `within ${HEALTH_TIMEOUT_MS} ms (${lastError}); log tail: ` +
               member.log.trim().slice(-1_000),
           );
@@ -232,7 +259,7 @@ async function startEtcdOnce(options: { members: 1 | 3 }): Promise<EtcdCluster> 
     };
 
     return {
-      endpoints: members.map((m) => `127.0.0.1:${m.clientPort}`),
+      endpoints: members.map((m) => `${m.host}:${m.clientPort}`),
       stop,
       async killMember(i) {
         await stopMember(memberAt(i), "SIGKILL");

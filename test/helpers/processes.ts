@@ -69,19 +69,31 @@ export function runCli(
   });
 }
 
-/** A long-running `cloudless` process whose output is captured for assertions. */
+export interface ManagedProcessOptions {
+  /**
+   * The program (and its leading arguments) that runs ARGS, instead of `node bin/cloudless`:
+   * e.g. `["nsenter", "--net=/run/netns/NS", "--", "etcd"]` runs etcd in a test host's
+   * network namespace (test/helpers/netlab.ts).
+   */
+  launcher?: string[];
+  /** Names the captured log file; the first argument by default. */
+  label?: string;
+}
+
+/** A long-running `cloudless` process (or another program) whose output is captured for assertions. */
 export class ManagedProcess {
   readonly child: ChildProcess;
   stdout = "";
   stderr = "";
   private exitPromise: Promise<number | null>;
 
-  constructor(args: string[], env: NodeJS.ProcessEnv = {}) {
-    this.child = spawn(process.execPath, [binPath, ...args], {
+  constructor(args: string[], env: NodeJS.ProcessEnv = {}, options: ManagedProcessOptions = {}) {
+    const [command, ...leading] = options.launcher ?? [process.execPath, binPath];
+    this.child = spawn(command ?? process.execPath, [...leading, ...args], {
       env: { ...process.env, CLOUDLESS_CONFIG: undefined, ...env },
       stdio: ["ignore", "pipe", "pipe"],
     });
-    const capture = captureFile(args.slice(0, 1).join("-"));
+    const capture = captureFile(options.label ?? args.slice(0, 1).join("-"));
     this.child.stdout?.on("data", (chunk: Buffer) => {
       this.stdout += chunk.toString();
     });
@@ -92,6 +104,11 @@ export class ManagedProcess {
     if (env.CLOUDLESS_TOKEN) recordTokensIn(env.CLOUDLESS_TOKEN);
     this.exitPromise = new Promise((resolve) => {
       this.child.once("exit", (code) => resolve(code));
+      // A program that cannot be started (e.g. not installed) reports here, not by exiting.
+      this.child.once("error", (err) => {
+        this.stderr += `spawn failed: ${err.message}\n`;
+        resolve(null);
+      });
     });
   }
 
