@@ -4,7 +4,7 @@ import * as net from "node:net";
 import { tmpdir } from "node:os";
 import * as path from "node:path";
 import { loadClientConfig } from "../client/config.js";
-import { createClients, createCoordinatorTransport } from "../client/transport.js";
+import { clientsForConfig } from "./clientCommand.js";
 
 /**
  * The quickstart's sample web workload: two replicas of a tiny web server, in a
@@ -177,15 +177,8 @@ export async function deploySample(options: {
     (await ensureSampleImage(options.engine));
   const driver = useContainer ? "container" : "process";
   const config = await loadClientConfig(options.configPath);
-  const clients = createClients(
-    createCoordinatorTransport({
-      baseUrl: config.servers[0] as string,
-      clusterName: config.clusterName,
-      caPem: config.caPem,
-      certPem: config.certPem,
-      keyPem: config.keyPem,
-    }),
-  );
+  // Every coordinator in the config, with failover (issue 4).
+  const clients = clientsForConfig(config);
   await clients.workloads.applyWorkload({ specText: JSON.stringify(sampleSpec(driver)) });
   const deadline = Date.now() + options.timeoutMs;
   while (Date.now() < deadline) {
