@@ -4,7 +4,7 @@ import {
   randomBytes,
   scrypt as scryptCallback,
 } from "node:crypto";
-import { readFile, rm } from "node:fs/promises";
+import { mkdir, readFile, rm } from "node:fs/promises";
 import * as path from "node:path";
 import { promisify } from "node:util";
 import { CloudlessError } from "../../lib/errors.js";
@@ -90,6 +90,7 @@ export async function unsealCaKey(sealed: SealedCa, secret: string): Promise<str
 /** Writes the shared CA into a coordinator's pki/ directory (key 0600). */
 export async function installSharedCa(pkiDir: string, sealed: SealedCa, secret: string) {
   const keyPem = await unsealCaKey(sealed, secret);
+  await mkdir(pkiDir, { recursive: true, mode: 0o700 });
   await writePublicFile(path.join(pkiDir, CA_CERT_FILE), sealed.certPem);
   await writeSecretFile(path.join(pkiDir, CA_KEY_FILE), keyPem);
 }
