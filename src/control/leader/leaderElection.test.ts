@@ -58,8 +58,10 @@ describe("leader election", () => {
     expect(a.election.isLeader).toBe(true);
     expect(b.election.isLeader).toBe(false);
     expect(b.election.leader?.id).toBe("a");
-    clock.advance(10_000);
-    await settle();
+    for (let t = 0; t < 10_000; t += 100) {
+      clock.advance(100);
+      await settle();
+    }
     // Renewals keep the role where it is.
     expect(a.election.isLeader).toBe(true);
     expect(b.election.isLeader).toBe(false);
@@ -84,6 +86,28 @@ describe("leader election", () => {
     expect(b.election.isLeader).toBe(true);
     expect(tookOverAfterMs).toBeLessThanOrEqual(3000 + 1000 + 200);
     await b.election.stop();
+  });
+
+  it("NFR-R1 a leader whose renewals hang steps down before its lease could have run out", async () => {
+    const log: string[] = [];
+    const a = candidate("a", log);
+    await a.election.start();
+    expect(a.election.isLeader).toBe(true);
+    // The store stops answering (etcd unreachable): renewals neither succeed nor fail.
+    const realKeepAlive = store.keepAlive.bind(store);
+    store.keepAlive = () => new Promise<void>(() => undefined);
+    let steppedDownAfterMs = 0;
+    for (let t = 0; t <= 6_000 && a.election.isLeader; t += 100) {
+      clock.advance(100);
+      await settle();
+      steppedDownAfterMs = t + 100;
+    }
+    expect(a.election.isLeader).toBe(false);
+    expect(log).toEqual(["a elected", "a demoted"]);
+    // Before the TTL (3 s): no second leader can have been elected while it still acted.
+    expect(steppedDownAfterMs).toBeLessThan(3000);
+    store.keepAlive = realKeepAlive;
+    await a.election.stop();
   });
 
   it("NFR-R1 a stopped leader hands over at once, and the old fence no longer matches", async () => {

@@ -43,6 +43,8 @@ export class LeaderElection {
   private watch: Watch | undefined;
   private cancelTimer: (() => void) | undefined;
   private transition: Promise<void> = Promise.resolve();
+  /** When the lease was last granted or renewed: past the TTL it may be gone. */
+  private renewedAtMs = 0;
 
   constructor(private readonly options: LeaderElectionOptions) {
     this.ttlMs = options.ttlMs ?? 3_000;
@@ -134,6 +136,7 @@ export class LeaderElection {
       const created = result.results[1];
       const createRevision = created?.type === "get" ? (created.kv?.createRevision ?? 0) : 0;
       this.leaseId = lease.id;
+      this.renewedAtMs = this.options.clock.nowMs();
       this.leading = true;
       this.current = info;
       this.logger.info({ id: this.options.id }, "became leader");
@@ -154,14 +157,43 @@ export class LeaderElection {
 
   private async renew(): Promise<void> {
     if (this.leaseId === undefined) return;
+    const startedMs = this.options.clock.nowMs();
     try {
-      await this.options.store.keepAlive(this.leaseId);
+      await this.withDeadline(this.options.store.keepAlive(this.leaseId), this.ttlMs / 3);
+      this.renewedAtMs = startedMs;
       this.schedule(this.ttlMs / 3);
     } catch (error) {
+      // A renewal that failed or hung does not mean the lease is gone yet; it is
+      // gone for sure once the TTL has passed since the last renewal, and a leader
+      // must step down before then rather than act on a role it may have lost.
+      if (this.options.clock.nowMs() - this.renewedAtMs < (this.ttlMs * 2) / 3) {
+        this.logger.warn({ err: error }, "leader lease renewal failed; retrying");
+        this.schedule(this.ttlMs / 6);
+        return;
+      }
       this.logger.warn({ err: error }, "leader lease lost");
       await this.demote("lease lost");
       this.schedule(0);
     }
+  }
+
+  private withDeadline<T>(promise: Promise<T>, deadlineMs: number): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      const cancel = this.options.clock.setTimeout(
+        () => reject(new Error(`lease renewal took longer than ${deadlineMs} ms`)),
+        deadlineMs,
+      );
+      promise.then(
+        (value) => {
+          cancel();
+          resolve(value);
+        },
+        (error: unknown) => {
+          cancel();
+          reject(error);
+        },
+      );
+    });
   }
 
   private async demote(reason: string): Promise<void> {
