@@ -244,13 +244,16 @@ export function nodeServiceImpl(services: CoordinatorServices): ServiceImpl<type
               outbound.push(ack(message.value.seq, services));
             } else if (message.case === "reports") {
               const batch = message.value;
-              // Reports apply in order; a slow store write never blocks heartbeats.
+              // Reports apply in order; a slow store write never blocks heartbeats. The
+              // leader's cluster cache gives the node's replicas without a store read and
+              // lets reports of many nodes share a commit.
               reports = reports
                 .then(() =>
                   services.replicaStatus.apply(
                     name,
                     batch.replicas.map(reportFromProto),
                     batch.full,
+                    services.workloads.cache,
                   ),
                 )
                 .catch((error: unknown) =>

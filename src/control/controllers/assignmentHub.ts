@@ -14,6 +14,11 @@ export interface AssignmentEntry {
   workload: string;
   revision: number;
   specJson: string;
+  /**
+   * A digest of specJson, when the caller has one (computed once per spec): the change
+   * check then hashes it instead of the whole document.
+   */
+  specDigest?: string;
   /** Trace context of the replica's placement; not part of what makes a set change. */
   traceparent?: string;
 }
@@ -34,7 +39,9 @@ export class AssignmentHub {
   publish(node: string, entries: AssignmentEntry[]): void {
     const sorted = [...entries].sort((a, b) => a.replicaId.localeCompare(b.replicaId));
     const hash = createHash("sha256")
-      .update(JSON.stringify(sorted.map((e) => [e.replicaId, e.revision, e.specJson])))
+      .update(
+        JSON.stringify(sorted.map((e) => [e.replicaId, e.revision, e.specDigest ?? e.specJson])),
+      )
       .digest("hex");
     if (this.desired.get(node)?.hash === hash) return;
     this.version += 1n;
@@ -56,6 +63,11 @@ export class AssignmentHub {
     });
     this.desired.set(node, { hash, message });
     for (const sink of this.sinks.get(node) ?? []) sink(message);
+  }
+
+  /** Whether a set was ever published for the node. */
+  has(node: string): boolean {
+    return this.desired.has(node);
   }
 
   /** Nodes with a published set, so a pass can clear nodes that no longer have replicas. */

@@ -1,6 +1,6 @@
 import type { NodeRecord } from "../nodes/nodeRecord.js";
 import { nodeKeyPrefix } from "../nodes/nodeRecord.js";
-import type { Store } from "../store/store.js";
+import type { KeyValue, Store } from "../store/store.js";
 import {
   type ReplicaRecord,
   replicaPrefix,
@@ -27,18 +27,32 @@ export interface ClusterState {
   revisions: Map<string, WorkloadRevisionRecord>;
 }
 
-export async function readClusterState(store: Store): Promise<ClusterState> {
+/** The keys readClusterState reads, in one read-only transaction (one revision). */
+const statePrefixes = [nodeKeyPrefix, workloadPrefix, replicaPrefix, revisionPrefix] as const;
+
+async function readRanges(store: Store): Promise<{ revision: number; ranges: KeyValue[][] }> {
   // One read-only transaction: all ranges see the same revision.
   const result = await store.txn({
     compare: [],
-    success: [
-      { type: "range", prefix: nodeKeyPrefix },
-      { type: "range", prefix: workloadPrefix },
-      { type: "range", prefix: replicaPrefix },
-      { type: "range", prefix: revisionPrefix },
-    ],
+    success: statePrefixes.map((prefix) => ({ type: "range" as const, prefix })),
   });
-  const ranges = result.results.map((r) => (r.type === "range" ? r.kvs : []));
+  return {
+    revision: result.revision,
+    ranges: result.results.map((r) => (r.type === "range" ? r.kvs : [])),
+  };
+}
+
+/** Every key readClusterState reads, unparsed, with the revision they were read at. */
+export async function readClusterStateKvs(
+  store: Store,
+): Promise<{ revision: number; kvs: KeyValue[] }> {
+  const { revision, ranges } = await readRanges(store);
+  return { revision, kvs: ranges.flat() };
+}
+
+export async function readClusterState(store: Store): Promise<ClusterState> {
+  const result = await readRanges(store);
+  const ranges = result.ranges;
   const nodes = new Map<string, NodeRecord>();
   for (const kv of ranges[0] ?? []) {
     const node = JSON.parse(kv.value) as NodeRecord;

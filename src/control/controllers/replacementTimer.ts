@@ -51,6 +51,12 @@ export class ReplacementTimer {
 
   /** Matches Running replicas to waiting losses; call with each pass's replicas. */
   update(replicasByWorkload: ReadonlyMap<string, readonly ReplicaRecord[]>, nowMs: number): void {
+    if (this.waiting.size === 0) {
+      // A replica matched earlier was created before any loss noted from now on, so it
+      // can never match one: nothing to remember, nothing to walk.
+      this.matched.clear();
+      return;
+    }
     const present = new Set<string>();
     for (const replicas of replicasByWorkload.values()) {
       for (const replica of replicas) present.add(replica.id);

@@ -1,4 +1,4 @@
-import { randomBytes } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import type { Clock } from "../../lib/clock.js";
 import type { Rng } from "../../lib/rng.js";
 import type { Logger } from "../../observe/logger.js";
@@ -26,18 +26,14 @@ import type {
   ScoreWeights,
   Unschedulable,
 } from "../scheduler/types.js";
-import type { Op, Store, Watch } from "../store/store.js";
+import type { Compare, Store } from "../store/store.js";
 import type { AssignmentEntry, AssignmentHub } from "./assignmentHub.js";
-import { type ClusterState, readClusterState, type Versioned } from "./clusterState.js";
-import {
-  type ReplicaRecord,
-  replicaKey,
-  replicaPrefix,
-  type WorkloadRecord,
-  workloadPrefix,
-} from "./records.js";
+import { type CacheChange, ClusterCache } from "./clusterCache.js";
+import type { ClusterState, Versioned } from "./clusterState.js";
+import { type ReplicaRecord, replicaKey, type WorkloadRecord, workloadId } from "./records.js";
 import { ReplacementTimer } from "./replacementTimer.js";
 import { asSpecView, driverOfSpec, placementOf } from "./specView.js";
+import { type ChunkOutcome, commitPacked, type TxnItem } from "./txnBatches.js";
 import { type ReconcileAction, reconcileWorkload } from "./workloadReconciler.js";
 
 /**
@@ -46,6 +42,12 @@ import { type ReconcileAction, reconcileWorkload } from "./workloadReconciler.js
  * stretching an old trace over hours.
  */
 const applyTraceWindowMs = 10 * 60_000;
+
+/** A spec document serialized once per parsed revision record, with a digest of it. */
+interface SerializedSpec {
+  json: string;
+  digest: string;
+}
 
 /** One workload's reconcile actions, computed before anything is written. */
 interface ReconcilePlan {
@@ -79,7 +81,20 @@ export interface WorkloadControllerOptions {
  * sets pushed to agents. Each pass reads the whole state at one revision.
  */
 export class WorkloadController {
-  private watches: Watch[] = [];
+  /**
+   * The leader's watch-fed copy of the cluster state: passes, the plan applier and the
+   * replica status writer read it instead of the store. Started and dropped with the term.
+   */
+  readonly cache: ClusterCache;
+  private unsubscribe: (() => void) | undefined;
+  /** Workloads whose record, replicas or replicas' nodes changed since the last pass. */
+  private dirtyWorkloads = new Set<string>();
+  /** Nodes whose desired set may have changed since the last publish. */
+  private dirtyNodes = new Set<string>();
+  /** The next pass reconciles every workload and republishes every node. */
+  private fullPass = true;
+  /** Spec documents serialized once per parsed object (a revision record or workload). */
+  private readonly serializedSpecs = new WeakMap<object, SerializedSpec>();
   private running = false;
   private dirty = false;
   /** Only the leader's controller runs; it is started on election and stopped on demotion. */
@@ -96,28 +111,59 @@ export class WorkloadController {
   constructor(private readonly options: WorkloadControllerOptions) {
     const histogram = options.metrics?.nodeLossToReplacementRunning;
     this.replacements = new ReplacementTimer((seconds) => histogram?.observe(seconds));
+    this.cache = new ClusterCache(options.store, { logger: options.logger });
   }
 
-  /** Starts watching and reconciling; callable again after stop() (a new leadership term). */
+  /**
+   * Reads the state into the cache, then follows and reconciles it; callable again after
+   * stop() (a new leadership term starts from a fresh read).
+   */
   async start(): Promise<void> {
     if (!this.stopped) return;
     await this.passPromise;
-    this.stopped = false;
     this.rollouts.clear();
     this.pendingReasons.clear();
-    const trigger = () => this.trigger();
-    for (const prefix of ["/nodes/", workloadPrefix, replicaPrefix]) {
-      this.watches.push(this.options.store.watch(prefix, {}, { onEvents: trigger }));
+    this.dirtyWorkloads.clear();
+    this.dirtyNodes.clear();
+    this.fullPass = true;
+    this.unsubscribe = this.cache.onChange((change) => this.noteChange(change));
+    try {
+      await this.cache.start();
+    } catch (error) {
+      this.unsubscribe();
+      this.unsubscribe = undefined;
+      this.cache.stop();
+      throw error;
     }
+    this.stopped = false;
     this.trigger();
   }
 
   async stop(): Promise<void> {
     this.stopped = true;
     this.cancelTimer?.();
-    for (const watch of this.watches) watch.cancel();
-    this.watches = [];
     await this.passPromise;
+    this.unsubscribe?.();
+    this.unsubscribe = undefined;
+    this.cache.stop();
+  }
+
+  /** Turns what the cache applied into the next pass's work. */
+  private noteChange(change: CacheChange): void {
+    if (change.reset) {
+      this.fullPass = true;
+    } else {
+      for (const workload of change.workloads) this.dirtyWorkloads.add(workload);
+      for (const node of change.replicaNodes) this.dirtyNodes.add(node);
+      for (const node of change.nodes) {
+        // A node's health decides its replicas' readiness and whether they are replaced.
+        this.dirtyNodes.add(node);
+        for (const replica of this.cache.replicasOnNode(node).values()) {
+          this.dirtyWorkloads.add(workloadId(replica.value.namespace, replica.value.workload));
+        }
+      }
+    }
+    this.trigger();
   }
 
   /** Asks for a pass soon; passes never overlap. */
@@ -153,6 +199,8 @@ export class WorkloadController {
           ? (this.options.debounceMs ?? 10)
           : (this.options.resyncIntervalMs ?? 2000);
         this.cancelTimer = this.options.clock.setTimeout(() => {
+          // The periodic resync looks at everything (level-triggered safety net).
+          if (!this.dirty) this.fullPass = true;
           this.dirty = true;
           this.runPass();
         }, delayMs);
@@ -161,12 +209,37 @@ export class WorkloadController {
 
   private async pass(): Promise<void> {
     const startTime = Date.now();
-    let state = await readClusterState(this.options.store);
-    const plans = this.planReconcile(state);
+    await this.cache.ready();
+    const full = this.fullPass;
+    const workloads = this.dirtyWorkloads;
+    const nodes = this.dirtyNodes;
+    this.fullPass = false;
+    this.dirtyWorkloads = new Set();
+    this.dirtyNodes = new Set();
+    try {
+      await this.passOver(startTime, full ? undefined : workloads, full ? undefined : nodes);
+    } catch (error) {
+      // What this pass took on is not done: the next one looks at everything.
+      this.fullPass = true;
+      throw error;
+    }
+  }
+
+  /**
+   * One pass over the cached state: `workloads` to reconcile and `nodes` to republish,
+   * or everything when undefined.
+   */
+  private async passOver(
+    startTime: number,
+    workloads: ReadonlySet<string> | undefined,
+    nodes: ReadonlySet<string> | undefined,
+  ): Promise<void> {
+    let state = this.cache.snapshot();
+    const plans = this.planReconcile(state, workloads);
     if (plans.length === 0 && !hasPendingReplicas(state)) {
-      // Nothing to change: the resync pass only republishes, and leaves no trace.
+      // Nothing to change: the pass only republishes, and leaves no trace.
       this.options.metrics?.schedulerPending.set(0);
-      this.publish(state);
+      this.publish(state, nodes);
       return;
     }
     await withSpan(
@@ -182,28 +255,44 @@ export class WorkloadController {
             },
             () => this.reconcile(state, plans),
           );
-          if (wrote) state = await readClusterState(this.options.store);
+          if (wrote > 0) {
+            await this.cache.waitFor(wrote);
+            state = this.cache.snapshot();
+          }
         }
         const placed = await this.scheduleAndCommit(state);
-        if (placed) state = await readClusterState(this.options.store);
-        this.publish(state);
+        if (placed > 0) {
+          await this.cache.waitFor(placed);
+          state = this.cache.snapshot();
+        }
+        // What this pass wrote is published by the next one (its writes marked the nodes
+        // dirty); a slower cache costs a pass, never a wrong set.
+        this.publish(state, nodes);
       },
       { root: true, startTime },
     );
   }
 
-  private publish(state: ClusterState): void {
-    this.publishAssignments(state);
-    this.replacements.update(
-      new Map([...state.replicasByWorkload].map(([key, list]) => [key, list.map((r) => r.value)])),
-      this.options.clock.nowMs(),
-    );
+  private publish(state: ClusterState, nodes: ReadonlySet<string> | undefined): void {
+    this.publishAssignments(state, nodes);
+    // Only losses waiting for a replacement need the replicas (an O(replicas) walk).
+    if (this.replacements.pending > 0) {
+      this.replacements.update(
+        new Map(
+          [...state.replicasByWorkload].map(([key, list]) => [key, list.map((r) => r.value)]),
+        ),
+        this.options.clock.nowMs(),
+      );
+    }
   }
 
-  /** What the replica and rollout controllers would do, per workload with something to do. */
-  private planReconcile(state: ClusterState): ReconcilePlan[] {
+  /**
+   * What the replica and rollout controllers would do, per workload with something to
+   * do, among `only` (every workload when undefined).
+   */
+  private planReconcile(state: ClusterState, only?: ReadonlySet<string>): ReconcilePlan[] {
     const nodeStatus = (name: string) => state.nodes.get(name)?.status;
-    const keys = new Set([...state.workloads.keys(), ...state.replicasByWorkload.keys()]);
+    const keys = only ?? new Set([...state.workloads.keys(), ...state.replicasByWorkload.keys()]);
     const plans: ReconcilePlan[] = [];
     for (const key of keys) {
       const workload = state.workloads.get(key)?.value;
@@ -273,16 +362,17 @@ export class WorkloadController {
       .catch(() => undefined);
   }
 
-  /** Writes the planned actions, one transaction per workload; returns whether any did. */
-  private async reconcile(state: ClusterState, plans: ReconcilePlan[]): Promise<boolean> {
-    let wrote = false;
+  /**
+   * Writes the planned actions: each workload's writes in one transaction when they fit,
+   * several workloads per transaction (a commit each costs more than its size), every
+   * write guarded by its own compare. Returns the highest revision written, 0 if none.
+   */
+  private async reconcile(state: ClusterState, plans: ReconcilePlan[]): Promise<number> {
+    const groups: TxnItem<ReconcileTag>[][] = [];
+    const now = this.options.clock.nowMs();
     for (const { key, workload, spec, replicas, actions } of plans) {
       const byId = new Map(replicas.map((r) => [r.value.id, r]));
-      const compare: { key: string; target: "modRevision"; op: "=="; modRevision: number }[] = [];
-      const ops: Op[] = [];
-      const now = this.options.clock.nowMs();
-      let forgottenOnLostNodes = 0;
-      const lostAtMs: number[] = [];
+      const group: TxnItem<ReconcileTag>[] = [];
       for (const action of actions) {
         if (action.type === "create" && workload && spec) {
           const record: ReplicaRecord = {
@@ -303,60 +393,84 @@ export class WorkloadController {
           ) {
             record.traceparent = workload.traceparent;
           }
-          ops.push({
-            type: "put",
-            key: replicaKey(workload.namespace, workload.name, action.id),
-            value: JSON.stringify(record),
+          group.push({
+            op: {
+              type: "put",
+              key: replicaKey(workload.namespace, workload.name, action.id),
+              value: JSON.stringify(record),
+            },
+            tag: { workload: key },
           });
           continue;
         }
         const existing = byId.get(action.id);
         if (!existing) continue;
-        const key = replicaKey(
+        const replica = replicaKey(
           existing.value.namespace,
           existing.value.workload,
           existing.value.id,
         );
-        compare.push({ key, target: "modRevision", op: "==", modRevision: existing.modRevision });
+        const compare: Compare = {
+          key: replica,
+          target: "modRevision",
+          op: "==",
+          modRevision: existing.modRevision,
+        };
         if (action.type === "forget") {
+          const tag: ReconcileTag = { workload: key };
           if (existing.value.node !== "" && existing.value.desired === "Running") {
-            forgottenOnLostNodes++;
+            tag.forgottenOnLostNode = true;
             const node = state.nodes.get(existing.value.node);
-            if (node?.status === "Lost") lostAtMs.push(node.lastTransitionAtMs);
+            if (node?.status === "Lost") tag.lostAtMs = node.lastTransitionAtMs;
           }
-          ops.push({ type: "delete", key });
+          group.push({ op: { type: "delete", key: replica }, compare, tag });
         } else {
           const stopped: ReplicaRecord = {
             ...existing.value,
             desired: "Stopped",
             stopRequestedAtMs: now,
           };
-          ops.push({ type: "put", key, value: JSON.stringify(stopped) });
+          group.push({
+            op: { type: "put", key: replica, value: JSON.stringify(stopped) },
+            compare,
+            tag: { workload: key },
+          });
         }
       }
-      if (ops.length === 0) continue;
-      const result = await this.options.store.txn({ compare, success: ops });
-      if (!result.succeeded) {
+      if (group.length > 0) groups.push(group);
+    }
+    let wrote = 0;
+    const forgotten = new Map<string, number>();
+    for (const outcome of await commitPacked(this.options.store, groups)) {
+      if (!outcome.succeeded) {
+        // Its workloads are looked at again next pass, against the newer state.
         this.dirty = true;
+        for (const item of outcome.items) this.dirtyWorkloads.add(item.tag.workload);
         continue;
       }
-      wrote = true;
-      for (const atMs of lostAtMs) this.replacements.noteForgotten(key, atMs, now);
-      if (forgottenOnLostNodes > 0) {
-        await this.options.events.record({
-          type: "ReplicasRescheduled",
-          category: "scheduling",
-          subject: `workload/${key}`,
-          reason: "NodeLost",
-          message: `${forgottenOnLostNodes} replica${forgottenOnLostNodes === 1 ? "" : "s"} on lost or departed nodes replaced`,
-        });
+      wrote = Math.max(wrote, outcome.revision);
+      for (const { tag } of outcome.items) {
+        if (tag.lostAtMs !== undefined)
+          this.replacements.noteForgotten(tag.workload, tag.lostAtMs, now);
+        if (tag.forgottenOnLostNode) {
+          forgotten.set(tag.workload, (forgotten.get(tag.workload) ?? 0) + 1);
+        }
       }
+    }
+    for (const [key, count] of forgotten) {
+      await this.options.events.record({
+        type: "ReplicasRescheduled",
+        category: "scheduling",
+        subject: `workload/${key}`,
+        reason: "NodeLost",
+        message: `${count} replica${count === 1 ? "" : "s"} on lost or departed nodes replaced`,
+      });
     }
     return wrote;
   }
 
-  /** Schedules pending replicas and commits the plan; returns whether anything was placed. */
-  private async scheduleAndCommit(state: ClusterState): Promise<boolean> {
+  /** Schedules pending replicas and commits the plan; returns the revision written, 0 if none. */
+  private async scheduleAndCommit(state: ClusterState): Promise<number> {
     const pending: PendingReplica[] = [];
     const pendingRecords = new Map<string, Versioned<ReplicaRecord>>();
     const existing: ExistingReplica[] = [];
@@ -380,7 +494,7 @@ export class WorkloadController {
       }
     }
     this.options.metrics?.schedulerPending.set(pending.length);
-    if (pending.length === 0) return false;
+    if (pending.length === 0) return 0;
     const snapshot: ClusterSnapshot = {
       revision: state.revision,
       nodes: toSchedNodes(state, this.options.clock.nowMs()),
@@ -418,21 +532,27 @@ export class WorkloadController {
 
   /**
    * Re-checks each placement against the nodes as they are now and writes the plan in
-   * one transaction; returns whether anything was placed.
+   * transactions of at most maxTxnOps replicas, each guarded by the mod revisions the
+   * plan was made from: a chunk that fails leaves its replicas pending for the next pass,
+   * and no chunk can overcommit a node (each was checked against the whole plan's
+   * allocations). Returns the highest revision written, 0 if none.
    */
   private async commitPlan(
     state: ClusterState,
     plan: Plan,
     pendingRecords: Map<string, Versioned<ReplicaRecord>>,
-  ): Promise<boolean> {
+  ): Promise<number> {
     const now = this.options.clock.nowMs();
-    const compare: { key: string; target: "modRevision"; op: "=="; modRevision: number }[] = [];
-    const ops: Op[] = [];
-    const placedByWorkload = new Map<string, string[]>();
-    const placementSpans: Span[] = [];
-    // Re-check against the nodes as they are now: the plan applier is the only
-    // committer, and a node that changed since the snapshot gets no placement.
-    const latest = await readNodes(this.options.store);
+    const placements: TxnItem<PlanTag>[] = [];
+    const reasons: TxnItem<PlanTag>[] = [];
+    // Re-check against the nodes as they are now (the cache may have moved on since the
+    // snapshot): the plan applier is the only committer, and a node that changed since
+    // gets no placement.
+    const latest = new Map<string, NodeRecord>();
+    for (const name of state.nodes.keys()) {
+      const node = this.cache.node(name);
+      if (node) latest.set(name, node);
+    }
     const headroom = new Map(
       toSchedNodes({ ...state, nodes: latest }, now).map((n) => [n.name, n]),
     );
@@ -445,32 +565,38 @@ export class WorkloadController {
       }
       node.allocated = add(node.allocated, record.value.resources);
       const key = replicaKey(record.value.namespace, record.value.workload, record.value.id);
-      compare.push({ key, target: "modRevision", op: "==", modRevision: record.modRevision });
-      const placementSpan = startPlacementSpan(record.value, placement.node);
-      placementSpans.push(placementSpan);
+      const span = startPlacementSpan(record.value, placement.node);
       const placed: ReplicaRecord = {
         ...record.value,
         node: placement.node,
         scheduledAtMs: now,
         pendingReason: undefined,
         // The agent's start of the replica continues the trace from this placement.
-        traceparent: injectTraceparent(placementSpan) ?? record.value.traceparent,
+        traceparent: injectTraceparent(span) ?? record.value.traceparent,
       };
-      ops.push({ type: "put", key, value: JSON.stringify(placed) });
-      const list = placedByWorkload.get(`${record.value.namespace}/${record.value.workload}`) ?? [];
-      list.push(placement.node);
-      placedByWorkload.set(`${record.value.namespace}/${record.value.workload}`, list);
+      placements.push({
+        op: { type: "put", key, value: JSON.stringify(placed) },
+        compare: { key, target: "modRevision", op: "==", modRevision: record.modRevision },
+        tag: {
+          workload: `${record.value.namespace}/${record.value.workload}`,
+          node: placement.node,
+          span,
+        },
+      });
     }
     for (const failure of plan.unschedulable) {
       this.options.metrics?.placementFailures.inc({ reason: failureReason(failure) });
       const record = pendingRecords.get(failure.replicaId);
       if (!record || record.value.pendingReason === failure.message) continue;
       const key = replicaKey(record.value.namespace, record.value.workload, record.value.id);
-      compare.push({ key, target: "modRevision", op: "==", modRevision: record.modRevision });
-      ops.push({
-        type: "put",
-        key,
-        value: JSON.stringify({ ...record.value, pendingReason: failure.message }),
+      reasons.push({
+        op: {
+          type: "put",
+          key,
+          value: JSON.stringify({ ...record.value, pendingReason: failure.message }),
+        },
+        compare: { key, target: "modRevision", op: "==", modRevision: record.modRevision },
+        tag: { workload: failure.workloadKey },
       });
       if (this.pendingReasons.get(failure.workloadKey) !== failure.message) {
         this.pendingReasons.set(failure.workloadKey, failure.message);
@@ -483,22 +609,43 @@ export class WorkloadController {
         });
       }
     }
-    if (ops.length === 0) return false;
-    const result = await this.options.store.txn({ compare, success: ops }).catch((error) => {
-      for (const span of placementSpans) endSpan(span, error);
+    if (placements.length + reasons.length === 0) return 0;
+    let outcomes: ChunkOutcome<PlanTag>[];
+    try {
+      // One item per group: replicas of a workload may land in different chunks.
+      outcomes = await commitPacked(
+        this.options.store,
+        [...placements, ...reasons].map((item) => [item]),
+      );
+    } catch (error) {
+      for (const { tag } of placements) if (tag.span) endSpan(tag.span, error);
       throw error;
-    });
-    for (const span of placementSpans) {
-      span.setAttribute("cloudless.placement.committed", result.succeeded);
-      endSpan(span);
     }
-    if (!result.succeeded) {
-      const attempted = [...placedByWorkload.values()].reduce((sum, list) => sum + list.length, 0);
-      if (attempted > 0)
-        this.options.metrics?.placementFailures.inc({ reason: "Conflict" }, attempted);
-      this.dirty = true;
-      return false;
+    let wrote = 0;
+    let conflicts = 0;
+    const placedByWorkload = new Map<string, string[]>();
+    const committed = new Set<TxnItem<PlanTag>>();
+    for (const outcome of outcomes) {
+      if (!outcome.succeeded) {
+        conflicts += outcome.items.filter((item) => item.tag.node !== undefined).length;
+        this.dirty = true;
+        continue;
+      }
+      wrote = Math.max(wrote, outcome.revision);
+      for (const item of outcome.items) {
+        committed.add(item);
+        if (item.tag.node === undefined) continue;
+        const list = placedByWorkload.get(item.tag.workload) ?? [];
+        list.push(item.tag.node);
+        placedByWorkload.set(item.tag.workload, list);
+      }
     }
+    for (const item of placements) {
+      item.tag.span?.setAttribute("cloudless.placement.committed", committed.has(item));
+      if (item.tag.span) endSpan(item.tag.span);
+    }
+    if (conflicts > 0)
+      this.options.metrics?.placementFailures.inc({ reason: "Conflict" }, conflicts);
     let placedCount = 0;
     for (const [workload, nodes] of placedByWorkload) {
       placedCount += nodes.length;
@@ -513,33 +660,75 @@ export class WorkloadController {
     }
     this.placementsTotal += placedCount;
     if (placedCount > 0) this.options.metrics?.placements.inc(placedCount);
-    return placedCount > 0;
+    return placedCount > 0 ? wrote : 0;
   }
 
-  private publishAssignments(state: ClusterState): void {
-    const byNode = new Map<string, AssignmentEntry[]>();
-    for (const name of state.nodes.keys()) byNode.set(name, []);
-    for (const node of this.options.assignments.knownNodes()) {
-      if (!byNode.has(node)) byNode.set(node, []);
+  /**
+   * Pushes each node's desired set: of `only` (every known node when undefined). Reads
+   * the cache as it is now — the newest committed state — and serializes each spec once
+   * per revision record, so an unchanged node costs a fingerprint compare.
+   */
+  private publishAssignments(state: ClusterState, only: ReadonlySet<string> | undefined): void {
+    let nodes: Iterable<string>;
+    if (only) {
+      nodes = only;
+    } else {
+      const all = new Set(state.nodes.keys());
+      for (const node of this.cache.nodeNames()) all.add(node);
+      for (const node of this.options.assignments.knownNodes()) all.add(node);
+      nodes = all;
     }
-    for (const [key, replicas] of state.replicasByWorkload) {
-      const workload = state.workloads.get(key)?.value;
-      if (!workload) continue;
-      for (const { value: replica } of replicas) {
-        if (replica.node === "" || replica.desired !== "Running") continue;
-        const spec = specOfRevision(state, workload, replica.revision);
-        byNode.get(replica.node)?.push({
+    for (const node of nodes) {
+      const entries: AssignmentEntry[] = [];
+      for (const { value: replica } of this.cache.replicasOnNode(node).values()) {
+        if (replica.desired !== "Running") continue;
+        const workload = this.cache.workload(workloadId(replica.namespace, replica.workload));
+        if (!workload) continue;
+        const spec = this.serializedSpec(workload.value, replica.revision);
+        entries.push({
           replicaId: replica.id,
           namespace: replica.namespace,
           workload: replica.workload,
           revision: replica.revision,
-          specJson: JSON.stringify(spec),
+          specJson: spec.json,
+          specDigest: spec.digest,
           ...(replica.traceparent ? { traceparent: replica.traceparent } : {}),
         });
       }
+      // A node never heard of (no record, no replicas, never published) needs no message.
+      if (entries.length === 0 && !this.cache.node(node) && !this.options.assignments.has(node)) {
+        continue;
+      }
+      this.options.assignments.publish(node, entries);
     }
-    for (const [node, entries] of byNode) this.options.assignments.publish(node, entries);
   }
+
+  /** The spec of a workload's revision as sent to agents, serialized once per record. */
+  private serializedSpec(workload: WorkloadRecord, revision: number): SerializedSpec {
+    const record = this.cache.revisionRecord(`${workload.namespace}/${workload.name}/${revision}`);
+    const source = (record?.spec ?? workload.spec) as object;
+    let serialized = this.serializedSpecs.get(source);
+    if (!serialized) {
+      const json = JSON.stringify(asSpecView(source));
+      serialized = { json, digest: createHash("sha256").update(json).digest("base64") };
+      this.serializedSpecs.set(source, serialized);
+    }
+    return serialized;
+  }
+}
+
+/** What a reconcile write stands for, to account for it once committed. */
+interface ReconcileTag {
+  workload: string;
+  forgottenOnLostNode?: boolean;
+  lostAtMs?: number;
+}
+
+/** What a plan write stands for: a placement (with node and span) or a pending reason. */
+interface PlanTag {
+  workload: string;
+  node?: string;
+  span?: Span;
 }
 
 /**
@@ -596,16 +785,6 @@ function startPlacementSpan(replica: ReplicaRecord, node: string): Span {
 function specOfRevision(state: ClusterState, workload: WorkloadRecord, revision: number) {
   const record = state.revisions.get(`${workload.namespace}/${workload.name}/${revision}`);
   return asSpecView(record?.spec ?? workload.spec);
-}
-
-async function readNodes(store: Store): Promise<Map<string, NodeRecord>> {
-  const result = await store.range("/nodes/");
-  return new Map(
-    result.kvs.map((kv) => {
-      const node = JSON.parse(kv.value) as NodeRecord;
-      return [node.name, node];
-    }),
-  );
 }
 
 const oneHourMs = 3_600_000;

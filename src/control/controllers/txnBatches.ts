@@ -1,0 +1,69 @@
+import type { Compare, Op, Store } from "../store/store.js";
+
+/**
+ * Compares and operations per transaction the coordinator builds: etcd refuses more than
+ * 128 of either (its --max-txn-ops default), and the leader fence adds one compare.
+ */
+export const maxTxnOps = 100;
+
+/** One write: its operation, the compare that guards it (if any) and what it stands for. */
+export interface TxnItem<T> {
+  op: Op;
+  compare?: Compare;
+  tag: T;
+}
+
+/**
+ * Packs groups of writes into transactions of at most `maxOps` operations and compares.
+ * A group that fits stays in one transaction (so its writes commit together); a larger
+ * group is split. Every item keeps its own compare, so each transaction is safe on its
+ * own: one that fails leaves its items undone for the caller's next attempt.
+ */
+export function packTxns<T>(groups: readonly TxnItem<T>[][], maxOps = maxTxnOps): TxnItem<T>[][] {
+  const chunks: TxnItem<T>[][] = [];
+  let current: TxnItem<T>[] = [];
+  let compares = 0;
+  const flush = () => {
+    if (current.length > 0) chunks.push(current);
+    current = [];
+    compares = 0;
+  };
+  for (const group of groups) {
+    const groupCompares = group.reduce((n, item) => n + (item.compare ? 1 : 0), 0);
+    if (current.length + group.length > maxOps || compares + groupCompares > maxOps) flush();
+    if (group.length <= maxOps) {
+      current.push(...group);
+      compares += groupCompares;
+      continue;
+    }
+    for (const item of group) {
+      if (current.length + 1 > maxOps || compares + (item.compare ? 1 : 0) > maxOps) flush();
+      current.push(item);
+      if (item.compare) compares++;
+    }
+  }
+  flush();
+  return chunks;
+}
+
+export interface ChunkOutcome<T> {
+  items: TxnItem<T>[];
+  succeeded: boolean;
+  revision: number;
+}
+
+/** Commits packed transactions one after another; a failed compare fails only its chunk. */
+export async function commitPacked<T>(
+  store: Store,
+  groups: readonly TxnItem<T>[][],
+  maxOps = maxTxnOps,
+): Promise<ChunkOutcome<T>[]> {
+  const outcomes: ChunkOutcome<T>[] = [];
+  for (const items of packTxns(groups, maxOps)) {
+    const compare: Compare[] = [];
+    for (const item of items) if (item.compare) compare.push(item.compare);
+    const result = await store.txn({ compare, success: items.map((item) => item.op) });
+    outcomes.push({ items, succeeded: result.succeeded, revision: result.revision });
+  }
+  return outcomes;
+}
