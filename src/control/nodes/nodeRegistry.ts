@@ -1,5 +1,5 @@
 import { CloudlessError } from "../../lib/errors.js";
-import type { Store } from "../store/store.js";
+import type { Compare, Op, Store } from "../store/store.js";
 import { type NodeRecord, nodeKey, nodeKeyPrefix } from "./nodeRecord.js";
 
 /**
@@ -58,6 +58,71 @@ export class NodeRegistry {
       if (result.succeeded) return next;
     }
     throw CloudlessError.conflict(`node "${name}" is being changed concurrently; try again`);
+  }
+
+  /**
+   * Applies a change per node with as few commits as possible: reads and writes up to
+   * `maxPerTxn` nodes per transaction, each write guarded by the revision it read (etcd
+   * caps a txn at 128 operations; the leader fence adds one compare). Nodes whose write
+   * lost a race are retried one by one through update(). Resolves with each node's record
+   * as written, or the error (e.g. not found) for that node alone.
+   */
+  async updateMany(
+    changes: ReadonlyMap<string, (record: NodeRecord) => NodeRecord | undefined>,
+    maxPerTxn = 100,
+  ): Promise<Map<string, NodeRecord | Error>> {
+    const results = new Map<string, NodeRecord | Error>();
+    const names = [...changes.keys()];
+    for (let start = 0; start < names.length; start += maxPerTxn) {
+      const chunk = names.slice(start, start + maxPerTxn);
+      const read = await this.store.txn({
+        compare: [],
+        success: chunk.map((name) => ({ type: "get" as const, key: nodeKey(name) })),
+      });
+      const compare: Compare[] = [];
+      const success: Op[] = [];
+      const written = new Map<string, NodeRecord>();
+      chunk.forEach((name, index) => {
+        const result = read.results[index];
+        const kv = result?.type === "get" ? result.kv : undefined;
+        if (!kv) {
+          results.set(
+            name,
+            CloudlessError.notFound(
+              `node "${name}" not found; run \`cloudless node list\` to see the nodes`,
+            ),
+          );
+          return;
+        }
+        const current = JSON.parse(kv.value) as NodeRecord;
+        const next = changes.get(name)?.(structuredClone(current));
+        const value = next ? JSON.stringify(next) : kv.value;
+        if (!next || value === kv.value) {
+          results.set(name, current);
+          return;
+        }
+        compare.push({ key: kv.key, target: "modRevision", op: "==", modRevision: kv.modRevision });
+        success.push({ type: "put", key: kv.key, value });
+        written.set(name, next);
+      });
+      if (success.length === 0) continue;
+      const result = await this.store.txn({ compare, success });
+      for (const [name, next] of written) {
+        if (result.succeeded) {
+          results.set(name, next);
+          continue;
+        }
+        const change = changes.get(name);
+        if (!change) continue;
+        results.set(
+          name,
+          await this.update(name, change).catch((error: unknown) =>
+            error instanceof Error ? error : new Error(String(error)),
+          ),
+        );
+      }
+    }
+    return results;
   }
 
   async delete(name: string): Promise<void> {
