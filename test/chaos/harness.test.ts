@@ -311,6 +311,5 @@ describe.skipIf(unavailable !== undefined)("NFR-R1 chaos harness (network lab)",
     // The shared lab of this file, with its servers, UDP listeners and etcd data, too.
     await lab.dispose();
     await assertNoLeaks(lab.id);
-    await assertNoLeaks();
   });
 });

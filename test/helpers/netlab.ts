@@ -29,6 +29,7 @@ import { existsSync, mkdirSync, readlinkSync, rmSync, statSync, writeFileSync } 
 import { readdir, readFile } from "node:fs/promises";
 import * as net from "node:net";
 import * as path from "node:path";
+import { removeProcessReplicas } from "./behaviour.js";
 import { type EtcdCluster, startEtcd } from "./etcd.js";
 import { binPath, ManagedProcess, type RunResult, TestResources, waitFor } from "./processes.js";
 
@@ -225,7 +226,10 @@ export async function findLabLeaks(labId?: string): Promise<string[]> {
   return leaks;
 }
 
-/** Fails with the list of leftovers when a lab (or any lab, without an id) left something. */
+/**
+ * Fails with the list of leftovers when a lab left something. Without an id it looks at
+ * every lab on the machine, live ones of other test runs included.
+ */
 export async function assertNoLeaks(labId?: string): Promise<void> {
   const leaks = await findLabLeaks(labId);
   if (leaks.length > 0) {
@@ -498,13 +502,27 @@ export function waitForOutput(
   );
 }
 
+/** Temp dirs that also remember themselves, so the lab can find process-driver replicas in them. */
+class LabResources extends TestResources {
+  readonly createdDirs: string[] = [];
+
+  override async tempDir(prefix = "cloudless-test-"): Promise<string> {
+    const dir = await super.tempDir(prefix);
+    this.createdDirs.push(dir);
+    return dir;
+  }
+}
+
 /** The pseudo-host standing for the root namespace (the test runner) in fault rules. */
 const ROOT = "<root>";
 
 export class NetLab {
   readonly hosts: LabHost[] = [];
-  /** Temp dirs and any other process a test wants removed with the lab. */
-  readonly resources = new TestResources();
+  /**
+   * Temp dirs and any other process a test wants removed with the lab. Agent data dirs
+   * belong here: the process-driver replicas' cgroups recorded in them are removed too.
+   */
+  readonly resources = new LabResources();
   private readonly processes: ManagedProcess[] = [];
   private readonly disposers: (() => Promise<void>)[] = [];
   private readonly cutHosts = new Set<string>();
@@ -782,6 +800,10 @@ export class NetLab {
       KILL_DEADLINE_MS,
       20,
     ).catch((err: unknown) => errors.push(String(err)));
+    // Process-driver replicas died with their namespace; their cgroups stay unless removed.
+    await removeProcessReplicas(this.resources.createdDirs).catch((err: unknown) =>
+      errors.push(`replica cgroups: ${String(err)}`),
+    );
     await removeLabRemains(this.id).catch((err: unknown) => errors.push(String(err)));
     await this.resources.cleanup().catch((err: unknown) => errors.push(String(err)));
     const leaks = await findLabLeaks(this.id);
