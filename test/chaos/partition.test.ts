@@ -69,7 +69,7 @@ describe.skipIf(unavailable !== undefined)("F3 zone partition on a multi-host la
     ha = undefined;
   });
 
-  it("F3 REQ-030 REQ-031 NFR-A1 a zone cut off keeps serving, its replicas are replaced, and after the heal every workload has exactly its replica count", async () => {
+  it("F3 REQ-030 REQ-031 NFR-A1 a zone cut off keeps serving, its replicas are replaced, and after the heal every workload has exactly its replica count, never below minAvailable", async () => {
     ha = await startHaLab(workers);
     const lab = ha;
     for (const w of workloads) await applyWeb(lab, namespace, w.name, w.replicas);
@@ -127,16 +127,26 @@ describe.skipIf(unavailable !== undefined)("F3 zone partition on a multi-host la
     const healedAtMs = Date.now();
     await lab.lab.heal();
     const total = workloads.reduce((sum, w) => sum + w.replicas, 0);
+    /** Every sample during convergence: ready replicas against the workload's minAvailable. */
+    const belowFloor: string[] = [];
     // Converged: the stale copies are gone on the healed side, and the store and the
     // hosts agree on exactly the replica count of every workload.
     await waitFor(
       "the cluster to converge after the heal",
       async () => {
-        for (const e of isolated) if (await answers(e.url, 500)) return undefined;
+        let converged = true;
         for (const w of workloads) {
           const current = await getWorkloadJson(lab.cluster, namespace, w.name);
-          if (!allReady(w.replicas)(current)) return undefined;
+          const ready = current.replicas.filter((r) => r.ready).length;
+          if (ready < current.status.minAvailable) {
+            belowFloor.push(
+              `${w.name}: ${ready} ready < minAvailable ${current.status.minAvailable}`,
+            );
+          }
+          if (!allReady(w.replicas)(current)) converged = false;
         }
+        for (const e of isolated) if (await answers(e.url, 500)) converged = false;
+        if (!converged) return undefined;
         return (await liveReplicaProcesses(lab)).length === total ? true : undefined;
       },
       90_000,
@@ -151,6 +161,7 @@ describe.skipIf(unavailable !== undefined)("F3 zone partition on a multi-host la
       expect(allReady(w.replicas)(after)).toBe(true);
       for (const e of endpointsOf(lab, after)) expect(await answers(e.url)).toBe(true);
     }
+    expect(belowFloor).toEqual([]);
     const live = await liveReplicaProcesses(lab);
     expect(live).toHaveLength(total);
     // The replacements on the surviving side were kept; only the cut side stopped any.
