@@ -9,7 +9,7 @@ import { defineConfig } from "vitest/config";
 export default defineConfig({
   test: {
     include: ["test/chaos/**/*.test.ts"],
-    globalSetup: ["test/globalSetup.ts"],
+    globalSetup: ["test/globalSetup.ts", "test/chaos/leakCheck.ts"],
     // Deadlines inside the tests bound every wait; these only have to exceed them.
     testTimeout: 300_000,
     hookTimeout: 180_000,
