@@ -91,7 +91,7 @@ export interface AgentOptions {
   connectTimeoutMs?: number;
   /**
    * Keep the desired set and replica state in <dataDir>/agent-state.json and restore it
-   * at start (NFR-A1; default true). The simulator's hollow nodes turn it off.
+   * at start (NFR-A1; default true). Off only where nothing outlives the agent (tests).
    */
   persistState?: boolean;
 }

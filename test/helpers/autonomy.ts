@@ -5,7 +5,7 @@
  * exactly which requests failed, so "no failed request except the replica we killed,
  * between its kill and its return" is an assertion, not an impression.
  */
-import { existsSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { getWorkloadJson, type ReplicaJson, replicaPid, type WorkloadJson } from "./behaviour.js";
 import type { TestCluster } from "./cluster.js";
 import { waitFor } from "./processes.js";
@@ -34,8 +34,10 @@ export interface SamplerResult {
 
 /**
  * Requests every replica's port every `intervalMs` (one request per replica per round,
- * rounds never overlap). A replica may be declared down with expectDown(); its failures
- * count as expected from then until its first successful answer.
+ * rounds never overlap). A replica may be declared down with expectDown() just before it
+ * is killed; its failures count as expected from then until it answers a request sent
+ * after armRecovery() (called once the old process is seen dead: a request that slipped
+ * in between the signal and the death must not count as "back").
  */
 export class ReplicaSampler {
   private readonly perReplica = new Map<string, ReplicaSamples>();
@@ -43,8 +45,10 @@ export class ReplicaSampler {
   private readonly expected: SampleFailure[] = [];
   /** Replica id → whether it is inside its expected-down window. */
   private readonly expectedDown = new Set<string>();
-  /** Replica id → time of its first successful answer after expectDown(). */
+  /** Replica id → time of its first successful answer after armRecovery(). */
   private readonly recoveredAtMs = new Map<string, number>();
+  /** Replica id → from when a successful answer ends its expected-down window. */
+  private readonly recoveryArmedAtMs = new Map<string, number>();
   private rounds = 0;
   private stopped = false;
   private readonly loop: Promise<void>;
@@ -62,6 +66,12 @@ export class ReplicaSampler {
   expectDown(replicaId: string): void {
     this.expectedDown.add(replicaId);
     this.recoveredAtMs.delete(replicaId);
+    this.recoveryArmedAtMs.delete(replicaId);
+  }
+
+  /** The killed replica's old process is gone: its next answer means it is back. */
+  armRecovery(replicaId: string): void {
+    this.recoveryArmedAtMs.set(replicaId, Date.now());
   }
 
   /** When the replica answered again after expectDown(), if it has. */
@@ -94,6 +104,7 @@ export class ReplicaSampler {
     const counts = this.perReplica.get(replicaId) as ReplicaSamples;
     // Decided before the request: a request sent before the kill must succeed.
     const downWindow = this.expectedDown.has(replicaId);
+    const sentAtMs = Date.now();
     let error: string | undefined;
     try {
       const status = await httpGet(port, this.requestTimeoutMs);
@@ -106,7 +117,11 @@ export class ReplicaSampler {
     }
     if (error === undefined) {
       counts.ok += 1;
-      if (this.expectedDown.delete(replicaId)) this.recoveredAtMs.set(replicaId, Date.now());
+      const armedAtMs = this.recoveryArmedAtMs.get(replicaId);
+      if (this.expectedDown.has(replicaId) && armedAtMs !== undefined && sentAtMs >= armedAtMs) {
+        this.expectedDown.delete(replicaId);
+        this.recoveredAtMs.set(replicaId, Date.now());
+      }
       return;
     }
     counts.failed += 1;
@@ -142,8 +157,16 @@ export async function processReplicaIdentities(
   return identities;
 }
 
+/** Running (a zombie waiting for its parent to reap it is not). */
 export function isAlive(pid: number): boolean {
-  return pid > 0 && existsSync(`/proc/${pid}`);
+  if (pid <= 0) return false;
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const state = stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3);
+    return state !== "Z" && state !== "X";
+  } catch {
+    return false;
+  }
 }
 
 export function killProcessGroup(pid: number): void {
@@ -219,6 +242,13 @@ export async function coordinatorOutage(options: OutageOptions): Promise<OutageR
       victim = chosen.id;
       sampler.expectDown(chosen.id);
       killProcessGroup(chosen.pid);
+      await waitFor(
+        `replica ${chosen.id} (pid ${chosen.pid}) to die`,
+        () => !isAlive(chosen.pid),
+        5_000,
+        20,
+      );
+      sampler.armRecovery(chosen.id);
       // The agent restarts it on its own: a new pid that is alive and answers.
       victimRestartedPid = await waitFor(
         `the agent to restart replica ${chosen.id} with the coordinator down`,
