@@ -14,7 +14,8 @@ import {
 } from "../../gen/cloudless/v1/workload_pb.js";
 import { CloudlessError } from "../../lib/errors.js";
 import { injectTraceparent } from "../../observe/tracing.js";
-import { type ClusterState, readClusterState } from "../controllers/clusterState.js";
+import { readFreshClusterState } from "../controllers/clusterCache.js";
+import type { ClusterState } from "../controllers/clusterState.js";
 import {
   type ReplicaRecord,
   revisionKey,
@@ -69,7 +70,7 @@ export function workloadServiceImpl(
   const { store, clock, events } = services;
 
   async function load(namespace: string, name: string) {
-    const state = await readClusterState(store);
+    const state = await readFreshClusterState(store, services.workloads.cache);
     const entry = state.workloads.get(workloadId(namespace, name));
     if (!entry) throw notFound(namespace, name);
     return { state, workload: entry.value, modRevision: entry.modRevision };
@@ -208,7 +209,7 @@ export function workloadServiceImpl(
       throw CloudlessError.conflict(`workload "${name}" is being changed concurrently; try again`);
 
       async function loadState() {
-        return readClusterState(store);
+        return readFreshClusterState(store, services.workloads.cache);
       }
     },
 
@@ -221,7 +222,7 @@ export function workloadServiceImpl(
 
     async listWorkloads(request, context) {
       requireAdmin(context);
-      const state = await readClusterState(store);
+      const state = await readFreshClusterState(store, services.workloads.cache);
       const workloads = [...state.workloads.values()]
         .map((entry) => entry.value)
         .filter((w) => !request.namespace || w.namespace === request.namespace)
@@ -391,7 +392,7 @@ export function workloadServiceImpl(
         actor: actorName(identity),
       });
       services.workloads.trigger();
-      const state = await readClusterState(store);
+      const state = await readFreshClusterState(store, services.workloads.cache);
       return {
         workload: toWorkload(state, updated),
         fromRevision: BigInt(workload.revision),

@@ -1,7 +1,12 @@
 import type { Logger } from "../../observe/logger.js";
 import { type NodeRecord, nodeKeyPrefix } from "../nodes/nodeRecord.js";
 import type { KeyValue, Store, Watch, WatchEnd, WatchEvent } from "../store/store.js";
-import { type ClusterState, readClusterStateKvs, type Versioned } from "./clusterState.js";
+import {
+  type ClusterState,
+  readClusterState,
+  readClusterStateKvs,
+  type Versioned,
+} from "./clusterState.js";
 import {
   type ReplicaRecord,
   replicaPrefix,
@@ -422,4 +427,20 @@ function unindexFrom(
   if (!map) return;
   map.delete(key);
   if (map.size === 0) index.delete(group);
+}
+
+/**
+ * The cluster state as fresh as a store read — at least the store's revision when called
+ * — from the leader's cache when it runs (no full read and parse), else from the store
+ * (a follower, or a leader between terms).
+ */
+export async function readFreshClusterState(
+  store: Store,
+  cache: ClusterCache | undefined,
+): Promise<ClusterState> {
+  if (cache?.isRunning) {
+    const revision = await store.currentRevision();
+    if (await cache.waitFor(revision)) return cache.snapshot();
+  }
+  return readClusterState(store);
 }
