@@ -38,21 +38,30 @@ const eventTypeFor: Record<NodeStatus, string> = {
  * it decides: node status in the store and an event per transition. Heartbeats
  * themselves never touch the store.
  */
-/** Transitions written per batch: node records go in transactions of at most 100. */
-const maxTransitionsPerBatch = 500;
+/** Writes taken per batch: node records go in transactions of at most 100. */
+const maxWritesPerBatch = 500;
 /**
- * Transitions waiting to be written at most. Each node has a handful of states, so this
- * is only reached if the store stops answering; the oldest are then dropped (logged) and
- * the next tick or hello decides again.
+ * Writes waiting at most. Each node has a handful of states, so this is only reached if
+ * the store stops answering; the oldest transitions are then dropped (logged) and the
+ * next tick or hello decides again.
  */
-const maxQueuedTransitions = 50_000;
+const maxQueuedWrites = 50_000;
+
+/** A change to one node's record: a hello's report or a transition (with its event). */
+interface QueuedWrite {
+  node: string;
+  change: (node: NodeRecord) => void;
+  transition?: Transition;
+  /** Told the node's record as written, or why it could not be. */
+  settle?: (result: NodeRecord | Error) => void;
+}
 
 export class MembershipService {
   readonly tracker: MembershipTracker;
   private readonly openStreams = new Map<string, number>();
   private stopTicker: (() => void) | undefined;
-  /** Decided transitions not yet written, in decision order. */
-  private queued: Transition[] = [];
+  /** Changes not yet written, in the order they were decided. */
+  private queued: QueuedWrite[] = [];
   /** The writer draining `queued`, while it runs. */
   private draining: Promise<void> | undefined;
   /** Only the leader judges nodes; started on election, stopped on demotion. */
@@ -95,22 +104,32 @@ export class MembershipService {
     await this.flush();
   }
 
-  /** A stream said hello: update what the node reports and mark it Ready. */
+  /**
+   * A stream said hello: update what the node reports and mark it Ready. Hellos arriving
+   * together (a fleet joining, or reconnecting after a coordinator restart) share commits.
+   */
   async hello(name: string, report: HelloReport): Promise<NodeRecord> {
     this.openStreams.set(name, (this.openStreams.get(name) ?? 0) + 1);
-    const record = await this.nodes.update(name, (node) => {
-      node.capacity = report.capacity;
-      node.info = report.info;
-      node.region = report.region || node.region;
-      node.zone = report.zone || node.zone;
-      node.labels = Object.keys(report.labels).length > 0 ? report.labels : node.labels;
-      node.taints = report.taints;
-      node.address = report.address;
-      return node;
-    });
-    this.apply(this.tracker.onHello(name, this.clock.nowMs()));
-    await this.flush();
-    return record;
+    const result = await new Promise<NodeRecord | Error>((settle) =>
+      this.enqueue([
+        {
+          node: name,
+          change: (node) => {
+            node.capacity = report.capacity;
+            node.info = report.info;
+            node.region = report.region || node.region;
+            node.zone = report.zone || node.zone;
+            node.labels = Object.keys(report.labels).length > 0 ? report.labels : node.labels;
+            node.taints = report.taints;
+            node.address = report.address;
+          },
+          settle,
+        },
+      ]),
+    );
+    if (result instanceof Error) throw result;
+    await this.apply(this.tracker.onHello(name, this.clock.nowMs()));
+    return result;
   }
 
   beat(name: string): void {
@@ -118,8 +137,7 @@ export class MembershipService {
   }
 
   async leave(name: string): Promise<void> {
-    this.apply(this.tracker.onLeave(name, this.clock.nowMs()));
-    await this.flush();
+    await this.apply(this.tracker.onLeave(name, this.clock.nowMs()));
   }
 
   /** A stream ended. Suspicion only when it was the node's last open stream. */
@@ -143,15 +161,38 @@ export class MembershipService {
     while (this.draining) await this.draining;
   }
 
-  private apply(transitions: Transition[]): void {
+  /** Queues the transitions' writes; resolves once they are written (or failed). */
+  private apply(transitions: Transition[]): Promise<void> {
     // A demoted coordinator records nothing: the new leader judges from its own term.
-    if (transitions.length === 0 || this.stopped) return;
-    this.queued.push(...transitions);
-    if (this.queued.length > maxQueuedTransitions) {
-      const dropped = this.queued.splice(0, this.queued.length - maxQueuedTransitions);
+    if (transitions.length === 0 || this.stopped) return Promise.resolve();
+    const written = transitions.map(
+      (transition) =>
+        new Promise<void>((resolve) =>
+          this.enqueue([
+            {
+              node: transition.node,
+              change: (node) => {
+                node.status = transition.to;
+                node.statusReason = transition.reason;
+                node.lastTransitionAtMs = transition.atMs;
+              },
+              transition,
+              settle: () => resolve(),
+            },
+          ]),
+        ),
+    );
+    return Promise.all(written).then(() => undefined);
+  }
+
+  private enqueue(writes: QueuedWrite[]): void {
+    this.queued.push(...writes);
+    if (this.queued.length > maxQueuedWrites) {
+      const dropped = this.queued.splice(0, this.queued.length - maxQueuedWrites);
+      for (const write of dropped) write.settle?.(new Error("membership write queue overflowed"));
       this.logger.warn(
         { dropped: dropped.length },
-        "membership transitions dropped: the store is not keeping up",
+        "membership writes dropped: the store is not keeping up",
       );
     }
     this.kick();
@@ -166,7 +207,7 @@ export class MembershipService {
     if (this.draining) return;
     this.draining = (async () => {
       while (this.queued.length > 0) {
-        await this.record(this.queued.splice(0, maxTransitionsPerBatch));
+        await this.record(this.queued.splice(0, maxWritesPerBatch));
       }
     })().finally(() => {
       this.draining = undefined;
@@ -175,22 +216,24 @@ export class MembershipService {
   }
 
   /**
-   * Writes a batch: each node's record once, with its latest transition, in a few
+   * Writes a batch: each node's record once, with every change queued for it, in a few
    * transactions; then one event per transition, in order.
    */
-  private async record(transitions: Transition[]): Promise<void> {
-    const latest = new Map<string, Transition>();
-    for (const transition of transitions) latest.set(transition.node, transition);
+  private async record(writes: QueuedWrite[]): Promise<void> {
+    const changes = new Map<string, ((node: NodeRecord) => void)[]>();
+    for (const write of writes) {
+      const list = changes.get(write.node) ?? [];
+      list.push(write.change);
+      changes.set(write.node, list);
+    }
     let written: Map<string, NodeRecord | Error>;
     try {
       written = await this.nodes.updateMany(
         new Map(
-          [...latest].map(([name, transition]) => [
+          [...changes].map(([name, list]) => [
             name,
             (node: NodeRecord) => {
-              node.status = transition.to;
-              node.statusReason = transition.reason;
-              node.lastTransitionAtMs = transition.atMs;
+              for (const change of list) change(node);
               return node;
             },
           ]),
@@ -199,32 +242,34 @@ export class MembershipService {
     } catch (error) {
       // The store failed: nothing of this batch is known to be written; the tracker
       // decides again on the next tick or hello.
-      this.logger.warn(
-        { err: error, transitions: transitions.length },
-        "could not record transitions",
-      );
+      this.logger.warn({ err: error, writes: writes.length }, "could not record node changes");
+      const failure = error instanceof Error ? error : new Error(String(error));
+      for (const write of writes) write.settle?.(failure);
       return;
     }
     const events: NewEvent[] = [];
-    for (const transition of transitions) {
-      const result = written.get(transition.node);
-      if (result instanceof Error) {
+    for (const write of writes) {
+      const result = written.get(write.node) ?? new Error(`node "${write.node}" was not written`);
+      const transition = write.transition;
+      if (transition && result instanceof Error) {
         // A node deleted meanwhile has nothing left to update.
         this.logger.warn({ err: result, node: transition.node }, "could not record transition");
-        continue;
+      } else if (transition) {
+        events.push({
+          type: transition.reason === "Joined" ? "NodeJoined" : eventTypeFor[transition.to],
+          category: "membership",
+          subject: `node/${transition.node}`,
+          reason: transition.reason,
+          message: transition.message,
+          attributes: { from: transition.from ?? "", to: transition.to },
+        });
+        this.logger.info(
+          { node: transition.node, from: transition.from, to: transition.to },
+          `node ${transition.node} is ${transition.to}: ${transition.message}`,
+        );
       }
-      events.push({
-        type: transition.reason === "Joined" ? "NodeJoined" : eventTypeFor[transition.to],
-        category: "membership",
-        subject: `node/${transition.node}`,
-        reason: transition.reason,
-        message: transition.message,
-        attributes: { from: transition.from ?? "", to: transition.to },
-      });
-      this.logger.info(
-        { node: transition.node, from: transition.from, to: transition.to },
-        `node ${transition.node} is ${transition.to}: ${transition.message}`,
-      );
+      // Hellos learn their record now; transitions once their event is written too.
+      if (!transition) write.settle?.(result);
     }
     // Each event is its own revision (an event's id is the revision that created it).
     for (const event of events) {
@@ -233,6 +278,9 @@ export class MembershipService {
         .catch((error: unknown) =>
           this.logger.warn({ err: error, subject: event.subject }, "could not record event"),
         );
+    }
+    for (const write of writes) {
+      if (write.transition) write.settle?.(written.get(write.node) ?? new Error("not written"));
     }
   }
 }
