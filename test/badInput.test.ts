@@ -240,6 +240,35 @@ describe("bad input with real processes and real TLS", () => {
     expect(await readdir(dir)).toEqual(["store.db"]);
   });
 
+  it("NFR-R1 REQ-012 a bad --store, an unreachable etcd and a too-short --leader-lease stop the coordinator with one clear line and create nothing", async () => {
+    const cases: { args: string[]; message: RegExp }[] = [
+      {
+        args: ["--store", "postgres://db:5432"],
+        message:
+          /^error: --store "postgres:\/\/db:5432" is not a store; use "sqlite" or "etcd:\/\//,
+      },
+      { args: ["--store", "etcd://"], message: /^error: .*etcd/ },
+      { args: ["--store", "etcd://127.0.0.1:1"], message: /^error: .*127\.0\.0\.1:1/ },
+      {
+        args: ["--leader-lease", "10ms"],
+        message: /^error: --leader-lease 10ms: must be at least 1s/,
+      },
+    ];
+    for (const { args, message } of cases) {
+      const dir = await resources.tempDir("cloudless-bad-store-");
+      const result = await runCli(
+        ["coordinator", "--data-dir", dir, "--host", "127.0.0.1", "--port", "0", ...args],
+        { timeoutMs: 30_000 },
+      );
+      expect(result.code, result.stderr).not.toBe(0);
+      expect(humanLines(result.stderr), result.stderr).toHaveLength(1);
+      expect(humanLines(result.stderr)[0], args.join(" ")).toMatch(message);
+      expect(hasStackTrace(result.stderr)).toBe(false);
+      // Nothing was created: no CA, no secret, no store.
+      expect((await readdir(dir)).filter((name) => name !== "coordinator.lock")).toEqual([]);
+    }
+  });
+
   it("REQ-012 a locked data dir and a truncated pki/ca.key stop a coordinator with one clear line; no second CA is created", async () => {
     const cluster = await TestCluster.start(resources);
     const admin = await loadClientConfig(cluster.configPath);

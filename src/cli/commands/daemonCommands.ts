@@ -1,14 +1,15 @@
 import { readFile } from "node:fs/promises";
 import * as path from "node:path";
 import type { Command } from "commander";
-import { type Agent, agentVersion, startAgent } from "../../agent/agent.js";
+import type { Agent } from "../../agent/agent.js";
 import { defaultDataDir } from "../../client/config.js";
-import { type Coordinator, startCoordinator } from "../../control/coordinator.js";
+import type { Coordinator } from "../../control/coordinator.js";
 import { parseDurationMs } from "../../lib/duration.js";
 import { CloudlessError } from "../../lib/errors.js";
 import { createLogger, isLogLevel } from "../../observe/logger.js";
 import { initTracing, shutdownTracing } from "../../observe/tracing.js";
 import { action, fail } from "../run.js";
+import { cliVersion } from "../version.js";
 import { collect, splitLabel } from "./nodeCommands.js";
 
 export function parseLogLevel(value: string) {
@@ -117,7 +118,7 @@ export async function coordinatorFromFlags(
   // Traces only when OTEL_EXPORTER_OTLP_ENDPOINT (or …_TRACES_ENDPOINT) is set (REQ-070).
   await initTracing({
     serviceName: "cloudless-coordinator",
-    version: agentVersion,
+    version: cliVersion,
     logger: logger.child({ component: "tracing" }),
   });
   const membership: Record<string, number> = {};
@@ -138,6 +139,13 @@ export async function coordinatorFromFlags(
   ) {
     fail("--phi-lost must be greater than --phi-suspect");
   }
+  const leaderLeaseMs = durationFlag("--leader-lease", flags.leaderLease);
+  if (leaderLeaseMs !== undefined && leaderLeaseMs < 1_000) {
+    // etcd leases count whole seconds, and a shorter lease would change leaders on any pause.
+    fail(`--leader-lease ${flags.leaderLease}: must be at least 1s`);
+  }
+  // Loaded here, not at the top: an agent process never loads the coordinator (idle memory).
+  const { startCoordinator } = await import("../../control/coordinator.js");
   return startCoordinator({
     dataDir: flags.dataDir,
     host: flags.host,
@@ -150,7 +158,7 @@ export async function coordinatorFromFlags(
     nodeCertTtlMs: durationFlag("--node-cert-ttl", flags.nodeCertTtl),
     store: flags.store,
     clusterSecretFile: flags.clusterSecretFile,
-    leaderLeaseTtlMs: durationFlag("--leader-lease", flags.leaderLease),
+    leaderLeaseTtlMs: leaderLeaseMs,
     logger,
   });
 }
@@ -235,6 +243,8 @@ export function registerDaemonCommands(program: Command): void {
           logLevel: string;
         }) => {
           const logger = createLogger({ component: "agent", level: parseLogLevel(flags.logLevel) });
+          // Loaded here, not at the top: a coordinator process never loads the agent.
+          const { agentVersion, startAgent } = await import("../../agent/agent.js");
           // The node name is known once the agent has its identity; spans wait for it.
           let nameNode: (name: string | undefined) => void = () => undefined;
           await initTracing({
