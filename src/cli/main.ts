@@ -1,5 +1,4 @@
 import { Command, CommanderError } from "commander";
-import { agentVersion } from "../agent/agent.js";
 import { registerAuditCommands } from "./commands/auditCommands.js";
 import { registerDaemonCommands } from "./commands/daemonCommands.js";
 import { registerEventCommands } from "./commands/eventCommands.js";
@@ -8,12 +7,13 @@ import { registerTokenCommands } from "./commands/tokenCommands.js";
 import { registerUpCommand } from "./commands/upCommand.js";
 import { registerWorkloadCommands } from "./commands/workloadCommands.js";
 import { reportAndExit } from "./run.js";
+import { cliVersion } from "./version.js";
 
 /** The `cloudless` program: coordinator, agent and client in one. */
 export function buildProgram(): Command {
   const program = new Command("cloudless")
     .description("Cloudless: one elastic fabric from heterogeneous machines")
-    .version(agentVersion, "--version")
+    .version(cliVersion, "--version")
     .option(
       "--config <file>",
       "client config (default: $CLOUDLESS_CONFIG or ~/.cloudless/admin.conf)",
