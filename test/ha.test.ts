@@ -140,6 +140,16 @@ describe.skipIf(etcdMissing !== undefined || !isRoot)(
         50,
       );
 
+      // `cluster members` (any coordinator answers) agrees with the coordinators' own logs.
+      const members = await clientCluster().cliJson<
+        { id: string; url: string; leader?: boolean; alive?: boolean }[]
+      >(["cluster", "members"]);
+      expect(members.map((m) => m.url).sort()).toEqual(coordinators.map((c) => c.url).sort());
+      expect(members.every((m) => m.alive === true)).toBe(true);
+      expect(members.filter((m) => m.leader).map((m) => m.url)).toEqual(
+        leaders().map((c) => c.url),
+      );
+
       // The newest admin.conf names every coordinator; each one answers it.
       const config = await readFile(
         path.join((coordinators[2] as RunningCoordinator).dataDir, "admin.conf"),
@@ -192,6 +202,11 @@ describe.skipIf(etcdMissing !== undefined || !isRoot)(
         20,
       );
       const electedMs = Date.now() - killedAtMs;
+      const members = await cluster.cliJson<{ url: string; leader?: boolean }[]>([
+        "cluster",
+        "members",
+      ]);
+      expect(members.filter((m) => m.leader).map((m) => m.url)).toEqual([successor.url]);
 
       const specDir = await resources.tempDir("cloudless-ha-spec-");
       const file = await writeSpec(

@@ -1,5 +1,6 @@
 import { Command, CommanderError } from "commander";
 import { registerAuditCommands } from "./commands/auditCommands.js";
+import { registerClusterCommands } from "./commands/clusterCommands.js";
 import { registerDaemonCommands } from "./commands/daemonCommands.js";
 import { registerEventCommands } from "./commands/eventCommands.js";
 import { registerNodeCommands } from "./commands/nodeCommands.js";
@@ -29,6 +30,7 @@ export function buildProgram(): Command {
   registerNodeCommands(program);
   registerWorkloadCommands(program);
   registerEventCommands(program);
+  registerClusterCommands(program);
   registerAuditCommands(program);
   return program;
 }

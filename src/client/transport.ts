@@ -1,6 +1,7 @@
 import type { PeerCertificate } from "node:tls";
 import { type Client, createClient, type Transport } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
+import { ClusterService } from "../gen/cloudless/v1/cluster_pb.js";
 import { EventService } from "../gen/cloudless/v1/event_pb.js";
 import { NodeService } from "../gen/cloudless/v1/node_pb.js";
 import { TokenService } from "../gen/cloudless/v1/token_pb.js";
@@ -61,6 +62,7 @@ export interface CoordinatorClients {
   tokens: Client<typeof TokenService>;
   events: Client<typeof EventService>;
   workloads: Client<typeof WorkloadService>;
+  cluster: Client<typeof ClusterService>;
 }
 
 export function createClients(transport: Transport): CoordinatorClients {
@@ -69,5 +71,6 @@ export function createClients(transport: Transport): CoordinatorClients {
     tokens: createClient(TokenService, transport),
     events: createClient(EventService, transport),
     workloads: createClient(WorkloadService, transport),
+    cluster: createClient(ClusterService, transport),
   };
 }

@@ -19,6 +19,7 @@ import { ReplicaStatusWriter } from "./controllers/replicaStatusWriter.js";
 import { TunnelHub } from "./controllers/tunnelHub.js";
 import { WorkloadController } from "./controllers/workloadController.js";
 import { EventLog } from "./events/eventLog.js";
+import { CoordinatorRegistry, coordinatorsPrefix } from "./leader/coordinatorRegistry.js";
 import { FencedStore } from "./leader/fencedStore.js";
 import { LeaderElection, type LeaderInfo, leaderKey } from "./leader/leaderElection.js";
 import { MembershipService } from "./membership/membershipService.js";
@@ -95,8 +96,6 @@ const serverCertTtlMs = 90 * 24 * 3600 * 1000;
 const adminCertTtlMs = 365 * 24 * 3600 * 1000;
 const maintenanceIntervalMs = 60_000;
 const defaultLeaderLeaseTtlMs = 5_000;
-/** Coordinators sharing a store register here, so admin.conf can list them all. */
-const coordinatorsPrefix = "/coordinators/";
 
 interface ClusterInfo {
   name: string;
@@ -239,6 +238,7 @@ async function startWithStore(
     tunnels: new TunnelHub(assignments),
     workloads,
     leadership,
+    coordinatorId: id,
     audit,
     metrics,
   };
@@ -282,10 +282,8 @@ async function startWithStore(
   const url =
     options.advertiseUrl ??
     `https://${formatHost(options.host === "0.0.0.0" || options.host === "::" ? "127.0.0.1" : options.host)}:${server.port}`;
-  await store.put(
-    `${coordinatorsPrefix}${id}`,
-    JSON.stringify({ id, url, startedAtMs: clock.nowMs() }),
-  );
+  const registry = new CoordinatorRegistry(store, clock, logger, { id, url });
+  await registry.start();
   await takeBackOwnLeadership(store, id, logger);
   const electedMessage = (info: LeaderInfo | undefined) =>
     info ? `coordinator ${info.id} at ${info.url}` : "none";
@@ -385,6 +383,7 @@ async function startWithStore(
       if (stopped) return;
       stopped = true;
       stopMaintenance();
+      registry.stop();
       // Stepping down revokes the lease, so a follower takes over at once.
       await election?.stop();
       await workloads.stop();

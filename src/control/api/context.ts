@@ -43,6 +43,8 @@ export interface CoordinatorServices {
   tunnels: TunnelHub;
   workloads: WorkloadController;
   leadership: Leadership;
+  /** This coordinator's id in the leader election and the registry of coordinators. */
+  coordinatorId: string;
   /** The tamper-evident log of state-changing requests (NFR-C1). */
   audit: AuditLog;
   /** Prometheus metrics (REQ-070), served on GET /metrics to cluster identities. */

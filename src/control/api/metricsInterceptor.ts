@@ -9,6 +9,7 @@ import type { Http2ServerRequest, Http2ServerResponse } from "node:http2";
 import type { DescService } from "@bufbuild/protobuf";
 import { ConnectError, type Interceptor } from "@connectrpc/connect";
 import { codeToString } from "@connectrpc/connect/protocol-connect";
+import { ClusterService } from "../../gen/cloudless/v1/cluster_pb.js";
 import { EventService } from "../../gen/cloudless/v1/event_pb.js";
 import { NodeService } from "../../gen/cloudless/v1/node_pb.js";
 import { TokenService } from "../../gen/cloudless/v1/token_pb.js";
@@ -19,7 +20,13 @@ import type { Peer } from "./peer.js";
 
 type ApiMetrics = Pick<CoordinatorMetrics, "apiRequests" | "apiRequestDuration">;
 
-const services: DescService[] = [NodeService, TokenService, EventService, WorkloadService];
+const services: DescService[] = [
+  NodeService,
+  TokenService,
+  EventService,
+  WorkloadService,
+  ClusterService,
+];
 
 /** Every procedure the API serves: the only values `method` takes besides "other". */
 export const knownProcedures: ReadonlySet<string> = new Set(

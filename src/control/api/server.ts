@@ -4,6 +4,7 @@ import * as net from "node:net";
 import type { ConnectRouter, Interceptor } from "@connectrpc/connect";
 import { Code, createContextValues } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
+import { ClusterService } from "../../gen/cloudless/v1/cluster_pb.js";
 import { EventService } from "../../gen/cloudless/v1/event_pb.js";
 import { NodeService } from "../../gen/cloudless/v1/node_pb.js";
 import { TokenService } from "../../gen/cloudless/v1/token_pb.js";
@@ -11,6 +12,7 @@ import { WorkloadService } from "../../gen/cloudless/v1/workload_pb.js";
 import { CloudlessError } from "../../lib/errors.js";
 import { metricsPath } from "../../observe/metrics.js";
 import { auditInterceptor, auditRefusal } from "./audit.js";
+import { clusterServiceImpl } from "./clusterService.js";
 import type { CoordinatorServices } from "./context.js";
 import { toConnectError } from "./errorMapping.js";
 import { eventServiceImpl } from "./eventService.js";
@@ -135,6 +137,7 @@ export async function startApiServer(
   const routes = (router: ConnectRouter) => {
     router.service(NodeService, nodeServiceImpl(services));
     router.service(TokenService, tokenServiceImpl(services));
+    router.service(ClusterService, clusterServiceImpl(services));
     router.service(EventService, eventServiceImpl(services));
     router.service(WorkloadService, workloadServiceImpl(services));
   };

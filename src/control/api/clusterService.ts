@@ -1,0 +1,31 @@
+import { create } from "@bufbuild/protobuf";
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import type { ServiceImpl } from "@connectrpc/connect";
+import { type ClusterService, CoordinatorInfoSchema } from "../../gen/cloudless/v1/cluster_pb.js";
+import { listCoordinators } from "../leader/coordinatorRegistry.js";
+import { type CoordinatorServices, requireAdmin } from "./context.js";
+
+export function clusterServiceImpl(
+  services: CoordinatorServices,
+): ServiceImpl<typeof ClusterService> {
+  return {
+    async listCoordinators(_request, context) {
+      requireAdmin(context);
+      const coordinators = await listCoordinators(services.store, services.clock.nowMs());
+      return {
+        coordinators: coordinators.map((c) =>
+          create(CoordinatorInfoSchema, {
+            id: c.id,
+            url: c.url,
+            leader: c.leader,
+            alive: c.alive,
+            startedAt: timestampFromMs(c.startedAtMs),
+            lastSeen: timestampFromMs(c.lastSeenMs),
+          }),
+        ),
+        store: services.store.backend,
+        answeredBy: services.coordinatorId,
+      };
+    },
+  };
+}
