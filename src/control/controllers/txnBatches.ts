@@ -52,7 +52,19 @@ export interface ChunkOutcome<T> {
   revision: number;
 }
 
-/** Commits packed transactions one after another; a failed compare fails only its chunk. */
+/**
+ * Lets pending I/O run. A SQLite commit is synchronous, and awaiting one only yields to
+ * microtasks: a loop of commits would hold heartbeats (and the leader's lease renewal)
+ * until it ends. Long write loops call this between commits.
+ */
+export function yieldToEventLoop(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
+}
+
+/**
+ * Commits packed transactions one after another, letting I/O in between; a failed
+ * compare fails only its chunk.
+ */
 export async function commitPacked<T>(
   store: Store,
   groups: readonly TxnItem<T>[][],
@@ -60,6 +72,7 @@ export async function commitPacked<T>(
 ): Promise<ChunkOutcome<T>[]> {
   const outcomes: ChunkOutcome<T>[] = [];
   for (const items of packTxns(groups, maxOps)) {
+    if (outcomes.length > 0) await yieldToEventLoop();
     const compare: Compare[] = [];
     for (const item of items) if (item.compare) compare.push(item.compare);
     const result = await store.txn({ compare, success: items.map((item) => item.op) });

@@ -1,5 +1,6 @@
 import type { Clock } from "../../lib/clock.js";
 import type { Logger } from "../../observe/logger.js";
+import { yieldToEventLoop } from "../controllers/txnBatches.js";
 import type { EventLog, NewEvent } from "../events/eventLog.js";
 import type {
   NodeCapacityRecord,
@@ -46,6 +47,8 @@ const maxWritesPerBatch = 500;
  * next tick or hello decides again.
  */
 const maxQueuedWrites = 50_000;
+/** A tick later than its interval plus this is taken for an event-loop stall. */
+const stallToleranceMs = 400;
 
 /** A change to one node's record: a hello's report or a transition (with its event). */
 interface QueuedWrite {
@@ -89,9 +92,18 @@ export class MembershipService {
     for (const node of await this.nodes.list()) {
       this.tracker.restore(node.name, node.status, now);
     }
+    let lastTickMs = this.clock.nowMs();
     const loop = () => {
       if (this.stopped) return;
-      this.apply(this.tracker.tick(this.clock.nowMs()));
+      const nowMs = this.clock.nowMs();
+      // A tick this late means the event loop was blocked: heartbeats that arrived
+      // meanwhile still wait in the sockets, and timers run before I/O. Judging now
+      // would blame the nodes for the coordinator's stall; the next tick, after that
+      // I/O, judges with what they sent.
+      if (nowMs - lastTickMs <= this.tickMs + stallToleranceMs) {
+        this.apply(this.tracker.tick(nowMs));
+      }
+      lastTickMs = nowMs;
       this.stopTicker = this.clock.setTimeout(loop, this.tickMs);
     };
     this.stopTicker = this.clock.setTimeout(loop, this.tickMs);
@@ -271,8 +283,11 @@ export class MembershipService {
       // Hellos learn their record now; transitions once their event is written too.
       if (!transition) write.settle?.(result);
     }
-    // Each event is its own revision (an event's id is the revision that created it).
-    for (const event of events) {
+    // Each event is its own revision (an event's id is the revision that created it), so
+    // its own commit: heartbeats get in between, or a burst of transitions would hold
+    // them back long enough to cause more.
+    for (const [index, event] of events.entries()) {
+      if (index > 0) await yieldToEventLoop();
       await this.events
         .record(event)
         .catch((error: unknown) =>

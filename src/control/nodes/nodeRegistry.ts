@@ -74,6 +74,8 @@ export class NodeRegistry {
     const results = new Map<string, NodeRecord | Error>();
     const names = [...changes.keys()];
     for (let start = 0; start < names.length; start += maxPerTxn) {
+      // Commits are synchronous: let heartbeats in between chunks.
+      if (start > 0) await new Promise((resolve) => setImmediate(resolve));
       const chunk = names.slice(start, start + maxPerTxn);
       const read = await this.store.txn({
         compare: [],
