@@ -173,6 +173,19 @@ describe("ClusterCache", () => {
     );
     await cache.waitFor(revision);
     expect(seen).toEqual(["reset", "reset", "replicas@n1"]);
+    // A status report changes no desired set: the node is not marked.
+    const reported = await store.put(
+      replicaKey("default", "a", "r1"),
+      JSON.stringify({
+        id: "r1",
+        namespace: "default",
+        workload: "a",
+        node: "n1",
+        status: { phase: "Running" },
+      }),
+    );
+    await cache.waitFor(reported);
+    expect(seen).toEqual(["reset", "reset", "replicas@n1"]);
     cache.stop();
   });
 

@@ -24,7 +24,10 @@ export interface CacheChange {
   nodes: ReadonlySet<string>;
   /** Workloads ("namespace/name") whose record, revisions or replicas changed. */
   workloads: ReadonlySet<string>;
-  /** Nodes whose set of replicas (or one of those replicas) changed, before or after. */
+  /**
+   * Nodes whose desired set may have changed: a replica placed on or removed from them,
+   * or one of theirs changed in what an assignment carries (not a status report).
+   */
   replicaNodes: ReadonlySet<string>;
   /** True when the whole cache was rebuilt (start, or a resync after the watch ended). */
   reset: boolean;
@@ -278,14 +281,15 @@ export class ClusterCache {
       const value = JSON.parse(kv.value) as ReplicaRecord;
       const entry = { value, modRevision: kv.modRevision };
       const previous = this.replicas.get(key);
-      if (previous) this.unindexReplica(key, previous, change);
+      const assignmentChanged = !previous || !sameAssignment(previous.value, value);
+      if (previous) this.unindexReplica(key, previous, change, assignmentChanged);
       this.replicas.set(key, entry);
       const workload = workloadId(value.namespace, value.workload);
       indexInto(this.byWorkload, workload, key, entry);
       this.arrays.delete(workload);
       if (value.node !== "") indexInto(this.byNode, value.node, key, entry);
       change?.workloads.add(workload);
-      if (value.node !== "") change?.replicaNodes.add(value.node);
+      if (value.node !== "" && assignmentChanged) change?.replicaNodes.add(value.node);
       return true;
     }
     if (key.startsWith(nodeKeyPrefix)) {
@@ -349,6 +353,7 @@ export class ClusterCache {
     key: string,
     previous: Versioned<ReplicaRecord>,
     change: MutableChange | undefined,
+    assignmentChanged = true,
   ): void {
     const workload = workloadId(previous.value.namespace, previous.value.workload);
     unindexFrom(this.byWorkload, workload, key);
@@ -356,7 +361,7 @@ export class ClusterCache {
     change?.workloads.add(workload);
     if (previous.value.node !== "") {
       unindexFrom(this.byNode, previous.value.node, key);
-      change?.replicaNodes.add(previous.value.node);
+      if (assignmentChanged) change?.replicaNodes.add(previous.value.node);
     }
   }
 
@@ -403,6 +408,21 @@ interface MutableChange {
 }
 
 const emptyMap: ReadonlyMap<string, Versioned<ReplicaRecord>> = new Map();
+
+/**
+ * Whether two versions of a replica put the same entry in their node's desired set
+ * (what publishAssignments reads): status reports, the most frequent write, do not.
+ */
+function sameAssignment(a: ReplicaRecord, b: ReplicaRecord): boolean {
+  return (
+    a.node === b.node &&
+    a.desired === b.desired &&
+    a.revision === b.revision &&
+    a.traceparent === b.traceparent &&
+    a.namespace === b.namespace &&
+    a.workload === b.workload
+  );
+}
 
 function indexInto(
   index: Map<string, Map<string, Versioned<ReplicaRecord>>>,

@@ -93,14 +93,19 @@ export class MembershipService {
       this.tracker.restore(node.name, node.status, now);
     }
     let lastTickMs = this.clock.nowMs();
+    let skipped = false;
     const loop = () => {
       if (this.stopped) return;
       const nowMs = this.clock.nowMs();
       // A tick this late means the event loop was blocked: heartbeats that arrived
       // meanwhile still wait in the sockets, and timers run before I/O. Judging now
       // would blame the nodes for the coordinator's stall; the next tick, after that
-      // I/O, judges with what they sent.
-      if (nowMs - lastTickMs <= this.tickMs + stallToleranceMs) {
+      // I/O, judges with what they sent. Only one tick is skipped: under sustained lag
+      // every tick is late, and judging must go on.
+      if (!skipped && nowMs - lastTickMs > this.tickMs + stallToleranceMs) {
+        skipped = true;
+      } else {
+        skipped = false;
         this.apply(this.tracker.tick(nowMs));
       }
       lastTickMs = nowMs;
