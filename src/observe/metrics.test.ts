@@ -60,6 +60,8 @@ describe("metrics registry", () => {
       cloudless_node_loss_to_replacement_running_seconds: "histogram",
       cloudless_heartbeats_received_total: "counter",
       cloudless_heartbeat_streams: "gauge",
+      cloudless_leader: "gauge",
+      cloudless_leader_elections_total: "counter",
     });
     // Process CPU, memory and event-loop lag.
     expect(types.get("cloudless_process_cpu_seconds_total")).toBe("counter");
