@@ -43,6 +43,9 @@ import { type ReconcileAction, reconcileWorkload } from "./workloadReconciler.js
  */
 const applyTraceWindowMs = 10 * 60_000;
 
+/** The longest wait between passes that have work, however long the last one took. */
+const maxPassBackoffMs = 500;
+
 /** A spec document serialized once per parsed revision record, with a digest of it. */
 interface SerializedSpec {
   json: string;
@@ -96,6 +99,8 @@ export class WorkloadController {
   /** Spec documents serialized once per parsed object (a revision record or workload). */
   private readonly serializedSpecs = new WeakMap<object, SerializedSpec>();
   private running = false;
+  /** How long the last pass took (wall clock), for the back-off between passes. */
+  private lastPassMs = 0;
   private dirty = false;
   /** Only the leader's controller runs; it is started on election and stopped on demotion. */
   private stopped = true;
@@ -172,10 +177,16 @@ export class WorkloadController {
     this.dirty = true;
     if (this.running) return;
     this.cancelTimer?.();
-    this.cancelTimer = this.options.clock.setTimeout(
-      () => this.runPass(),
-      this.options.debounceMs ?? 10,
-    );
+    this.cancelTimer = this.options.clock.setTimeout(() => this.runPass(), this.dirtyDelayMs());
+  }
+
+  /**
+   * The wait before a pass that has work: the debounce, or as long as the last pass took
+   * (capped), so that under churn passes take at most about half of the event loop and
+   * agents' reports and heartbeats keep flowing; pending work meanwhile joins one pass.
+   */
+  private dirtyDelayMs(): number {
+    return Math.max(this.options.debounceMs ?? 10, Math.min(this.lastPassMs, maxPassBackoffMs));
   }
 
   /** Waits for the current pass (tests). */
@@ -187,6 +198,7 @@ export class WorkloadController {
     if (this.running || this.stopped) return;
     this.running = true;
     this.dirty = false;
+    const startedMs = this.options.clock.nowMs();
     // A pass belongs to no request: whichever one triggered it, its spans start a trace.
     this.passPromise = runUntraced(() => this.pass())
       .catch((error: unknown) =>
@@ -194,10 +206,9 @@ export class WorkloadController {
       )
       .finally(() => {
         this.running = false;
+        this.lastPassMs = this.options.clock.nowMs() - startedMs;
         if (this.stopped) return;
-        const delayMs = this.dirty
-          ? (this.options.debounceMs ?? 10)
-          : (this.options.resyncIntervalMs ?? 2000);
+        const delayMs = this.dirty ? this.dirtyDelayMs() : (this.options.resyncIntervalMs ?? 2000);
         this.cancelTimer = this.options.clock.setTimeout(() => {
           // The periodic resync looks at everything (level-triggered safety net).
           if (!this.dirty) this.fullPass = true;
