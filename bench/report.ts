@@ -171,6 +171,11 @@ export function renderMarkdown(r: Json): string {
         : ""),
   );
   lines.push("");
+  // A run below the targets' sizes says why (set with --note, or added to results.json).
+  if (r.note) {
+    lines.push(`> ${r.note}`);
+    lines.push("");
+  }
   const m = r.machine ?? {};
   lines.push(`- Date: ${r.date}`);
   lines.push(`- Commit: ${r.commit}`);

@@ -13,6 +13,7 @@
  *   --only LIST                 scheduler,e2e,idle (default: all)
  *   --cpu-prof                  V8 CPU profile of the coordinator, summarised in the results
  *   --out DIR                   where results.json, RESULTS.md and profiles go (default bench/)
+ *   --note TEXT                 a line shown under the title (e.g. why a run is below full size)
  *
  * Every benchmark has its own time limit and cleans up every process it started, even on
  * failure; a failed benchmark is reported in the results, the others still run.
@@ -71,6 +72,7 @@ const { values } = parseArgs({
     "cpu-prof": { type: "boolean", default: false },
     out: { type: "string" },
     seed: { type: "string" },
+    note: { type: "string" },
   },
 });
 
@@ -111,6 +113,7 @@ const deadline = runStart + budgetMs;
 // biome-ignore lint/suspicious/noExplicitAny: results are a loose JSON document
 const results: Record<string, any> = {
   quick,
+  ...(values.note ? { note: values.note } : {}),
   date: new Date().toISOString(),
   commit: `${git(["rev-parse", "--short", "HEAD"])}${git(["status", "--porcelain"]) ? " (with uncommitted changes)" : ""}`,
   machine: {
