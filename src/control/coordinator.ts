@@ -40,7 +40,6 @@ import {
   sealCa,
   sharedCaKey,
 } from "./security/sharedCa.js";
-import { openEtcdStore, parseEtcdStoreUrl } from "./store/etcdStore.js";
 import { InstrumentedStore } from "./store/instrumentedStore.js";
 import { openSqliteStore } from "./store/sqliteStore.js";
 import type { Store } from "./store/store.js";
@@ -124,6 +123,8 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
     );
     releaseLock = () => lock.release();
     try {
+      // Loaded only here: etcd3 and gRPC cost ~20 MiB that a SQLite coordinator never needs.
+      const { openEtcdStore, parseEtcdStoreUrl } = await import("./store/etcdStore.js");
       const parsed = parseEtcdStoreUrl(storeUrl);
       inner = await openEtcdStore({ ...parsed, clock });
     } catch (error) {
