@@ -106,7 +106,8 @@ export class MembershipService {
         skipped = true;
       } else {
         skipped = false;
-        this.apply(this.tracker.tick(nowMs));
+        // Never rejects (write failures are logged where they happen); nothing to await here.
+        void this.apply(this.tracker.tick(nowMs));
       }
       lastTickMs = nowMs;
       this.stopTicker = this.clock.setTimeout(loop, this.tickMs);
@@ -150,7 +151,7 @@ export class MembershipService {
   }
 
   beat(name: string): void {
-    this.apply(this.tracker.onBeat(name, this.clock.nowMs()));
+    void this.apply(this.tracker.onBeat(name, this.clock.nowMs()));
   }
 
   async leave(name: string): Promise<void> {
@@ -165,7 +166,7 @@ export class MembershipService {
       return;
     }
     this.openStreams.delete(name);
-    this.apply(this.tracker.onStreamClosed(name, this.clock.nowMs()));
+    void this.apply(this.tracker.onStreamClosed(name, this.clock.nowMs()));
   }
 
   forget(name: string): void {
