@@ -154,6 +154,8 @@ describe.skipIf(!isRoot)("NFR-A1 agent autonomy through coordinator outages", ()
     expect(
       state.supervisor.desired.map((d: { spec: { replicaId: string } }) => d.spec.replicaId).sort(),
     ).toEqual([kept.id, lost.id].sort());
+    // The ports each process listens on are on disk as soon as it started, not 2 s later.
+    expect(state.supervisor.replicas[lost.id].hostPorts).toEqual({ http: lost.port });
 
     cluster.coordinator.kill("SIGKILL");
     await cluster.coordinator.exited();
@@ -173,9 +175,12 @@ describe.skipIf(!isRoot)("NFR-A1 agent autonomy through coordinator outages", ()
     // Both answer again with no coordinator anywhere.
     await waitFor(
       "both replicas to answer with the coordinator still down",
-      async () =>
-        (await httpGet(kept.port).catch(() => 0)) === 200 &&
-        (await httpGet(lost.port).catch(() => 0)) === 200,
+      async () => {
+        const keptStatus = await httpGet(kept.port).catch((e) => String(e?.cause ?? e));
+        const lostStatus = await httpGet(lost.port).catch((e) => String(e?.cause ?? e));
+        if (keptStatus === 200 && lostStatus === 200) return true;
+        throw new Error(`kept :${kept.port} → ${keptStatus}; lost :${lost.port} → ${lostStatus}`);
+      },
       30_000,
       200,
     );

@@ -38,5 +38,7 @@ export async function teardown(): Promise<void> {
     process.exitCode = 1;
     throw new Error(`secrets reached the logs (kept in ${logDir}):\n${leaks.join("\n")}`);
   }
-  await rm(logDir, { recursive: true, force: true });
+  // CLOUDLESS_KEEP_TEST_LOGS=1 keeps every process's log of the run, to read a failure.
+  if (process.env.CLOUDLESS_KEEP_TEST_LOGS === "1") console.log(`test logs kept in ${logDir}`);
+  else await rm(logDir, { recursive: true, force: true });
 }

@@ -342,6 +342,7 @@ class AgentRunner {
       logger: this.logger.child({ component: "supervisor" }),
       onProbeResult: (kind, result) =>
         this.metrics.probeResults.inc({ kind, result: result.ok ? "success" : "failure" }),
+      onDurableChange: () => this.stateWriter?.durableChanged(),
       onReport: (reports) => {
         this.latestReports = reports;
         this.stateWriter?.runtimeChanged();
@@ -720,7 +721,7 @@ class AgentRunner {
         else this.logger.warn({ replica: assignment.replicaId }, converted.message);
       }
       this.supervisor.setDesired(desired);
-      this.stateWriter?.desiredChanged();
+      this.stateWriter?.durableChanged();
     }
     if (response.logsRequest) this.tunnels.startLogs(response.logsRequest);
     if (response.cancel) this.tunnels.cancel(response.cancel.requestId);

@@ -126,14 +126,14 @@ describe("NFR-A1 agent state file", () => {
     expect((await saved())?.replicas).toEqual(current.replicas);
 
     current = { ...current, desired: [desired("web-0")] };
-    writer.desiredChanged();
+    writer.durableChanged();
     await settle();
     expect((await saved())?.desired).toHaveLength(1); // not rate-limited
 
     current = { ...current, desired: [] };
     await writer.close();
     expect((await saved())?.desired).toEqual([]);
-    writer.desiredChanged(); // after close: no more writes
+    writer.durableChanged(); // after close: no more writes
     current = { ...current, desired: [desired("late")] };
     await settle();
     expect((await saved())?.desired).toEqual([]);
@@ -153,7 +153,7 @@ describe("NFR-A1 agent state file", () => {
       logger,
       snapshot: () => snapshot,
     });
-    writer.desiredChanged();
+    writer.durableChanged();
     await writer.close();
     expect(warnings).toHaveLength(1);
     expect(JSON.parse(await readFile(path.join(dir, stateFileName), "utf8")).supervisor).toEqual(

@@ -204,7 +204,7 @@ export class AgentStateWriter {
   private writing: Promise<void> | undefined;
   /** A write is wanted after the one in flight (or the rate limit) allows it. */
   private pending = false;
-  /** The pending write is for a desired-set change (not rate limited). */
+  /** The pending write is for a durable change (not rate limited). */
   private pendingUrgent = false;
   private cancelTimer: (() => void) | undefined;
   private lastError = "";
@@ -215,8 +215,12 @@ export class AgentStateWriter {
     this.minIntervalMs = options.minIntervalMs ?? defaultMinIntervalMs;
   }
 
-  /** The desired set changed: write as soon as the write in flight is done. */
-  desiredChanged(): void {
+  /**
+   * The desired set, or a replica's host ports or generation, changed — facts a restarted
+   * agent needs to adopt or restart its replicas as they were: write as soon as the write
+   * in flight is done.
+   */
+  durableChanged(): void {
     this.request(true);
   }
 

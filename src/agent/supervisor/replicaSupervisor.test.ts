@@ -5,7 +5,7 @@ import { DriverError, type DriverName, type RuntimeDriver } from "../drivers/dri
 import type { ProbeAction, ProbeFunction, ProbeResult, ProbeSpec } from "../probes/probeTypes.js";
 import { runProbeOnce } from "../probes/runProbeOnce.js";
 import { ReplicaSupervisor } from "./replicaSupervisor.js";
-import type { DesiredReplica, ReplicaReport } from "./supervisorTypes.js";
+import type { DesiredReplica, ReplicaReport, SupervisorSnapshot } from "./supervisorTypes.js";
 import { FakeDriver } from "./testing/fakeDriver.js";
 
 /** Lets promise chains started by timers run to completion. */
@@ -83,6 +83,7 @@ function harness(
     clock?: ManualClock;
     firstHostPort?: number;
     allocatePort?: (preferred: number) => Promise<number>;
+    onDurableChange?: () => void;
   } = {},
 ): Harness {
   const clock = options.clock ?? new ManualClock();
@@ -106,6 +107,7 @@ function harness(
     onReport: (reports) => emitted.push(reports),
     allocatePort: options.allocatePort ?? (async () => nextHostPort++),
     probe,
+    ...(options.onDurableChange ? { onDurableChange: options.onDurableChange } : {}),
   });
   supervisors.push(supervisor);
   return {
@@ -603,6 +605,29 @@ describe("ReplicaSupervisor: lifecycle and state", () => {
       { replicaId: "web-1", phase: "Running", reason: "Adopted", hostPorts: { http: 40_001 } },
     ]);
     expect(first.container.callsTo("start")).toHaveLength(2);
+  });
+
+  it("NFR-A1 host ports and the running generation are reported as durable before the next sync", async () => {
+    // The agent writes its state file on this signal without waiting for the 2 s runtime
+    // interval: a restart right after a start must find the ports the process listens on.
+    const snapshots: SupervisorSnapshot[] = [];
+    let supervisor: ReplicaSupervisor | undefined;
+    const h = harness({
+      onDurableChange: () => {
+        if (supervisor) snapshots.push(structuredClone(supervisor.snapshot()));
+      },
+    });
+    supervisor = h.supervisor;
+    h.supervisor.setDesired([desired("web-0")]);
+    await h.supervisor.start();
+    expect(snapshots.length).toBeGreaterThanOrEqual(2);
+    // Ports first (before the process can listen on them), then the generation it runs.
+    expect(snapshots[0]?.replicas["web-0"]).toMatchObject({ hostPorts: { http: 40_000 } });
+    expect(snapshots[0]?.replicas["web-0"]?.runningGeneration).toBeUndefined();
+    expect(snapshots.at(-1)?.replicas["web-0"]).toMatchObject({
+      hostPorts: { http: 40_000 },
+      runningGeneration: 1,
+    });
   });
 
   it("NFR-A1 after a restore, the coordinator's identical set keeps adopted replicas untouched, restart counts included", async () => {

@@ -47,6 +47,11 @@ export interface ReplicaSupervisorOptions {
   logger?: Logger;
   /** Every report, whenever any of them changed (coalesced per sync round). */
   onReport: (reports: ReplicaReport[]) => void;
+  /**
+   * A replica's host ports or running generation changed: what snapshot() holds that an
+   * agent restarted now could not learn again (the ports a running process listens on).
+   */
+  onDurableChange?: () => void;
   backoff?: Partial<BackoffPolicy>;
   syncIntervalMs?: number;
   allocatePort?: AllocatePort;
@@ -503,6 +508,7 @@ export class ReplicaSupervisor {
       record.intent = "run";
       record.hasRun = true;
       record.runningGeneration = record.desired.generation;
+      this.options.onDurableChange?.();
       record.startedAtMs = status.startedAtMs ?? nowMs;
       record.runSinceMs = nowMs;
       record.nextAttemptAtMs = 0;
@@ -677,6 +683,7 @@ export class ReplicaSupervisor {
     record.runSinceMs = nowMs;
     record.startedAtMs = nowMs;
     record.runningGeneration = record.desired.generation;
+    this.options.onDurableChange?.();
     delete record.exitCode;
     runInSpan(span, () =>
       this.logger.info({ replica: record.id, restarts: record.restarts }, "replica started"),
@@ -711,6 +718,8 @@ export class ReplicaSupervisor {
           ),
         "allocating host ports",
       );
+      // Saved before the replica starts listening on them (see onDurableChange).
+      this.options.onDurableChange?.();
     });
     this.portAssignment = run.catch(() => undefined);
     return run;
