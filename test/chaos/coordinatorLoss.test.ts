@@ -141,8 +141,10 @@ describe.skipIf(unavailable !== undefined)("F2 coordinator loss on a multi-host 
         lab.cluster,
         "f2-outage",
         "web",
-        "3 ready again",
-        allReady(3),
+        "3 ready again, the victim's restart reported",
+        // The store still holds the pre-outage status until each agent's full report
+        // after its reconnect lands: wait for the report that carries the restart.
+        (w) => allReady(3)(w) && (w.replicas.find((r) => r.id === victim.id)?.restarts ?? 0) >= 1,
         60_000,
       );
       const reconciledMs = Date.now() - returnedAtMs;
