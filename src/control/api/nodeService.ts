@@ -241,7 +241,12 @@ export function nodeServiceImpl(services: CoordinatorServices): ServiceImpl<type
             if (message.case === "beat") {
               services.metrics.heartbeatsReceived.inc();
               membership.beat(name);
-              outbound.push(ack(message.value.seq, services));
+              // The agent needs no per-beat answer (HTTP/2 pings watch the connection);
+              // an answer on every 10th keeps the stream's downstream from idling out in
+              // proxies at half the messages per beat for both sides.
+              if (message.value.seq % ackEveryBeats === 0n) {
+                outbound.push(ack(message.value.seq, services));
+              }
             } else if (message.case === "reports") {
               const batch = message.value;
               // Reports apply in order; a slow store write never blocks heartbeats. The
@@ -469,6 +474,9 @@ async function setFlags(
   }
   return node;
 }
+
+/** Beats per acknowledgement on a heartbeat stream (see the reader loop). */
+const ackEveryBeats = 10n;
 
 function ack(seq: bigint, services: CoordinatorServices, record?: NodeRecord): HeartbeatResponse {
   return create(HeartbeatResponseSchema, {
