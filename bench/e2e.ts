@@ -108,7 +108,19 @@ interface Hollow {
   firstIndex: number;
   count: number;
   exited: boolean;
+  /** Event-loop stalls of ≥ 500 ms the process reported (end time, length); bounded. */
+  stalls: { atMs: number; durationMs: number }[];
 }
+
+/** Stalls remembered per hollow process. */
+const maxStallsKept = 10_000;
+/**
+ * A false verdict counts as the simulator's when the node's hollow process stalled for at
+ * least one heartbeat interval within this window before the verdict: a phi verdict
+ * comes seconds after the heartbeats stopped.
+ */
+const stallAttributionWindowMs = 10_000;
+const stallAttributionMinMs = 1_000;
 
 interface RunningEvent {
   node: string;
@@ -366,9 +378,9 @@ class Session {
         "--log-level",
         "error",
       ]);
-      const hollow: Hollow = { child, ...spec, exited: false };
+      const hollow: Hollow = { child, ...spec, exited: false, stalls: [] };
       this.hollows.push(hollow);
-      child.onLine((line) => this.onHollowLine(line));
+      child.onLine((line) => this.onHollowLine(hollow, line));
       void child.exited.then(({ code, signal }) => {
         hollow.exited = true;
         if (!this.stopping) {
@@ -385,7 +397,20 @@ class Session {
     return { t0, tokensMs };
   }
 
-  private onHollowLine(line: string): void {
+  /** Whether the node's hollow process stalled ≥ 1 s shortly before atMs. */
+  simulatorStalledBefore(node: string, atMs: number): boolean {
+    const hollow = this.hollowOf(node);
+    return (
+      hollow?.stalls.some(
+        (stall) =>
+          stall.durationMs >= stallAttributionMinMs &&
+          stall.atMs <= atMs + 1_000 &&
+          stall.atMs >= atMs - stallAttributionWindowMs,
+      ) ?? false
+    );
+  }
+
+  private onHollowLine(hollow: Hollow, line: string): void {
     let message: Record<string, unknown>;
     try {
       message = JSON.parse(line) as Record<string, unknown>;
@@ -399,6 +424,14 @@ class Session {
       case "ack":
         if (message.first && !this.firstAck.has(message.name as string)) {
           this.firstAck.set(message.name as string, message.atMs as number);
+        }
+        break;
+      case "stall":
+        if (hollow.stalls.length < maxStallsKept) {
+          hollow.stalls.push({
+            atMs: message.atMs as number,
+            durationMs: message.durationMs as number,
+          });
         }
         break;
       case "nodeFailed":
@@ -772,6 +805,17 @@ export async function runE2e(options: E2eOptions): Promise<E2eResults> {
       else entry.notReady++;
     }
     results.steady.falseVerdictsByPhase = byPhase;
+    const afterStall = (events: MembershipEvent[]) =>
+      events.filter((e) => session.simulatorStalledBefore(e.node, e.atMs)).length;
+    results.steady.falseVerdictsAfterSimulatorStall = {
+      notReady: afterStall(falseNotReady),
+      lost: afterStall(falseLost),
+    };
+    const stalls = session.hollows.flatMap((h) => h.stalls);
+    results.steady.simulatorStalls = {
+      atLeast1s: stalls.filter((s) => s.durationMs >= stallAttributionMinMs).length,
+      maxMs: Math.max(0, ...stalls.map((s) => s.durationMs)),
+    };
     if (falseLost.length > 0) {
       results.steady.falseLostNodes = [...new Set(falseLost.map((e) => e.node))].slice(0, 20);
     }

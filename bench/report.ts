@@ -281,6 +281,12 @@ export function renderMarkdown(r: Json): string {
       `- False verdicts (nodes never faulted) by phase: ${byPhase.map(([phase, v]) => `${phase} ${v.notReady} NotReady / ${v.lost} Lost`).join("; ")}.`,
     );
   }
+  if (st.simulatorStalls) {
+    const after = st.falseVerdictsAfterSimulatorStall ?? {};
+    lines.push(
+      `- Simulator stalls: hollow processes' event loops were ≥ 1 s late ${fmtNum(st.simulatorStalls.atLeast1s)} times (longest ${fmtMs(st.simulatorStalls.maxMs)}); of the false verdicts above, ${fmtNum(after.notReady)} NotReady and ${fmtNum(after.lost)} Lost came within 10 s after such a stall of the node's own hollow process (its heartbeats were late at the source).`,
+    );
+  }
   lines.push(
     "- Replica Running times per replica come from the nodes (the fake runtime reports when a replica runs); the coordinator view is ListWorkloads polled, so it lags by up to one poll.",
   );

@@ -79,6 +79,9 @@ export async function createTokens(
   return tokens;
 }
 
+/** A hollow process's event loop late by this much is reported as a stall. */
+const stallReportMs = 500;
+
 function emit(message: Record<string, unknown>): void {
   process.stdout.write(`${JSON.stringify(message)}\n`);
 }
@@ -143,7 +146,18 @@ async function main(argv: string[]): Promise<void> {
     emit({ type: "running", replicas: running });
     running = [];
   };
-  const flushTimer = setInterval(flushRunning, 100);
+  // The simulator's own stalls (GC, CPU starvation on a loaded machine) delay every one of
+  // its nodes' heartbeats: reported, so that the benchmark can tell a coordinator's false
+  // verdict from a late heartbeat the simulator never sent in time.
+  const tickMs = 100;
+  let lastTickAtMs = Date.now();
+  const flushTimer = setInterval(() => {
+    const nowMs = Date.now();
+    const lateMs = nowMs - lastTickAtMs - tickMs;
+    lastTickAtMs = nowMs;
+    if (lateMs >= stallReportMs) emit({ type: "stall", atMs: nowMs, durationMs: lateMs });
+    flushRunning();
+  }, tickMs);
 
   const fleet = new HollowFleet({
     joinUrl: values.join,
