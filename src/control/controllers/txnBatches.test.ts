@@ -1,6 +1,6 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { packTxns, type TxnItem } from "./txnBatches.js";
+import { maxSqliteTxnOps, maxTxnOps, packTxns, type TxnItem, txnOpsFor } from "./txnBatches.js";
 
 function item(key: string, guarded: boolean): TxnItem<string> {
   return {
@@ -35,5 +35,14 @@ describe("packTxns", () => {
         },
       ),
     );
+  });
+});
+
+describe("txnOpsFor", () => {
+  it("REQ-031 plans on SQLite commit in chunks of 500, on etcd within its 128-operation limit", () => {
+    expect(txnOpsFor({ backend: "sqlite" })).toBe(maxSqliteTxnOps);
+    expect(maxSqliteTxnOps).toBe(500);
+    expect(txnOpsFor({ backend: "etcd" })).toBe(maxTxnOps);
+    expect(maxTxnOps).toBeLessThan(128);
   });
 });

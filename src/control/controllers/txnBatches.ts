@@ -6,6 +6,21 @@ import type { Compare, Op, Store } from "../store/store.js";
  */
 export const maxTxnOps = 100;
 
+/**
+ * The controller's transactions on SQLite, which has no such limit: each commit costs an
+ * fsync and each chunk a turn of the event loop (commitPacked yields between chunks),
+ * under which the rest of the coordinator runs, so fewer, larger chunks commit a
+ * failover's plan sooner. A 500-write chunk blocks the event loop for about 15 ms on the
+ * benchmark machine (ADR 0023). Report writes keep chunks of 100: one stale compare fails
+ * its whole chunk, and reports race with the controller's writes more often than plans.
+ */
+export const maxSqliteTxnOps = 500;
+
+/** Writes per transaction for the store's backend. */
+export function txnOpsFor(store: Pick<Store, "backend">): number {
+  return store.backend === "sqlite" ? maxSqliteTxnOps : maxTxnOps;
+}
+
 /** One write: its operation, the compare that guards it (if any) and what it stands for. */
 export interface TxnItem<T> {
   op: Op;

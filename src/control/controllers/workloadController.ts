@@ -33,7 +33,7 @@ import type { ClusterState, Versioned } from "./clusterState.js";
 import { type ReplicaRecord, replicaKey, type WorkloadRecord, workloadId } from "./records.js";
 import { ReplacementTimer } from "./replacementTimer.js";
 import { asSpecView, driverOfSpec, placementOf } from "./specView.js";
-import { type ChunkOutcome, commitPacked, type TxnItem } from "./txnBatches.js";
+import { type ChunkOutcome, commitPacked, type TxnItem, txnOpsFor } from "./txnBatches.js";
 import { type ReconcileAction, reconcileWorkload } from "./workloadReconciler.js";
 
 /**
@@ -276,12 +276,23 @@ export class WorkloadController {
           await this.cache.waitFor(placed);
           state = this.cache.snapshot();
         }
-        // What this pass wrote is published by the next one (its writes marked the nodes
-        // dirty); a slower cache costs a pass, never a wrong set.
-        this.publish(state, nodes);
+        // The cache has applied this pass's writes (waitFor) and marked their nodes dirty:
+        // they are published now, not a pass (up to maxPassBackoffMs) later — that wait
+        // was most of a failed node's replacement time. Nodes a slower cache has not yet
+        // marked are published by the pass its change triggers; never a wrong set.
+        this.publish(state, this.takeDirtyNodes(nodes));
       },
       { root: true, startTime },
     );
+  }
+
+  /** `nodes` (undefined: all) plus the nodes marked dirty since the pass began, which it takes. */
+  private takeDirtyNodes(nodes: ReadonlySet<string> | undefined): ReadonlySet<string> | undefined {
+    const marked = this.dirtyNodes;
+    this.dirtyNodes = new Set();
+    if (nodes === undefined) return undefined;
+    for (const node of nodes) marked.add(node);
+    return marked;
   }
 
   private publish(state: ClusterState, nodes: ReadonlySet<string> | undefined): void {
@@ -452,7 +463,11 @@ export class WorkloadController {
     }
     let wrote = 0;
     const forgotten = new Map<string, number>();
-    for (const outcome of await commitPacked(this.options.store, groups)) {
+    for (const outcome of await commitPacked(
+      this.options.store,
+      groups,
+      txnOpsFor(this.options.store),
+    )) {
       if (!outcome.succeeded) {
         // Its workloads are looked at again next pass, against the newer state.
         this.dirty = true;
@@ -627,6 +642,7 @@ export class WorkloadController {
       outcomes = await commitPacked(
         this.options.store,
         [...placements, ...reasons].map((item) => [item]),
+        txnOpsFor(this.options.store),
       );
     } catch (error) {
       for (const { tag } of placements) if (tag.span) endSpan(tag.span, error);

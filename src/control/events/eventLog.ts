@@ -24,6 +24,8 @@ export interface ClusterEvent {
 export type NewEvent = Omit<ClusterEvent, "id" | "timeMs" | "attributes" | "actor"> & {
   actor?: string;
   attributes?: Record<string, string>;
+  /** When it happened, if earlier than its recording (default: now). */
+  timeMs?: number;
 };
 
 export const eventKeyPrefix = "/events/";
@@ -58,7 +60,7 @@ export class EventLog {
   ) {}
 
   async record(event: NewEvent): Promise<void> {
-    const timeMs = this.clock.nowMs();
+    const timeMs = Math.min(event.timeMs ?? Number.POSITIVE_INFINITY, this.clock.nowMs());
     const stored: StoredEvent = {
       timeMs,
       type: event.type,

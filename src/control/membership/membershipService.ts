@@ -47,6 +47,11 @@ const maxWritesPerBatch = 500;
  * next tick or hello decides again.
  */
 const maxQueuedWrites = 50_000;
+/**
+ * Events waiting at most. Past it the oldest are dropped (logged): the node records,
+ * which the controllers act on, are written whatever happens to their events.
+ */
+const maxQueuedEvents = 50_000;
 /** A tick later than its interval plus this is taken for an event-loop stall. */
 const stallToleranceMs = 400;
 
@@ -59,6 +64,12 @@ interface QueuedWrite {
   settle?: (result: NodeRecord | Error) => void;
 }
 
+/** A transition's event, waiting to be written; `settle` then ends the transition's write. */
+interface QueuedEvent {
+  event: NewEvent;
+  settle: () => void;
+}
+
 export class MembershipService {
   readonly tracker: MembershipTracker;
   private readonly openStreams = new Map<string, number>();
@@ -67,6 +78,9 @@ export class MembershipService {
   private queued: QueuedWrite[] = [];
   /** The writer draining `queued`, while it runs. */
   private draining: Promise<void> | undefined;
+  /** Events of written transitions, in order, and their writer while it runs. */
+  private queuedEvents: QueuedEvent[] = [];
+  private writingEvents: Promise<void> | undefined;
   /** Only the leader judges nodes; started on election, stopped on demotion. */
   private stopped = true;
 
@@ -174,9 +188,9 @@ export class MembershipService {
     this.openStreams.delete(name);
   }
 
-  /** Waits until every recorded transition has been written. */
+  /** Waits until every recorded transition has been written, with its event. */
   async flush(): Promise<void> {
-    while (this.draining) await this.draining;
+    while (this.draining || this.writingEvents) await (this.draining ?? this.writingEvents);
   }
 
   /** Queues the transitions' writes; resolves once they are written (or failed). */
@@ -265,43 +279,80 @@ export class MembershipService {
       for (const write of writes) write.settle?.(failure);
       return;
     }
-    const events: NewEvent[] = [];
+    const events: QueuedEvent[] = [];
     for (const write of writes) {
       const result = written.get(write.node) ?? new Error(`node "${write.node}" was not written`);
       const transition = write.transition;
       if (transition && result instanceof Error) {
         // A node deleted meanwhile has nothing left to update.
         this.logger.warn({ err: result, node: transition.node }, "could not record transition");
+        write.settle?.(result);
       } else if (transition) {
         events.push({
-          type: transition.reason === "Joined" ? "NodeJoined" : eventTypeFor[transition.to],
-          category: "membership",
-          subject: `node/${transition.node}`,
-          reason: transition.reason,
-          message: transition.message,
-          attributes: { from: transition.from ?? "", to: transition.to },
+          event: {
+            type: transition.reason === "Joined" ? "NodeJoined" : eventTypeFor[transition.to],
+            category: "membership",
+            subject: `node/${transition.node}`,
+            reason: transition.reason,
+            message: transition.message,
+            attributes: { from: transition.from ?? "", to: transition.to },
+            timeMs: transition.atMs,
+          },
+          settle: () => write.settle?.(result),
         });
         this.logger.info(
           { node: transition.node, from: transition.from, to: transition.to },
           `node ${transition.node} is ${transition.to}: ${transition.message}`,
         );
+      } else {
+        // Hellos learn their record now; transitions once their event is written too.
+        write.settle?.(result);
       }
-      // Hellos learn their record now; transitions once their event is written too.
-      if (!transition) write.settle?.(result);
     }
-    // Each event is its own revision (an event's id is the revision that created it), so
-    // its own commit: heartbeats get in between, or a burst of transitions would hold
-    // them back long enough to cause more.
-    for (const [index, event] of events.entries()) {
-      if (index > 0) await yieldToEventLoop();
-      await this.events
-        .record(event)
-        .catch((error: unknown) =>
-          this.logger.warn({ err: error, subject: event.subject }, "could not record event"),
-        );
+    this.enqueueEvents(events);
+  }
+
+  /**
+   * Events are written by their own writer, so that the next batch of node records —
+   * what the controllers act on, e.g. a lost node's replacements — never waits for the
+   * previous batch's events: each event is its own commit (its id is the revision that
+   * created it), with a turn of the event loop between two, and a hundred of them took
+   * seconds on a loaded coordinator (ADR 0023).
+   */
+  private enqueueEvents(events: QueuedEvent[]): void {
+    if (events.length === 0) return;
+    this.queuedEvents.push(...events);
+    if (this.queuedEvents.length > maxQueuedEvents) {
+      const dropped = this.queuedEvents.splice(0, this.queuedEvents.length - maxQueuedEvents);
+      for (const item of dropped) item.settle();
+      this.logger.warn(
+        { dropped: dropped.length },
+        "membership events dropped: the store is not keeping up",
+      );
     }
-    for (const write of writes) {
-      if (write.transition) write.settle?.(written.get(write.node) ?? new Error("not written"));
-    }
+    this.kickEvents();
+  }
+
+  private kickEvents(): void {
+    if (this.writingEvents) return;
+    this.writingEvents = (async () => {
+      let written = 0;
+      while (this.queuedEvents.length > 0) {
+        for (const { event, settle } of this.queuedEvents.splice(0, 100)) {
+          // Heartbeats get in between commits, or a burst of transitions would hold them
+          // back long enough to cause more.
+          if (written++ > 0) await yieldToEventLoop();
+          await this.events
+            .record(event)
+            .catch((error: unknown) =>
+              this.logger.warn({ err: error, subject: event.subject }, "could not record event"),
+            );
+          settle();
+        }
+      }
+    })().finally(() => {
+      this.writingEvents = undefined;
+      if (this.queuedEvents.length > 0) this.kickEvents();
+    });
   }
 }

@@ -1,0 +1,120 @@
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
+import { ManualClock } from "../../lib/clock.js";
+import { createLogger } from "../../observe/logger.js";
+import type { EventLog, NewEvent } from "../events/eventLog.js";
+import { emptyCapacity, emptyInfo, type NodeRecord, nodeKey } from "../nodes/nodeRecord.js";
+import { NodeRegistry } from "../nodes/nodeRegistry.js";
+import { openSqliteStore, type SqliteStore } from "../store/sqliteStore.js";
+import { type HelloReport, MembershipService } from "./membershipService.js";
+
+let dir: string;
+let store: SqliteStore;
+
+beforeEach(async () => {
+  dir = await mkdtemp(join(tmpdir(), "cloudless-membership-"));
+  store = await openSqliteStore({ path: join(dir, "store.db"), clock: new ManualClock() });
+});
+
+afterEach(async () => {
+  await store.close();
+  await rm(dir, { recursive: true, force: true });
+});
+
+function record(name: string): NodeRecord {
+  return {
+    name,
+    uid: name,
+    status: "NotReady",
+    statusReason: "",
+    region: "",
+    zone: "",
+    labels: {},
+    taints: [],
+    capacity: emptyCapacity(),
+    info: emptyInfo(),
+    cordoned: false,
+    draining: false,
+    enrolledAtMs: 0,
+    lastTransitionAtMs: 0,
+    certSerials: [],
+    certExpiresAtMs: 0,
+    address: "",
+    enrollments: 1,
+  };
+}
+
+const report: HelloReport = {
+  capacity: emptyCapacity(),
+  info: emptyInfo(),
+  region: "",
+  zone: "",
+  labels: {},
+  taints: [],
+  address: "",
+};
+
+/** An event log whose writes finish only when the test lets them. */
+class HeldEventLog {
+  readonly recorded: NewEvent[] = [];
+  private readonly waiting: (() => void)[] = [];
+
+  record(event: NewEvent): Promise<void> {
+    return new Promise((resolve) =>
+      this.waiting.push(() => {
+        this.recorded.push(event);
+        resolve();
+      }),
+    );
+  }
+
+  get pending(): number {
+    return this.waiting.length;
+  }
+
+  releaseOne(): void {
+    this.waiting.shift()?.();
+  }
+}
+
+describe("MembershipService", () => {
+  it("REQ-031 F1 a node's status is written while earlier transitions' events are still being written", async () => {
+    const registry = new NodeRegistry(store);
+    for (const name of ["a", "b"]) await store.put(nodeKey(name), JSON.stringify(record(name)));
+    const events = new HeldEventLog();
+    const clock = new ManualClock();
+    const service = new MembershipService(
+      registry,
+      events as unknown as EventLog,
+      clock,
+      createLogger({ component: "test", level: "silent" }),
+    );
+    await service.start();
+    const statusOf = async (name: string) => (await registry.get(name))?.status;
+
+    const helloA = service.hello("a", report);
+    await vi.waitFor(async () => {
+      expect(await statusOf("a")).toBe("Ready");
+      expect(events.pending).toBe(1);
+    });
+    clock.advance(250);
+    // a's NodeReady event is held: b's record must not wait for it (a lost node's
+    // replacements start from its record, not from its event).
+    const helloB = service.hello("b", report);
+    await vi.waitFor(async () => expect(await statusOf("b")).toBe("Ready"));
+
+    await vi.waitFor(() => {
+      events.releaseOne();
+      expect(events.recorded).toHaveLength(2);
+    });
+    await Promise.all([helloA, helloB]);
+    // In decision order, each stamped with the time of its transition.
+    expect(events.recorded.map((e) => [e.subject, e.type, e.timeMs])).toEqual([
+      ["node/a", "NodeReady", 1_700_000_000_000],
+      ["node/b", "NodeReady", 1_700_000_000_250],
+    ]);
+    await service.stop();
+  });
+});
