@@ -14,6 +14,7 @@
  * polled; later by up to one poll, and every poll costs the coordinator a full read).
  * Per-replica distributions use the first; "all Running" totals use the second.
  */
+import { createWriteStream } from "node:fs";
 import { writeFile } from "node:fs/promises";
 import * as path from "node:path";
 import { timestampMs } from "@bufbuild/protobuf/wkt";
@@ -47,6 +48,8 @@ export interface E2eOptions {
   seed: number;
   /** Write a V8 CPU profile of the coordinator into this directory. */
   cpuProfDir?: string;
+  /** Coordinator log: its standard error is appended here, at this level (diagnosis). */
+  coordinatorLog?: { path: string; level: string };
   /** Absolute time (Date.now()) by which everything must be done. */
   deadlineMs: number;
   limits: { joinMs: number; placeMs: number; failoverMs: number };
@@ -68,6 +71,8 @@ export interface FailoverResult extends Partial<Percentiles> {
   unreplaced: number;
   /** Fault → NodeLost event (coordinator clock), over the faulted nodes. */
   detection?: Percentiles;
+  /** Fault → ReplicasPlaced event (coordinator clock), over the affected workloads' events. */
+  placed?: Percentiles;
   /** Fault → the coordinator's API shows every workload fully Running again. */
   coordinatorAllRunningMs?: number;
   falseLost?: number;
@@ -169,6 +174,8 @@ class Session {
   readonly membershipEvents: MembershipEvent[] = [];
   placedTotal = 0;
   lastPlacedAtMs = 0;
+  /** ReplicasPlaced events of the bench's workloads: workload name and coordinator time. */
+  readonly placedEvents: { workload: string; atMs: number }[] = [];
   readonly faulted = new Set<string>();
   readonly faultAt = new Map<string, number>();
   private readonly watchAbort = new AbortController();
@@ -245,8 +252,12 @@ class Session {
       "--host",
       "127.0.0.1",
       "--log-level",
-      "warn",
+      this.options.coordinatorLog?.level ?? "warn",
     ]);
+    if (this.options.coordinatorLog) {
+      const log = createWriteStream(this.options.coordinatorLog.path, { flags: "a" });
+      this.coordinator.onErrLine((line) => log.write(`${line}\n`));
+    }
     const match = await this.coordinator.waitForLine(/listening on (https:\/\/\S+)/, 30_000);
     this.url = match[1]!;
     this.adminConfig = path.join(dataDir, "admin.conf");
@@ -313,6 +324,8 @@ class Session {
             if (event.subject.startsWith(`workload/${namespace}/`)) {
               this.placedTotal += Number(/placed (\d+) replica/.exec(event.message)?.[1] ?? 0);
               this.lastPlacedAtMs = atMs;
+              const workload = event.subject.slice(`workload/${namespace}/`.length);
+              if (this.placedEvents.length < 1_000_000) this.placedEvents.push({ workload, atMs });
             }
           } else if (event.subject.startsWith("node/")) {
             this.membershipEvents.push({
@@ -958,6 +971,10 @@ async function failover(
   const detections = session.membershipEvents
     .filter((e) => e.type === "NodeLost" && chosenSet.has(e.node) && e.atMs >= faultAt - 1000)
     .map((e) => e.atMs - faultAt);
+  const placedTimes = session.placedEvents
+    .filter((e) => e.atMs >= faultAt && lostByWorkload.has(e.workload))
+    .map((e) => e.atMs - faultAt);
+  const placed = percentiles(placedTimes);
   const stats = percentiles(latencies);
   return {
     ...(stats ?? {}),
@@ -966,6 +983,7 @@ async function failover(
     replaced: latencies.length,
     unreplaced: lost - latencies.length,
     ...(percentiles(detections) ? { detection: percentiles(detections)! } : {}),
+    ...(placed ? { placed } : {}),
     ...(coordinatorAllRunningMs !== undefined ? { coordinatorAllRunningMs } : {}),
     ...(error ? { error } : {}),
   };

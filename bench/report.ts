@@ -268,7 +268,7 @@ export function renderMarkdown(r: Json): string {
   ] as const) {
     const f = r.failover?.[key] ?? {};
     lines.push(
-      `- ${title}: ${fmtNum(f.faultedNodes)} nodes, ${fmtNum(f.lostReplicas)} replicas lost, ${fmtNum(f.replaced)} replaced; detection (fault → NodeLost) P50/P95 ${f.detection ? `${fmtMs(f.detection.p50Ms)} / ${fmtMs(f.detection.p95Ms)}` : "—"}; coordinator API all Running again after ${fmtMs(f.coordinatorAllRunningMs)}${f.error ? `; error: ${f.error}` : ""}.`,
+      `- ${title}: ${fmtNum(f.faultedNodes)} nodes, ${fmtNum(f.lostReplicas)} replicas lost, ${fmtNum(f.replaced)} replaced; detection (fault → NodeLost) P50/P95 ${f.detection ? `${fmtMs(f.detection.p50Ms)} / ${fmtMs(f.detection.p95Ms)}` : "—"}; placed (fault → ReplicasPlaced) P50/P95 ${f.placed ? `${fmtMs(f.placed.p50Ms)} / ${fmtMs(f.placed.p95Ms)}` : "—"}; coordinator API all Running again after ${fmtMs(f.coordinatorAllRunningMs)}${f.error ? `; error: ${f.error}` : ""}.`,
     );
   }
   const st = r.steady ?? {};

@@ -13,6 +13,7 @@
  *   --only LIST                 scheduler,e2e,idle (default: all)
  *   --cpu-prof                  V8 CPU profile of the coordinator, summarised in the results
  *   --out DIR                   where results.json, RESULTS.md and profiles go (default bench/)
+ *   --coordinator-log FILE      append the coordinator's log to FILE (with --coordinator-log-level)
  *   --note TEXT                 a line shown under the title (e.g. why a run is below full size)
  *
  * Every benchmark has its own time limit and cleans up every process it started, even on
@@ -73,6 +74,8 @@ const { values } = parseArgs({
     out: { type: "string" },
     seed: { type: "string" },
     note: { type: "string" },
+    "coordinator-log": { type: "string" },
+    "coordinator-log-level": { type: "string" },
   },
 });
 
@@ -238,6 +241,14 @@ async function main(): Promise<void> {
         pollMs: config.replicas > 5_000 ? 1000 : 250,
         seed: config.seed,
         ...(profileDir ? { cpuProfDir: profileDir } : {}),
+        ...(values["coordinator-log"]
+          ? {
+              coordinatorLog: {
+                path: path.resolve(values["coordinator-log"]),
+                level: values["coordinator-log-level"] ?? "info",
+              },
+            }
+          : {}),
         deadlineMs: Math.max(Date.now() + 30_000, e2eDeadline),
         limits: e2eLimits,
         log,
