@@ -203,7 +203,6 @@ async function startWithStore(
     events,
     assignments,
     metrics,
-    heartbeatLate: (node, nowMs) => membership.tracker.isHeartbeatLate(node, nowMs),
   });
   let election: LeaderElection | undefined;
   const leadership: Leadership = {

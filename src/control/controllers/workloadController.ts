@@ -75,8 +75,6 @@ export interface WorkloadControllerOptions {
   debounceMs?: number;
   /** Scheduler and rescheduling metrics (REQ-070); absent in unit tests. */
   metrics?: ControllerMetrics;
-  /** Whether a Ready node's heartbeats are overdue (membership's view); such a node gets no new replicas. */
-  heartbeatLate?: (node: string, nowMs: number) => boolean;
 }
 
 /**
@@ -525,7 +523,7 @@ export class WorkloadController {
     if (pending.length === 0) return 0;
     const snapshot: ClusterSnapshot = {
       revision: state.revision,
-      nodes: toSchedNodes(state, this.options.clock.nowMs(), this.options.heartbeatLate),
+      nodes: toSchedNodes(state, this.options.clock.nowMs()),
       replicas: existing,
     };
     const endDecision = this.options.metrics?.schedulerDecision.startTimer();
@@ -821,7 +819,6 @@ const oneHourMs = 3_600_000;
 export function toSchedNodes(
   state: Pick<ClusterState, "nodes" | "replicasByWorkload">,
   nowMs: number,
-  heartbeatLate?: (node: string, nowMs: number) => boolean,
 ): SchedNode[] {
   const allocated = new Map<string, SchedNode["allocated"]>();
   for (const replicas of state.replicasByWorkload.values()) {
@@ -849,9 +846,6 @@ export function toSchedNodes(
     egressMbps: node.capacity.egressMbps,
     // A node that changed state recently is less trusted than one steady for an hour.
     reliability: Math.min(1, Math.max(0.1, (nowMs - node.lastTransitionAtMs) / oneHourMs)),
-    ...(node.status === "Ready" && heartbeatLate?.(node.name, nowMs)
-      ? { heartbeatLate: true }
-      : {}),
     ...(node.labels["cloudless.io/cost-per-hour"]
       ? { costPerHour: Number(node.labels["cloudless.io/cost-per-hour"]) }
       : {}),

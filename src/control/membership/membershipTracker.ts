@@ -18,12 +18,6 @@ export interface MembershipConfig {
   phiSuspect: number;
   /** phi at which a NotReady node becomes Lost. */
   phiLost: number;
-  /**
-   * phi at which a Ready node gets no new replicas (it stays Ready): when many nodes fail
-   * at once they cross phiSuspect at different times, and replacements placed on one
-   * that is silent but not yet judged would have to move again.
-   */
-  phiAvoidPlacement: number;
   /** A NotReady node whose stream is closed becomes Lost after this long without a reconnect. */
   streamLossGraceMs: number;
   /** After a coordinator (re)start, time a node gets to reconnect before it is judged. */
@@ -35,7 +29,6 @@ export const defaultMembershipConfig: MembershipConfig = {
   heartbeatIntervalMs: 1000,
   phiSuspect: 8,
   phiLost: 16,
-  phiAvoidPlacement: 3,
   streamLossGraceMs: 1000,
   startupGraceMs: 10_000,
   detector: defaultPhiAccrualOptions,
@@ -270,13 +263,6 @@ export class MembershipTracker {
 
   isConnected(name: string): boolean {
     return this.nodes.get(name)?.streamOpen ?? false;
-  }
-
-  /** A Ready node whose heartbeats are overdue: it should get no new replicas for now. */
-  isHeartbeatLate(name: string, nowMs: number): boolean {
-    const node = this.nodes.get(name);
-    if (node?.status !== "Ready" || !node.streamOpen) return false;
-    return node.detector.phi(nowMs) >= this.config.phiAvoidPlacement;
   }
 
   phi(name: string, nowMs: number): number | undefined {

@@ -33,11 +33,6 @@ const table: [FilterPlugin, Case[]][] = [
       { name: "Lost rejects", node: { status: "Lost" }, reason: "node Lost" },
       { name: "Left rejects", node: { status: "Left" }, reason: "node Left" },
       { name: "cordoned rejects", node: { cordoned: true }, reason: "node cordoned" },
-      {
-        name: "Ready with late heartbeats rejects",
-        node: { heartbeatLate: true },
-        reason: "node's heartbeats late",
-      },
     ],
   ],
   [

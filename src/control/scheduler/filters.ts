@@ -21,14 +21,12 @@ const notReady: Record<Exclude<NodeStatus, "Ready">, FilterRejection> = {
   Left: reject("node Left"),
 };
 const cordoned = reject("node cordoned");
-const heartbeatsLate = reject("node's heartbeats late");
 
 export const nodeReady: FilterPlugin = {
   name: "NodeReady",
   kind: "policy",
   filter(_ctx, _replica, node) {
     if (node.status !== "Ready") return notReady[node.status] ?? notReady.NotReady;
-    if (node.heartbeatLate) return heartbeatsLate;
     return node.cordoned ? cordoned : filterOk;
   },
 };

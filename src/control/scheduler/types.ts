@@ -51,11 +51,6 @@ export interface SchedNode {
   egressMbps: number;
   /** 0..1, 1 = never flapped; computed by the coordinator. */
   reliability: number;
-  /**
-   * Ready, but its heartbeats are overdue (phi ≥ phiAvoidPlacement): likely failing and
-   * not yet judged, so it gets no new replicas until it is heard from again.
-   */
-  heartbeatLate?: boolean;
   /** From a node label; absent when unknown. */
   costPerHour?: number;
 }
