@@ -40,6 +40,14 @@ export class ManualClock implements Clock {
     };
   }
 
+  /**
+   * Moves time forward without firing timers, as a blocked event loop does; the next
+   * advance() fires what fell due meanwhile, late.
+   */
+  stall(deltaMs: number): void {
+    this.current += deltaMs;
+  }
+
   /** Moves time forward, firing every timer that falls due, in order. */
   advance(deltaMs: number): void {
     const target = this.current + deltaMs;
@@ -48,7 +56,8 @@ export class ManualClock implements Clock {
       const next = this.timers[0];
       if (!next || next.dueMs > target) break;
       this.timers.shift();
-      this.current = next.dueMs;
+      // After a stall() timers fire late, at the current time, as they do in Node.
+      this.current = Math.max(this.current, next.dueMs);
       next.fn();
     }
     this.current = target;

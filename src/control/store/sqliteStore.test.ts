@@ -205,6 +205,27 @@ describe("sqlite store", () => {
     expect(await store.compactedRevision()).toBe(15);
   });
 
+  it("REQ-012 a stall of this process does not expire its leases; time after it does", async () => {
+    const clock = new ManualClock();
+    const store = await open({ clock });
+    const lease = await store.grantLease(5_000);
+    await store.put("/held", "1", { lease: lease.id });
+    clock.advance(3_000);
+    // The event loop is blocked for 8 s: nobody in this process could renew.
+    clock.stall(8_000);
+    clock.advance(0);
+    expect(await store.get("/held")).toMatchObject({ value: "1" });
+    // A renewal that comes first after a stall finds its lease alive too.
+    const second = await store.grantLease(5_000);
+    clock.stall(9_000);
+    await store.keepAlive(second.id);
+    await store.keepAlive(lease.id);
+    // Time that passes with the process running expires a lease nobody renews.
+    clock.advance(5_000);
+    expect(await store.get("/held")).toBeUndefined();
+    await expect(store.keepAlive(lease.id)).rejects.toMatchObject({ kind: "leaseNotFound" });
+  });
+
   it("REQ-012 data survives close and reopen", async () => {
     const path = join(dir, "store.db");
     const clock = new ManualClock();

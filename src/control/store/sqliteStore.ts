@@ -38,6 +38,14 @@ const DEFAULT_MAX_PENDING_REVISIONS = 10_000;
 const REPLAY_CHUNK_REVISIONS = 512;
 /** Leases revoked per expiry check, so one check never stalls the event loop for long. */
 const EXPIRY_BATCH = 1_000;
+/**
+ * A lease check later than its interval by more than this means this process stalled.
+ * Every holder of a lease on this store lives in this process and could not renew
+ * meanwhile, so the stall is added to every lease's deadline instead of expiring them:
+ * a single coordinator that stalled for a few seconds under load had lost its own
+ * leadership lease and restarted its controllers (ADR 0024).
+ */
+const LEASE_STALL_TOLERANCE_MS = 1_000;
 
 export interface SqliteStoreOptions {
   /** The database file; created when absent, never recreated when present. */
@@ -317,6 +325,8 @@ class SqliteStoreImpl implements SqliteStore {
   private readonly inTransaction: (fn: () => unknown) => unknown;
   private readonly compactSlack: number;
   private cancelLeaseTimer: (() => void) | undefined;
+  /** When leases were last checked for expiry (or their deadlines caught up with a stall). */
+  private lastLeaseCheckMs = 0;
   private cancelCompactTimer: (() => void) | undefined;
 
   constructor(
@@ -338,6 +348,7 @@ class SqliteStoreImpl implements SqliteStore {
     // Nobody could keep a lease alive while the store was down, so every lease gets a
     // full TTL from now (etcd does the same when a leader takes over).
     this.stmts.extendAllLeases.run(settings.clock.nowMs());
+    this.lastLeaseCheckMs = settings.clock.nowMs();
     this.scheduleLeaseCheck();
     this.scheduleCompaction();
   }
@@ -473,6 +484,9 @@ class SqliteStoreImpl implements SqliteStore {
     this.assertOpen();
     this.guard(() => {
       const now = this.settings.clock.nowMs();
+      // A renewal that runs before the late check after a stall must not find its lease
+      // expired by the stall.
+      this.absorbOwnStall(now);
       const renewed = this.stmts.renewLease.run(now, leaseId, now).changes > 0;
       if (renewed) return;
       // Expired but not yet collected: revoke now, so its keys go as promised.
@@ -852,12 +866,18 @@ class SqliteStoreImpl implements SqliteStore {
     }, this.settings.leaseCheckIntervalMs);
   }
 
+  /** Adds a stall of this process since the last lease check to every lease's deadline. */
+  private absorbOwnStall(nowMs: number): void {
+    const lateMs = nowMs - this.lastLeaseCheckMs - this.settings.leaseCheckIntervalMs;
+    if (lateMs > LEASE_STALL_TOLERANCE_MS) this.stmts.delayLeases.run(lateMs);
+    this.lastLeaseCheckMs = Math.max(this.lastLeaseCheckMs, nowMs);
+  }
+
   private expireLeases(): void {
     try {
-      const expired = this.stmts.expiredLeases.all(
-        this.settings.clock.nowMs(),
-        EXPIRY_BATCH,
-      ) as number[];
+      const now = this.settings.clock.nowMs();
+      this.absorbOwnStall(now);
+      const expired = this.stmts.expiredLeases.all(now, EXPIRY_BATCH) as number[];
       for (const id of expired) this.revoke(id);
     } catch {
       // Nobody to report to from a timer; a failing database also fails the next call
@@ -967,6 +987,7 @@ function prepareStatements(db: Database.Database) {
       .prepare("SELECT id FROM leases WHERE expires_at_ms <= ? ORDER BY expires_at_ms, id LIMIT ?")
       .pluck(),
     extendAllLeases: db.prepare("UPDATE leases SET expires_at_ms = max(expires_at_ms, ? + ttl_ms)"),
+    delayLeases: db.prepare("UPDATE leases SET expires_at_ms = expires_at_ms + ?"),
   };
 }
 
