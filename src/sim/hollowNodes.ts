@@ -79,6 +79,8 @@ export async function createTokens(
   return tokens;
 }
 
+/** Once its parent is gone (standard input closed), the process exits within this long. */
+const orphanExitMs = 5_000;
 /** A hollow process's event loop late by this much is reported as a stall. */
 const stallReportMs = 500;
 
@@ -262,8 +264,13 @@ async function main(argv: string[]): Promise<void> {
         emit({ type: "error", message: `unknown command ${String(command.cmd)}` });
     }
   });
-  // The parent went away: nothing will ever stop us otherwise.
-  input.on("close", () => void stop().then(() => process.exit(0)));
+  // The parent went away: nothing will ever stop us otherwise. Stopping nodes that are
+  // still joining a coordinator that went away with the parent can take long; an orphan
+  // keeps the machine busy for whatever runs next, so it has a few seconds.
+  input.on("close", () => {
+    setTimeout(() => process.exit(0), orphanExitMs).unref();
+    void stop().then(() => process.exit(0));
+  });
 
   const result = await fleet.start();
   emit({ type: "started", ...result, atMs: Date.now() });
