@@ -60,7 +60,8 @@ export class EventLog {
   ) {}
 
   async record(event: NewEvent): Promise<void> {
-    const timeMs = Math.min(event.timeMs ?? Number.POSITIVE_INFINITY, this.clock.nowMs());
+    const nowMs = this.clock.nowMs();
+    const timeMs = event.timeMs === undefined ? nowMs : Math.min(event.timeMs, nowMs);
     const stored: StoredEvent = {
       timeMs,
       type: event.type,

@@ -5,8 +5,9 @@ import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { ManualClock } from "../../lib/clock.js";
 import { createLogger } from "../../observe/logger.js";
 import type { EventLog, NewEvent } from "../events/eventLog.js";
-import { emptyCapacity, emptyInfo, type NodeRecord, nodeKey } from "../nodes/nodeRecord.js";
+import { emptyCapacity, emptyInfo, nodeKey } from "../nodes/nodeRecord.js";
 import { NodeRegistry } from "../nodes/nodeRegistry.js";
+import { testNodeRecord } from "../nodes/testing/nodeRecords.js";
 import { openSqliteStore, type SqliteStore } from "../store/sqliteStore.js";
 import { type HelloReport, MembershipService } from "./membershipService.js";
 
@@ -22,29 +23,6 @@ afterEach(async () => {
   await store.close();
   await rm(dir, { recursive: true, force: true });
 });
-
-function record(name: string): NodeRecord {
-  return {
-    name,
-    uid: name,
-    status: "NotReady",
-    statusReason: "",
-    region: "",
-    zone: "",
-    labels: {},
-    taints: [],
-    capacity: emptyCapacity(),
-    info: emptyInfo(),
-    cordoned: false,
-    draining: false,
-    enrolledAtMs: 0,
-    lastTransitionAtMs: 0,
-    certSerials: [],
-    certExpiresAtMs: 0,
-    address: "",
-    enrollments: 1,
-  };
-}
 
 const report: HelloReport = {
   capacity: emptyCapacity(),
@@ -82,7 +60,8 @@ class HeldEventLog {
 describe("MembershipService", () => {
   it("REQ-031 F1 a node's status is written while earlier transitions' events are still being written", async () => {
     const registry = new NodeRegistry(store);
-    for (const name of ["a", "b"]) await store.put(nodeKey(name), JSON.stringify(record(name)));
+    for (const name of ["a", "b"])
+      await store.put(nodeKey(name), JSON.stringify(testNodeRecord(name)));
     const events = new HeldEventLog();
     const clock = new ManualClock();
     const service = new MembershipService(

@@ -219,13 +219,8 @@ export class MembershipService {
 
   private enqueue(writes: QueuedWrite[]): void {
     this.queued.push(...writes);
-    if (this.queued.length > maxQueuedWrites) {
-      const dropped = this.queued.splice(0, this.queued.length - maxQueuedWrites);
-      for (const write of dropped) write.settle?.(new Error("membership write queue overflowed"));
-      this.logger.warn(
-        { dropped: dropped.length },
-        "membership writes dropped: the store is not keeping up",
-      );
+    for (const write of this.dropOldest(this.queued, maxQueuedWrites, "writes")) {
+      write.settle?.(new Error("membership write queue overflowed"));
     }
     this.kick();
   }
@@ -322,15 +317,21 @@ export class MembershipService {
   private enqueueEvents(events: QueuedEvent[]): void {
     if (events.length === 0) return;
     this.queuedEvents.push(...events);
-    if (this.queuedEvents.length > maxQueuedEvents) {
-      const dropped = this.queuedEvents.splice(0, this.queuedEvents.length - maxQueuedEvents);
-      for (const item of dropped) item.settle();
-      this.logger.warn(
-        { dropped: dropped.length },
-        "membership events dropped: the store is not keeping up",
-      );
+    for (const item of this.dropOldest(this.queuedEvents, maxQueuedEvents, "events")) {
+      item.settle();
     }
     this.kickEvents();
+  }
+
+  /** Bounds a queue: removes (and logs) the oldest items past `max`, and returns them. */
+  private dropOldest<T>(queue: T[], max: number, what: "writes" | "events"): T[] {
+    if (queue.length <= max) return [];
+    const dropped = queue.splice(0, queue.length - max);
+    this.logger.warn(
+      { dropped: dropped.length },
+      `membership ${what} dropped: the store is not keeping up`,
+    );
+    return dropped;
   }
 
   private kickEvents(): void {

@@ -5,8 +5,9 @@ import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { ManualClock } from "../../lib/clock.js";
 import { openSqliteStore, type SqliteStore } from "../store/sqliteStore.js";
 import type { TxnRequest } from "../store/store.js";
-import { emptyCapacity, emptyInfo, type NodeRecord, nodeKey } from "./nodeRecord.js";
+import { type NodeRecord, nodeKey } from "./nodeRecord.js";
 import { NodeRegistry } from "./nodeRegistry.js";
+import { testNodeRecord } from "./testing/nodeRecords.js";
 
 let dir: string;
 let store: SqliteStore;
@@ -21,32 +22,10 @@ afterEach(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-function node(name: string): NodeRecord {
-  return {
-    name,
-    uid: name,
-    status: "NotReady",
-    statusReason: "",
-    region: "",
-    zone: "",
-    labels: {},
-    taints: [],
-    capacity: emptyCapacity(),
-    info: emptyInfo(),
-    cordoned: false,
-    draining: false,
-    enrolledAtMs: 0,
-    lastTransitionAtMs: 0,
-    certSerials: [],
-    certExpiresAtMs: 0,
-    address: "",
-    enrollments: 1,
-  };
-}
-
 describe("NodeRegistry.updateMany", () => {
   it("updates many nodes in transactions of at most 100 operations, and reports missing ones", async () => {
-    for (let i = 0; i < 250; i++) await store.put(nodeKey(`n${i}`), JSON.stringify(node(`n${i}`)));
+    for (let i = 0; i < 250; i++)
+      await store.put(nodeKey(`n${i}`), JSON.stringify(testNodeRecord(`n${i}`)));
     const txns: TxnRequest[] = [];
     const counting = new Proxy(store, {
       get(target, property, receiver) {
@@ -78,8 +57,8 @@ describe("NodeRegistry.updateMany", () => {
   });
 
   it("retries one by one the nodes whose batched write lost a race", async () => {
-    await store.put(nodeKey("a"), JSON.stringify(node("a")));
-    await store.put(nodeKey("b"), JSON.stringify(node("b")));
+    await store.put(nodeKey("a"), JSON.stringify(testNodeRecord("a")));
+    await store.put(nodeKey("b"), JSON.stringify(testNodeRecord("b")));
     const registry = new NodeRegistry(store);
     let raced = false;
     const results = await registry.updateMany(
@@ -90,7 +69,10 @@ describe("NodeRegistry.updateMany", () => {
             if (!raced) {
               raced = true;
               // Someone else writes "a" between the batch's read and its write.
-              void store.put(nodeKey("a"), JSON.stringify({ ...node("a"), cordoned: true }));
+              void store.put(
+                nodeKey("a"),
+                JSON.stringify({ ...testNodeRecord("a"), cordoned: true }),
+              );
             }
             return { ...record, status: "Ready" as const };
           },
