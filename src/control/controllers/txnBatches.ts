@@ -95,3 +95,24 @@ export async function commitPacked<T>(
   }
   return outcomes;
 }
+
+/**
+ * Deletes keys in transactions of txnOpsFor(store) operations, letting I/O in between;
+ * returns how many existed. For clean-ups that may find thousands of keys at once: one
+ * commit (an fsync on SQLite) per key held the event loop for seconds (ADR 0025).
+ */
+export async function deleteInChunks(store: Store, keys: readonly string[]): Promise<number> {
+  const perTxn = txnOpsFor(store);
+  let removed = 0;
+  for (let start = 0; start < keys.length; start += perTxn) {
+    if (start > 0) await yieldToEventLoop();
+    const result = await store.txn({
+      compare: [],
+      success: keys.slice(start, start + perTxn).map((key) => ({ type: "delete", key })),
+    });
+    for (const outcome of result.results) {
+      if (outcome.type === "delete") removed += outcome.deleted;
+    }
+  }
+  return removed;
+}

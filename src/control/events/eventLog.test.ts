@@ -83,6 +83,38 @@ describe("event log", () => {
     expect((await log.list()).map((e) => e.message)).toEqual(["event 7"]);
   });
 
+  it("REQ-071 retention deletes in a few commits and lets the event loop run between them", async () => {
+    const log = new EventLog(store, clock, { maxEvents: 50, maxAgeMs: 3_600_000 });
+    // Written in one commit (recording 650 events one by one would take 650 fsyncs).
+    const batch = Array.from({ length: 650 }, (_, n) => {
+      const timeMs = clock.nowMs() + n;
+      return {
+        type: "put" as const,
+        key: `/events/${String(timeMs).padStart(15, "0")}-000000-abcdef`,
+        value: JSON.stringify({ ...event(n), timeMs, actor: "test", attributes: {} }),
+      };
+    });
+    await store.txn({ compare: [], success: batch });
+    let commits = 0;
+    const txn = store.txn.bind(store);
+    store.txn = (request) => {
+      commits++;
+      return txn(request);
+    };
+    // A SQLite commit is synchronous: without a turn of the event loop between commits,
+    // this callback (standing for a heartbeat's I/O) would only run after the whole trim.
+    let ranDuringTrim = false;
+    let trimDone = false;
+    setImmediate(() => {
+      ranDuringTrim = !trimDone;
+    });
+    expect(await log.trim()).toBe(600);
+    trimDone = true;
+    expect(commits).toBe(2);
+    expect(ranDuringTrim).toBe(true);
+    expect((await log.list()).map((e) => e.message)[0]).toBe("event 600");
+  });
+
   function events(): EventLog {
     return new EventLog(store, clock);
   }

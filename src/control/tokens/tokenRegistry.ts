@@ -1,5 +1,6 @@
 import type { Clock } from "../../lib/clock.js";
 import { CloudlessError } from "../../lib/errors.js";
+import { deleteInChunks } from "../controllers/txnBatches.js";
 import { generateToken, parseToken, secretMatches } from "../security/tokens.js";
 import type { Op, Store } from "../store/store.js";
 
@@ -140,13 +141,9 @@ export class TokenRegistry {
   /** Removes records of tokens spent or expired more than a day ago. */
   async prune(): Promise<number> {
     const now = this.clock.nowMs();
-    let removed = 0;
-    for (const record of await this.list()) {
-      const spentAt = record.usedAtMs ?? record.expiresAtMs;
-      if (now - spentAt > keepSpentTokensMs) {
-        removed += await this.store.delete(tokenKeyPrefix + record.id);
-      }
-    }
-    return removed;
+    const spent = (await this.list())
+      .filter((record) => now - (record.usedAtMs ?? record.expiresAtMs) > keepSpentTokensMs)
+      .map((record) => tokenKeyPrefix + record.id);
+    return deleteInChunks(this.store, spent);
   }
 }
