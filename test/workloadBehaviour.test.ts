@@ -326,7 +326,7 @@ describe.skipIf(!isRoot)(
       expect(cluster.coordinator.running).toBe(true);
     });
 
-    it("REQ-080 REQ-081 ApplyWorkload over HTTP/JSON with the admin certificate works as over gRPC, and reports field errors", async () => {
+    it("REQ-080 REQ-081 ApplyWorkload over HTTP/JSON with the admin certificate works as over gRPC, reports field errors, and lists workloads with or without their replicas", async () => {
       const admin = await loadClientConfig(cluster.configPath);
       const post = (method: string, body: unknown, withCert = true) =>
         httpsPost({
@@ -386,6 +386,18 @@ describe.skipIf(!isRoot)(
       expect(error.message).toContain('spec: unknown field "replica"; did you mean "replicas"?');
       const list = await cluster.cliJson<WorkloadJson[]>(["workload", "list", "-n", namespace]);
       expect(list.map((w) => w.name)).toEqual(["viajson"]);
+      expect(list[0]?.replicas).toHaveLength(1);
+      // A BASIC list leaves the replicas out and keeps the status; the table asks for it.
+      const basic = await post("ListWorkloads", { namespace, view: "WORKLOAD_VIEW_BASIC" });
+      expect(basic.status, basic.body).toBe(200);
+      const [summary] = (JSON.parse(basic.body) as { workloads: Partial<WorkloadJson>[] })
+        .workloads;
+      expect(summary?.name).toBe("viajson");
+      expect(summary?.replicas ?? []).toEqual([]);
+      expect(summary?.status).toMatchObject({ readyReplicas: 1, desiredReplicas: 1 });
+      const table = await cluster.cli(["workload", "list", "-n", namespace]);
+      expect(table.code, table.stderr).toBe(0);
+      expect(table.stdout).toMatch(/viajson\s+1\/1\s/);
 
       // No client certificate, no workload API.
       const anonymous = await post("ApplyWorkload", { spec: doc }, false);

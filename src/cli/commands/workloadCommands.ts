@@ -7,6 +7,7 @@ import {
   type Workload,
   WorkloadSchema,
   type WorkloadStatus,
+  WorkloadView,
 } from "../../gen/cloudless/v1/workload_pb.js";
 import { formatAge, parseDurationMs } from "../../lib/duration.js";
 import { CloudlessError } from "../../lib/errors.js";
@@ -183,9 +184,11 @@ export function registerWorkloadCommands(program: Command): void {
       action(async (flags: { namespace?: string; output?: string }) => {
         const format = parseOutputFormat(flags.output);
         const { clients, server } = await client();
+        // The table shows counts only; -o json|yaml keeps every replica, as before.
+        const view = format === "table" ? WorkloadView.BASIC : WorkloadView.FULL;
         const response = await call(
           server,
-          clients.workloads.listWorkloads({ namespace: flags.namespace ?? "" }),
+          clients.workloads.listWorkloads({ namespace: flags.namespace ?? "", view }),
         );
         const now = Date.now();
         printResult(format, response.workloads.map(workloadJson), {

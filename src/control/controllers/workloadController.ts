@@ -16,7 +16,6 @@ import {
 } from "../../observe/tracing.js";
 import type { EventLog } from "../events/eventLog.js";
 import type { NodeRecord } from "../nodes/nodeRecord.js";
-import { schedule } from "../scheduler/index.js";
 import type {
   ClusterSnapshot,
   ExistingReplica,
@@ -32,6 +31,7 @@ import { type CacheChange, ClusterCache } from "./clusterCache.js";
 import type { ClusterState, Versioned } from "./clusterState.js";
 import { type ReplicaRecord, replicaKey, type WorkloadRecord, workloadId } from "./records.js";
 import { ReplacementTimer } from "./replacementTimer.js";
+import { scheduleInSlices } from "./scheduleInSlices.js";
 import { asSpecView, driverOfSpec, placementOf } from "./specView.js";
 import { type ChunkOutcome, commitPacked, type TxnItem, txnOpsFor } from "./txnBatches.js";
 import { type ReconcileAction, reconcileWorkload } from "./workloadReconciler.js";
@@ -526,21 +526,24 @@ export class WorkloadController {
       nodes: toSchedNodes(state, this.options.clock.nowMs()),
       replicas: existing,
     };
-    const endDecision = this.options.metrics?.schedulerDecision.startTimer();
-    const plan = withSpan(
+    const plan = await withSpan(
       "controller.schedule",
       {
         "cloudless.scheduler.pending": pending.length,
         "cloudless.scheduler.nodes": snapshot.nodes.length,
       },
-      (span) => {
-        const plan = schedule({
-          snapshot,
-          pending,
-          weights: this.options.weights,
-          nowMs: this.options.clock.nowMs(),
-          rng: this.options.rng,
-        });
+      async (span) => {
+        const { plan, busyMs } = await scheduleInSlices(
+          {
+            snapshot,
+            pending,
+            weights: this.options.weights,
+            nowMs: this.options.clock.nowMs(),
+            rng: this.options.rng,
+          },
+          this.options.clock,
+        );
+        this.options.metrics?.schedulerDecision.observe(busyMs / 1000);
         span.setAttributes({
           "cloudless.scheduler.placements": plan.placements.length,
           "cloudless.scheduler.unschedulable": plan.unschedulable.length,
@@ -548,7 +551,6 @@ export class WorkloadController {
         return plan;
       },
     );
-    endDecision?.();
     return withSpan(
       "controller.commit_plan",
       { "cloudless.scheduler.placements": plan.placements.length },

@@ -31,7 +31,7 @@ export type {
   SchedulingContext,
   ScorePlugin,
 } from "./plugin.js";
-export { defaultFramework, schedule, scheduleWith } from "./schedule.js";
+export { defaultFramework, schedule, scheduleSteps, scheduleWith } from "./schedule.js";
 export {
   cost,
   locality,

@@ -33,6 +33,23 @@ export function schedule(input: ScheduleInput): Plan {
 
 /** schedule() with an explicit plugin set, for tests of the framework itself. */
 export function scheduleWith(framework: Framework, input: ScheduleInput): Plan {
+  const steps = scheduleSteps(input, framework);
+  for (;;) {
+    const step = steps.next();
+    if (step.done) return step.value;
+  }
+}
+
+/**
+ * schedule(), one pending replica per step: the generator yields after each replica and
+ * returns the Plan, the same one schedule() makes from the same input. It lets a caller
+ * hand its event loop back in the middle of a large batch (20,000 replicas on 2,000 nodes
+ * took 8 s in one call) while the core stays free of clocks and I/O.
+ */
+export function* scheduleSteps(
+  input: ScheduleInput,
+  framework: Framework = defaultFramework(input.weights ?? defaultWeights),
+): Generator<void, Plan, void> {
   const { snapshot, pending, nowMs, rng } = input;
   const state = new SchedulingState(snapshot, pending);
   const ctx: SchedulingContext = {
@@ -48,34 +65,35 @@ export function scheduleWith(framework: Framework, input: ScheduleInput): Plan {
     const invalid = invalidRequest(replica.resources);
     if (invalid !== undefined) {
       unschedulable.push(invalidReplica(replica, invalid));
-      continue;
-    }
-    const result = runCycle(ctx, framework, replica, {
-      rng,
-      topFeasible: 0,
-      topNearMiss: unschedulableBestScores,
-    });
-    if (result.chosen < 0) {
-      unschedulable.push({
-        replicaId: replica.id,
-        workloadKey: replica.workloadKey,
-        eligibleNodes: 0,
-        rejections: result.rejections,
-        reasons: Object.fromEntries(result.reasons),
-        message: formatMessage(result.totalNodes, 0, result.reasons),
-        bestScores: result.topNearMiss.map(({ node, score }) => ({ node, score })),
+    } else {
+      const result = runCycle(ctx, framework, replica, {
+        rng,
+        topFeasible: 0,
+        topNearMiss: unschedulableBestScores,
       });
-      continue;
+      if (result.chosen < 0) {
+        unschedulable.push({
+          replicaId: replica.id,
+          workloadKey: replica.workloadKey,
+          eligibleNodes: 0,
+          rejections: result.rejections,
+          reasons: Object.fromEntries(result.reasons),
+          message: formatMessage(result.totalNodes, 0, result.reasons),
+          bestScores: result.topNearMiss.map(({ node, score }) => ({ node, score })),
+        });
+      } else {
+        // Breakdown before place(): utilisation is scored as of before this replica landed.
+        const scores = scoreBreakdown(ctx, framework.scores, replica, result.chosen);
+        state.place(replica, result.chosen);
+        placements.push({
+          replicaId: replica.id,
+          node: state.nodes[result.chosen]!.name,
+          score: result.chosenScore,
+          scores,
+        });
+      }
     }
-    // Breakdown before place(): utilisation is scored as of before this replica landed.
-    const scores = scoreBreakdown(ctx, framework.scores, replica, result.chosen);
-    state.place(replica, result.chosen);
-    placements.push({
-      replicaId: replica.id,
-      node: state.nodes[result.chosen]!.name,
-      score: result.chosenScore,
-      scores,
-    });
+    yield;
   }
 
   return { snapshotRevision: snapshot.revision, placements, unschedulable };
