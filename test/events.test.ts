@@ -82,7 +82,8 @@ describe("the event stream", () => {
       const denial = events.find((e) => e.type === "PermissionDenied");
       expect(denial).toMatchObject({ category: "security", actor: "node/ev-node" });
       expect(denial?.message).toContain("ListNodes");
-      // Event ids are store revisions: strictly increasing in the listing.
+      // Event ids are store revisions (with a 4-digit position when a write held several):
+      // increasing in the listing, also as numbers.
       const ids = events.map((e) => Number(e.id));
       expect(ids).toEqual([...ids].sort((a, b) => a - b));
     },

@@ -36,9 +36,10 @@ export function eventServiceImpl(services: CoordinatorServices): ServiceImpl<typ
         wake?.();
         wake = undefined;
       };
-      const afterId = request.afterId || String(await services.store.currentRevision());
+      // Without an id: from now on.
+      const afterId = request.afterId || undefined;
       const watch = services.events.watch(
-        { afterId, types: request.types },
+        { ...(afterId ? { afterId } : {}), types: request.types },
         (event) => {
           if (queue.length >= watchBufferLimit) {
             ended = `watch fell more than ${watchBufferLimit} events behind; resume after id ${queue.at(-1)?.id}`;

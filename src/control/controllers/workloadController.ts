@@ -612,6 +612,7 @@ export class WorkloadController {
         },
       });
     }
+    const unschedulableEvents: Promise<void>[] = [];
     for (const failure of plan.unschedulable) {
       this.options.metrics?.placementFailures.inc({ reason: failureReason(failure) });
       const record = pendingRecords.get(failure.replicaId);
@@ -628,15 +629,18 @@ export class WorkloadController {
       });
       if (this.pendingReasons.get(failure.workloadKey) !== failure.message) {
         this.pendingReasons.set(failure.workloadKey, failure.message);
-        await this.options.events.record({
-          type: "ReplicaUnschedulable",
-          category: "scheduling",
-          subject: `workload/${failure.workloadKey}`,
-          reason: "Unschedulable",
-          message: failure.message,
-        });
+        unschedulableEvents.push(
+          this.options.events.record({
+            type: "ReplicaUnschedulable",
+            category: "scheduling",
+            subject: `workload/${failure.workloadKey}`,
+            reason: "Unschedulable",
+            message: failure.message,
+          }),
+        );
       }
     }
+    await Promise.all(unschedulableEvents);
     if (placements.length + reasons.length === 0) return 0;
     let outcomes: ChunkOutcome<PlanTag>[];
     try {
@@ -676,17 +680,22 @@ export class WorkloadController {
     if (conflicts > 0)
       this.options.metrics?.placementFailures.inc({ reason: "Conflict" }, conflicts);
     let placedCount = 0;
+    const placedEvents: Promise<void>[] = [];
     for (const [workload, nodes] of placedByWorkload) {
       placedCount += nodes.length;
       this.pendingReasons.delete(workload);
-      await this.options.events.record({
-        type: "ReplicasPlaced",
-        category: "scheduling",
-        subject: `workload/${workload}`,
-        reason: "Scheduled",
-        message: `placed ${nodes.length} replica${nodes.length === 1 ? "" : "s"} on ${[...new Set(nodes)].join(", ")}`,
-      });
+      // Recorded together, they share a commit (one per event took seconds; ADR 0025).
+      placedEvents.push(
+        this.options.events.record({
+          type: "ReplicasPlaced",
+          category: "scheduling",
+          subject: `workload/${workload}`,
+          reason: "Scheduled",
+          message: `placed ${nodes.length} replica${nodes.length === 1 ? "" : "s"} on ${[...new Set(nodes)].join(", ")}`,
+        }),
+      );
     }
+    await Promise.all(placedEvents);
     this.placementsTotal += placedCount;
     if (placedCount > 0) this.options.metrics?.placements.inc(placedCount);
     return placedCount > 0 ? wrote : 0;

@@ -115,6 +115,43 @@ describe("event log", () => {
     expect((await log.list()).map((e) => e.message)[0]).toBe("event 600");
   });
 
+  it("REQ-071 events recorded together share one commit, keep their order, and resume by position", async () => {
+    const log = events();
+    await log.record(event(0));
+    let commits = 0;
+    const txn = store.txn.bind(store);
+    store.txn = (request) => {
+      commits++;
+      return txn(request);
+    };
+    await Promise.all([1, 2, 3].map((n) => log.record(event(n))));
+    expect(commits).toBe(1);
+    const listed = await log.list();
+    expect(listed.map((e) => e.message)).toEqual(["event 0", "event 1", "event 2", "event 3"]);
+    const [first, second, third, fourth] = listed.map((e) => e.id);
+    const revision = Number(second);
+    expect([first, second, third, fourth]).toEqual([
+      String(revision - 1),
+      String(revision),
+      `${revision}.0001`,
+      `${revision}.0002`,
+    ]);
+    expect((await log.list({ afterId: `${revision}.0001` })).map((e) => e.message)).toEqual([
+      "event 3",
+    ]);
+    const seen: string[] = [];
+    const watch = log.watch(
+      { afterId: String(revision) },
+      (e) => seen.push(e.id),
+      () => undefined,
+    );
+    await log.record(event(4));
+    await waitUntil(() => seen.length === 3);
+    watch.cancel();
+    expect(seen.slice(0, 2)).toEqual([`${revision}.0001`, `${revision}.0002`]);
+    await expect(log.list({ afterId: "12x" })).rejects.toThrow(/after_id "12x": not an event id/);
+  });
+
   function events(): EventLog {
     return new EventLog(store, clock);
   }

@@ -1,12 +1,14 @@
 import { randomBytes } from "node:crypto";
 import type { Clock } from "../../lib/clock.js";
-import { deleteInChunks } from "../controllers/txnBatches.js";
+import { CloudlessError } from "../../lib/errors.js";
+import { deleteInChunks, txnOpsFor, yieldToEventLoop } from "../controllers/txnBatches.js";
 import type { Store, Watch } from "../store/store.js";
 
 /**
  * The cluster's event stream (REQ-071), kept in the store under /events/. An
- * event's id is the store revision that created it, so listing and watching share
- * one order and a watcher resumes after an id without gaps.
+ * event's id is the store revision that created it (with its position, when one write
+ * held several), so listing and watching share one order and a watcher resumes after an
+ * id without gaps.
  */
 export type EventCategory = "membership" | "scheduling" | "security" | "operations";
 
@@ -49,10 +51,56 @@ export interface EventQuery {
   limit?: number;
 }
 
-type StoredEvent = Omit<ClusterEvent, "id">;
+type StoredEvent = Omit<ClusterEvent, "id"> & {
+  /** Position in the transaction that wrote it, when that wrote several (absent: 0). */
+  batchIndex?: number;
+};
+
+/**
+ * Where an event sits in the log: the store revision that wrote it and its position in
+ * that write. Its id is "<revision>" for the first event of a write and
+ * "<revision>.<index as 4 digits>" for the others (a write holds at most 500), so ids
+ * also order as decimal numbers, as they did when each event had a revision of its own.
+ */
+interface EventPosition {
+  revision: number;
+  index: number;
+}
+
+export function parseEventId(id: string): EventPosition {
+  const match = /^(\d+)(?:\.(\d+))?$/.exec(id);
+  if (!match) {
+    throw CloudlessError.invalid(
+      `after_id "${id}": not an event id; use an id from an event list (e.g. 1234 or 1234.0005)`,
+    );
+  }
+  return { revision: Number(match[1]), index: Number(match[2] ?? 0) };
+}
+
+function eventId({ revision, index }: EventPosition): string {
+  return index === 0 ? String(revision) : `${revision}.${String(index).padStart(4, "0")}`;
+}
+
+function isAfter(event: EventPosition, position: EventPosition): boolean {
+  return (
+    event.revision > position.revision ||
+    (event.revision === position.revision && event.index > position.index)
+  );
+}
+
+/** Events waiting to be written at most; past it the oldest are refused (their callers log). */
+const maxQueuedEvents = 50_000;
+
+interface QueuedEvent {
+  key: string;
+  stored: StoredEvent;
+  settle: (error?: Error) => void;
+}
 
 export class EventLog {
   private counter = 0;
+  private queued: QueuedEvent[] = [];
+  private writing: Promise<void> | undefined;
 
   constructor(
     private readonly store: Store,
@@ -60,7 +108,13 @@ export class EventLog {
     private readonly retention: EventRetention = defaultEventRetention,
   ) {}
 
-  async record(event: NewEvent): Promise<void> {
+  /**
+   * Records an event; resolves once it is written. Events recorded while a write is under
+   * way share the next transaction (up to txnOpsFor(store) each): a commit per event cost
+   * an fsync each, and the 200 ReplicasPlaced events of one failover pass took seconds
+   * before the pass could tell the agents (ADR 0025).
+   */
+  record(event: NewEvent): Promise<void> {
     const nowMs = this.clock.nowMs();
     const timeMs = event.timeMs === undefined ? nowMs : Math.min(event.timeMs, nowMs);
     const stored: StoredEvent = {
@@ -77,20 +131,65 @@ export class EventLog {
     // unique across coordinators without coordination.
     this.counter = (this.counter + 1) % 1_000_000;
     const key = `${eventKeyPrefix}${String(timeMs).padStart(15, "0")}-${String(this.counter).padStart(6, "0")}-${randomBytes(3).toString("hex")}`;
-    await this.store.put(key, JSON.stringify(stored));
+    return new Promise<void>((resolve, reject) => {
+      this.queued.push({ key, stored, settle: (error) => (error ? reject(error) : resolve()) });
+      if (this.queued.length > maxQueuedEvents) {
+        const refused = new Error("event queue overflowed: the store is not keeping up");
+        for (const item of this.queued.splice(0, this.queued.length - maxQueuedEvents)) {
+          item.settle(refused);
+        }
+      }
+      this.kick();
+    });
+  }
+
+  /** Waits until every event recorded so far is written (or failed). */
+  async flush(): Promise<void> {
+    while (this.writing) await this.writing;
+  }
+
+  private kick(): void {
+    if (this.writing) return;
+    this.writing = (async () => {
+      const perTxn = txnOpsFor(this.store);
+      let batches = 0;
+      while (this.queued.length > 0) {
+        // A SQLite commit is synchronous: heartbeats get in between two.
+        if (batches++ > 0) await yieldToEventLoop();
+        const batch = this.queued.splice(0, perTxn);
+        try {
+          await this.store.txn({
+            compare: [],
+            success: batch.map(({ key, stored }, index) => ({
+              type: "put" as const,
+              key,
+              value: JSON.stringify(index === 0 ? stored : { ...stored, batchIndex: index }),
+            })),
+          });
+          for (const item of batch) item.settle();
+        } catch (error) {
+          const failure = error instanceof Error ? error : new Error(String(error));
+          for (const item of batch) item.settle(failure);
+        }
+      }
+    })().finally(() => {
+      this.writing = undefined;
+      if (this.queued.length > 0) this.kick();
+    });
   }
 
   async list(query: EventQuery = {}): Promise<ClusterEvent[]> {
+    const after = query.afterId ? parseEventId(query.afterId) : { revision: 0, index: -1 };
     const result = await this.store.range(eventKeyPrefix);
-    const afterRevision = query.afterId ? Number(query.afterId) : 0;
     let events = result.kvs
-      .filter((kv) => kv.createRevision > afterRevision)
       .map((kv) => toEvent(kv.createRevision, kv.value))
-      .filter((event) => matches(event, query));
-    events.sort((a, b) => Number(a.id) - Number(b.id));
+      .filter((event) => isAfter(event.position, after) && matches(event.event, query));
+    events.sort(
+      (a, b) => a.position.revision - b.position.revision || a.position.index - b.position.index,
+    );
     const limit = query.limit && query.limit > 0 ? query.limit : 1000;
     if (events.length > limit) events = events.slice(events.length - limit);
-    return events;
+    return events.map((e) => e.event);
   }
 
   /**
@@ -102,14 +201,20 @@ export class EventLog {
     onEvent: (event: ClusterEvent) => void,
     onEnd: (message: string) => void,
   ): Watch {
-    const fromRevision = query.afterId ? Number(query.afterId) + 1 : undefined;
+    const after = query.afterId ? parseEventId(query.afterId) : undefined;
+    // From the revision itself: later events of the same write may follow the one given.
+    const fromRevision = after?.revision;
     return this.store.watch(eventKeyPrefix, fromRevision === undefined ? {} : { fromRevision }, {
       onEvents: (changes) => {
-        for (const change of changes) {
-          if (change.type !== "put" || change.kv.version !== 1) continue;
-          const event = toEvent(change.kv.createRevision, change.kv.value);
-          if (matches(event, query)) onEvent(event);
-        }
+        const events = changes
+          .filter((change) => change.type === "put" && change.kv.version === 1)
+          .map((change) => toEvent(change.kv.createRevision, change.kv.value))
+          .filter((e) => after === undefined || isAfter(e.position, after));
+        events.sort(
+          (a, b) =>
+            a.position.revision - b.position.revision || a.position.index - b.position.index,
+        );
+        for (const { event } of events) if (matches(event, query)) onEvent(event);
       },
       onEnd: (end) => onEnd(end.message),
     });
@@ -134,8 +239,16 @@ export class EventLog {
   }
 }
 
-function toEvent(revision: number, value: string): ClusterEvent {
-  return { id: String(revision), ...(JSON.parse(value) as StoredEvent) };
+function toEvent(
+  revision: number,
+  value: string,
+): { event: ClusterEvent; position: EventPosition } {
+  const { batchIndex, ...stored } = JSON.parse(value) as StoredEvent;
+  const index = batchIndex ?? 0;
+  return {
+    event: { id: eventId({ revision, index }), ...stored },
+    position: { revision, index },
+  };
 }
 
 function matches(event: ClusterEvent, query: Omit<EventQuery, "limit">): boolean {

@@ -55,6 +55,10 @@ class HeldEventLog {
   releaseOne(): void {
     this.waiting.shift()?.();
   }
+
+  async flush(): Promise<void> {
+    while (this.waiting.length > 0) this.releaseOne();
+  }
 }
 
 describe("MembershipService", () => {

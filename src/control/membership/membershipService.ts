@@ -1,7 +1,6 @@
 import type { Clock } from "../../lib/clock.js";
 import type { Logger } from "../../observe/logger.js";
-import { yieldToEventLoop } from "../controllers/txnBatches.js";
-import type { EventLog, NewEvent } from "../events/eventLog.js";
+import type { EventLog } from "../events/eventLog.js";
 import type {
   NodeCapacityRecord,
   NodeInfoRecord,
@@ -47,11 +46,6 @@ const maxWritesPerBatch = 500;
  * next tick or hello decides again.
  */
 const maxQueuedWrites = 50_000;
-/**
- * Events waiting at most. Past it the oldest are dropped (logged): the node records,
- * which the controllers act on, are written whatever happens to their events.
- */
-const maxQueuedEvents = 50_000;
 /** A tick later than its interval plus this is taken for an event-loop stall. */
 const stallToleranceMs = 400;
 
@@ -64,12 +58,6 @@ interface QueuedWrite {
   settle?: (result: NodeRecord | Error) => void;
 }
 
-/** A transition's event, waiting to be written; `settle` then ends the transition's write. */
-interface QueuedEvent {
-  event: NewEvent;
-  settle: () => void;
-}
-
 export class MembershipService {
   readonly tracker: MembershipTracker;
   private readonly openStreams = new Map<string, number>();
@@ -78,9 +66,6 @@ export class MembershipService {
   private queued: QueuedWrite[] = [];
   /** The writer draining `queued`, while it runs. */
   private draining: Promise<void> | undefined;
-  /** Events of written transitions, in order, and their writer while it runs. */
-  private queuedEvents: QueuedEvent[] = [];
-  private writingEvents: Promise<void> | undefined;
   /** Only the leader judges nodes; started on election, stopped on demotion. */
   private stopped = true;
 
@@ -190,7 +175,8 @@ export class MembershipService {
 
   /** Waits until every recorded transition has been written, with its event. */
   async flush(): Promise<void> {
-    while (this.draining || this.writingEvents) await (this.draining ?? this.writingEvents);
+    while (this.draining) await this.draining;
+    await this.events.flush();
   }
 
   /** Queues the transitions' writes; resolves once they are written (or failed). */
@@ -219,7 +205,7 @@ export class MembershipService {
 
   private enqueue(writes: QueuedWrite[]): void {
     this.queued.push(...writes);
-    for (const write of this.dropOldest(this.queued, maxQueuedWrites, "writes")) {
+    for (const write of this.dropOldest(this.queued, maxQueuedWrites)) {
       write.settle?.(new Error("membership write queue overflowed"));
     }
     this.kick();
@@ -274,7 +260,6 @@ export class MembershipService {
       for (const write of writes) write.settle?.(failure);
       return;
     }
-    const events: QueuedEvent[] = [];
     for (const write of writes) {
       const result = written.get(write.node) ?? new Error(`node "${write.node}" was not written`);
       const transition = write.transition;
@@ -283,8 +268,15 @@ export class MembershipService {
         this.logger.warn({ err: result, node: transition.node }, "could not record transition");
         write.settle?.(result);
       } else if (transition) {
-        events.push({
-          event: {
+        this.logger.info(
+          { node: transition.node, from: transition.from, to: transition.to },
+          `node ${transition.node} is ${transition.to}: ${transition.message}`,
+        );
+        // Not awaited: the next batch of node records — what the controllers act on, e.g.
+        // a lost node's replacements — never waits for this batch's events (ADR 0023).
+        // The event log writes events recorded together in one commit (ADR 0025).
+        void this.events
+          .record({
             type: transition.reason === "Joined" ? "NodeJoined" : eventTypeFor[transition.to],
             category: "membership",
             subject: `node/${transition.node}`,
@@ -292,68 +284,29 @@ export class MembershipService {
             message: transition.message,
             attributes: { from: transition.from ?? "", to: transition.to },
             timeMs: transition.atMs,
-          },
-          settle: () => write.settle?.(result),
-        });
-        this.logger.info(
-          { node: transition.node, from: transition.from, to: transition.to },
-          `node ${transition.node} is ${transition.to}: ${transition.message}`,
-        );
+          })
+          .catch((error: unknown) =>
+            this.logger.warn(
+              { err: error, subject: `node/${transition.node}` },
+              "could not record event",
+            ),
+          )
+          .then(() => write.settle?.(result));
       } else {
         // Hellos learn their record now; transitions once their event is written too.
         write.settle?.(result);
       }
     }
-    this.enqueueEvents(events);
-  }
-
-  /**
-   * Events are written by their own writer, so that the next batch of node records —
-   * what the controllers act on, e.g. a lost node's replacements — never waits for the
-   * previous batch's events: each event is its own commit (its id is the revision that
-   * created it), with a turn of the event loop between two, and a hundred of them took
-   * seconds on a loaded coordinator (ADR 0023).
-   */
-  private enqueueEvents(events: QueuedEvent[]): void {
-    if (events.length === 0) return;
-    this.queuedEvents.push(...events);
-    for (const item of this.dropOldest(this.queuedEvents, maxQueuedEvents, "events")) {
-      item.settle();
-    }
-    this.kickEvents();
   }
 
   /** Bounds a queue: removes (and logs) the oldest items past `max`, and returns them. */
-  private dropOldest<T>(queue: T[], max: number, what: "writes" | "events"): T[] {
+  private dropOldest<T>(queue: T[], max: number): T[] {
     if (queue.length <= max) return [];
     const dropped = queue.splice(0, queue.length - max);
     this.logger.warn(
       { dropped: dropped.length },
-      `membership ${what} dropped: the store is not keeping up`,
+      "membership writes dropped: the store is not keeping up",
     );
     return dropped;
-  }
-
-  private kickEvents(): void {
-    if (this.writingEvents) return;
-    this.writingEvents = (async () => {
-      let written = 0;
-      while (this.queuedEvents.length > 0) {
-        for (const { event, settle } of this.queuedEvents.splice(0, 100)) {
-          // Heartbeats get in between commits, or a burst of transitions would hold them
-          // back long enough to cause more.
-          if (written++ > 0) await yieldToEventLoop();
-          await this.events
-            .record(event)
-            .catch((error: unknown) =>
-              this.logger.warn({ err: error, subject: event.subject }, "could not record event"),
-            );
-          settle();
-        }
-      }
-    })().finally(() => {
-      this.writingEvents = undefined;
-      if (this.queuedEvents.length > 0) this.kickEvents();
-    });
   }
 }

@@ -19,7 +19,9 @@ export const file_cloudless_v1_event: GenFile = /*@__PURE__*/
  */
 export type Event = Message<"cloudless.v1.Event"> & {
   /**
-   * Monotonic and sortable; resume a watch after it.
+   * Monotonic, and sorts as a decimal number: the store revision that wrote the event,
+   * with its position as 4 digits (".0001") when one write held several. Resume a
+   * watch after it.
    *
    * @generated from field: string id = 1;
    */
