@@ -349,6 +349,11 @@ class Session {
   async startFleet(): Promise<{ t0: number; tokensMs: number }> {
     const { nodes, nodesPerProcess, repoRoot, resources, replicaStartMs, joinConcurrency } =
       this.options;
+    // Profiles of the simulator itself go apart from the coordinator's (--cpu-prof).
+    const { cpuProfDir } = this.options;
+    const profileFlags = cpuProfDir
+      ? ["--cpu-prof", "--cpu-prof-dir", path.join(cpuProfDir, "hollow")]
+      : [];
     const tokensStart = Date.now();
     const tokens = await createTokens(this.adminConfig, nodes, {
       batch: 50,
@@ -370,6 +375,7 @@ class Session {
     const t0 = Date.now();
     for (const [i, spec] of specs.entries()) {
       const child = resources.spawn(`hollow-${i}`, process.execPath, [
+        ...profileFlags,
         path.join(repoRoot, "dist", "sim", "hollowNodes.js"),
         "--join",
         this.url,

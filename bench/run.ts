@@ -11,7 +11,8 @@
  *   --fault-fraction F          share of nodes killed, then silenced (default 0.1)
  *   --scheduler-iterations N    decisions per scenario and size (full 2000, quick 150)
  *   --only LIST                 scheduler,e2e,idle (default: all)
- *   --cpu-prof                  V8 CPU profile of the coordinator, summarised in the results
+ *   --cpu-prof                  V8 CPU profile of the coordinator, summarised in the results,
+ *                               and of each hollow process (in profiles/hollow)
  *   --out DIR                   where results.json, RESULTS.md and profiles go (default bench/)
  *   --coordinator-log FILE      append the coordinator's log to FILE (with --coordinator-log-level)
  *   --note TEXT                 a line shown under the title (e.g. why a run is below full size)

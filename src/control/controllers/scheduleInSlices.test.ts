@@ -76,6 +76,7 @@ describe("scheduleInSlices", () => {
     await scheduleInSlices(
       { snapshot: h.snapshot(), pending: [...h.pending], nowMs: 0, rng: seededRng(7) },
       steppingClock(1),
+      50,
     );
     done = true;
     expect(ranDuringSchedule).toBe(true);
