@@ -92,8 +92,9 @@ export function certificateWindow(certPem: string): { notBeforeMs: number; notAf
 export function renewalSchedule(
   identity: Pick<AgentIdentity, "certPem" | "certReceivedAtMs">,
   fraction: number,
+  window: { notBeforeMs: number; notAfterMs: number } = certificateWindow(identity.certPem),
 ): { startMs: number; renewAtMs: number; notAfterMs: number } {
-  const { notBeforeMs, notAfterMs } = certificateWindow(identity.certPem);
+  const { notBeforeMs, notAfterMs } = window;
   const startMs = Math.min(
     notAfterMs,
     Math.max(notBeforeMs, identity.certReceivedAtMs ?? notBeforeMs),

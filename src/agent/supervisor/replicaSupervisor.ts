@@ -402,13 +402,18 @@ export class ReplicaSupervisor {
     if (!record) {
       record = this.newRecord(desired);
       this.records.set(id, record);
-    } else if (isReplacement(record.desired, desired)) {
-      if (!(await this.replace(record, desired, health))) return;
-    } else {
-      const probesChanged =
-        canonicalJson(probeSpecs(record.desired)) !== canonicalJson(probeSpecs(desired));
-      record.desired = desired;
-      if (probesChanged && record.phase === "Running") this.startProbes(record);
+    } else if (record.desired !== desired) {
+      // A desired set arrived since this replica's last step (setDesired copies every
+      // replica): compare once, then keep the object. Comparing canonical JSON on every
+      // step of every sync tick was a seventh of a hollow process's CPU at 1,000 nodes.
+      if (isReplacement(record.desired, desired)) {
+        if (!(await this.replace(record, desired, health))) return;
+      } else {
+        const probesChanged =
+          canonicalJson(probeSpecs(record.desired)) !== canonicalJson(probeSpecs(desired));
+        record.desired = desired;
+        if (probesChanged && record.phase === "Running") this.startProbes(record);
+      }
     }
 
     const name = record.desired.spec.driver;
