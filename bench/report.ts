@@ -317,7 +317,7 @@ export function renderMarkdown(r: Json): string {
     lines.push("## Coordinator internals per phase (its /metrics)");
     lines.push("");
     lines.push(
-      "| Phase | RSS / heap used / external MiB | Event-loop lag P50 / P99 / max ms | GC s | Top store time (s, calls) | Top API time (s, calls) |",
+      "| Phase | RSS / V8 heap used / V8 heap total / external MiB | Event-loop lag P50 / P99 / max ms | GC s | Top store time (s, calls) | Top API time (s, calls) |",
     );
     lines.push("| --- | --- | --- | --- | --- | --- |");
     const top = (entries: Json) =>
@@ -329,7 +329,7 @@ export function renderMarkdown(r: Json): string {
       const mem = m.memoryMiB ?? {};
       const lag = m.eventLoopLagMs ?? {};
       lines.push(
-        `| ${phase} | ${mem.rss} / ${mem.heapUsed} / ${mem.external} | ${lag.p50} / ${lag.p99} / ${lag.max} | ${m.gcSeconds} | ${top(m.storeSeconds)} | ${top(m.apiSeconds)} |`,
+        `| ${phase} | ${mem.rss} / ${mem.heapUsed} / ${mem.heapTotal ?? "—"} / ${mem.external} | ${lag.p50} / ${lag.p99} / ${lag.max} | ${m.gcSeconds} | ${top(m.storeSeconds)} | ${top(m.apiSeconds)} |`,
       );
     }
     lines.push("");
