@@ -28,11 +28,17 @@ import {
 import { WorkloadView } from "../src/gen/cloudless/v1/workload_pb.js";
 import { seededRng } from "../src/lib/rng.js";
 import { createTokens } from "../src/sim/hollowNodes.js";
+import { type EtcdCluster, startEtcd } from "../test/helpers/etcd.js";
 import { type Child, type Resources, sleep } from "./lib/children.js";
 import { type Series, scrapeMetrics, summarizeScrapes } from "./lib/metricsScrape.js";
 import type { PhaseSummary, Sampler } from "./lib/procStats.js";
 
 export interface E2eOptions {
+  /**
+   * The coordinator's store: its own SQLite file, or a one-member etcd started for the
+   * run on 127.0.0.1 (its CPU and memory are not in the coordinator's numbers).
+   */
+  store: "sqlite" | "etcd";
   repoRoot: string;
   resources: Resources;
   sampler: Sampler;
@@ -160,6 +166,8 @@ const zones = ["a", "b", "c"];
 /** One e2e session: a coordinator, its hollow fleet, and the measurements on them. */
 class Session {
   coordinator!: Child;
+  /** The run's etcd, when the coordinator stores in etcd. */
+  private etcd: EtcdCluster | undefined;
   url = "";
   adminConfig = "";
   credentials!: ClientCredentials;
@@ -242,6 +250,12 @@ class Session {
     this.workDir = await resources.tempDir("cloudless-bench-");
     const dataDir = path.join(this.workDir, "coordinator");
     const nodeFlags = cpuProfDir ? ["--cpu-prof", "--cpu-prof-dir", cpuProfDir] : [];
+    let storeFlags: string[] = [];
+    if (this.options.store === "etcd") {
+      this.etcd = await startEtcd({ members: 1 });
+      storeFlags = ["--store", `etcd://${this.etcd.endpoints.join(",")}`];
+      this.options.log(`etcd at ${this.etcd.endpoints.join(",")}`);
+    }
     this.coordinator = resources.spawn("coordinator", process.execPath, [
       ...nodeFlags,
       path.join(repoRoot, "bin", "cloudless"),
@@ -254,6 +268,7 @@ class Session {
       "127.0.0.1",
       "--log-level",
       this.options.coordinatorLog?.level ?? "warn",
+      ...storeFlags,
     ]);
     if (this.options.coordinatorLog) {
       const log = createWriteStream(this.options.coordinatorLog.path, { flags: "a" });
@@ -568,6 +583,7 @@ class Session {
     this.watchAbort.abort();
     // SIGTERM: the coordinator stops cleanly and writes its CPU profile, if asked to.
     if (this.coordinator) await this.coordinator.stop(60_000);
+    await this.etcd?.stop();
   }
 }
 

@@ -216,6 +216,7 @@ export function renderMarkdown(r: Json): string {
   );
   const sizes = r.sizes ?? {};
   lines.push(
+    `- Store: ${sizes.store === "etcd" ? "etcd (one member on this machine, started for the run; its CPU and memory are not in the coordinator's numbers)" : "SQLite (the coordinator's own file)"}`,
     `- Sizes: ${fmtNum(sizes.nodes)} hollow nodes in ${fmtNum(sizes.hollowProcesses)} processes, ${fmtNum(sizes.replicas)} replicas in workloads of ${sizes.replicasPerWorkload}, replica start ${sizes.replicaStartMs} ms, steady run ${sizes.steadyS} s, ${Math.round((sizes.faultFraction ?? 0) * 100)}% of nodes per fault; scheduler at ${(sizes.schedulerSizes ?? []).join("/")} nodes, ${sizes.schedulerIterations} decisions per scenario`,
   );
   lines.push(`- Run time: ${r.durationS} s`);

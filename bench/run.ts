@@ -11,6 +11,8 @@
  *   --fault-fraction F          share of nodes killed, then silenced (default 0.1)
  *   --scheduler-iterations N    decisions per scenario and size (full 2000, quick 150)
  *   --only LIST                 scheduler,e2e,idle (default: all)
+ *   --store sqlite|etcd         the coordinator's store (default sqlite; etcd: a one-member etcd
+ *                               started for the run, `etcd` must be installed)
  *   --cpu-prof                  V8 CPU profile of the coordinator, summarised in the results,
  *                               and of each hollow process (in profiles/hollow)
  *   --out DIR                   where results.json, RESULTS.md and profiles go (default bench/)
@@ -77,10 +79,16 @@ const { values } = parseArgs({
     note: { type: "string" },
     "coordinator-log": { type: "string" },
     "coordinator-log-level": { type: "string" },
+    store: { type: "string", default: "sqlite" },
   },
 });
 
 const quick = values.quick ?? false;
+const storeFlag = values.store ?? "sqlite";
+if (storeFlag !== "sqlite" && storeFlag !== "etcd") {
+  throw new Error(`--store ${storeFlag}: use sqlite (the default) or etcd`);
+}
+const store: "sqlite" | "etcd" = storeFlag;
 const steadyMs = values.steady ? parseDurationMs(values.steady) : quick ? 15_000 : 10 * 60_000;
 if (steadyMs === undefined) throw new Error(`--steady ${values.steady}: expected e.g. 10m or 90s`);
 const config = {
@@ -129,6 +137,7 @@ const results: Record<string, any> = {
     loadAvgStart: Math.round((os.loadavg()[0] ?? 0) * 10) / 10,
   },
   sizes: {
+    store,
     nodes: config.nodes,
     replicas: config.replicas,
     hollowProcesses: Math.ceil(config.nodes / config.nodesPerProcess),
@@ -228,6 +237,7 @@ async function main(): Promise<void> {
       // Leave room for the idle benchmark and the report in quick mode.
       const e2eDeadline = quick ? deadline - 22_000 : runStart + e2eLimitMs + 60_000;
       const e2e = await runE2e({
+        store,
         repoRoot,
         resources,
         sampler,

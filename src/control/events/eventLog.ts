@@ -151,6 +151,9 @@ export class EventLog {
   private kick(): void {
     if (this.writing) return;
     this.writing = (async () => {
+      // Start after the current turn's synchronous code: events recorded in one go (a
+      // pass's ReplicasPlaced events) then share the first commit too.
+      await Promise.resolve();
       const perTxn = txnOpsFor(this.store);
       let batches = 0;
       while (this.queued.length > 0) {
