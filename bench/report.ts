@@ -335,6 +335,22 @@ export function renderMarkdown(r: Json): string {
     }
     lines.push("");
   }
+  if (r.heap) {
+    lines.push("## Coordinator heap at the end of the run (V8 heap snapshot)");
+    lines.push("");
+    lines.push(
+      `${r.heap.file}: ${fmtNum(r.heap.nodes)} objects, ${r.heap.totalMiB} MiB of live heap (self sizes), by constructor or kind:`,
+    );
+    lines.push("");
+    lines.push("| Constructor or kind | Count | Self MiB |");
+    lines.push("| --- | --- | --- |");
+    for (const entry of r.heap.top ?? []) {
+      lines.push(
+        `| ${String(entry.name).replaceAll("|", "\\|")} | ${fmtNum(entry.count)} | ${entry.selfMiB} |`,
+      );
+    }
+    lines.push("");
+  }
   if (r.profile) {
     lines.push("## Coordinator CPU profile");
     lines.push("");

@@ -13,6 +13,8 @@
  *   --only LIST                 scheduler,e2e,idle (default: all)
  *   --store sqlite|etcd         the coordinator's store (default sqlite; etcd: a one-member etcd
  *                               started for the run, `etcd` must be installed)
+ *   --heap-snapshot             V8 heap snapshot of the coordinator at the end of the run
+ *                               (after the failovers), summarised in the results
  *   --cpu-prof                  V8 CPU profile of the coordinator, summarised in the results,
  *                               and of each hollow process (in profiles/hollow)
  *   --out DIR                   where results.json, RESULTS.md and profiles go (default bench/)
@@ -33,6 +35,7 @@ import { runE2e } from "./e2e.js";
 import { runIdleUp } from "./idle.js";
 import { Resources, withTimeLimit } from "./lib/children.js";
 import { summarizeProfile } from "./lib/cpuProfile.js";
+import { summarizeHeapSnapshot } from "./lib/heapSnapshot.js";
 import { Sampler } from "./lib/procStats.js";
 import { renderMarkdown } from "./report.js";
 import { runSchedulerBench } from "./scheduler.js";
@@ -74,6 +77,7 @@ const { values } = parseArgs({
     "scheduler-iterations": { type: "string" },
     only: { type: "string" },
     "cpu-prof": { type: "boolean", default: false },
+    "heap-snapshot": { type: "boolean", default: false },
     out: { type: "string" },
     seed: { type: "string" },
     note: { type: "string" },
@@ -231,6 +235,8 @@ async function main(): Promise<void> {
     sampler.start();
     const profileDir = config.cpuProf ? path.join(config.outDir, "profiles") : undefined;
     if (profileDir) await mkdir(profileDir, { recursive: true });
+    const heapDir = values["heap-snapshot"] ? path.join(config.outDir, "profiles") : undefined;
+    if (heapDir) await mkdir(heapDir, { recursive: true });
     const profileStart = Date.now();
     let coordinatorExitedAtMs: number | undefined;
     try {
@@ -252,6 +258,7 @@ async function main(): Promise<void> {
         pollMs: config.replicas > 5_000 ? 1000 : 250,
         seed: config.seed,
         ...(profileDir ? { cpuProfDir: profileDir } : {}),
+        ...(heapDir ? { heapSnapshotDir: heapDir } : {}),
         ...(values["coordinator-log"]
           ? {
               coordinatorLog: {
@@ -273,6 +280,10 @@ async function main(): Promise<void> {
       results.phases = e2e.phases;
       results.coordinatorMetrics = e2e.coordinatorMetrics ?? {};
       coordinatorExitedAtMs = e2e.coordinatorExitedAtMs;
+      if (e2e.heapSnapshotFile) {
+        results.heap = await summarizeHeapSnapshot(e2e.heapSnapshotFile);
+        log(`heap snapshot: ${results.heap.totalMiB} MiB in ${results.heap.nodes} objects`);
+      }
       for (const message of e2e.errors) results.errors.push({ bench: "e2e", message });
     } finally {
       sampler.stop();
