@@ -309,20 +309,35 @@ describe.skipIf(cgroupProblem !== undefined)(
     });
 
     it("stops with SIGTERM, then SIGKILL after the grace period, and records exit codes", async () => {
-      const { driver } = await newDriver();
+      const { driver, dataDir } = await newDriver();
+      // Each shell says when its trap is set: a SIGTERM that comes before would end it
+      // at once (it did, on a loaded machine), which is not what this test is about.
+      const trapped = (name: string) => path.join(dataDir, `${name}.trapped`);
       const polite = replicaId();
       await driver.start(
         spec({
           replicaId: polite,
-          command: ["/bin/sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.1; done"],
+          command: [
+            "/bin/sh",
+            "-c",
+            `trap 'exit 0' TERM; : > ${trapped("polite")}; while true; do sleep 0.1; done`,
+          ],
         }),
       );
       const stubborn = replicaId();
       await driver.start(
         spec({
           replicaId: stubborn,
-          command: ["/bin/sh", "-c", "trap '' TERM; while true; do sleep 0.1; done"],
+          command: [
+            "/bin/sh",
+            "-c",
+            `trap '' TERM; : > ${trapped("stubborn")}; while true; do sleep 0.1; done`,
+          ],
         }),
+      );
+      await waitFor(
+        "both shells to set their traps",
+        async () => existsSync(trapped("polite")) && existsSync(trapped("stubborn")),
       );
       await driver.start(spec({ replicaId: polite, command: ["/bin/false"] })); // no-op: running
       await driver.stop(polite, 5_000);
