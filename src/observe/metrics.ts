@@ -150,7 +150,7 @@ export function createCoordinatorMetrics(
     }),
     schedulerDecision: new Histogram({
       name: `${prefix}scheduler_decision_duration_seconds`,
-      help: "Time the scheduler core takes per scheduling pass: one schedule() call deciding every pending replica of that pass (not per replica).",
+      help: "Time the scheduler core takes per scheduling pass, deciding every pending replica of that pass (not per replica); its own time, without the turns it gives the event loop between 250 ms slices.",
       buckets: schedulerBuckets,
       registers,
     }),
