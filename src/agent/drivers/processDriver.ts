@@ -35,6 +35,7 @@ import { constants as osConstants } from "node:os";
 import * as path from "node:path";
 import type { Logger } from "../../observe/logger.js";
 import { silentLogger } from "../../observe/logger.js";
+import { readProcStat } from "../procfs.js";
 import {
   type CgroupLayout,
   type CgroupPaths,
@@ -51,11 +52,13 @@ import {
   DriverError,
   type ExecResult,
   type LogLine,
+  type PortOwner,
   type ReplicaRunSpec,
   type ReplicaRuntimeStatus,
   type RuntimeDriver,
 } from "./driver.js";
 import { LineSplitter } from "./lineSplitter.js";
+import { listeningInodes, SocketOwners } from "./listeningSockets.js";
 import { checkReplicaId, describeError, errnoCode, sleep } from "./util.js";
 
 export type { CgroupPaths } from "./cgroups.js";
@@ -139,20 +142,6 @@ interface Tracked extends ProcessRecord {
   markExited: () => void;
 }
 
-function readProcStat(pid: number): { state: string; startTicks: string } | undefined {
-  try {
-    const text = readFileSync(`/proc/${pid}/stat`, "utf8");
-    // comm (field 2) may contain spaces and parentheses; fields resume after the last ")".
-    const fields = text.slice(text.lastIndexOf(")") + 2).split(" ");
-    const state = fields[0];
-    const startTicks = fields[19];
-    if (state === undefined || startTicks === undefined) return undefined;
-    return { state, startTicks };
-  } catch {
-    return undefined;
-  }
-}
-
 function exitCodeOf(code: number | null, signal: NodeJS.Signals | null): number | undefined {
   if (code !== null) return code;
   if (signal !== null) {
@@ -233,6 +222,7 @@ class CgroupProcessDriver implements ProcessDriver {
   private readonly queues = new Map<string, Promise<unknown>>();
   private cgroupsReady: Promise<string | undefined> | undefined;
   private logTimer: NodeJS.Timeout | undefined;
+  private readonly socketOwners = new SocketOwners();
 
   constructor(options: ProcessDriverOptions) {
     this.logger = (options.logger ?? silentLogger).child({ driver: "process" });
@@ -812,6 +802,63 @@ class CgroupProcessDriver implements ProcessDriver {
         });
       });
     });
+  }
+
+  /**
+   * Who listens on `port`: the replica when every listening socket on it is held by
+   * one of the replica's processes (a member of its cgroup, or of its session where it
+   * has no cgroup), something else as soon as one is not. Sockets are found by inode
+   * (see listeningSockets.ts), so a check costs a read of the host's listeners, a
+   * readlink per socket and a read of the holder's cgroup while the holders stay the same.
+   */
+  async portOwner(replicaId: string, port: number): Promise<PortOwner> {
+    checkReplicaId(replicaId);
+    const inodes = await listeningInodes(port);
+    if (inodes.length === 0) return { kind: "nobody" };
+    const tracked = await this.lookup(replicaId);
+    const running = tracked !== undefined && (await this.refresh(tracked));
+    for (const inode of inodes) {
+      const holder = await this.socketOwners.holderOf(inode, () =>
+        running ? this.likelyMembers(tracked) : Promise.resolve([]),
+      );
+      if (!holder) {
+        return {
+          kind: "other",
+          holder: `a process this agent cannot see (socket inode ${inode})`,
+        };
+      }
+      if (!running || !this.isMember(holder.pid, tracked)) {
+        return { kind: "other", holder: holder.description };
+      }
+    }
+    return { kind: "replica" };
+  }
+
+  /** Whether `pid` is one of the replica's processes: in its cgroup, else in its session. */
+  private isMember(pid: number, tracked: Tracked): boolean {
+    if (pid === tracked.pid) return true;
+    if (tracked.cgroup) {
+      return isInCgroup(pid, tracked.cgroup, `/${this.cgroupParent}/${tracked.replicaId}`);
+    }
+    // The replica leads its own session (spawned detached); what it forks stays in it
+    // unless it calls setsid itself.
+    return readProcStat(pid)?.session === tracked.pid;
+  }
+
+  /** Where the replica's sockets are looked for first: its cgroup's members, or its main process. */
+  private async likelyMembers(tracked: Tracked): Promise<number[]> {
+    const pids = [tracked.pid];
+    const procsFile = tracked.cgroup?.procsFiles[0];
+    if (!procsFile) return pids;
+    try {
+      for (const line of (await readFile(procsFile, "utf8")).split("\n")) {
+        const pid = Number(line);
+        if (line.length > 0 && Number.isInteger(pid) && pid !== tracked.pid) pids.push(pid);
+      }
+    } catch {
+      // The cgroup is gone (the replica ended meanwhile).
+    }
+    return pids;
   }
 
   /** The replica's own environment (as it started), so exec sees what the workload sees. */
