@@ -16,7 +16,14 @@
  * not limited.
  */
 import { type ChildProcess, spawn } from "node:child_process";
-import { closeSync, existsSync, openSync, readFileSync, writeFileSync } from "node:fs";
+import {
+  closeSync,
+  existsSync,
+  openSync,
+  readFileSync,
+  readlinkSync,
+  writeFileSync,
+} from "node:fs";
 import {
   access,
   chmod,
@@ -98,6 +105,22 @@ export function createProcessDriver(options: ProcessDriverOptions): ProcessDrive
   return new CgroupProcessDriver(options);
 }
 
+/**
+ * How long a port found held by its replica alone is trusted without reading the host's
+ * listeners again. Reading /proc/net/tcp walks the kernel's socket tables (milliseconds
+ * on a large or busy host); what can slip in meanwhile is only a listener added beside
+ * the replica's own (SO_REUSEPORT of the same user, an address the replica's does not
+ * cover), since the replica's bound port keeps every other bind out.
+ */
+const portRecheckMs = 10_000;
+/** Confirmed ports remembered; the oldest goes first. */
+const maxConfirmedPorts = 4096;
+
+interface ConfirmedPort {
+  sockets: Array<{ inode: number; pid: number; fd: string }>;
+  checkedAtMs: number;
+}
+
 const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 const maxExecOutputBytes = 4 * 1024 * 1024;
 const logPollIntervalMs = 200;
@@ -140,6 +163,15 @@ interface Tracked extends ProcessRecord {
   /** Resolves when the process is known to have exited. */
   exited: Promise<void>;
   markExited: () => void;
+}
+
+/** readlink(2) now: /proc links are answered from memory, faster than a thread-pool trip. */
+function readLinkNow(file: string): string | undefined {
+  try {
+    return readlinkSync(file);
+  } catch {
+    return undefined;
+  }
 }
 
 function exitCodeOf(code: number | null, signal: NodeJS.Signals | null): number | undefined {
@@ -223,6 +255,12 @@ class CgroupProcessDriver implements ProcessDriver {
   private cgroupsReady: Promise<string | undefined> | undefined;
   private logTimer: NodeJS.Timeout | undefined;
   private readonly socketOwners = new SocketOwners();
+  /**
+   * Ports found held by their replica alone, by "replica:port": the sockets and who
+   * held them. While each still is (one readlink per socket) and the check is younger
+   * than portRecheckMs, the listeners are not read again (see portOwner).
+   */
+  private readonly confirmedPorts = new Map<string, ConfirmedPort>();
 
   constructor(options: ProcessDriverOptions) {
     this.logger = (options.logger ?? silentLogger).child({ driver: "process" });
@@ -381,6 +419,7 @@ class CgroupProcessDriver implements ProcessDriver {
 
   async start(spec: ReplicaRunSpec): Promise<void> {
     checkReplicaId(spec.replicaId);
+    this.forgetPorts(spec.replicaId);
     return this.serialize(spec.replicaId, () => this.startLocked(spec));
   }
 
@@ -581,6 +620,7 @@ class CgroupProcessDriver implements ProcessDriver {
 
   async stop(replicaId: string, graceMs: number): Promise<void> {
     checkReplicaId(replicaId);
+    this.forgetPorts(replicaId);
     return this.serialize(replicaId, () => this.stopLocked(replicaId, graceMs));
   }
 
@@ -621,6 +661,7 @@ class CgroupProcessDriver implements ProcessDriver {
 
   async remove(replicaId: string): Promise<void> {
     checkReplicaId(replicaId);
+    this.forgetPorts(replicaId);
     return this.serialize(replicaId, async () => {
       await this.stopLocked(replicaId, 0);
       const tracked = this.tracked.get(replicaId);
@@ -813,10 +854,24 @@ class CgroupProcessDriver implements ProcessDriver {
    */
   async portOwner(replicaId: string, port: number): Promise<PortOwner> {
     checkReplicaId(replicaId);
+    const key = `${replicaId}:${port}`;
+    const confirmed = this.confirmedPorts.get(key);
+    if (
+      confirmed &&
+      Date.now() - confirmed.checkedAtMs < portRecheckMs &&
+      confirmed.sockets.every(
+        (socket) =>
+          readLinkNow(`/proc/${socket.pid}/fd/${socket.fd}`) === `socket:[${socket.inode}]`,
+      )
+    ) {
+      return { kind: "replica" };
+    }
+    this.confirmedPorts.delete(key);
     const inodes = await listeningInodes(port);
     if (inodes.length === 0) return { kind: "nobody" };
     const tracked = await this.lookup(replicaId);
     const running = tracked !== undefined && (await this.refresh(tracked));
+    const sockets: ConfirmedPort["sockets"] = [];
     for (const inode of inodes) {
       const holder = await this.socketOwners.holderOf(inode, () =>
         running ? this.likelyMembers(tracked) : Promise.resolve([]),
@@ -830,8 +885,21 @@ class CgroupProcessDriver implements ProcessDriver {
       if (!running || !this.isMember(holder.pid, tracked)) {
         return { kind: "other", holder: holder.description };
       }
+      sockets.push({ inode, pid: holder.pid, fd: holder.fd });
     }
+    if (this.confirmedPorts.size >= maxConfirmedPorts) {
+      const oldest = this.confirmedPorts.keys().next().value;
+      if (oldest !== undefined) this.confirmedPorts.delete(oldest);
+    }
+    this.confirmedPorts.set(key, { sockets, checkedAtMs: Date.now() });
     return { kind: "replica" };
+  }
+
+  /** Forgets what portOwner confirmed for a replica (it starts, stops or goes). */
+  private forgetPorts(replicaId: string): void {
+    for (const key of this.confirmedPorts.keys()) {
+      if (key.startsWith(`${replicaId}:`)) this.confirmedPorts.delete(key);
+    }
   }
 
   /** Whether `pid` is one of the replica's processes: in its cgroup, else in its session. */

@@ -806,6 +806,20 @@ describe("ReplicaSupervisor: hardening, replica identity on the wire", () => {
     expect(host.log).toEqual(["allocate 8080 web-0", "release 8080 web-0", "allocate 40000 web-0"]);
   });
 
+  it("REQ-032 a refused probe asks nobody who holds the port (nothing listened); an answered one always does", async () => {
+    const h = harness();
+    h.probeResults.set(40_000, { ok: false, message: "connection refused", refused: true });
+    h.supervisor.setDesired([
+      desired("web-0", { readiness: probeSpec({ http: { path: "/", port: 8080 } }) }),
+    ]);
+    await h.supervisor.start();
+    await advance(h.clock, 3000);
+    expect(h.container.callsTo("portOwner")).toHaveLength(0);
+    h.probeResults.set(40_000, { ok: false, message: "HTTP 404" });
+    await advance(h.clock, 1000);
+    expect(h.container.callsTo("portOwner").length).toBeGreaterThan(0);
+  });
+
   it("REQ-032 a probe on a port that is not the replica's fails while another program holds it, and the replica is not moved", async () => {
     const h = harness();
     h.supervisor.setDesired([desired("web-0", { readiness: probeSpec({ tcp: { port: 9999 } }) })]);

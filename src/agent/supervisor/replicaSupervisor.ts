@@ -1072,7 +1072,9 @@ export class ReplicaSupervisor {
     return async (action, options) => {
       const result = await probe(action, options);
       const port = localProbePort(action);
-      if (port === undefined) return result;
+      // Refused: no listener took the connection, so there is no one to identify (the
+      // usual answer while a replica starts; it spares the check its cost).
+      if (port === undefined || result.refused) return result;
       const owner = await this.call(
         () => portOwner(record.id, port),
         `${driver.name} port owner`,
