@@ -124,6 +124,9 @@ describe("host-wide port reservations (ADR 0032)", () => {
   it("REQ-030 a breaker left by an agent that died while breaking is cleared, and the stale port can be taken", async () => {
     const { make, kill } = agents();
     const declared = await freePort();
+    const a = make("node-a", 1001);
+    // Prepared (and swept) before the leftovers appear, as an agent that runs already.
+    await a.release(1, "nothing");
     await writeFile(
       path.join(dir, String(declared)),
       JSON.stringify({ pid: 2001, startTicks: "100", owner: "node-x/old" }),
@@ -134,7 +137,6 @@ describe("host-wide port reservations (ADR 0032)", () => {
     );
     kill(2001);
     kill(2002);
-    const a = make("node-a", 1001);
     // The first attempt finds the dead breaker and clears it; the kernel's port serves meanwhile.
     const first = await a.allocate(declared, "web-0");
     expect(first).not.toBe(declared);
@@ -142,6 +144,27 @@ describe("host-wide port reservations (ADR 0032)", () => {
     expect(await reservationOf(declared)).toMatchObject({ owner: "node-a/web-1" });
     const leftovers = (await readdir(dir)).filter((name) => name.includes("breaker"));
     expect(leftovers).toEqual([]);
+  });
+
+  it("REQ-030 an agent's first use clears what agents that are gone left: reservations of free ports go, one whose port a surviving replica still binds stays", async () => {
+    const { make, kill } = agents();
+    const dead = make("node-x", 2001);
+    const freeOne = await freePort();
+    const server = net.createServer();
+    await new Promise<void>((resolve) => server.listen(0, "0.0.0.0", resolve));
+    servers.push(server);
+    const stillBound = (server.address() as net.AddressInfo).port;
+    // The dead agent reserved both; a replica it left running still binds the second.
+    expect(await dead.claim(freeOne, "gone")).toBe(true);
+    expect(await dead.claim(stillBound, "survivor")).toBe(true);
+    await writeFile(path.join(dir, `.tmp-2001-100-abcdef`), "{}");
+    kill(2001);
+    const next = make("node-y", 1002);
+    // Any call prepares the directory; releasing someone else's port changes nothing else.
+    await next.release(1, "nothing");
+    expect(await reservationOf(freeOne)).toBeUndefined();
+    expect(await reservationOf(stillBound)).toMatchObject({ owner: "node-x/survivor" });
+    expect((await readdir(dir)).filter((name) => name.startsWith(".tmp"))).toEqual([]);
   });
 
   it("REQ-030 agents in separate processes racing for one declared port: exactly one gets it, no port is given twice", async () => {

@@ -174,7 +174,7 @@ class FileReservationAllocator implements HostPortAllocator {
   /** Finds the directory and sweeps it, once; a failure is retried on the next call. */
   private prepare(): Promise<void> {
     if (!this.ready) {
-      const attempt = this.sweepTemporaryFiles();
+      const attempt = this.sweep();
       this.ready = attempt;
       attempt.catch(() => {
         if (this.ready === attempt) this.ready = undefined;
@@ -183,8 +183,12 @@ class FileReservationAllocator implements HostPortAllocator {
     return this.ready;
   }
 
-  /** Removes temporary files of agents that died between writing and linking one. */
-  private async sweepTemporaryFiles(): Promise<void> {
+  /**
+   * Clears what agents that are gone left behind: temporary files, breakers, and
+   * reservations whose port nothing holds any more (a replica left running by its agent
+   * still binds its port, so its reservation stays for that node's next agent).
+   */
+  private async sweep(): Promise<void> {
     this.dir = this.options.dir ?? (await defaultReservationDir());
     await mkdir(this.dir, { recursive: true, mode: 0o700 });
     let names: string[];
@@ -194,10 +198,21 @@ class FileReservationAllocator implements HostPortAllocator {
       return;
     }
     for (const name of names) {
-      const match = /^\.tmp-(\d+)-(\d+)-/.exec(name);
-      if (!match) continue;
-      const holder = { pid: Number(match[1]), startTicks: match[2] as string };
-      if (!this.isAlive(holder)) await unlink(path.join(this.dir, name)).catch(() => undefined);
+      const file = path.join(this.dir, name);
+      const temporary = /^\.tmp-(\d+)-(\d+)-/.exec(name);
+      if (temporary) {
+        const holder = { pid: Number(temporary[1]), startTicks: temporary[2] as string };
+        if (!this.isAlive(holder)) await unlink(file).catch(() => undefined);
+        continue;
+      }
+      const reserved = /^(\d+)(\.breaker)?$/.exec(name);
+      if (!reserved) continue;
+      const raw = await readSmall(file);
+      const holder = raw === undefined ? undefined : parseReservation(raw);
+      if (raw === undefined || (holder && this.isAlive(holder))) continue;
+      const port = Number(reserved[1]);
+      if (reserved[2]) await unlink(file).catch(() => undefined);
+      else if (await this.isFree(port)) await this.removeStale(port, raw);
     }
   }
 
