@@ -45,6 +45,7 @@ import {
   UsageSampler,
 } from "./resources/index.js";
 import { AgentStateWriter, loadAgentState } from "./stateFile.js";
+import { createFileReservationAllocator } from "./supervisor/hostPortReservations.js";
 import { ReplicaSupervisor } from "./supervisor/index.js";
 import type { DesiredReplica, ReplicaReport } from "./supervisor/supervisorTypes.js";
 import { AgentTunnels } from "./tunnels.js";
@@ -66,6 +67,11 @@ export interface AgentOptions {
   containerSocket?: string;
   /** Drivers to use, e.g. ["process"]; default: every driver that works here. */
   drivers?: DriverName[];
+  /**
+   * Where host ports are reserved, shared by every agent of the host (ADR 0032);
+   * default /run/cloudless/ports for root, a private temp directory otherwise.
+   */
+  portReservationDir?: string;
   clock?: Clock;
   rng?: Rng;
   logger?: Logger;
@@ -341,6 +347,10 @@ class AgentRunner {
       drivers: this.drivers,
       clock: this.clock,
       rng: this.rng,
+      hostPorts: createFileReservationAllocator({
+        nodeName: this.identity.nodeName,
+        ...(this.options.portReservationDir ? { dir: this.options.portReservationDir } : {}),
+      }),
       logger: this.logger.child({ component: "supervisor" }),
       onProbeResult: (kind, result) =>
         this.metrics.probeResults.inc({ kind, result: result.ok ? "success" : "failure" }),

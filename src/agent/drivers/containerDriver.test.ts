@@ -304,6 +304,37 @@ describe.skipIf(skipReason !== "")("container driver on podman", () => {
     expect(capEff & (1n << 10n)).not.toBe(0n); // NET_BIND_SERVICE kept
   });
 
+  it("REQ-032 portOwner: a port the running container publishes is its own (the engine holds it, nothing else can bind it); any other port is not; a stopped container owns none", async () => {
+    const runtime = driver();
+    const id = replicaId();
+    created.push(id);
+    const hostPort = await freePort();
+    const otherPort = await freePort();
+    await runtime.start(
+      spec({
+        replicaId: id,
+        command: ["/bin/httpd", "-f", "-p", "8080", "-h", "/www"],
+        ports: [{ name: "http", containerPort: 8080, hostPort, protocol: "tcp" }],
+      }),
+    );
+    expect(await runtime.portOwner?.(id, hostPort)).toEqual({ kind: "replica" });
+    expect(await runtime.portOwner?.(id, otherPort)).toEqual({
+      kind: "other",
+      holder: `whatever listens there: container ${containerNameFor(id)} does not publish it (it publishes ${hostPort})`,
+    });
+    // What the answer rests on: while the container runs, the engine's forwarder holds
+    // the port, so no other program can listen on it and answer its probes.
+    const intruder = net.createServer();
+    const bound = await new Promise<boolean>((resolve) => {
+      intruder.once("error", () => resolve(false));
+      intruder.listen(hostPort, "0.0.0.0", () => resolve(true));
+    });
+    if (bound) await new Promise<void>((resolve) => intruder.close(() => resolve()));
+    expect(bound).toBe(false);
+    await runtime.stop(id, 0);
+    expect(await runtime.portOwner?.(id, hostPort)).toEqual({ kind: "nobody" });
+  });
+
   it("bounds exec with a deadline", async () => {
     const runtime = driver();
     const id = replicaId();

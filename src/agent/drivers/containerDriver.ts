@@ -19,6 +19,7 @@ import {
   DriverError,
   type ExecResult,
   type LogLine,
+  type PortOwner,
   type ReplicaRunSpec,
   type ReplicaRuntimeStatus,
   type RuntimeDriver,
@@ -147,6 +148,11 @@ class DockerContainerDriver implements ContainerDriver {
   private readonly callTimeoutMs: number;
   private readonly pingTimeoutMs: number;
   private readonly pullTimeoutMs: number;
+  /**
+   * The host ports each running container publishes, read once per container run: a
+   * running container's port bindings cannot change, and start/stop/remove forget them.
+   */
+  private readonly published = new Map<string, Promise<Set<number> | undefined>>();
 
   constructor(private readonly options: ContainerDriverOptions) {
     this.logger = (options.logger ?? silentLogger).child({ driver: "container" });
@@ -267,6 +273,7 @@ class DockerContainerDriver implements ContainerDriver {
 
   async start(spec: ReplicaRunSpec): Promise<void> {
     checkReplicaId(spec.replicaId);
+    this.published.delete(spec.replicaId);
     const image = spec.image;
     if (!image) throw new DriverError("invalid", "the container driver needs an image");
     const create = this.createOptions(spec, image);
@@ -428,6 +435,7 @@ class DockerContainerDriver implements ContainerDriver {
 
   async stop(replicaId: string, graceMs: number): Promise<void> {
     checkReplicaId(replicaId);
+    this.published.delete(replicaId);
     const name = containerNameFor(replicaId);
     const graceSeconds = Math.max(0, Math.ceil(graceMs / 1000));
     try {
@@ -447,6 +455,7 @@ class DockerContainerDriver implements ContainerDriver {
 
   async remove(replicaId: string): Promise<void> {
     checkReplicaId(replicaId);
+    this.published.delete(replicaId);
     const name = containerNameFor(replicaId);
     try {
       await this.call(`removing container ${name}`, (docker, signal) =>
@@ -496,6 +505,50 @@ class DockerContainerDriver implements ContainerDriver {
       if (id) ids.add(id);
     }
     return [...ids].sort();
+  }
+
+  /**
+   * Who answers on host port `port`: the replica when its running container publishes
+   * the port. The engine holds a published port for the container's life (rootful
+   * Podman's conmon, rootless Podman's rootlessport, Docker's docker-proxy bind it) and
+   * forwards it into the container (netavark/iptables DNAT also catches 127.0.0.1), so
+   * no other program can listen on it meanwhile and a probe of it reaches this
+   * container. A port the container does not publish belongs to someone else.
+   */
+  async portOwner(replicaId: string, port: number): Promise<PortOwner> {
+    checkReplicaId(replicaId);
+    let lookup = this.published.get(replicaId);
+    if (!lookup) {
+      lookup = this.publishedPorts(replicaId);
+      this.published.set(replicaId, lookup);
+      // A failed lookup is not remembered: the next probe asks again.
+      lookup.catch(() => this.published.delete(replicaId));
+    }
+    const ports = await lookup;
+    if (ports === undefined) {
+      this.published.delete(replicaId);
+      return { kind: "nobody" };
+    }
+    if (ports.has(port)) return { kind: "replica" };
+    const list = [...ports].sort((a, b) => a - b).join(", ") || "none";
+    return {
+      kind: "other",
+      holder: `whatever listens there: container ${containerNameFor(replicaId)} does not publish it (it publishes ${list})`,
+    };
+  }
+
+  /** Host ports the running container publishes; undefined when it does not run. */
+  private async publishedPorts(replicaId: string): Promise<Set<number> | undefined> {
+    const info = await this.inspect(replicaId);
+    if (!info?.State.Running) return undefined;
+    const ports = new Set<number>();
+    for (const bindings of Object.values(info.NetworkSettings?.Ports ?? {})) {
+      for (const binding of bindings ?? []) {
+        const hostPort = Number(binding.HostPort);
+        if (Number.isInteger(hostPort) && hostPort > 0) ports.add(hostPort);
+      }
+    }
+    return ports;
   }
 
   async *logs(

@@ -72,6 +72,18 @@ export interface ExecResult {
   stderr: string;
 }
 
+/**
+ * Who answers on a host port, as far as the driver can tell: a probe that reached
+ * something other than its replica must not pass (REQ-032, ADR 0032).
+ */
+export type PortOwner =
+  /** The replica listens on it (process), or the engine publishes it for the replica (container). */
+  | { kind: "replica" }
+  /** Nothing listens on it now. */
+  | { kind: "nobody" }
+  /** Something else holds it; `holder` says what, for a status line: "pid 4242 (python3)". */
+  | { kind: "other"; holder: string };
+
 export interface RuntimeDriver {
   readonly name: DriverName;
   /** Whether the driver can run replicas here now, and why not. */
@@ -92,4 +104,9 @@ export interface RuntimeDriver {
   ): AsyncIterable<LogLine>;
   /** Runs a command inside the replica (its container, or its working directory and cgroup). */
   exec(replicaId: string, command: string[], timeoutMs: number): Promise<ExecResult>;
+  /**
+   * Who answers on host port `port` of the replica. Optional: a driver without it
+   * cannot tell, and its replicas' probes trust whatever answers.
+   */
+  portOwner?(replicaId: string, port: number): Promise<PortOwner>;
 }

@@ -39,6 +39,25 @@ async function timed(metrics: ReturnType<typeof createAgentMetrics>) {
 }
 
 describe("InstrumentedDriver", () => {
+  it("REQ-032 passes portOwner through, counted, only when the inner driver has it", async () => {
+    const metrics = createAgentMetrics({ defaultMetrics: false });
+    const without = new InstrumentedDriver(fakeDriver(), metrics);
+    expect(without.portOwner).toBeUndefined();
+    const asked: Array<[string, number]> = [];
+    const owning = new InstrumentedDriver(
+      fakeDriver({
+        portOwner: async (replicaId, port) => {
+          asked.push([replicaId, port]);
+          return { kind: "other", holder: "pid 1 (init)" };
+        },
+      }),
+      metrics,
+    );
+    expect(await owning.portOwner?.("r1", 8080)).toEqual({ kind: "other", holder: "pid 1 (init)" });
+    expect(asked).toEqual([["r1", 8080]]);
+    expect(await operations(metrics)).toMatchObject({ "portOwner/ok": 1 });
+  });
+
   it("REQ-070 passes calls through and counts them by operation and result", async () => {
     const metrics = createAgentMetrics({ defaultMetrics: false });
     const driver = new InstrumentedDriver(fakeDriver(), metrics);

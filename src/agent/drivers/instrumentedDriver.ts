@@ -4,6 +4,7 @@ import {
   type DriverName,
   type ExecResult,
   type LogLine,
+  type PortOwner,
   type ReplicaRunSpec,
   type ReplicaRuntimeStatus,
   type RuntimeDriver,
@@ -35,10 +36,19 @@ export function driverResultOf(error: unknown): string {
  * child span `driver.<operation>` of it; the periodic status checks make none.
  */
 export class InstrumentedDriver implements RuntimeDriver {
+  /** Present when the inner driver has it; counted and timed, without a span (probes call it). */
+  readonly portOwner?: (replicaId: string, port: number) => Promise<PortOwner>;
+
   constructor(
     private readonly inner: RuntimeDriver,
     private readonly metrics: DriverMetrics,
-  ) {}
+  ) {
+    const portOwner = inner.portOwner?.bind(inner);
+    if (portOwner) {
+      this.portOwner = (replicaId, port) =>
+        this.measure("portOwner", () => portOwner(replicaId, port));
+    }
+  }
 
   get name(): DriverName {
     return this.inner.name;

@@ -1,9 +1,11 @@
 import { existsSync, readFileSync } from "node:fs";
 import { mkdtemp, readFile, rm, rmdir, stat, writeFile } from "node:fs/promises";
+import * as net from "node:net";
 import { tmpdir } from "node:os";
 import * as path from "node:path";
 import { afterAll, afterEach, describe, expect, it } from "vitest";
 import { waitFor } from "../../../test/helpers/processes.js";
+import { readProcStat } from "../procfs.js";
 import { detectCgroupLayout, prepareParent } from "./cgroups.js";
 import { DriverError, type LogLine, type ReplicaRunSpec } from "./driver.js";
 import {
@@ -435,3 +437,111 @@ describe.skipIf(cgroupProblem !== undefined)(
     });
   },
 );
+
+/** A port free a moment ago. */
+async function freeTcpPort(): Promise<number> {
+  const server = net.createServer();
+  await new Promise<void>((resolve) => server.listen(0, "0.0.0.0", resolve));
+  const port = (server.address() as net.AddressInfo).port;
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
+}
+
+/** A replica command whose listener is a child of the replica's shell, as a forking server's worker. */
+function listenerCommand(port: number): string[] {
+  const listen = `require("net").createServer((s) => s.end()).listen(${port}, "0.0.0.0")`;
+  return ["/bin/sh", "-c", `"${process.execPath}" -e '${listen}'; sleep 600`];
+}
+
+async function waitListening(port: number): Promise<void> {
+  await waitFor(
+    `a listener on port ${port}`,
+    () =>
+      new Promise<boolean>((resolve) => {
+        const socket = net.connect({ host: "127.0.0.1", port });
+        socket.once("connect", () => {
+          socket.destroy();
+          resolve(true);
+        });
+        socket.once("error", () => resolve(false));
+      }),
+    15_000,
+    50,
+  );
+}
+
+describe("process driver: who holds a replica's port (REQ-032, ADR 0032)", () => {
+  const foreign: net.Server[] = [];
+  afterEach(async () => {
+    await Promise.all(
+      foreign
+        .splice(0)
+        .map((server) => new Promise<void>((resolve) => server.close(() => resolve()))),
+    );
+  });
+
+  async function checkOwnership(driver: ProcessDriver): Promise<void> {
+    const mine = replicaId();
+    const other = replicaId();
+    const [minePort, otherPort, testPort, unusedPort] = await Promise.all([
+      freeTcpPort(),
+      freeTcpPort(),
+      freeTcpPort(),
+      freeTcpPort(),
+    ]);
+    await driver.start(spec({ replicaId: mine, command: listenerCommand(minePort) }));
+    await driver.start(spec({ replicaId: other, command: listenerCommand(otherPort) }));
+    const server = net.createServer();
+    foreign.push(server);
+    await new Promise<void>((resolve) => server.listen(testPort, "127.0.0.1", resolve));
+    await waitListening(minePort);
+    await waitListening(otherPort);
+
+    expect(await driver.portOwner?.(mine, minePort)).toEqual({ kind: "replica" });
+    // Asked again, the remembered owner is confirmed (one readlink) and still right.
+    expect(await driver.portOwner?.(mine, minePort)).toEqual({ kind: "replica" });
+    const testComm = readProcStat("self")?.comm;
+    expect(await driver.portOwner?.(mine, testPort)).toEqual({
+      kind: "other",
+      holder: `pid ${process.pid} (${testComm})`,
+    });
+    // Another replica's listener is not this replica's: the case of two replicas on one port.
+    const otherOwner = await driver.portOwner?.(mine, otherPort);
+    expect(otherOwner).toMatchObject({
+      kind: "other",
+      holder: expect.stringMatching(/^pid \d+ \(node\)$/),
+    });
+    expect(await driver.portOwner?.(other, otherPort)).toEqual({ kind: "replica" });
+    expect(await driver.portOwner?.(mine, unusedPort)).toEqual({ kind: "nobody" });
+    // A replica that stopped owns nothing: its port, taken over, is someone else's.
+    await driver.stop(mine, 1000);
+    const takeover = net.createServer();
+    foreign.push(takeover);
+    // Without a cgroup, stop() returns when the main process is gone; its child may
+    // take a moment longer to close the port.
+    await waitFor(
+      `port ${minePort} to be free for the taker`,
+      () =>
+        new Promise<boolean>((resolve) => {
+          takeover.once("error", () => resolve(false));
+          takeover.listen(minePort, "0.0.0.0", () => resolve(true));
+        }),
+      10_000,
+      50,
+    );
+    expect(await driver.portOwner?.(mine, minePort)).toMatchObject({ kind: "other" });
+  }
+
+  it.skipIf(cgroupProblem !== undefined)(
+    "REQ-032 with cgroups: the replica's own listener (held by a child process) is the replica's; another replica's or program's is named; a free port is nobody's",
+    async () => {
+      await checkOwnership((await newDriver()).driver);
+    },
+  );
+
+  it("REQ-032 without cgroups, the replica's session decides what is the replica's", async () => {
+    const fakeRoot = await mkdtemp(path.join(tmpdir(), "cloudless-nocgroup-"));
+    dataDirs.push(fakeRoot);
+    await checkOwnership((await newDriver({ cgroupRoot: fakeRoot, enforceLimits: false })).driver);
+  });
+});

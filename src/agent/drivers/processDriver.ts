@@ -16,7 +16,14 @@
  * not limited.
  */
 import { type ChildProcess, spawn } from "node:child_process";
-import { closeSync, existsSync, openSync, readFileSync, writeFileSync } from "node:fs";
+import {
+  closeSync,
+  existsSync,
+  openSync,
+  readFileSync,
+  readlinkSync,
+  writeFileSync,
+} from "node:fs";
 import {
   access,
   chmod,
@@ -35,6 +42,7 @@ import { constants as osConstants } from "node:os";
 import * as path from "node:path";
 import type { Logger } from "../../observe/logger.js";
 import { silentLogger } from "../../observe/logger.js";
+import { readProcStat } from "../procfs.js";
 import {
   type CgroupLayout,
   type CgroupPaths,
@@ -51,11 +59,13 @@ import {
   DriverError,
   type ExecResult,
   type LogLine,
+  type PortOwner,
   type ReplicaRunSpec,
   type ReplicaRuntimeStatus,
   type RuntimeDriver,
 } from "./driver.js";
 import { LineSplitter } from "./lineSplitter.js";
+import { listeningInodes, SocketOwners } from "./listeningSockets.js";
 import { checkReplicaId, describeError, errnoCode, sleep } from "./util.js";
 
 export type { CgroupPaths } from "./cgroups.js";
@@ -93,6 +103,22 @@ export interface ProcessDriver extends RuntimeDriver {
 
 export function createProcessDriver(options: ProcessDriverOptions): ProcessDriver {
   return new CgroupProcessDriver(options);
+}
+
+/**
+ * How long a port found held by its replica alone is trusted without reading the host's
+ * listeners again. Reading /proc/net/tcp walks the kernel's socket tables (milliseconds
+ * on a large or busy host); what can slip in meanwhile is only a listener added beside
+ * the replica's own (SO_REUSEPORT of the same user, an address the replica's does not
+ * cover), since the replica's bound port keeps every other bind out.
+ */
+const portRecheckMs = 10_000;
+/** Confirmed ports remembered; the oldest goes first. */
+const maxConfirmedPorts = 4096;
+
+interface ConfirmedPort {
+  sockets: Array<{ inode: number; pid: number; fd: string }>;
+  checkedAtMs: number;
 }
 
 const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -139,15 +165,10 @@ interface Tracked extends ProcessRecord {
   markExited: () => void;
 }
 
-function readProcStat(pid: number): { state: string; startTicks: string } | undefined {
+/** readlink(2) now: /proc links are answered from memory, faster than a thread-pool trip. */
+function readLinkNow(file: string): string | undefined {
   try {
-    const text = readFileSync(`/proc/${pid}/stat`, "utf8");
-    // comm (field 2) may contain spaces and parentheses; fields resume after the last ")".
-    const fields = text.slice(text.lastIndexOf(")") + 2).split(" ");
-    const state = fields[0];
-    const startTicks = fields[19];
-    if (state === undefined || startTicks === undefined) return undefined;
-    return { state, startTicks };
+    return readlinkSync(file);
   } catch {
     return undefined;
   }
@@ -233,6 +254,13 @@ class CgroupProcessDriver implements ProcessDriver {
   private readonly queues = new Map<string, Promise<unknown>>();
   private cgroupsReady: Promise<string | undefined> | undefined;
   private logTimer: NodeJS.Timeout | undefined;
+  private readonly socketOwners = new SocketOwners();
+  /**
+   * Ports found held by their replica alone, by "replica:port": the sockets and who
+   * held them. While each still is (one readlink per socket) and the check is younger
+   * than portRecheckMs, the listeners are not read again (see portOwner).
+   */
+  private readonly confirmedPorts = new Map<string, ConfirmedPort>();
 
   constructor(options: ProcessDriverOptions) {
     this.logger = (options.logger ?? silentLogger).child({ driver: "process" });
@@ -391,6 +419,7 @@ class CgroupProcessDriver implements ProcessDriver {
 
   async start(spec: ReplicaRunSpec): Promise<void> {
     checkReplicaId(spec.replicaId);
+    this.forgetPorts(spec.replicaId);
     return this.serialize(spec.replicaId, () => this.startLocked(spec));
   }
 
@@ -591,6 +620,7 @@ class CgroupProcessDriver implements ProcessDriver {
 
   async stop(replicaId: string, graceMs: number): Promise<void> {
     checkReplicaId(replicaId);
+    this.forgetPorts(replicaId);
     return this.serialize(replicaId, () => this.stopLocked(replicaId, graceMs));
   }
 
@@ -631,6 +661,7 @@ class CgroupProcessDriver implements ProcessDriver {
 
   async remove(replicaId: string): Promise<void> {
     checkReplicaId(replicaId);
+    this.forgetPorts(replicaId);
     return this.serialize(replicaId, async () => {
       await this.stopLocked(replicaId, 0);
       const tracked = this.tracked.get(replicaId);
@@ -812,6 +843,90 @@ class CgroupProcessDriver implements ProcessDriver {
         });
       });
     });
+  }
+
+  /**
+   * Who listens on `port`: the replica when every listening socket on it is held by
+   * one of the replica's processes (a member of its cgroup, or of its session where it
+   * has no cgroup), something else as soon as one is not. Sockets are found by inode
+   * (see listeningSockets.ts), so a check costs a read of the host's listeners, a
+   * readlink per socket and a read of the holder's cgroup while the holders stay the same.
+   */
+  async portOwner(replicaId: string, port: number): Promise<PortOwner> {
+    checkReplicaId(replicaId);
+    const key = `${replicaId}:${port}`;
+    const confirmed = this.confirmedPorts.get(key);
+    if (
+      confirmed &&
+      Date.now() - confirmed.checkedAtMs < portRecheckMs &&
+      confirmed.sockets.every(
+        (socket) =>
+          readLinkNow(`/proc/${socket.pid}/fd/${socket.fd}`) === `socket:[${socket.inode}]`,
+      )
+    ) {
+      return { kind: "replica" };
+    }
+    this.confirmedPorts.delete(key);
+    const inodes = await listeningInodes(port);
+    if (inodes.length === 0) return { kind: "nobody" };
+    const tracked = await this.lookup(replicaId);
+    const running = tracked !== undefined && (await this.refresh(tracked));
+    const sockets: ConfirmedPort["sockets"] = [];
+    for (const inode of inodes) {
+      const holder = await this.socketOwners.holderOf(inode, () =>
+        running ? this.likelyMembers(tracked) : Promise.resolve([]),
+      );
+      if (!holder) {
+        return {
+          kind: "other",
+          holder: `a process this agent cannot see (socket inode ${inode})`,
+        };
+      }
+      if (!running || !this.isMember(holder.pid, tracked)) {
+        return { kind: "other", holder: holder.description };
+      }
+      sockets.push({ inode, pid: holder.pid, fd: holder.fd });
+    }
+    if (this.confirmedPorts.size >= maxConfirmedPorts) {
+      const oldest = this.confirmedPorts.keys().next().value;
+      if (oldest !== undefined) this.confirmedPorts.delete(oldest);
+    }
+    this.confirmedPorts.set(key, { sockets, checkedAtMs: Date.now() });
+    return { kind: "replica" };
+  }
+
+  /** Forgets what portOwner confirmed for a replica (it starts, stops or goes). */
+  private forgetPorts(replicaId: string): void {
+    for (const key of this.confirmedPorts.keys()) {
+      if (key.startsWith(`${replicaId}:`)) this.confirmedPorts.delete(key);
+    }
+  }
+
+  /** Whether `pid` is one of the replica's processes: in its cgroup, else in its session. */
+  private isMember(pid: number, tracked: Tracked): boolean {
+    if (pid === tracked.pid) return true;
+    if (tracked.cgroup) {
+      return isInCgroup(pid, tracked.cgroup, `/${this.cgroupParent}/${tracked.replicaId}`);
+    }
+    // The replica leads its own session (spawned detached); what it forks stays in it
+    // unless it calls setsid itself.
+    return readProcStat(pid)?.session === tracked.pid;
+  }
+
+  /** Where the replica's sockets are looked for first: its cgroup's members, or its main process. */
+  private async likelyMembers(tracked: Tracked): Promise<number[]> {
+    const pids = [tracked.pid];
+    const procsFile = tracked.cgroup?.procsFiles[0];
+    if (!procsFile) return pids;
+    try {
+      for (const line of (await readFile(procsFile, "utf8")).split("\n")) {
+        const pid = Number(line);
+        if (line.length > 0 && Number.isInteger(pid) && pid !== tracked.pid) pids.push(pid);
+      }
+    } catch {
+      // The cgroup is gone (the replica ended meanwhile).
+    }
+    return pids;
   }
 
   /** The replica's own environment (as it started), so exec sees what the workload sees. */

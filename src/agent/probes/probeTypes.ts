@@ -25,6 +25,8 @@ export interface ProbeResult {
   ok: boolean;
   /** One line fit for a replica's status: "HTTP 500", "connection refused", "exit code 1". */
   message: string;
+  /** The connection was refused: nothing listened there to answer (so nobody to identify). */
+  refused?: boolean;
 }
 
 /** Runs a command inside the replica; the runtime driver's exec, narrowed. */

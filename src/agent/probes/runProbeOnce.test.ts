@@ -75,7 +75,8 @@ describe("runProbeOnce http", () => {
   it("REQ-032 http probe reports connection refused", async () => {
     const port = await closedPort();
     const result = await runProbeOnce({ http: { path: "/", port } }, { timeoutMs: 2000 });
-    expect(result).toEqual({ ok: false, message: "connection refused" });
+    // Marked refused: nothing listened, so the supervisor has nobody to identify.
+    expect(result).toEqual({ ok: false, message: "connection refused", refused: true });
   });
 
   it("REQ-032 http probe gives up at its deadline on a server that never answers", async () => {
@@ -111,6 +112,7 @@ describe("runProbeOnce tcp", () => {
     expect(await runProbeOnce({ tcp: { port: closed } }, { timeoutMs: 2000 })).toEqual({
       ok: false,
       message: "connection refused",
+      refused: true,
     });
   });
 });

@@ -71,7 +71,7 @@ function httpProbe(
       // Kubernetes semantics: any 2xx or 3xx is healthy; redirects are not followed.
       finish({ ok: status >= 200 && status < 400, message: `HTTP ${status}` });
     });
-    request.on("error", (error) => finish({ ok: false, message: describeSocketError(error) }));
+    request.on("error", (error) => finish(socketFailure(error)));
     request.end();
   });
 }
@@ -92,7 +92,7 @@ function tcpProbe(host: string, port: number, timeoutMs: number): Promise<ProbeR
       timeoutMs,
     );
     socket.once("connect", () => finish({ ok: true, message: `connected to ${host}:${port}` }));
-    socket.on("error", (error) => finish({ ok: false, message: describeSocketError(error) }));
+    socket.on("error", (error) => finish(socketFailure(error)));
   });
 }
 
@@ -134,6 +134,11 @@ async function execProbe(
   } finally {
     cancelTimer();
   }
+}
+
+function socketFailure(error: Error): ProbeResult {
+  const refused = (error as NodeJS.ErrnoException).code === "ECONNREFUSED";
+  return { ok: false, message: describeSocketError(error), ...(refused ? { refused } : {}) };
 }
 
 /** Short, stable messages for the socket errors an operator will actually see. */

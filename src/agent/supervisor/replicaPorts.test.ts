@@ -1,10 +1,15 @@
 import net from "node:net";
 import { describe, expect, it } from "vitest";
 import type { PortMapping, ReplicaRunSpec } from "../drivers/driver.js";
+import type { HostPortAllocator } from "./hostPortReservations.js";
 import {
   allocateFreePort,
+  allocatorFrom,
   assignHostPorts,
   buildRunSpec,
+  droppedPorts,
+  judgeProbe,
+  localProbePort,
   portEnvName,
   resolveProbeAction,
 } from "./replicaPorts.js";
@@ -40,9 +45,10 @@ describe("host ports", () => {
   it("keeps host ports by name, allocates new ones, and never reuses a taken port", async () => {
     const offered = [41000, 41001, 41002];
     const allocate = async () => offered.shift() ?? 0;
-    const first = await assignHostPorts("container", ports, {}, new Set([41000]), allocate);
+    const allocator = allocatorFrom(allocate);
+    const first = await assignHostPorts("container", ports, {}, new Set([41000]), allocator, "r");
     expect(first).toEqual({ http: 41001, "admin-ui": 41002 });
-    const again = await assignHostPorts("container", ports, first, new Set(), allocate);
+    const again = await assignHostPorts("container", ports, first, new Set(), allocator, "r");
     expect(again).toEqual(first);
   });
 
@@ -52,14 +58,23 @@ describe("host ports", () => {
       asked.push(preferred);
       return preferred === 8080 ? 8080 : 40000 + asked.length;
     };
-    expect(await assignHostPorts("process", ports, {}, new Set(), allocate)).toEqual({
+    expect(
+      await assignHostPorts("process", ports, {}, new Set(), allocatorFrom(allocate), "r"),
+    ).toEqual({
       http: 8080,
       "admin-ui": 40002,
     });
     expect(asked).toEqual([8080, 9090]);
     // A second replica on the same node cannot have 8080 again.
     let next = 41000;
-    const second = await assignHostPorts("process", ports, {}, new Set([8080]), async () => next++);
+    const second = await assignHostPorts(
+      "process",
+      ports,
+      {},
+      new Set([8080]),
+      allocatorFrom(async () => next++),
+      "r",
+    );
     expect(second.http).toBe(41000);
   });
 
@@ -84,7 +99,14 @@ describe("host ports", () => {
 
   it("gives up after a bounded number of attempts", async () => {
     await expect(
-      assignHostPorts("container", ports, {}, new Set([5000]), async () => 5000),
+      assignHostPorts(
+        "container",
+        ports,
+        {},
+        new Set([5000]),
+        allocatorFrom(async () => 5000),
+        "r",
+      ),
     ).rejects.toThrow(/no free host port/);
   });
 });
@@ -111,5 +133,95 @@ describe("resolveProbeAction", () => {
     expect(resolveProbeAction({ tcp: { port: 7000 } }, ports, hostPorts)).toEqual({
       tcp: { port: 7000 },
     });
+  });
+});
+
+/** An allocator over a scripted host: `held` ports are someone else's, the rest free. */
+function scriptedHost(held: Set<number>, firstFree = 42000) {
+  let next = firstFree;
+  const asked: Array<[string, number]> = [];
+  const released: number[] = [];
+  const allocator: HostPortAllocator = {
+    allocate: async (preferred) => {
+      asked.push(["allocate", preferred]);
+      if (preferred > 0 && !held.has(preferred)) return preferred;
+      return next++;
+    },
+    reuse: async (port) => {
+      asked.push(["reuse", port]);
+      return !held.has(port);
+    },
+    claim: async () => true,
+    release: async (port) => {
+      released.push(port);
+    },
+  };
+  return { allocator, asked, released };
+}
+
+describe("hardening: a port that is no longer the replica's", () => {
+  it("REQ-030 a kept port that something else took since (the replica exited with EADDRINUSE) is replaced, and the declared port is not asked for again", async () => {
+    const host = scriptedHost(new Set([8080]));
+    const assigned = await assignHostPorts(
+      "process",
+      ports,
+      { http: 8080, "admin-ui": 9090 },
+      new Set(),
+      host.allocator,
+      "web-1",
+    );
+    expect(assigned).toEqual({ http: 42000, "admin-ui": 9090 });
+    expect(host.asked).toEqual([
+      ["reuse", 8080],
+      ["allocate", 0],
+      ["reuse", 9090],
+    ]);
+    expect(droppedPorts({ http: 8080, "admin-ui": 9090 }, assigned)).toEqual([8080]);
+  });
+
+  it("REQ-030 a kept port another replica of this agent now uses is not reused", async () => {
+    const host = scriptedHost(new Set());
+    const assigned = await assignHostPorts(
+      "container",
+      ports.slice(0, 1),
+      { http: 43000 },
+      new Set([43000]),
+      host.allocator,
+      "web-1",
+    );
+    expect(assigned.http).toBe(42000);
+    expect(host.asked).toEqual([["allocate", 0]]);
+  });
+});
+
+describe("hardening: probes judged by who holds the port", () => {
+  const ok = { ok: true, message: "HTTP 200" };
+  const refused = { ok: false, message: "connection refused" };
+
+  it("REQ-032 a probe answered on a port held by another program fails and names the holder", () => {
+    const verdict = judgeProbe(ok, { kind: "other", holder: "pid 42 (python3)" }, 18080);
+    expect(verdict.result).toEqual({
+      ok: false,
+      message: "port 18080 is held by pid 42 (python3), not by this replica",
+    });
+    expect(verdict.foreignHolder).toBe("pid 42 (python3)");
+  });
+
+  it("REQ-032 the replica's own listener leaves the result as it is; nobody listening is no proof of success", () => {
+    expect(judgeProbe(ok, { kind: "replica" }, 1)).toEqual({ result: ok });
+    expect(judgeProbe(refused, { kind: "replica" }, 1)).toEqual({ result: refused });
+    expect(judgeProbe(refused, { kind: "nobody" }, 1)).toEqual({ result: refused });
+    expect(judgeProbe(ok, { kind: "nobody" }, 7).result).toEqual({
+      ok: false,
+      message: "nothing of this replica listens on port 7",
+    });
+    expect(judgeProbe(ok, { kind: "unknown", reason: "timed out" }, 7).result.ok).toBe(false);
+  });
+
+  it("REQ-032 only http and tcp probes of this node are checked", () => {
+    expect(localProbePort({ http: { path: "/", port: 80 } })).toBe(80);
+    expect(localProbePort({ tcp: { port: 81, host: "127.0.0.1" } })).toBe(81);
+    expect(localProbePort({ tcp: { port: 82, host: "10.0.0.9" } })).toBeUndefined();
+    expect(localProbePort({ exec: { command: ["true"] } })).toBeUndefined();
   });
 });

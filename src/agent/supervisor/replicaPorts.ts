@@ -1,52 +1,31 @@
-import net from "node:net";
-import type { DriverName, PortMapping, ReplicaRunSpec } from "../drivers/driver.js";
-import type { ProbeAction } from "../probes/probeTypes.js";
+import type { DriverName, PortMapping, PortOwner, ReplicaRunSpec } from "../drivers/driver.js";
+import type { ProbeAction, ProbeResult } from "../probes/probeTypes.js";
+import { canBind, type HostPortAllocator, withKernelChosenPort } from "./hostPortReservations.js";
 
 /** Finds a free host port, preferring `preferred` when it is non-zero and free. */
 export type AllocatePort = (preferred: number) => Promise<number>;
 
-/** How long binding a local port may take before we give up (it is normally instant). */
-const bindTimeoutMs = 5000;
-
 /**
- * Default allocator: binds `preferred` (or port 0, letting the kernel choose) on
- * 0.0.0.0, reads the port and releases it. Another process could take the port between
- * release and the replica's bind; the engine then fails the start and the supervisor
- * retries with back-off, so the race costs a retry, not a wrong mapping.
+ * An allocator without host-wide reservations: `preferred` if it can be bound now,
+ * else a port the kernel chooses. Enough for one agent alone on its host (and for
+ * tests); agents sharing a host use the file reservations (ADR 0032).
  */
 export const allocateFreePort: AllocatePort = async (preferred) => {
-  if (preferred > 0) {
-    try {
-      return await bindAndRelease(preferred);
-    } catch {
-      // Taken: fall through to any free port rather than failing the replica.
-    }
-  }
-  return bindAndRelease(0);
+  if (preferred > 0 && (await canBind(preferred))) return preferred;
+  return withKernelChosenPort(async (port) => port);
 };
 
-function bindAndRelease(port: number): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    const timer = setTimeout(() => {
-      server.close();
-      reject(new Error(`binding port ${port} did not finish within ${bindTimeoutMs} ms`));
-    }, bindTimeoutMs);
-    server.unref();
-    server.once("error", (error) => {
-      clearTimeout(timer);
-      reject(error);
-    });
-    server.listen({ port, host: "0.0.0.0", exclusive: true }, () => {
-      const address = server.address();
-      const chosen = typeof address === "object" && address ? address.port : 0;
-      server.close(() => {
-        clearTimeout(timer);
-        if (chosen > 0) resolve(chosen);
-        else reject(new Error("the kernel did not report the bound port"));
-      });
-    });
-  });
+/**
+ * A HostPortAllocator from a plain function: no reservations, and a kept port is
+ * reused as it is (`checkReuse` binds it first). Tests inject their own function.
+ */
+export function allocatorFrom(allocate: AllocatePort, checkReuse = false): HostPortAllocator {
+  return {
+    allocate: (preferred) => allocate(preferred),
+    reuse: (port) => (checkReuse ? canBind(port) : Promise.resolve(true)),
+    claim: async () => true,
+    release: async () => undefined,
+  };
 }
 
 /** Environment variable name for a named port: "http-alt" → "PORT_HTTP_ALT". */
@@ -93,30 +72,44 @@ export function buildRunSpec(
 
 /**
  * Host ports for a replica: kept from `previous` by name (stable across restarts and
- * spec changes), otherwise allocated — for the process driver preferring the declared
- * port, since it shares the host's network. `taken` holds ports other replicas use.
+ * spec changes) while the port is still the replica's to use (`allocator.reuse`: its
+ * reservation holds and nothing else has bound it since — a replica that exited with
+ * EADDRINUSE finds its port taken here), otherwise allocated, for the process driver
+ * preferring the declared port, since it shares the host's network. `taken` holds
+ * ports other replicas of this agent use; `owner` is the replica id.
  */
 export async function assignHostPorts(
   driver: DriverName,
   ports: readonly PortMapping[],
   previous: Record<string, number>,
   taken: ReadonlySet<number>,
-  allocate: AllocatePort,
+  allocator: HostPortAllocator,
+  owner: string,
 ): Promise<Record<string, number>> {
   const assigned: Record<string, number> = {};
   const used = new Set(taken);
+  const lost = new Set<number>();
   for (const port of ports) {
     const kept = previous[port.name];
-    if (kept !== undefined && (kept === port.hostPort || port.hostPort === 0)) {
+    if (
+      kept !== undefined &&
+      (kept === port.hostPort || port.hostPort === 0) &&
+      !used.has(kept) &&
+      (await allocator.reuse(kept, owner))
+    ) {
       assigned[port.name] = kept;
       used.add(kept);
       continue;
     }
-    // The process driver prefers the declared port, so a single replica keeps it.
-    const preferred =
+    if (kept !== undefined) lost.add(kept);
+    // The process driver prefers the declared port, so a single replica keeps it; a
+    // port just found taken is not asked for again.
+    const declared =
       driver === "process" && port.hostPort === 0 ? port.containerPort : port.hostPort;
-    assigned[port.name] = await allocateUnused(preferred, used, allocate);
-    used.add(assigned[port.name] as number);
+    const preferred = lost.has(declared) ? 0 : declared;
+    const chosen = await allocateUnused(preferred, used, allocator, owner);
+    assigned[port.name] = chosen;
+    used.add(chosen);
   }
   return assigned;
 }
@@ -127,17 +120,81 @@ const maxAllocationAttempts = 5;
 async function allocateUnused(
   preferred: number,
   used: ReadonlySet<number>,
-  allocate: AllocatePort,
+  allocator: HostPortAllocator,
+  owner: string,
 ): Promise<number> {
   let candidatePreferred = used.has(preferred) ? 0 : preferred;
   for (let attempt = 0; attempt < maxAllocationAttempts; attempt++) {
-    const port = await allocate(candidatePreferred);
+    const port = await allocator.allocate(candidatePreferred, owner);
     if (!used.has(port)) return port;
     candidatePreferred = 0;
   }
   throw new Error(
     `no free host port after ${maxAllocationAttempts} attempts; free some ports and retry`,
   );
+}
+
+/** Ports in `before` that `after` no longer uses: their reservations can go. */
+export function droppedPorts(
+  before: Record<string, number>,
+  after: Record<string, number>,
+): number[] {
+  const kept = new Set(Object.values(after));
+  return [...new Set(Object.values(before))].filter((port) => !kept.has(port));
+}
+
+/** The port an http or tcp probe connects to on this node; undefined for exec or a remote host. */
+export function localProbePort(action: ProbeAction): number | undefined {
+  const target = "http" in action ? action.http : "tcp" in action ? action.tcp : undefined;
+  if (!target) return undefined;
+  const host = target.host;
+  if (host !== undefined && !["127.0.0.1", "localhost", "::1", "[::1]"].includes(host)) {
+    return undefined;
+  }
+  return target.port;
+}
+
+/** A probe's result once the driver has said who answers on its port. */
+export interface ProbeVerdict {
+  result: ProbeResult;
+  /** Set when something other than the replica holds the port: what holds it. */
+  foreignHolder?: string;
+}
+
+/**
+ * Judges a probe by who answered (REQ-032: a replica never passes on another's
+ * listener). Something else on the port fails the probe whatever it answered; a
+ * success with nothing listening any more is not proof either; the replica's own
+ * listener leaves the result as it is. Pure.
+ */
+export function judgeProbe(
+  result: ProbeResult,
+  owner: PortOwner | { kind: "unknown"; reason: string },
+  port: number,
+): ProbeVerdict {
+  switch (owner.kind) {
+    case "replica":
+      return { result };
+    case "other":
+      return {
+        result: {
+          ok: false,
+          message: `port ${port} is held by ${owner.holder}, not by this replica`,
+        },
+        foreignHolder: owner.holder,
+      };
+    case "nobody":
+      return result.ok
+        ? { result: { ok: false, message: `nothing of this replica listens on port ${port}` } }
+        : { result };
+    case "unknown":
+      return {
+        result: {
+          ok: false,
+          message: `cannot tell who listens on port ${port}: ${owner.reason}`,
+        },
+      };
+  }
 }
 
 /**

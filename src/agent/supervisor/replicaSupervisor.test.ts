@@ -4,6 +4,7 @@ import { seededRng } from "../../lib/rng.js";
 import { DriverError, type DriverName, type RuntimeDriver } from "../drivers/driver.js";
 import type { ProbeAction, ProbeFunction, ProbeResult, ProbeSpec } from "../probes/probeTypes.js";
 import { runProbeOnce } from "../probes/runProbeOnce.js";
+import type { HostPortAllocator } from "./hostPortReservations.js";
 import { ReplicaSupervisor } from "./replicaSupervisor.js";
 import type { DesiredReplica, ReplicaReport, SupervisorSnapshot } from "./supervisorTypes.js";
 import { FakeDriver } from "./testing/fakeDriver.js";
@@ -83,6 +84,7 @@ function harness(
     clock?: ManualClock;
     firstHostPort?: number;
     allocatePort?: (preferred: number) => Promise<number>;
+    hostPorts?: HostPortAllocator;
     onDurableChange?: () => void;
   } = {},
 ): Harness {
@@ -106,6 +108,7 @@ function harness(
     rng: seededRng(42),
     onReport: (reports) => emitted.push(reports),
     allocatePort: options.allocatePort ?? (async () => nextHostPort++),
+    ...(options.hostPorts ? { hostPorts: options.hostPorts } : {}),
     probe,
     ...(options.onDurableChange ? { onDurableChange: options.onDurableChange } : {}),
   });
@@ -721,5 +724,168 @@ describe("ReplicaSupervisor: lifecycle and state", () => {
     expect(h.container.replicas.size).toBe(0);
     expect(h.report("web-0")).toMatchObject({ phase: "Stopped", ready: false });
     expect(h.emitted.at(-1)?.[0]?.phase).toBe("Stopped");
+  });
+});
+
+/**
+ * A host as the supervisor's port allocator sees it: `held` ports belong to someone
+ * else (another agent's replica, another program); every call is recorded.
+ */
+function scriptedHostPorts(firstFree = 40_000) {
+  const held = new Set<number>();
+  const reserved = new Map<number, string>();
+  const log: string[] = [];
+  let next = firstFree;
+  const allocator: HostPortAllocator = {
+    allocate: async (preferred, owner) => {
+      let port = preferred > 0 && !held.has(preferred) && !reserved.has(preferred) ? preferred : 0;
+      while (port === 0 || held.has(port) || reserved.has(port)) port = next++;
+      reserved.set(port, owner);
+      log.push(`allocate ${port} ${owner}`);
+      return port;
+    },
+    reuse: async (port, owner) => {
+      const ok = !held.has(port) && (reserved.get(port) ?? owner) === owner;
+      if (ok) reserved.set(port, owner);
+      else if (reserved.get(port) === owner) reserved.delete(port);
+      log.push(`reuse ${port} ${owner} ${ok}`);
+      return ok;
+    },
+    claim: async (port, owner) => {
+      log.push(`claim ${port} ${owner}`);
+      reserved.set(port, owner);
+      return true;
+    },
+    release: async (port, owner) => {
+      log.push(`release ${port} ${owner}`);
+      if (reserved.get(port) === owner) reserved.delete(port);
+    },
+  };
+  return { allocator, held, reserved, log };
+}
+
+describe("ReplicaSupervisor: hardening, replica identity on the wire", () => {
+  it("REQ-032 a readiness probe answered on the replica's port by another program fails, the replica is never ready there, and it restarts on a new port it is told in $PORT", async () => {
+    const host = scriptedHostPorts();
+    const h = harness({ hostPorts: host.allocator });
+    h.supervisor.setDesired([
+      desired("web-0", {
+        driver: "process",
+        readiness: probeSpec({ http: { path: "/", port: 8080 } }),
+      }),
+    ]);
+    // The declared port is free when the replica starts; another program binds it
+    // before the replica does, and answers every probe with 200.
+    await h.supervisor.start();
+    expect(h.report("web-0")).toMatchObject({ phase: "Running", hostPorts: { http: 8080 } });
+    h.process.setPortOwner(8080, { kind: "other", holder: "pid 4242 (python3)" });
+    await advance(h.clock, 500);
+    expect(h.process.callsTo("stop", "web-0")).toHaveLength(1);
+    expect(h.report("web-0")).toMatchObject({
+      phase: "CrashLoopBackOff",
+      reason: "PortConflict",
+      hostPorts: {},
+      message:
+        "back-off 1s restarting failed replica (host port 8080 is held by pid 4242 (python3))",
+    });
+    expect(host.log).toContain("release 8080 web-0");
+    await advance(h.clock, 2000);
+    expect(h.report("web-0")).toMatchObject({
+      phase: "Running",
+      ready: true,
+      restarts: 1,
+      hostPorts: { http: 40_000 },
+    });
+    expect(h.process.replicas.get("web-0")?.spec.env.PORT).toBe("40000");
+    // Never ready while its port was the other program's, never Running without a port.
+    const reports = h.emitted.flat();
+    expect(reports.filter((r) => r.ready && r.hostPorts.http === 8080)).toEqual([]);
+    expect(reports.filter((r) => r.phase === "Running" && r.hostPorts.http === undefined)).toEqual(
+      [],
+    );
+    expect(host.log).toEqual(["allocate 8080 web-0", "release 8080 web-0", "allocate 40000 web-0"]);
+  });
+
+  it("REQ-032 a refused probe asks nobody who holds the port (nothing listened); an answered one always does", async () => {
+    const h = harness();
+    h.probeResults.set(40_000, { ok: false, message: "connection refused", refused: true });
+    h.supervisor.setDesired([
+      desired("web-0", { readiness: probeSpec({ http: { path: "/", port: 8080 } }) }),
+    ]);
+    await h.supervisor.start();
+    await advance(h.clock, 3000);
+    expect(h.container.callsTo("portOwner")).toHaveLength(0);
+    h.probeResults.set(40_000, { ok: false, message: "HTTP 404" });
+    await advance(h.clock, 1000);
+    expect(h.container.callsTo("portOwner").length).toBeGreaterThan(0);
+  });
+
+  it("REQ-032 a probe on a port that is not the replica's fails while another program holds it, and the replica is not moved", async () => {
+    const h = harness();
+    h.supervisor.setDesired([desired("web-0", { readiness: probeSpec({ tcp: { port: 9999 } }) })]);
+    h.container.setPortOwner(9999, { kind: "other", holder: "pid 7 (sshd)" });
+    await h.supervisor.start();
+    await advance(h.clock, 5000);
+    expect(h.report("web-0")).toMatchObject({ phase: "Running", ready: false, restarts: 0 });
+    expect(h.container.callsTo("stop", "web-0")).toHaveLength(0);
+    h.container.setPortOwner(9999, undefined);
+    await advance(h.clock, 2000);
+    expect(h.report("web-0")?.ready).toBe(true);
+  });
+
+  it("REQ-030 a replica that exits because its port was taken after it started (EADDRINUSE) restarts on a new port, not on the taken one forever", async () => {
+    const host = scriptedHostPorts();
+    const h = harness({ hostPorts: host.allocator });
+    h.supervisor.setDesired([desired("web-0", { driver: "process" })]);
+    await h.supervisor.start();
+    expect(h.report("web-0")?.hostPorts).toEqual({ http: 8080 });
+    // Another agent's replica got 8080 first; this one's listen fails and it exits.
+    host.held.add(8080);
+    h.process.exit("web-0", 1);
+    await advance(h.clock, 3000);
+    expect(h.report("web-0")).toMatchObject({
+      phase: "Running",
+      restarts: 1,
+      hostPorts: { http: 40_000 },
+    });
+    expect(h.process.replicas.get("web-0")?.spec.env.PORT).toBe("40000");
+    expect(host.log).toEqual([
+      "allocate 8080 web-0",
+      "reuse 8080 web-0 false",
+      "allocate 40000 web-0",
+      "release 8080 web-0",
+    ]);
+    // A plain crash keeps the port: it is still free and still the replica's.
+    h.process.exit("web-0", 1);
+    await advance(h.clock, 5000);
+    expect(h.report("web-0")).toMatchObject({ restarts: 2, hostPorts: { http: 40_000 } });
+  });
+
+  it("REQ-030 a replica's ports are released when it is removed, and a restored agent claims its replicas' ports before allocating any", async () => {
+    const host = scriptedHostPorts();
+    const first = harness({ hostPorts: host.allocator });
+    first.supervisor.setDesired([desired("web-0"), desired("web-1")]);
+    await first.supervisor.start();
+    const snapshot = first.supervisor.snapshot();
+    await first.supervisor.stop({ stopReplicas: false });
+
+    const restoredHost = scriptedHostPorts(41_000);
+    const second = harness({
+      hostPorts: restoredHost.allocator,
+      drivers: [first.container],
+      clock: first.clock,
+    });
+    second.supervisor.restore(snapshot);
+    await second.supervisor.start();
+    expect(restoredHost.log.slice(0, 2).sort()).toEqual(["claim 40000 web-0", "claim 40001 web-1"]);
+    expect(restoredHost.log.filter((line) => line.startsWith("allocate"))).toEqual([]);
+
+    second.supervisor.setDesired([desired("web-1")]);
+    await advance(second.clock, 1000);
+    expect(second.report("web-0")).toBeUndefined();
+    expect(restoredHost.log).toContain("release 40000 web-0");
+    await second.supervisor.stop({ stopReplicas: true });
+    expect(restoredHost.log).toContain("release 40001 web-1");
+    expect(restoredHost.reserved.size).toBe(0);
   });
 });

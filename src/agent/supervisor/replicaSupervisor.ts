@@ -24,13 +24,19 @@ import type {
   ProbeResult,
   ProbeSpec,
 } from "../probes/probeTypes.js";
+import { runProbeOnce } from "../probes/runProbeOnce.js";
 import { type BackoffPolicy, backoffDelay, defaultBackoff, formatDelay } from "./backoff.js";
 import { DeadlineExceededError, withDeadline } from "./deadline.js";
+import type { HostPortAllocator } from "./hostPortReservations.js";
 import {
   type AllocatePort,
   allocateFreePort,
+  allocatorFrom,
   assignHostPorts,
   buildRunSpec,
+  droppedPorts,
+  judgeProbe,
+  localProbePort,
   resolveProbeAction,
 } from "./replicaPorts.js";
 import type {
@@ -54,6 +60,12 @@ export interface ReplicaSupervisorOptions {
   onDurableChange?: () => void;
   backoff?: Partial<BackoffPolicy>;
   syncIntervalMs?: number;
+  /**
+   * Hands out host ports. The agent passes the host-wide file reservations (ADR 0032);
+   * the default binds to check (one agent alone on its host).
+   */
+  hostPorts?: HostPortAllocator;
+  /** A plain port function instead of hostPorts (tests): no reservations, kept ports reused as they are. */
   allocatePort?: AllocatePort;
   /** Deadline on each driver call; stop gets the grace period on top. */
   driverCallTimeoutMs?: number;
@@ -125,6 +137,13 @@ interface ReplicaRecord {
   readinessPassing: boolean;
   /** The liveness probe's last failure message while it is failing. */
   livenessFailure?: string;
+  /** A probe found one of the replica's host ports held by something else (this run). */
+  portConflict?: { name: string; port: number; holder: string };
+  /**
+   * Ports a probe found held by something else: never given to this replica again,
+   * whatever a bind check says (a foreign IPv6-only listener does not stop an IPv4 bind).
+   */
+  foreignPorts: number[];
   lastTransitionAtMs: number;
   cancelWake?: () => void;
 }
@@ -134,6 +153,8 @@ const defaultDriverCallTimeoutMs = 30_000;
 const defaultHealthTimeoutMs = 5000;
 const defaultOrphanGraceMs = 10_000;
 const defaultOrphanScanIntervalMs = 60_000;
+/** Ports remembered per replica as held by others; the oldest is forgotten first. */
+const maxForeignPorts = 16;
 
 /**
  * The agent's level-triggered reconciler for the replicas on its own node: it compares
@@ -152,7 +173,7 @@ export class ReplicaSupervisor {
   private readonly healthTimeoutMs: number;
   private readonly orphanGraceMs: number;
   private readonly orphanScanIntervalMs: number;
-  private readonly allocatePort: AllocatePort;
+  private readonly hostPorts: HostPortAllocator;
   private readonly probe: ProbeFunction | undefined;
   /** The host-port assignment in flight; the next one waits for it (see assignPorts). */
   private portAssignment: Promise<unknown> = Promise.resolve();
@@ -189,7 +210,11 @@ export class ReplicaSupervisor {
     this.healthTimeoutMs = options.healthTimeoutMs ?? defaultHealthTimeoutMs;
     this.orphanGraceMs = options.orphanGraceMs ?? defaultOrphanGraceMs;
     this.orphanScanIntervalMs = options.orphanScanIntervalMs ?? defaultOrphanScanIntervalMs;
-    this.allocatePort = options.allocatePort ?? allocateFreePort;
+    this.hostPorts =
+      options.hostPorts ??
+      (options.allocatePort
+        ? allocatorFrom(options.allocatePort)
+        : allocatorFrom(allocateFreePort, true));
     this.probe = options.probe;
   }
 
@@ -218,6 +243,7 @@ export class ReplicaSupervisor {
     if (this.started) throw new Error("ReplicaSupervisor.start() called twice");
     this.started = true;
     for (const name of this.options.drivers.keys()) this.orphanScanRequested.add(name);
+    await this.claimRestoredPorts();
     await this.syncRound();
     this.scheduleTick();
   }
@@ -243,6 +269,7 @@ export class ReplicaSupervisor {
         [...this.records.values()].map(async (record) => {
           if (await this.teardown(record)) {
             this.setPhase(record, "Stopped", "AgentStopped", "stopped with the agent");
+            await this.releasePorts(record.id, record.hostPorts);
           }
         }),
       );
@@ -529,6 +556,10 @@ export class ReplicaSupervisor {
       return;
     }
     if (record.phase !== "Running") this.setRunning(record);
+    if (record.portConflict) {
+      await this.moveOffPort(record, driver, record.portConflict);
+      return;
+    }
     if (record.livenessFailure !== undefined) {
       await this.killForLiveness(record, driver, record.livenessFailure);
       return;
@@ -577,6 +608,49 @@ export class ReplicaSupervisor {
     });
   }
 
+  /**
+   * One of the replica's host ports is held by something else (a probe found it): the
+   * replica cannot be reached there, and whatever answers there must not pass its
+   * probes. It is stopped and loses the port; the restart (restart policy and back-off
+   * as for a crash) gets a new port, told to it in $PORT, and reports it.
+   */
+  private async moveOffPort(
+    record: ReplicaRecord,
+    driver: RuntimeDriver,
+    conflict: { name: string; port: number; holder: string },
+  ): Promise<void> {
+    this.stopProbes(record);
+    this.logger.warn(
+      { replica: record.id, port: conflict.port, holder: conflict.holder },
+      "host port held by another program; moving the replica to another port",
+    );
+    const graceMs = graceMsOf(record.desired);
+    try {
+      await this.call(
+        () => driver.stop(record.id, graceMs),
+        `${driver.name} stop`,
+        graceMs + this.callTimeoutMs,
+      );
+    } catch (error) {
+      // Remembered so the next sync tries again (the probes are stopped now).
+      record.portConflict = conflict;
+      this.noteDriverProblem(record, error);
+      return;
+    }
+    // Phase and ports change together: no report shows it Running without its port.
+    if (record.hostPorts[conflict.name] === conflict.port) delete record.hostPorts[conflict.name];
+    record.foreignPorts = [...record.foreignPorts, conflict.port].slice(-maxForeignPorts);
+    const detail = `host port ${conflict.port} is held by ${conflict.holder}`;
+    this.onTerminated(record, {
+      reason: "PortConflict",
+      failed: true,
+      detail,
+      summary: `stopped because its ${detail}`,
+    });
+    this.options.onDurableChange?.();
+    await this.releasePorts(record.id, { [conflict.name]: conflict.port });
+  }
+
   /** Applies the restart policy to a replica that stopped running. */
   private onTerminated(record: ReplicaRecord, termination: Termination): void {
     const nowMs = this.clock.nowMs();
@@ -604,7 +678,9 @@ export class ReplicaSupervisor {
     record.nextAttemptAtMs = nowMs + delayMs;
     // Liveness kills keep their own reason: "why was it restarted?" is the question.
     const reason =
-      termination.reason === "LivenessProbeFailed" ? termination.reason : "CrashLoopBackOff";
+      termination.reason === "LivenessProbeFailed" || termination.reason === "PortConflict"
+        ? termination.reason
+        : "CrashLoopBackOff";
     const what = termination.failed ? "failed" : "exited";
     this.setPhase(
       record,
@@ -648,13 +724,9 @@ export class ReplicaSupervisor {
     span: Span,
   ): Promise<void> {
     const name = driver.name;
-    try {
-      await this.assignPorts(record, name);
-    } catch (error) {
-      this.onStartFailed(record, "PortAllocationFailed", errorMessage(error));
-      return;
-    }
     if (exists) {
+      // Removed first: what is left of the last run (a process's children, a
+      // container's port forwarder) must not make its own ports look taken below.
       try {
         await this.call(() => runInSpan(span, () => driver.remove(record.id)), `${name} remove`);
       } catch (error) {
@@ -662,6 +734,12 @@ export class ReplicaSupervisor {
         this.onStartFailed(record, reason, message);
         return;
       }
+    }
+    try {
+      await this.assignPorts(record, name);
+    } catch (error) {
+      this.onStartFailed(record, "PortAllocationFailed", errorMessage(error));
+      return;
     }
     const isRestart = record.hasRun;
     const last = record.lastTermination;
@@ -678,7 +756,10 @@ export class ReplicaSupervisor {
       const { reason, message } = describeDriverFailure(error);
       // Another program took the port between allocation and start: pick new ones
       // next time instead of failing on the same port forever.
-      if (/address already in use|port is already allocated/i.test(message)) record.hostPorts = {};
+      if (/address already in use|port is already allocated/i.test(message)) {
+        await this.releasePorts(record.id, record.hostPorts);
+        record.hostPorts = {};
+      }
       this.onStartFailed(record, reason, message);
       return;
     }
@@ -712,17 +793,27 @@ export class ReplicaSupervisor {
    */
   private assignPorts(record: ReplicaRecord, driver: DriverName): Promise<void> {
     const run = this.portAssignment.then(async () => {
+      const before = record.hostPorts;
       record.hostPorts = await this.call(
         () =>
           assignHostPorts(
             driver,
             record.desired.spec.ports,
-            record.hostPorts,
-            this.portsTakenByOthers(record.id),
-            this.allocatePort,
+            before,
+            new Set([...this.portsTakenByOthers(record.id), ...record.foreignPorts]),
+            this.hostPorts,
+            record.id,
           ),
         "allocating host ports",
       );
+      const dropped = droppedPorts(before, record.hostPorts);
+      if (dropped.length > 0) {
+        this.logger.info(
+          { replica: record.id, dropped, hostPorts: record.hostPorts },
+          "host ports changed: the old ones are taken or no longer declared",
+        );
+        await this.releasePorts(record.id, Object.fromEntries(dropped.map((p) => [String(p), p])));
+      }
       // Saved before the replica starts listening on them (see onDurableChange).
       this.options.onDurableChange?.();
     });
@@ -809,6 +900,7 @@ export class ReplicaSupervisor {
     }
     if (await this.teardown(record)) {
       this.records.delete(record.id);
+      await this.releasePorts(record.id, record.hostPorts);
       this.logger.info({ replica: record.id }, "replica removed");
     }
   }
@@ -892,7 +984,9 @@ export class ReplicaSupervisor {
         this.orphanGraceMs + this.callTimeoutMs,
       );
       await this.call(() => driver.remove(id), `${driver.name} remove`);
+      const restored = this.restored[id];
       delete this.restored[id];
+      if (restored) await this.releasePorts(id, restored.hostPorts);
     } catch (error) {
       this.orphanScanRequested.add(driver.name);
       this.logger.warn({ replica: id, err: errorMessage(error) }, "removing replica failed");
@@ -914,6 +1008,7 @@ export class ReplicaSupervisor {
             timeoutMs + this.callTimeoutMs,
           )
       : undefined;
+    const probe = this.ownedProbe(record, driver);
     const runnerFor = (
       kind: "liveness" | "readiness",
       spec: ProbeSpec,
@@ -927,7 +1022,7 @@ export class ReplicaSupervisor {
         },
         clock: this.clock,
         startedAtMs,
-        ...(this.probe ? { probe: this.probe } : {}),
+        probe,
         ...(exec ? { exec } : {}),
         ...(this.options.onProbeResult
           ? { onResult: (result: ProbeResult) => this.options.onProbeResult?.(kind, result) }
@@ -963,12 +1058,54 @@ export class ReplicaSupervisor {
     }
   }
 
+  /**
+   * The probe function for a replica's probes: the probe itself, then — for an http or
+   * tcp probe of this node — the driver's word on who holds the port (REQ-032), so a
+   * probe answered by another replica or program fails and says by whom. A port of
+   * the replica's own held by someone else is a conflict the next sync resolves by
+   * moving the replica (moveOffPort).
+   */
+  private ownedProbe(record: ReplicaRecord, driver: RuntimeDriver | undefined): ProbeFunction {
+    const probe = this.probe ?? runProbeOnce;
+    const portOwner = driver?.portOwner?.bind(driver);
+    if (!driver || !portOwner) return probe;
+    return async (action, options) => {
+      const result = await probe(action, options);
+      const port = localProbePort(action);
+      // Refused: no listener took the connection, so there is no one to identify (the
+      // usual answer while a replica starts; it spares the check its cost).
+      if (port === undefined || result.refused) return result;
+      const owner = await this.call(
+        () => portOwner(record.id, port),
+        `${driver.name} port owner`,
+        options.timeoutMs,
+      ).catch((error: unknown) => ({ kind: "unknown" as const, reason: errorMessage(error) }));
+      const verdict = judgeProbe(result, owner, port);
+      if (verdict.foreignHolder !== undefined) {
+        this.notePortConflict(record, port, verdict.foreignHolder);
+      }
+      return verdict.result;
+    };
+  }
+
+  /** Marks the conflict when `port` is one of the replica's host ports (not some other port a probe names). */
+  private notePortConflict(record: ReplicaRecord, port: number, holder: string): void {
+    if (record.portConflict || record.intent !== "run" || this.records.get(record.id) !== record) {
+      return;
+    }
+    const name = Object.keys(record.hostPorts).find((key) => record.hostPorts[key] === port);
+    if (name === undefined) return;
+    record.portConflict = { name, port, holder };
+    this.requestReplicaSync(record.id);
+  }
+
   private stopProbes(record: ReplicaRecord): void {
     record.liveness?.stop();
     record.readiness?.stop();
     delete record.liveness;
     delete record.readiness;
     delete record.livenessFailure;
+    delete record.portConflict;
     record.readinessPassing = false;
   }
 
@@ -998,6 +1135,7 @@ export class ReplicaSupervisor {
         restored?.runningGeneration !== undefined &&
         restored.runningGeneration === desired.generation,
       readinessPassing: false,
+      foreignPorts: [],
       lastTransitionAtMs: this.clock.nowMs(),
     };
   }
@@ -1050,6 +1188,35 @@ export class ReplicaSupervisor {
       record.cancelWake = undefined;
       this.requestReplicaSync(record.id);
     }, delayMs);
+  }
+
+  /**
+   * Re-asserts the reservations of the host ports a previous agent gave its replicas
+   * (their processes may still listen on them), before anything is allocated.
+   */
+  private async claimRestoredPorts(): Promise<void> {
+    for (const [id, restored] of Object.entries(this.restored)) {
+      for (const port of new Set(Object.values(restored.hostPorts))) {
+        const claimed = await this.hostPorts.claim(port, id).catch((error: unknown) => {
+          this.logger.warn({ replica: id, port, err: errorMessage(error) }, "cannot reserve port");
+          return true;
+        });
+        if (!claimed) {
+          // Kept for now: a running replica still listens there; its probes and its next
+          // start find out whether the port is really someone else's.
+          this.logger.warn({ replica: id, port }, "host port reserved by another agent");
+        }
+      }
+    }
+  }
+
+  /** Gives up the reservations of a replica's ports; failures only cost a stale file. */
+  private async releasePorts(id: string, hostPorts: Record<string, number>): Promise<void> {
+    for (const port of new Set(Object.values(hostPorts))) {
+      await this.hostPorts.release(port, id).catch((error: unknown) => {
+        this.logger.warn({ replica: id, port, err: errorMessage(error) }, "cannot release port");
+      });
+    }
   }
 
   private portsTakenByOthers(id: string): Set<number> {

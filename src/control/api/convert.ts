@@ -21,9 +21,14 @@ import type {
   NodeRecord,
   TaintRecord,
 } from "../nodes/nodeRecord.js";
+import { emptyPlacements, type NodePlacements } from "../nodes/placements.js";
 import type { TokenRecord } from "../tokens/tokenRegistry.js";
 
-export function nodeToProto(record: NodeRecord, lastHeartbeatMs: number | undefined): Node {
+export function nodeToProto(
+  record: NodeRecord,
+  lastHeartbeatMs: number | undefined,
+  placed: NodePlacements = emptyPlacements(),
+): Node {
   return create(NodeSchema, {
     name: record.name,
     uid: record.uid,
@@ -43,6 +48,13 @@ export function nodeToProto(record: NodeRecord, lastHeartbeatMs: number | undefi
     certExpiresAt: timestampFromMs(record.certExpiresAtMs),
     address: record.address,
     enrollments: record.enrollments,
+    replicaCount: placed.replicaCount,
+    allocated: create(CapacitySchema, {
+      cpuMillicores: Math.round(placed.allocated.cpuMillicores),
+      memoryMib: Math.round(placed.allocated.memoryMiB),
+      storageGib: placed.allocated.storageGiB,
+      egressMbps: Math.round(placed.allocated.bandwidthMbps),
+    }),
   });
 }
 

@@ -9,7 +9,9 @@ import {
 } from "../../gen/cloudless/v1/node_pb.js";
 import { AsyncQueue } from "../../lib/asyncQueue.js";
 import { CloudlessError } from "../../lib/errors.js";
+import { readFreshClusterState } from "../controllers/clusterCache.js";
 import { emptyCapacity, emptyInfo, type NodeRecord, nodeKey } from "../nodes/nodeRecord.js";
+import { type NodePlacements, placementsByNode } from "../nodes/placements.js";
 import { spiffeUri, validateNodeName } from "../security/pki.js";
 import {
   actorName,
@@ -70,6 +72,20 @@ export function nodeServiceImpl(services: CoordinatorServices): ServiceImpl<type
       "enrollment refused",
     );
     throw CloudlessError.unauthenticated(message);
+  }
+
+  /**
+   * Replicas placed per node, from the leader's cache when this coordinator runs it,
+   * else from one read of the store (a follower, or a leader whose cache lags).
+   */
+  async function placements(): Promise<Map<string, NodePlacements>> {
+    const state = await readFreshClusterState(store, services.workloads.cache);
+    return placementsByNode([...state.replicasByWorkload.values()].flat());
+  }
+
+  async function nodeView(node: NodeRecord) {
+    const placed = (await placements()).get(node.name);
+    return nodeToProto(node, membership.tracker.lastHeartbeatMs(node.name), placed);
   }
 
   return {
@@ -380,9 +396,10 @@ export function nodeServiceImpl(services: CoordinatorServices): ServiceImpl<type
           (request.status === "" || node.status === request.status) &&
           selector.every(([key, value]) => node.labels[key] === value),
       );
+      const placed = selected.length > 0 ? await placements() : new Map<string, NodePlacements>();
       return {
         nodes: selected.map((node) =>
-          nodeToProto(node, membership.tracker.lastHeartbeatMs(node.name)),
+          nodeToProto(node, membership.tracker.lastHeartbeatMs(node.name), placed.get(node.name)),
         ),
       };
     },
@@ -390,13 +407,13 @@ export function nodeServiceImpl(services: CoordinatorServices): ServiceImpl<type
     async getNode(request, context) {
       requireNodeOrAdmin(context, request.name);
       const node = await nodes.mustGet(request.name);
-      return { node: nodeToProto(node, membership.tracker.lastHeartbeatMs(node.name)) };
+      return { node: await nodeView(node) };
     },
 
     async cordonNode(request, context) {
       const identity = requireAdmin(context);
       const node = await setFlags(services, request.name, { cordoned: true }, identity);
-      return { node: nodeToProto(node, membership.tracker.lastHeartbeatMs(node.name)) };
+      return { node: await nodeView(node) };
     },
 
     async uncordonNode(request, context) {
@@ -407,7 +424,7 @@ export function nodeServiceImpl(services: CoordinatorServices): ServiceImpl<type
         { cordoned: false, draining: false },
         identity,
       );
-      return { node: nodeToProto(node, membership.tracker.lastHeartbeatMs(node.name)) };
+      return { node: await nodeView(node) };
     },
 
     async drainNode(request, context) {
@@ -418,7 +435,7 @@ export function nodeServiceImpl(services: CoordinatorServices): ServiceImpl<type
         { cordoned: true, draining: true },
         identity,
       );
-      return { node: nodeToProto(node, membership.tracker.lastHeartbeatMs(node.name)) };
+      return { node: await nodeView(node) };
     },
 
     async deleteNode(request, context) {

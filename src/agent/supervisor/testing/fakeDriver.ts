@@ -3,13 +3,22 @@ import type {
   DriverName,
   ExecResult,
   LogLine,
+  PortOwner,
   ReplicaRunSpec,
   ReplicaRuntimeStatus,
   RuntimeDriver,
 } from "../../drivers/driver.js";
 import { DriverError } from "../../drivers/driver.js";
 
-export type FakeDriverMethod = "health" | "start" | "stop" | "remove" | "status" | "list" | "exec";
+export type FakeDriverMethod =
+  | "health"
+  | "start"
+  | "stop"
+  | "remove"
+  | "status"
+  | "list"
+  | "exec"
+  | "portOwner";
 
 export interface FakeDriverCall {
   method: FakeDriverMethod;
@@ -44,6 +53,7 @@ export class FakeDriver implements RuntimeDriver {
     FakeDriverMethod,
     { replicaId?: string; waiters: (() => void)[] }
   >();
+  private readonly portOwners = new Map<number, PortOwner>();
   private execHandler: (replicaId: string, command: string[]) => ExecResult = () => ({
     exitCode: 0,
     stdout: "",
@@ -113,6 +123,15 @@ export class FakeDriver implements RuntimeDriver {
     const lines = this.logLines.get(replicaId) ?? [];
     lines.push(line);
     this.logLines.set(replicaId, lines);
+  }
+
+  /**
+   * What portOwner() answers for `port` from now on (undefined: the default, the
+   * replica itself while it runs, nobody otherwise).
+   */
+  setPortOwner(port: number, owner: PortOwner | undefined): void {
+    if (owner === undefined) this.portOwners.delete(port);
+    else this.portOwners.set(port, owner);
   }
 
   onExec(handler: (replicaId: string, command: string[]) => ExecResult): void {
@@ -211,6 +230,16 @@ export class FakeDriver implements RuntimeDriver {
       throw new DriverError("invalid", `replica ${replicaId} is not running`);
     }
     return this.execHandler(replicaId, command);
+  }
+
+  async portOwner(replicaId: string, port: number): Promise<PortOwner> {
+    await this.enter("portOwner", replicaId);
+    this.assertAvailable();
+    const scripted = this.portOwners.get(port);
+    if (scripted) return scripted;
+    return this.replicas.get(replicaId)?.state === "running"
+      ? { kind: "replica" }
+      : { kind: "nobody" };
   }
 
   private async enter(method: FakeDriverMethod, replicaId?: string): Promise<void> {
