@@ -43,6 +43,11 @@ export function nodeToProto(record: NodeRecord, lastHeartbeatMs: number | undefi
     certExpiresAt: timestampFromMs(record.certExpiresAtMs),
     address: record.address,
     enrollments: record.enrollments,
+    lostDeadline:
+      record.status === "NotReady" && record.lostDeadlineMs !== undefined
+        ? timestampFromMs(record.lostDeadlineMs)
+        : undefined,
+    restartGraceMs: record.restartGraceMs ?? 0,
   });
 }
 
