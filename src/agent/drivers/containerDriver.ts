@@ -1,7 +1,9 @@
 /**
  * The container driver: replicas are containers of a Docker-API engine (Docker, or
  * Podman's compatible service), named `cloudless-<replicaId>` and labelled with the
- * replica, workload and namespace so list() can find them after an agent restart.
+ * replica, workload and namespace so list() can find them after an agent restart, and
+ * with their owner (cluster id, node name, node uid; ADR 0030) so that an agent lists,
+ * adopts, stops and removes only its own — never another cluster's on a shared engine.
  *
  * Every engine call has a deadline (`withDeadline`, which also aborts the request);
  * a socket that does not answer makes the driver "unavailable", and it looks for an
@@ -23,6 +25,7 @@ import {
   type ReplicaRuntimeStatus,
   type RuntimeDriver,
 } from "./driver.js";
+import { clusterLabel, nodeUidLabel, type OwnerMarks, type ReplicaOwner } from "./ownership.js";
 import {
   checkReplicaId,
   DeadlineExceeded,
@@ -44,16 +47,33 @@ export interface ContainerDriverOptions {
   pullTimeoutMs?: number;
   /**
    * The node this driver serves. Containers are labelled with it and list() returns
-   * only this node's, so several agents sharing one engine (a test host, a simulator)
-   * never adopt or remove each other's replicas.
+   * only this node's. Without an owner, that is the only scoping (tests).
    */
   nodeName?: string;
+  /**
+   * The agent the replicas belong to: containers carry its marks, and the driver touches
+   * only containers that are its own (ADR 0030). The agent always sets it.
+   */
+  owner?: ReplicaOwner;
 }
 
 export const replicaLabel = "cloudless.replica";
 export const workloadLabel = "cloudless.workload";
 export const namespaceLabel = "cloudless.namespace";
 export const nodeLabel = "cloudless.node";
+export { clusterLabel, nodeUidLabel };
+
+/** The owner marks on a container's labels (missing ones stay missing: an older agent's). */
+function marksOf(labels: Record<string, string> | undefined): OwnerMarks {
+  const cluster = labels?.[clusterLabel];
+  const nodeUid = labels?.[nodeUidLabel];
+  return {
+    ...(cluster !== undefined ? { cluster } : {}),
+    // A container without a node label is nobody's we could prove: "" never matches.
+    node: labels?.[nodeLabel] ?? "",
+    ...(nodeUid !== undefined ? { nodeUid } : {}),
+  };
+}
 
 /** Largest exec output kept per stream; the rest is dropped (exec is for probes and debugging). */
 const maxExecOutputBytes = 4 * 1024 * 1024;
@@ -253,16 +273,43 @@ class DockerContainerDriver implements ContainerDriver {
     }
   }
 
-  private async inspect(replicaId: string): Promise<Docker.ContainerInspectInfo | undefined> {
+  private get nodeName(): string | undefined {
+    return this.options.owner?.nodeName ?? this.options.nodeName;
+  }
+
+  /** Whether a container with these labels is this agent's to touch. */
+  private owns(labels: Record<string, string> | undefined, replicaId: string): boolean {
+    const owner = this.options.owner;
+    if (!owner) return true;
+    return owner.judge(marksOf(labels), replicaId) !== "foreign";
+  }
+
+  /**
+   * The replica's container, "foreign" when a container of that name exists but is not
+   * this agent's (another cluster's on a shared engine), undefined when there is none.
+   */
+  private async inspect(
+    replicaId: string,
+  ): Promise<Docker.ContainerInspectInfo | "foreign" | undefined> {
     const name = containerNameFor(replicaId);
+    let info: Docker.ContainerInspectInfo;
     try {
-      return await this.call(`inspecting container ${name}`, (docker, signal) =>
+      info = await this.call(`inspecting container ${name}`, (docker, signal) =>
         docker.getContainer(name).inspect({ abortSignal: signal }),
       );
     } catch (error) {
       if (statusCodeOf(error) === 404) return undefined;
       throw error;
     }
+    return this.owns(info.Config?.Labels ?? undefined, replicaId) ? info : "foreign";
+  }
+
+  /** Refuses to act on a container this agent does not own (DriverError "failed"). */
+  private foreignError(replicaId: string): DriverError {
+    return new DriverError(
+      "failed",
+      `container ${containerNameFor(replicaId)} belongs to another cluster or node on this engine; Cloudless leaves it alone (remove it by hand if it is stale)`,
+    );
   }
 
   async start(spec: ReplicaRunSpec): Promise<void> {
@@ -273,6 +320,7 @@ class DockerContainerDriver implements ContainerDriver {
     const name = containerNameFor(spec.replicaId);
 
     const existing = await this.inspect(spec.replicaId);
+    if (existing === "foreign") throw this.foreignError(spec.replicaId);
     if (existing?.State.Running) {
       this.logger.debug({ replica: spec.replicaId }, "already running");
       return;
@@ -359,7 +407,8 @@ class DockerContainerDriver implements ContainerDriver {
         [replicaLabel]: spec.replicaId,
         [workloadLabel]: spec.workload,
         [namespaceLabel]: spec.namespace,
-        ...(this.options.nodeName ? { [nodeLabel]: this.options.nodeName } : {}),
+        ...(this.nodeName ? { [nodeLabel]: this.nodeName } : {}),
+        ...this.ownerLabels(),
       },
       Env: env,
       // An explicit entrypoint must not pick up the image's CMD as its arguments, so
@@ -382,6 +431,16 @@ class DockerContainerDriver implements ContainerDriver {
         CapDrop: ["ALL"],
         CapAdd: keptCapabilities,
       },
+    };
+  }
+
+  /** The owner marks as labels (cluster id, node uid once known). */
+  private ownerLabels(): Record<string, string> {
+    const marks = this.options.owner?.marks();
+    if (!marks) return {};
+    return {
+      ...(marks.cluster ? { [clusterLabel]: marks.cluster } : {}),
+      ...(marks.nodeUid ? { [nodeUidLabel]: marks.nodeUid } : {}),
     };
   }
 
@@ -429,6 +488,8 @@ class DockerContainerDriver implements ContainerDriver {
   async stop(replicaId: string, graceMs: number): Promise<void> {
     checkReplicaId(replicaId);
     const name = containerNameFor(replicaId);
+    // Another cluster's container of that name is not ours to stop: for us it is gone.
+    if (this.options.owner && (await this.inspect(replicaId)) === "foreign") return;
     const graceSeconds = Math.max(0, Math.ceil(graceMs / 1000));
     try {
       await this.call(
@@ -448,6 +509,7 @@ class DockerContainerDriver implements ContainerDriver {
   async remove(replicaId: string): Promise<void> {
     checkReplicaId(replicaId);
     const name = containerNameFor(replicaId);
+    if (this.options.owner && (await this.inspect(replicaId)) === "foreign") return;
     try {
       await this.call(`removing container ${name}`, (docker, signal) =>
         docker.getContainer(name).remove({ force: true, v: true, abortSignal: signal }),
@@ -461,7 +523,7 @@ class DockerContainerDriver implements ContainerDriver {
   async status(replicaId: string): Promise<ReplicaRuntimeStatus> {
     checkReplicaId(replicaId);
     const info = await this.inspect(replicaId);
-    if (!info) return { state: "missing" };
+    if (!info || info === "foreign") return { state: "missing" };
     const state = info.State;
     const startedAtMs = parseEngineTime(state.StartedAt);
     if (state.Running) return { state: "running", ...(startedAtMs ? { startedAtMs } : {}) };
@@ -482,10 +544,7 @@ class DockerContainerDriver implements ContainerDriver {
       docker.listContainers({
         all: true,
         filters: {
-          label: [
-            replicaLabel,
-            ...(this.options.nodeName ? [`${nodeLabel}=${this.options.nodeName}`] : []),
-          ],
+          label: [replicaLabel, ...(this.nodeName ? [`${nodeLabel}=${this.nodeName}`] : [])],
         },
         abortSignal: signal,
       }),
@@ -493,7 +552,8 @@ class DockerContainerDriver implements ContainerDriver {
     const ids = new Set<string>();
     for (const container of containers) {
       const id = container.Labels?.[replicaLabel];
-      if (id) ids.add(id);
+      // Same node name, another cluster (or enrollment): not this agent's to adopt or remove.
+      if (id && this.owns(container.Labels, id)) ids.add(id);
     }
     return [...ids].sort();
   }
@@ -515,6 +575,9 @@ class DockerContainerDriver implements ContainerDriver {
   ): AsyncGenerator<LogLine> {
     checkReplicaId(replicaId);
     const name = containerNameFor(replicaId);
+    if (this.options.owner && (await this.inspect(replicaId)) === "foreign") {
+      throw this.foreignError(replicaId);
+    }
     const tail = options.tailLines !== undefined ? { tail: Math.max(0, options.tailLines) } : {};
     const demuxer = new DockerStreamDemuxer();
     const missing = (error: unknown): unknown =>
@@ -575,6 +638,9 @@ class DockerContainerDriver implements ContainerDriver {
     checkReplicaId(replicaId);
     if (command.length === 0) throw new DriverError("invalid", "exec needs a command");
     const name = containerNameFor(replicaId);
+    if (this.options.owner && (await this.inspect(replicaId)) === "foreign") {
+      throw this.foreignError(replicaId);
+    }
     const exec = await this.call(`creating exec in ${name}`, (docker, signal) =>
       docker.getContainer(name).exec({
         Cmd: command,
