@@ -1,5 +1,5 @@
 /**
- * Agent restarts without churn (issue 12, ADR 0030), with a real coordinator, real agents
+ * Agent restarts without churn (issue 12, ADR 0031), with a real coordinator, real agents
  * and process-driver replicas: an agent killed (kill -9) and restarted within its
  * --restart-grace keeps every replica (same pids, same replica ids); one that stays away
  * past it has its replicas replaced as before (REQ-031); `--on-stop restart` stops the
@@ -37,7 +37,7 @@ function allRunning(count: number) {
     w.replicas.length === count && w.replicas.every((r) => r.phase === "Running" && r.ready);
 }
 
-describe.skipIf(!isRoot)("agent restarts without churn (ADR 0030)", { timeout: 240_000 }, () => {
+describe.skipIf(!isRoot)("agent restarts without churn (ADR 0031)", { timeout: 240_000 }, () => {
   let resources: TestResources;
   let cluster: TestCluster;
   let namespace: string;

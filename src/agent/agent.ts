@@ -74,7 +74,7 @@ export interface AgentOptions {
   /**
    * How long the coordinator should keep this node's replicas when the agent's stream
    * closes without a leave (a crash or kill it is restarted from), announced in the
-   * hello (ADR 0030). Unset: the coordinator's stream-loss grace (fast failover).
+   * hello (ADR 0031). Unset: the coordinator's stream-loss grace (fast failover).
    */
   restartGraceMs?: number;
   /**
@@ -118,7 +118,7 @@ export interface Agent {
    * Stops the agent; with leave, tells the coordinator first (graceful leave: replicas
    * are stopped and placed elsewhere). With leave and restartWithinMs > 0, the leave says
    * the agent restarts and is back within that long: the replicas keep running for the
-   * next agent on this data dir to adopt (ADR 0030).
+   * next agent on this data dir to adopt (ADR 0031).
    */
   stop(options?: { leave?: boolean; restartWithinMs?: number }): Promise<AgentExit>;
 }

@@ -16,7 +16,7 @@ function statusColumn(node: Node, nowMs: number): string {
   if (node.draining) flags.push("Draining");
   else if (node.cordoned) flags.push("SchedulingDisabled");
   const status = flags.join(",");
-  // Why a NotReady node still holds its replicas, and for how long (ADR 0030).
+  // Why a NotReady node still holds its replicas, and for how long (ADR 0031).
   if (node.status === "NotReady" && node.lostDeadline) {
     const left = formatAge(timestampMs(node.lostDeadline) - nowMs);
     return `${status} (${node.statusReason}, Lost in ${left})`;

@@ -95,7 +95,7 @@ export function registerUpCommand(program: Command): void {
             coordinator.url,
             "--log-level",
             flags.logLevel,
-            // up restarts a crashed local agent after 2 s: its replicas wait for it (ADR 0030).
+            // up restarts a crashed local agent after 2 s: its replicas wait for it (ADR 0031).
             "--restart-grace",
             "30s",
           ];

@@ -300,7 +300,7 @@ export class MembershipService {
             attributes: {
               from: transition.from ?? "",
               to: transition.to,
-              // Why a NotReady node still holds its replicas, and until when (ADR 0030).
+              // Why a NotReady node still holds its replicas, and until when (ADR 0031).
               ...(transition.lostDeadlineMs !== undefined
                 ? { lostDeadline: new Date(transition.lostDeadlineMs).toISOString() }
                 : {}),

@@ -87,7 +87,7 @@ describe("membership tracker", () => {
     expect(later).toMatchObject([{ node: "b", to: "Lost" }]);
   });
 
-  describe("restart grace (ADR 0030)", () => {
+  describe("restart grace (ADR 0031)", () => {
     const config: MembershipConfig = {
       ...defaultMembershipConfig,
       streamLossGraceMs: 1000,

@@ -20,7 +20,7 @@ export interface MembershipConfig {
   phiLost: number;
   /**
    * A NotReady node whose stream is closed becomes Lost after this long without a
-   * reconnect, unless its agent announced a longer restart grace (ADR 0030).
+   * reconnect, unless its agent announced a longer restart grace (ADR 0031).
    */
   streamLossGraceMs: number;
   /**

@@ -50,7 +50,7 @@ export interface NodeRecord {
   enrollments: number;
   /**
    * The restart grace its agent announced in its last hello, as granted (after the
-   * coordinator's cap); absent or 0 when none (ADR 0030).
+   * coordinator's cap); absent or 0 when none (ADR 0031).
    */
   restartGraceMs?: number;
   /**
