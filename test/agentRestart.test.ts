@@ -6,6 +6,8 @@
  * agent without stopping its replicas, and the next agent adopts them.
  */
 import { randomBytes } from "node:crypto";
+import { readFile, writeFile } from "node:fs/promises";
+import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { isAlive } from "./helpers/autonomy.js";
 import {
@@ -219,6 +221,13 @@ describe.skipIf(!isRoot)("agent restarts without churn (ADR 0031)", { timeout: 2
       ),
     ).toBe(true);
 
+    // As if enrolled before node uids were sent: the agent relearns its uid from the hello's
+    // ack, and meanwhile adopts its replicas because its own state lists them (ADR 0030).
+    const identityFile = path.join(await cluster.agentDir("planned"), "identity.json");
+    const identity = JSON.parse(await readFile(identityFile, "utf8")) as Record<string, unknown>;
+    expect(identity.nodeUid).toBe(node.uid);
+    delete identity.nodeUid;
+    await writeFile(identityFile, JSON.stringify(identity));
     const restarted = await restartAgent("planned", flags);
     const after = await waitForWorkload(
       cluster,
@@ -231,6 +240,10 @@ describe.skipIf(!isRoot)("agent restarts without churn (ADR 0031)", { timeout: 2
     expect(after.replicas.every((r) => r.restarts === 0 && r.node === "planned")).toBe(true);
     expect(await pidsOf("planned", after)).toEqual(pids);
     expect(restarted.stderr).toMatch(/adopted running replica/);
+    await waitFor("the agent to save its relearned node uid", async () => {
+      const saved = JSON.parse(await readFile(identityFile, "utf8")) as { nodeUid?: string };
+      return saved.nodeUid === node.uid;
+    });
     const types = (await cluster.events())
       .filter((e) => e.subject === "node/planned")
       .map((e) => e.type);

@@ -71,10 +71,12 @@ export class ReplicaOwner {
   judge(marks: OwnerMarks, replicaId: string): Ownership {
     if (marks.cluster !== undefined && marks.cluster !== this.clusterId) return "foreign";
     if (marks.node !== undefined && marks.node !== this.nodeName) return "foreign";
-    if (marks.nodeUid !== undefined) {
-      // Another enrollment of this node name (or a uid not learned yet): not provably ours.
+    if (marks.nodeUid !== undefined && this.uid !== undefined) {
+      // Another uid: an earlier enrollment of this node name, not provably ours.
       return marks.cluster === this.clusterId && marks.nodeUid === this.uid ? "own" : "foreign";
     }
+    // No uid to compare (an older agent's replica, or this agent has not learned its
+    // uid yet): ours only if our own state names it.
     return this.listedInState(replicaId) ? "listed" : "foreign";
   }
 }
