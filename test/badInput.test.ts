@@ -269,6 +269,40 @@ describe("bad input with real processes and real TLS", () => {
     }
   });
 
+  it("REQ-031 bad restart graces (--restart-grace, --on-stop, --max-restart-grace) stop the agent or coordinator with one clear line and create nothing", async () => {
+    const cases: { args: string[]; message: RegExp }[] = [
+      {
+        args: ["agent", "--join", "https://127.0.0.1:1", "--restart-grace", "0s"],
+        message: /^error: --restart-grace 0s: expected a duration such as 500ms, 10s or 24h/,
+      },
+      {
+        args: ["agent", "--join", "https://127.0.0.1:1", "--restart-grace", "3d"],
+        message: /^error: --restart-grace 3d: at most 24h/,
+      },
+      {
+        args: ["agent", "--join", "https://127.0.0.1:1", "--on-stop", "pause"],
+        message: /^error: --on-stop pause: expected leave or restart/,
+      },
+      {
+        args: ["coordinator", "--host", "127.0.0.1", "--port", "0", "--max-restart-grace", "25h"],
+        message: /^error: --max-restart-grace 25h: at most 24h/,
+      },
+      {
+        args: ["coordinator", "--host", "127.0.0.1", "--port", "0", "--max-restart-grace", "soon"],
+        message: /^error: --max-restart-grace soon: expected a duration/,
+      },
+    ];
+    for (const { args, message } of cases) {
+      const dir = await resources.tempDir("cloudless-bad-grace-");
+      const result = await runCli([...args, "--data-dir", dir], { timeoutMs: 30_000 });
+      expect(result.code, result.stderr).not.toBe(0);
+      expect(humanLines(result.stderr), result.stderr).toHaveLength(1);
+      expect(humanLines(result.stderr)[0], args.join(" ")).toMatch(message);
+      expect(hasStackTrace(result.stderr)).toBe(false);
+      expect(await readdir(dir), args.join(" ")).toEqual([]);
+    }
+  });
+
   it("REQ-012 a locked data dir and a truncated pki/ca.key stop a coordinator with one clear line; no second CA is created", async () => {
     const cluster = await TestCluster.start(resources);
     const admin = await loadClientConfig(cluster.configPath);

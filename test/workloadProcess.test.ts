@@ -111,7 +111,7 @@ describe.skipIf(!isRoot)(
       expect(replica.driver).toBe("process");
 
       // REQ-011: the limits are the kernel's, read from the cgroup filesystem.
-      const cgroup = replicaCgroup(replica.id);
+      const cgroup = await replicaCgroup(agentDir, replica.id);
       expect(cgroup, "this host offers no usable cgroup hierarchy").toBeDefined();
       if (!cgroup) return;
       const read = (dir: string, file: string) => readFile(path.join(dir, file), "utf8");

@@ -6,7 +6,7 @@ import type { Transport } from "@connectrpc/connect";
 import { fetchPinnedCa } from "../client/pinning.js";
 import { createClients, createCoordinatorTransport } from "../client/transport.js";
 import { fromConnectError } from "../control/api/errorMapping.js";
-import { generateKeyAndCsr } from "../control/security/pki.js";
+import { clusterIdFromCaPem, generateKeyAndCsr } from "../control/security/pki.js";
 import { parseToken } from "../control/security/tokens.js";
 import {
   CapacitySchema,
@@ -24,7 +24,7 @@ import { silentLogger } from "../observe/logger.js";
 import { countBy, createAgentMetrics } from "../observe/metrics.js";
 import { desiredFromAssignment, reportToProto } from "./assignments.js";
 import type { DriverName, RuntimeDriver } from "./drivers/driver.js";
-import { detectDrivers } from "./drivers/index.js";
+import { detectDrivers, ReplicaOwner } from "./drivers/index.js";
 import { InstrumentedDriver } from "./drivers/instrumentedDriver.js";
 import { EndpointRotation, leaderHint, type SessionOutcome } from "./endpoints.js";
 import {
@@ -78,6 +78,12 @@ export interface AgentOptions {
   /** Renew the certificate once this fraction of its lifetime has passed. */
   renewAtFraction?: number;
   /**
+   * How long the coordinator should keep this node's replicas when the agent's stream
+   * closes without a leave (a crash or kill it is restarted from), announced in the
+   * hello (ADR 0031). Unset: the coordinator's stream-loss grace (fast failover).
+   */
+  restartGraceMs?: number;
+  /**
    * Serve Prometheus metrics over mutual TLS on this address (opt-in; ADR 0009). Port 0
    * picks a free port; the Agent's metricsUrl tells which.
    */
@@ -114,8 +120,13 @@ export interface Agent {
   metricsUrl?: string;
   /** Resolves when the agent stops, by stop() or a fatal error. */
   done: Promise<AgentExit>;
-  /** Stops the agent; with leave, tells the coordinator first (graceful leave). */
-  stop(options?: { leave?: boolean }): Promise<AgentExit>;
+  /**
+   * Stops the agent; with leave, tells the coordinator first (graceful leave: replicas
+   * are stopped and placed elsewhere). With leave and restartWithinMs > 0, the leave says
+   * the agent restarts and is back within that long: the replicas keep running for the
+   * next agent on this data dir to adopt (ADR 0031).
+   */
+  stop(options?: { leave?: boolean; restartWithinMs?: number }): Promise<AgentExit>;
 }
 
 const reconnectBaseMs = 200;
@@ -196,6 +207,7 @@ async function enroll(
       const identity: AgentIdentity = {
         nodeName: response.nodeName,
         clusterName: response.clusterName,
+        ...(response.nodeUid ? { nodeUid: response.nodeUid } : {}),
         servers: joinUrls,
         caPem: response.caPem,
         certPem: response.certificatePem,
@@ -236,7 +248,8 @@ interface StreamSession {
   firstAck: Promise<boolean>;
   /** How the session ended (valid once done has resolved). */
   outcome(): SessionOutcome;
-  leave(): Promise<void>;
+  /** Says Leave and waits (bounded) for its ack; backWithinMs > 0 announces a restart. */
+  leave(backWithinMs: number): Promise<void>;
   send(message: HeartbeatRequest): void;
 }
 
@@ -275,6 +288,10 @@ class AgentRunner {
   /** One transport per coordinator URL (rebuilt when the certificate changes). */
   private clientsByUrl = new Map<string, ReturnType<typeof createClients>>();
   private stateWriter: AgentStateWriter | undefined;
+  /** Whose replicas the drivers touch (ADR 0030); learns the node uid from the hello ack. */
+  private owner: ReplicaOwner | undefined;
+  /** The grace granted was lower than asked for: warned about once. */
+  private graceCapWarned = false;
 
   constructor(
     private identity: AgentIdentity,
@@ -326,12 +343,20 @@ class AgentRunner {
     // Replicas first, capacity and the coordinator after: an agent that restarts while
     // every coordinator is down brings its replicas back from disk (NFR-A1), and the
     // capacity measurement (a disk probe, an upload) must not delay that.
+    // Replicas carry the cluster id and node uid; the drivers touch only this agent's.
+    const owner = new ReplicaOwner(
+      clusterIdFromCaPem(this.identity.caPem),
+      this.identity.nodeName,
+      this.identity.nodeUid,
+    );
+    this.owner = owner;
     const detected = this.options.runtimeDrivers
       ? { drivers: this.options.runtimeDrivers, unavailable: [] }
       : await detectDrivers({
           dataDir: this.dataDir,
           socketPath: this.options.containerSocket,
           nodeName: this.identity.nodeName,
+          owner,
           logger: this.logger,
         });
     for (const driver of detected.drivers) {
@@ -362,6 +387,8 @@ class AgentRunner {
       },
     });
     this.supervisor = supervisor;
+    // A replica an older agent made (no owner marks) is this agent's only if its state names it.
+    owner.setStateLookup((replicaId) => supervisor.knows(replicaId));
     if (this.options.persistState ?? true) {
       await this.restoreState(supervisor);
       this.stateWriter = new AgentStateWriter({
@@ -437,7 +464,7 @@ class AgentRunner {
       capacity: this.capacity,
       ...(this.metricsListener ? { metricsUrl: this.metricsListener.url } : {}),
       done: this.done,
-      stop: (options) => this.stop(options?.leave ?? true),
+      stop: (options) => this.stop(options?.leave ?? true, options?.restartWithinMs ?? 0),
     };
   }
 
@@ -554,6 +581,7 @@ class AgentRunner {
             zone: this.options.zone ?? "",
             labels: this.options.labels ?? {},
             taints: this.options.taints ?? [],
+            restartGraceMs: this.options.restartGraceMs ?? 0,
           },
         },
       }),
@@ -595,6 +623,7 @@ class AgentRunner {
             connectedAtMs = this.clock.nowMs();
             cancelConnectDeadline();
             this.endpoints.connected();
+            this.onHelloAck(response);
             resolveFirstAck(true);
             this.logger.info({ url }, "connected; heartbeating");
             cancelBeat = this.clock.setTimeout(beat, this.intervalMs);
@@ -637,14 +666,20 @@ class AgentRunner {
         };
       },
       send: (message) => outgoing.push(message),
-      leave: async () => {
+      leave: async (backWithinMs: number) => {
         const acked = new Promise<void>((resolve) => {
           resolveLeaveAck = resolve;
         });
         cancelBeat?.();
         outgoing.push(
           create(HeartbeatRequestSchema, {
-            kind: { case: "leave", value: { reason: "shutdown" } },
+            kind: {
+              case: "leave",
+              value:
+                backWithinMs > 0
+                  ? { reason: "restart", backWithinMs }
+                  : { reason: "shutdown", backWithinMs: 0 },
+            },
           }),
         );
         await Promise.race([
@@ -726,6 +761,40 @@ class AgentRunner {
     }
   }
 
+  /**
+   * The ack to a hello says who this node is: an agent enrolled before node uids were sent
+   * learns (and keeps) its uid here, so replicas it starts from now on carry it. It also
+   * says which restart grace the coordinator grants.
+   */
+  private onHelloAck(response: HeartbeatResponse): void {
+    const uid = response.nodeUid;
+    if (uid && !this.identity.nodeUid) {
+      this.identity = { ...this.identity, nodeUid: uid };
+      this.owner?.learnNodeUid(uid);
+      this.logger.info({ nodeUid: uid }, "learned this node's uid; new replicas carry it");
+      void saveIdentity(this.dataDir, this.identity).catch((error: unknown) =>
+        this.logger.warn(
+          { err: error instanceof Error ? error.message : String(error) },
+          "cannot save the node uid; it is learned again on the next connect",
+        ),
+      );
+    } else if (uid && uid !== this.identity.nodeUid) {
+      // Cannot happen for a certificate the coordinator accepts; never relabel on a guess.
+      this.logger.warn(
+        { nodeUid: uid, saved: this.identity.nodeUid },
+        "the coordinator names another uid for this node than the saved one; keeping the saved one",
+      );
+    }
+    const asked = this.options.restartGraceMs ?? 0;
+    if (asked > 0 && response.restartGraceMs < asked && !this.graceCapWarned) {
+      this.graceCapWarned = true;
+      this.logger.warn(
+        { askedMs: asked, grantedMs: response.restartGraceMs },
+        `the coordinator caps the restart grace at ${response.restartGraceMs} ms (its --max-restart-grace)`,
+      );
+    }
+  }
+
   /** What the coordinator pushes on the heartbeat stream besides acks. */
   private handleCoordinatorMessage(response: HeartbeatResponse): void {
     if (response.assignments && this.supervisor) {
@@ -771,16 +840,26 @@ class AgentRunner {
     void this.finish({ code, message });
   }
 
-  private async stop(leave: boolean): Promise<AgentExit> {
+  private async stop(leave: boolean, restartWithinMs = 0): Promise<AgentExit> {
     if (!this.exit) {
+      const restarting = leave && restartWithinMs > 0;
       if (leave && this.current) {
-        await this.current.leave().catch(() => undefined);
+        await this.current.leave(restarting ? restartWithinMs : 0).catch(() => undefined);
       }
       // Leaving the cluster stops this node's replicas: the coordinator places them
-      // elsewhere, and two copies must not run.
-      await this.supervisor?.stop({ stopReplicas: leave }).catch(() => undefined);
-      await this.saveFinalState(leave);
-      await this.finish({ code: 0, message: leave ? "left the cluster" : "stopped" });
+      // elsewhere, and two copies must not run. A restart keeps them (the coordinator
+      // keeps them here), and the desired set stays on disk for the next agent.
+      const stopReplicas = leave && !restarting;
+      await this.supervisor?.stop({ stopReplicas }).catch(() => undefined);
+      await this.saveFinalState(stopReplicas);
+      await this.finish({
+        code: 0,
+        message: restarting
+          ? "stopped for a restart; replicas keep running"
+          : leave
+            ? "left the cluster"
+            : "stopped",
+      });
     }
     return this.done;
   }

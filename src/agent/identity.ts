@@ -8,6 +8,11 @@ import { CloudlessError } from "../lib/errors.js";
 export interface AgentIdentity {
   nodeName: string;
   clusterName: string;
+  /**
+   * The node record's uid (ADR 0030): replicas are labelled with it. Absent in identities
+   * saved before it was sent; the agent learns it from the hello's ack.
+   */
+  nodeUid?: string;
   servers: string[];
   caPem: string;
   certPem: string;
@@ -22,6 +27,7 @@ export interface AgentIdentity {
 interface IdentityFile {
   nodeName: string;
   clusterName: string;
+  nodeUid?: string;
   servers: string[];
 }
 
@@ -52,6 +58,9 @@ export async function loadIdentity(dataDir: string): Promise<AgentIdentity | und
     if (typeof meta.nodeName !== "string" || !Array.isArray(meta.servers)) {
       throw new Error("identity.json lacks nodeName or servers");
     }
+    if (meta.nodeUid !== undefined && typeof meta.nodeUid !== "string") {
+      throw new Error("identity.json: nodeUid is not a string");
+    }
     // node.crt is written when the certificate arrives, so its mtime is the receipt time.
     const certReceivedAtMs = Math.min(certStat.mtimeMs, Date.now());
     return { ...meta, caPem, certPem, keyPem, certReceivedAtMs };
@@ -70,6 +79,7 @@ export async function saveIdentity(dataDir: string, identity: AgentIdentity): Pr
   const meta: IdentityFile = {
     nodeName: identity.nodeName,
     clusterName: identity.clusterName,
+    ...(identity.nodeUid ? { nodeUid: identity.nodeUid } : {}),
     servers: identity.servers,
   };
   // Written last: its presence means the identity is complete.

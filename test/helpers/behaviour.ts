@@ -5,7 +5,7 @@
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { closeSync, existsSync, openSync } from "node:fs";
-import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
+import { mkdtemp, readdir, readFile, rm, rmdir } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import * as path from "node:path";
 import {
@@ -166,8 +166,23 @@ export function workloadDoc(
 
 const cgroupParent = "cloudless";
 
-/** The cgroup directories the process driver gives a replica on this host (v1 or v2). */
-export function replicaCgroup(replicaId: string): CgroupPaths | undefined {
+/**
+ * The cgroup directories the process driver gave a replica on this host (v1 or v2), as
+ * its process.json records them: under cloudless/<cluster id>/ since replicas carry their
+ * owner (ADR 0030), under cloudless/ when an older agent started them.
+ */
+export async function replicaCgroup(
+  agentDataDir: string,
+  replicaId: string,
+): Promise<CgroupPaths | undefined> {
+  try {
+    const record = JSON.parse(
+      await readFile(path.join(replicaDir(agentDataDir, replicaId), "process.json"), "utf8"),
+    ) as { cgroup?: CgroupPaths };
+    if (record.cgroup) return record.cgroup;
+  } catch {
+    // No record (never started): where an older agent would have put it.
+  }
   return cgroupPathsFor(detectCgroupLayout("/sys/fs/cgroup"), cgroupParent, replicaId);
 }
 
@@ -202,8 +217,16 @@ export async function removeProcessReplicas(agentDataDirs: Iterable<string>): Pr
           }
         }
       }
-      const cgroup = replicaCgroup(id);
-      if (cgroup) await removeReplicaCgroup(cgroup).catch(() => undefined);
+      const cgroup = await replicaCgroup(dataDir, id);
+      if (cgroup) {
+        await removeReplicaCgroup(cgroup).catch(() => undefined);
+        // The test cluster's cloudless/<cluster id> parent goes too, once empty.
+        for (const dir of new Set([cgroup.cpuDir, cgroup.memoryDir])) {
+          const parent = path.dirname(dir);
+          if (/^[0-9a-f]{16}$/.test(path.basename(parent)))
+            await rmdir(parent).catch(() => undefined);
+        }
+      }
     }
   }
 }

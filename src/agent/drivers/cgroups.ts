@@ -104,8 +104,9 @@ async function enableControllers(dir: string, controllers: string[]): Promise<vo
 }
 
 /**
- * Creates the parent cgroup(s) replicas live under. Returns why it cannot, or
- * undefined when the hierarchy is ready and writable.
+ * Creates the parent cgroup(s) replicas live under; `parent` may be nested
+ * ("cloudless/<cluster id>"). Returns why it cannot, or undefined when the hierarchy is
+ * ready and writable.
  */
 export async function prepareParent(
   layout: CgroupLayout,
@@ -123,7 +124,17 @@ export async function prepareParent(
       // mkdir of an existing directory succeeds even on a read-only mount.
       await access(dir, constants.W_OK);
     }
-    if (layout.version === 2) await enableControllers(dirs[0] ?? "", ["cpu", "memory"]);
+    if (layout.version === 2) {
+      // v2 hands a controller down one level at a time: every level from the root to the
+      // parent must enable it for the replicas below to get cpu.max and memory.max.
+      const segments = parent.split("/").filter((segment) => segment.length > 0);
+      for (let depth = 1; depth <= segments.length; depth++) {
+        await enableControllers(path.join(layout.root, ...segments.slice(0, depth)), [
+          "cpu",
+          "memory",
+        ]);
+      }
+    }
     return undefined;
   } catch (error) {
     const code = errnoCode(error);
@@ -237,6 +248,20 @@ export function readOomKillCount(paths: CgroupPaths): number {
   } catch {
     return 0;
   }
+}
+
+/**
+ * The path of a replica's (memory) cgroup as /proc/<pid>/cgroup shows it, e.g.
+ * "/cloudless/<cluster id>/<replica id>": what isInCgroup matches.
+ */
+export function cgroupSuffix(layout: CgroupLayout, paths: CgroupPaths): string {
+  const root =
+    layout.version === 2 ? layout.root : layout.version === 1 ? layout.memoryRoot : undefined;
+  if (root !== undefined && paths.memoryDir.startsWith(`${root}/`)) {
+    return `/${path.relative(root, paths.memoryDir)}`;
+  }
+  // Recorded under another mount than this host's now: its last two segments.
+  return `/${path.basename(path.dirname(paths.memoryDir))}/${path.basename(paths.memoryDir)}`;
 }
 
 /** Whether /proc/<pid>/cgroup places the process in this replica's (memory) cgroup. */

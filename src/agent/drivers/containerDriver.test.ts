@@ -10,6 +10,7 @@ import { waitFor } from "../../../test/helpers/processes.js";
 import { containerNameFor, createContainerDriver } from "./containerDriver.js";
 import { DriverError, type LogLine, type ReplicaRunSpec } from "./driver.js";
 import { detectDrivers } from "./index.js";
+import { ReplicaOwner } from "./ownership.js";
 
 const podman: PodmanAvailability = await ensurePodman();
 const skipReason = podman.available ? "" : podman.reason;
@@ -343,5 +344,79 @@ describe.skipIf(skipReason !== "")("container driver on podman", () => {
     const error = await runtime.exec(id, ["/bin/sleep", "30"], 500).catch((caught) => caught);
     expect(error).toBeInstanceOf(DriverError);
     expect((error as DriverError).message).toContain("did not finish within 500 ms");
+  });
+
+  it("REQ-030 hardening: agents of two clusters with the same node name on one engine never list, adopt, stop or remove each other's containers", async () => {
+    const socketPath = podman.available ? podman.socketPath : "";
+    // The default node name is the host name: both clusters' agents are "shared-host".
+    const ownerA = new ReplicaOwner("a1a1a1a1a1a1a1a1", "shared-host", "uid-a");
+    const ownerB = new ReplicaOwner("b2b2b2b2b2b2b2b2", "shared-host", "uid-b");
+    // Same cluster and name, another enrollment (the node was deleted and joined again).
+    const ownerA2 = new ReplicaOwner("a1a1a1a1a1a1a1a1", "shared-host", "uid-a2");
+    const agentA = createContainerDriver({ socketPath, owner: ownerA });
+    const agentB = createContainerDriver({ socketPath, owner: ownerB });
+    const agentA2 = createContainerDriver({ socketPath, owner: ownerA2 });
+    const idA = replicaId();
+    const idB = replicaId();
+    created.push(idA, idB);
+    await agentA.start(spec({ replicaId: idA, command: ["/bin/sleep", "600"] }));
+    await agentB.start(spec({ replicaId: idB, command: ["/bin/sleep", "600"] }));
+    const docker = new Docker({ socketPath });
+    const infoA = await docker.getContainer(containerNameFor(idA)).inspect();
+    expect(infoA.Config.Labels).toMatchObject({
+      "cloudless.replica": idA,
+      "cloudless.node": "shared-host",
+      "cloudless.cluster": "a1a1a1a1a1a1a1a1",
+      "cloudless.node-uid": "uid-a",
+    });
+
+    // Each lists only its own (the bug: B listed A's and removed it as "nobody wants").
+    expect(await agentA.list()).toContain(idA);
+    expect(await agentA.list()).not.toContain(idB);
+    expect(await agentB.list()).toContain(idB);
+    expect(await agentB.list()).not.toContain(idA);
+    expect(await agentA2.list()).not.toContain(idA);
+
+    // Asked about the other's replica by id, B sees nothing and touches nothing.
+    expect(await agentB.status(idA)).toEqual({ state: "missing" });
+    await agentB.stop(idA, 0);
+    await agentB.remove(idA);
+    await agentA2.remove(idA);
+    const refused = await agentB
+      .start(spec({ replicaId: idA, command: ["/bin/sleep", "600"] }))
+      .catch((caught: unknown) => caught);
+    expect(refused).toBeInstanceOf(DriverError);
+    expect((refused as DriverError).message).toContain("belongs to another cluster or node");
+    const execRefused = await agentB.exec(idA, ["true"], 5_000).catch((caught: unknown) => caught);
+    expect((execRefused as DriverError).message).toContain("belongs to another cluster or node");
+    const after = await docker.getContainer(containerNameFor(idA)).inspect();
+    expect(after.Id).toBe(infoA.Id);
+    expect(after.State.Running).toBe(true);
+    expect((await agentA.status(idA)).state).toBe("running");
+  });
+
+  it("NFR-A1 hardening: a container an older agent made (node label, no owner marks) is adopted only when the agent's own state lists it", async () => {
+    const socketPath = podman.available ? podman.socketPath : "";
+    const legacyAgent = createContainerDriver({ socketPath, nodeName: "legacy-host" });
+    const id = replicaId();
+    created.push(id);
+    await legacyAgent.start(spec({ replicaId: id, command: ["/bin/sleep", "600"] }));
+    const owner = new ReplicaOwner("c3c3c3c3c3c3c3c3", "legacy-host", "uid-c");
+    const upgraded = createContainerDriver({ socketPath, owner });
+    // Not in its state: it may be another cluster's (same node name), so it is left alone.
+    expect(await upgraded.list()).not.toContain(id);
+    expect(await upgraded.status(id)).toEqual({ state: "missing" });
+    await upgraded.remove(id);
+    expect((await legacyAgent.status(id)).state).toBe("running");
+    // Listed in its state: its own, adopted as it runs.
+    owner.setStateLookup((replica) => replica === id);
+    expect(await upgraded.list()).toContain(id);
+    expect((await upgraded.status(id)).state).toBe("running");
+    // Another node name never counts, state or not.
+    const otherNode = new ReplicaOwner("c3c3c3c3c3c3c3c3", "other-host", "uid-d");
+    otherNode.setStateLookup(() => true);
+    expect(await createContainerDriver({ socketPath, owner: otherNode }).list()).not.toContain(id);
+    await upgraded.remove(id);
+    expect(await legacyAgent.status(id)).toEqual({ state: "missing" });
   });
 });

@@ -1,7 +1,9 @@
 /**
  * The container driver: replicas are containers of a Docker-API engine (Docker, or
  * Podman's compatible service), named `cloudless-<replicaId>` and labelled with the
- * replica, workload and namespace so list() can find them after an agent restart.
+ * replica, workload and namespace so list() can find them after an agent restart, and
+ * with their owner (cluster id, node name, node uid; ADR 0030) so that an agent lists,
+ * adopts, stops and removes only its own — never another cluster's on a shared engine.
  *
  * Every engine call has a deadline (`withDeadline`, which also aborts the request);
  * a socket that does not answer makes the driver "unavailable", and it looks for an
@@ -24,6 +26,7 @@ import {
   type ReplicaRuntimeStatus,
   type RuntimeDriver,
 } from "./driver.js";
+import { clusterLabel, nodeUidLabel, type OwnerMarks, type ReplicaOwner } from "./ownership.js";
 import {
   checkReplicaId,
   DeadlineExceeded,
@@ -45,16 +48,33 @@ export interface ContainerDriverOptions {
   pullTimeoutMs?: number;
   /**
    * The node this driver serves. Containers are labelled with it and list() returns
-   * only this node's, so several agents sharing one engine (a test host, a simulator)
-   * never adopt or remove each other's replicas.
+   * only this node's. Without an owner, that is the only scoping (tests).
    */
   nodeName?: string;
+  /**
+   * The agent the replicas belong to: containers carry its marks, and the driver touches
+   * only containers that are its own (ADR 0030). The agent always sets it.
+   */
+  owner?: ReplicaOwner;
 }
 
 export const replicaLabel = "cloudless.replica";
 export const workloadLabel = "cloudless.workload";
 export const namespaceLabel = "cloudless.namespace";
 export const nodeLabel = "cloudless.node";
+export { clusterLabel, nodeUidLabel };
+
+/** The owner marks on a container's labels (missing ones stay missing: an older agent's). */
+function marksOf(labels: Record<string, string> | undefined): OwnerMarks {
+  const cluster = labels?.[clusterLabel];
+  const nodeUid = labels?.[nodeUidLabel];
+  return {
+    ...(cluster !== undefined ? { cluster } : {}),
+    // A container without a node label is nobody's we could prove: "" never matches.
+    node: labels?.[nodeLabel] ?? "",
+    ...(nodeUid !== undefined ? { nodeUid } : {}),
+  };
+}
 
 /** Largest exec output kept per stream; the rest is dropped (exec is for probes and debugging). */
 const maxExecOutputBytes = 4 * 1024 * 1024;
@@ -259,16 +279,43 @@ class DockerContainerDriver implements ContainerDriver {
     }
   }
 
-  private async inspect(replicaId: string): Promise<Docker.ContainerInspectInfo | undefined> {
+  private get nodeName(): string | undefined {
+    return this.options.owner?.nodeName ?? this.options.nodeName;
+  }
+
+  /** Whether a container with these labels is this agent's to touch. */
+  private owns(labels: Record<string, string> | undefined, replicaId: string): boolean {
+    const owner = this.options.owner;
+    if (!owner) return true;
+    return owner.judge(marksOf(labels), replicaId) !== "foreign";
+  }
+
+  /**
+   * The replica's container, "foreign" when a container of that name exists but is not
+   * this agent's (another cluster's on a shared engine), undefined when there is none.
+   */
+  private async inspect(
+    replicaId: string,
+  ): Promise<Docker.ContainerInspectInfo | "foreign" | undefined> {
     const name = containerNameFor(replicaId);
+    let info: Docker.ContainerInspectInfo;
     try {
-      return await this.call(`inspecting container ${name}`, (docker, signal) =>
+      info = await this.call(`inspecting container ${name}`, (docker, signal) =>
         docker.getContainer(name).inspect({ abortSignal: signal }),
       );
     } catch (error) {
       if (statusCodeOf(error) === 404) return undefined;
       throw error;
     }
+    return this.owns(info.Config?.Labels ?? undefined, replicaId) ? info : "foreign";
+  }
+
+  /** Refuses to act on a container this agent does not own (DriverError "failed"). */
+  private foreignError(replicaId: string): DriverError {
+    return new DriverError(
+      "failed",
+      `container ${containerNameFor(replicaId)} belongs to another cluster or node on this engine; Cloudless leaves it alone (remove it by hand if it is stale)`,
+    );
   }
 
   async start(spec: ReplicaRunSpec): Promise<void> {
@@ -280,6 +327,7 @@ class DockerContainerDriver implements ContainerDriver {
     const name = containerNameFor(spec.replicaId);
 
     const existing = await this.inspect(spec.replicaId);
+    if (existing === "foreign") throw this.foreignError(spec.replicaId);
     if (existing?.State.Running) {
       this.logger.debug({ replica: spec.replicaId }, "already running");
       return;
@@ -366,7 +414,8 @@ class DockerContainerDriver implements ContainerDriver {
         [replicaLabel]: spec.replicaId,
         [workloadLabel]: spec.workload,
         [namespaceLabel]: spec.namespace,
-        ...(this.options.nodeName ? { [nodeLabel]: this.options.nodeName } : {}),
+        ...(this.nodeName ? { [nodeLabel]: this.nodeName } : {}),
+        ...this.ownerLabels(),
       },
       Env: env,
       // An explicit entrypoint must not pick up the image's CMD as its arguments, so
@@ -389,6 +438,16 @@ class DockerContainerDriver implements ContainerDriver {
         CapDrop: ["ALL"],
         CapAdd: keptCapabilities,
       },
+    };
+  }
+
+  /** The owner marks as labels (cluster id, node uid once known). */
+  private ownerLabels(): Record<string, string> {
+    const marks = this.options.owner?.marks();
+    if (!marks) return {};
+    return {
+      ...(marks.cluster ? { [clusterLabel]: marks.cluster } : {}),
+      ...(marks.nodeUid ? { [nodeUidLabel]: marks.nodeUid } : {}),
     };
   }
 
@@ -437,6 +496,8 @@ class DockerContainerDriver implements ContainerDriver {
     checkReplicaId(replicaId);
     this.published.delete(replicaId);
     const name = containerNameFor(replicaId);
+    // Another cluster's container of that name is not ours to stop: for us it is gone.
+    if (this.options.owner && (await this.inspect(replicaId)) === "foreign") return;
     const graceSeconds = Math.max(0, Math.ceil(graceMs / 1000));
     try {
       await this.call(
@@ -457,6 +518,7 @@ class DockerContainerDriver implements ContainerDriver {
     checkReplicaId(replicaId);
     this.published.delete(replicaId);
     const name = containerNameFor(replicaId);
+    if (this.options.owner && (await this.inspect(replicaId)) === "foreign") return;
     try {
       await this.call(`removing container ${name}`, (docker, signal) =>
         docker.getContainer(name).remove({ force: true, v: true, abortSignal: signal }),
@@ -470,7 +532,7 @@ class DockerContainerDriver implements ContainerDriver {
   async status(replicaId: string): Promise<ReplicaRuntimeStatus> {
     checkReplicaId(replicaId);
     const info = await this.inspect(replicaId);
-    if (!info) return { state: "missing" };
+    if (!info || info === "foreign") return { state: "missing" };
     const state = info.State;
     const startedAtMs = parseEngineTime(state.StartedAt);
     if (state.Running) return { state: "running", ...(startedAtMs ? { startedAtMs } : {}) };
@@ -491,10 +553,7 @@ class DockerContainerDriver implements ContainerDriver {
       docker.listContainers({
         all: true,
         filters: {
-          label: [
-            replicaLabel,
-            ...(this.options.nodeName ? [`${nodeLabel}=${this.options.nodeName}`] : []),
-          ],
+          label: [replicaLabel, ...(this.nodeName ? [`${nodeLabel}=${this.nodeName}`] : [])],
         },
         abortSignal: signal,
       }),
@@ -502,7 +561,8 @@ class DockerContainerDriver implements ContainerDriver {
     const ids = new Set<string>();
     for (const container of containers) {
       const id = container.Labels?.[replicaLabel];
-      if (id) ids.add(id);
+      // Same node name, another cluster (or enrollment): not this agent's to adopt or remove.
+      if (id && this.owns(container.Labels, id)) ids.add(id);
     }
     return [...ids].sort();
   }
@@ -540,7 +600,8 @@ class DockerContainerDriver implements ContainerDriver {
   /** Host ports the running container publishes; undefined when it does not run. */
   private async publishedPorts(replicaId: string): Promise<Set<number> | undefined> {
     const info = await this.inspect(replicaId);
-    if (!info?.State.Running) return undefined;
+    // Another owner's container publishes nothing of this replica's.
+    if (!info || info === "foreign" || !info.State.Running) return undefined;
     const ports = new Set<number>();
     for (const bindings of Object.values(info.NetworkSettings?.Ports ?? {})) {
       for (const binding of bindings ?? []) {
@@ -568,6 +629,9 @@ class DockerContainerDriver implements ContainerDriver {
   ): AsyncGenerator<LogLine> {
     checkReplicaId(replicaId);
     const name = containerNameFor(replicaId);
+    if (this.options.owner && (await this.inspect(replicaId)) === "foreign") {
+      throw this.foreignError(replicaId);
+    }
     const tail = options.tailLines !== undefined ? { tail: Math.max(0, options.tailLines) } : {};
     const demuxer = new DockerStreamDemuxer();
     const missing = (error: unknown): unknown =>
@@ -628,6 +692,9 @@ class DockerContainerDriver implements ContainerDriver {
     checkReplicaId(replicaId);
     if (command.length === 0) throw new DriverError("invalid", "exec needs a command");
     const name = containerNameFor(replicaId);
+    if (this.options.owner && (await this.inspect(replicaId)) === "foreign") {
+      throw this.foreignError(replicaId);
+    }
     const exec = await this.call(`creating exec in ${name}`, (docker, signal) =>
       docker.getContainer(name).exec({
         Cmd: command,

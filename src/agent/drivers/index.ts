@@ -2,6 +2,7 @@ import type { Logger } from "../../observe/logger.js";
 import { silentLogger } from "../../observe/logger.js";
 import { createContainerDriver } from "./containerDriver.js";
 import type { DriverName, RuntimeDriver } from "./driver.js";
+import type { ReplicaOwner } from "./ownership.js";
 import { createProcessDriver } from "./processDriver.js";
 
 export type { CgroupLayout, CgroupPaths } from "./cgroups.js";
@@ -27,6 +28,8 @@ export type {
   RuntimeDriver,
 } from "./driver.js";
 export { DriverError } from "./driver.js";
+export type { OwnerMarks, Ownership } from "./ownership.js";
+export { clusterLabel, nodeUidLabel, ReplicaOwner } from "./ownership.js";
 export type { ProcessDriver, ProcessDriverOptions } from "./processDriver.js";
 export { createProcessDriver } from "./processDriver.js";
 
@@ -48,6 +51,8 @@ export async function detectDrivers(options: {
   logger?: Logger;
   /** The node the drivers serve (labels containers; see ContainerDriverOptions). */
   nodeName?: string;
+  /** The agent the replicas belong to (ADR 0030); both drivers touch only its own. */
+  owner?: ReplicaOwner;
   /** Passed to the process driver: run without cgroup limits where they cannot be set. */
   enforceLimits?: boolean;
   /** Passed to the process driver: the cgroup replicas are created under. */
@@ -58,11 +63,13 @@ export async function detectDrivers(options: {
     createContainerDriver({
       logger,
       ...(options.nodeName !== undefined ? { nodeName: options.nodeName } : {}),
+      ...(options.owner ? { owner: options.owner } : {}),
       ...(options.socketPath !== undefined ? { socketPath: options.socketPath } : {}),
     }),
     createProcessDriver({
       dataDir: options.dataDir,
       logger,
+      ...(options.owner ? { owner: options.owner } : {}),
       ...(options.enforceLimits !== undefined ? { enforceLimits: options.enforceLimits } : {}),
       ...(options.cgroupParent !== undefined ? { cgroupParent: options.cgroupParent } : {}),
     }),

@@ -6,8 +6,9 @@ import * as path from "node:path";
 import { afterAll, afterEach, describe, expect, it } from "vitest";
 import { waitFor } from "../../../test/helpers/processes.js";
 import { readProcStat } from "../procfs.js";
-import { detectCgroupLayout, prepareParent } from "./cgroups.js";
+import { detectCgroupLayout, isInCgroup, prepareParent } from "./cgroups.js";
 import { DriverError, type LogLine, type ReplicaRunSpec } from "./driver.js";
+import { ReplicaOwner } from "./ownership.js";
 import {
   createProcessDriver,
   type ProcessDriver,
@@ -49,12 +50,22 @@ afterEach(async () => {
   for (const dir of dataDirs.splice(0)) await rm(dir, { recursive: true, force: true });
 });
 
+/** Cluster ids of the ownership tests: their replicas' cgroups go under cgroupParent/<id>. */
+const clusterA = "a1a1a1a1a1a1a1a1";
+const clusterB = "b2b2b2b2b2b2b2b2";
+
 afterAll(async () => {
-  if (layout.version === 2)
-    await rmdir(path.join(layout.root, cgroupParent)).catch(() => undefined);
-  if (layout.version === 1) {
-    await rmdir(path.join(layout.cpuRoot, cgroupParent)).catch(() => undefined);
-    await rmdir(path.join(layout.memoryRoot, cgroupParent)).catch(() => undefined);
+  const roots =
+    layout.version === 2
+      ? [layout.root]
+      : layout.version === 1
+        ? [layout.cpuRoot, layout.memoryRoot]
+        : [];
+  for (const root of roots) {
+    for (const cluster of [clusterA, clusterB]) {
+      await rmdir(path.join(root, cgroupParent, cluster)).catch(() => undefined);
+    }
+    await rmdir(path.join(root, cgroupParent)).catch(() => undefined);
   }
 });
 
@@ -434,6 +445,72 @@ describe.skipIf(cgroupProblem !== undefined)(
         expect((await stat(logFile)).size).toBeLessThan(4096 * 4);
         await new Promise((resolve) => setTimeout(resolve, 100));
       }
+    });
+
+    it("REQ-030 hardening: replicas are marked with their owner, their cgroup sits under <parent>/<cluster id>, and an agent of another cluster or enrollment on the same data dir neither lists, adopts, stops nor removes them", async () => {
+      const ownerA = new ReplicaOwner(clusterA, "shared-host", "uid-a");
+      const { driver: agentA, dataDir } = await newDriver({ owner: ownerA });
+      const id = replicaId();
+      await agentA.start(spec({ replicaId: id, command: ["/bin/sleep", "600"] }));
+      const pid = await pidOf(dataDir, id);
+      const marks = JSON.parse(
+        await readFile(path.join(agentA.replicaDir(id), "owner.json"), "utf8"),
+      );
+      expect(marks).toEqual({ cluster: clusterA, node: "shared-host", nodeUid: "uid-a" });
+      const cgroup = agentA.cgroupPaths(id);
+      expect(cgroup?.memoryDir).toContain(`/${cgroupParent}/${clusterA}/${id}`);
+      if (cgroup) expect(isInCgroup(pid, cgroup, `/${cgroupParent}/${clusterA}/${id}`)).toBe(true);
+
+      const strangers = [
+        new ReplicaOwner(clusterB, "shared-host", "uid-b"),
+        new ReplicaOwner(clusterA, "shared-host", "uid-a2"),
+      ];
+      for (const owner of strangers) {
+        owner.setStateLookup(() => true);
+        const { driver: stranger } = await newDriver({ dataDir, owner });
+        expect(await stranger.list()).toEqual([]);
+        expect(await stranger.status(id)).toEqual({ state: "missing" });
+        await stranger.stop(id, 0);
+        await stranger.remove(id);
+        const refused = await stranger
+          .start(spec({ replicaId: id, command: ["/bin/sleep", "600"] }))
+          .catch((caught: unknown) => caught);
+        expect((refused as DriverError).message).toContain("another cluster or node");
+        const execRefused = await stranger.exec(id, ["true"], 5_000).catch((caught) => caught);
+        expect(execRefused).toBeInstanceOf(DriverError);
+        expect(existsSync(agentA.replicaDir(id))).toBe(true);
+        process.kill(pid, 0); // still alive
+      }
+      // The owner's next agent (a restart) adopts the same process.
+      agentA.close();
+      const { driver: restarted } = await newDriver({
+        dataDir,
+        owner: new ReplicaOwner(clusterA, "shared-host", "uid-a"),
+      });
+      expect(await restarted.list()).toEqual([id]);
+      expect((await restarted.status(id)).state).toBe("running");
+      expect(await pidOf(dataDir, id)).toBe(pid);
+    });
+
+    it("NFR-A1 hardening: a replica an older agent made (no owner.json) is adopted only when the agent's own state lists it, in the cgroup it was started in", async () => {
+      const { driver: legacy, dataDir } = await newDriver();
+      const id = replicaId();
+      await legacy.start(spec({ replicaId: id, command: ["/bin/sleep", "600"] }));
+      const pid = await pidOf(dataDir, id);
+      legacy.close();
+      const owner = new ReplicaOwner(clusterA, "shared-host", "uid-a");
+      const { driver: upgraded } = await newDriver({ dataDir, owner });
+      expect(await upgraded.list()).toEqual([]);
+      expect(await upgraded.status(id)).toEqual({ state: "missing" });
+      await upgraded.remove(id);
+      process.kill(pid, 0); // untouched
+      owner.setStateLookup((replica) => replica === id);
+      expect(await upgraded.list()).toEqual([id]);
+      // Adopted where it runs (cgroupParent/<id>), not where a new one would (…/<cluster>/<id>).
+      expect((await upgraded.status(id)).state).toBe("running");
+      expect(await pidOf(dataDir, id)).toBe(pid);
+      await upgraded.stop(id, 0);
+      expect((await upgraded.status(id)).state).toBe("exited");
     });
   },
 );

@@ -5,8 +5,13 @@
  *
  *   work/                the working directory (cwd and HOME), mode 0700
  *   stdout.log, stderr.log  the output, written by the process itself; rotated to *.1
+ *   owner.json           whose it is (cluster id, node name, node uid; ADR 0030)
  *   pid, process.json    who it is (pid, start time, cgroup), to adopt it after a restart
  *   exit.json            how it ended, when the agent saw it end
+ *
+ * With an owner, cgroups live under <cgroupParent>/<cluster id>/<replicaId>, so agents of
+ * two clusters on one host never share one, and the driver lists, adopts, stops and
+ * removes only replicas whose owner.json is its agent's.
  *
  * The process does not depend on the agent: its output goes straight to files and it
  * leads its own session, so an agent restart neither kills it nor loses its logs.
@@ -47,6 +52,7 @@ import {
   type CgroupLayout,
   type CgroupPaths,
   cgroupPathsFor,
+  cgroupSuffix,
   createReplicaCgroup,
   detectCgroupLayout,
   isInCgroup,
@@ -66,6 +72,7 @@ import {
 } from "./driver.js";
 import { LineSplitter } from "./lineSplitter.js";
 import { listeningInodes, SocketOwners } from "./listeningSockets.js";
+import type { OwnerMarks, Ownership, ReplicaOwner } from "./ownership.js";
 import { checkReplicaId, describeError, errnoCode, sleep } from "./util.js";
 
 export type { CgroupPaths } from "./cgroups.js";
@@ -75,8 +82,16 @@ export interface ProcessDriverOptions {
   dataDir: string;
   /** Where the cgroup filesystem is mounted (default /sys/fs/cgroup). */
   cgroupRoot?: string;
-  /** Name of the cgroup replicas are created under (default "cloudless"). */
+  /**
+   * Name of the cgroup replicas are created under (default "cloudless"); with an owner,
+   * replicas go one level deeper, under <cgroupParent>/<cluster id>.
+   */
   cgroupParent?: string;
+  /**
+   * The agent the replicas belong to (ADR 0030): written to each replica's owner.json;
+   * the driver touches only replicas that are its own. The agent always sets it.
+   */
+  owner?: ReplicaOwner;
   /**
    * Refuse to start replicas when cgroup limits cannot be applied (default true).
    * With false, replicas run without limits where cgroups are not writable.
@@ -120,6 +135,8 @@ interface ConfirmedPort {
   sockets: Array<{ inode: number; pid: number; fd: string }>;
   checkedAtMs: number;
 }
+/** Whose a replica is, in its directory (ADR 0030). */
+const ownerFileName = "owner.json";
 
 const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 const maxExecOutputBytes = 4 * 1024 * 1024;
@@ -251,6 +268,7 @@ class CgroupProcessDriver implements ProcessDriver {
   private readonly logCheckIntervalMs: number;
   private readonly replicasDir: string;
   private readonly tracked = new Map<string, Tracked>();
+  private readonly owner: ReplicaOwner | undefined;
   private readonly queues = new Map<string, Promise<unknown>>();
   private cgroupsReady: Promise<string | undefined> | undefined;
   private logTimer: NodeJS.Timeout | undefined;
@@ -265,7 +283,9 @@ class CgroupProcessDriver implements ProcessDriver {
   constructor(options: ProcessDriverOptions) {
     this.logger = (options.logger ?? silentLogger).child({ driver: "process" });
     this.layout = detectCgroupLayout(options.cgroupRoot ?? "/sys/fs/cgroup");
-    this.cgroupParent = options.cgroupParent ?? "cloudless";
+    this.owner = options.owner;
+    const parent = options.cgroupParent ?? "cloudless";
+    this.cgroupParent = options.owner ? `${parent}/${options.owner.clusterId}` : parent;
     this.enforceLimits = options.enforceLimits ?? true;
     this.maxLogBytes = options.maxLogBytes ?? 10 * 1024 * 1024;
     this.logCheckIntervalMs = options.logCheckIntervalMs ?? 2_000;
@@ -355,6 +375,9 @@ class CgroupProcessDriver implements ProcessDriver {
   private async lookup(replicaId: string): Promise<Tracked | undefined> {
     const known = this.tracked.get(replicaId);
     if (known) return known;
+    // Another agent's replica (a data dir reused by another cluster or enrollment) is
+    // never adopted: for this agent it does not exist.
+    if ((await this.ownership(replicaId)) === "foreign") return undefined;
     const dir = this.replicaDir(replicaId);
     let record: ProcessRecord;
     try {
@@ -379,6 +402,26 @@ class CgroupProcessDriver implements ProcessDriver {
     return tracked;
   }
 
+  /**
+   * Whose the replica's directory is: "absent" when there is none; without an owner
+   * configured every replica counts as this driver's (tests). A directory without
+   * owner.json was made by an older agent (see ReplicaOwner.judge).
+   */
+  private async ownership(replicaId: string): Promise<Ownership | "absent"> {
+    if (this.tracked.has(replicaId)) return "own";
+    const dir = this.replicaDir(replicaId);
+    const owner = this.owner;
+    if (!owner) return existsSync(dir) ? "own" : "absent";
+    let text: string;
+    try {
+      text = await readFile(path.join(dir, ownerFileName), "utf8");
+    } catch (error) {
+      if (errnoCode(error) !== "ENOENT") return "foreign";
+      return existsSync(dir) ? owner.judge({}, replicaId) : "absent";
+    }
+    return owner.judge(parseOwnerMarks(text), replicaId);
+  }
+
   private isAlive(tracked: Tracked): boolean {
     if (tracked.exit) return false;
     if (tracked.child) return true;
@@ -386,7 +429,7 @@ class CgroupProcessDriver implements ProcessDriver {
     if (!stat || stat.state === "Z" || stat.state === "X") return false;
     if (tracked.startTicks !== undefined && stat.startTicks !== tracked.startTicks) return false;
     if (tracked.cgroup) {
-      return isInCgroup(tracked.pid, tracked.cgroup, `/${this.cgroupParent}/${tracked.replicaId}`);
+      return isInCgroup(tracked.pid, tracked.cgroup, cgroupSuffix(this.layout, tracked.cgroup));
     }
     return true;
   }
@@ -432,6 +475,12 @@ class CgroupProcessDriver implements ProcessDriver {
     }
     const existing = await this.lookup(replicaId);
     if (existing && (await this.refresh(existing))) return;
+    if (!existing && (await this.ownership(replicaId)) === "foreign") {
+      throw new DriverError(
+        "failed",
+        `${this.replicaDir(replicaId)} holds replica ${replicaId} of another cluster or node; Cloudless leaves it alone (move it away if it is stale)`,
+      );
+    }
 
     for (const port of spec.ports) {
       // The process shares the node's network: it listens on the port it is told
@@ -485,6 +534,13 @@ class CgroupProcessDriver implements ProcessDriver {
     await mkdir(workDir, { recursive: true, mode: 0o700 });
     await chmod(dir, 0o700);
     await chmod(workDir, 0o700);
+    // Whose it is, before there is a process: a start that fails half-way leaves a
+    // directory this agent still recognises as its own (and one made by an older agent
+    // is stamped when it restarts).
+    const marks = this.owner?.marks();
+    if (marks) {
+      await writeFile(path.join(dir, ownerFileName), JSON.stringify(marks), { mode: 0o600 });
+    }
     await rm(path.join(dir, "exit.json"), { force: true });
     await this.rotateIfLarge(replicaId);
 
@@ -554,7 +610,7 @@ class CgroupProcessDriver implements ProcessDriver {
    * is joined last) or has already ended, so a started replica is always under its limits.
    */
   private async waitJoined(tracked: Tracked, cgroup: CgroupPaths): Promise<void> {
-    const suffix = `/${this.cgroupParent}/${tracked.replicaId}`;
+    const suffix = cgroupSuffix(this.layout, cgroup);
     const deadline = Date.now() + 5_000;
     while (!tracked.exit && !isInCgroup(tracked.pid, cgroup, suffix)) {
       if (Date.now() > deadline) {
@@ -663,6 +719,8 @@ class CgroupProcessDriver implements ProcessDriver {
     checkReplicaId(replicaId);
     this.forgetPorts(replicaId);
     return this.serialize(replicaId, async () => {
+      // Not this agent's: its directory, cgroup and process stay as they are.
+      if ((await this.ownership(replicaId)) === "foreign") return;
       await this.stopLocked(replicaId, 0);
       const tracked = this.tracked.get(replicaId);
       const cgroup = tracked?.cgroup ?? this.cgroupPaths(replicaId);
@@ -688,8 +746,9 @@ class CgroupProcessDriver implements ProcessDriver {
     checkReplicaId(replicaId);
     const tracked = await this.lookup(replicaId);
     if (!tracked) {
-      // A directory without a process record: a start that failed half-way.
-      return existsSync(this.replicaDir(replicaId)) ? { state: "exited" } : { state: "missing" };
+      // A directory without a process record: a start that failed half-way — if it is ours.
+      const owned = await this.ownership(replicaId);
+      return owned === "absent" || owned === "foreign" ? { state: "missing" } : { state: "exited" };
     }
     if (await this.refresh(tracked)) {
       return { state: "running", startedAtMs: tracked.startedAtMs };
@@ -713,6 +772,9 @@ class CgroupProcessDriver implements ProcessDriver {
     } catch (error) {
       if (errnoCode(error) !== "ENOENT") throw error;
     }
+    for (const id of ids) {
+      if ((await this.ownership(id)) === "foreign") ids.delete(id);
+    }
     for (const id of this.tracked.keys()) ids.add(id);
     return [...ids].sort();
   }
@@ -733,7 +795,8 @@ class CgroupProcessDriver implements ProcessDriver {
     options: { follow: boolean; tailLines?: number; signal?: AbortSignal },
   ): AsyncGenerator<LogLine> {
     const dir = this.replicaDir(replicaId);
-    if (!existsSync(dir)) {
+    const owned = await this.ownership(replicaId);
+    if (owned === "absent" || owned === "foreign") {
       throw new DriverError("failed", `replica "${replicaId}" does not exist on this node`);
     }
     // The two streams go to separate files without timestamps, so their relative order
@@ -979,4 +1042,24 @@ class CgroupProcessDriver implements ProcessDriver {
       await truncate(file, 0);
     }
   }
+}
+
+/** The marks in an owner.json; a malformed file yields marks nobody owns. */
+function parseOwnerMarks(text: string): OwnerMarks {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    return { cluster: "" };
+  }
+  if (typeof value !== "object" || value === null) return { cluster: "" };
+  const record = value as Record<string, unknown>;
+  const marks: OwnerMarks = {};
+  for (const key of ["cluster", "node", "nodeUid"] as const) {
+    const field = record[key];
+    if (field === undefined) continue;
+    if (typeof field !== "string") return { cluster: "" };
+    marks[key] = field;
+  }
+  return marks;
 }

@@ -308,6 +308,19 @@ export class ReplicaSupervisor {
     };
   }
 
+  /**
+   * Whether this agent's own state names the replica: the desired set, a replica it
+   * supervises, or one a restored snapshot knew. The drivers adopt a replica without
+   * owner marks (made by an older agent) only if so (ADR 0030).
+   */
+  knows(replicaId: string): boolean {
+    return (
+      this.desired?.has(replicaId) === true ||
+      this.records.has(replicaId) ||
+      Object.hasOwn(this.restored, replicaId)
+    );
+  }
+
   /** Loads a snapshot() taken by an earlier agent; must come before start(). */
   restore(snapshot: SupervisorSnapshot): void {
     if (this.started) throw new Error("ReplicaSupervisor.restore() must be called before start()");

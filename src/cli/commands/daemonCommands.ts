@@ -41,6 +41,11 @@ function durationFlag(flag: string, value: string | undefined): number | undefin
   return ms;
 }
 
+/** Upper bound of --max-restart-grace and the agent's --restart-grace. */
+const maxRestartGraceLimitMs = 24 * 3_600_000;
+/** How soon an agent stopped with --on-stop restart promises to be back, without --restart-grace. */
+const defaultPlannedRestartGraceMs = 30_000;
+
 export interface CoordinatorFlags {
   dataDir: string;
   host: string;
@@ -52,6 +57,7 @@ export interface CoordinatorFlags {
   phiSuspect?: string;
   phiLost?: string;
   streamLossGrace?: string;
+  maxRestartGrace?: string;
   startupGrace?: string;
   nodeCertTtl?: string;
   store: string;
@@ -79,6 +85,11 @@ export function addCoordinatorFlags(command: Command, defaults: { dataDir: strin
     .option(
       "--stream-loss-grace <duration>",
       "time a disconnected node has to reconnect before it is Lost",
+    )
+    .option(
+      "--max-restart-grace <duration>",
+      "longest restart grace an agent may ask for (agent --restart-grace, --on-stop restart) before its replicas are replaced",
+      "10m",
     )
     .option(
       "--startup-grace <duration>",
@@ -130,6 +141,14 @@ export async function coordinatorFromFlags(
   if (phiLost !== undefined) membership.phiLost = phiLost;
   const streamLoss = durationFlag("--stream-loss-grace", flags.streamLossGrace);
   if (streamLoss !== undefined) membership.streamLossGraceMs = streamLoss;
+  const maxRestartGrace = durationFlag("--max-restart-grace", flags.maxRestartGrace);
+  if (maxRestartGrace !== undefined) {
+    // A day covers any upgrade; longer would let a dead node hold its replicas for days.
+    if (maxRestartGrace > maxRestartGraceLimitMs) {
+      fail(`--max-restart-grace ${flags.maxRestartGrace}: at most 24h`);
+    }
+    membership.maxRestartGraceMs = maxRestartGrace;
+  }
   const startup = durationFlag("--startup-grace", flags.startupGrace);
   if (startup !== undefined) membership.startupGraceMs = startup;
   if (
@@ -219,6 +238,15 @@ export function registerDaemonCommands(program: Command): void {
       "serve Prometheus metrics on this port over mutual TLS (cluster certificates only); 0 picks a free port; off by default",
     )
     .option("--metrics-host <address>", "address for --metrics-port", "127.0.0.1")
+    .option(
+      "--restart-grace <duration>",
+      "how long the coordinator keeps this node's replicas when the agent dies and comes back (default: the coordinator's --stream-loss-grace, fast failover)",
+    )
+    .option(
+      "--on-stop <action>",
+      "on SIGINT/SIGTERM: leave (stop the replicas, they move elsewhere) or restart (keep them running; back within --restart-grace, default 30s)",
+      "leave",
+    )
     .option("--log-level <level>", "trace, debug, info, warn, error or silent", "info")
     .action(
       action(
@@ -240,6 +268,8 @@ export function registerDaemonCommands(program: Command): void {
           egressMbps?: string;
           metricsPort?: string;
           metricsHost: string;
+          restartGrace?: string;
+          onStop: string;
           logLevel: string;
         }) => {
           const logger = createLogger({ component: "agent", level: parseLogLevel(flags.logLevel) });
@@ -277,6 +307,18 @@ export function registerDaemonCommands(program: Command): void {
             }
             metricsListener = { host: flags.metricsHost, port };
           }
+          const restartGraceMs = durationFlag("--restart-grace", flags.restartGrace);
+          if (restartGraceMs !== undefined && restartGraceMs > maxRestartGraceLimitMs) {
+            fail(`--restart-grace ${flags.restartGrace}: at most 24h`);
+          }
+          if (flags.onStop !== "leave" && flags.onStop !== "restart") {
+            fail(`--on-stop ${flags.onStop}: expected leave or restart`);
+          }
+          // A planned restart promises to be back within the restart grace, 30 s by default.
+          const stopOptions =
+            flags.onStop === "restart"
+              ? { leave: true, restartWithinMs: restartGraceMs ?? defaultPlannedRestartGraceMs }
+              : { leave: true };
           const overrides = {
             ...(flags.cpuMillicores !== undefined
               ? { cpuMillicores: Number(flags.cpuMillicores) }
@@ -300,6 +342,7 @@ export function registerDaemonCommands(program: Command): void {
               ...(flags.driver.length > 0 ? { drivers: flags.driver.map(parseDriver) } : {}),
               overrides,
               ...(metricsListener ? { metricsListener } : {}),
+              ...(restartGraceMs !== undefined ? { restartGraceMs } : {}),
               logger,
             });
           } catch (error) {
@@ -329,7 +372,7 @@ export function registerDaemonCommands(program: Command): void {
           const keepAlive = setInterval(() => undefined, 1 << 30);
           const exit = await Promise.race([
             agent.done,
-            waitForSignal().then(() => agent.stop({ leave: true })),
+            waitForSignal().then(() => agent.stop(stopOptions)),
           ]);
           clearInterval(keepAlive);
           await shutdownTracing();

@@ -11,18 +11,24 @@ export function nodeJson(node: Node): unknown {
   return toJson(NodeSchema, node, { alwaysEmitImplicit: true });
 }
 
-function statusColumn(node: Node): string {
+function statusColumn(node: Node, nowMs: number): string {
   const flags = [node.status];
   if (node.draining) flags.push("Draining");
   else if (node.cordoned) flags.push("SchedulingDisabled");
-  return flags.join(",");
+  const status = flags.join(",");
+  // Why a NotReady node still holds its replicas, and for how long (ADR 0031).
+  if (node.status === "NotReady" && node.lostDeadline) {
+    const left = formatAge(timestampMs(node.lostDeadline) - nowMs);
+    return `${status} (${node.statusReason}, Lost in ${left})`;
+  }
+  return status;
 }
 
 function nodeRow(node: Node, nowMs: number): string[] {
   const capacity = node.capacity;
   return [
     node.name,
-    statusColumn(node),
+    statusColumn(node, nowMs),
     node.region || "-",
     node.zone || "-",
     String(capacity?.cpuMillicores ?? 0) + "m",

@@ -95,6 +95,9 @@ export function registerUpCommand(program: Command): void {
             coordinator.url,
             "--log-level",
             flags.logLevel,
+            // up restarts a crashed local agent after 2 s: its replicas wait for it (ADR 0031).
+            "--restart-grace",
+            "30s",
           ];
           if (flags.nodeName) args.push("--name", flags.nodeName);
           if (engine) args.push("--container-socket", engine.socketPath);

@@ -55,6 +55,11 @@ export function nodeToProto(
       storageGib: placed.allocated.storageGiB,
       egressMbps: Math.round(placed.allocated.bandwidthMbps),
     }),
+    lostDeadline:
+      record.status === "NotReady" && record.lostDeadlineMs !== undefined
+        ? timestampFromMs(record.lostDeadlineMs)
+        : undefined,
+    restartGraceMs: record.restartGraceMs ?? 0,
   });
 }
 

@@ -180,6 +180,8 @@ export function nodeServiceImpl(services: CoordinatorServices): ServiceImpl<type
         certificatePem: issued.certPem,
         caPem: ca.certPem,
         clusterName: services.clusterName,
+        nodeUid: record.uid,
+        clusterId: ca.clusterId,
       };
     },
 
@@ -237,9 +239,10 @@ export function nodeServiceImpl(services: CoordinatorServices): ServiceImpl<type
           labels: { ...hello.labels },
           taints: taintsFromProto(hello.taints),
           address: peerOf(context).address,
+          restartGraceMs: hello.restartGraceMs,
         });
         helloed = true;
-        outbound.push(ack(0n, services, record));
+        outbound.push(helloAck(services, record));
         detach = services.assignments.attach(name, (message) => outbound.push(message));
         const reader = (async () => {
           let reports: Promise<void> = Promise.resolve();
@@ -283,7 +286,8 @@ export function nodeServiceImpl(services: CoordinatorServices): ServiceImpl<type
             } else if (message.case === "leave") {
               left = true;
               await reports;
-              await membership.leave(name);
+              // back_within_ms > 0: a restart, not a departure; capped by the tracker.
+              await membership.leave(name, message.value.backWithinMs);
               outbound.push(ack(0n, services));
               break;
             }
@@ -502,6 +506,19 @@ function ack(seq: bigint, services: CoordinatorServices, record?: NodeRecord): H
     cordoned: record?.cordoned ?? false,
     draining: record?.draining ?? false,
   });
+}
+
+/**
+ * The answer to a hello: besides the flags, who the node is (its uid and the cluster id,
+ * which its replicas are labelled with) and the restart grace granted, so an agent
+ * enrolled before these existed learns them, and one asking too much sees the cap.
+ */
+function helloAck(services: CoordinatorServices, record: NodeRecord): HeartbeatResponse {
+  const response = ack(0n, services, record);
+  response.nodeUid = record.uid;
+  response.clusterId = services.ca.clusterId;
+  response.restartGraceMs = record.restartGraceMs ?? 0;
+  return response;
 }
 
 async function withTimeout<T>(promise: Promise<T>, timeoutMs: number): Promise<T | undefined> {

@@ -10,6 +10,7 @@ import { NodeRegistry } from "../nodes/nodeRegistry.js";
 import { testNodeRecord } from "../nodes/testing/nodeRecords.js";
 import { openSqliteStore, type SqliteStore } from "../store/sqliteStore.js";
 import { type HelloReport, MembershipService } from "./membershipService.js";
+import { defaultMembershipConfig } from "./membershipTracker.js";
 
 let dir: string;
 let store: SqliteStore;
@@ -32,6 +33,7 @@ const report: HelloReport = {
   labels: {},
   taints: [],
   address: "",
+  restartGraceMs: 0,
 };
 
 /** An event log whose writes finish only when the test lets them. */
@@ -99,5 +101,65 @@ describe("MembershipService", () => {
       ["node/b", "NodeReady", 1_700_000_000_250],
     ]);
     await service.stop();
+  });
+
+  it("NFR-A1 a reconnecting node's grace and Lost deadline are recorded, shown in its event, and kept by the next leader", async () => {
+    const registry = new NodeRegistry(store);
+    await store.put(nodeKey("a"), JSON.stringify(testNodeRecord("a")));
+    const recorded: NewEvent[] = [];
+    const events = {
+      record: async (event: NewEvent) => {
+        recorded.push(event);
+      },
+      flush: async () => undefined,
+    };
+    const clock = new ManualClock();
+    const logger = createLogger({ component: "test", level: "silent" });
+    const config = { ...defaultMembershipConfig, maxRestartGraceMs: 60_000 };
+    const first = new MembershipService(
+      registry,
+      events as unknown as EventLog,
+      clock,
+      logger,
+      config,
+    );
+    await first.start();
+    // Asks for more than the cap: granted the cap.
+    await first.hello("a", { ...report, restartGraceMs: 3_600_000 });
+    expect((await registry.get("a"))?.restartGraceMs).toBe(60_000);
+    clock.advance(1_000);
+    const closedAtMs = clock.nowMs();
+    first.streamClosed("a");
+    await first.flush();
+    const record = await registry.get("a");
+    expect(record).toMatchObject({
+      status: "NotReady",
+      statusReason: "Reconnecting",
+      lostDeadlineMs: closedAtMs + 60_000,
+    });
+    expect(recorded.at(-1)).toMatchObject({
+      type: "NodeNotReady",
+      reason: "Reconnecting",
+      attributes: { lostDeadline: new Date(closedAtMs + 60_000).toISOString() },
+    });
+    // The leader changes; the new one keeps the deadline rather than its 10 s startup grace.
+    await first.stop();
+    clock.advance(5_000);
+    const second = new MembershipService(
+      registry,
+      events as unknown as EventLog,
+      clock,
+      logger,
+      config,
+    );
+    await second.start();
+    clock.advance(50_000);
+    await second.flush();
+    expect((await registry.get("a"))?.status).toBe("NotReady");
+    clock.advance(5_000);
+    await second.flush();
+    expect(await registry.get("a")).toMatchObject({ status: "Lost", statusReason: "NoReconnect" });
+    expect((await registry.get("a"))?.lostDeadlineMs).toBeUndefined();
+    await second.stop();
   });
 });

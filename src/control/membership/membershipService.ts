@@ -10,6 +10,7 @@ import type {
 import type { NodeRegistry } from "../nodes/nodeRegistry.js";
 import {
   defaultMembershipConfig,
+  grantedRestartGraceMs,
   type MembershipConfig,
   MembershipTracker,
   type NodeStatus,
@@ -24,6 +25,8 @@ export interface HelloReport {
   labels: Record<string, string>;
   taints: TaintRecord[];
   address: string;
+  /** The restart grace the agent announced (ms; 0 = none); capped before it is kept. */
+  restartGraceMs: number;
 }
 
 const eventTypeFor: Record<NodeStatus, string> = {
@@ -89,7 +92,10 @@ export class MembershipService {
     this.tracker.clear();
     const now = this.clock.nowMs();
     for (const node of await this.nodes.list()) {
-      this.tracker.restore(node.name, node.status, now);
+      this.tracker.restore(node.name, node.status, now, {
+        ...(node.restartGraceMs !== undefined ? { restartGraceMs: node.restartGraceMs } : {}),
+        ...(node.lostDeadlineMs !== undefined ? { lostDeadlineMs: node.lostDeadlineMs } : {}),
+      });
     }
     let lastTickMs = this.clock.nowMs();
     let skipped = false;
@@ -127,6 +133,7 @@ export class MembershipService {
    */
   async hello(name: string, report: HelloReport): Promise<NodeRecord> {
     this.openStreams.set(name, (this.openStreams.get(name) ?? 0) + 1);
+    const restartGraceMs = grantedRestartGraceMs(this.config, report.restartGraceMs);
     const result = await new Promise<NodeRecord | Error>((settle) =>
       this.enqueue([
         {
@@ -139,13 +146,15 @@ export class MembershipService {
             node.labels = Object.keys(report.labels).length > 0 ? report.labels : node.labels;
             node.taints = report.taints;
             node.address = report.address;
+            if (restartGraceMs > 0) node.restartGraceMs = restartGraceMs;
+            else delete node.restartGraceMs;
           },
           settle,
         },
       ]),
     );
     if (result instanceof Error) throw result;
-    await this.apply(this.tracker.onHello(name, this.clock.nowMs()));
+    await this.apply(this.tracker.onHello(name, this.clock.nowMs(), restartGraceMs));
     return result;
   }
 
@@ -153,8 +162,9 @@ export class MembershipService {
     void this.apply(this.tracker.onBeat(name, this.clock.nowMs()));
   }
 
-  async leave(name: string): Promise<void> {
-    await this.apply(this.tracker.onLeave(name, this.clock.nowMs()));
+  /** The agent said Leave; backWithinMs > 0: it is restarting (see MembershipTracker.onLeave). */
+  async leave(name: string, backWithinMs = 0): Promise<void> {
+    await this.apply(this.tracker.onLeave(name, this.clock.nowMs(), backWithinMs));
   }
 
   /** A stream ended. Suspicion only when it was the node's last open stream. */
@@ -193,6 +203,11 @@ export class MembershipService {
                 node.status = transition.to;
                 node.statusReason = transition.reason;
                 node.lastTransitionAtMs = transition.atMs;
+                if (transition.lostDeadlineMs !== undefined) {
+                  node.lostDeadlineMs = transition.lostDeadlineMs;
+                } else {
+                  delete node.lostDeadlineMs;
+                }
               },
               transition,
               settle: () => resolve(),
@@ -282,7 +297,14 @@ export class MembershipService {
             subject: `node/${transition.node}`,
             reason: transition.reason,
             message: transition.message,
-            attributes: { from: transition.from ?? "", to: transition.to },
+            attributes: {
+              from: transition.from ?? "",
+              to: transition.to,
+              // Why a NotReady node still holds its replicas, and until when (ADR 0031).
+              ...(transition.lostDeadlineMs !== undefined
+                ? { lostDeadline: new Date(transition.lostDeadlineMs).toISOString() }
+                : {}),
+            },
             timeMs: transition.atMs,
           })
           .catch((error: unknown) =>

@@ -48,6 +48,16 @@ export interface NodeRecord {
   certExpiresAtMs: number;
   address: string;
   enrollments: number;
+  /**
+   * The restart grace its agent announced in its last hello, as granted (after the
+   * coordinator's cap); absent or 0 when none (ADR 0031).
+   */
+  restartGraceMs?: number;
+  /**
+   * While NotReady without a stream (reconnecting, restarting): when it is judged Lost
+   * unless it returns. A new leader keeps it (MembershipTracker.restore).
+   */
+  lostDeadlineMs?: number;
 }
 
 export const nodeKeyPrefix = "/nodes/";

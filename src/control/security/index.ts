@@ -18,6 +18,8 @@ export {
   CertificateAuthority,
   CLOCK_SKEW_ALLOWANCE_MS,
   certificateValidity,
+  clusterIdFromCaPem,
+  clusterIdFromFingerprint,
   createCertificateAuthority,
   generateKeyAndCsr,
   identityFromCertificate,

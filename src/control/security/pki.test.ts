@@ -10,6 +10,7 @@ import {
   CertificateAuthority,
   CLOCK_SKEW_ALLOWANCE_MS,
   certificateValidity,
+  clusterIdFromCaPem,
   createCertificateAuthority,
   generateKeyAndCsr,
   type IssueOptions,
@@ -123,6 +124,9 @@ describe("cluster CA", () => {
     expect(ca.notAfterMs).toBe(NOW_MS + 3650 * 86_400_000);
     expect(ca.fingerprintSha256).toBe(createHash("sha256").update(cert.raw).digest("hex"));
     expect(ca.fingerprintSha256).toBe(cert.fingerprint256.replaceAll(":", "").toLowerCase());
+    // The cluster id every agent derives from the CA it holds (ADR 0030).
+    expect(ca.clusterId).toBe(ca.fingerprintSha256.slice(0, 16));
+    expect(clusterIdFromCaPem(ca.certPem)).toBe(ca.clusterId);
 
     const parsed = new x509.X509Certificate(ca.certPem);
     const constraints = parsed.getExtension(x509.BasicConstraintsExtension);

@@ -93,6 +93,26 @@ const SPIFFE_KINDS: readonly IdentityKind[] = ["node", "admin", "coordinator"];
 const SPIFFE_PATTERN = /^spiffe:\/\/([^/]+)\/([^/]+)\/([^/]+)$/;
 
 /** Builds `spiffe://<cluster>/<kind>/<name>`; throws PkiError "invalidInput" on a bad name. */
+/** Hex digits of the CA fingerprint that make the cluster id (64 bits). */
+const CLUSTER_ID_HEX_DIGITS = 16;
+
+/**
+ * The cluster's stable id: the first 16 hex digits of its CA certificate's SHA-256
+ * fingerprint (the one join tokens pin). The CA never changes for the life of a cluster
+ * (a coordinator refuses another), so every coordinator and every agent — which holds the
+ * CA — derives the same id without asking anyone. Replicas carry it (ADR 0030), so two
+ * clusters sharing a host and node names never touch each other's.
+ */
+export function clusterIdFromFingerprint(fingerprintSha256Hex: string): string {
+  return fingerprintSha256Hex.toLowerCase().slice(0, CLUSTER_ID_HEX_DIGITS);
+}
+
+/** The cluster id (see clusterIdFromFingerprint) of a CA certificate in PEM. */
+export function clusterIdFromCaPem(caPem: string): string {
+  const der = new X509Certificate(caPem).raw;
+  return clusterIdFromFingerprint(createHash("sha256").update(der).digest("hex"));
+}
+
 export function spiffeUri(clusterName: string, kind: IdentityKind, name: string): string {
   const cluster = validateClusterName(clusterName);
   if (!cluster.ok) throw new PkiError("invalidInput", cluster.reason);
@@ -234,6 +254,8 @@ const DNS_NAME_PATTERN =
 export class CertificateAuthority {
   /** SHA-256 of the CA certificate's DER, lowercase hex; agents pin it from the join token. */
   readonly fingerprintSha256: string;
+  /** The cluster id derived from the fingerprint (clusterIdFromFingerprint). */
+  readonly clusterId: string;
   readonly notBeforeMs: number;
   readonly notAfterMs: number;
 
@@ -246,6 +268,7 @@ export class CertificateAuthority {
     der: Uint8Array,
   ) {
     this.fingerprintSha256 = createHash("sha256").update(der).digest("hex");
+    this.clusterId = clusterIdFromFingerprint(this.fingerprintSha256);
     this.notBeforeMs = cert.notBefore.getTime();
     this.notAfterMs = cert.notAfter.getTime();
   }
