@@ -108,8 +108,12 @@ export interface Agent {
   metricsUrl?: string;
   /** Resolves when the agent stops, by stop() or a fatal error. */
   done: Promise<AgentExit>;
-  /** Stops the agent; with leave, tells the coordinator first (graceful leave). */
-  stop(options?: { leave?: boolean }): Promise<AgentExit>;
+  /**
+   * Stops the agent; with leave, tells the coordinator first (graceful leave). When
+   * `hurry` aborts (a second Ctrl-C, ADR 0028) the stop stops waiting: no leave
+   * acknowledgement, replicas killed without the rest of their grace, still removed.
+   */
+  stop(options?: { leave?: boolean; hurry?: AbortSignal }): Promise<AgentExit>;
 }
 
 const reconnectBaseMs = 200;
@@ -230,7 +234,8 @@ interface StreamSession {
   firstAck: Promise<boolean>;
   /** How the session ended (valid once done has resolved). */
   outcome(): SessionOutcome;
-  leave(): Promise<void>;
+  /** Says goodbye and waits (bounded) for the acknowledgement, or until `hurry` aborts. */
+  leave(hurry?: AbortSignal): Promise<void>;
   send(message: HeartbeatRequest): void;
 }
 
@@ -427,7 +432,7 @@ class AgentRunner {
       capacity: this.capacity,
       ...(this.metricsListener ? { metricsUrl: this.metricsListener.url } : {}),
       done: this.done,
-      stop: (options) => this.stop(options?.leave ?? true),
+      stop: (options) => this.stop(options?.leave ?? true, options?.hurry),
     };
   }
 
@@ -627,9 +632,11 @@ class AgentRunner {
         };
       },
       send: (message) => outgoing.push(message),
-      leave: async () => {
+      leave: async (hurry) => {
         const acked = new Promise<void>((resolve) => {
           resolveLeaveAck = resolve;
+          hurry?.addEventListener("abort", () => resolve(), { once: true });
+          if (hurry?.aborted) resolve();
         });
         cancelBeat?.();
         outgoing.push(
@@ -761,14 +768,18 @@ class AgentRunner {
     void this.finish({ code, message });
   }
 
-  private async stop(leave: boolean): Promise<AgentExit> {
+  private async stop(leave: boolean, hurry?: AbortSignal): Promise<AgentExit> {
     if (!this.exit) {
+      // No reconnecting from here on: a stream reopened while the replicas stop would
+      // say hello again, and the coordinator would take the leaving node back.
+      this.stopping = true;
+      this.wakeBackoff?.();
       if (leave && this.current) {
-        await this.current.leave().catch(() => undefined);
+        await this.current.leave(hurry).catch(() => undefined);
       }
       // Leaving the cluster stops this node's replicas: the coordinator places them
       // elsewhere, and two copies must not run.
-      await this.supervisor?.stop({ stopReplicas: leave }).catch(() => undefined);
+      await this.supervisor?.stop({ stopReplicas: leave, hurry }).catch(() => undefined);
       await this.saveFinalState(leave);
       await this.finish({ code: 0, message: leave ? "left the cluster" : "stopped" });
     }
