@@ -1,6 +1,6 @@
 import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
-import { readFile } from "node:fs/promises";
+import { readFile, writeFile } from "node:fs/promises";
 import * as path from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { sampleSpec } from "../src/cli/sample.js";
@@ -114,26 +114,31 @@ describe("cloudless up lifecycle (issue 12)", () => {
     return { dir, node };
   }
 
-  /** Starts `cloudless up` as a terminal would (its own process group) and waits until it is up. */
-  async function startUp(dir: string, node: string, options: { sample: boolean }) {
-    const up = resources.track(
-      new ManagedProcess(
-        [
-          "up",
-          "--data-dir",
-          dir,
-          "--port",
-          "0",
-          "--host",
-          "127.0.0.1",
-          "--node-name",
-          node,
-          ...(options.sample ? [] : ["--no-sample"]),
-        ],
-        {},
-        { detached: true },
-      ),
+  /** `cloudless up` started as a terminal would: the leader of its own process group. */
+  function upProcess(dir: string, node: string, options: { sample: boolean }) {
+    return new ManagedProcess(
+      [
+        "up",
+        "--data-dir",
+        dir,
+        "--port",
+        "0",
+        "--host",
+        "127.0.0.1",
+        "--node-name",
+        node,
+        ...(options.sample ? [] : ["--no-sample"]),
+      ],
+      {},
+      { detached: true },
     );
+  }
+
+  async function startUp(dir: string, node: string, options: { sample: boolean }) {
+    return waitForUp(resources.track(upProcess(dir, node, options)));
+  }
+
+  async function waitForUp(up: ManagedProcess) {
     await waitFor(
       "cloudless up to report the cluster is up",
       () => {
@@ -163,6 +168,7 @@ describe("cloudless up lifecycle (issue 12)", () => {
     command: string[],
     replicas: number,
     graceSeconds: number,
+    resources = { cpuMillicores: 10, memoryMiB: 16 },
   ) {
     return apply(dir, name, {
       apiVersion: "cloudless/v1",
@@ -170,7 +176,7 @@ describe("cloudless up lifecycle (issue 12)", () => {
       metadata: { name, namespace: "default" },
       spec: {
         command,
-        resources: { cpuMillicores: 10, memoryMiB: 16 },
+        resources,
         replicas,
         terminationGracePeriodSeconds: graceSeconds,
       },
@@ -227,6 +233,17 @@ describe("cloudless up lifecycle (issue 12)", () => {
   const sleeper = ["/bin/sleep", "600"];
   /** Ignores SIGTERM (an ignored signal survives exec): only SIGKILL ends it. */
   const stubborn = ["/bin/sh", "-c", "trap '' TERM; exec /bin/sleep 600"];
+  /**
+   * After SIGTERM, exits only once `releaseFile` exists (one process, like the others);
+   * creates `readyFile` once its SIGTERM handler is in place.
+   */
+  const slowStopper = (releaseFile: string, readyFile: string) => [
+    process.execPath,
+    "-e",
+    "const fs = require('node:fs'); process.on('SIGTERM', () => setInterval(() => fs.existsSync(process.argv[1]) && process.exit(0), 100)); fs.writeFileSync(process.argv[2], ''); setInterval(() => {}, 1 << 30)",
+    releaseFile,
+    readyFile,
+  ];
 
   it("NFR-U1 REQ-002 hardening: Ctrl-C to up's process group, then SIGTERM to its pid, each stop the agent and its replica processes and leave no replica, engine service or cloudless process (process mode)", async () => {
     const { dir, node } = await scenario("lc-sig");
@@ -252,35 +269,56 @@ describe("cloudless up lifecycle (issue 12)", () => {
     const { dir, node } = await scenario("lc-kill");
     const up = await startUp(dir, node, { sample: false });
     await applyProcessWorkload(dir, "sleepers", sleeper, 3, 5);
-    await waitForReplicaProcesses(dir, 3);
+    // One replica stops only when the test says: the orphan is still stopping when the
+    // next up starts.
+    const release = path.join(dir, "release-slow-replica");
+    const ready = path.join(dir, "slow-replica-ready");
+    await applyProcessWorkload(dir, "slow", slowStopper(release, ready), 1, 120, {
+      cpuMillicores: 200,
+      memoryMiB: 64,
+    });
+    const before = await waitForReplicaProcesses(dir, 4);
+    await waitFor("the slow replica to handle SIGTERM", () => existsSync(ready), upReadyTimeoutMs);
     const [agent] = await findAgentProcesses(path.join(dir, "agent"));
     expect(agent).toBeDefined();
     const services = await engineServicesUnder(dir);
 
     up.child.kill("SIGKILL");
     await up.exited();
-    // The orphan notices at once, stops its replicas and exits: no spinning, no wait.
+    // The orphan notices at once and stops its replicas: all but the slow one go.
+    await waitFor("the orphaned agent to stop the replicas it can", async () =>
+      (await replicaProcessesUnder(dir)).length === 1 ? true : undefined,
+    );
+    // Up again at once: it waits for the orphan (named by its agent lock) instead of
+    // failing on the lock and restarting its agent in a loop.
+    const second = resources.track(upProcess(dir, node, { sample: false }));
+    await waitFor("the next up to wait for the previous agent", () =>
+      new RegExp(
+        `waiting for the previous local agent \\(process ${agent?.pid} \\(cloudless agent, since [^)]+\\)\\) to stop … $`,
+      ).test(second.stderr),
+    );
+    await writeFile(release, "");
     await waitFor(
       `the orphaned agent (pid ${agent?.pid}) to exit by itself`,
       async () => (await readProc(agent?.pid ?? 0)) === undefined,
       orphanExitDeadlineMs,
       100,
     );
-    expect((await replicaProcessesUnder(dir)).length).toBe(0);
-
-    const second = await startUp(dir, node, { sample: false });
-    expect(await nodeStatus(dir, node)).toBe("Ready");
+    await waitForUp(second);
     expect(second.stderr).not.toContain("restarting in");
+    expect(await nodeStatus(dir, node)).toBe("Ready");
     // The Podman service the first up started is reused, not started a second time.
     const servicesNow = await engineServicesUnder(dir);
     expect(servicesNow.map((p) => p.pid)).toEqual(services.map((p) => p.pid));
-    const replicas = await waitForReplicaProcesses(dir, 3);
-    expect(new Set(replicas.map((p) => p.pid)).size).toBe(3);
+    // Exactly the desired replicas, all new: the orphan's were stopped, not kept beside them.
+    const replicas = await waitForReplicaProcesses(dir, 4);
+    const oldPids = new Set(before.map((p) => p.pid));
+    expect(replicas.filter((p) => oldPids.has(p.pid))).toEqual([]);
     expect(await findAgentProcesses(path.join(dir, "agent"))).toHaveLength(1);
 
     // A replica that ignores SIGTERM with a long grace: the second Ctrl-C kills it now.
     await applyProcessWorkload(dir, "stubborn", stubborn, 1, 600);
-    await waitForReplicaProcesses(dir, 4);
+    await waitForReplicaProcesses(dir, 5);
     await doubleCtrlC(second);
     await expectStopped(second, "two SIGINTs to its process group");
     expect(second.stderr).toContain("stopping faster");
