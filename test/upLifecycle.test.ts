@@ -325,6 +325,20 @@ describe("cloudless up lifecycle (issue 12)", () => {
     expect(counts(await leftovers(dir, node))).toEqual(nothingLeft);
   }, 180_000);
 
+  it("NFR-U1 hardening: Ctrl-C while up is still starting stops what it started so far and leaves nothing (process mode)", async () => {
+    const { dir, node } = await scenario("lc-early");
+    const up = resources.track(upProcess(dir, node, { sample: false }));
+    // The agent and the engine service run by now; the node is not Ready yet.
+    await waitFor("cloudless up to wait for its node", () =>
+      up.stderr.includes("• waiting for the local node to be Ready … "),
+    );
+    up.signalGroup("SIGINT");
+    await expectStopped(up, "SIGINT to its process group while starting");
+    expect(up.stderr).toContain("• waiting for the local node to be Ready … stopped");
+    expect(up.stdout).not.toContain("is up at");
+    expect(counts(await leftovers(dir, node))).toEqual(nothingLeft);
+  }, 120_000);
+
   it.skipIf(noContainers !== undefined)(
     "NFR-U1 REQ-002 hardening: with the sample in containers, Ctrl-C to up's process group, then SIGTERM to its pid, each remove the containers and stop the Podman service up started (container mode)",
     async () => {

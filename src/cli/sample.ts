@@ -213,11 +213,8 @@ export async function findOrStartEngine(dataDir: string): Promise<ContainerEngin
   child.unref();
   const pid = child.pid;
   if (pid === undefined) return undefined;
-  const record: ServiceRecord = {
-    pid,
-    ...(processStartTicks(pid) ? { startTicks: processStartTicks(pid) } : {}),
-    socketPath,
-  };
+  const startTicks = processStartTicks(pid);
+  const record: ServiceRecord = { pid, ...(startTicks ? { startTicks } : {}), socketPath };
   await writeFile(path.join(dataDir, serviceRecordFile), `${JSON.stringify(record)}\n`, {
     mode: 0o600,
   });

@@ -122,11 +122,10 @@ export function describeHolder(holder: LockHolder): string {
 }
 
 export async function acquirePidLock(lockPath: string, what: string): Promise<PidLock> {
+  const startTicks = processStartTicks(process.pid);
   const me: LockHolder = {
     pid: process.pid,
-    ...(processStartTicks(process.pid) !== undefined
-      ? { startTicks: processStartTicks(process.pid) }
-      : {}),
+    ...(startTicks !== undefined ? { startTicks } : {}),
     command: describeThisProcess(),
     acquiredAt: new Date().toISOString(),
   };

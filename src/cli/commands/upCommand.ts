@@ -137,12 +137,16 @@ class LocalAgent {
    * A hurry (second signal) is passed on as a second SIGTERM: the agent then kills its
    * replicas at once. Only an agent still there long after that is killed.
    */
-  async stop(hurry: AbortSignal): Promise<"stopped" | "killed" | "not running"> {
+  async stop(
+    hurry: AbortSignal,
+  ): Promise<{ outcome: "stopped" | "killed"; code: number | null } | { outcome: "not running" }> {
     this.stopping = true;
     clearTimeout(this.restartTimer);
     const child = this.child;
-    if (!child || child.exitCode !== null || child.signalCode !== null) return "not running";
-    const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+    if (!child || child.exitCode !== null || child.signalCode !== null) {
+      return { outcome: "not running" };
+    }
+    const exited = new Promise<number | null>((resolve) => child.once("exit", resolve));
     child.kill("SIGTERM");
     let killTimer: NodeJS.Timeout | undefined;
     let killed = false;
@@ -155,10 +159,10 @@ class LocalAgent {
     };
     if (hurry.aborted) onHurry();
     else hurry.addEventListener("abort", onHurry, { once: true });
-    await exited;
+    const code = await exited;
     hurry.removeEventListener("abort", onHurry);
     clearTimeout(killTimer);
-    return killed ? "killed" : "stopped";
+    return { outcome: killed ? "killed" : "stopped", code };
   }
 }
 
@@ -187,25 +191,22 @@ export function registerUpCommand(program: Command): void {
           flags: "a",
           mode: 0o600,
         });
-        const agentLog = path.join(logDir, "agent.log");
-        const started: { coordinator?: Coordinator; engine?: ContainerEngine; agent?: LocalAgent } =
-          {};
+        const run: UpRun = {
+          flags,
+          dataDir,
+          logDir,
+          agentLog: path.join(logDir, "agent.log"),
+          coordinatorLog,
+          started: {},
+        };
         let failure: unknown;
         try {
-          await startCluster(
-            flags,
-            dataDir,
-            logDir,
-            agentLog,
-            coordinatorLog,
-            started,
-            cancel.signal,
-          );
+          await startCluster(run, cancel.signal);
           await stop.requested;
         } catch (error) {
           if (!(error instanceof StartCancelled)) failure = error;
         }
-        await stopCluster(started, stop.hurry, agentLog, coordinatorLog).catch((error: unknown) => {
+        await stopCluster(run, stop.hurry).catch((error: unknown) => {
           failure ??= error;
         });
         if (failure) throw failure;
@@ -213,15 +214,18 @@ export function registerUpCommand(program: Command): void {
     );
 }
 
-async function startCluster(
-  flags: CoordinatorFlags & { nodeName?: string; sample: boolean },
-  dataDir: string,
-  logDir: string,
-  agentLog: string,
-  coordinatorLog: NodeJS.WritableStream,
-  started: { coordinator?: Coordinator; engine?: ContainerEngine; agent?: LocalAgent },
-  cancel: AbortSignal,
-): Promise<void> {
+/** One run of `up`: its settings, and what it has started so far (to stop it again). */
+interface UpRun {
+  flags: CoordinatorFlags & { nodeName?: string; sample: boolean };
+  dataDir: string;
+  logDir: string;
+  agentLog: string;
+  coordinatorLog: NodeJS.WritableStream;
+  started: { coordinator?: Coordinator; engine?: ContainerEngine; agent?: LocalAgent };
+}
+
+async function startCluster(run: UpRun, cancel: AbortSignal): Promise<void> {
+  const { flags, dataDir, logDir, agentLog, coordinatorLog, started } = run;
   const checkCancelled = () => {
     if (cancel.aborted) throw new StartCancelled();
   };
@@ -370,24 +374,22 @@ async function startCluster(
  * left and removed its replicas; then the coordinator; then the Podman service, only
  * once the containers are gone (the agent removes them through it).
  */
-async function stopCluster(
-  started: { coordinator?: Coordinator; engine?: ContainerEngine; agent?: LocalAgent },
-  hurry: AbortSignal,
-  agentLog: string,
-  coordinatorLog: NodeJS.WritableStream,
-): Promise<void> {
+async function stopCluster(run: UpRun, hurry: AbortSignal): Promise<void> {
+  const { started, agentLog, coordinatorLog } = run;
   if (started.coordinator || started.engine || started.agent) {
     process.stderr.write("• stopping local agent and coordinator …\n");
   }
   let failure: CloudlessError | undefined;
   if (started.agent) {
     const startedMs = performance.now();
-    const outcome = await started.agent.stop(hurry);
-    if (outcome === "killed") {
+    const stopped = await started.agent.stop(hurry);
+    if (stopped.outcome === "killed") {
       failure = CloudlessError.unavailable(
         `the local agent did not stop within ${hurriedAgentStopMs / 1000} s of the second signal and was killed; its replicas may still run (see ${agentLog}); the next up removes them`,
       );
-    } else if (outcome === "stopped") {
+    } else if (stopped.outcome === "stopped" && stopped.code !== 0) {
+      process.stderr.write(`! local agent exited with code ${stopped.code}; see ${agentLog}\n`);
+    } else if (stopped.outcome === "stopped") {
       process.stderr.write(
         `  local agent stopped, its replicas with it (${Math.round(performance.now() - startedMs)} ms)\n`,
       );
