@@ -124,9 +124,15 @@ export interface Agent {
    * Stops the agent; with leave, tells the coordinator first (graceful leave: replicas
    * are stopped and placed elsewhere). With leave and restartWithinMs > 0, the leave says
    * the agent restarts and is back within that long: the replicas keep running for the
-   * next agent on this data dir to adopt (ADR 0031).
+   * next agent on this data dir to adopt (ADR 0031). When `hurry` aborts (a second
+   * Ctrl-C, ADR 0028) the stop stops waiting: no leave acknowledgement, replicas killed
+   * without the rest of their grace, still removed.
    */
-  stop(options?: { leave?: boolean; restartWithinMs?: number }): Promise<AgentExit>;
+  stop(options?: {
+    leave?: boolean;
+    restartWithinMs?: number;
+    hurry?: AbortSignal;
+  }): Promise<AgentExit>;
 }
 
 const reconnectBaseMs = 200;
@@ -248,8 +254,11 @@ interface StreamSession {
   firstAck: Promise<boolean>;
   /** How the session ended (valid once done has resolved). */
   outcome(): SessionOutcome;
-  /** Says Leave and waits (bounded) for its ack; backWithinMs > 0 announces a restart. */
-  leave(backWithinMs: number): Promise<void>;
+  /**
+   * Says Leave and waits (bounded) for its ack, or until `hurry` aborts; backWithinMs > 0
+   * announces a restart.
+   */
+  leave(backWithinMs: number, hurry?: AbortSignal): Promise<void>;
   send(message: HeartbeatRequest): void;
 }
 
@@ -464,7 +473,8 @@ class AgentRunner {
       capacity: this.capacity,
       ...(this.metricsListener ? { metricsUrl: this.metricsListener.url } : {}),
       done: this.done,
-      stop: (options) => this.stop(options?.leave ?? true, options?.restartWithinMs ?? 0),
+      stop: (options) =>
+        this.stop(options?.leave ?? true, options?.restartWithinMs ?? 0, options?.hurry),
     };
   }
 
@@ -666,9 +676,11 @@ class AgentRunner {
         };
       },
       send: (message) => outgoing.push(message),
-      leave: async (backWithinMs: number) => {
+      leave: async (backWithinMs, hurry) => {
         const acked = new Promise<void>((resolve) => {
           resolveLeaveAck = resolve;
+          hurry?.addEventListener("abort", () => resolve(), { once: true });
+          if (hurry?.aborted) resolve();
         });
         cancelBeat?.();
         outgoing.push(
@@ -840,17 +852,21 @@ class AgentRunner {
     void this.finish({ code, message });
   }
 
-  private async stop(leave: boolean, restartWithinMs = 0): Promise<AgentExit> {
+  private async stop(leave: boolean, restartWithinMs = 0, hurry?: AbortSignal): Promise<AgentExit> {
     if (!this.exit) {
+      // No reconnecting from here on: a stream reopened while the replicas stop would
+      // say hello again, and the coordinator would take the leaving node back.
+      this.stopping = true;
+      this.wakeBackoff?.();
       const restarting = leave && restartWithinMs > 0;
       if (leave && this.current) {
-        await this.current.leave(restarting ? restartWithinMs : 0).catch(() => undefined);
+        await this.current.leave(restarting ? restartWithinMs : 0, hurry).catch(() => undefined);
       }
       // Leaving the cluster stops this node's replicas: the coordinator places them
       // elsewhere, and two copies must not run. A restart keeps them (the coordinator
       // keeps them here), and the desired set stays on disk for the next agent.
       const stopReplicas = leave && !restarting;
-      await this.supervisor?.stop({ stopReplicas }).catch(() => undefined);
+      await this.supervisor?.stop({ stopReplicas, hurry }).catch(() => undefined);
       await this.saveFinalState(stopReplicas);
       await this.finish({
         code: 0,

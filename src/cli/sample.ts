@@ -1,9 +1,20 @@
-import { type ChildProcess, execFile, spawn } from "node:child_process";
-import { access, copyFile, mkdir, mkdtemp, rm, symlink, writeFile } from "node:fs/promises";
+import { execFile, spawn } from "node:child_process";
+import { closeSync, openSync, readFileSync } from "node:fs";
+import {
+  access,
+  copyFile,
+  mkdir,
+  mkdtemp,
+  readFile,
+  rm,
+  symlink,
+  writeFile,
+} from "node:fs/promises";
 import * as net from "node:net";
 import { tmpdir } from "node:os";
 import * as path from "node:path";
 import { loadClientConfig } from "../client/config.js";
+import { processStartTicks } from "../lib/pidLock.js";
 import { clientsForConfig } from "./clientCommand.js";
 
 /**
@@ -21,9 +32,15 @@ events_logger = "file"
 runtime = "runc"
 `;
 
-function run(file: string, args: string[], env: NodeJS.ProcessEnv, timeoutMs: number) {
+function run(
+  file: string,
+  args: string[],
+  env: NodeJS.ProcessEnv,
+  timeoutMs: number,
+  signal?: AbortSignal,
+) {
   return new Promise<{ code: number; stderr: string }>((resolve) => {
-    execFile(file, args, { env, timeout: timeoutMs }, (error, _stdout, stderr) => {
+    execFile(file, args, { env, timeout: timeoutMs, signal }, (error, _stdout, stderr) => {
       resolve({
         code: error ? (typeof error.code === "number" ? error.code : 1) : 0,
         stderr: String(stderr),
@@ -54,17 +71,101 @@ function socketAnswers(socketPath: string, timeoutMs = 1000): Promise<boolean> {
   });
 }
 
+/** A Podman API service that `up` started (now or before a kill -9) and must stop. */
+export interface EngineService {
+  pid: number;
+  /** Started by an earlier `up` on this data dir that could not stop it, and reused. */
+  reused: boolean;
+  /** SIGTERM, then SIGKILL after a grace; forgets the service record. */
+  stop(): Promise<void>;
+}
+
 export interface ContainerEngine {
   socketPath: string;
-  /** Set when `up` started the engine's API service itself. */
-  service?: ChildProcess;
+  /** Set when the service is `up`'s own: up stops it, after the containers are gone. */
+  service?: EngineService;
   env: NodeJS.ProcessEnv;
+}
+
+/** Which Podman service `up` started on this data dir, so a later `up` can find it. */
+interface ServiceRecord {
+  pid: number;
+  startTicks?: string;
+  socketPath: string;
+}
+
+const serviceRecordFile = "podman-service.json";
+const serviceStartTimeoutMs = 15_000;
+const serviceStopGraceMs = 10_000;
+
+async function readServiceRecord(dataDir: string): Promise<ServiceRecord | undefined> {
+  try {
+    const parsed = JSON.parse(
+      await readFile(path.join(dataDir, serviceRecordFile), "utf8"),
+    ) as Partial<ServiceRecord>;
+    if (!Number.isInteger(parsed.pid) || typeof parsed.socketPath !== "string") return undefined;
+    return parsed as ServiceRecord;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Gone, a zombie, or its pid now names another process (another start time). */
+function processGone(pid: number, startTicks: string | undefined): boolean {
+  let stat: string;
+  try {
+    stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  } catch {
+    return true;
+  }
+  // comm (field 2) may hold spaces and parentheses; the fields resume after the last ")".
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  if (fields[0] === "Z" || fields[0] === "X") return true;
+  return startTicks !== undefined && fields[19] !== startTicks;
+}
+
+async function waitGone(pid: number, startTicks: string | undefined, timeoutMs: number) {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (processGone(pid, startTicks)) return true;
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  return processGone(pid, startTicks);
+}
+
+function serviceHandle(dataDir: string, record: ServiceRecord, reused: boolean): EngineService {
+  return {
+    pid: record.pid,
+    reused,
+    async stop() {
+      const signal = (name: NodeJS.Signals) => {
+        try {
+          process.kill(record.pid, name);
+        } catch {
+          // ESRCH: it ended meanwhile.
+        }
+      };
+      if (!processGone(record.pid, record.startTicks)) {
+        signal("SIGTERM");
+        if (!(await waitGone(record.pid, record.startTicks, serviceStopGraceMs))) {
+          signal("SIGKILL");
+          await waitGone(record.pid, record.startTicks, 5_000);
+        }
+      }
+      await rm(path.join(dataDir, serviceRecordFile), { force: true });
+      await rm(record.socketPath, { force: true });
+    },
+  };
 }
 
 /**
  * Finds a Docker-API socket, or starts Podman's API service when Podman is installed
  * but its service is not running. Returns undefined when there is no engine: the
  * node then runs workloads as processes.
+ *
+ * Never a second service on a socket that answers: a service an earlier `up` on this
+ * data dir started (and could not stop: kill -9, OOM) is found through its record and
+ * reused; one that no longer answers is stopped before a new one starts.
  */
 export async function findOrStartEngine(dataDir: string): Promise<ContainerEngine | undefined> {
   const fromEnv = process.env.DOCKER_HOST?.startsWith("unix://")
@@ -77,26 +178,59 @@ export async function findOrStartEngine(dataDir: string): Promise<ContainerEngin
   const confPath = path.join(dataDir, "containers.conf");
   await writeFile(confPath, podmanConf, { mode: 0o600 });
   const env = { ...process.env, CONTAINERS_CONF: process.env.CONTAINERS_CONF ?? confPath };
+  const socketPath = path.join(dataDir, "podman.sock");
+  const recorded = await readServiceRecord(dataDir);
+  const ours =
+    recorded &&
+    recorded.socketPath === socketPath &&
+    !processGone(recorded.pid, recorded.startTicks)
+      ? recorded
+      : undefined;
+  if (await socketAnswers(socketPath)) {
+    // Ours from before: reuse it (and stop it at the end). Anyone else's: use, never stop.
+    return { socketPath, env, ...(ours ? { service: serviceHandle(dataDir, ours, true) } : {}) };
+  }
+  // Ours but not answering (hung): stop it cleanly rather than start a second beside it.
+  if (ours) await serviceHandle(dataDir, ours, true).stop();
   const version = await run("podman", ["version", "--format", "{{.Client.Version}}"], env, 15_000);
   if (version.code !== 0) return undefined;
-  const socketPath = path.join(dataDir, "podman.sock");
   await rm(socketPath, { force: true });
-  const service = spawn("podman", ["system", "service", "--time=0", `unix://${socketPath}`], {
-    env,
-    stdio: "ignore",
+  await mkdir(path.join(dataDir, "logs"), { recursive: true, mode: 0o700 });
+  const logFd = openSync(path.join(dataDir, "logs", "podman-service.log"), "a", 0o600);
+  let child: ReturnType<typeof spawn>;
+  try {
+    // Its own session and process group: a terminal's Ctrl-C to `up` must not stop the
+    // engine while the agent still removes its containers through it (issue 12).
+    child = spawn("podman", ["system", "service", "--time=0", `unix://${socketPath}`], {
+      env,
+      stdio: ["ignore", logFd, logFd],
+      detached: true,
+    });
+  } finally {
+    closeSync(logFd);
+  }
+  child.on("error", () => undefined); // not installed: seen as an early exit below
+  child.unref();
+  const pid = child.pid;
+  if (pid === undefined) return undefined;
+  const startTicks = processStartTicks(pid);
+  const record: ServiceRecord = { pid, ...(startTicks ? { startTicks } : {}), socketPath };
+  await writeFile(path.join(dataDir, serviceRecordFile), `${JSON.stringify(record)}\n`, {
+    mode: 0o600,
   });
-  const deadline = Date.now() + 15_000;
+  const service = serviceHandle(dataDir, record, false);
+  const deadline = Date.now() + serviceStartTimeoutMs;
   while (Date.now() < deadline) {
     if (await socketAnswers(socketPath)) return { socketPath, service, env };
-    if (service.exitCode !== null) return undefined;
+    if (child.exitCode !== null || child.signalCode !== null) break;
     await new Promise((resolve) => setTimeout(resolve, 200));
   }
-  service.kill();
+  await service.stop();
   return undefined;
 }
 
 /** Builds the sample image from a static busybox when it is not there yet. */
-async function ensureSampleImage(engine: ContainerEngine): Promise<boolean> {
+async function ensureSampleImage(engine: ContainerEngine, signal?: AbortSignal): Promise<boolean> {
   if ((await run("podman", ["image", "exists", sampleImage], engine.env, 15_000)).code === 0)
     return true;
   const busybox = ["/bin/busybox", "/usr/bin/busybox"];
@@ -129,6 +263,7 @@ async function ensureSampleImage(engine: ContainerEngine): Promise<boolean> {
       ["build", "-q", "-t", sampleImage, context],
       engine.env,
       120_000,
+      signal,
     );
     return built.code === 0;
   } finally {
@@ -170,11 +305,13 @@ export async function deploySample(options: {
   nodeDrivers: string[];
   engine: ContainerEngine | undefined;
   timeoutMs: number;
+  /** Aborts the deployment (`up` was asked to stop meanwhile). */
+  signal?: AbortSignal;
 }): Promise<{ url: string; driver: "container" | "process" }> {
   const useContainer =
     options.nodeDrivers.includes("container") &&
     options.engine !== undefined &&
-    (await ensureSampleImage(options.engine));
+    (await ensureSampleImage(options.engine, options.signal));
   const driver = useContainer ? "container" : "process";
   const config = await loadClientConfig(options.configPath);
   // Every coordinator in the config, with failover (issue 4).
@@ -182,6 +319,7 @@ export async function deploySample(options: {
   await clients.workloads.applyWorkload({ specText: JSON.stringify(sampleSpec(driver)) });
   const deadline = Date.now() + options.timeoutMs;
   while (Date.now() < deadline) {
+    options.signal?.throwIfAborted();
     const { workload } = await clients.workloads.getWorkload({
       name: sampleName,
       namespace: "default",

@@ -39,6 +39,58 @@ export function isLogLevel(value: string): value is LevelWithSilent {
   return (logLevels as readonly string[]).includes(value);
 }
 
+/** Log lines dropped because their destination was gone (see guardDestination). */
+let droppedLines = 0;
+
+/** How many log lines this process dropped because their destination was gone. */
+export function droppedLogLines(): number {
+  return droppedLines;
+}
+
+interface GuardedDestination {
+  write(chunk: string): boolean;
+}
+
+const guards = new WeakMap<NodeJS.WritableStream, GuardedDestination>();
+
+/**
+ * A log destination that can break (stderr whose reader died: EPIPE) drops lines from
+ * then on and counts them, instead of failing each write. Without it the failed write's
+ * error reached the agent's uncaughtException handler, which logged it, which failed
+ * again: a loop that kept the event loop busy (no timer, no signal handled) at ~6,500
+ * lines/s (issue 12). A broken pipe never mends, so there is no retry.
+ */
+export function guardDestination(stream: NodeJS.WritableStream): GuardedDestination {
+  const known = guards.get(stream);
+  if (known) return known;
+  let broken = false;
+  const markBroken = () => {
+    broken = true;
+  };
+  stream.on("error", markBroken);
+  const guard: GuardedDestination = {
+    write(chunk) {
+      if (broken || (stream as NodeJS.WritableStream & { destroyed?: boolean }).destroyed) {
+        droppedLines += 1;
+        return true;
+      }
+      try {
+        return stream.write(chunk, (error) => {
+          if (!error) return;
+          markBroken();
+          droppedLines += 1;
+        });
+      } catch {
+        markBroken();
+        droppedLines += 1;
+        return true;
+      }
+    },
+  };
+  guards.set(stream, guard);
+  return guard;
+}
+
 export function createLogger(options: {
   component: string;
   level?: LevelWithSilent;
@@ -69,7 +121,7 @@ export function createLogger(options: {
         },
       },
     },
-    (options.destination ?? process.stderr) as pino.DestinationStream,
+    guardDestination(options.destination ?? process.stderr),
   );
 }
 

@@ -81,6 +81,7 @@ describe("metrics registry", () => {
       cloudless_agent_probe_results_total: "counter",
       cloudless_agent_replicas: "gauge",
       cloudless_agent_heartbeats_sent_total: "counter",
+      cloudless_agent_log_lines_dropped_total: "counter",
     });
     expect(types.get("cloudless_process_cpu_seconds_total")).toBe("counter");
     expect(conventionProblems(types)).toEqual([]);

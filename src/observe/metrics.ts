@@ -12,6 +12,7 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Http2ServerRequest, Http2ServerResponse } from "node:http2";
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
+import { droppedLogLines } from "./logger.js";
 
 export type { Registry };
 
@@ -239,6 +240,7 @@ export interface AgentMetrics {
   probeResults: Counter<"kind" | "result">;
   replicas: Gauge<"phase">;
   heartbeatsSent: Counter<string>;
+  logLinesDropped: Counter<string>;
   setStateSource(source: AgentStateSource): void;
 }
 
@@ -247,6 +249,7 @@ export function createAgentMetrics(options: { defaultMetrics?: boolean } = {}): 
   const registry = newRegistry(options.defaultMetrics ?? true);
   const registers = [registry];
   let source: AgentStateSource | undefined;
+  let droppedCounted = 0;
   return {
     registry,
     driverOperations: new Counter({
@@ -282,6 +285,19 @@ export function createAgentMetrics(options: { defaultMetrics?: boolean } = {}): 
       name: `${prefix}agent_heartbeats_sent_total`,
       help: "Heartbeats this agent sent to the coordinator.",
       registers,
+    }),
+    logLinesDropped: new Counter({
+      name: `${prefix}agent_log_lines_dropped_total`,
+      help: "Log lines this agent process dropped because their destination was gone (e.g. stderr whose reader exited).",
+      registers,
+      collect() {
+        // The count lives in the logger (one per process); the counter catches up at scrape time.
+        const total = droppedLogLines();
+        if (total > droppedCounted) {
+          this.inc(total - droppedCounted);
+          droppedCounted = total;
+        }
+      },
     }),
     setStateSource(next) {
       source = next;

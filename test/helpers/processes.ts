@@ -78,6 +78,12 @@ export interface ManagedProcessOptions {
   launcher?: string[];
   /** Names the captured log file; the first argument by default. */
   label?: string;
+  /**
+   * Starts the process as the leader of its own process group, as a shell starts a
+   * foreground command: signalGroup() then reaches everything left in that group, like
+   * a terminal's Ctrl-C.
+   */
+  detached?: boolean;
 }
 
 /** A long-running `cloudless` process (or another program) whose output is captured for assertions. */
@@ -92,6 +98,7 @@ export class ManagedProcess {
     this.child = spawn(command ?? process.execPath, [...leading, ...args], {
       env: { ...process.env, CLOUDLESS_CONFIG: undefined, ...env },
       stdio: ["ignore", "pipe", "pipe"],
+      detached: options.detached ?? false,
     });
     const capture = captureFile(options.label ?? args.slice(0, 1).join("-"));
     this.child.stdout?.on("data", (chunk: Buffer) => {
@@ -127,6 +134,15 @@ export class ManagedProcess {
 
   kill(signal: NodeJS.Signals = "SIGTERM"): void {
     if (this.running) this.child.kill(signal);
+  }
+
+  /** Signals the process group the process leads (started with `detached`), as Ctrl-C does. */
+  signalGroup(signal: NodeJS.Signals): void {
+    try {
+      process.kill(-this.pid, signal);
+    } catch {
+      // ESRCH: nothing left in the group.
+    }
   }
 
   /** Stops the process, escalating to SIGKILL after a grace period. */

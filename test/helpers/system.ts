@@ -102,3 +102,33 @@ export async function certificateValidity(
     notAfterMs: Date.parse(certificate.validTo),
   };
 }
+
+/**
+ * Replica processes of the process driver that belong to this data dir: the ones with
+ * CLOUDLESS_REPLICA in their environment (as the agent sets it) and HOME under the dir
+ * (their private working directory). Other tests' replicas on the same machine do not count.
+ */
+export async function replicaProcessesUnder(dir: string): Promise<ProcInfo[]> {
+  const found: ProcInfo[] = [];
+  for (const entry of await readdir("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    const environ = await readFile(`/proc/${entry}/environ`, "utf8").catch(() => "");
+    const vars = environ.split("\0");
+    if (!vars.some((v) => v.startsWith("CLOUDLESS_REPLICA="))) continue;
+    if (!vars.some((v) => v.startsWith("HOME=") && v.includes(`${dir}/`))) continue;
+    const info = await readProc(Number(entry));
+    if (info) found.push(info);
+  }
+  return found;
+}
+
+/** `podman system service` processes serving a socket under this directory. */
+export function engineServicesUnder(dir: string): Promise<ProcInfo[]> {
+  return findProcesses(
+    (argv) =>
+      argv.some((arg) => arg.endsWith("podman")) &&
+      argv.includes("system") &&
+      argv.includes("service") &&
+      argv.some((arg) => arg.includes(`${dir}/`)),
+  );
+}

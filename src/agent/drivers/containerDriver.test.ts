@@ -336,6 +336,25 @@ describe.skipIf(skipReason !== "")("container driver on podman", () => {
     expect(await runtime.portOwner?.(id, hostPort)).toEqual({ kind: "nobody" });
   });
 
+  it("NFR-U1 hardening: a hurry (second Ctrl-C) during a long grace period kills the container at once (ADR 0028)", async () => {
+    const runtime = driver();
+    const id = replicaId();
+    created.push(id);
+    // httpd as PID 1 ignores SIGTERM: only the kill ends it before the grace period.
+    await runtime.start(
+      spec({ replicaId: id, command: ["/bin/httpd", "-f", "-p", "8080", "-h", "/www"] }),
+    );
+    await waitFor(
+      "the container to run",
+      async () => (await runtime.status(id)).state === "running",
+    );
+    const hurry = new AbortController();
+    const stopped = runtime.stop(id, 600_000, hurry.signal);
+    setTimeout(() => hurry.abort(), 500);
+    await stopped; // a grace of ten minutes: only the hurry ends this within the test's time
+    expect(await runtime.status(id)).toMatchObject({ state: "exited", exitCode: 137 });
+  });
+
   it("bounds exec with a deadline", async () => {
     const runtime = driver();
     const id = replicaId();

@@ -492,13 +492,21 @@ class DockerContainerDriver implements ContainerDriver {
     }
   }
 
-  async stop(replicaId: string, graceMs: number): Promise<void> {
+  async stop(replicaId: string, graceMs: number, hurry?: AbortSignal): Promise<void> {
     checkReplicaId(replicaId);
     this.published.delete(replicaId);
     const name = containerNameFor(replicaId);
     // Another cluster's container of that name is not ours to stop: for us it is gone.
     if (this.options.owner && (await this.inspect(replicaId)) === "foreign") return;
-    const graceSeconds = Math.max(0, Math.ceil(graceMs / 1000));
+    const graceSeconds = hurry?.aborted ? 0 : Math.max(0, Math.ceil(graceMs / 1000));
+    // A hurry during the grace period kills the container while the stop waits; the
+    // engine then ends the stop too.
+    const kill = () => {
+      this.call(`killing container ${name}`, (docker, signal) =>
+        docker.getContainer(name).kill({ signal: "SIGKILL", abortSignal: signal }),
+      ).catch(() => undefined); // already stopped or gone: the stop reports how it ended
+    };
+    if (graceSeconds > 0) hurry?.addEventListener("abort", kill, { once: true });
     try {
       await this.call(
         `stopping container ${name}`,
@@ -511,6 +519,8 @@ class DockerContainerDriver implements ContainerDriver {
       // 304: already stopped; 404: already gone. Both mean "stopped".
       if (status === 304 || status === 404) return;
       throw error;
+    } finally {
+      hurry?.removeEventListener("abort", kill);
     }
   }
 

@@ -90,8 +90,11 @@ export interface RuntimeDriver {
   health(): Promise<{ ok: true } | { ok: false; reason: string }>;
   /** Creates and starts the replica; idempotent for a replica that already runs. */
   start(spec: ReplicaRunSpec): Promise<void>;
-  /** Stops the replica: SIGTERM, then SIGKILL after graceMs. Idempotent. */
-  stop(replicaId: string, graceMs: number): Promise<void>;
+  /**
+   * Stops the replica: SIGTERM, then SIGKILL after graceMs, or at once when `hurry`
+   * aborts during the grace period (a second Ctrl-C, ADR 0028). Idempotent.
+   */
+  stop(replicaId: string, graceMs: number, hurry?: AbortSignal): Promise<void>;
   /** Removes everything the replica left behind (container, working directory, cgroup). Idempotent. */
   remove(replicaId: string): Promise<void>;
   status(replicaId: string): Promise<ReplicaRuntimeStatus>;

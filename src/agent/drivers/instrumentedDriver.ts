@@ -70,8 +70,8 @@ export class InstrumentedDriver implements RuntimeDriver {
     return this.time("start", () => this.inner.start(spec), spec.replicaId);
   }
 
-  stop(replicaId: string, graceMs: number): Promise<void> {
-    return this.time("stop", () => this.inner.stop(replicaId, graceMs), replicaId);
+  stop(replicaId: string, graceMs: number, hurry?: AbortSignal): Promise<void> {
+    return this.time("stop", () => this.inner.stop(replicaId, graceMs, hurry), replicaId);
   }
 
   remove(replicaId: string): Promise<void> {

@@ -373,6 +373,48 @@ describe.skipIf(cgroupProblem !== undefined)(
       expect(await driver.status(polite)).toMatchObject({ state: "exited", exitCode: 3 });
     });
 
+    it("NFR-U1 hardening: a hurry (second Ctrl-C) during the grace period kills a replica that ignores SIGTERM at once, its own child or adopted (ADR 0028)", async () => {
+      const { driver, dataDir } = await newDriver();
+      const trapped = (name: string) => path.join(dataDir, `${name}.trapped`);
+      const termed = (name: string) => path.join(dataDir, `${name}.termed`);
+      // Notes each SIGTERM in a file and carries on: only SIGKILL ends it.
+      const stubborn = (name: string) => [
+        "/bin/sh",
+        "-c",
+        `trap ': > ${termed(name)}' TERM; : > ${trapped(name)}; while true; do sleep 0.1; done`,
+      ];
+      const own = replicaId();
+      const adopted = replicaId();
+      await driver.start(spec({ replicaId: own, command: stubborn("own") }));
+      await driver.start(spec({ replicaId: adopted, command: stubborn("adopted") }));
+      await waitFor(
+        "both shells to set their traps",
+        async () => existsSync(trapped("own")) && existsSync(trapped("adopted")),
+      );
+      // The second replica through a new driver on the same data dir: not its child.
+      const { driver: restarted } = await newDriver({ dataDir });
+      for (const [stopper, id, name] of [
+        [driver, own, "own"],
+        [restarted, adopted, "adopted"],
+      ] as const) {
+        const hurry = new AbortController();
+        // A grace far longer than the test: only the hurry can end the stop in time.
+        const stopped = stopper.stop(id, 600_000, hurry.signal);
+        await waitFor(`replica ${name} to get SIGTERM`, async () => existsSync(termed(name)));
+        expect((await stopper.status(id)).state).toBe("running");
+        hurry.abort();
+        await stopped;
+        expect((await stopper.status(id)).state).toBe("exited");
+      }
+      expect((await driver.status(own)).exitCode).toBe(137);
+      // Already aborted: no grace at all.
+      const late = replicaId();
+      await driver.start(spec({ replicaId: late, command: stubborn("late") }));
+      await waitFor("the shell to set its trap", async () => existsSync(trapped("late")));
+      await driver.stop(late, 600_000, AbortSignal.abort());
+      expect(await driver.status(late)).toMatchObject({ state: "exited", exitCode: 137 });
+    });
+
     it("adopts running replicas after an agent restart (a new driver on the same data dir)", async () => {
       const { driver: before, dataDir } = await newDriver();
       const id = replicaId();

@@ -674,18 +674,18 @@ class CgroupProcessDriver implements ProcessDriver {
     throw new DriverError("invalid", `command "${program}" was not found or is not executable`);
   }
 
-  async stop(replicaId: string, graceMs: number): Promise<void> {
+  async stop(replicaId: string, graceMs: number, hurry?: AbortSignal): Promise<void> {
     checkReplicaId(replicaId);
     this.forgetPorts(replicaId);
-    return this.serialize(replicaId, () => this.stopLocked(replicaId, graceMs));
+    return this.serialize(replicaId, () => this.stopLocked(replicaId, graceMs, hurry));
   }
 
-  private async stopLocked(replicaId: string, graceMs: number): Promise<void> {
+  private async stopLocked(replicaId: string, graceMs: number, hurry?: AbortSignal): Promise<void> {
     const tracked = await this.lookup(replicaId);
     if (!tracked) return;
     if (await this.refresh(tracked)) {
       signalGroup(tracked.pid, "SIGTERM");
-      if (!(await this.waitExit(tracked, graceMs))) {
+      if (!(await this.waitExit(tracked, hurry?.aborted ? 0 : graceMs, hurry))) {
         signalGroup(tracked.pid, "SIGKILL");
         if (!(await this.waitExit(tracked, 5_000))) {
           throw new DriverError("failed", `replica ${replicaId} (pid ${tracked.pid}) did not die`);
@@ -697,20 +697,29 @@ class CgroupProcessDriver implements ProcessDriver {
     if (tracked.cgroup) await killMembers(tracked.cgroup);
   }
 
-  private async waitExit(tracked: Tracked, timeoutMs: number): Promise<boolean> {
+  /** Whether the process exited within timeoutMs; false at once when `cutShort` aborts. */
+  private async waitExit(
+    tracked: Tracked,
+    timeoutMs: number,
+    cutShort?: AbortSignal,
+  ): Promise<boolean> {
     const deadline = Date.now() + timeoutMs;
     if (tracked.child) {
       let timer: NodeJS.Timeout | undefined;
+      let onCut: (() => void) | undefined;
       const timeout = new Promise<boolean>((resolve) => {
         timer = setTimeout(() => resolve(false), timeoutMs);
+        onCut = () => resolve(false);
+        cutShort?.addEventListener("abort", onCut, { once: true });
       });
       const done = await Promise.race([tracked.exited.then(() => true), timeout]);
       clearTimeout(timer);
+      if (onCut) cutShort?.removeEventListener("abort", onCut);
       return done;
     }
     for (;;) {
       if (!(await this.refresh(tracked))) return true;
-      if (Date.now() >= deadline) return false;
+      if (Date.now() >= deadline || cutShort?.aborted) return false;
       await sleep(25);
     }
   }

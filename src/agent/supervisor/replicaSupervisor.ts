@@ -251,9 +251,10 @@ export class ReplicaSupervisor {
   /**
    * Stops the loop and the probes and waits for in-flight work (bounded by deadlines).
    * With stopReplicas the replicas are stopped and removed too; without, they keep
-   * running for the next agent to adopt.
+   * running for the next agent to adopt. When `hurry` aborts (a second Ctrl-C, ADR
+   * 0028) replicas still in their grace period are killed at once; they are still removed.
    */
-  async stop(options: { stopReplicas: boolean }): Promise<void> {
+  async stop(options: { stopReplicas: boolean; hurry?: AbortSignal }): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
     this.cancelTick?.();
@@ -267,7 +268,7 @@ export class ReplicaSupervisor {
     if (options.stopReplicas) {
       await Promise.allSettled(
         [...this.records.values()].map(async (record) => {
-          if (await this.teardown(record)) {
+          if (await this.teardown(record, options.hurry)) {
             this.setPhase(record, "Stopped", "AgentStopped", "stopped with the agent");
             await this.releasePorts(record.id, record.hostPorts);
           }
@@ -919,7 +920,7 @@ export class ReplicaSupervisor {
   }
 
   /** Stops and removes the replica on its driver; false (and a noted problem) on failure. */
-  private async teardown(record: ReplicaRecord): Promise<boolean> {
+  private async teardown(record: ReplicaRecord, hurry?: AbortSignal): Promise<boolean> {
     this.stopProbes(record);
     const name = record.desired.spec.driver;
     const driver = this.options.drivers.get(name);
@@ -933,7 +934,7 @@ export class ReplicaSupervisor {
     const graceMs = graceMsOf(record.desired);
     try {
       await this.call(
-        () => driver.stop(record.id, graceMs),
+        () => driver.stop(record.id, graceMs, hurry),
         `${name} stop`,
         graceMs + this.callTimeoutMs,
       );

@@ -6,7 +6,8 @@ import { defaultDataDir } from "../../client/config.js";
 import type { Coordinator } from "../../control/coordinator.js";
 import { parseDurationMs } from "../../lib/duration.js";
 import { CloudlessError } from "../../lib/errors.js";
-import { createLogger, isLogLevel } from "../../observe/logger.js";
+import { handleStopSignals, type StopRequests } from "../../lib/signals.js";
+import { createLogger, isLogLevel, type Logger } from "../../observe/logger.js";
 import { initTracing, shutdownTracing } from "../../observe/tracing.js";
 import { action, fail } from "../run.js";
 import { cliVersion } from "../version.js";
@@ -188,11 +189,13 @@ export function registerDaemonCommands(program: Command): void {
     { dataDir: defaultDataDir() },
   ).action(
     action(async (flags: CoordinatorFlags) => {
+      // Installed first: a signal during the start stops the coordinator once it is up.
+      const stop = handleStopSignals({ hurryEffect: "its stop waits for nothing it could skip" });
       const coordinator = await coordinatorFromFlags(flags);
       process.stderr.write(
         `coordinator of cluster "${coordinator.clusterName}" listening on ${coordinator.url}\nadmin config: ${coordinator.adminConfigPath}\n`,
       );
-      await waitForSignal();
+      await stop.requested;
       await coordinator.stop();
       await shutdownTracing();
     }),
@@ -273,6 +276,14 @@ export function registerDaemonCommands(program: Command): void {
           logLevel: string;
         }) => {
           const logger = createLogger({ component: "agent", level: parseLogLevel(flags.logLevel) });
+          // Installed before anything starts: a signal during the start (enrollment, the
+          // capacity measurement) stops the agent as soon as it runs, never halfway.
+          const stop = handleStopSignals({
+            hurryEffect:
+              "no leave acknowledgement awaited; replicas are killed without the rest of their grace period",
+            notice: (line) => logger.warn(line),
+          });
+          watchParent(stop, logger);
           // Loaded here, not at the top: a coordinator process never loads the agent.
           const { agentVersion, startAgent } = await import("../../agent/agent.js");
           // The node name is known once the agent has its identity; spans wait for it.
@@ -372,7 +383,15 @@ export function registerDaemonCommands(program: Command): void {
           const keepAlive = setInterval(() => undefined, 1 << 30);
           const exit = await Promise.race([
             agent.done,
-            waitForSignal().then(() => agent.stop(stopOptions)),
+            stop.requested.then((reason) => {
+              logger.info(
+                { reason },
+                stopOptions.restartWithinMs !== undefined
+                  ? "stopping for a restart: the replicas keep running"
+                  : "leaving the cluster: stopping the replicas",
+              );
+              return agent.stop({ ...stopOptions, hurry: stop.hurry });
+            }),
           ]);
           clearInterval(keepAlive);
           await shutdownTracing();
@@ -420,14 +439,21 @@ export function isTransportError(error: unknown): error is Error {
   );
 }
 
-export function waitForSignal(): Promise<NodeJS.Signals> {
-  return new Promise((resolve) => {
-    const handler = (signal: NodeJS.Signals) => {
-      process.off("SIGINT", handler);
-      process.off("SIGTERM", handler);
-      resolve(signal);
-    };
-    process.on("SIGINT", handler);
-    process.on("SIGTERM", handler);
-  });
+/**
+ * An agent started with an IPC channel (as `cloudless up` starts its local agent) stops
+ * when the channel closes: its parent is gone, killed (-9) or out of memory, and nobody
+ * else will ever stop it (ADR 0028). The replicas go with it, as on a graceful leave;
+ * the next `up` starts them again. Standalone agents have no channel and are unaffected.
+ */
+function watchParent(stop: StopRequests, logger: Logger): void {
+  const channel = process.channel;
+  if (!channel) return;
+  // The channel must not keep the agent alive by itself.
+  channel.unref();
+  const parentGone = () => {
+    logger.warn("the parent process is gone (its IPC channel closed); stopping");
+    stop.request("parent process gone");
+  };
+  if (!process.connected) parentGone();
+  else process.once("disconnect", parentGone);
 }

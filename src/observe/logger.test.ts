@@ -1,0 +1,59 @@
+import { Writable } from "node:stream";
+import { describe, expect, it } from "vitest";
+import { createLogger, droppedLogLines } from "./logger.js";
+
+/** A destination whose reader is gone: every write fails with EPIPE, as a dead stderr pipe does. */
+function brokenPipe() {
+  let attempts = 0;
+  const stream = new Writable({
+    write(_chunk, _encoding, callback) {
+      attempts += 1;
+      callback(Object.assign(new Error("write EPIPE"), { code: "EPIPE" }));
+    },
+  });
+  return { stream, attempts: () => attempts };
+}
+
+describe("logger", () => {
+  it("REQ-070 hardening: lines to a broken destination are dropped and counted, never thrown or retried", async () => {
+    const { stream, attempts } = brokenPipe();
+    const uncaught: unknown[] = [];
+    const onUncaught = (error: unknown) => uncaught.push(error);
+    process.on("uncaughtException", onUncaught);
+    try {
+      const logger = createLogger({ component: "test", destination: stream });
+      const before = droppedLogLines();
+      logger.info("first line, whose write fails");
+      await new Promise((resolve) => setImmediate(resolve));
+      for (let i = 0; i < 100; i++) logger.warn({ i }, "reconnecting");
+      await new Promise((resolve) => setImmediate(resolve));
+      // One write reached the stream and failed; the hundred after it were never tried.
+      expect(attempts()).toBe(1);
+      expect(droppedLogLines() - before).toBe(101);
+      expect(uncaught).toEqual([]);
+      // A second logger on the same stream knows it is broken.
+      createLogger({ component: "other", destination: stream }).info("dropped too");
+      expect(attempts()).toBe(1);
+      expect(droppedLogLines() - before).toBe(102);
+    } finally {
+      process.off("uncaughtException", onUncaught);
+    }
+  });
+
+  it("REQ-070 lines reach a working destination as JSON with the component", () => {
+    const lines: string[] = [];
+    const stream = new Writable({
+      write(chunk, _encoding, callback) {
+        lines.push(String(chunk));
+        callback();
+      },
+    });
+    createLogger({ component: "test", destination: stream }).info({ a: 1 }, "hello");
+    expect(JSON.parse(lines[0] as string)).toMatchObject({
+      level: "info",
+      component: "test",
+      a: 1,
+      msg: "hello",
+    });
+  });
+});
