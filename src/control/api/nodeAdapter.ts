@@ -8,6 +8,7 @@ import {
   universalRequestFromNodeRequest,
   universalResponseToNodeResponse,
 } from "@connectrpc/connect-node";
+import { limits } from "../../lib/limits.js";
 
 type NodeHandler = ReturnType<typeof connectNodeAdapter>;
 
@@ -98,8 +99,18 @@ function capped(handler: UniversalHandler, cap: RequestCap): UniversalHandler {
 }
 
 /**
+ * How much of a refused body is still read (and dropped) so the refusal reaches the
+ * client after its upload, on a healthy connection. Answered early instead, the rest of
+ * the upload arrives on a closed stream: HTTP/2 counts each such frame as invalid and,
+ * after 1,000 on one connection (three 5 MB requests), ends it with ENHANCE_YOUR_CALM,
+ * failing every call on it. Past this the stream is reset.
+ */
+const drainMaxBytes = 4 * limits.requestBytes;
+
+/**
  * The body as it arrives, refused once past `maxBytes`; when `framed`, also as soon as
- * the first frame's header (a flags byte and a 32-bit length) declares more.
+ * the first frame's header (a flags byte and a 32-bit length) declares more. A refused
+ * body is read to its end (up to drainMaxBytes) before the refusal is thrown.
  */
 async function* countBytes(
   body: AsyncIterable<Uint8Array>,
@@ -108,14 +119,21 @@ async function* countBytes(
   framed: boolean,
 ): AsyncIterable<Uint8Array> {
   let total = 0;
+  let refused = false;
   const header: number[] = [];
   for await (const chunk of body) {
     total += chunk.byteLength;
-    if (total > maxBytes) throw refusal();
+    if (refused || total > maxBytes) {
+      refused = true;
+      if (total > drainMaxBytes) throw refusal();
+      continue;
+    }
     if (framed && header.length < 5) {
       for (let i = 0; i < chunk.byteLength && header.length < 5; i++) header.push(chunk[i] ?? 0);
-      if (header.length === 5 && Buffer.from(header).readUInt32BE(1) > maxBytes) throw refusal();
+      refused = header.length === 5 && Buffer.from(header).readUInt32BE(1) > maxBytes;
+      if (refused) continue;
     }
     yield chunk;
   }
+  if (refused) throw refusal();
 }
