@@ -6,7 +6,11 @@ import type { Transport } from "@connectrpc/connect";
 import { fetchPinnedCa } from "../client/pinning.js";
 import { createClients, createCoordinatorTransport } from "../client/transport.js";
 import { fromConnectError } from "../control/api/errorMapping.js";
-import { clusterIdFromCaPem, generateKeyAndCsr } from "../control/security/pki.js";
+import {
+  clusterIdFromCaPem,
+  generateKeyAndCsr,
+  validateNodeName,
+} from "../control/security/pki.js";
 import { parseToken } from "../control/security/tokens.js";
 import {
   CapacitySchema,
@@ -189,6 +193,9 @@ async function enroll(
   const parsed = parseToken(options.token);
   if (!parsed.ok) throw CloudlessError.invalid(parsed.reason);
   const nodeName = options.name ?? defaultNodeName();
+  // The coordinator refuses a bad name too, naming its API field; said here for the flag.
+  const nameCheck = validateNodeName(nodeName);
+  if (!nameCheck.ok) throw CloudlessError.invalid(`--name: ${nameCheck.reason}`);
   const { keyPem, csrPem } = await generateKeyAndCsr({ commonName: nodeName });
   // Each join URL in turn (and a leader a follower names): any coordinator that
   // answers may be the one that enrolls. Only unreachable ones are skipped; a refused

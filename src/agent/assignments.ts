@@ -34,7 +34,7 @@ export function desiredFromAssignment(
   } catch {
     return { ok: false, message: "assignment carries a spec that is not JSON" };
   }
-  const parsed = parseWorkloadValue(value);
+  const parsed = parseWorkloadValue(withoutReplicaCount(value));
   if (!parsed.ok) {
     return {
       ok: false,
@@ -57,6 +57,18 @@ export function desiredFromAssignment(
       ...(assignment.traceparent ? { traceparent: assignment.traceparent } : {}),
     },
   };
+}
+
+/**
+ * The spec with its replica count set aside: how many replicas a workload has is the
+ * coordinator's business, not this node's, and a workload stored before the count had a
+ * limit (replicasPerWorkload) must still run here.
+ */
+function withoutReplicaCount(value: unknown): unknown {
+  if (typeof value !== "object" || value === null) return value;
+  const spec = (value as { spec?: unknown }).spec;
+  if (typeof spec !== "object" || spec === null || Array.isArray(spec)) return value;
+  return { ...value, spec: { ...spec, replicas: 0, minAvailable: 0 } };
 }
 
 export function runSpecFromDocument(replicaId: string, doc: WorkloadSpecDocument): ReplicaRunSpec {

@@ -3,6 +3,7 @@ import { timestampMs } from "@bufbuild/protobuf/wkt";
 import type { Command } from "commander";
 import { type Event, EventSchema } from "../../gen/cloudless/v1/event_pb.js";
 import { parseDurationMs } from "../../lib/duration.js";
+import { limitRef, limits } from "../../lib/limits.js";
 import { connect, describeClientError } from "../clientCommand.js";
 import { parseOutputFormat, printResult, renderTable } from "../output.js";
 import { action, fail } from "../run.js";
@@ -52,6 +53,11 @@ export function registerEventCommands(program: Command): void {
           const limit = Number(options.limit);
           if (!Number.isInteger(limit) || limit <= 0)
             fail(`--limit ${options.limit}: expected a positive integer`);
+          if (limit > limits.eventsPerList) {
+            fail(
+              `--limit ${options.limit}: at most ${limits.eventsPerList} ${limitRef("eventsPerList")}`,
+            );
+          }
           const { clients, server } = await connect(program.opts().config);
           const response = await clients.events
             .listEvents({

@@ -3,6 +3,7 @@ import { timestampMs } from "@bufbuild/protobuf/wkt";
 import type { Command } from "commander";
 import { TokenInfoSchema } from "../../gen/cloudless/v1/token_pb.js";
 import { formatAge, parseDurationMs } from "../../lib/duration.js";
+import { limitRef, limits } from "../../lib/limits.js";
 import { connect, describeClientError } from "../clientCommand.js";
 import { parseOutputFormat, printResult } from "../output.js";
 import { action, fail } from "../run.js";
@@ -22,6 +23,15 @@ export function registerTokenCommands(program: Command): void {
         const ttlMs = parseDurationMs(options.ttl);
         if (ttlMs === undefined || ttlMs < 1000) {
           fail(`--ttl ${options.ttl}: expected a duration such as 30m, 1h or 24h`);
+        }
+        // Said here for the flag; the coordinator refuses the same, naming its field.
+        if (ttlMs > limits.tokenTtlSeconds * 1000) {
+          fail(`--ttl ${options.ttl}: at most 720h (30 days) ${limitRef("tokenTtlSeconds")}`);
+        }
+        if (options.description.length > limits.tokenDescriptionChars) {
+          fail(
+            `--description: at most ${limits.tokenDescriptionChars} characters ${limitRef("tokenDescriptionChars")}`,
+          );
         }
         const { clients, server } = await connect(program.opts().config);
         const response = await clients.tokens

@@ -1,4 +1,4 @@
-import { readFile } from "node:fs/promises";
+import { readFile, stat } from "node:fs/promises";
 import { toJson } from "@bufbuild/protobuf";
 import { timestampMs } from "@bufbuild/protobuf/wkt";
 import type { Command } from "commander";
@@ -11,6 +11,7 @@ import {
 } from "../../gen/cloudless/v1/workload_pb.js";
 import { formatAge, parseDurationMs } from "../../lib/duration.js";
 import { CloudlessError } from "../../lib/errors.js";
+import { limitRef, limits, specTooLargeMessage } from "../../lib/limits.js";
 import { connect, describeClientError } from "../clientCommand.js";
 import { parseOutputFormat, printResult, renderTable } from "../output.js";
 import { action, fail } from "../run.js";
@@ -64,17 +65,28 @@ function replicaRows(workload: Workload, nowMs: number): string[][] {
   ]);
 }
 
+/** A spec file's text; one over the specBytes limit is refused before it is read whole. */
 async function readSpecFile(file: string): Promise<string> {
+  let text: string | undefined;
   try {
-    return file === "-" ? await readStdin() : await readFile(file, "utf8");
+    if (file === "-") text = await readStdin();
+    else if ((await stat(file)).size <= limits.specBytes) text = await readFile(file, "utf8");
   } catch {
     throw CloudlessError.invalid(`-f ${file}: cannot read the file`);
   }
+  if (text === undefined) throw CloudlessError.invalid(specTooLargeMessage(file));
+  return text;
 }
 
-async function readStdin(): Promise<string> {
+/** Standard input, or undefined once it is past the specBytes limit. */
+async function readStdin(): Promise<string | undefined> {
   const chunks: Buffer[] = [];
-  for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
+  let bytes = 0;
+  for await (const chunk of process.stdin) {
+    bytes += (chunk as Buffer).byteLength;
+    if (bytes > limits.specBytes) return undefined;
+    chunks.push(chunk as Buffer);
+  }
   return Buffer.concat(chunks).toString("utf8");
 }
 
@@ -142,9 +154,14 @@ export function registerWorkloadCommands(program: Command): void {
             `workload/${found.name} ${response.action}${flags.dryRun ? " (dry run)" : ""}\n`,
           );
         } else {
+          // A dry run says so: nothing was written, and a new workload has no uid or times.
           printResult(
             format,
-            { action: response.action, workload: workloadJson(found) },
+            {
+              action: response.action,
+              ...(flags.dryRun ? { dryRun: true } : {}),
+              workload: workloadJson(found),
+            },
             { headers: [], rows: [] },
           );
         }
@@ -256,6 +273,11 @@ export function registerWorkloadCommands(program: Command): void {
         if (!Number.isInteger(replicas) || replicas < 0) {
           fail(`--replicas ${flags.replicas}: expected a non-negative integer`);
         }
+        if (replicas > limits.replicasPerWorkload) {
+          fail(
+            `--replicas ${flags.replicas}: at most ${limits.replicasPerWorkload} ${limitRef("replicasPerWorkload")}`,
+          );
+        }
         const { clients, server } = await client();
         await call(
           server,
@@ -330,6 +352,11 @@ export function registerWorkloadCommands(program: Command): void {
         const timeoutMs = parseDurationMs(flags.timeout);
         if (timeoutMs === undefined)
           fail(`--timeout ${flags.timeout}: expected a duration such as 5m`);
+        if (timeoutMs > limits.rolloutStatusTimeoutSeconds * 1000) {
+          fail(
+            `--timeout ${flags.timeout}: at most 24h ${limitRef("rolloutStatusTimeoutSeconds")}`,
+          );
+        }
         const { clients, server } = await client();
         let last = "";
         try {
@@ -384,6 +411,11 @@ export function registerWorkloadCommands(program: Command): void {
         ) => {
           const tail = Number(flags.tail);
           if (!Number.isInteger(tail)) fail(`--tail ${flags.tail}: expected an integer`);
+          if (tail > limits.logTailLines) {
+            fail(
+              `--tail ${flags.tail}: at most ${limits.logTailLines} ${limitRef("logTailLines")}`,
+            );
+          }
           const { clients, server } = await client();
           try {
             for await (const line of clients.workloads.workloadLogs(
@@ -423,6 +455,9 @@ export function registerWorkloadCommands(program: Command): void {
           const timeoutMs = parseDurationMs(flags.timeout);
           if (timeoutMs === undefined)
             fail(`--timeout ${flags.timeout}: expected a duration such as 30s`);
+          if (timeoutMs > limits.execTimeoutSeconds * 1000) {
+            fail(`--timeout ${flags.timeout}: at most 5m ${limitRef("execTimeoutSeconds")}`);
+          }
           const { clients, server } = await client();
           const result = await call(
             server,

@@ -11,6 +11,7 @@ import { NodeService } from "../../gen/cloudless/v1/node_pb.js";
 import { TokenService } from "../../gen/cloudless/v1/token_pb.js";
 import { WorkloadService } from "../../gen/cloudless/v1/workload_pb.js";
 import { type AuditRecord, hostOf } from "../../observe/audit.js";
+import { unreadableSpecText } from "../workloads/parse.js";
 import type { CoordinatorServices } from "./context.js";
 import { type Peer, peerKey } from "./peer.js";
 
@@ -162,7 +163,8 @@ function specMetadata(request: unknown): unknown {
       };
       return { name: text("name"), namespace: text("namespace") };
     }
-    if (specText && specText.length <= 1024 * 1024) {
+    // Text the spec parser would refuse to read (too large, too deep) is not read here.
+    if (specText && unreadableSpecText(specText, "spec") === undefined) {
       const parsed = parseYaml(specText, { maxAliasCount: 100 }) as JsonValue;
       return (parsed as { metadata?: unknown } | null)?.metadata;
     }

@@ -3,6 +3,7 @@ import type { ServiceImpl } from "@connectrpc/connect";
 import type { EventService, WatchEventsResponse } from "../../gen/cloudless/v1/event_pb.js";
 import { WatchEventsResponseSchema } from "../../gen/cloudless/v1/event_pb.js";
 import { CloudlessError } from "../../lib/errors.js";
+import { limitRef, limits } from "../../lib/limits.js";
 import type { ClusterEvent } from "../events/eventLog.js";
 import { type CoordinatorServices, requireAdmin } from "./context.js";
 import { eventToProto } from "./convert.js";
@@ -10,10 +11,38 @@ import { eventToProto } from "./convert.js";
 /** Events a slow watcher may fall behind by before its stream is ended. */
 const watchBufferLimit = 10_000;
 
+/** An event id is "<revision>" or "<revision>.<index>": a 2^53 revision is 16 digits. */
+const eventIdMaxChars = 24;
+
+/** Refuses a query beyond the limits before the log is read; fields named as in the API. */
+function checkQuery(request: { types: string[]; afterId: string; subject?: string }): void {
+  if (request.types.length > limits.eventTypesPerQuery) {
+    throw CloudlessError.invalid(
+      `types: at most ${limits.eventTypesPerQuery} event types per query ${limitRef("eventTypesPerQuery")}`,
+    );
+  }
+  if ((request.subject?.length ?? 0) > limits.eventSubjectChars) {
+    throw CloudlessError.invalid(
+      `subject must be at most ${limits.eventSubjectChars} characters ${limitRef("eventSubjectChars")}`,
+    );
+  }
+  if (request.afterId.length > eventIdMaxChars) {
+    throw CloudlessError.invalid(
+      `after_id is not an event id; use an id from an event list (e.g. 1234 or 1234.0005)`,
+    );
+  }
+}
+
 export function eventServiceImpl(services: CoordinatorServices): ServiceImpl<typeof EventService> {
   return {
     async listEvents(request, context) {
       requireAdmin(context);
+      checkQuery(request);
+      if (request.limit > limits.eventsPerList) {
+        throw CloudlessError.invalid(
+          `limit must be at most ${limits.eventsPerList} ${limitRef("eventsPerList")}; narrow the query with since_seconds, types or subject`,
+        );
+      }
       const events = await services.events.list({
         sinceMs:
           request.sinceSeconds > 0
@@ -29,6 +58,7 @@ export function eventServiceImpl(services: CoordinatorServices): ServiceImpl<typ
 
     async *watchEvents(request, context): AsyncGenerator<WatchEventsResponse> {
       requireAdmin(context);
+      checkQuery(request);
       const queue: ClusterEvent[] = [];
       let ended: string | undefined;
       let wake: (() => void) | undefined;

@@ -9,6 +9,7 @@ import {
 } from "../../gen/cloudless/v1/node_pb.js";
 import { AsyncQueue } from "../../lib/asyncQueue.js";
 import { CloudlessError } from "../../lib/errors.js";
+import { limits } from "../../lib/limits.js";
 import { readFreshClusterState } from "../controllers/clusterCache.js";
 import { emptyCapacity, emptyInfo, type NodeRecord, nodeKey } from "../nodes/nodeRecord.js";
 import { type NodePlacements, placementsByNode } from "../nodes/placements.js";
@@ -30,7 +31,7 @@ import {
 } from "./convert.js";
 import { EventBudget } from "./eventBudget.js";
 import { requestLogger } from "./requestContext.js";
-import { limits, validateLabels, validateLocality } from "./validation.js";
+import { validateLabels, validateLocality } from "./validation.js";
 
 /** How long a new heartbeat stream may take to say hello before it is dropped. */
 const helloTimeoutMs = 10_000;
@@ -92,7 +93,7 @@ export function nodeServiceImpl(services: CoordinatorServices): ServiceImpl<type
     async enroll(request, context) {
       const name = request.name;
       const nameCheck = validateNodeName(name);
-      if (!nameCheck.ok) throw CloudlessError.invalid(`--name: ${nameCheck.reason}`);
+      if (!nameCheck.ok) throw CloudlessError.invalid(`name: ${nameCheck.reason}`);
       validateLocality(request.region, "region");
       validateLocality(request.zone, "zone");
       validateLabels(request.labels);
@@ -107,7 +108,7 @@ export function nodeServiceImpl(services: CoordinatorServices): ServiceImpl<type
       }
       if (await nodes.get(name)) {
         throw CloudlessError.alreadyExists(
-          `node "${name}" is already enrolled; delete it with \`cloudless node delete ${name}\` first, or join with another --name`,
+          `node "${name}" is already enrolled; delete it with \`cloudless node delete ${name}\` first, or enroll it under another name`,
         );
       }
       const now = clock.nowMs();

@@ -3,13 +3,13 @@ import * as http2 from "node:http2";
 import * as net from "node:net";
 import type { ConnectRouter, Interceptor } from "@connectrpc/connect";
 import { Code, createContextValues } from "@connectrpc/connect";
-import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { ClusterService } from "../../gen/cloudless/v1/cluster_pb.js";
 import { EventService } from "../../gen/cloudless/v1/event_pb.js";
 import { NodeService } from "../../gen/cloudless/v1/node_pb.js";
 import { TokenService } from "../../gen/cloudless/v1/token_pb.js";
 import { WorkloadService } from "../../gen/cloudless/v1/workload_pb.js";
 import { CloudlessError } from "../../lib/errors.js";
+import { limits, specTooLargeMessage } from "../../lib/limits.js";
 import { metricsPath } from "../../observe/metrics.js";
 import { auditInterceptor, auditRefusal } from "./audit.js";
 import { clusterServiceImpl } from "./clusterService.js";
@@ -17,6 +17,7 @@ import type { CoordinatorServices } from "./context.js";
 import { toConnectError } from "./errorMapping.js";
 import { eventServiceImpl } from "./eventService.js";
 import { countRefusedRequest, metricsInterceptor, serveMetrics } from "./metricsInterceptor.js";
+import { cappedNodeAdapter } from "./nodeAdapter.js";
 import { nodeServiceImpl } from "./nodeService.js";
 import { type Peer, peerKey, resolvePeer } from "./peer.js";
 import { requestContextInterceptor, requestLogger } from "./requestContext.js";
@@ -27,7 +28,8 @@ import { workloadServiceImpl } from "./workloadService.js";
 const enrollPath = `/${NodeService.typeName}/${NodeService.method.enroll.name}`;
 
 /** Largest request message accepted; bigger ones are refused before they are parsed. */
-export const readMaxBytes = 4 * 1024 * 1024;
+export const readMaxBytes = limits.requestBytes;
+const applyWorkloadPath = `/${WorkloadService.typeName}/${WorkloadService.method.applyWorkload.name}`;
 const tlsHandshakeTimeoutMs = 10_000;
 const maxConnections = 20_000;
 
@@ -142,8 +144,19 @@ export async function startApiServer(
     router.service(WorkloadService, workloadServiceImpl(services));
   };
 
-  const handler = connectNodeAdapter({
+  const handler = cappedNodeAdapter({
     routes,
+    // A spec too large to read gets the answer of one too large to accept: one limit,
+    // one error, whatever the size (issue 12).
+    caps: new Map([
+      [
+        applyWorkloadPath,
+        {
+          maxBytes: readMaxBytes,
+          refusal: () => toConnectError(CloudlessError.invalid(specTooLargeMessage())),
+        },
+      ],
+    ]),
     // Request ID, logger and trace span outermost, so they cover everything; then
     // metrics and audit: they see the codes of refusals by the others.
     interceptors: [

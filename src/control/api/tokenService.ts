@@ -1,9 +1,10 @@
 import type { ServiceImpl } from "@connectrpc/connect";
 import type { TokenService } from "../../gen/cloudless/v1/token_pb.js";
 import { CloudlessError } from "../../lib/errors.js";
+import { limitRef, limits } from "../../lib/limits.js";
+import { tokenTtlTooLongMessage } from "../tokens/tokenRegistry.js";
 import { actorName, type CoordinatorServices, requireAdmin } from "./context.js";
 import { tokenToProto } from "./convert.js";
-import { limits } from "./validation.js";
 
 const defaultTokenTtlSeconds = 3600;
 
@@ -11,11 +12,14 @@ export function tokenServiceImpl(services: CoordinatorServices): ServiceImpl<typ
   return {
     async createToken(request, context) {
       const identity = requireAdmin(context);
-      if (request.description.length > limits.descriptionBytes) {
+      // Errors name the API's fields; the CLI words them for its own flags.
+      if (request.description.length > limits.tokenDescriptionChars) {
         throw CloudlessError.invalid(
-          `--description must be at most ${limits.descriptionBytes} characters`,
+          `description must be at most ${limits.tokenDescriptionChars} characters ${limitRef("tokenDescriptionChars")}`,
         );
       }
+      if (request.ttlSeconds > limits.tokenTtlSeconds)
+        throw CloudlessError.invalid(tokenTtlTooLongMessage);
       const ttlSeconds = request.ttlSeconds === 0 ? defaultTokenTtlSeconds : request.ttlSeconds;
       const { token, record } = await services.tokens.create({
         ttlMs: ttlSeconds * 1000,

@@ -1,14 +1,5 @@
 import { CloudlessError } from "../../lib/errors.js";
-
-/** Bounds on what a request may carry, so a malformed or hostile request is refused early. */
-export const limits = {
-  csrPemBytes: 16 * 1024,
-  labelCount: 64,
-  labelKeyBytes: 63,
-  labelValueBytes: 253,
-  localityBytes: 63,
-  descriptionBytes: 256,
-} as const;
+import { limitRef, limits } from "../../lib/limits.js";
 
 const labelKeyPattern = /^[A-Za-z0-9]([A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?$/;
 const localityPattern = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
@@ -16,7 +7,9 @@ const localityPattern = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 export function validateLabels(labels: Record<string, string>, field = "labels"): void {
   const entries = Object.entries(labels);
   if (entries.length > limits.labelCount) {
-    throw CloudlessError.invalid(`${field}: at most ${limits.labelCount} labels are allowed`);
+    throw CloudlessError.invalid(
+      `${field}: at most ${limits.labelCount} labels are allowed ${limitRef("labelCount")}`,
+    );
   }
   for (const [key, value] of entries) {
     if (!labelKeyPattern.test(key)) {
@@ -24,9 +17,9 @@ export function validateLabels(labels: Record<string, string>, field = "labels")
         `${field}: label key "${key.slice(0, 80)}" is invalid; use letters, digits, '.', '_', '-', '/' (max 63 chars, alphanumeric at both ends)`,
       );
     }
-    if (value.length > limits.labelValueBytes) {
+    if (value.length > limits.labelValueChars) {
       throw CloudlessError.invalid(
-        `${field}: label "${key}" value is longer than ${limits.labelValueBytes} characters`,
+        `${field}: label "${key}" value is longer than ${limits.labelValueChars} characters ${limitRef("labelValueChars")}`,
       );
     }
   }

@@ -14,6 +14,7 @@ import {
   WorkloadView,
 } from "../../gen/cloudless/v1/workload_pb.js";
 import { CloudlessError } from "../../lib/errors.js";
+import { limitRef, limits, specTooLargeMessage } from "../../lib/limits.js";
 import { injectTraceparent } from "../../observe/tracing.js";
 import { readFreshClusterState } from "../controllers/clusterCache.js";
 import type { ClusterState } from "../controllers/clusterState.js";
@@ -27,7 +28,7 @@ import {
 } from "../controllers/records.js";
 import { asSpecView, driverOfSpec, placementOf } from "../controllers/specView.js";
 import { toSchedNodes } from "../controllers/workloadController.js";
-import { reconcileWorkload, type WorkloadStatusView } from "../controllers/workloadReconciler.js";
+import { type WorkloadStatusView, workloadStatus } from "../controllers/workloadReconciler.js";
 import { explainPending } from "../scheduler/index.js";
 import type { Op } from "../store/store.js";
 import {
@@ -35,14 +36,15 @@ import {
   formatSpecErrors,
   parseWorkloadText,
   parseWorkloadValue,
+  specTextTooLarge,
 } from "../workloads/parse.js";
 import type { WorkloadSpecDocument } from "../workloads/spec.js";
 import { actorName, type CoordinatorServices, requireAdmin } from "./context.js";
 
 /** Revisions kept per workload for `rollout undo`. */
 const revisionHistoryLimit = 10;
-const specTextLimitBytes = 256 * 1024;
 const defaultRolloutTimeoutSeconds = 600;
+const defaultExecTimeoutSeconds = 30;
 const rolloutPollMs = 250;
 
 /** Everything but the replica count and rollout knobs: a change here is a new revision. */
@@ -54,9 +56,28 @@ export function templateHash(doc: WorkloadSpecDocument): string {
     .slice(0, 16);
 }
 
+const dnsLabelPattern = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
+
+/**
+ * The workload a request names. Names and namespaces are DNS labels (the spec schema's
+ * rule), so anything else cannot exist and is refused before a lookup; the echo of what
+ * was sent is cut short, so a huge name cannot make a huge error.
+ */
 function nameOf(request: { name: string; namespace: string }) {
   if (!request.name) throw CloudlessError.invalid("a workload name is required");
-  return { name: request.name, namespace: request.namespace || "default" };
+  const namespace = request.namespace || "default";
+  for (const [field, value] of [
+    ["name", request.name],
+    ["namespace", namespace],
+  ] as const) {
+    if (!dnsLabelPattern.test(value)) {
+      throw CloudlessError.invalid(
+        `${field} ${JSON.stringify(value.slice(0, 80))}${value.length > 80 ? "…" : ""} is not a ` +
+          "workload name: lowercase letters, digits and '-', at most 63 characters",
+      );
+    }
+  }
+  return { name: request.name, namespace };
 }
 
 function notFound(namespace: string, name: string): CloudlessError {
@@ -95,6 +116,10 @@ export function workloadServiceImpl(
       for (let attempt = 0; attempt < 5; attempt++) {
         const existingKv = await store.get(key);
         const existing = existingKv ? (JSON.parse(existingKv.value) as WorkloadRecord) : undefined;
+        // Quotas are checked against the cluster as it is, a dry run included, before
+        // anything is written. Two concurrent creates may both pass: the bounds are soft
+        // by the number of requests in flight.
+        checkQuotas(await loadState(), namespace, name, existing, doc.spec.replicas);
         const hash = templateHash(doc);
         const ops: Op[] = [];
         let action: "created" | "updated" | "scaled" | "unchanged";
@@ -102,7 +127,8 @@ export function workloadServiceImpl(
         if (!existing) {
           action = "created";
           record = {
-            uid: randomUUID(),
+            // A dry run makes up no identity: its workload has no uid and no times yet.
+            uid: request.dryRun ? "" : randomUUID(),
             namespace,
             name,
             revision: 1,
@@ -110,8 +136,8 @@ export function workloadServiceImpl(
             spec: doc,
             replicas: doc.spec.replicas,
             minAvailable: doc.spec.minAvailable,
-            createdAtMs: now,
-            updatedAtMs: now,
+            createdAtMs: request.dryRun ? 0 : now,
+            updatedAtMs: request.dryRun ? 0 : now,
             traceparent,
           };
         } else if (existing.templateHash === hash) {
@@ -154,7 +180,9 @@ export function workloadServiceImpl(
           };
         }
         if (request.dryRun) {
-          return { workload: toWorkload(await loadState(), record), action };
+          // What it would be, with the times it has now: nothing was updated.
+          const preview = existing ? { ...record, updatedAtMs: existing.updatedAtMs } : record;
+          return { workload: toWorkload(await loadState(), preview), action };
         }
         ops.push({ type: "put", key, value: JSON.stringify(record) });
         if (!existing || existing.revision !== record.revision) {
@@ -261,15 +289,19 @@ export function workloadServiceImpl(
     async scaleWorkload(request, context) {
       const identity = requireAdmin(context);
       const { namespace, name } = nameOf(request);
-      if (
-        !Number.isInteger(request.replicas) ||
-        request.replicas < 0 ||
-        request.replicas > 10_000
-      ) {
-        throw CloudlessError.invalid("--replicas must be an integer between 0 and 10000");
+      if (!Number.isInteger(request.replicas) || request.replicas < 0) {
+        throw CloudlessError.invalid(
+          `replicas must be a non-negative integer, not ${request.replicas}`,
+        );
+      }
+      if (request.replicas > limits.replicasPerWorkload) {
+        throw CloudlessError.invalid(
+          `replicas must be at most ${limits.replicasPerWorkload} ${limitRef("replicasPerWorkload")}, not ${request.replicas}`,
+        );
       }
       for (let attempt = 0; attempt < 5; attempt++) {
         const { state, workload, modRevision } = await load(namespace, name);
+        checkQuotas(state, namespace, name, workload, request.replicas);
         const doc = workload.spec as WorkloadSpecDocument;
         const minAvailable = Math.min(workload.minAvailable, request.replicas);
         const updated: WorkloadRecord = {
@@ -303,6 +335,11 @@ export function workloadServiceImpl(
     async *rolloutStatus(request, context) {
       requireAdmin(context);
       const { namespace, name } = nameOf(request);
+      if (request.timeoutSeconds > limits.rolloutStatusTimeoutSeconds) {
+        throw CloudlessError.invalid(
+          `timeout_seconds must be at most ${limits.rolloutStatusTimeoutSeconds} ${limitRef("rolloutStatusTimeoutSeconds")}`,
+        );
+      }
       const timeoutMs = (request.timeoutSeconds || defaultRolloutTimeoutSeconds) * 1000;
       const deadline = clock.nowMs() + timeoutMs;
       let last = "";
@@ -351,14 +388,21 @@ export function workloadServiceImpl(
       }
       const now = clock.nowMs();
       const revision = workload.revision + 1;
-      const doc: WorkloadSpecDocument = {
+      // The old spec is checked again: it may predate a limit that holds now.
+      const restored = parseWorkloadValue({
         ...previous.spec,
         spec: {
           ...previous.spec.spec,
           replicas: workload.replicas,
           minAvailable: workload.minAvailable,
         },
-      };
+      });
+      if (!restored.ok) {
+        throw CloudlessError.invalid(
+          `the spec of revision ${previous.revision} is not valid any more, so it cannot be restored:\n${formatSpecErrors(restored.errors)}`,
+        );
+      }
+      const doc: WorkloadSpecDocument = restored.doc;
       const updated: WorkloadRecord = {
         ...workload,
         revision,
@@ -450,6 +494,11 @@ export function workloadServiceImpl(
     async *workloadLogs(request, context) {
       requireAdmin(context);
       const { namespace, name } = nameOf(request);
+      if (request.tailLines > limits.logTailLines) {
+        throw CloudlessError.invalid(
+          `tail_lines must be at most ${limits.logTailLines} ${limitRef("logTailLines")}; leave it unset (or negative) for every line`,
+        );
+      }
       const { state } = await load(namespace, name);
       const replica = pickReplica(state, namespace, name, request.replicaId);
       // Agents' streams, and so the tunnels to replicas, end at the leader.
@@ -475,10 +524,24 @@ export function workloadServiceImpl(
           "a command is required: cloudless workload exec NAME -- CMD [ARGS…]",
         );
       }
+      const commandBytes = request.command.reduce(
+        (sum, arg) => sum + Buffer.byteLength(arg) + 1,
+        0,
+      );
+      if (commandBytes > limits.execCommandBytes) {
+        throw CloudlessError.invalid(
+          `command is ${commandBytes} bytes; at most ${limits.execCommandBytes} are allowed ${limitRef("execCommandBytes")}`,
+        );
+      }
+      if (request.timeoutSeconds > limits.execTimeoutSeconds) {
+        throw CloudlessError.invalid(
+          `timeout_seconds must be at most ${limits.execTimeoutSeconds} ${limitRef("execTimeoutSeconds")}`,
+        );
+      }
       const { state } = await load(namespace, name);
       const replica = pickReplica(state, namespace, name, request.replicaId);
       requireLeader(services);
-      const timeoutMs = Math.min(300, request.timeoutSeconds || 30) * 1000;
+      const timeoutMs = (request.timeoutSeconds || defaultExecTimeoutSeconds) * 1000;
       const result = await services.tunnels.exec(
         replica.node,
         replica.id,
@@ -515,28 +578,63 @@ export function workloadServiceImpl(
       spec: workload.spec as JsonObject,
       status: statusToProto(statusOf(state, workload)),
       replicas: replicas.map((r) => replicaToProto(r, state)),
-      createdAt: timestampFromMs(workload.createdAtMs),
-      updatedAt: timestampFromMs(workload.updatedAtMs),
+      // A dry run's new workload has no times (0): it was not created.
+      createdAt: workload.createdAtMs > 0 ? timestampFromMs(workload.createdAtMs) : undefined,
+      updatedAt: workload.updatedAtMs > 0 ? timestampFromMs(workload.updatedAtMs) : undefined,
     });
   }
 }
 
+/** A workload's status from its records: a read plans nothing (issue 12). */
 function statusOf(state: ClusterState, workload: WorkloadRecord): WorkloadStatusView {
   const spec = asSpecView(workload.spec);
-  return reconcileWorkload({
-    workload: {
+  return workloadStatus(
+    {
       revision: workload.revision,
       replicas: workload.replicas,
       minAvailable: workload.minAvailable,
       maxSurge: spec.spec.rollout.maxSurge,
       maxUnavailable: spec.spec.rollout.maxUnavailable,
     },
-    replicas: (
-      state.replicasByWorkload.get(workloadId(workload.namespace, workload.name)) ?? []
-    ).map((r) => r.value),
-    nodeStatus: (node) => state.nodes.get(node)?.status,
-    newReplicaId: () => "",
-  }).status;
+    (state.replicasByWorkload.get(workloadId(workload.namespace, workload.name)) ?? []).map(
+      (r) => r.value,
+    ),
+    (node) => state.nodes.get(node)?.status,
+  );
+}
+
+/**
+ * Refuses a create beyond workloadsPerNamespace, and a change that raises the replicas
+ * all workloads ask for beyond replicasPerCluster. A change that lowers them is always
+ * allowed, so a cluster over a bound (from before it existed) can get back under it.
+ */
+export function checkQuotas(
+  state: ClusterState,
+  namespace: string,
+  name: string,
+  existing: WorkloadRecord | undefined,
+  replicas: number,
+): void {
+  let inNamespace = 0;
+  let clusterReplicas = 0;
+  for (const { value } of state.workloads.values()) {
+    if (value.namespace === namespace) inNamespace++;
+    if (value.namespace !== namespace || value.name !== name) clusterReplicas += value.replicas;
+  }
+  if (!existing && inNamespace >= limits.workloadsPerNamespace) {
+    throw CloudlessError.invalid(
+      `namespace "${namespace}" already has ${inNamespace} workloads, the most allowed ` +
+        `${limitRef("workloadsPerNamespace")}; delete one first or use another namespace`,
+    );
+  }
+  const total = clusterReplicas + replicas;
+  if (replicas > (existing?.replicas ?? 0) && total > limits.replicasPerCluster) {
+    throw CloudlessError.invalid(
+      `replicas: ${replicas} would make ${total} replicas in the cluster, and at most ` +
+        `${limits.replicasPerCluster} are allowed ${limitRef("replicasPerCluster")}; ` +
+        "scale other workloads down first",
+    );
+  }
 }
 
 function statusToProto(view: WorkloadStatusView): WorkloadStatus {
@@ -615,15 +713,52 @@ function pickReplica(
   return chosen;
 }
 
-function parseRequestSpec(text: string, value: unknown) {
+/**
+ * The request's spec, refused with the one specBytes answer when it is too large
+ * (the server's edge gives the same answer to requests too large to read).
+ */
+export function parseRequestSpec(text: string, value: unknown) {
   if (text) {
-    if (Buffer.byteLength(text) > specTextLimitBytes) {
-      throw CloudlessError.invalid(`workload spec is larger than ${specTextLimitBytes / 1024} KiB`);
-    }
+    if (specTextTooLarge(text)) throw CloudlessError.invalid(specTooLargeMessage());
     return parseWorkloadText(text, "spec");
   }
-  if (value !== undefined) return parseWorkloadValue(value);
+  if (value !== undefined) {
+    // Depth first: it is counted without recursion, and serializing is not.
+    if (nestingLevels(value, limits.specNestingLevels) > limits.specNestingLevels) {
+      throw CloudlessError.invalid(
+        `workload spec nests deeper than ${limits.specNestingLevels} levels ${limitRef("specNestingLevels")}; a workload spec needs fewer than 10`,
+      );
+    }
+    if (structuredSpecBytes(value) > limits.specBytes) {
+      throw CloudlessError.invalid(specTooLargeMessage());
+    }
+    return parseWorkloadValue(value);
+  }
   throw CloudlessError.invalid("no spec given: send spec_text (YAML or JSON) or spec");
+}
+
+/** How deeply a decoded value nests, counted without recursion up to `atMost` + 1. */
+function nestingLevels(value: unknown, atMost: number): number {
+  let deepest = 0;
+  const stack: Array<{ value: unknown; depth: number }> = [{ value, depth: 0 }];
+  while (stack.length > 0) {
+    const next = stack.pop() as { value: unknown; depth: number };
+    if (typeof next.value !== "object" || next.value === null) continue;
+    deepest = Math.max(deepest, next.depth + 1);
+    if (deepest > atMost) return deepest;
+    for (const child of Object.values(next.value))
+      stack.push({ value: child, depth: next.depth + 1 });
+  }
+  return deepest;
+}
+
+/** A structured spec's size as JSON; one too deep to serialize counts as too large. */
+function structuredSpecBytes(value: unknown): number {
+  try {
+    return Buffer.byteLength(JSON.stringify(value));
+  } catch {
+    return Number.POSITIVE_INFINITY;
+  }
 }
 
 function sleep(ms: number, signal: AbortSignal): Promise<void> {

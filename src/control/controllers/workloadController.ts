@@ -1,5 +1,6 @@
 import { createHash, randomBytes } from "node:crypto";
 import type { Clock } from "../../lib/clock.js";
+import { limits } from "../../lib/limits.js";
 import type { Rng } from "../../lib/rng.js";
 import type { Logger } from "../../observe/logger.js";
 import type { ControllerMetrics } from "../../observe/metrics.js";
@@ -75,6 +76,11 @@ export interface WorkloadControllerOptions {
   debounceMs?: number;
   /** Scheduler and rescheduling metrics (REQ-070); absent in unit tests. */
   metrics?: ControllerMetrics;
+  /**
+   * Replica writes a pass plans and replicas it schedules at most (default
+   * limits.replicasPerPass); the rest wait for the next pass.
+   */
+  replicasPerPass?: number;
 }
 
 /**
@@ -111,6 +117,10 @@ export class WorkloadController {
   private readonly rollouts = new Map<string, { revision: number; inProgress: boolean }>();
   /** Replicas placed, by pass; read by tests and metrics. */
   placementsTotal = 0;
+  /** Where the next pass's window of pending replicas starts, when more wait than fit. */
+  private pendingCursor = 0;
+  /** Windows of pending replicas tried since one placed anything. */
+  private windowsWithoutPlacement = 0;
   private readonly replacements: ReplacementTimer;
 
   constructor(private readonly options: WorkloadControllerOptions) {
@@ -316,11 +326,14 @@ export class WorkloadController {
     const nodeStatus = (name: string) => state.nodes.get(name)?.status;
     const keys = only ?? new Set([...state.workloads.keys(), ...state.replicasByWorkload.keys()]);
     const plans: ReconcilePlan[] = [];
+    // A pass writes at most this many replicas, so its memory and its transactions stay
+    // bounded however much was asked at once; what is left is the next pass's (ADR 0026).
+    let budget = this.replicasPerPass;
     for (const key of keys) {
       const workload = state.workloads.get(key)?.value;
       const replicas = state.replicasByWorkload.get(key) ?? [];
       const spec = workload ? asSpecView(workload.spec) : undefined;
-      const { actions, status } = reconcileWorkload({
+      const planned = reconcileWorkload({
         workload:
           workload && spec
             ? {
@@ -334,12 +347,26 @@ export class WorkloadController {
         replicas: replicas.map((r) => r.value),
         nodeStatus,
         newReplicaId: () => newReplicaId(workload?.name ?? "replica"),
+        maxCreates: budget,
       });
+      const { status } = planned;
+      // A prefix of a workload's actions is safe on its own: each stop keeps the
+      // rollout's floor by itself and each create stays within the surge.
+      const actions = planned.actions.slice(0, budget);
+      budget -= actions.length;
+      if (actions.length < planned.actions.length || planned.deferredCreates > 0) {
+        this.dirtyWorkloads.add(key);
+        this.dirty = true;
+      }
       if (actions.length > 0) plans.push({ key, workload, spec, replicas, actions });
       if (workload) this.noteRolloutProgress(key, workload.revision, status);
       else this.rollouts.delete(key);
     }
     return plans;
+  }
+
+  private get replicasPerPass(): number {
+    return this.options.replicasPerPass ?? limits.replicasPerPass;
   }
 
   /**
@@ -497,8 +524,11 @@ export class WorkloadController {
 
   /** Schedules pending replicas and commits the plan; returns the revision written, 0 if none. */
   private async scheduleAndCommit(state: ClusterState): Promise<number> {
-    const pending: PendingReplica[] = [];
-    const pendingRecords = new Map<string, Versioned<ReplicaRecord>>();
+    const waiting: Array<{
+      key: string;
+      workload: WorkloadRecord;
+      replica: Versioned<ReplicaRecord>;
+    }> = [];
     const existing: ExistingReplica[] = [];
     for (const [key, replicas] of state.replicasByWorkload) {
       const workload = state.workloads.get(key)?.value;
@@ -508,19 +538,27 @@ export class WorkloadController {
           continue;
         }
         if (replica.value.desired !== "Running" || !workload) continue;
-        const spec = specOfRevision(state, workload, replica.value.revision);
-        pending.push({
-          id: replica.value.id,
-          workloadKey: key,
-          driver: driverOfSpec(spec),
-          resources: replica.value.resources,
-          placement: placementOf(spec),
-        });
-        pendingRecords.set(replica.value.id, replica);
+        waiting.push({ key, workload, replica });
       }
     }
-    this.options.metrics?.schedulerPending.set(pending.length);
-    if (pending.length === 0) return 0;
+    this.options.metrics?.schedulerPending.set(waiting.length);
+    if (waiting.length === 0) return 0;
+    // At most replicasPerPass are decided per pass, in a window that moves round the
+    // waiting ones, so replicas that fit nowhere cannot keep others from being tried.
+    const window = this.pendingWindow(waiting);
+    const pending: PendingReplica[] = [];
+    const pendingRecords = new Map<string, Versioned<ReplicaRecord>>();
+    for (const { key, workload, replica } of window) {
+      const spec = specOfRevision(state, workload, replica.value.revision);
+      pending.push({
+        id: replica.value.id,
+        workloadKey: key,
+        driver: driverOfSpec(spec),
+        resources: replica.value.resources,
+        placement: placementOf(spec),
+      });
+      pendingRecords.set(replica.value.id, replica);
+    }
     const snapshot: ClusterSnapshot = {
       revision: state.revision,
       nodes: toSchedNodes(state, this.options.clock.nowMs()),
@@ -551,11 +589,36 @@ export class WorkloadController {
         return plan;
       },
     );
-    return withSpan(
+    const wrote = await withSpan(
       "controller.commit_plan",
       { "cloudless.scheduler.placements": plan.placements.length },
       () => this.commitPlan(state, plan, pendingRecords),
     );
+    if (window.length < waiting.length) {
+      // More wait than one pass decides: the next pass takes the next window, at once
+      // while windows place something or until every window was tried since one did;
+      // after that, replicas that fit nowhere wait for a change or the resync.
+      this.windowsWithoutPlacement = wrote > 0 ? 0 : this.windowsWithoutPlacement + 1;
+      if (this.windowsWithoutPlacement < Math.ceil(waiting.length / window.length)) {
+        this.dirty = true;
+      }
+    }
+    return wrote;
+  }
+
+  /** The replicas this pass schedules: all, or replicasPerPass of them from the cursor on. */
+  private pendingWindow<T>(waiting: T[]): T[] {
+    const size = this.replicasPerPass;
+    if (waiting.length <= size) {
+      this.pendingCursor = 0;
+      this.windowsWithoutPlacement = 0;
+      return waiting;
+    }
+    const start = this.pendingCursor % waiting.length;
+    this.pendingCursor = start + size;
+    const window = waiting.slice(start, start + size);
+    if (window.length < size) window.push(...waiting.slice(0, size - window.length));
+    return window;
   }
 
   /**

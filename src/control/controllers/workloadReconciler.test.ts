@@ -2,7 +2,13 @@ import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import type { NodeStatus } from "../membership/membershipTracker.js";
 import type { ReplicaRecord } from "./records.js";
-import { reconcileWorkload, type WorkloadIntent } from "./workloadReconciler.js";
+import {
+  isReplicaReady,
+  reconcileWorkload,
+  type WorkloadIntent,
+  type WorkloadStatusView,
+  workloadStatus,
+} from "./workloadReconciler.js";
 
 /** A tiny simulated cluster: actions apply at once; readiness flips when the test says. */
 class SimCluster {
@@ -204,4 +210,193 @@ describe("workload reconciler", () => {
     expect(result.status.phase).toBe("Pending");
     expect(result.status.message).toMatch(/Insufficient memory/);
   });
+
+  it("REQ-080 hardening: a status read plans nothing, so 2^31-1 desired replicas cost no more than their records", () => {
+    const cluster = new SimCluster();
+    converge(cluster, intent());
+    const huge = intent({ replicas: 2_147_483_647 });
+    const started = performance.now();
+    const status = workloadStatus(huge, cluster.replicas, (n) => cluster.nodes.get(n));
+    expect(performance.now() - started).toBeLessThan(100);
+    expect(status).toMatchObject({
+      desiredReplicas: 2_147_483_647,
+      replicas: 3,
+      readyReplicas: 3,
+      phase: "Progressing",
+      message: "3/2147483647 replicas ready, 3 of 2147483647 created",
+    });
+  });
+
+  it("REQ-020 hardening: maxCreates bounds the creates of one call; the rest are deferred and made by later passes", () => {
+    const result = reconcileWorkload({
+      workload: intent({ replicas: 2_147_483_647 }),
+      replicas: [],
+      nodeStatus: () => "Ready",
+      newReplicaId: () => "r",
+      maxCreates: 1000,
+    });
+    expect(result.actions).toHaveLength(1000);
+    expect(result.deferredCreates).toBe(2_147_483_647 - 1000);
+    expect(result.status.phase).toBe("Pending");
+
+    const cluster = new SimCluster();
+    let seq = 0;
+    for (let pass = 0; pass < 4; pass++) {
+      const step = reconcileWorkload({
+        workload: intent({ replicas: 10 }),
+        replicas: cluster.replicas,
+        nodeStatus: (n) => cluster.nodes.get(n),
+        newReplicaId: () => `b${++seq}`,
+        maxCreates: 4,
+      });
+      for (const action of step.actions) {
+        if (action.type !== "create") continue;
+        cluster.replicas.push({
+          id: action.id,
+          namespace: "default",
+          workload: "web",
+          revision: action.revision,
+          node: "",
+          desired: "Running",
+          resources: { cpuMillicores: 1, memoryMiB: 1, storageGiB: 0, bandwidthMbps: 0 },
+          createdAtMs: seq,
+        });
+      }
+      expect(step.deferredCreates).toBe(Math.max(0, 10 - 4 * (pass + 1)));
+    }
+    expect(cluster.replicas).toHaveLength(10);
+  });
+
+  it("REQ-080 property: workloadStatus reads the status the reconciler always reported (an independent oracle)", () => {
+    const statuses: NodeStatus[] = ["Ready", "NotReady", "Lost", "Left"];
+    const replicaArb = fc.record({
+      node: fc.constantFrom("", "n1", "n2", "gone"),
+      desired: fc.constantFrom("Running" as const, "Stopped" as const),
+      revision: fc.integer({ min: 1, max: 3 }),
+      ready: fc.boolean(),
+      pendingReason: fc.option(fc.constantFrom("no nodes", "Insufficient memory"), {
+        nil: undefined,
+      }),
+    });
+    fc.assert(
+      fc.property(
+        fc.option(
+          fc.record({
+            revision: fc.integer({ min: 1, max: 3 }),
+            replicas: fc.integer({ min: 0, max: 8 }),
+            minAvailable: fc.integer({ min: 0, max: 8 }),
+            maxSurge: fc.integer({ min: 0, max: 3 }),
+            maxUnavailable: fc.integer({ min: 0, max: 3 }),
+          }),
+          { nil: undefined },
+        ),
+        fc.array(replicaArb, { maxLength: 12 }),
+        fc.constantFrom(...statuses),
+        fc.constantFrom(...statuses),
+        (workload, specs, n1, n2) => {
+          const nodes = new Map<string, NodeStatus>([
+            ["n1", n1],
+            ["n2", n2],
+          ]);
+          const nodeStatus = (n: string) => nodes.get(n);
+          const replicas: ReplicaRecord[] = specs.map((spec, i) => ({
+            id: `r${i}`,
+            namespace: "default",
+            workload: "web",
+            revision: spec.revision,
+            node: spec.node,
+            desired: spec.desired,
+            resources: { cpuMillicores: 1, memoryMiB: 1, storageGiB: 0, bandwidthMbps: 0 },
+            createdAtMs: i,
+            ...(spec.pendingReason ? { pendingReason: spec.pendingReason } : {}),
+            ...(spec.node !== ""
+              ? {
+                  status: {
+                    phase: "Running" as const,
+                    ready: spec.ready,
+                    restarts: 0,
+                    reason: "",
+                    message: "",
+                    hostPorts: {},
+                    driver: "process",
+                    reportedAtMs: 0,
+                  },
+                }
+              : {}),
+          }));
+          const expected = oracleStatus(workload, replicas, nodeStatus);
+          expect(workloadStatus(workload, replicas, nodeStatus)).toEqual(expected);
+          expect(
+            reconcileWorkload({ workload, replicas, nodeStatus, newReplicaId: () => "x" }).status,
+          ).toEqual(expected);
+        },
+      ),
+      { numRuns: 500 },
+    );
+  });
 });
+
+/** The status as reconcileWorkload computed it before issue 12, from the live replicas. */
+function oracleStatus(
+  workload: WorkloadIntent | undefined,
+  replicas: ReplicaRecord[],
+  nodeStatus: (node: string) => NodeStatus | undefined,
+): WorkloadStatusView {
+  if (!workload) {
+    return {
+      desiredReplicas: 0,
+      replicas: 0,
+      readyReplicas: 0,
+      updatedReplicas: 0,
+      availableReplicas: 0,
+      minAvailable: 0,
+      revision: 0,
+      phase: "Running",
+      message: "deleted",
+    };
+  }
+  const gone = (r: ReplicaRecord) => {
+    if (r.node === "") return false;
+    const status = nodeStatus(r.node);
+    return status === undefined || status === "Lost" || status === "Left";
+  };
+  const live = replicas.filter((r) => r.desired === "Running" && !gone(r));
+  const ready = (r: ReplicaRecord) => isReplicaReady(r, nodeStatus);
+  const desired = workload.replicas;
+  const current = live.filter((r) => r.revision === workload.revision);
+  const old = live.filter((r) => r.revision !== workload.revision);
+  const readyCount = live.filter(ready).length;
+  const readyCurrent = current.filter(ready).length;
+  const pending = live.filter((r) => r.node === "");
+  let phase: WorkloadStatusView["phase"];
+  let message: string;
+  if (desired > 0 && readyCount === 0) {
+    phase = "Pending";
+    message =
+      pending.find((r) => r.pendingReason)?.pendingReason ??
+      `waiting for ${desired} replica${desired === 1 ? "" : "s"} to become ready`;
+  } else if (old.length > 0 || current.length !== desired) {
+    phase = "Progressing";
+    message =
+      old.length > 0
+        ? `rolling out revision ${workload.revision}: ${readyCurrent}/${desired} updated replicas ready`
+        : `${readyCount}/${desired} replicas ready, ${current.length} of ${desired} created`;
+  } else if (readyCount < desired) {
+    phase = "Degraded";
+    message = `${readyCount}/${desired} replicas ready`;
+  } else {
+    phase = "Running";
+    message = `${readyCount}/${desired} replicas ready`;
+  }
+  return {
+    desiredReplicas: desired,
+    replicas: live.length,
+    readyReplicas: readyCount,
+    updatedReplicas: current.length,
+    availableReplicas: readyCount,
+    minAvailable: workload.minAvailable,
+    revision: workload.revision,
+    phase,
+    message,
+  };
+}

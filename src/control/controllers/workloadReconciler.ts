@@ -39,6 +39,8 @@ export interface ReconcileInput {
   replicas: ReplicaRecord[];
   nodeStatus: (node: string) => NodeStatus | undefined;
   newReplicaId: () => string;
+  /** Creates this call may plan at most (default: all that are missing). */
+  maxCreates?: number;
 }
 
 /** A replica counts as ready only if its node says so and the node is itself Ready. */
@@ -61,28 +63,111 @@ function nodeIsGone(node: string, nodeStatus: (node: string) => NodeStatus | und
   return status === undefined || status === "Lost" || status === "Left";
 }
 
-export function reconcileWorkload(input: ReconcileInput): {
+export interface ReconcileResult {
   actions: ReconcileAction[];
   status: WorkloadStatusView;
-} {
+  /** Creates left out by `maxCreates`, for a later pass. */
+  deferredCreates: number;
+}
+
+/**
+ * A replica the reconciler forgets (drops its record): its node is lost, departed or
+ * deleted, or it was stopped before it was ever placed.
+ */
+function isForgotten(
+  replica: ReplicaRecord,
+  nodeStatus: (node: string) => NodeStatus | undefined,
+): boolean {
+  return (
+    nodeIsGone(replica.node, nodeStatus) || (replica.desired === "Stopped" && replica.node === "")
+  );
+}
+
+/**
+ * What a workload's status is, read from its records alone: no plan is made, so reading
+ * the status of a workload that asks for many replicas costs what its records cost (a
+ * status read that planned every missing replica took a coordinator out; issue 12).
+ * reconcileWorkload reports the same status.
+ */
+export function workloadStatus(
+  workload: WorkloadIntent | undefined,
+  replicas: readonly ReplicaRecord[],
+  nodeStatus: (node: string) => NodeStatus | undefined,
+): WorkloadStatusView {
+  if (!workload) return emptyStatus();
+  const desired = workload.replicas;
+  let live = 0;
+  let readyCount = 0;
+  let current = 0;
+  let readyCurrent = 0;
+  let old = 0;
+  let pendingReason: string | undefined;
+  for (const replica of replicas) {
+    if (replica.desired !== "Running" || isForgotten(replica, nodeStatus)) continue;
+    live++;
+    const ready = isReplicaReady(replica, nodeStatus);
+    if (ready) readyCount++;
+    if (replica.revision === workload.revision) {
+      current++;
+      if (ready) readyCurrent++;
+    } else {
+      old++;
+    }
+    if (replica.node === "" && pendingReason === undefined && replica.pendingReason) {
+      pendingReason = replica.pendingReason;
+    }
+  }
+  let phase: WorkloadStatusView["phase"];
+  let message: string;
+  if (desired > 0 && readyCount === 0) {
+    phase = "Pending";
+    message =
+      pendingReason ?? `waiting for ${desired} replica${desired === 1 ? "" : "s"} to become ready`;
+  } else if (old > 0 || current !== desired) {
+    phase = "Progressing";
+    message =
+      old > 0
+        ? `rolling out revision ${workload.revision}: ${readyCurrent}/${desired} updated replicas ready`
+        : `${readyCount}/${desired} replicas ready, ${current} of ${desired} created`;
+  } else if (readyCount < desired) {
+    phase = "Degraded";
+    message = `${readyCount}/${desired} replicas ready`;
+  } else {
+    phase = "Running";
+    message = `${readyCount}/${desired} replicas ready`;
+  }
+  return {
+    desiredReplicas: desired,
+    replicas: live,
+    readyReplicas: readyCount,
+    updatedReplicas: current,
+    availableReplicas: readyCount,
+    minAvailable: workload.minAvailable,
+    revision: workload.revision,
+    phase,
+    message,
+  };
+}
+
+export function reconcileWorkload(input: ReconcileInput): ReconcileResult {
   const { workload, nodeStatus } = input;
   const actions: ReconcileAction[] = [];
   const forgotten = new Set<string>();
+  const status = workloadStatus(workload, input.replicas, nodeStatus);
 
   // Replicas of lost, departed or deleted nodes are gone: forget them so replacements
   // are created in this very pass (REQ-031).
   for (const replica of input.replicas) {
-    if (nodeIsGone(replica.node, nodeStatus)) {
-      actions.push({
-        type: "forget",
-        id: replica.id,
-        reason: `node ${replica.node} is ${nodeStatus(replica.node) ?? "deleted"}`,
-      });
-      forgotten.add(replica.id);
-    } else if (replica.desired === "Stopped" && replica.node === "") {
-      actions.push({ type: "forget", id: replica.id, reason: "stopped before it was placed" });
-      forgotten.add(replica.id);
-    }
+    if (!isForgotten(replica, nodeStatus)) continue;
+    actions.push({
+      type: "forget",
+      id: replica.id,
+      reason:
+        replica.node !== ""
+          ? `node ${replica.node} is ${nodeStatus(replica.node) ?? "deleted"}`
+          : "stopped before it was placed",
+    });
+    forgotten.add(replica.id);
   }
   const live = input.replicas.filter((r) => r.desired === "Running" && !forgotten.has(r.id));
   const ready = (r: ReplicaRecord) => isReplicaReady(r, nodeStatus);
@@ -91,7 +176,7 @@ export function reconcileWorkload(input: ReconcileInput): {
     for (const replica of live) {
       actions.push({ type: "stop", id: replica.id, reason: "workload deleted" });
     }
-    return { actions, status: emptyStatus() };
+    return { actions, status, deferredCreates: 0 };
   }
 
   const desired = workload.replicas;
@@ -139,50 +224,16 @@ export function reconcileWorkload(input: ReconcileInput): {
     }
   }
 
-  // Create current-revision replicas up to the desired count, within the surge budget.
+  // Create current-revision replicas up to the desired count, within the surge budget,
+  // and no more than the caller's budget for this pass: the rest is created next time.
   const missing = desired - Math.min(current.length, desired);
   const surgeRoom = desired + workload.maxSurge - liveCount;
   const toCreate = oldRemaining === 0 ? missing : Math.min(missing, Math.max(0, surgeRoom));
-  for (let i = 0; i < toCreate; i++) {
+  const creating = Math.min(toCreate, Math.max(0, input.maxCreates ?? toCreate));
+  for (let i = 0; i < creating; i++) {
     actions.push({ type: "create", id: input.newReplicaId(), revision: workload.revision });
   }
-
-  const readyCurrent = current.filter(ready).length;
-  const pending = live.filter((r) => r.node === "");
-  let phase: WorkloadStatusView["phase"];
-  let message: string;
-  if (desired > 0 && readyCount === 0) {
-    phase = "Pending";
-    message =
-      pending.find((r) => r.pendingReason)?.pendingReason ??
-      `waiting for ${desired} replica${desired === 1 ? "" : "s"} to become ready`;
-  } else if (old.length > 0 || current.length !== desired) {
-    phase = "Progressing";
-    message =
-      old.length > 0
-        ? `rolling out revision ${workload.revision}: ${readyCurrent}/${desired} updated replicas ready`
-        : `${readyCount}/${desired} replicas ready, ${current.length} of ${desired} created`;
-  } else if (readyCount < desired) {
-    phase = "Degraded";
-    message = `${readyCount}/${desired} replicas ready`;
-  } else {
-    phase = "Running";
-    message = `${readyCount}/${desired} replicas ready`;
-  }
-  return {
-    actions,
-    status: {
-      desiredReplicas: desired,
-      replicas: live.length,
-      readyReplicas: readyCount,
-      updatedReplicas: current.length,
-      availableReplicas: readyCount,
-      minAvailable: workload.minAvailable,
-      revision: workload.revision,
-      phase,
-      message,
-    },
-  };
+  return { actions, status, deferredCreates: toCreate - creating };
 }
 
 function oldestFirst(replicas: ReplicaRecord[]): ReplicaRecord[] {

@@ -77,11 +77,13 @@ describe("token registry", () => {
 
   it("refuses TTLs out of range and prunes spent tokens after a day", async () => {
     await expect(tokens.create({ ttlMs: 10, description: "", createdBy: "x" })).rejects.toThrow(
-      /ttl/,
+      "ttl_seconds must be at least 1",
     );
     await expect(
       tokens.create({ ttlMs: 365 * 86_400_000, description: "", createdBy: "x" }),
-    ).rejects.toThrow(/720h/);
+    ).rejects.toThrow(
+      "ttl_seconds must be at most 2592000 (720h, 30 days) (limit tokenTtlSeconds); use a shorter TTL",
+    );
     await tokens.create({ ttlMs: 60_000, description: "", createdBy: "x" });
     clock.advance(60_000 + 24 * 3_600_000 + 1);
     expect(await tokens.prune()).toBe(1);

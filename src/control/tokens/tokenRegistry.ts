@@ -1,5 +1,6 @@
 import type { Clock } from "../../lib/clock.js";
 import { CloudlessError } from "../../lib/errors.js";
+import { limitRef, limits } from "../../lib/limits.js";
 import { deleteInChunks } from "../controllers/txnBatches.js";
 import { generateToken, parseToken, secretMatches } from "../security/tokens.js";
 import type { Op, Store } from "../store/store.js";
@@ -31,7 +32,12 @@ export type TokenCheck =
   | { ok: true; record: TokenRecord; modRevision: number }
   | { ok: false; refusal: TokenRefusal; message: string; tokenId?: string };
 
-export const maxTokenTtlMs = 30 * 24 * 3600 * 1000;
+export const maxTokenTtlMs = limits.tokenTtlSeconds * 1000;
+
+/** Names the API field: the CLI says it for its own --ttl before it sends. */
+export const tokenTtlTooLongMessage =
+  `ttl_seconds must be at most ${limits.tokenTtlSeconds} (720h, 30 days) ` +
+  `${limitRef("tokenTtlSeconds")}; use a shorter TTL`;
 
 export class TokenRegistry {
   constructor(
@@ -46,10 +52,10 @@ export class TokenRegistry {
     createdBy: string;
   }): Promise<{ token: string; record: TokenRecord }> {
     if (!Number.isFinite(options.ttlMs) || options.ttlMs < 1000) {
-      throw CloudlessError.invalid("--ttl must be at least 1s, e.g. --ttl 1h");
+      throw CloudlessError.invalid("ttl_seconds must be at least 1");
     }
     if (options.ttlMs > maxTokenTtlMs) {
-      throw CloudlessError.invalid("--ttl must be at most 720h (30 days); use a shorter TTL");
+      throw CloudlessError.invalid(tokenTtlTooLongMessage);
     }
     const generated = generateToken(this.caFingerprint);
     const now = this.clock.nowMs();

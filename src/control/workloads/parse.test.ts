@@ -1,9 +1,9 @@
 import { describe, expect, it } from "vitest";
+import { limits } from "../../lib/limits.js";
 import {
   canonicalSpecJson,
   closestKey,
   formatSpecErrors,
-  maxSpecTextChars,
   type ParseWorkloadResult,
   parseWorkloadText,
   parseWorkloadValue,
@@ -181,11 +181,72 @@ describe("parseWorkloadText", () => {
     expect(parsed(withSpec(image + resources)).spec.command).toBeUndefined();
   });
 
-  it("REQ-081 refuses text too large to be a spec before parsing it", () => {
-    const result = parseWorkloadText(`# ${"x".repeat(maxSpecTextChars)}\n`, "big.yaml");
-    expect(errorLines(result)).toEqual([
-      `(document): big.yaml is ${maxSpecTextChars + 3} characters; a spec may have at most ${maxSpecTextChars}`,
+  it("REQ-081 hardening: refuses text over the one spec-size limit (specBytes, in UTF-8 bytes) before parsing it", () => {
+    const tooLarge =
+      "(document): big.yaml is larger than 256 KiB (limit specBytes); make it smaller " +
+      "(move large data out of env, command and args)";
+    // 300 KiB: the API always refused it, this parser (1 Mi characters) did not.
+    const comment = (bytes: number) => `# ${"x".repeat(bytes)}\n`;
+    expect(errorLines(parseWorkloadText(minimalYaml + comment(300 * 1024), "big.yaml"))).toEqual([
+      tooLarge,
     ]);
+    expect(errorLines(parseWorkloadText(comment(5 * 1024 * 1024), "big.yaml"))).toEqual([tooLarge]);
+    // Counted as sent: 100,000 "é" are 100,000 characters but 200,000 bytes.
+    const accents = `${minimalYaml}# ${"é".repeat(100_000)}\n`;
+    expect(accents.length).toBeLessThan(limits.specBytes);
+    expect(parseWorkloadText(accents, "big.yaml").ok).toBe(true);
+    expect(
+      errorLines(parseWorkloadText(`${accents}# ${"é".repeat(40_000)}\n`, "big.yaml")),
+    ).toEqual([tooLarge]);
+    // Up to the limit itself a spec is read.
+    const padding = limits.specBytes - Buffer.byteLength(minimalYaml) - 3;
+    expect(parseWorkloadText(minimalYaml + comment(padding), "big.yaml").ok).toBe(true);
+    expect(parseWorkloadText(minimalYaml + comment(padding + 1), "big.yaml").ok).toBe(false);
+  });
+
+  it("REQ-081 hardening: replicas above replicasPerWorkload are refused with the limit named, however large", () => {
+    const replicas = (value: string) =>
+      errorLines(
+        parseWorkloadText(withSpec(`${image}${resources}  replicas: ${value}\n`), "w.yaml"),
+      );
+    const atMost = "spec.replicas: must be at most 10000 (limit replicasPerWorkload)";
+    for (const value of ["10001", "1e6", "1000000", "2147483647", "9007199254740993", "1e300"]) {
+      expect(replicas(value), value).toEqual([atMost]);
+    }
+    expect(replicas("10000")).toEqual([]);
+    expect(replicas("0")).toEqual([]);
+    expect(replicas("-1")).toEqual(["spec.replicas: expected a non-negative integer"]);
+    expect(replicas("2.5")).toEqual(["spec.replicas: expected a non-negative integer"]);
+    expect(replicas(".inf")).toEqual(["spec.replicas: expected a non-negative integer"]);
+  });
+
+  it("REQ-081 hardening: an environment over envBytes is refused with its size and the limit", () => {
+    const env = (entries: number, valueBytes: number) =>
+      `  env:\n${Array.from({ length: entries }, (_, i) => `    V${i}: "${"v".repeat(valueBytes)}"\n`).join("")}`;
+    // 64 entries of "Vnn=" + 1,000 bytes + NUL: 64 × 1,005 or so, under 64 KiB.
+    expect(
+      errorLines(parseWorkloadText(withSpec(image + resources + env(64, 1000)), "w.yaml")),
+    ).toEqual([]);
+    const big = parseWorkloadText(withSpec(image + resources + env(80, 1000)), "w.yaml");
+    expect(errorLines(big)).toEqual([
+      "spec.env: is 80390 bytes; names and values may take at most 65536 (64 KiB) (limit envBytes)",
+    ]);
+  });
+
+  it("REQ-081 hardening: probe periods, timeouts and delays are bounded by probeSeconds (a Node timer's range)", () => {
+    const probe = (field: string, value: string) =>
+      errorLines(
+        parseWorkloadText(
+          withSpec(`${image}${resources}  livenessProbe: {tcp: {port: 80}, ${field}: ${value}}\n`),
+          "w.yaml",
+        ),
+      );
+    for (const field of ["periodSeconds", "timeoutSeconds", "initialDelaySeconds"]) {
+      expect(probe(field, "86400"), field).toEqual([]);
+      expect(probe(field, "1e10"), field).toEqual([
+        `spec.livenessProbe.${field}: must be at most 86400 (limit probeSeconds)`,
+      ]);
+    }
   });
 
   it("REQ-081 a trailing document separator is not a second workload", () => {
@@ -411,7 +472,7 @@ describe("parseWorkloadText", () => {
       "spec.resources.memoryMiB: expected a positive integer",
       "spec.resources.storageGiB: expected a non-negative number",
       "spec.restartPolicy: expected one of Always, OnFailure, Never",
-      "spec.terminationGracePeriodSeconds: expected an integer from 0 to 3600",
+      "spec.terminationGracePeriodSeconds: expected an integer from 0 to 3600 (limit terminationGracePeriodSeconds)",
     ]);
   });
 

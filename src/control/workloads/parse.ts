@@ -7,8 +7,9 @@
  * with a "did you mean" hint, and orders the result so the same mistakes always print the same.
  */
 import { createHash } from "node:crypto";
-import { parseAllDocuments } from "yaml";
+import { CST, Lexer, parseAllDocuments } from "yaml";
 import type { z } from "zod";
+import { limitRef, limits, specTooLargeMessage } from "../../lib/limits.js";
 import { type WorkloadSpecDocument, workloadSchema } from "./spec.js";
 
 export interface SpecError {
@@ -23,22 +24,18 @@ export type ParseWorkloadResult =
 
 export const documentPath = "(document)";
 
-/** Far above any real spec; refusing larger text bounds what one request can make us parse. */
-export const maxSpecTextChars = 1024 * 1024;
-
 /** YAML aliases may expand exponentially ("billion laughs"); a real spec needs very few. */
 const maxYamlAliases = 100;
 
 type PathSegment = string | number;
 
-/** Parses YAML or JSON text (JSON is YAML) holding exactly one workload. */
+/**
+ * Parses YAML or JSON text (JSON is YAML) holding exactly one workload. Text over the
+ * specBytes limit is refused before it is parsed, with the message the API gives.
+ */
 export function parseWorkloadText(text: string, sourceName: string): ParseWorkloadResult {
-  if (text.length > maxSpecTextChars) {
-    return fail(
-      documentPath,
-      `${sourceName} is ${text.length} characters; a spec may have at most ${maxSpecTextChars}`,
-    );
-  }
+  const unreadable = unreadableSpecText(text, sourceName);
+  if (unreadable) return { ok: false, errors: [unreadable] };
   const documents = parseAllDocuments(text);
   const syntaxErrors: SpecError[] = [];
   const values: unknown[] = [];
@@ -76,6 +73,92 @@ export function parseWorkloadText(text: string, sourceName: string): ParseWorklo
     );
   }
   return parseWorkloadValue(values[0]);
+}
+
+/**
+ * Why spec text is refused before it is parsed, if it is: larger than specBytes, or
+ * nested deeper than specNestingLevels. Whatever parses spec text (the audit log too)
+ * asks this first.
+ */
+export function unreadableSpecText(text: string, sourceName: string): SpecError | undefined {
+  if (specTextTooLarge(text))
+    return { path: documentPath, message: specTooLargeMessage(sourceName) };
+  if (nestingExceeds(text, limits.specNestingLevels)) {
+    return {
+      path: documentPath,
+      message:
+        `${sourceName} nests deeper than ${limits.specNestingLevels} levels ` +
+        `${limitRef("specNestingLevels")}; a workload spec needs fewer than 10`,
+    };
+  }
+  return undefined;
+}
+
+/**
+ * Whether YAML text nests collections deeper than `maxLevels`, read with yaml's lexer (no
+ * recursion) and given up as soon as it does. Flow collections ([ and {, as in JSON) are
+ * counted exactly; block collections as two levels per indentation step plus the `-` and
+ * `?` that open collections on the same line, which is at least their real depth.
+ */
+function nestingExceeds(text: string, maxLevels: number): boolean {
+  let flow = 0;
+  let sameLine = 0;
+  let atLineStart = true;
+  let lineIndent = 0;
+  const indents: number[] = [];
+  let scalarSourceNext = false;
+  for (const token of new Lexer().lex(text)) {
+    // A scalar is a marker token followed by its source, which may look like anything.
+    if (scalarSourceNext) {
+      scalarSourceNext = false;
+      continue;
+    }
+    const type = CST.tokenType(token);
+    if (type === "flow-map-start" || type === "flow-seq-start") flow++;
+    else if (type === "flow-map-end" || type === "flow-seq-end") flow = Math.max(0, flow - 1);
+    if (flow > 0 && type !== "flow-map-start" && type !== "flow-seq-start") {
+      if (type === "scalar") scalarSourceNext = true;
+      continue;
+    }
+    switch (type) {
+      case "newline":
+        atLineStart = true;
+        lineIndent = 0;
+        sameLine = 0;
+        continue;
+      case "space":
+        if (atLineStart) lineIndent = token.length;
+        continue;
+      case "comment":
+        continue;
+      case "doc-start":
+      case "doc-end":
+        indents.length = 0;
+        continue;
+      case "seq-item-ind":
+      case "explicit-key-ind":
+        sameLine++;
+        break;
+      case "scalar":
+        scalarSourceNext = true;
+        break;
+    }
+    if (atLineStart) {
+      atLineStart = false;
+      while (indents.length > 0 && (indents.at(-1) ?? 0) >= lineIndent) indents.pop();
+      indents.push(lineIndent);
+    }
+    if (2 * indents.length + sameLine + flow > maxLevels) return true;
+  }
+  return false;
+}
+
+/** Whether spec text is over the specBytes limit, counted in UTF-8 bytes as it is sent. */
+export function specTextTooLarge(text: string): boolean {
+  // Each UTF-16 unit is at most 3 UTF-8 bytes, and at least 1: most texts need no count.
+  if (text.length > limits.specBytes) return true;
+  if (text.length * 3 <= limits.specBytes) return false;
+  return Buffer.byteLength(text) > limits.specBytes;
 }
 
 /** Validates an already decoded document (for example a JSON body) and applies defaults. */

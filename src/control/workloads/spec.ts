@@ -10,16 +10,10 @@
  * read the partially parsed value defensively.
  */
 import { z } from "zod";
+import { formatBytes, limitRef, limits } from "../../lib/limits.js";
 
 export const workloadApiVersion = "cloudless/v1";
 export const workloadKind = "Workload";
-
-/** Upper bounds that keep a hostile or runaway spec from costing the control plane much. */
-export const workloadLimits = {
-  labelCount: 64,
-  labelValueChars: 253,
-  terminationGracePeriodSeconds: 3600,
-} as const;
 
 // ---------------------------------------------------------------------------------------------
 // Building blocks
@@ -40,6 +34,26 @@ function integer(message: string, min: number, max?: number) {
   let schema = z.number({ error: orRequired(message) }).min(min, { error: message });
   if (max !== undefined) schema = schema.max(max, { error: message });
   return schema.refine(Number.isSafeInteger, { error: message }).meta({ type: "integer" });
+}
+
+/**
+ * An integer from `min` to a limit of lib/limits.ts: a value above the limit gets one error
+ * that names it ("must be at most 10000 (limit replicasPerWorkload)"), whether it is 10001
+ * or 1e300; every other wrong value gets `message`.
+ */
+function limitedInteger(
+  message: string,
+  min: number,
+  limit: "replicasPerWorkload" | "probeSeconds",
+) {
+  const max = limits[limit];
+  const tooBig = `must be at most ${max} ${limitRef(limit)}`;
+  return z
+    .number({ error: orRequired(message) })
+    .min(min, { error: message })
+    .max(max, { error: tooBig })
+    .refine((value) => value > max || Number.isSafeInteger(value), { error: message })
+    .meta({ type: "integer" });
 }
 
 const positiveInteger = () => integer("expected a positive integer", 1);
@@ -72,12 +86,12 @@ function labelMap() {
   return z
     .record(
       z.string().regex(labelKeyPattern, { error: labelKeyMessage }),
-      z.string().max(workloadLimits.labelValueChars, {
-        error: `must be at most ${workloadLimits.labelValueChars} characters`,
+      z.string().max(limits.labelValueChars, {
+        error: `must be at most ${limits.labelValueChars} characters ${limitRef("labelValueChars")}`,
       }),
     )
-    .refine((labels) => Object.keys(labels).length <= workloadLimits.labelCount, {
-      error: `at most ${workloadLimits.labelCount} labels are allowed`,
+    .refine((labels) => Object.keys(labels).length <= limits.labelCount, {
+      error: `at most ${limits.labelCount} labels are allowed ${limitRef("labelCount")}`,
     })
     .default({});
 }
@@ -222,11 +236,15 @@ export const probeSchema = z
     http: z.strictObject({ path: httpPath, port: portReference() }).optional(),
     tcp: z.strictObject({ port: portReference() }).optional(),
     exec: z.strictObject({ command: argv() }).optional(),
-    periodSeconds: positiveInteger().default(10),
-    timeoutSeconds: positiveInteger().default(1),
+    periodSeconds: limitedInteger("expected a positive integer", 1, "probeSeconds").default(10),
+    timeoutSeconds: limitedInteger("expected a positive integer", 1, "probeSeconds").default(1),
     failureThreshold: positiveInteger().default(3),
     successThreshold: positiveInteger().default(1),
-    initialDelaySeconds: nonNegativeInteger().default(0),
+    initialDelaySeconds: limitedInteger(
+      "expected a non-negative integer",
+      0,
+      "probeSeconds",
+    ).default(0),
   })
   .superRefine(
     (probe, ctx) => {
@@ -278,10 +296,20 @@ const specObjectSchema = z.strictObject({
       }),
       z.string(),
     )
-    .default({}),
+    .refine((env) => envBytes(env) <= limits.envBytes, {
+      error: (issue) =>
+        `is ${envBytes(issue.input as Record<string, string>)} bytes; names and values may ` +
+        `take at most ${limits.envBytes} (${formatBytes(limits.envBytes)}) ${limitRef("envBytes")}`,
+    })
+    .default({})
+    .describe(
+      `Environment variables; names and values at most ${formatBytes(limits.envBytes)} in all.`,
+    ),
   ports: z.array(containerPortSchema).default([]),
   resources: resourcesSchema,
-  replicas: nonNegativeInteger().default(1),
+  replicas: limitedInteger("expected a non-negative integer", 0, "replicasPerWorkload")
+    .default(1)
+    .describe(`Replicas to run, at most ${limits.replicasPerWorkload}.`),
   minAvailable: nonNegativeInteger()
     .optional()
     .describe("Ready replicas a rollout or drain never goes below (default replicas - 1)."),
@@ -291,11 +319,20 @@ const specObjectSchema = z.strictObject({
   livenessProbe: probeSchema.optional().describe("Failing it restarts the replica."),
   readinessProbe: probeSchema.optional().describe("Until it passes the replica gets no traffic."),
   terminationGracePeriodSeconds: integer(
-    `expected an integer from 0 to ${workloadLimits.terminationGracePeriodSeconds}`,
+    `expected an integer from 0 to ${limits.terminationGracePeriodSeconds} ${limitRef("terminationGracePeriodSeconds")}`,
     0,
-    workloadLimits.terminationGracePeriodSeconds,
+    limits.terminationGracePeriodSeconds,
   ).default(10),
 });
+
+/** An environment's size as execve counts it: "NAME=value" and a terminating NUL each. */
+function envBytes(env: Record<string, string>): number {
+  let bytes = 0;
+  for (const [name, value] of Object.entries(env)) {
+    bytes += Buffer.byteLength(name) + Buffer.byteLength(value) + 2;
+  }
+  return bytes;
+}
 
 function isRecord(value: unknown): value is Record<string, unknown> {
   return typeof value === "object" && value !== null && !Array.isArray(value);

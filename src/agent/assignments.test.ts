@@ -1,0 +1,39 @@
+import { describe, expect, it } from "vitest";
+import { limits } from "../lib/limits.js";
+import { desiredFromAssignment } from "./assignments.js";
+
+function assignment(spec: Record<string, unknown>) {
+  return {
+    replicaId: "web-1",
+    namespace: "default",
+    workload: "web",
+    revision: 1,
+    specJson: JSON.stringify({
+      apiVersion: "cloudless/v1",
+      kind: "Workload",
+      metadata: { name: "web", namespace: "default" },
+      spec: { command: ["sleep", "60"], resources: { cpuMillicores: 10, memoryMiB: 8 }, ...spec },
+    }),
+  };
+}
+
+describe("assignments", () => {
+  it("REQ-020 hardening: a node runs an assigned spec whose replica count is beyond today's limit (a workload stored before it)", () => {
+    const desired = desiredFromAssignment(
+      assignment({ replicas: limits.replicasPerWorkload * 2, minAvailable: 15_000 }),
+    );
+    expect(desired.ok, desired.ok ? "" : desired.message).toBe(true);
+    if (desired.ok) expect(desired.desired.spec.command).toEqual(["sleep", "60"]);
+  });
+
+  it("REQ-081 hardening: a node still refuses an assigned spec beyond the limits it depends on (a probe period a Node timer cannot hold)", () => {
+    const desired = desiredFromAssignment(
+      assignment({ livenessProbe: { exec: { command: ["true"] }, periodSeconds: 1e10 } }),
+    );
+    expect(desired).toEqual({
+      ok: false,
+      message:
+        "assignment spec is invalid: spec.livenessProbe.periodSeconds: must be at most 86400 (limit probeSeconds)",
+    });
+  });
+});

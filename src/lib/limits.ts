@@ -1,0 +1,126 @@
+/**
+ * Every bound on what a caller may ask of Cloudless, in one place (ADR 0026): the spec
+ * schema, the coordinator's API handlers and controller, the agent and the CLI all read
+ * them from here, so the CLI refuses what the coordinator would refuse, with the same
+ * words. Each name carries its unit; each comment says why the bound is where it is.
+ *
+ * A limit is checked before the work it bounds, and an error that a limit caused names
+ * it as `(limit <name>)` so a reader can find it here. This module depends on nothing.
+ */
+export const limits = {
+  // --- Workloads ------------------------------------------------------------------------
+  /**
+   * Replicas one workload may ask for. Each replica is a record in the store and in the
+   * leader's memory (1–3 KB) and a line in every status answer; 10,000 is a fifth of the
+   * largest cluster the product is sized for (50,000 replicas) in one workload, and what
+   * `workload scale` always allowed.
+   */
+  replicasPerWorkload: 10_000,
+  /**
+   * Replicas all workloads together may ask for: twice the 50,000 the product is sized
+   * and benchmarked for. Without it, many workloads within replicasPerWorkload could
+   * still ask for a million replicas (3.3 GB of coordinator memory in issue 12).
+   */
+  replicasPerCluster: 100_000,
+  /**
+   * Workloads in one namespace: every status read and controller resync walks them, and
+   * each keeps up to 10 revisions of its spec in the store. Twice the 500 workloads of the
+   * 50,000-replica benchmark.
+   */
+  workloadsPerNamespace: 1_000,
+  /**
+   * A workload spec's size as sent (YAML or JSON text, or the structured spec as JSON).
+   * Real specs are a few KiB; the spec is stored 11 times (record plus 10 revisions) and
+   * sent to every node that runs it.
+   */
+  specBytes: 256 * 1024,
+  /**
+   * How deeply a spec's text may nest collections, as counted before it is parsed (an
+   * upper bound, at most twice the real depth). The deepest field of a real spec is 6
+   * levels down; the YAML parser recurses per level, and a JSON spec of 1,000 nested
+   * lists, 2 KB, crashed the coordinator (V8 ran out of stack inside a regular
+   * expression compile, a fatal out-of-memory error).
+   */
+  specNestingLevels: 64,
+  /**
+   * A spec's environment: names, values, '=' and a terminator each, as execve counts them.
+   * Linux refuses a single string over 128 KiB (MAX_ARG_STRLEN) and all of argv plus env
+   * over a quarter of the stack limit; 64 KiB leaves room for argv and stays far below.
+   */
+  envBytes: 64 * 1024,
+  /** Labels on a workload or node (same rule for both, so selectors can match). */
+  labelCount: 64,
+  /** A label key: DNS-label-like, as in Kubernetes. */
+  labelKeyChars: 63,
+  /** A label value: a DNS name fits. */
+  labelValueChars: 253,
+  /** How long a replica may take to stop before it is killed: an hour blocks a rollout long enough. */
+  terminationGracePeriodSeconds: 3600,
+  /**
+   * A probe's period, timeout and initial delay: a day. Node timers take at most 2^31-1 ms
+   * (24.8 days); a longer one fires after 1 ms, so a huge period would probe without pause.
+   */
+  probeSeconds: 86_400,
+
+  // --- The controller -------------------------------------------------------------------
+  /**
+   * Replica writes (creates, stops, forgets) and placements one controller pass plans; the
+   * rest waits for the next pass. Bounds a pass's memory and store transaction volume to one
+   * full workload, however much was asked at once (ADR 0026).
+   */
+  replicasPerPass: 10_000,
+
+  // --- Requests -------------------------------------------------------------------------
+  /**
+   * Any one request message, checked by the server before it parses it. Far above every
+   * bound below (a spec, a CSR); only the egress probe's stream sends more, in chunks.
+   */
+  requestBytes: 4 * 1024 * 1024,
+  /** A node's certificate signing request, PEM: a 4096-bit RSA CSR is under 2 KiB. */
+  csrPemBytes: 16 * 1024,
+  /** A region or zone: a DNS label. */
+  localityChars: 63,
+  /** A bootstrap token lives at most 30 days: a token is a secret that enrolls a machine. */
+  tokenTtlSeconds: 30 * 24 * 3600,
+  /** A bootstrap token's description, shown in `token list`. */
+  tokenDescriptionChars: 256,
+  /** Events one ListEvents returns: the whole retained log (10,000 events by default). */
+  eventsPerList: 10_000,
+  /** Event types one query may filter on: there are a few dozen types. */
+  eventTypesPerQuery: 64,
+  /** An event subject filter (`workload/<namespace>/<name>` is at most 135 characters). */
+  eventSubjectChars: 512,
+  /** Lines `workload logs --tail` may ask for; each line crosses the agent's stream. */
+  logTailLines: 100_000,
+  /** Arguments of one `workload exec` command, all together, in bytes (sent to the node). */
+  execCommandBytes: 64 * 1024,
+  /** How long one `workload exec` may run: the CLI holds a request open meanwhile. */
+  execTimeoutSeconds: 300,
+  /** How long one `workload rollout status` stream may follow a rollout: a day. */
+  rolloutStatusTimeoutSeconds: 86_400,
+} as const;
+
+export type LimitName = keyof typeof limits;
+
+/** How an error names the limit it enforces: `(limit replicasPerWorkload)`. */
+export function limitRef(name: LimitName): string {
+  return `(limit ${name})`;
+}
+
+/** A byte count as people read it: 262144 → "256 KiB", 4194304 → "4 MiB". */
+export function formatBytes(bytes: number): string {
+  if (bytes >= 1024 * 1024 && bytes % (1024 * 1024) === 0) return `${bytes / (1024 * 1024)} MiB`;
+  if (bytes >= 1024 && bytes % 1024 === 0) return `${bytes / 1024} KiB`;
+  return `${bytes} bytes`;
+}
+
+/**
+ * The one answer to a spec over specBytes, whoever finds it: the CLI before it sends, the
+ * handler, or the server's edge when the request is too large to read at all.
+ */
+export function specTooLargeMessage(what = "workload spec"): string {
+  return (
+    `${what} is larger than ${formatBytes(limits.specBytes)} ${limitRef("specBytes")}; ` +
+    "make it smaller (move large data out of env, command and args)"
+  );
+}
