@@ -1,5 +1,6 @@
 import type { NodeStatus } from "../membership/membershipTracker.js";
-import type { ReplicaRecord } from "./records.js";
+import { nodeLossRisk } from "../scheduler/budget.js";
+import type { ReplicaMove, ReplicaRecord } from "./records.js";
 
 /**
  * The replica and rollout controller's decision, as a pure function of the
@@ -17,9 +18,11 @@ export interface WorkloadIntent {
 }
 
 export type ReconcileAction =
-  | { type: "create"; id: string; revision: number }
+  | { type: "create"; id: string; revision: number; move?: ReplicaMove }
   | { type: "stop"; id: string; reason: string }
-  | { type: "forget"; id: string; reason: string };
+  | { type: "forget"; id: string; reason: string }
+  /** The rebalancer's move that started this replica is done (ADR 0035). */
+  | { type: "finishMove"; id: string };
 
 export interface WorkloadStatusView {
   desiredReplicas: number;
@@ -31,6 +34,8 @@ export interface WorkloadStatusView {
   revision: number;
   phase: "Pending" | "Progressing" | "Running" | "Degraded";
   message: string;
+  /** Set when losing one node would take the workload below minAvailable (ADR 0034). */
+  nodeLossRisk?: string;
 }
 
 export interface ReconcileInput {
@@ -52,6 +57,23 @@ export function isReplicaReady(
     replica.status?.ready === true &&
     replica.status.phase === "Running" &&
     nodeStatus(replica.node) === "Ready"
+  );
+}
+
+/**
+ * A replica the rebalancer started whose move has not finished while the replica it
+ * replaces is still live (ADR 0035): the pair counts as one replica of the revision.
+ */
+export function isSurge(
+  replica: ReplicaRecord,
+  liveIds: ReadonlySet<string>,
+  revision: number,
+): boolean {
+  return (
+    replica.move !== undefined &&
+    replica.move.finishedAtMs === undefined &&
+    replica.revision === revision &&
+    liveIds.has(replica.move.replaces)
   );
 }
 
@@ -94,9 +116,14 @@ export function reconcileWorkload(input: ReconcileInput): {
     return { actions, status: emptyStatus() };
   }
 
+  // A move's surge is extra by design: it counts for readiness, not towards the desired
+  // count, so it is neither scaled away nor answered with another replica.
+  const liveIds = new Set(live.map((r) => r.id));
+  const surges = live.filter((r) => isSurge(r, liveIds, workload.revision));
+  const counted = surges.length === 0 ? live : live.filter((r) => !surges.includes(r));
   const desired = workload.replicas;
-  const current = live.filter((r) => r.revision === workload.revision);
-  const old = live.filter((r) => r.revision !== workload.revision);
+  const current = counted.filter((r) => r.revision === workload.revision);
+  const old = counted.filter((r) => r.revision !== workload.revision);
   const readyCount = live.filter(ready).length;
   // The floor of ready replicas during a rollout (REQ-023).
   const minReady = Math.min(
@@ -106,7 +133,7 @@ export function reconcileWorkload(input: ReconcileInput): {
   const stop = (replica: ReplicaRecord, reason: string) => {
     actions.push({ type: "stop", id: replica.id, reason });
   };
-  let liveCount = live.length;
+  let liveCount = counted.length;
   let readyLeft = readyCount;
 
   // Old replicas that are not ready cost nothing to remove.
@@ -116,24 +143,32 @@ export function reconcileWorkload(input: ReconcileInput): {
     stop(replica, `replaced by revision ${workload.revision}`);
     liveCount--;
   }
-  // Ready old replicas go only while the floor holds.
-  let removable = Math.max(0, readyLeft - minReady);
-  for (const replica of oldestFirst(oldReady)) {
-    if (removable === 0) break;
+  // Ready old replicas go only while the floor holds; from the most stacked node first,
+  // so a rollout keeps the spread the node-loss budget asks for (ADR 0034).
+  const removable = Math.max(0, readyLeft - minReady);
+  const stillLive = counted.filter((r) => !oldNotReady.includes(r));
+  for (const replica of pickKeepingSpread(oldReady, stillLive, removable, byAge("oldest"))) {
     stop(replica, `replaced by revision ${workload.revision}`);
-    removable--;
     readyLeft--;
     liveCount--;
   }
   const oldRemaining = oldReady.length - (readyCount - readyLeft);
 
-  // Scale down current-revision replicas beyond the desired count (not-ready first).
+  // Scale down current-revision replicas beyond the desired count: not-ready first, then
+  // from the most stacked node, then the newest.
   if (oldRemaining === 0 && current.length > desired) {
     const excess = current.length - desired;
-    const order = [...current].sort(
-      (a, b) => Number(ready(a)) - Number(ready(b)) || b.createdAtMs - a.createdAtMs,
-    );
-    for (const replica of order.slice(0, excess)) {
+    const notReady = current.filter((r) => !ready(r));
+    const notReadyFirst = [
+      ...notReady,
+      ...pickKeepingSpread(
+        current.filter(ready),
+        current.filter(ready),
+        excess - notReady.length,
+        byAge("newest"),
+      ),
+    ];
+    for (const replica of notReadyFirst.slice(0, excess)) {
       stop(replica, `scaled down to ${desired}`);
       liveCount--;
     }
@@ -169,6 +204,15 @@ export function reconcileWorkload(input: ReconcileInput): {
     phase = "Running";
     message = `${readyCount}/${desired} replicas ready`;
   }
+  const risk = nodeLossRisk(
+    { replicas: desired, minAvailable: workload.minAvailable },
+    replicasPerNode(current),
+  );
+  if (phase === "Running" || phase === "Degraded") {
+    const move = surges[0]?.move;
+    if (move) message += `; moving a replica off ${move.fromNode}: ${move.reason}`;
+    else if (risk) message += `; ${risk.message}`;
+  }
   return {
     actions,
     status: {
@@ -181,12 +225,49 @@ export function reconcileWorkload(input: ReconcileInput): {
       revision: workload.revision,
       phase,
       message,
+      ...(risk ? { nodeLossRisk: risk.message } : {}),
     },
   };
 }
 
-function oldestFirst(replicas: ReplicaRecord[]): ReplicaRecord[] {
-  return [...replicas].sort((a, b) => a.createdAtMs - b.createdAtMs);
+/** Placed replicas per node. */
+export function replicasPerNode(replicas: readonly ReplicaRecord[]): Map<string, number> {
+  const perNode = new Map<string, number>();
+  for (const replica of replicas) {
+    if (replica.node !== "") perNode.set(replica.node, (perNode.get(replica.node) ?? 0) + 1);
+  }
+  return perNode;
+}
+
+function byAge(first: "oldest" | "newest"): (a: ReplicaRecord, b: ReplicaRecord) => number {
+  return first === "oldest"
+    ? (a, b) => a.createdAtMs - b.createdAtMs || (a.id < b.id ? -1 : 1)
+    : (a, b) => b.createdAtMs - a.createdAtMs || (a.id < b.id ? -1 : 1);
+}
+
+/**
+ * Up to `count` of `candidates` to stop, each taken from the node that holds the most of
+ * `holders` at that point (ties by `order`), so what remains stays spread over nodes.
+ * Taking them one by one is the same as sorting by "held on the node minus those of the
+ * node taken before": the j-th candidate of a node (in `order`) is taken when its node
+ * holds held − j, and candidates that tie on that are each their node's next.
+ */
+function pickKeepingSpread(
+  candidates: readonly ReplicaRecord[],
+  holders: readonly ReplicaRecord[],
+  count: number,
+  order: (a: ReplicaRecord, b: ReplicaRecord) => number,
+): ReplicaRecord[] {
+  if (count <= 0) return [];
+  const held = replicasPerNode(holders);
+  const taken = new Map<string, number>();
+  const keyed = [...candidates].sort(order).map((replica) => {
+    const before = taken.get(replica.node) ?? 0;
+    taken.set(replica.node, before + 1);
+    return { replica, key: (held.get(replica.node) ?? 0) - before };
+  });
+  keyed.sort((a, b) => b.key - a.key || order(a.replica, b.replica));
+  return keyed.slice(0, count).map((k) => k.replica);
 }
 
 function emptyStatus(): WorkloadStatusView {
