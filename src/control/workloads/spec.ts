@@ -181,6 +181,13 @@ export const placementSchema = z
       .describe("When true, replica counts per zone differ by at most one."),
     nodeSelector: labelMap().describe("Node labels a node must carry to run a replica."),
     tolerations: z.array(tolerationSchema).default([]),
+    rebalance: z
+      .boolean({ error: "expected true or false" })
+      .default(true)
+      .describe(
+        "When true, replicas move one at a time (never below minAvailable) to restore the " +
+          "spread once a lost node or zone is back. Changing it starts no rollout.",
+      ),
   })
   .prefault({});
 
