@@ -301,8 +301,9 @@ describe("workload reconciler and the node-loss budget (ADR 0034, ADR 0035)", ()
   });
 
   it("REQ-020 scaling down takes ready replicas from the most stacked node first", () => {
-    const spread = [replica("n2"), replica("n3")];
+    // The stacked ones are the oldest: newest-first alone would stop one of the others.
     const stacked = [replica("n1"), replica("n1")];
+    const spread = [replica("n2"), replica("n3")];
     const result = reconcile([...stacked, ...spread], intent({ replicas: 3 }));
     const stopped = result.actions.filter((a) => a.type === "stop").map((a) => a.id);
     expect(stopped).toHaveLength(1);
