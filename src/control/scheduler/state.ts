@@ -28,7 +28,7 @@ export interface WorkloadCounts {
    * budget and the spread of a workload's own replicas over nodes are about (ADR 0034).
    */
   readonly stayingPerNode: Map<number, number>;
-  /** Zone id → replicas. */
+  /** Zone id → replicas; empty unless the workload spreads across zones. */
   readonly perZone: Int32Array;
 }
 
@@ -66,6 +66,8 @@ export class SchedulingState {
 
   private readonly snapshot: ClusterSnapshot;
   private readonly countedKeys: Set<string>;
+  /** The counted workloads that spread across zones: only they need zones counted. */
+  private readonly zoneCountedKeys: Set<string>;
   private ownsPlanned = false;
   private zoneIndex: ZoneIndex | undefined;
   private counts: Map<string, WorkloadCounts> | undefined;
@@ -85,8 +87,10 @@ export class SchedulingState {
     // Only workloads asking for anti-affinity, zone spread or a node-loss budget need
     // replica counts.
     this.countedKeys = new Set();
+    this.zoneCountedKeys = new Set();
     for (const replica of pending) {
       if (needsCounts(replica)) this.countedKeys.add(replica.workloadKey);
+      if (replica.placement.spreadAcrossZones) this.zoneCountedKeys.add(replica.workloadKey);
     }
   }
 
@@ -109,11 +113,7 @@ export class SchedulingState {
     const counts = this.allCounts();
     let entry = counts.get(workloadKey);
     if (entry === undefined) {
-      entry = {
-        perNode: new Map(),
-        stayingPerNode: new Map(),
-        perZone: new Int32Array(this.zoneNames.length),
-      };
+      entry = this.emptyCounts(workloadKey);
       counts.set(workloadKey, entry);
     }
     return entry;
@@ -143,8 +143,19 @@ export class SchedulingState {
   private addReplica(counts: WorkloadCounts, i: number, leaving: boolean): void {
     counts.perNode.set(i, (counts.perNode.get(i) ?? 0) + 1);
     if (!leaving) counts.stayingPerNode.set(i, (counts.stayingPerNode.get(i) ?? 0) + 1);
+    // A workload without zone spread has no per-zone array, and needs no zone index
+    // (building it costs a walk over every node).
+    if (counts.perZone.length === 0) return;
     const zone = this.zoneOf[i]!;
     counts.perZone[zone] = counts.perZone[zone]! + 1;
+  }
+
+  private emptyCounts(workloadKey: string): WorkloadCounts {
+    return {
+      perNode: new Map(),
+      stayingPerNode: new Map(),
+      perZone: new Int32Array(this.zoneCountedKeys.has(workloadKey) ? this.zoneNames.length : 0),
+    };
   }
 
   private zones(): ZoneIndex {
@@ -185,18 +196,13 @@ export class SchedulingState {
     }
     if (relevant.length === 0) return counts;
     const indexOf = this.resolveNodes(relevant);
-    const zoneCount = this.zoneNames.length;
     for (const replica of relevant) {
       const i = indexOf.get(replica.node);
       // A replica on a node the snapshot no longer holds has no zone to count in.
       if (i === undefined) continue;
       let entry = counts.get(replica.workloadKey);
       if (entry === undefined) {
-        entry = {
-          perNode: new Map(),
-          stayingPerNode: new Map(),
-          perZone: new Int32Array(zoneCount),
-        };
+        entry = this.emptyCounts(replica.workloadKey);
         counts.set(replica.workloadKey, entry);
       }
       this.addReplica(entry, i, replica.leaving === true);
