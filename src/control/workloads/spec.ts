@@ -291,7 +291,10 @@ const specObjectSchema = z.strictObject({
   replicas: nonNegativeInteger().default(1),
   minAvailable: nonNegativeInteger()
     .optional()
-    .describe("Ready replicas a rollout or drain never goes below (default replicas - 1)."),
+    .describe(
+      "Ready replicas a rollout or drain never goes below (default replicas - 1); no node " +
+        "gets more replicas than it can lose and keep this many, while nodes allow.",
+    ),
   placement: placementSchema,
   restartPolicy: z.enum(["Always", "OnFailure", "Never"]).default("Always"),
   rollout: rolloutSchema,
