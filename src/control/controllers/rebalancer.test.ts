@@ -46,7 +46,7 @@ function decide(overrides: Partial<RebalanceInput>): RebalanceDecision {
   });
 }
 
-describe("ADR 0035 rebalancer decisions", () => {
+describe("REQ-030 REQ-022 rebalancer decisions (ADR 0035)", () => {
   // Nodes named by zone: a1 and a2 are in zone a, c1 in zone c.
   const stacked = [replica("x", "a1"), replica("y", "a1"), replica("z", "b1")];
 
@@ -457,7 +457,7 @@ function simulate(scenario: Scenario) {
   return { log, replicas, reconcilerActions, isReady };
 }
 
-describe("ADR 0035 REQ-030 rebalancer in a simulated cluster", () => {
+describe("REQ-030 REQ-022 rebalancer in a simulated cluster (ADR 0035)", () => {
   it("never takes ready replicas below minAvailable, moves one at a time with a cool-down, and the reconciler never mistakes a surge for an extra or a missing replica", () => {
     fc.assert(
       fc.property(scenarioArb, (scenario) => {

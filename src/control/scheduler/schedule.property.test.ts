@@ -469,7 +469,7 @@ describe("REQ-021 / REQ-022 scheduler properties", () => {
    * that could not are marked overBudget. Hence a workload within budget before a plan
    * that marks none of its placements is within budget after it.
    */
-  it("(7) node-loss budget: least-stacked feasible node, within budget whenever capacity allows", () => {
+  it("(7) REQ-030 node-loss budget: least-stacked feasible node, within budget whenever capacity allows", () => {
     fc.assert(
       fc.property(scenarioArb, (scenario) => {
         const plan = run(scenario);
