@@ -156,6 +156,11 @@ describe.skipIf(!isRoot)(
       );
       // Spread before stack: no node holds two, so no one node's loss can take two.
       expect(Math.max(...Object.values(placed.at(-1)!.perNode))).toBe(1);
+      const explained = await cluster.cli(["workload", "explain", "keep", "-n", namespace]);
+      expect(explained.code, explained.stderr).toBe(0);
+      expect(explained.stdout.trim()).toBe(
+        "all 3 replicas of keep are placed; the placement survives the loss of any one node (at most 1 of 3 per node keeps minAvailable 2)",
+      );
 
       const minima: number[] = [];
       for (let round = 0; round < 3; round++) {
