@@ -70,6 +70,8 @@ export interface CoordinatorOptions {
   clusterSecretFile?: string;
   /** How long a dead leader keeps the role before another coordinator takes over. */
   leaderLeaseTtlMs?: number;
+  /** The rebalancer (ADR 0035): on by default; the cool-down between moves of a workload. */
+  rebalance?: { enabled?: boolean; cooldownMs?: number };
   clock?: Clock;
   rng?: Rng;
   logger?: Logger;
@@ -203,6 +205,7 @@ async function startWithStore(
     events,
     assignments,
     metrics,
+    ...(options.rebalance ? { rebalance: options.rebalance } : {}),
   });
   let election: LeaderElection | undefined;
   const leadership: Leadership = {

@@ -185,12 +185,16 @@ export async function startHaLab(workers: WorkerDefinition[]): Promise<HaLab> {
   }
 }
 
-/** Applies the HTTP workload: `replicas` node.js servers, spread across zones, ready-probed. */
+/**
+ * Applies the HTTP workload: `replicas` node.js servers, spread across zones, ready-probed.
+ * `rebalance: false` keeps the rebalancer (ADR 0035) from moving its replicas.
+ */
 export async function applyWeb(
   ha: HaLab,
   namespace: string,
   name: string,
   replicas: number,
+  options: { rebalance?: boolean } = {},
 ): Promise<void> {
   const file = await writeSpec(
     ha.specDir,
@@ -200,7 +204,10 @@ export async function applyWeb(
       ports: [{ name: "http", containerPort: 18_080 }],
       resources: { cpuMillicores: 100, memoryMiB: 96 },
       replicas,
-      placement: { spreadAcrossZones: true },
+      placement: {
+        spreadAcrossZones: true,
+        ...(options.rebalance === false ? { rebalance: false } : {}),
+      },
       readinessProbe: { http: { path: "/", port: "http" }, periodSeconds: 1 },
       terminationGracePeriodSeconds: 2,
     }),

@@ -72,7 +72,12 @@ describe.skipIf(unavailable !== undefined)("F3 zone partition on a multi-host la
   it("F3 REQ-030 REQ-031 NFR-A1 a zone cut off keeps serving, its replicas are replaced, and after the heal every workload has exactly its replica count, never below minAvailable", async () => {
     ha = await startHaLab(workers);
     const lab = ha;
-    for (const w of workloads) await applyWeb(lab, namespace, w.name, w.replicas);
+    // Rebalancing is off here (ADR 0035): once zone c is back it would move a replica there,
+    // and this scenario checks that the partition itself converges to exactly the replicas
+    // placed outside the zone. test/placement.test.ts covers the move back after a return.
+    for (const w of workloads) {
+      await applyWeb(lab, namespace, w.name, w.replicas, { rebalance: false });
+    }
     const before = new Map<string, WorkloadJson>();
     for (const w of workloads) {
       before.set(

@@ -64,6 +64,9 @@ export interface CoordinatorFlags {
   store: string;
   clusterSecretFile?: string;
   leaderLease?: string;
+  /** false with --no-rebalance. */
+  rebalance: boolean;
+  rebalanceCooldown?: string;
   logLevel: string;
 }
 
@@ -115,6 +118,15 @@ export function addCoordinatorFlags(command: Command, defaults: { dataDir: strin
       "with several coordinators: how long a dead leader keeps the role before another takes over",
       "5s",
     )
+    .option(
+      "--no-rebalance",
+      "never move running replicas to restore their spread after a lost node or zone returns",
+    )
+    .option(
+      "--rebalance-cooldown <duration>",
+      "least time between two moves of one workload's replicas (1s to 24h)",
+      "30s",
+    )
     .option("--log-level <level>", "trace, debug, info, warn, error or silent", "info");
 }
 
@@ -164,6 +176,14 @@ export async function coordinatorFromFlags(
     // etcd leases count whole seconds, and a shorter lease would change leaders on any pause.
     fail(`--leader-lease ${flags.leaderLease}: must be at least 1s`);
   }
+  const rebalanceCooldownMs = durationFlag("--rebalance-cooldown", flags.rebalanceCooldown);
+  // Below a second a workload could be moved every pass; above a day it never settles.
+  if (
+    rebalanceCooldownMs !== undefined &&
+    (rebalanceCooldownMs < 1_000 || rebalanceCooldownMs > 24 * 3_600_000)
+  ) {
+    fail(`--rebalance-cooldown ${flags.rebalanceCooldown}: must be from 1s to 24h`);
+  }
   // Loaded here, not at the top: an agent process never loads the coordinator (idle memory).
   const { startCoordinator } = await import("../../control/coordinator.js");
   return startCoordinator({
@@ -179,6 +199,10 @@ export async function coordinatorFromFlags(
     store: flags.store,
     clusterSecretFile: flags.clusterSecretFile,
     leaderLeaseTtlMs: leaderLeaseMs,
+    rebalance: {
+      enabled: flags.rebalance !== false,
+      ...(rebalanceCooldownMs !== undefined ? { cooldownMs: rebalanceCooldownMs } : {}),
+    },
     logger,
   });
 }

@@ -298,7 +298,11 @@ export function registerWorkloadCommands(program: Command): void {
   );
 
   withNamespace(
-    workload.command("explain <name>").description("why replicas are pending: filters and scores"),
+    workload
+      .command("explain <name>")
+      .description(
+        "why replicas are pending (filters and scores); does the placement survive a node loss",
+      ),
   )
     .option("-o, --output <format>", "table, json or yaml")
     .action(

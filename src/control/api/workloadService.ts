@@ -27,9 +27,13 @@ import {
   workloadKey,
 } from "../controllers/records.js";
 import { asSpecView, driverOfSpec, placementOf } from "../controllers/specView.js";
-import { toSchedNodes } from "../controllers/workloadController.js";
+import {
+  availabilityOf,
+  existingReplicaOf,
+  toSchedNodes,
+} from "../controllers/workloadController.js";
 import { type WorkloadStatusView, workloadStatus } from "../controllers/workloadReconciler.js";
-import { explainPending } from "../scheduler/index.js";
+import { budgetApplies, budgetText, explainPending } from "../scheduler/index.js";
 import type { Op } from "../store/store.js";
 import {
   canonicalSpecJson,
@@ -47,11 +51,16 @@ const defaultRolloutTimeoutSeconds = 600;
 const defaultExecTimeoutSeconds = 30;
 const rolloutPollMs = 250;
 
-/** Everything but the replica count and rollout knobs: a change here is a new revision. */
+/**
+ * Everything but the replica count, the rollout knobs and whether the rebalancer may move
+ * replicas: a change here is a new revision. (`placement.rebalance` is left out also so
+ * that a spec applied before it existed keeps its hash.)
+ */
 export function templateHash(doc: WorkloadSpecDocument): string {
   const { replicas: _r, minAvailable: _m, rollout: _o, ...template } = doc.spec;
+  const { rebalance: _b, ...placement } = template.placement;
   return createHash("sha256")
-    .update(canonicalSpecJson({ ...doc, spec: template } as WorkloadSpecDocument))
+    .update(canonicalSpecJson({ ...doc, spec: { ...template, placement } } as WorkloadSpecDocument))
     .digest("hex")
     .slice(0, 16);
 }
@@ -460,7 +469,7 @@ export function workloadServiceImpl(
         nodes: toSchedNodes(state, clock.nowMs()),
         replicas: replicas
           .filter((r) => r.node !== "")
-          .map((r) => ({ id: r.id, workloadKey: key, node: r.node })),
+          .map((r) => existingReplicaOf(key, r, workload)),
       };
       const explanations = pending.slice(0, 20).map((replica) => {
         const spec = asSpecView(
@@ -472,6 +481,7 @@ export function workloadServiceImpl(
           driver: driverOfSpec(spec),
           resources: replica.resources,
           placement: placementOf(spec),
+          availability: availabilityOf(workload),
         });
         return {
           replicaId: replica.id,
@@ -484,9 +494,17 @@ export function workloadServiceImpl(
           bestScores: explanation.bestScores.map((s) => ({ node: s.node, score: s.score })),
         };
       });
+      // REQ-030: whether the placement survives the loss of any one node (ADR 0034).
+      const risk = statusOf(state, workload).nodeLossRisk;
+      const availability = availabilityOf(workload);
+      const survival = risk
+        ? `; ${risk}`
+        : budgetApplies(availability)
+          ? `; the placement survives the loss of any one node (${budgetText(availability)})`
+          : "";
       const summary =
         pending.length === 0
-          ? `all ${replicas.filter((r) => r.desired === "Running").length} replicas of ${name} are placed`
+          ? `all ${replicas.filter((r) => r.desired === "Running").length} replicas of ${name} are placed${survival}`
           : `${pending.length} replica${pending.length === 1 ? "" : "s"} of ${name} pending: ${explanations[0]?.message ?? ""}`;
       return { pending: explanations, summary };
     },

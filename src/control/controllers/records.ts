@@ -81,6 +81,25 @@ export interface ReplicaRecord {
    * placed, then its placement's (sent to the agent with the assignment).
    */
   traceparent?: string;
+  /** Set on a replica the rebalancer started to improve the spread (ADR 0035). */
+  move?: ReplicaMove;
+}
+
+/**
+ * A move of one replica for a better spread, recorded on the replacement (ADR 0035). Until
+ * it finishes, the replacement is a surge: while the replaced replica is live the pair
+ * counts as one, so the reconciler neither scales the surge away nor adds another.
+ */
+export interface ReplicaMove {
+  /** The replica the move means to replace (the final pick may differ; see the rebalancer). */
+  replaces: string;
+  /** Where the replaced replica ran when the move started. */
+  fromNode: string;
+  startedAtMs: number;
+  /** Why the move started, for its events. */
+  reason: string;
+  /** Set when the move is done: the replacement is then an ordinary replica. */
+  finishedAtMs?: number;
 }
 
 export const workloadPrefix = "/workloads/";

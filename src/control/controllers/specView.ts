@@ -22,6 +22,8 @@ export interface AppliedSpecView {
       spreadAcrossZones: boolean;
       nodeSelector: Record<string, string>;
       tolerations: Toleration[];
+      /** Absent in specs applied before it existed: then true, the default. */
+      rebalance?: boolean;
     };
   };
 }
@@ -32,6 +34,11 @@ export function asSpecView(spec: unknown): AppliedSpecView {
 
 export function driverOfSpec(spec: AppliedSpecView): "container" | "process" {
   return spec.spec.image ? "container" : "process";
+}
+
+/** Whether the rebalancer may move this workload's replicas (ADR 0035). */
+export function rebalanceOf(spec: AppliedSpecView): boolean {
+  return spec.spec.placement.rebalance ?? true;
 }
 
 export function placementOf(spec: AppliedSpecView): Placement {

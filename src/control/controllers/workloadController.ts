@@ -15,9 +15,11 @@ import {
   startSpan,
   withSpan,
 } from "../../observe/tracing.js";
-import type { EventLog } from "../events/eventLog.js";
+import type { EventLog, NewEvent } from "../events/eventLog.js";
 import type { NodeRecord } from "../nodes/nodeRecord.js";
+import { probePlacement } from "../scheduler/explain.js";
 import type {
+  Availability,
   ClusterSnapshot,
   ExistingReplica,
   PendingReplica,
@@ -30,12 +32,25 @@ import type { Compare, Store } from "../store/store.js";
 import type { AssignmentEntry, AssignmentHub } from "./assignmentHub.js";
 import { type CacheChange, ClusterCache } from "./clusterCache.js";
 import type { ClusterState, Versioned } from "./clusterState.js";
+import {
+  decideRebalance,
+  defaultRebalanceOptions,
+  type RebalanceDecision,
+  type RebalanceOptions,
+  type RebalanceTarget,
+} from "./rebalancer.js";
 import { type ReplicaRecord, replicaKey, type WorkloadRecord, workloadId } from "./records.js";
 import { ReplacementTimer } from "./replacementTimer.js";
 import { scheduleInSlices } from "./scheduleInSlices.js";
-import { asSpecView, driverOfSpec, placementOf } from "./specView.js";
+import {
+  type AppliedSpecView,
+  asSpecView,
+  driverOfSpec,
+  placementOf,
+  rebalanceOf,
+} from "./specView.js";
 import { type ChunkOutcome, commitPacked, type TxnItem, txnOpsFor } from "./txnBatches.js";
-import { type ReconcileAction, reconcileWorkload } from "./workloadReconciler.js";
+import { isReplicaReady, type ReconcileAction, reconcileWorkload } from "./workloadReconciler.js";
 
 /**
  * Replicas created within this long of an apply join the apply's trace; later ones (a
@@ -46,6 +61,13 @@ const applyTraceWindowMs = 10 * 60_000;
 
 /** The longest wait between passes that have work, however long the last one took. */
 const maxPassBackoffMs = 500;
+
+/**
+ * Bounds on the rebalancer per pass (ADR 0035): "where would one more replica go?" costs a
+ * scheduling cycle over every node, and moves are meant to trickle, not to flood.
+ */
+const rebalanceProbesPerPass = 8;
+const rebalanceStartsPerPass = 4;
 
 /** A spec document serialized once per parsed revision record, with a digest of it. */
 interface SerializedSpec {
@@ -60,6 +82,8 @@ interface ReconcilePlan {
   spec: ReturnType<typeof asSpecView> | undefined;
   replicas: Versioned<ReplicaRecord>[];
   actions: ReconcileAction[];
+  /** The rebalancer's decision the actions carry out, for its event once committed. */
+  rebalance?: RebalanceDecision;
 }
 
 export interface WorkloadControllerOptions {
@@ -81,6 +105,11 @@ export interface WorkloadControllerOptions {
    * limits.replicasPerPass); the rest wait for the next pass.
    */
   replicasPerPass?: number;
+  /**
+   * The rebalancer (ADR 0035): on unless `enabled: false` (the coordinator's
+   * `--no-rebalance`); a workload can also turn it off with `placement.rebalance: false`.
+   */
+  rebalance?: Partial<RebalanceOptions> & { enabled?: boolean };
 }
 
 /**
@@ -122,11 +151,23 @@ export class WorkloadController {
   /** Windows of pending replicas tried since one placed anything. */
   private windowsWithoutPlacement = 0;
   private readonly replacements: ReplacementTimer;
+  private readonly rebalanceOptions: RebalanceOptions;
+  private readonly rebalanceEnabled: boolean;
+  /**
+   * When a move of each workload last started, for the cool-down: a move given up leaves
+   * no record behind, so the records alone would allow the next one at once.
+   */
+  private readonly moveStartedAtMs = new Map<string, number>();
+  /** When each workload was last asked "where would one more go?" (at most once a cool-down). */
+  private readonly probedAtMs = new Map<string, number>();
 
   constructor(private readonly options: WorkloadControllerOptions) {
     const histogram = options.metrics?.nodeLossToReplacementRunning;
     this.replacements = new ReplacementTimer((seconds) => histogram?.observe(seconds));
     this.cache = new ClusterCache(options.store, { logger: options.logger });
+    const { enabled, ...rebalance } = options.rebalance ?? {};
+    this.rebalanceEnabled = enabled ?? true;
+    this.rebalanceOptions = { ...defaultRebalanceOptions, ...rebalance };
   }
 
   /**
@@ -329,10 +370,12 @@ export class WorkloadController {
     // A pass writes at most this many replicas, so its memory and its transactions stay
     // bounded however much was asked at once; what is left is the next pass's (ADR 0026).
     let budget = this.replicasPerPass;
+    const pass = new RebalancePass(state, this.options.clock.nowMs());
     for (const key of keys) {
       const workload = state.workloads.get(key)?.value;
       const replicas = state.replicasByWorkload.get(key) ?? [];
       const spec = workload ? asSpecView(workload.spec) : undefined;
+      const newId = () => newReplicaId(workload?.name ?? "replica");
       const planned = reconcileWorkload({
         workload:
           workload && spec
@@ -346,19 +389,30 @@ export class WorkloadController {
             : undefined,
         replicas: replicas.map((r) => r.value),
         nodeStatus,
-        newReplicaId: () => newReplicaId(workload?.name ?? "replica"),
-        maxCreates: budget,
+        newReplicaId: newId,
+        maxCreates: Math.max(0, budget),
       });
       const { status } = planned;
       // A prefix of a workload's actions is safe on its own: each stop keeps the
       // rollout's floor by itself and each create stays within the surge.
-      const actions = planned.actions.slice(0, budget);
+      const actions = planned.actions.slice(0, Math.max(0, budget));
       budget -= actions.length;
       if (actions.length < planned.actions.length || planned.deferredCreates > 0) {
         this.dirtyWorkloads.add(key);
         this.dirty = true;
       }
-      if (actions.length > 0) plans.push({ key, workload, spec, replicas, actions });
+      // The rebalancer moves replicas only where the reconciler has nothing to fix. Its
+      // few actions (a surge, a stop, a finish) may take the budget a little below zero.
+      let rebalance: RebalanceDecision | undefined;
+      if (planned.actions.length === 0 && planned.deferredCreates === 0 && workload && spec) {
+        rebalance = this.decideRebalance(state, key, workload, spec, replicas, pass);
+        if (rebalance) {
+          const moves = rebalanceActions(rebalance, workload, newId, pass.nowMs);
+          actions.push(...moves);
+          budget -= moves.length;
+        }
+      }
+      if (actions.length > 0) plans.push({ key, workload, spec, replicas, actions, rebalance });
       if (workload) this.noteRolloutProgress(key, workload.revision, status);
       else this.rollouts.delete(key);
     }
@@ -367,6 +421,96 @@ export class WorkloadController {
 
   private get replicasPerPass(): number {
     return this.options.replicasPerPass ?? limits.replicasPerPass;
+  }
+
+  /** The rebalancer's decision for one workload this pass, undefined for none (ADR 0035). */
+  private decideRebalance(
+    state: ClusterState,
+    key: string,
+    workload: WorkloadRecord,
+    spec: AppliedSpecView,
+    replicas: Versioned<ReplicaRecord>[],
+    pass: RebalancePass,
+  ): RebalanceDecision | undefined {
+    const live = replicas.map((r) => r.value).filter((r) => r.desired === "Running");
+    const moving = live.some((r) => r.move !== undefined && r.move.finishedAtMs === undefined);
+    const enabled = this.rebalanceEnabled && rebalanceOf(spec);
+    // A move under way is always followed (to its end, or given up if turned off).
+    if (!moving && (!enabled || pass.starts >= rebalanceStartsPerPass)) return undefined;
+    let lastStartedAtMs = this.moveStartedAtMs.get(key);
+    for (const replica of live) {
+      if (replica.move !== undefined) {
+        lastStartedAtMs = Math.max(lastStartedAtMs ?? 0, replica.move.startedAtMs);
+      }
+    }
+    const nodeStatus = (name: string) => state.nodes.get(name)?.status;
+    const decision = decideRebalance({
+      workload: {
+        revision: workload.revision,
+        replicas: workload.replicas,
+        minAvailable: workload.minAvailable,
+        spreadAcrossZones: spec.spec.placement.spreadAcrossZones,
+        enabled,
+      },
+      replicas: live.map((r) => ({
+        id: r.id,
+        node: r.node,
+        zone: state.nodes.get(r.node)?.zone ?? "",
+        revision: r.revision,
+        ready: isReplicaReady(r, nodeStatus),
+        ...(r.move ? { move: r.move } : {}),
+      })),
+      nowMs: pass.nowMs,
+      lastMoveStartedAtMs: lastStartedAtMs,
+      findTarget: () => this.findRebalanceTarget(state, key, workload, spec, pass),
+      readyNodes: pass.readyNodes,
+      readyZones: pass.readyZones,
+      options: this.rebalanceOptions,
+    });
+    if (decision.type === "none") return undefined;
+    if (decision.type === "start") {
+      pass.starts++;
+      this.moveStartedAtMs.set(key, pass.nowMs);
+    }
+    return decision;
+  }
+
+  /**
+   * Where the scheduler would put one more replica of the workload now; asked at most once
+   * a cool-down per workload and a few times per pass, since it scans every node.
+   */
+  private findRebalanceTarget(
+    state: ClusterState,
+    key: string,
+    workload: WorkloadRecord,
+    spec: AppliedSpecView,
+    pass: RebalancePass,
+  ): RebalanceTarget | undefined {
+    const last = this.probedAtMs.get(key);
+    if (last !== undefined && pass.nowMs - last < this.rebalanceOptions.cooldownMs)
+      return undefined;
+    if (pass.probes >= rebalanceProbesPerPass) return undefined;
+    pass.probes++;
+    this.probedAtMs.set(key, pass.nowMs);
+    pass.snapshot ??= {
+      revision: state.revision,
+      nodes: toSchedNodes(state, pass.nowMs),
+      replicas: existingReplicas(state),
+    };
+    const probe = probePlacement(
+      pass.snapshot,
+      {
+        id: "rebalance-probe",
+        workloadKey: key,
+        driver: driverOfSpec(spec),
+        resources: spec.spec.resources,
+        placement: placementOf(spec),
+        availability: availabilityOf(workload),
+      },
+      this.options.weights,
+    );
+    if (probe === undefined) return undefined;
+    return { node: probe.node, zone: state.nodes.get(probe.node)?.zone ?? "" };
   }
 
   /**
@@ -419,7 +563,7 @@ export class WorkloadController {
   private async reconcile(state: ClusterState, plans: ReconcilePlan[]): Promise<number> {
     const groups: TxnItem<ReconcileTag>[][] = [];
     const now = this.options.clock.nowMs();
-    for (const { key, workload, spec, replicas, actions } of plans) {
+    for (const { key, workload, spec, replicas, actions, rebalance } of plans) {
       const byId = new Map(replicas.map((r) => [r.value.id, r]));
       const group: TxnItem<ReconcileTag>[] = [];
       for (const action of actions) {
@@ -433,6 +577,7 @@ export class WorkloadController {
             desired: "Running",
             resources: spec.spec.resources,
             createdAtMs: now,
+            ...(action.move ? { move: action.move } : {}),
           };
           // Its placement and start join the trace of the apply that asked for it.
           if (
@@ -465,7 +610,18 @@ export class WorkloadController {
           op: "==",
           modRevision: existing.modRevision,
         };
-        if (action.type === "forget") {
+        if (action.type === "finishMove") {
+          if (!existing.value.move) continue;
+          const finished: ReplicaRecord = {
+            ...existing.value,
+            move: { ...existing.value.move, finishedAtMs: now },
+          };
+          group.push({
+            op: { type: "put", key: replica, value: JSON.stringify(finished) },
+            compare,
+            tag: { workload: key },
+          });
+        } else if (action.type === "forget") {
           const tag: ReconcileTag = { workload: key };
           if (existing.value.node !== "" && existing.value.desired === "Running") {
             tag.forgottenOnLostNode = true;
@@ -486,10 +642,15 @@ export class WorkloadController {
           });
         }
       }
-      if (group.length > 0) groups.push(group);
+      if (group.length > 0) {
+        // The group commits whole or not at all, so its first item speaks for the decision.
+        if (rebalance) group[0]!.tag.rebalance = rebalance;
+        groups.push(group);
+      }
     }
     let wrote = 0;
     const forgotten = new Map<string, number>();
+    const rebalanced: NewEvent[] = [];
     for (const outcome of await commitPacked(
       this.options.store,
       groups,
@@ -503,6 +664,8 @@ export class WorkloadController {
       }
       wrote = Math.max(wrote, outcome.revision);
       for (const { tag } of outcome.items) {
+        const event = tag.rebalance && rebalanceEvent(tag.workload, tag.rebalance);
+        if (event) rebalanced.push(event);
         if (tag.lostAtMs !== undefined)
           this.replacements.noteForgotten(tag.workload, tag.lostAtMs, now);
         if (tag.forgottenOnLostNode) {
@@ -519,6 +682,11 @@ export class WorkloadController {
         message: `${count} replica${count === 1 ? "" : "s"} on lost or departed nodes replaced`,
       });
     }
+    for (const event of rebalanced) {
+      this.options.logger.info({ workload: event.subject, event: event.type }, event.message);
+    }
+    // Recorded together, they share a commit (ADR 0025).
+    await Promise.all(rebalanced.map((event) => this.options.events.record(event)));
     return wrote;
   }
 
@@ -534,7 +702,7 @@ export class WorkloadController {
       const workload = state.workloads.get(key)?.value;
       for (const replica of replicas) {
         if (replica.value.node !== "") {
-          existing.push({ id: replica.value.id, workloadKey: key, node: replica.value.node });
+          existing.push(existingReplicaOf(key, replica.value, workload));
           continue;
         }
         if (replica.value.desired !== "Running" || !workload) continue;
@@ -672,6 +840,7 @@ export class WorkloadController {
           workload: `${record.value.namespace}/${record.value.workload}`,
           node: placement.node,
           span,
+          ...(placement.overBudget ? { overBudget: placement.overBudget } : {}),
         },
       });
     }
@@ -720,6 +889,7 @@ export class WorkloadController {
     let wrote = 0;
     let conflicts = 0;
     const placedByWorkload = new Map<string, string[]>();
+    const overBudgetByWorkload = new Map<string, string[]>();
     const committed = new Set<TxnItem<PlanTag>>();
     for (const outcome of outcomes) {
       if (!outcome.succeeded) {
@@ -734,6 +904,11 @@ export class WorkloadController {
         const list = placedByWorkload.get(item.tag.workload) ?? [];
         list.push(item.tag.node);
         placedByWorkload.set(item.tag.workload, list);
+        if (item.tag.overBudget !== undefined) {
+          const over = overBudgetByWorkload.get(item.tag.workload) ?? [];
+          over.push(item.tag.overBudget);
+          overBudgetByWorkload.set(item.tag.workload, over);
+        }
       }
     }
     for (const item of placements) {
@@ -755,6 +930,21 @@ export class WorkloadController {
           subject: `workload/${workload}`,
           reason: "Scheduled",
           message: `placed ${nodes.length} replica${nodes.length === 1 ? "" : "s"} on ${[...new Set(nodes)].join(", ")}`,
+        }),
+      );
+    }
+    for (const [workload, messages] of overBudgetByWorkload) {
+      // REQ-030: say it where the operator looks (describe's events), with what it takes.
+      placedEvents.push(
+        this.options.events.record({
+          type: "NodeLossBudgetExceeded",
+          category: "scheduling",
+          subject: `workload/${workload}`,
+          reason: "TooFewNodes",
+          message:
+            messages.length === 1
+              ? (messages[0] as string)
+              : `${messages.length} replicas placed over the node-loss budget; the last: ${messages.at(-1)}`,
         }),
       );
     }
@@ -823,6 +1013,8 @@ interface ReconcileTag {
   workload: string;
   forgottenOnLostNode?: boolean;
   lostAtMs?: number;
+  /** The rebalancer decision the group carries out, on its first item. */
+  rebalance?: RebalanceDecision;
 }
 
 /** What a plan write stands for: a placement (with node and span) or a pending reason. */
@@ -830,6 +1022,8 @@ interface PlanTag {
   workload: string;
   node?: string;
   span?: Span;
+  /** Why the placement went over the node-loss budget, when it did (ADR 0034). */
+  overBudget?: string;
 }
 
 /**
@@ -952,6 +1146,145 @@ function fits(node: SchedNode, request: SchedNode["allocated"]): boolean {
 
 function newReplicaId(workloadName: string): string {
   return `${workloadName}-${randomBytes(4).toString("hex")}`;
+}
+
+/** What one pass of the rebalancer may still do, and what it computed once for all. */
+class RebalancePass {
+  starts = 0;
+  probes = 0;
+  /** Built on the first probe: the nodes and placed replicas as the scheduler sees them. */
+  snapshot: ClusterSnapshot | undefined;
+  readonly nowMs: number;
+  readonly readyNodes: number;
+  readonly readyZones: number;
+
+  constructor(state: ClusterState, nowMs: number) {
+    this.nowMs = nowMs;
+    const zones = new Set<string>();
+    let ready = 0;
+    for (const node of state.nodes.values()) {
+      if (node.status !== "Ready" || node.cordoned || node.draining) continue;
+      ready++;
+      zones.add(node.zone);
+    }
+    this.readyNodes = ready;
+    this.readyZones = zones.size;
+  }
+}
+
+/** The writes that carry out a rebalancer decision (ADR 0035). */
+function rebalanceActions(
+  decision: RebalanceDecision,
+  workload: WorkloadRecord,
+  newId: () => string,
+  nowMs: number,
+): ReconcileAction[] {
+  switch (decision.type) {
+    case "start":
+      return [
+        {
+          type: "create",
+          id: newId(),
+          revision: workload.revision,
+          move: {
+            replaces: decision.replaces,
+            fromNode: decision.fromNode,
+            startedAtMs: nowMs,
+            reason: decision.reason,
+          },
+        },
+      ];
+    case "finish":
+      return [
+        ...(decision.retire === undefined
+          ? []
+          : [
+              {
+                type: "stop" as const,
+                id: decision.retire,
+                reason: `rebalanced: replaced by ${decision.surge} on ${decision.toNode}`,
+              },
+            ]),
+        { type: "finishMove", id: decision.surge },
+      ];
+    case "abandon":
+      return [
+        { type: "stop", id: decision.surge, reason: `rebalance given up: ${decision.reason}` },
+      ];
+    default:
+      return [];
+  }
+}
+
+/** The event a committed rebalancer decision records. */
+function rebalanceEvent(key: string, decision: RebalanceDecision): NewEvent | undefined {
+  const subject = `workload/${key}`;
+  switch (decision.type) {
+    case "start":
+      return {
+        type: "RebalanceStarted",
+        category: "scheduling",
+        subject,
+        reason: "Rebalance",
+        message: `starting a replacement for ${decision.replaces} on ${decision.fromNode} (expected on ${decision.toNode}): ${decision.reason}`,
+      };
+    case "finish":
+      return {
+        type: "ReplicaRebalanced",
+        category: "scheduling",
+        subject,
+        reason: decision.retire === undefined ? "MoveEnded" : "Rebalanced",
+        message:
+          decision.retire === undefined
+            ? `${decision.surge} on ${decision.toNode} kept as an ordinary replica: ${decision.reason}`
+            : `moved a replica from ${decision.fromNode} to ${decision.toNode}: stopped ${decision.retire} once ${decision.surge} was ready (${decision.reason})`,
+      };
+    case "abandon":
+      return {
+        type: "RebalanceAbandoned",
+        category: "scheduling",
+        subject,
+        reason: "Abandoned",
+        message: `stopped ${decision.surge}: ${decision.reason}`,
+      };
+    default:
+      return undefined;
+  }
+}
+
+/** A workload's availability ask, which sets its node-loss budget (ADR 0034). */
+export function availabilityOf(workload: WorkloadRecord): Availability {
+  return { replicas: workload.replicas, minAvailable: workload.minAvailable };
+}
+
+/**
+ * Every placed replica as the scheduler counts it: a replica asked to stop, or of a
+ * revision other than its workload's current one, is leaving (ADR 0034).
+ */
+export function existingReplicas(
+  state: Pick<ClusterState, "replicasByWorkload" | "workloads">,
+): ExistingReplica[] {
+  const existing: ExistingReplica[] = [];
+  for (const [key, replicas] of state.replicasByWorkload) {
+    const workload = state.workloads.get(key)?.value;
+    for (const { value: replica } of replicas) {
+      if (replica.node === "") continue;
+      existing.push(existingReplicaOf(key, replica, workload));
+    }
+  }
+  return existing;
+}
+
+export function existingReplicaOf(
+  key: string,
+  replica: ReplicaRecord,
+  workload: WorkloadRecord | undefined,
+): ExistingReplica {
+  const leaving =
+    replica.desired !== "Running" ||
+    workload === undefined ||
+    replica.revision !== workload.revision;
+  return { id: replica.id, workloadKey: key, node: replica.node, ...(leaving ? { leaving } : {}) };
 }
 
 export type { Versioned };

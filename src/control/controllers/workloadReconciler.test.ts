@@ -324,11 +324,21 @@ describe("workload reconciler", () => {
                 }
               : {}),
           }));
+          // The oracle predates the node-loss budget (ADR 0034): the status may add the
+          // risk of losing one node to the message, and says so in nodeLossRisk.
           const expected = oracleStatus(workload, replicas, nodeStatus);
-          expect(workloadStatus(workload, replicas, nodeStatus)).toEqual(expected);
+          const { message, nodeLossRisk, ...counts } = workloadStatus(
+            workload,
+            replicas,
+            nodeStatus,
+          );
+          const { message: expectedMessage, ...expectedCounts } = expected;
+          expect(counts).toEqual(expectedCounts);
+          expect(message.startsWith(expectedMessage)).toBe(true);
+          if (message !== expectedMessage) expect(message).toContain(nodeLossRisk);
           expect(
             reconcileWorkload({ workload, replicas, nodeStatus, newReplicaId: () => "x" }).status,
-          ).toEqual(expected);
+          ).toEqual(workloadStatus(workload, replicas, nodeStatus));
         },
       ),
       { numRuns: 500 },
@@ -400,3 +410,107 @@ function oracleStatus(
     message,
   };
 }
+describe("workload reconciler and the node-loss budget (ADR 0034, ADR 0035)", () => {
+  const nodes = new Map<string, NodeStatus>([
+    ["n1", "Ready"],
+    ["n2", "Ready"],
+    ["n3", "Ready"],
+  ]);
+  let seq = 0;
+
+  function replica(node: string, extra: Partial<ReplicaRecord> = {}): ReplicaRecord {
+    seq++;
+    return {
+      id: `r${seq}`,
+      namespace: "default",
+      workload: "web",
+      revision: 1,
+      node,
+      desired: "Running",
+      resources: { cpuMillicores: 100, memoryMiB: 64, storageGiB: 0, bandwidthMbps: 0 },
+      createdAtMs: seq,
+      status: {
+        phase: "Running",
+        ready: true,
+        restarts: 0,
+        reason: "",
+        message: "",
+        hostPorts: {},
+        driver: "process",
+        reportedAtMs: 0,
+      },
+      ...extra,
+    };
+  }
+
+  function reconcile(replicas: ReplicaRecord[], workload = intent(), status = nodes) {
+    return reconcileWorkload({
+      workload,
+      replicas,
+      nodeStatus: (n) => status.get(n),
+      newReplicaId: () => "new",
+    });
+  }
+
+  it("REQ-030 the status says when one node's loss would take the workload below minAvailable", () => {
+    const result = reconcile([replica("n1"), replica("n1"), replica("n2")]);
+    expect(result.actions).toEqual([]);
+    expect(result.status.message).toBe(
+      "3/3 replicas ready; losing node n1 would leave fewer than minAvailable 2 ready: it holds 2 of 3 replicas (at most 1 of 3 per node keeps minAvailable 2; that needs 3 nodes with room)",
+    );
+    expect(reconcile([replica("n1"), replica("n2"), replica("n3")]).status.message).toBe(
+      "3/3 replicas ready",
+    );
+  });
+
+  it("ADR 0035 a move's surge is neither scaled away nor answered with another replica", () => {
+    const moved = replica("n1");
+    const others = [replica("n1"), replica("n2")];
+    const surge = replica("n3", {
+      move: { replaces: moved.id, fromNode: "n1", startedAtMs: 0, reason: "spread" },
+    });
+    const result = reconcile([moved, ...others, surge]);
+    expect(result.actions).toEqual([]);
+    expect(result.status).toMatchObject({
+      phase: "Running",
+      replicas: 4,
+      readyReplicas: 4,
+      updatedReplicas: 3,
+    });
+    expect(result.status.message).toBe("4/3 replicas ready; moving a replica off n1: spread");
+    // Not yet placed: still not answered with a create.
+    expect(
+      reconcile([moved, ...others, { ...surge, node: "", status: undefined }]).actions,
+    ).toEqual([]);
+  });
+
+  it("ADR 0035 once the replaced replica is gone (its node lost) the surge is an ordinary replica", () => {
+    const moved = replica("n1");
+    const surge = replica("n3", {
+      move: { replaces: moved.id, fromNode: "n1", startedAtMs: 0, reason: "spread" },
+    });
+    const lost = new Map(nodes).set("n1", "Lost");
+    const result = reconcile([moved, replica("n2"), replica("n2"), surge], intent(), lost);
+    expect(result.actions).toEqual([{ type: "forget", id: moved.id, reason: "node n1 is Lost" }]);
+  });
+
+  it("REQ-023 a rollout stops old replicas from the most stacked node first", () => {
+    const oldest = replica("n2");
+    const stacked = [replica("n1"), replica("n1")];
+    const fresh = replica("n3", { revision: 2 });
+    const result = reconcile([oldest, ...stacked, fresh], intent({ revision: 2 }));
+    const stopped = result.actions.filter((a) => a.type === "stop").map((a) => a.id);
+    expect(stopped).toHaveLength(1);
+    expect(stacked.map((r) => r.id)).toContain(stopped[0]);
+  });
+
+  it("REQ-020 scaling down takes ready replicas from the most stacked node first", () => {
+    // The stacked ones are the oldest: newest-first alone would stop one of the others.
+    const stacked = [replica("n1"), replica("n1")];
+    const spread = [replica("n2"), replica("n3")];
+    const result = reconcile([...stacked, ...spread], intent({ replicas: 3 }));
+    const stopped = result.actions.filter((a) => a.type === "stop").map((a) => a.id);
+    expect(stopped).toHaveLength(1);
+    expect(stacked.map((r) => r.id)).toContain(stopped[0]);
+  });
+});

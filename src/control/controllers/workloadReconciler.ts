@@ -1,5 +1,6 @@
 import type { NodeStatus } from "../membership/membershipTracker.js";
-import type { ReplicaRecord } from "./records.js";
+import { nodeLossRisk } from "../scheduler/budget.js";
+import type { ReplicaMove, ReplicaRecord } from "./records.js";
 
 /**
  * The replica and rollout controller's decision, as a pure function of the
@@ -17,9 +18,11 @@ export interface WorkloadIntent {
 }
 
 export type ReconcileAction =
-  | { type: "create"; id: string; revision: number }
+  | { type: "create"; id: string; revision: number; move?: ReplicaMove }
   | { type: "stop"; id: string; reason: string }
-  | { type: "forget"; id: string; reason: string };
+  | { type: "forget"; id: string; reason: string }
+  /** The rebalancer's move that started this replica is done (ADR 0035). */
+  | { type: "finishMove"; id: string };
 
 export interface WorkloadStatusView {
   desiredReplicas: number;
@@ -31,6 +34,8 @@ export interface WorkloadStatusView {
   revision: number;
   phase: "Pending" | "Progressing" | "Running" | "Degraded";
   message: string;
+  /** Set when losing one node would take the workload below minAvailable (ADR 0034). */
+  nodeLossRisk?: string;
 }
 
 export interface ReconcileInput {
@@ -41,6 +46,13 @@ export interface ReconcileInput {
   newReplicaId: () => string;
   /** Creates this call may plan at most (default: all that are missing). */
   maxCreates?: number;
+}
+
+export interface ReconcileResult {
+  actions: ReconcileAction[];
+  status: WorkloadStatusView;
+  /** Creates left out by `maxCreates`, for a later pass. */
+  deferredCreates: number;
 }
 
 /** A replica counts as ready only if its node says so and the node is itself Ready. */
@@ -57,17 +69,27 @@ export function isReplicaReady(
   );
 }
 
+/**
+ * A replica the rebalancer started whose move has not finished while the replica it
+ * replaces is still live (ADR 0035): the pair counts as one replica of the revision.
+ */
+export function isSurge(
+  replica: ReplicaRecord,
+  liveIds: ReadonlySet<string>,
+  revision: number,
+): boolean {
+  return (
+    replica.move !== undefined &&
+    replica.move.finishedAtMs === undefined &&
+    replica.revision === revision &&
+    liveIds.has(replica.move.replaces)
+  );
+}
+
 function nodeIsGone(node: string, nodeStatus: (node: string) => NodeStatus | undefined): boolean {
   if (node === "") return false;
   const status = nodeStatus(node);
   return status === undefined || status === "Lost" || status === "Left";
-}
-
-export interface ReconcileResult {
-  actions: ReconcileAction[];
-  status: WorkloadStatusView;
-  /** Creates left out by `maxCreates`, for a later pass. */
-  deferredCreates: number;
 }
 
 /**
@@ -96,25 +118,30 @@ export function workloadStatus(
 ): WorkloadStatusView {
   if (!workload) return emptyStatus();
   const desired = workload.replicas;
-  let live = 0;
+  const live = replicas.filter((r) => r.desired === "Running" && !isForgotten(r, nodeStatus));
+  // A rebalancer's surge counts for readiness, not towards the desired count (ADR 0035).
+  const liveIds = new Set(live.map((r) => r.id));
+  let surgeMove: ReplicaMove | undefined;
   let readyCount = 0;
-  let current = 0;
   let readyCurrent = 0;
   let old = 0;
   let pendingReason: string | undefined;
-  for (const replica of replicas) {
-    if (replica.desired !== "Running" || isForgotten(replica, nodeStatus)) continue;
-    live++;
+  const current: ReplicaRecord[] = [];
+  for (const replica of live) {
     const ready = isReplicaReady(replica, nodeStatus);
     if (ready) readyCount++;
+    if (replica.node === "" && pendingReason === undefined && replica.pendingReason) {
+      pendingReason = replica.pendingReason;
+    }
+    if (isSurge(replica, liveIds, workload.revision)) {
+      surgeMove ??= replica.move;
+      continue;
+    }
     if (replica.revision === workload.revision) {
-      current++;
+      current.push(replica);
       if (ready) readyCurrent++;
     } else {
       old++;
-    }
-    if (replica.node === "" && pendingReason === undefined && replica.pendingReason) {
-      pendingReason = replica.pendingReason;
     }
   }
   let phase: WorkloadStatusView["phase"];
@@ -123,12 +150,12 @@ export function workloadStatus(
     phase = "Pending";
     message =
       pendingReason ?? `waiting for ${desired} replica${desired === 1 ? "" : "s"} to become ready`;
-  } else if (old > 0 || current !== desired) {
+  } else if (old > 0 || current.length !== desired) {
     phase = "Progressing";
     message =
       old > 0
         ? `rolling out revision ${workload.revision}: ${readyCurrent}/${desired} updated replicas ready`
-        : `${readyCount}/${desired} replicas ready, ${current} of ${desired} created`;
+        : `${readyCount}/${desired} replicas ready, ${current.length} of ${desired} created`;
   } else if (readyCount < desired) {
     phase = "Degraded";
     message = `${readyCount}/${desired} replicas ready`;
@@ -136,16 +163,25 @@ export function workloadStatus(
     phase = "Running";
     message = `${readyCount}/${desired} replicas ready`;
   }
+  const risk = nodeLossRisk(
+    { replicas: desired, minAvailable: workload.minAvailable },
+    replicasPerNode(current),
+  );
+  if (phase === "Running" || phase === "Degraded") {
+    if (surgeMove) message += `; moving a replica off ${surgeMove.fromNode}: ${surgeMove.reason}`;
+    else if (risk) message += `; ${risk.message}`;
+  }
   return {
     desiredReplicas: desired,
-    replicas: live,
+    replicas: live.length,
     readyReplicas: readyCount,
-    updatedReplicas: current,
+    updatedReplicas: current.length,
     availableReplicas: readyCount,
     minAvailable: workload.minAvailable,
     revision: workload.revision,
     phase,
     message,
+    ...(risk ? { nodeLossRisk: risk.message } : {}),
   };
 }
 
@@ -179,9 +215,14 @@ export function reconcileWorkload(input: ReconcileInput): ReconcileResult {
     return { actions, status, deferredCreates: 0 };
   }
 
+  // A move's surge is extra by design: it counts for readiness, not towards the desired
+  // count, so it is neither scaled away nor answered with another replica.
+  const liveIds = new Set(live.map((r) => r.id));
+  const surges = live.filter((r) => isSurge(r, liveIds, workload.revision));
+  const counted = surges.length === 0 ? live : live.filter((r) => !surges.includes(r));
   const desired = workload.replicas;
-  const current = live.filter((r) => r.revision === workload.revision);
-  const old = live.filter((r) => r.revision !== workload.revision);
+  const current = counted.filter((r) => r.revision === workload.revision);
+  const old = counted.filter((r) => r.revision !== workload.revision);
   const readyCount = live.filter(ready).length;
   // The floor of ready replicas during a rollout (REQ-023).
   const minReady = Math.min(
@@ -191,7 +232,7 @@ export function reconcileWorkload(input: ReconcileInput): ReconcileResult {
   const stop = (replica: ReplicaRecord, reason: string) => {
     actions.push({ type: "stop", id: replica.id, reason });
   };
-  let liveCount = live.length;
+  let liveCount = counted.length;
   let readyLeft = readyCount;
 
   // Old replicas that are not ready cost nothing to remove.
@@ -201,24 +242,32 @@ export function reconcileWorkload(input: ReconcileInput): ReconcileResult {
     stop(replica, `replaced by revision ${workload.revision}`);
     liveCount--;
   }
-  // Ready old replicas go only while the floor holds.
-  let removable = Math.max(0, readyLeft - minReady);
-  for (const replica of oldestFirst(oldReady)) {
-    if (removable === 0) break;
+  // Ready old replicas go only while the floor holds; from the most stacked node first,
+  // so a rollout keeps the spread the node-loss budget asks for (ADR 0034).
+  const removable = Math.max(0, readyLeft - minReady);
+  const stillLive = counted.filter((r) => !oldNotReady.includes(r));
+  for (const replica of pickKeepingSpread(oldReady, stillLive, removable, byAge("oldest"))) {
     stop(replica, `replaced by revision ${workload.revision}`);
-    removable--;
     readyLeft--;
     liveCount--;
   }
   const oldRemaining = oldReady.length - (readyCount - readyLeft);
 
-  // Scale down current-revision replicas beyond the desired count (not-ready first).
+  // Scale down current-revision replicas beyond the desired count: not-ready first, then
+  // from the most stacked node, then the newest.
   if (oldRemaining === 0 && current.length > desired) {
     const excess = current.length - desired;
-    const order = [...current].sort(
-      (a, b) => Number(ready(a)) - Number(ready(b)) || b.createdAtMs - a.createdAtMs,
-    );
-    for (const replica of order.slice(0, excess)) {
+    const notReady = current.filter((r) => !ready(r));
+    const notReadyFirst = [
+      ...notReady,
+      ...pickKeepingSpread(
+        current.filter(ready),
+        current.filter(ready),
+        excess - notReady.length,
+        byAge("newest"),
+      ),
+    ];
+    for (const replica of notReadyFirst.slice(0, excess)) {
       stop(replica, `scaled down to ${desired}`);
       liveCount--;
     }
@@ -236,8 +285,44 @@ export function reconcileWorkload(input: ReconcileInput): ReconcileResult {
   return { actions, status, deferredCreates: toCreate - creating };
 }
 
-function oldestFirst(replicas: ReplicaRecord[]): ReplicaRecord[] {
-  return [...replicas].sort((a, b) => a.createdAtMs - b.createdAtMs);
+/** Placed replicas per node. */
+export function replicasPerNode(replicas: readonly ReplicaRecord[]): Map<string, number> {
+  const perNode = new Map<string, number>();
+  for (const replica of replicas) {
+    if (replica.node !== "") perNode.set(replica.node, (perNode.get(replica.node) ?? 0) + 1);
+  }
+  return perNode;
+}
+
+function byAge(first: "oldest" | "newest"): (a: ReplicaRecord, b: ReplicaRecord) => number {
+  return first === "oldest"
+    ? (a, b) => a.createdAtMs - b.createdAtMs || (a.id < b.id ? -1 : 1)
+    : (a, b) => b.createdAtMs - a.createdAtMs || (a.id < b.id ? -1 : 1);
+}
+
+/**
+ * Up to `count` of `candidates` to stop, each taken from the node that holds the most of
+ * `holders` at that point (ties by `order`), so what remains stays spread over nodes.
+ * Taking them one by one is the same as sorting by "held on the node minus those of the
+ * node taken before": the j-th candidate of a node (in `order`) is taken when its node
+ * holds held − j, and candidates that tie on that are each their node's next.
+ */
+function pickKeepingSpread(
+  candidates: readonly ReplicaRecord[],
+  holders: readonly ReplicaRecord[],
+  count: number,
+  order: (a: ReplicaRecord, b: ReplicaRecord) => number,
+): ReplicaRecord[] {
+  if (count <= 0) return [];
+  const held = replicasPerNode(holders);
+  const taken = new Map<string, number>();
+  const keyed = [...candidates].sort(order).map((replica) => {
+    const before = taken.get(replica.node) ?? 0;
+    taken.set(replica.node, before + 1);
+    return { replica, key: (held.get(replica.node) ?? 0) - before };
+  });
+  keyed.sort((a, b) => b.key - a.key || order(a.replica, b.replica));
+  return keyed.slice(0, count).map((k) => k.replica);
 }
 
 function emptyStatus(): WorkloadStatusView {

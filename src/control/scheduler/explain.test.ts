@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { seededRng } from "../../lib/rng.js";
-import { explainBestScores, explainPending } from "./explain.js";
+import { explainBestScores, explainPending, probePlacement } from "./explain.js";
 import { schedule } from "./schedule.js";
 import { makeReplica, SchedulerHarness } from "./testing/harness.js";
 import { defaultWeights } from "./types.js";
@@ -72,5 +72,49 @@ describe("REQ-021 workload explain", () => {
       schedulable: false,
       message: "invalid request: storageGiB must be a finite number >= 0",
     });
+  });
+
+  it("REQ-030 says when a replica could only go over its node-loss budget, and what it would take", () => {
+    const h = new SchedulerHarness();
+    h.addNodes(2);
+    h.addExisting({ workloadKey: "ns/web", node: "node-00000" });
+    h.addExisting({ workloadKey: "ns/web", node: "node-00001" });
+    const replica = makeReplica("ns/web-2", "ns/web", {
+      availability: { replicas: 3, minAvailable: 2 },
+    });
+    const explanation = explainPending(h.snapshot(), replica);
+    expect(explanation).toMatchObject({
+      schedulable: true,
+      feasibleNodes: 0,
+      rejections: { NodeLossBudget: 2 },
+      overBudget:
+        "no node with room is within the node-loss budget (at most 1 of 3 per node keeps minAvailable 2): it would go to node-00000, which would then hold 2; surviving the loss of any node needs 3 nodes with room",
+    });
+    expect(explanation.message).toBe(
+      "0/2 nodes available: 2 node-loss budget full (at most 1 of 3 per node keeps minAvailable 2); no node with room is within the node-loss budget (at most 1 of 3 per node keeps minAvailable 2): it would go to node-00000, which would then hold 2; surviving the loss of any node needs 3 nodes with room",
+    );
+    expect(explanation.bestScores.map((b) => b.node)).toEqual(["node-00000", "node-00001"]);
+  });
+
+  it("probePlacement: where one more replica would go, and whether only over budget", () => {
+    const h = new SchedulerHarness();
+    h.addNodes(3, (i) => ({ zone: ["a", "b", "c"][i]! }));
+    h.addExisting({ workloadKey: "ns/web", node: "node-00000" });
+    h.addExisting({ workloadKey: "ns/web", node: "node-00000" });
+    h.addExisting({ workloadKey: "ns/web", node: "node-00001" });
+    const availability = { replicas: 3, minAvailable: 2 };
+    const replica = makeReplica("probe", "ns/web", { availability });
+    expect(probePlacement(h.snapshot(), replica)).toEqual({
+      node: "node-00002",
+      overBudget: false,
+    });
+    h.updateNode("node-00002", { status: "NotReady" });
+    expect(probePlacement(h.snapshot(), replica)).toEqual({
+      node: "node-00001",
+      overBudget: true,
+    });
+    h.updateNode("node-00000", { status: "NotReady" });
+    h.updateNode("node-00001", { status: "NotReady" });
+    expect(probePlacement(h.snapshot(), replica)).toBeUndefined();
   });
 });

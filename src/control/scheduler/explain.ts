@@ -3,12 +3,19 @@
  * scheduler's own cycle against the snapshot (nothing placed by a plan), so the numbers are
  * exactly what schedule() would see for this replica alone.
  */
-import { formatMessage, type RankedNode, runCycle, scoreBreakdown } from "./framework.js";
+import {
+  type CycleResult,
+  formatMessage,
+  type RankedNode,
+  runCycle,
+  scoreBreakdown,
+} from "./framework.js";
 import { CycleState, type SchedulingContext } from "./plugin.js";
 import {
   defaultFramework,
   invalidReplica,
   invalidRequest,
+  overBudgetText,
   unschedulableBestScores,
 } from "./schedule.js";
 import { SchedulingState } from "./state.js";
@@ -39,8 +46,16 @@ export interface SchedulableExplanation {
   rejections: Record<string, number>;
   reasons: Record<string, number>;
   message: string;
-  /** Highest first, with per-plugin scores; ties in snapshot order (no rng here). */
+  /**
+   * Fewest of the workload first (when it has a node-loss budget), then highest score,
+   * with per-plugin scores; ties in snapshot order (no rng here).
+   */
   bestScores: ScoredNode[];
+  /**
+   * Set when no node that could take the replica is within its workload's node-loss
+   * budget, so it would go over it (ADR 0034): which node and what it would take.
+   */
+  overBudget?: string;
 }
 
 export type Explanation = UnschedulableExplanation | SchedulableExplanation;
@@ -56,17 +71,7 @@ export function explainPending(
     return { schedulable: false, totalNodes, ...invalidReplica(replica, invalid) };
   }
   const framework = defaultFramework(weights);
-  const ctx: SchedulingContext = {
-    nowMs: 0,
-    state: new SchedulingState(snapshot, [replica]),
-    cycle: new CycleState(),
-    filters: framework.filters,
-  };
-  const result = runCycle(ctx, framework, replica, {
-    rng: undefined,
-    topFeasible: explainBestScores,
-    topNearMiss: unschedulableBestScores,
-  });
+  const { ctx, result } = oneCycle(snapshot, replica, weights, explainBestScores);
   // The cycle's pre-score state is still in place, so breakdowns match the totals.
   const withBreakdown = (nodes: RankedNode[]): ScoredNode[] =>
     nodes.map(({ index, node, score }) => ({
@@ -82,7 +87,7 @@ export function explainPending(
     reasons: Object.fromEntries(result.reasons),
     message: formatMessage(totalNodes, result.feasibleNodes, result.reasons),
   };
-  if (result.feasibleNodes === 0) {
+  if (result.chosen < 0) {
     return {
       schedulable: false,
       ...common,
@@ -90,10 +95,60 @@ export function explainPending(
       bestScores: withBreakdown(result.topNearMiss),
     };
   }
-  return {
+  const explanation: SchedulableExplanation = {
     schedulable: true,
     ...common,
     feasibleNodes: result.feasibleNodes,
     bestScores: withBreakdown(result.topFeasible),
   };
+  if (result.overSoft) {
+    const node = ctx.state.nodes[result.chosen]!.name;
+    const holds = (ctx.cycle.workload?.stayingPerNode.get(result.chosen) ?? 0) + 1;
+    explanation.overBudget = overBudgetText(replica, node, holds, "would place");
+    explanation.message = `${explanation.message}; ${explanation.overBudget}`;
+  }
+  return explanation;
+}
+
+/** Where one more replica would go now, and whether only over its node-loss budget. */
+export interface ProbedPlacement {
+  node: string;
+  overBudget: boolean;
+}
+
+/**
+ * The node the scheduler would give this replica alone against the snapshot (ties in
+ * snapshot order), or undefined when none could take it. The rebalancer asks it where a
+ * replica moved for a better spread would land (ADR 0035).
+ */
+export function probePlacement(
+  snapshot: ClusterSnapshot,
+  replica: PendingReplica,
+  weights: ScoreWeights = defaultWeights,
+): ProbedPlacement | undefined {
+  if (invalidRequest(replica.resources) !== undefined) return undefined;
+  const { ctx, result } = oneCycle(snapshot, replica, weights, 0);
+  if (result.chosen < 0) return undefined;
+  return { node: ctx.state.nodes[result.chosen]!.name, overBudget: result.overSoft };
+}
+
+function oneCycle(
+  snapshot: ClusterSnapshot,
+  replica: PendingReplica,
+  weights: ScoreWeights,
+  topFeasible: number,
+): { ctx: SchedulingContext; result: CycleResult } {
+  const framework = defaultFramework(weights);
+  const ctx: SchedulingContext = {
+    nowMs: 0,
+    state: new SchedulingState(snapshot, [replica]),
+    cycle: new CycleState(),
+    filters: framework.filters,
+  };
+  const result = runCycle(ctx, framework, replica, {
+    rng: undefined,
+    topFeasible,
+    topNearMiss: topFeasible > 0 ? unschedulableBestScores : 0,
+  });
+  return { ctx, result };
 }

@@ -4,6 +4,7 @@ import {
   defaultFilters,
   driverAvailable,
   fitsResources,
+  nodeLossBudget,
   nodeReady,
   nodeSelector,
   regionZoneRequired,
@@ -263,6 +264,78 @@ describe("REQ-021 filter plugins", () => {
       expect(runFilter(zoneSpread, makeReplica("r", "ns/web"), nodes, 0, existing)).toEqual({
         ok: true,
       });
+    });
+  });
+
+  describe("NodeLossBudget (REQ-030, ADR 0034)", () => {
+    const nodes = [makeNode("n1"), makeNode("n2")];
+    const threeOfTwo = { replicas: 3, minAvailable: 2 };
+    const replica = makeReplica("r-1", "ns/web", { availability: threeOfTwo });
+    const sixOfFour = makeReplica("r-2", "ns/web", {
+      availability: { replicas: 6, minAvailable: 4 },
+    });
+    const onN1 = (leaving = false): ExistingReplica => ({
+      id: `x-${leaving}`,
+      workloadKey: "ns/web",
+      node: "n1",
+      ...(leaving ? { leaving } : {}),
+    });
+
+    it.each([
+      [
+        "a node holding the budget (1 of 3 with minAvailable 2) rejects",
+        replica,
+        0,
+        [onN1()],
+        "node-loss budget full (at most 1 of 3 per node keeps minAvailable 2)",
+      ],
+      ["a node holding none passes", replica, 1, [onN1()], undefined],
+      ["6 replicas with minAvailable 4 allow 2 per node", sixOfFour, 0, [onN1()], undefined],
+      [
+        "…and not 3",
+        sixOfFour,
+        0,
+        [onN1(), { id: "y", workloadKey: "ns/web", node: "n1" }],
+        "node-loss budget full (at most 2 of 6 per node keeps minAvailable 4)",
+      ],
+      [
+        "minAvailable equal to replicas still allows 1 per node (not 0)",
+        makeReplica("r-3", "ns/web", { availability: { replicas: 2, minAvailable: 2 } }),
+        1,
+        [onN1()],
+        undefined,
+      ],
+      [
+        "a leaving replica (stopping, or of a replaced revision) does not count",
+        replica,
+        0,
+        [onN1(true)],
+        undefined,
+      ],
+      [
+        "another workload's replica does not count",
+        makeReplica("r-4", "ns/api", { availability: threeOfTwo }),
+        0,
+        [onN1()],
+        undefined,
+      ],
+      [
+        "minAvailable 0 asks nothing of a node loss",
+        makeReplica("r-5", "ns/web", { availability: { replicas: 3, minAvailable: 0 } }),
+        0,
+        [onN1()],
+        undefined,
+      ],
+      ["no availability ask: no budget", makeReplica("r-6", "ns/web"), 0, [onN1()], undefined],
+    ] as const)("%s", (_name, candidate, nodeIndex, existing, reason) => {
+      const status = runFilter(nodeLossBudget, candidate, nodes, nodeIndex, [...existing]);
+      expect(status.ok ? undefined : status.reason).toBe(reason);
+    });
+
+    it("is soft, and runs after every hard filter", () => {
+      expect(nodeLossBudget.soft).toBe(true);
+      const softAt = defaultFilters.findIndex((f) => f.soft === true);
+      expect(defaultFilters.slice(softAt).every((f) => f.soft === true)).toBe(true);
     });
   });
 

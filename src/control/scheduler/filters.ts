@@ -5,6 +5,7 @@
  * Rejections that do not depend on the node are built once per replica in preFilter so the
  * per-node path does not allocate.
  */
+import { budgetApplies, nodeLossBudget as budgetOf, budgetText } from "./budget.js";
 import {
   type FilterPlugin,
   type FilterRejection,
@@ -206,6 +207,31 @@ export const zoneSpread: FilterPlugin = {
 };
 
 /**
+ * REQ-030: no node holds more of a workload's replicas than it can lose and keep
+ * minAvailable ready — at most max(1, replicas − minAvailable), counting the replicas that
+ * stay (ADR 0034). Soft: when every node that could take the replica is at its budget (too
+ * few nodes), the replica still goes, to the least-stacked node, and the plan says so; a
+ * replica is never left pending for the sake of a node loss that has not happened.
+ */
+export const nodeLossBudget: FilterPlugin = {
+  name: "NodeLossBudget",
+  kind: "occupancy",
+  soft: true,
+  preFilter(ctx, replica) {
+    const availability = replica.availability;
+    if (!budgetApplies(availability)) return "skip";
+    ctx.cycle.nodeLossBudget = budgetOf(availability);
+    ctx.cycle.budgetRejection = reject(`node-loss budget full (${budgetText(availability)})`);
+    return "run";
+  },
+  filter(ctx, replica, _node, i) {
+    if (!budgetApplies(replica.availability)) return filterOk;
+    const onNode = ctx.cycle.workload?.stayingPerNode.get(i) ?? 0;
+    return onNode < ctx.cycle.nodeLossBudget ? filterOk : ctx.cycle.budgetRejection;
+  },
+};
+
+/**
  * Policy verdicts cannot change within a plan, so the domain is computed once per workload
  * and constraint set, and per zone stops at the first node that passes.
  */
@@ -245,7 +271,10 @@ function passesPolicy(ctx: SchedulingContext, replica: PendingReplica, i: number
   return true;
 }
 
-/** Policy filters first (see FilterPlugin.kind), cheapest first within each kind. */
+/**
+ * Policy filters first (see FilterPlugin.kind), cheapest first within each kind; the soft
+ * one last, so a node it rejects has passed every hard filter.
+ */
 export const defaultFilters: readonly FilterPlugin[] = [
   nodeReady,
   driverAvailable,
@@ -255,4 +284,5 @@ export const defaultFilters: readonly FilterPlugin[] = [
   fitsResources,
   antiAffinity,
   zoneSpread,
+  nodeLossBudget,
 ];

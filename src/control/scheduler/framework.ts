@@ -4,8 +4,10 @@
  * explanation is always the scheduler's own reasoning, not a re-implementation of it.
  */
 import type { Rng } from "../../lib/rng.js";
+import { budgetApplies } from "./budget.js";
 import type { FilterPlugin, SchedulingContext } from "./plugin.js";
 import type { WeightedScore } from "./scores.js";
+import { needsCounts } from "./state.js";
 import type { PendingReplica, ScoredNode } from "./types.js";
 
 export interface Framework {
@@ -16,7 +18,10 @@ export interface Framework {
 export interface CycleOptions {
   /** Breaks ties; without one the first best node in snapshot order wins. */
   readonly rng: Rng | undefined;
-  /** How many of the best feasible nodes to report (explain); 0 skips the work. */
+  /**
+   * How many of the best nodes the replica could go to (feasible ones, or when none, those
+   * failing only soft filters) to report (explain); 0 skips the work.
+   */
   readonly topFeasible: number;
   /** When nothing is feasible: how many best near-miss nodes to report. */
   readonly topNearMiss: number;
@@ -29,9 +34,14 @@ export interface CycleResult {
   readonly rejections: Record<string, number>;
   /** Reason → nodes. */
   readonly reasons: Map<string, number>;
-  /** Index of the chosen node, −1 when none is feasible. */
+  /** Index of the chosen node, −1 when none could take the replica. */
   readonly chosen: number;
   readonly chosenScore: number;
+  /**
+   * No node passed every filter, and the chosen one failed only soft filters (the
+   * node-loss budget): the placement goes over them.
+   */
+  readonly overSoft: boolean;
   readonly topFeasible: RankedNode[];
   readonly topNearMiss: RankedNode[];
 }
@@ -65,8 +75,10 @@ export function runCycle(
   let runCount = 0;
   const feasible = state.feasible;
   const nearMiss = state.nearMiss;
+  const softMiss = state.softMiss;
   let feasibleCount = 0;
   let nearMissCount = 0;
+  let softMissCount = 0;
 
   for (let i = 0; i < n; i++) {
     const node = nodes[i]!;
@@ -87,6 +99,9 @@ export function runCycle(
     }
     if (f === filters.length) {
       feasible[feasibleCount++] = i;
+    } else if (filters[f]!.soft === true) {
+      // Soft filters run last (prepareCycle checks), so this node passed every hard one.
+      softMiss[softMissCount++] = i;
     } else if (filters[f]!.kind === "occupancy") {
       nearMiss[nearMissCount++] = i;
     }
@@ -102,24 +117,35 @@ export function runCycle(
   let chosenScore = Number.NEGATIVE_INFINITY;
   const topFeasible = new TopNodes(options.topFeasible);
   const topNearMiss = new TopNodes(options.topNearMiss);
+  // Nodes that pass every filter first; failing that, those that failed only soft ones.
+  const overSoft = feasibleCount === 0 && softMissCount > 0;
+  const candidates = overSoft ? softMiss : feasible;
+  const candidateCount = overSoft ? softMissCount : feasibleCount;
 
-  if (feasibleCount > 0) {
-    for (const s of scores) s.plugin.preScore?.(ctx, replica, feasible, feasibleCount);
+  if (candidateCount > 0) {
+    for (const s of scores) s.plugin.preScore?.(ctx, replica, candidates, candidateCount);
+    let chosenTier = 0;
     let ties = 0;
-    for (let k = 0; k < feasibleCount; k++) {
-      const i = feasible[k]!;
+    for (let k = 0; k < candidateCount; k++) {
+      const i = candidates[k]!;
+      const tier = stackTier(ctx, i);
       const total = weightedTotal(ctx, scores, replica, i);
-      if (chosen < 0 || total > chosenScore + tieEpsilon) {
+      if (
+        chosen < 0 ||
+        tier < chosenTier ||
+        (tier === chosenTier && total > chosenScore + tieEpsilon)
+      ) {
         chosen = i;
         chosenScore = total;
+        chosenTier = tier;
         ties = 1;
-      } else if (total >= chosenScore - tieEpsilon) {
+      } else if (tier === chosenTier && total >= chosenScore - tieEpsilon) {
         // Reservoir sampling over the tied nodes: each ends up chosen with equal odds,
         // in one pass and without collecting them.
         ties++;
         if (options.rng !== undefined && options.rng.next() * ties < 1) chosen = i;
       }
-      topFeasible.offer(i, total);
+      topFeasible.offer(i, total, tier);
     }
     // The winner is reported with its own total, not the first of its tie group's.
     if (chosen >= 0) chosenScore = weightedTotal(ctx, scores, replica, chosen);
@@ -127,7 +153,7 @@ export function runCycle(
     for (const s of scores) s.plugin.preScore?.(ctx, replica, nearMiss, nearMissCount);
     for (let k = 0; k < nearMissCount; k++) {
       const i = nearMiss[k]!;
-      topNearMiss.offer(i, weightedTotal(ctx, scores, replica, i));
+      topNearMiss.offer(i, weightedTotal(ctx, scores, replica, i), 0);
     }
   }
 
@@ -138,9 +164,19 @@ export function runCycle(
     reasons,
     chosen,
     chosenScore,
+    overSoft: overSoft && chosen >= 0,
     topFeasible: topFeasible.list(ctx),
     topNearMiss: topNearMiss.list(ctx),
   };
+}
+
+/**
+ * Spread before stack (ADR 0034): for a workload with a node-loss budget, a node holding
+ * fewer of its staying replicas wins over any score; bin-packing decides among equals.
+ */
+function stackTier(ctx: SchedulingContext, i: number): number {
+  if (!ctx.cycle.spreadOverNodes) return 0;
+  return ctx.cycle.workload?.stayingPerNode.get(i) ?? 0;
 }
 
 /**
@@ -153,11 +189,16 @@ export function prepareCycle(
   replica: PendingReplica,
 ): FilterPlugin[] {
   ctx.cycle.reset();
-  if (replica.placement.antiAffinity || replica.placement.spreadAcrossZones) {
-    ctx.cycle.workload = ctx.state.workload(replica.workloadKey);
-  }
+  if (needsCounts(replica)) ctx.cycle.workload = ctx.state.workload(replica.workloadKey);
+  ctx.cycle.spreadOverNodes = budgetApplies(replica.availability);
   const active: FilterPlugin[] = [];
+  let softSeen = "";
   for (const f of filters) {
+    if (f.soft === true) softSeen = f.name;
+    else if (softSeen !== "") {
+      // runCycle relies on it: a node a soft filter rejects must have passed every hard one.
+      throw new Error(`filter ${f.name} runs after the soft filter ${softSeen}`);
+    }
     if ((f.preFilter?.(ctx, replica) ?? "run") === "run") active.push(f);
   }
   return active;
@@ -206,26 +247,29 @@ export function formatMessage(
 }
 
 /**
- * The k best (score, then snapshot order) without sorting every node. k is tiny (≤ 5),
- * so insertion into a short array beats a heap.
+ * The k best (fewest of the workload on the node, then score, then snapshot order) without
+ * sorting every node. k is tiny (≤ 5), so insertion into a short array beats a heap.
  */
 class TopNodes {
   private readonly indices: number[] = [];
   private readonly totals: number[] = [];
+  private readonly tiers: number[] = [];
 
   constructor(private readonly k: number) {}
 
-  offer(i: number, total: number): void {
+  offer(i: number, total: number, tier: number): void {
     if (this.k === 0) return;
     const len = this.indices.length;
-    if (len === this.k && !(total > this.totals[len - 1]! + tieEpsilon)) return;
+    if (len === this.k && !this.ahead(total, tier, len - 1)) return;
     let at = len;
-    while (at > 0 && total > this.totals[at - 1]! + tieEpsilon) at--;
+    while (at > 0 && this.ahead(total, tier, at - 1)) at--;
     this.indices.splice(at, 0, i);
     this.totals.splice(at, 0, total);
+    this.tiers.splice(at, 0, tier);
     if (this.indices.length > this.k) {
       this.indices.pop();
       this.totals.pop();
+      this.tiers.pop();
     }
   }
 
@@ -235,5 +279,11 @@ class TopNodes {
       node: ctx.state.nodes[index]!.name,
       score: this.totals[k]!,
     }));
+  }
+
+  /** Whether (total, tier) ranks strictly before the entry at position k. */
+  private ahead(total: number, tier: number, k: number): boolean {
+    const other = this.tiers[k]!;
+    return tier < other || (tier === other && total > this.totals[k]! + tieEpsilon);
   }
 }

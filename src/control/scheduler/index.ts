@@ -4,9 +4,19 @@
  * Plugins are exported for tests and for the benchmark, not for runtime extension.
  */
 export {
+  budgetApplies,
+  budgetText,
+  type NodeLossRisk,
+  nodeLossBudget as nodeLossBudgetOf,
+  nodeLossRisk,
+  nodesNeeded,
+} from "./budget.js";
+export {
   type Explanation,
   explainBestScores,
   explainPending,
+  type ProbedPlacement,
+  probePlacement,
   type SchedulableExplanation,
   type UnschedulableExplanation,
 } from "./explain.js";
@@ -16,6 +26,7 @@ export {
   driverAvailable,
   fitsResources,
   isTolerated,
+  nodeLossBudget,
   nodeReady,
   nodeSelector,
   regionZoneRequired,
@@ -42,6 +53,7 @@ export {
   weightedScores,
 } from "./scores.js";
 export {
+  type Availability,
   type ClusterSnapshot,
   type Driver,
   defaultWeights,

@@ -27,6 +27,13 @@ export interface FilterPlugin {
    */
   readonly kind: "policy" | "occupancy";
   /**
+   * A soft filter is a rule worth keeping while any node allows it, but not worth leaving
+   * a replica pending for: when no node passes every filter, the nodes that failed only
+   * soft filters still take the replica (the framework reports it went over). Soft
+   * filters are occupancy filters and run after every hard one.
+   */
+  readonly soft?: boolean;
+  /**
    * Once per replica before any node (Kubernetes' PreFilter); may write ctx.cycle.
    * "skip" when filter() would pass every node for this replica (no constraint of this
    * kind), so the per-node loop does not pay for it; filter() must stay correct anyway.
@@ -75,6 +82,14 @@ export class CycleState {
   spreadDomain: Uint8Array | undefined = undefined;
   /** Fewest replicas of the workload in any zone of the domain. */
   spreadMinCount = 0;
+  /** Most replicas of the workload per node within its node-loss budget; ∞ when none. */
+  nodeLossBudget = Number.POSITIVE_INFINITY;
+  budgetRejection: FilterRejection = reject("");
+  /**
+   * Whether the workload's own replicas spread over nodes before they stack (ADR 0034):
+   * the framework then prefers the nodes holding fewest of them, before the score.
+   */
+  spreadOverNodes = false;
   costMinPerHour = Number.NaN;
   costMaxPerHour = Number.NaN;
 
@@ -84,6 +99,8 @@ export class CycleState {
     this.selectorValues = [];
     this.spreadDomain = undefined;
     this.spreadMinCount = 0;
+    this.nodeLossBudget = Number.POSITIVE_INFINITY;
+    this.spreadOverNodes = false;
     this.costMinPerHour = Number.NaN;
     this.costMaxPerHour = Number.NaN;
   }

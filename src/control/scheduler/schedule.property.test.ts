@@ -178,8 +178,20 @@ const scenarioArb: fc.Arbitrary<Scenario> = fc
             }),
           ),
           placement: placementArb,
+          // The availability ask: usually the spec default (replicas − 1), sometimes any
+          // minAvailable up to replicas, sometimes none at all.
+          minAvailable: mostly(
+            fc.constant<number | "default">("default"),
+            fc.oneof(fc.integer({ min: 0, max: 8 }), fc.constant<number | "none">("none")),
+          ),
           // Live replicas, by node position; a position past the end is a vanished node.
-          existingOn: fc.array(fc.nat(nodeCount), { maxLength: 8 }),
+          // Some are leaving (stopping, or of a revision a rollout replaces).
+          existingOn: fc.array(
+            fc.tuple(fc.nat(nodeCount), mostly(fc.constant(false), fc.constant(true))),
+            {
+              maxLength: 8,
+            },
+          ),
         }),
         { minLength: 1, maxLength: 4 },
       ),
@@ -193,6 +205,15 @@ const scenarioArb: fc.Arbitrary<Scenario> = fc
     const replicas: ExistingReplica[] = [];
     workloads.forEach((w, k) => {
       const workloadKey = `ns/w${k}`;
+      const total = w.replicas + w.existingOn.filter(([, leaving]) => !leaving).length;
+      const availability =
+        w.minAvailable === "none"
+          ? undefined
+          : {
+              replicas: total,
+              minAvailable:
+                w.minAvailable === "default" ? total - 1 : Math.min(w.minAvailable, total),
+            };
       for (let i = 0; i < w.replicas; i++) {
         pending.push({
           id: `${workloadKey}-${i}`,
@@ -200,10 +221,16 @@ const scenarioArb: fc.Arbitrary<Scenario> = fc
           driver: w.driver,
           resources: w.resources,
           placement: w.placement,
+          ...(availability ? { availability } : {}),
         });
       }
-      w.existingOn.forEach((at, i) => {
-        replicas.push({ id: `${workloadKey}-live-${i}`, workloadKey, node: `n${at}` });
+      w.existingOn.forEach(([at, leaving], i) => {
+        replicas.push({
+          id: `${workloadKey}-live-${i}`,
+          workloadKey,
+          node: `n${at}`,
+          ...(leaving ? { leaving } : {}),
+        });
       });
     });
     const keyed = pending.map((replica, i) => ({
@@ -425,6 +452,96 @@ describe("REQ-021 / REQ-022 scheduler properties", () => {
           const u = used.get(at)!;
           for (const d of dimensions) u[d] += replica.resources[d];
           holders.push([replica.workloadKey, at]);
+        }
+      }),
+      { numRuns },
+    );
+  });
+
+  /*
+   * (7) The node-loss budget (REQ-030, ADR 0034), restated. A workload asking
+   * minAvailable m > 0 of r replicas may lose any one node and keep m ready only if no
+   * node holds more than max(1, r − m) of its replicas that stay (live and not leaving,
+   * plus this plan's). Replaying the plan in order: each of its placements goes to a node
+   * holding the fewest such replicas among the nodes that could take it at that moment by
+   * every hard rule (policy, resources, anti-affinity, zone spread) — spread before stack —
+   * so it stays within the budget whenever any such node is; and exactly the placements
+   * that could not are marked overBudget. Hence a workload within budget before a plan
+   * that marks none of its placements is within budget after it.
+   */
+  it("(7) REQ-030 node-loss budget: least-stacked feasible node, within budget whenever capacity allows", () => {
+    fc.assert(
+      fc.property(scenarioArb, (scenario) => {
+        const plan = run(scenario);
+        const { nodes: nodeList, replicas: live } = scenario.snapshot;
+        const nodes = byName(scenario.snapshot);
+        const replicas = replicaById(scenario.pending);
+        const used = new Map(nodeList.map((n) => [n.name, { ...n.allocated }]));
+        // Every live replica, for anti-affinity and zone spread; the staying ones, for the budget.
+        const holders = live.filter((r) => nodes.has(r.node)).map((r) => [r.workloadKey, r.node]);
+        const staying = new Map<string, number>();
+        const stayKey = (key: string, node: string) => `${key}@${node}`;
+        for (const r of live) {
+          if (!nodes.has(r.node) || r.leaving) continue;
+          staying.set(
+            stayKey(r.workloadKey, r.node),
+            (staying.get(stayKey(r.workloadKey, r.node)) ?? 0) + 1,
+          );
+        }
+        const budgetOf = (replica: PendingReplica): number | undefined => {
+          const a = replica.availability;
+          if (a === undefined || a.minAvailable <= 0 || a.replicas <= 0) return undefined;
+          return Math.max(1, a.replicas - a.minAvailable);
+        };
+        const mostBefore = new Map<string, number>();
+        for (const [key, count] of staying) {
+          const workload = key.slice(0, key.indexOf("@"));
+          mostBefore.set(workload, Math.max(mostBefore.get(workload) ?? 0, count));
+        }
+        const markedOver = new Set<string>();
+        const hardFeasible = (node: SchedNode, replica: PendingReplica): boolean => {
+          const p = replica.placement;
+          if (!policyAllows(node, replica)) return false;
+          const u = used.get(node.name)!;
+          if (dimensions.some((d) => u[d] + replica.resources[d] > node.capacity[d])) return false;
+          const mine = holders.filter(([key]) => key === replica.workloadKey).map(([, n]) => n!);
+          if (p.antiAffinity && mine.includes(node.name)) return false;
+          if (!p.spreadAcrossZones) return true;
+          const domain = new Set(
+            nodeList.filter((n) => policyAllows(n, replica)).map((n) => n.zone),
+          );
+          const count = (zone: string) => mine.filter((n) => nodes.get(n)!.zone === zone).length;
+          return count(node.zone) === Math.min(...[...domain].map(count));
+        };
+        for (const placement of plan.placements) {
+          const replica = replicas.get(placement.replicaId)!;
+          const budget = budgetOf(replica);
+          const onNode = (name: string) => staying.get(stayKey(replica.workloadKey, name)) ?? 0;
+          if (budget !== undefined) {
+            const takers = nodeList.filter((n) => hardFeasible(n, replica));
+            const fewest = Math.min(...takers.map((n) => onNode(n.name)));
+            expect(onNode(placement.node), `${replica.id} on ${placement.node}`).toBe(fewest);
+            expect(placement.overBudget !== undefined, `${replica.id} overBudget`).toBe(
+              fewest >= budget,
+            );
+            if (fewest >= budget) markedOver.add(replica.workloadKey);
+          } else {
+            expect(placement.overBudget).toBeUndefined();
+          }
+          const u = used.get(placement.node)!;
+          for (const d of dimensions) u[d] += replica.resources[d];
+          holders.push([replica.workloadKey, placement.node]);
+          const key = stayKey(replica.workloadKey, placement.node);
+          staying.set(key, (staying.get(key) ?? 0) + 1);
+        }
+        for (const replica of scenario.pending) {
+          const budget = budgetOf(replica);
+          if (budget === undefined || markedOver.has(replica.workloadKey)) continue;
+          if ((mostBefore.get(replica.workloadKey) ?? 0) > budget) continue;
+          for (const n of nodeList) {
+            const count = staying.get(stayKey(replica.workloadKey, n.name)) ?? 0;
+            expect(count, `${replica.workloadKey} on ${n.name}`).toBeLessThanOrEqual(budget);
+          }
         }
       }),
       { numRuns },

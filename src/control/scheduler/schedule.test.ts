@@ -22,10 +22,28 @@ function deepFreeze<T>(value: T): T {
 const quarterNode = { cpuMillicores: 1000, memoryMiB: 2048 };
 
 describe("REQ-022 placement strategy", () => {
-  it("bin-packs by default: fills one node before the next", () => {
+  // ADR 0034: bin-packing is across workloads; one workload's own replicas spread over
+  // nodes first (see "REQ-030 node-loss budget" below). A workload with minAvailable 0
+  // asks nothing of a node loss, so its replicas pack like any others.
+  it("bin-packs by default: fills one node before the next (workloads of one replica each)", () => {
     const h = new SchedulerHarness();
     h.addNodes(3);
-    h.addWorkload({ key: "ns/web", replicas: 6, resources: quarterNode });
+    for (let w = 0; w < 6; w++)
+      h.addWorkload({ key: `ns/w${w}`, replicas: 1, resources: quarterNode });
+    const plan = h.process();
+    expect(plan.unschedulable).toEqual([]);
+    h.applyPlan(plan);
+    const perNode: Record<string, number> = {};
+    for (const placement of plan.placements) {
+      perNode[placement.node] = (perNode[placement.node] ?? 0) + 1;
+    }
+    expect(shape(perNode)).toEqual([4, 2]);
+  });
+
+  it("bin-packs one workload's replicas when minAvailable is 0", () => {
+    const h = new SchedulerHarness();
+    h.addNodes(3);
+    h.addWorkload({ key: "ns/web", replicas: 6, minAvailable: 0, resources: quarterNode });
     const plan = h.process();
     expect(plan.unschedulable).toEqual([]);
     h.applyPlan(plan);
@@ -35,9 +53,9 @@ describe("REQ-022 placement strategy", () => {
   it("keeps packing across plans once the first is applied", () => {
     const h = new SchedulerHarness();
     h.addNodes(3);
-    h.addWorkload({ key: "ns/web", replicas: 2, resources: quarterNode });
+    h.addWorkload({ key: "ns/web", replicas: 2, minAvailable: 0, resources: quarterNode });
     h.applyPlan(h.process(1));
-    h.addWorkload({ key: "ns/web", replicas: 2, resources: quarterNode });
+    h.addWorkload({ key: "ns/web", replicas: 2, minAvailable: 0, resources: quarterNode });
     h.applyPlan(h.process(2));
     expect(shape(h.countsByNode("ns/web"))).toEqual([4]);
     expect(h.plans).toHaveLength(2);
@@ -142,7 +160,7 @@ describe("REQ-022 placement strategy", () => {
       taints: [{ key: "spot", value: "1", effect: "PreferNoSchedule" }],
     });
     h.addNodes(1, { name: "plain" });
-    h.addWorkload({ key: "ns/web", replicas: 5, resources: quarterNode });
+    h.addWorkload({ key: "ns/web", replicas: 5, minAvailable: 0, resources: quarterNode });
     const plan = h.process();
     expect(plan.placements.map((p) => p.node)).toEqual([
       "plain",
@@ -151,6 +169,134 @@ describe("REQ-022 placement strategy", () => {
       "plain",
       "spot",
     ]);
+  });
+});
+
+describe("REQ-030 REQ-022 node-loss budget: spread a workload's replicas before stacking them (ADR 0034)", () => {
+  /** The most replicas of a workload any node holds. */
+  function most(h: SchedulerHarness, key: string): number {
+    return Math.max(0, ...Object.values(h.countsByNode(key)));
+  }
+
+  it("3 replicas with minAvailable 2 on four nodes: no node holds two, so any one node's loss leaves 2", () => {
+    const h = new SchedulerHarness();
+    h.addNodes(4);
+    h.addWorkload({ key: "ns/web", replicas: 3, minAvailable: 2, resources: quarterNode });
+    const plan = h.process();
+    h.applyPlan(plan);
+    expect(shape(h.countsByNode("ns/web"))).toEqual([1, 1, 1]);
+    expect(plan.placements.every((p) => p.overBudget === undefined)).toBe(true);
+  });
+
+  it("the issue's finding: 6 replicas with minAvailable 4 on three nodes hold at most 2 per node (a loss leaves 4)", () => {
+    const h = new SchedulerHarness();
+    h.addNodes(3);
+    h.addWorkload({ key: "ns/web", replicas: 6, minAvailable: 4, resources: quarterNode });
+    h.applyPlan(h.process());
+    expect(shape(h.countsByNode("ns/web"))).toEqual([2, 2, 2]);
+  });
+
+  it("spreads before it stacks even within the budget: 6 replicas with minAvailable 4 take six nodes one each", () => {
+    const h = new SchedulerHarness();
+    h.addNodes(8);
+    h.addWorkload({ key: "ns/web", replicas: 6, minAvailable: 4, resources: quarterNode });
+    h.applyPlan(h.process());
+    expect(shape(h.countsByNode("ns/web"))).toEqual([1, 1, 1, 1, 1, 1]);
+  });
+
+  it("still bin-packs among the nodes it spreads over: the fuller nodes get the replicas", () => {
+    const h = new SchedulerHarness();
+    h.addNodes(2, { allocated: { cpuMillicores: 2000, memoryMiB: 4096 } });
+    h.addNodes(3);
+    h.addWorkload({ key: "ns/web", replicas: 2, minAvailable: 1, resources: quarterNode });
+    const plan = h.process();
+    expect(plan.placements.map((p) => p.node).sort()).toEqual(["node-00000", "node-00001"]);
+  });
+
+  it("too few nodes: every replica is still placed, least-stacked first, and the plan says what it would take", () => {
+    const h = new SchedulerHarness();
+    h.addNodes(2);
+    h.addWorkload({ key: "ns/web", replicas: 3, minAvailable: 2, resources: quarterNode });
+    const plan = h.process();
+    expect(plan.unschedulable).toEqual([]);
+    h.applyPlan(plan);
+    expect(shape(h.countsByNode("ns/web"))).toEqual([2, 1]);
+    const over = plan.placements.filter((p) => p.overBudget !== undefined);
+    expect(over).toHaveLength(1);
+    expect(over[0]!.overBudget).toBe(
+      `no node with room is within the node-loss budget (at most 1 of 3 per node keeps minAvailable 2): placed on ${over[0]!.node}, which now holds 2; surviving the loss of any node needs 3 nodes with room`,
+    );
+  });
+
+  it("a node with no room is not a fallback: the budget never overrides resources", () => {
+    const h = new SchedulerHarness();
+    h.addNodes(1, { name: "full", allocated: { memoryMiB: 8192 } });
+    h.addNodes(1, { name: "roomy" });
+    h.addWorkload({ key: "ns/web", replicas: 2, minAvailable: 1, resources: quarterNode });
+    const plan = h.process();
+    expect(plan.placements.map((p) => p.node)).toEqual(["roomy", "roomy"]);
+    expect(plan.placements[1]!.overBudget).toContain("placed on roomy, which now holds 2");
+  });
+
+  it("REQ-023 a rollout does not deadlock: replicas of the replaced revision (leaving) do not count", () => {
+    const h = new SchedulerHarness();
+    const nodes = h.addNodes(3);
+    for (const node of nodes)
+      h.addExisting({ workloadKey: "ns/web", node: node.name, leaving: true });
+    // One surge replica of the new revision, then the rest as old ones go.
+    h.addWorkload({ key: "ns/web", replicas: 3, minAvailable: 2, resources: quarterNode });
+    const plan = h.process();
+    expect(plan.unschedulable).toEqual([]);
+    expect(plan.placements.every((p) => p.overBudget === undefined)).toBe(true);
+    expect(new Set(plan.placements.map((p) => p.node)).size).toBe(3);
+  });
+
+  it("counts live replicas that stay: a node already holding one is passed over", () => {
+    const h = new SchedulerHarness();
+    h.addNodes(3, { allocated: { cpuMillicores: 0 } });
+    h.addExisting({ workloadKey: "ns/web", node: "node-00000", resources: quarterNode });
+    h.addWorkload({
+      key: "ns/web",
+      replicas: 2,
+      totalReplicas: 3,
+      minAvailable: 2,
+      resources: quarterNode,
+    });
+    h.applyPlan(h.process());
+    expect(h.countsByNode("ns/web")).toMatchObject({ "node-00000": 1 });
+    expect(most(h, "ns/web")).toBe(1);
+  });
+
+  it("with zone spread: zones stay balanced first, and the budget spreads within a zone (ADR 0010 amended)", () => {
+    const h = new SchedulerHarness();
+    h.addNodes(2, { zone: "a" });
+    h.addNodes(1, { zone: "b" });
+    h.addWorkload({
+      key: "ns/web",
+      replicas: 4,
+      minAvailable: 2,
+      resources: quarterNode,
+      placement: { spreadAcrossZones: true },
+    });
+    const plan = h.process();
+    h.applyPlan(plan);
+    expect(h.countsByZone("ns/web")).toEqual({ a: 2, b: 2 });
+    // Budget 2: zone b's one node may hold both; zone a's two nodes take one each.
+    expect(h.countsByNode("ns/web")).toEqual({ "node-00000": 1, "node-00001": 1, "node-00002": 2 });
+    expect(plan.placements.every((p) => p.overBudget === undefined)).toBe(true);
+  });
+
+  it("a framework that puts a hard filter after a soft one is refused (the fallback relies on the order)", () => {
+    const h = new SchedulerHarness();
+    h.addNodes(1);
+    h.addWorkload({ key: "ns/web", replicas: 1 });
+    const [first, ...rest] = [...defaultFilters].reverse();
+    expect(() =>
+      scheduleWith(
+        { filters: [first!, ...rest.reverse()], scores: [] },
+        { snapshot: h.snapshot(), pending: h.pending, nowMs: 0, rng: seededRng(1) },
+      ),
+    ).toThrow("filter NodeReady runs after the soft filter NodeLossBudget");
   });
 });
 

@@ -4,8 +4,15 @@
  * never written. Replicas are placed in input order against a working copy, so one plan
  * never overcommits a node nor breaks anti-affinity or zone spread with itself.
  */
+import { budgetApplies, budgetText, nodesNeeded } from "./budget.js";
 import { defaultFilters } from "./filters.js";
-import { type Framework, formatMessage, runCycle, scoreBreakdown } from "./framework.js";
+import {
+  type CycleResult,
+  type Framework,
+  formatMessage,
+  runCycle,
+  scoreBreakdown,
+} from "./framework.js";
 import { CycleState, type SchedulingContext } from "./plugin.js";
 import { weightedScores } from "./scores.js";
 import { SchedulingState } from "./state.js";
@@ -85,18 +92,55 @@ export function* scheduleSteps(
         // Breakdown before place(): utilisation is scored as of before this replica landed.
         const scores = scoreBreakdown(ctx, framework.scores, replica, result.chosen);
         state.place(replica, result.chosen);
-        placements.push({
+        const placement: PlannedPlacement = {
           replicaId: replica.id,
           node: state.nodes[result.chosen]!.name,
           score: result.chosenScore,
           scores,
-        });
+        };
+        if (result.overSoft) placement.overBudget = overBudgetMessage(state, replica, result);
+        placements.push(placement);
       }
     }
     yield;
   }
 
   return { snapshotRevision: snapshot.revision, placements, unschedulable };
+}
+
+/**
+ * Why a replica went over its node-loss budget, for the event and the explanation:
+ * "every node that could take it holds 1 of 3 already (at most 1 of 3 per node keeps
+ * minAvailable 2): placed on n2, which now holds 2; 3 nodes would be needed".
+ */
+function overBudgetMessage(
+  state: SchedulingState,
+  replica: PendingReplica,
+  result: CycleResult,
+): string {
+  const holds = state.workload(replica.workloadKey).stayingPerNode.get(result.chosen) ?? 0;
+  const node = state.nodes[result.chosen]!.name;
+  return overBudgetText(replica, node, holds, "placed");
+}
+
+/** The over-budget sentence, for a placement made ("placed") or one explain foresees. */
+export function overBudgetText(
+  replica: PendingReplica,
+  node: string,
+  holdsAfter: number,
+  tense: "placed" | "would place",
+): string {
+  const availability = replica.availability;
+  const where =
+    tense === "placed"
+      ? `placed on ${node}, which now holds ${holdsAfter}`
+      : `it would go to ${node}, which would then hold ${holdsAfter}`;
+  if (!budgetApplies(availability)) return `${where}, over a soft filter`;
+  return (
+    `no node with room is within the node-loss budget (${budgetText(availability)}): ` +
+    `${where}; surviving the loss of any node needs ${nodesNeeded(availability)} nodes ` +
+    `with room`
+  );
 }
 
 const resourceFields: readonly (keyof Resources)[] = [

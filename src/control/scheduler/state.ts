@@ -4,6 +4,7 @@
  * the inner loop reads numbers instead of allocating or walking objects. Setup is paid per
  * decision, so anything only some workloads need (zones, replica counts) is built lazily.
  */
+import { budgetApplies } from "./budget.js";
 import type { ClusterSnapshot, ExistingReplica, PendingReplica, SchedNode } from "./types.js";
 
 /**
@@ -22,8 +23,22 @@ function zeros(n: number): Float64Array {
 export interface WorkloadCounts {
   /** Node index → replicas; sparse because a workload touches few nodes. */
   readonly perNode: Map<number, number>;
-  /** Zone id → replicas. */
+  /**
+   * Node index → replicas that stay (not leaving; this plan's count): what the node-loss
+   * budget and the spread of a workload's own replicas over nodes are about (ADR 0034).
+   */
+  readonly stayingPerNode: Map<number, number>;
+  /** Zone id → replicas; empty unless the workload spreads across zones. */
   readonly perZone: Int32Array;
+}
+
+/** Whether a pending replica's workload needs its replicas counted per node and zone. */
+export function needsCounts(replica: PendingReplica): boolean {
+  return (
+    replica.placement.antiAffinity ||
+    replica.placement.spreadAcrossZones ||
+    budgetApplies(replica.availability)
+  );
 }
 
 interface ZoneIndex {
@@ -44,11 +59,15 @@ export class SchedulingState {
   readonly feasible: Int32Array;
   /** Scratch for one cycle: indices of nodes rejected only by occupancy filters. */
   readonly nearMiss: Int32Array;
+  /** Scratch for one cycle: indices of nodes rejected only by soft filters (see plugin.ts). */
+  readonly softMiss: Int32Array;
   /** Zone-spread domains per workload (see ZoneSpread), memoised for the call. */
   readonly spreadDomains = new Map<string, Uint8Array>();
 
   private readonly snapshot: ClusterSnapshot;
   private readonly countedKeys: Set<string>;
+  /** The counted workloads that spread across zones: only they need zones counted. */
+  private readonly zoneCountedKeys: Set<string>;
   private ownsPlanned = false;
   private zoneIndex: ZoneIndex | undefined;
   private counts: Map<string, WorkloadCounts> | undefined;
@@ -64,12 +83,14 @@ export class SchedulingState {
     this.plannedBandwidthMbps = none;
     this.feasible = new Int32Array(n);
     this.nearMiss = new Int32Array(n);
-    // Only workloads asking for anti-affinity or zone spread need replica counts.
+    this.softMiss = new Int32Array(n);
+    // Only workloads asking for anti-affinity, zone spread or a node-loss budget need
+    // replica counts.
     this.countedKeys = new Set();
+    this.zoneCountedKeys = new Set();
     for (const replica of pending) {
-      if (replica.placement.antiAffinity || replica.placement.spreadAcrossZones) {
-        this.countedKeys.add(replica.workloadKey);
-      }
+      if (needsCounts(replica)) this.countedKeys.add(replica.workloadKey);
+      if (replica.placement.spreadAcrossZones) this.zoneCountedKeys.add(replica.workloadKey);
     }
   }
 
@@ -92,7 +113,7 @@ export class SchedulingState {
     const counts = this.allCounts();
     let entry = counts.get(workloadKey);
     if (entry === undefined) {
-      entry = { perNode: new Map(), perZone: new Int32Array(this.zoneNames.length) };
+      entry = this.emptyCounts(workloadKey);
       counts.set(workloadKey, entry);
     }
     return entry;
@@ -113,16 +134,28 @@ export class SchedulingState {
     this.plannedMemoryMiB[i] = this.plannedMemoryMiB[i]! + r.memoryMiB;
     this.plannedStorageGiB[i] = this.plannedStorageGiB[i]! + r.storageGiB;
     this.plannedBandwidthMbps[i] = this.plannedBandwidthMbps[i]! + r.bandwidthMbps;
-    // Only workloads with anti-affinity or spread ever read counts.
+    // Only workloads with anti-affinity, spread or a budget ever read counts.
     if (this.countedKeys.has(replica.workloadKey)) {
-      this.addReplica(this.workload(replica.workloadKey), i);
+      this.addReplica(this.workload(replica.workloadKey), i, false);
     }
   }
 
-  private addReplica(counts: WorkloadCounts, i: number): void {
+  private addReplica(counts: WorkloadCounts, i: number, leaving: boolean): void {
     counts.perNode.set(i, (counts.perNode.get(i) ?? 0) + 1);
+    if (!leaving) counts.stayingPerNode.set(i, (counts.stayingPerNode.get(i) ?? 0) + 1);
+    // A workload without zone spread has no per-zone array, and needs no zone index
+    // (building it costs a walk over every node).
+    if (counts.perZone.length === 0) return;
     const zone = this.zoneOf[i]!;
     counts.perZone[zone] = counts.perZone[zone]! + 1;
+  }
+
+  private emptyCounts(workloadKey: string): WorkloadCounts {
+    return {
+      perNode: new Map(),
+      stayingPerNode: new Map(),
+      perZone: new Int32Array(this.zoneCountedKeys.has(workloadKey) ? this.zoneNames.length : 0),
+    };
   }
 
   private zones(): ZoneIndex {
@@ -150,7 +183,7 @@ export class SchedulingState {
 
   /**
    * The live replicas are walked once per call, on first need, and only those of
-   * workloads that are pending with anti-affinity or spread are counted.
+   * workloads that are pending with anti-affinity, spread or a budget are counted.
    */
   private allCounts(): Map<string, WorkloadCounts> {
     if (this.counts !== undefined) return this.counts;
@@ -163,17 +196,16 @@ export class SchedulingState {
     }
     if (relevant.length === 0) return counts;
     const indexOf = this.resolveNodes(relevant);
-    const zoneCount = this.zoneNames.length;
     for (const replica of relevant) {
       const i = indexOf.get(replica.node);
       // A replica on a node the snapshot no longer holds has no zone to count in.
       if (i === undefined) continue;
       let entry = counts.get(replica.workloadKey);
       if (entry === undefined) {
-        entry = { perNode: new Map(), perZone: new Int32Array(zoneCount) };
+        entry = this.emptyCounts(replica.workloadKey);
         counts.set(replica.workloadKey, entry);
       }
-      this.addReplica(entry, i);
+      this.addReplica(entry, i, replica.leaving === true);
     }
     return counts;
   }

@@ -84,6 +84,18 @@ export interface PendingReplica {
   driver: Driver;
   resources: Resources;
   placement: Placement;
+  /**
+   * The workload's availability ask, which sets its node-loss budget (ADR 0034): no node
+   * should hold more of its replicas than it can lose and keep minAvailable ready. Absent
+   * (or minAvailable 0): nothing is asked of a node loss and replicas bin-pack freely.
+   */
+  availability?: Availability;
+}
+
+export interface Availability {
+  /** The workload's desired replica count (not counting a rollout's or a move's surge). */
+  replicas: number;
+  minAvailable: number;
 }
 
 /** A live replica already placed; counts for anti-affinity and zone spread. */
@@ -91,6 +103,12 @@ export interface ExistingReplica {
   id: string;
   workloadKey: string;
   node: string;
+  /**
+   * The replica is on its way out (its stop was asked for, or it belongs to a revision a
+   * rollout replaces): it still holds its resources and counts for anti-affinity and zone
+   * spread, but not against the node-loss budget, which is about the replicas that stay.
+   */
+  leaving?: boolean;
 }
 
 export interface ClusterSnapshot {
@@ -129,6 +147,12 @@ export interface PlannedPlacement {
   score: number;
   /** Each score plugin's 0..100 value for the chosen node, by plugin name. */
   scores: Record<string, number>;
+  /**
+   * Set when every node that could take the replica already held its workload's node-loss
+   * budget, so it went over budget on the least-stacked one (ADR 0034): says why, and how
+   * many nodes the workload would need to survive the loss of any one.
+   */
+  overBudget?: string;
 }
 
 export interface ScoredNode {

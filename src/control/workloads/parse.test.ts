@@ -40,6 +40,7 @@ spec:
     tolerations:
       - {key: dedicated, operator: Equal, value: gpu, effect: NoSchedule}
       - {key: flaky, operator: Exists}
+    rebalance: false
   restartPolicy: OnFailure
   rollout: {maxSurge: 2, maxUnavailable: 1}
   livenessProbe:
@@ -120,6 +121,7 @@ describe("parseWorkloadText", () => {
             { key: "dedicated", operator: "Equal", value: "gpu", effect: "NoSchedule" },
             { key: "flaky", operator: "Exists", value: "", effect: "" },
           ],
+          rebalance: false,
         },
         restartPolicy: "OnFailure",
         rollout: { maxSurge: 2, maxUnavailable: 1 },

@@ -41,6 +41,7 @@ describe("workload schema", () => {
           spreadAcrossZones: false,
           nodeSelector: {},
           tolerations: [],
+          rebalance: true,
         },
         restartPolicy: "Always",
         rollout: { maxSurge: 1, maxUnavailable: 0 },

@@ -195,6 +195,13 @@ export const placementSchema = z
       .describe("When true, replica counts per zone differ by at most one."),
     nodeSelector: labelMap().describe("Node labels a node must carry to run a replica."),
     tolerations: z.array(tolerationSchema).default([]),
+    rebalance: z
+      .boolean({ error: "expected true or false" })
+      .default(true)
+      .describe(
+        "When true, replicas move one at a time (never below minAvailable) to restore the " +
+          "spread once a lost node or zone is back. Changing it starts no rollout.",
+      ),
   })
   .prefault({});
 
@@ -312,7 +319,10 @@ const specObjectSchema = z.strictObject({
     .describe(`Replicas to run, at most ${limits.replicasPerWorkload}.`),
   minAvailable: nonNegativeInteger()
     .optional()
-    .describe("Ready replicas a rollout or drain never goes below (default replicas - 1)."),
+    .describe(
+      "Ready replicas a rollout or drain never goes below (default replicas - 1); no node " +
+        "gets more replicas than it can lose and keep this many, while nodes allow.",
+    ),
   placement: placementSchema,
   restartPolicy: z.enum(["Always", "OnFailure", "Never"]).default("Always"),
   rollout: rolloutSchema,

@@ -17,6 +17,7 @@ import {
 import { schedule } from "../schedule.js";
 import { SchedulingState } from "../state.js";
 import {
+  type Availability,
   type ClusterSnapshot,
   type Driver,
   defaultWeights,
@@ -38,6 +39,13 @@ export type NodeTemplate = Partial<Omit<SchedNode, "capacity" | "allocated">> & 
 export interface WorkloadSpec {
   key: string;
   replicas: number;
+  /**
+   * As in a workload spec: replicas − 1 when absent, as the coordinator fills it in. 0 asks
+   * nothing of a node loss (no node-loss budget: replicas bin-pack freely).
+   */
+  minAvailable?: number;
+  /** The workload's whole replica count, when this call adds only some of them. */
+  totalReplicas?: number;
   resources?: Partial<Resources>;
   placement?: Partial<Placement>;
   driver?: Driver;
@@ -49,6 +57,8 @@ export interface ExistingSpec {
   /** Added to the node's allocation, as a running replica would be. */
   resources?: Partial<Resources>;
   id?: string;
+  /** On its way out: does not count against the node-loss budget. */
+  leaving?: boolean;
 }
 
 export const zeroResources: Readonly<Resources> = Object.freeze({
@@ -119,10 +129,16 @@ export function makeNode(name: string, template: NodeTemplate = {}): SchedNode {
   };
 }
 
+/** A single pending replica; without `availability` its workload has no node-loss budget. */
 export function makeReplica(
   id: string,
   workloadKey: string,
-  partial: { resources?: Partial<Resources>; placement?: Partial<Placement>; driver?: Driver } = {},
+  partial: {
+    resources?: Partial<Resources>;
+    placement?: Partial<Placement>;
+    driver?: Driver;
+    availability?: Availability;
+  } = {},
 ): PendingReplica {
   return {
     id,
@@ -130,6 +146,7 @@ export function makeReplica(
     driver: partial.driver ?? "container",
     resources: resources(partial.resources, defaultRequest),
     placement: makePlacement(partial.placement),
+    ...(partial.availability ? { availability: { ...partial.availability } } : {}),
   };
 }
 
@@ -164,10 +181,18 @@ export class SchedulerHarness {
     return added;
   }
 
-  /** Queues the workload's replicas as pending, ids "<key>-<n>". */
+  /**
+   * Queues the workload's replicas as pending, ids "<key>-<n>", with the availability ask
+   * the coordinator would attach (minAvailable defaults to replicas − 1, as in a spec).
+   */
   addWorkload(spec: WorkloadSpec): PendingReplica[] {
     const placement = makePlacement(spec.placement);
     const request = resources(spec.resources, defaultRequest);
+    const total = spec.totalReplicas ?? spec.replicas;
+    const availability: Availability = {
+      replicas: total,
+      minAvailable: spec.minAvailable ?? Math.max(0, total - 1),
+    };
     const added: PendingReplica[] = [];
     for (let i = 0; i < spec.replicas; i++) {
       const replica: PendingReplica = {
@@ -176,6 +201,7 @@ export class SchedulerHarness {
         driver: spec.driver ?? "container",
         resources: { ...request },
         placement,
+        availability,
       };
       this.pending.push(replica);
       added.push(replica);
@@ -189,6 +215,7 @@ export class SchedulerHarness {
       id: spec.id ?? `${spec.workloadKey}-${this.replicaSeq++}`,
       workloadKey: spec.workloadKey,
       node: spec.node,
+      ...(spec.leaving ? { leaving: true } : {}),
     };
     if (spec.resources !== undefined) this.allocate(spec.node, resources(spec.resources));
     this.existing.push(replica);
