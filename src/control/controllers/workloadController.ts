@@ -724,6 +724,7 @@ export class WorkloadController {
         driver: driverOfSpec(spec),
         resources: replica.value.resources,
         placement: placementOf(spec),
+        availability: availabilityOf(workload),
       });
       pendingRecords.set(replica.value.id, replica);
     }
