@@ -16,6 +16,7 @@ import { clusterServiceImpl } from "./clusterService.js";
 import type { CoordinatorServices } from "./context.js";
 import { toConnectError } from "./errorMapping.js";
 import { eventServiceImpl } from "./eventService.js";
+import { encodeGrpcMessagesPerSpec, percentEncodeGrpcMessage } from "./grpcMessage.js";
 import { countRefusedRequest, metricsInterceptor, serveMetrics } from "./metricsInterceptor.js";
 import { nodeServiceImpl } from "./nodeService.js";
 import { type Peer, peerKey, resolvePeer } from "./peer.js";
@@ -154,6 +155,11 @@ export async function startApiServer(
       authenticate,
     ],
     readMaxBytes,
+    // HTTP/JSON requests with a field the method does not have are refused
+    // (InvalidArgument naming the key) rather than half-understood: `{"nmae": "x"}`
+    // must not act on an empty name. Binary gRPC keeps protobuf's rule (unknown fields
+    // are skipped), which lets older and newer agents and CLIs talk to each other.
+    jsonOptions: { ignoreUnknownFields: false },
     contextValues: (request) =>
       createContextValues().set(peerKey, resolvePeer(request, services.clusterName)),
     fallback: (request, response) => {
@@ -190,6 +196,9 @@ export async function startApiServer(
       return;
     }
     if (peer.identity || pathname === enrollPath) {
+      if (String(request.headers["content-type"] ?? "").startsWith("application/grpc")) {
+        encodeGrpcMessagesPerSpec(response);
+      }
       handler(request, response);
       return;
     }
@@ -289,7 +298,7 @@ function refuseUnauthenticated(
     reply.writeHead(200, {
       "content-type": contentType,
       "grpc-status": String(Code.Unauthenticated),
-      "grpc-message": encodeURIComponent(message),
+      "grpc-message": percentEncodeGrpcMessage(message),
     });
     reply.end();
   } else if (contentType.startsWith("application/connect+")) {
