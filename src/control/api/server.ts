@@ -17,9 +17,14 @@ import type { CoordinatorServices } from "./context.js";
 import { toConnectError } from "./errorMapping.js";
 import { eventServiceImpl } from "./eventService.js";
 import { encodeGrpcMessagesPerSpec, percentEncodeGrpcMessage } from "./grpcMessage.js";
-import { countRefusedRequest, metricsInterceptor, serveMetrics } from "./metricsInterceptor.js";
+import {
+  countRefusedRequest,
+  formerMemberMessage,
+  metricsInterceptor,
+  serveMetrics,
+} from "./metricsInterceptor.js";
 import { nodeServiceImpl } from "./nodeService.js";
-import { type Peer, peerKey, resolvePeer } from "./peer.js";
+import { isCurrentMember, type Peer, peerKey, resolvePeer } from "./peer.js";
 import { requestContextInterceptor, requestLogger } from "./requestContext.js";
 import { tokenServiceImpl } from "./tokenService.js";
 import { workloadServiceImpl } from "./workloadService.js";
@@ -77,9 +82,8 @@ export async function startApiServer(
       recordAuthenticationFailure(peer, request.method.name, reason);
       throw toConnectError(CloudlessError.unauthenticated(unauthenticatedMessage(reason)));
     }
-    if (peer.identity?.kind === "node" && !isEnroll) {
-      const node = await services.nodes.get(peer.identity.name);
-      if (!node?.certSerials.includes(peer.identity.serial)) {
+    if (peer.identity && !isEnroll) {
+      if (!(await isCurrentMember(services.nodes, peer.identity))) {
         throw toConnectError(
           CloudlessError.unauthenticated(
             `node "${peer.identity.name}" is no longer a member of this cluster (deleted or re-enrolled); join again with a new token`,
@@ -192,7 +196,7 @@ export async function startApiServer(
     // store). Like everything else they need a cluster certificate, and they answer only
     // "ok" or "not ready" so they reveal nothing.
     if ((pathname === "/healthz" || pathname === "/readyz") && peer.identity) {
-      serveHealth(services, pathname, response).catch(() => response.destroy());
+      serveHealth(services, peer, pathname, response).catch(() => response.destroy());
       return;
     }
     if (peer.identity || pathname === enrollPath) {
@@ -318,10 +322,17 @@ const readinessTimeoutMs = 1_000;
 
 async function serveHealth(
   services: CoordinatorServices,
+  peer: Peer,
   pathname: string,
   response: http2.Http2ServerResponse | ServerResponse,
 ): Promise<void> {
   const reply = response as ServerResponse;
+  // A deleted node's certificate still chains to the CA; like the API, health refuses it.
+  if (!peer.identity || !(await isCurrentMember(services.nodes, peer.identity))) {
+    reply.writeHead(401, { "content-type": "application/json" });
+    reply.end(JSON.stringify({ code: "unauthenticated", message: formerMemberMessage }));
+    return;
+  }
   let ready = true;
   if (pathname === "/readyz") {
     let timer: NodeJS.Timeout | undefined;
