@@ -9,6 +9,8 @@ const exitCodes: Record<CloudlessError["code"], number> = {
   Unauthenticated: 5,
   PermissionDenied: 5,
   Unavailable: 6,
+  // As timeout(1): the command (e.g. an exec) ran out of time.
+  DeadlineExceeded: 124,
   Internal: 1,
 };
 

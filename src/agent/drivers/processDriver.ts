@@ -56,7 +56,7 @@ import {
   type RuntimeDriver,
 } from "./driver.js";
 import { LineSplitter } from "./lineSplitter.js";
-import { checkReplicaId, describeError, errnoCode, sleep } from "./util.js";
+import { checkReplicaId, DeadlineExceeded, describeError, errnoCode, sleep } from "./util.js";
 
 export type { CgroupPaths } from "./cgroups.js";
 
@@ -792,7 +792,7 @@ class CgroupProcessDriver implements ProcessDriver {
       const timer = setTimeout(() => {
         if (child.pid !== undefined) signalGroup(child.pid, "SIGKILL");
         reject(
-          new DriverError(
+          new DeadlineExceeded(
             "failed",
             `exec of "${command.join(" ")}" in replica ${replicaId} did not finish within ${timeoutMs} ms`,
           ),
