@@ -383,7 +383,13 @@ async function startWithStore(
       });
   }, maintenanceIntervalMs);
 
-  logger.info({ url, cluster: clusterName }, "coordinator listening");
+  const everyInterface = options.host === "0.0.0.0" || options.host === "::";
+  logger.info(
+    { url, host: options.host, port: server.port, cluster: clusterName },
+    everyInterface
+      ? `coordinator listening on every interface (${options.host}), for agents on other machines; --host 127.0.0.1 keeps it on this machine`
+      : `coordinator listening on ${options.host} only`,
+  );
   await events.record({
     type: "CoordinatorStarted",
     category: "operations",

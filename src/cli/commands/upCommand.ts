@@ -7,6 +7,7 @@ import type { Command } from "commander";
 import { defaultDataDir } from "../../client/config.js";
 import { CloudlessError } from "../../lib/errors.js";
 import { shutdownTracing } from "../../observe/tracing.js";
+import { defaultListenHost, joinInstructions } from "../listen.js";
 import { action } from "../run.js";
 import { deploySample, findOrStartEngine, sampleImage } from "../sample.js";
 import {
@@ -38,7 +39,7 @@ export function registerUpCommand(program: Command): void {
     program
       .command("up")
       .description("start a single-node cluster: a coordinator and a local agent"),
-    { dataDir: defaultDataDir() },
+    { dataDir: defaultDataDir(), host: defaultListenHost.up },
   )
     .option("--node-name <name>", "name of the local node (default: the host name)")
     .option("--no-sample", "do not deploy the sample web workload")
@@ -164,9 +165,7 @@ export function registerUpCommand(program: Command): void {
             "  ./bin/cloudless node list",
             "  ./bin/cloudless workload get hello",
             "  ./bin/cloudless events",
-            "Join another machine:",
-            "  ./bin/cloudless token create --ttl 1h",
-            `  cloudless agent --join https://<this-host>:${coordinator.port} --token <token>`,
+            ...joinInstructions(flags.host, coordinator.port),
             `Logs: ${logDir}   Stop: Ctrl-C`,
             "",
           ].join("\n"),
