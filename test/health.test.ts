@@ -1,9 +1,10 @@
 import * as https from "node:https";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { loadClientConfig } from "../src/client/config.js";
+import { generateKeyAndCsr } from "../src/control/security/pki.js";
 import { TestCluster } from "./helpers/cluster.js";
 import { TestResources } from "./helpers/processes.js";
-import { foreignAdminCredentials } from "./helpers/tlsProbe.js";
+import { clientsFor, foreignAdminCredentials } from "./helpers/tlsProbe.js";
 
 function get(
   port: number,
@@ -62,6 +63,33 @@ describe("health endpoints", () => {
         keyPem: foreign.keyPem,
       });
       expect(stranger.status).toBe(401);
+    }
+  });
+
+  it("NFR-S1 hardening: a deleted node's certificate no longer gets an answer from /healthz or /readyz", async () => {
+    const cluster = await TestCluster.start(resources);
+    const admin = await loadClientConfig(cluster.configPath);
+    // Enrolled straight through the API: the certificate is all this test needs.
+    const { keyPem, csrPem } = await generateKeyAndCsr({ commonName: "gone" });
+    const enrolled = await clientsFor({ url: cluster.url, caPem: admin.caPem }).nodes.enroll({
+      token: await cluster.createToken(),
+      name: "gone",
+      csrPem,
+      labels: {},
+    });
+    const node = { caPem: admin.caPem, certPem: enrolled.certificatePem, keyPem };
+    for (const path of ["/healthz", "/readyz"]) {
+      expect(await get(cluster.port, path, node)).toEqual({ status: 200, body: "ok\n" });
+    }
+
+    const deleted = await cluster.cli(["node", "delete", "gone"]);
+    expect(deleted.code, deleted.stderr).toBe(0);
+    for (const path of ["/healthz", "/readyz"]) {
+      const refused = await get(cluster.port, path, node);
+      expect(refused.status, `${path}: ${refused.body}`).toBe(401);
+      expect(refused.body).toMatch(/no longer belongs to a member/);
+      // The admin certificate still gets its answer.
+      expect(await get(cluster.port, path, admin)).toEqual({ status: 200, body: "ok\n" });
     }
   });
 });

@@ -1,5 +1,5 @@
 import { X509Certificate } from "node:crypto";
-import { readFile, stat } from "node:fs/promises";
+import { chmod, mkdir, readdir, readFile, stat } from "node:fs/promises";
 import { type AddressInfo, createServer, type Server } from "node:net";
 import * as path from "node:path";
 import { create } from "@bufbuild/protobuf";
@@ -558,6 +558,69 @@ describe("security with real processes and real TLS", () => {
     );
     expect(await readFile(path.join(agentDir, "node.key"), "utf8")).toMatch(/PRIVATE KEY/);
     expect(await readFile(path.join(coordinatorDir, "admin.conf"), "utf8")).toMatch(/PRIVATE KEY/);
+  });
+
+  it("NFR-S1 hardening: the store, its WAL and every other private file are 0600 in data dirs made by mkdir -p, under any umask; a store left readable is tightened with a warning", async () => {
+    const base = await resources.tempDir("cloudless-umask-");
+    // Made by the user, readable by all, as `mkdir -p` leaves them.
+    const coordinatorDir = path.join(base, "coordinator");
+    const agentDir = path.join(base, "agent");
+    for (const dir of [coordinatorDir, agentDir]) {
+      await mkdir(dir, { recursive: true });
+      await chmod(dir, 0o755);
+    }
+    const cluster = new TestCluster(resources, coordinatorDir);
+    // Children inherit the umask at spawn: 000 leaves every mode to the program itself.
+    const previousUmask = process.umask(0);
+    try {
+      await cluster.startCoordinator(0);
+      await cluster.startAgent("umask", {
+        token: await cluster.createToken(),
+        dataDir: agentDir,
+        extra: fastAgent,
+      });
+    } finally {
+      process.umask(previousUmask);
+    }
+    await waitForNodeStatus(adminClients(cluster, await adminOf(cluster)), "umask", "Ready");
+
+    // Certificates and the agent's name file are public; everything else is private.
+    const isPublic = (file: string) => /\.crt$|identity\.json$/.test(file);
+    const readableByOthers = async () => {
+      const found: string[] = [];
+      const walk = async (dir: string) => {
+        for (const entry of await readdir(dir, { withFileTypes: true })) {
+          const file = path.join(dir, entry.name);
+          const mode = (await stat(file)).mode & 0o777;
+          if (entry.isDirectory()) {
+            if (mode & 0o077) found.push(`${path.relative(base, file)}/ ${mode.toString(8)}`);
+            await walk(file);
+          } else if (mode & 0o077 && !isPublic(file)) {
+            found.push(`${path.relative(base, file)} ${mode.toString(8)}`);
+          }
+        }
+      };
+      await walk(coordinatorDir);
+      await walk(agentDir);
+      return found;
+    };
+    const files = await readdir(coordinatorDir);
+    expect(files).toEqual(expect.arrayContaining(["store.db", "store.db-wal"]));
+    expect(await readableByOthers()).toEqual([]);
+
+    // A store left readable (by an older version, or a copy) is tightened at start.
+    await cluster.coordinator.stop();
+    for (const file of ["store.db", "store.db-wal"]) {
+      await chmod(path.join(coordinatorDir, file), 0o644).catch(() => undefined);
+    }
+    await cluster.startCoordinator();
+    expect(((await stat(path.join(coordinatorDir, "store.db"))).mode & 0o777).toString(8)).toBe(
+      "600",
+    );
+    expect(cluster.coordinator.stderr).toMatch(
+      /store\.db was readable by other users \(mode 644\); set to 0600/,
+    );
+    expect(await readableByOthers()).toEqual([]);
   });
 });
 

@@ -27,6 +27,7 @@ import { TestCluster } from "./helpers/cluster.js";
 import { ensurePodman } from "./helpers/podman.js";
 import { ManagedProcess, TestResources, waitFor } from "./helpers/processes.js";
 import { findProcesses, readProc } from "./helpers/system.js";
+import { rpcError } from "./helpers/tlsProbe.js";
 import {
   adminClients,
   getWorkload,
@@ -323,6 +324,53 @@ describe.skipIf(!isRoot)(
       expect(after.replicas.map((r) => [r.id, r.restarts]).sort()).toEqual(
         [first, second].map((r) => [r.id, 0]).sort(),
       );
+    });
+
+    it("REQ-080 hardening: an exec that outlives its timeout ends with DeadlineExceeded (CLI exit code 124) and its command is killed", async () => {
+      await apply("sleeper", { command: ["/bin/sh", "-c", "exec sleep 600"] });
+      await waitForWorkload(cluster, namespace, "sleeper", "1 replica ready", allReady(1));
+      // A marker no other process has, to find the command the exec started.
+      const marker = `${40 + Math.floor(Math.random() * 1000)}.5`;
+      const slow = ["/bin/sh", "-c", `echo started; exec sleep ${marker}`];
+
+      const viaCli = await cluster.cli([
+        "workload",
+        "exec",
+        "sleeper",
+        "-n",
+        namespace,
+        "--timeout",
+        "1s",
+        "--",
+        ...slow,
+      ]);
+      expect(viaCli.code, viaCli.stderr).toBe(124);
+      expect(viaCli.stderr).toMatch(
+        /^error: exec of "[^\n]*" in replica \S+ did not finish within 1000 ms\n$/,
+      );
+
+      const clients = await adminClients(cluster.configPath);
+      const viaApi = await rpcError(
+        clients.workloads.execWorkload({
+          name: "sleeper",
+          namespace,
+          command: slow,
+          timeoutSeconds: 1,
+        }),
+      );
+      expect(viaApi.codeName, viaApi.message).toBe("DeadlineExceeded");
+      expect(viaApi.message).toMatch(/did not finish within 1000 ms/);
+
+      // Neither command is left running in the replica.
+      await waitFor(
+        "the timed-out exec commands to be killed",
+        async () =>
+          (await findProcesses((argv) => argv.join(" ") === `sleep ${marker}`)).length === 0,
+        10_000,
+      );
+      // The replica itself is untouched.
+      const after = await getWorkloadJson(cluster, namespace, "sleeper");
+      expect(after.replicas.map((r) => [r.phase, r.restarts])).toEqual([["Running", 0]]);
     });
 
     it("F4 the container engine going away: the agent keeps heartbeating, container replicas report DriverUnavailable, a process replica keeps running untouched", async () => {

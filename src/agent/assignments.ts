@@ -87,6 +87,7 @@ export function runSpecFromDocument(replicaId: string, doc: WorkloadSpecDocument
       containerPort: port.containerPort,
       hostPort: 0,
       protocol: port.protocol,
+      ...(port.hostIP ? { hostIP: port.hostIP } : {}),
     })),
     resources: {
       cpuMillicores: doc.spec.resources.cpuMillicores,

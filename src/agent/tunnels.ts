@@ -1,6 +1,7 @@
 import type { CoordinatorClients } from "../client/transport.js";
 import type { ExecRequest, LogsRequest } from "../gen/cloudless/v1/node_pb.js";
 import type { DriverName, RuntimeDriver } from "./drivers/driver.js";
+import { DeadlineExceeded } from "./drivers/util.js";
 import type { ReplicaReport } from "./supervisor/supervisorTypes.js";
 
 /** Lines sent per UploadLogs message. */
@@ -94,7 +95,13 @@ export class AgentTunnels {
 
   async exec(request: ExecRequest): Promise<void> {
     const driver = this.driverOf(request.replicaId);
-    let result: { exitCode: number; stdout: string; stderr: string; error: string };
+    let result: {
+      exitCode: number;
+      stdout: string;
+      stderr: string;
+      error: string;
+      deadlineExceeded?: boolean;
+    };
     if (!driver) {
       result = {
         exitCode: -1,
@@ -111,11 +118,14 @@ export class AgentTunnels {
         );
         result = { ...done, error: "" };
       } catch (error) {
+        const deadlineExceeded = error instanceof DeadlineExceeded;
+        const message = error instanceof Error ? error.message : String(error);
         result = {
           exitCode: -1,
           stdout: "",
           stderr: "",
-          error: `exec failed: ${error instanceof Error ? error.message : String(error)}`,
+          error: deadlineExceeded ? message : `exec failed: ${message}`,
+          deadlineExceeded,
         };
       }
     }

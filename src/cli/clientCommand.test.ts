@@ -56,6 +56,18 @@ describe("NFR-A1 CLI failover over the coordinators in the client config", () =>
     expect(calls).toEqual([a]);
   });
 
+  it("REQ-080 does not run a call again elsewhere when the coordinator itself reports a deadline (an exec that ran out of time)", async () => {
+    const { calls, answeredBy } = failover({
+      [a]: () =>
+        toConnectError(CloudlessError.deadlineExceeded("exec did not finish within 1000 ms")),
+    });
+    const error = await answeredBy().catch((e: unknown) => e);
+    expect(calls).toEqual([a]);
+    const described = describeClientError(error, a);
+    expect(described.code).toBe("DeadlineExceeded");
+    expect(described.message).toBe("exec did not finish within 1000 ms");
+  });
+
   it("follows a follower's leader hint, even to a coordinator the config does not list", async () => {
     // c is not in the config: its transport is made on demand.
     const { calls, answeredBy } = failover({

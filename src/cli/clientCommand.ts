@@ -185,10 +185,17 @@ export class FailoverTransport implements Transport {
   }
 }
 
-/** Unreachable, too slow, or not able to serve: another coordinator may do better. */
+/**
+ * Unreachable, too slow, or not able to serve: another coordinator may do better. A
+ * deadline the coordinator itself reports (x-cloudless-code: an exec that ran out of
+ * time) is its answer, not slowness, and is not run again elsewhere.
+ */
 function isFailover(error: unknown): boolean {
-  const code = ConnectError.from(error).code;
-  return code === Code.Unavailable || code === Code.DeadlineExceeded;
+  const connectError = ConnectError.from(error);
+  if (connectError.code === Code.Unavailable) return true;
+  return (
+    connectError.code === Code.DeadlineExceeded && !connectError.metadata.has("x-cloudless-code")
+  );
 }
 
 function describeFailure(error: unknown): string {

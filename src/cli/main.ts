@@ -7,6 +7,7 @@ import { registerNodeCommands } from "./commands/nodeCommands.js";
 import { registerTokenCommands } from "./commands/tokenCommands.js";
 import { registerUpCommand } from "./commands/upCommand.js";
 import { registerWorkloadCommands } from "./commands/workloadCommands.js";
+import { endQuietlyWhenOutputCloses, exitAfterOutput } from "./exit.js";
 import { reportAndExit } from "./run.js";
 import { cliVersion } from "./version.js";
 
@@ -36,18 +37,17 @@ export function buildProgram(): Command {
 }
 
 export async function main(argv: string[]): Promise<void> {
+  endQuietlyWhenOutputCloses();
   const program = buildProgram();
   try {
     await program.parseAsync(argv);
-    // Client connections (HTTP/2 sessions and their pings) would keep the process
-    // alive after the command is done; stdout and stderr are synchronous on Linux.
-    process.exit(process.exitCode ?? 0);
   } catch (error) {
-    if (error instanceof CommanderError) {
-      process.exit(error.exitCode === 0 ? 0 : 2);
-    }
-    reportAndExit(error);
+    if (error instanceof CommanderError) await exitAfterOutput(error.exitCode === 0 ? 0 : 2);
+    await reportAndExit(error);
   }
+  // Client connections (HTTP/2 sessions and their pings) would keep the process alive
+  // after the command is done, so it exits, but only once its output is written.
+  await exitAfterOutput(Number(process.exitCode ?? 0));
 }
 
 await main(process.argv);

@@ -1,4 +1,5 @@
 import { CloudlessError } from "../lib/errors.js";
+import { exitAfterOutput } from "./exit.js";
 
 const exitCodes: Record<CloudlessError["code"], number> = {
   InvalidArgument: 2,
@@ -8,6 +9,8 @@ const exitCodes: Record<CloudlessError["code"], number> = {
   Unauthenticated: 5,
   PermissionDenied: 5,
   Unavailable: 6,
+  // As timeout(1): the command (e.g. an exec) ran out of time.
+  DeadlineExceeded: 124,
   Internal: 1,
 };
 
@@ -23,12 +26,13 @@ export function action<A extends unknown[]>(
     try {
       await fn(...args);
     } catch (error) {
-      reportAndExit(error);
+      await reportAndExit(error);
     }
   };
 }
 
-export function reportAndExit(error: unknown): never {
+/** One line on stderr, then the error's exit code once all output has been written. */
+export async function reportAndExit(error: unknown): Promise<never> {
   const normalized =
     error instanceof CloudlessError
       ? error
@@ -37,7 +41,7 @@ export function reportAndExit(error: unknown): never {
   if (process.env.CLOUDLESS_DEBUG === "1" && normalized.cause instanceof Error) {
     process.stderr.write(`${normalized.cause.stack ?? ""}\n`);
   }
-  process.exit(exitCodes[normalized.code]);
+  return exitAfterOutput(exitCodes[normalized.code]);
 }
 
 export function fail(message: string): never {

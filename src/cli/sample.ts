@@ -276,7 +276,7 @@ const port = Number(process.env.PORT || 8080);
 http.createServer((request, response) => {
   response.setHeader("content-type", "text/plain");
   response.end("Hello from Cloudless (replica " + process.env.CLOUDLESS_REPLICA + ", pid " + process.pid + ")\\n");
-}).listen(port, "0.0.0.0");`;
+}).listen(port, "127.0.0.1");`;
 
 export function sampleSpec(driver: "container" | "process") {
   return {
@@ -287,7 +287,9 @@ export function sampleSpec(driver: "container" | "process") {
       ...(driver === "container"
         ? { image: sampleImage }
         : { command: [process.execPath, "-e", processServer] }),
-      ports: [{ name: "http", containerPort: 8080 }],
+      // On this machine only: a demo is not a service for the network (the API port
+      // follows --host; the sample stays local either way).
+      ports: [{ name: "http", containerPort: 8080, hostIP: "127.0.0.1" }],
       resources: { cpuMillicores: 100, memoryMiB: driver === "container" ? 16 : 128 },
       replicas: 2,
       readinessProbe: { http: { path: "/", port: "http" }, periodSeconds: 1 },

@@ -6,6 +6,7 @@ import { stringify } from "yaml";
 import { type Clock, systemClock } from "../lib/clock.js";
 import { CloudlessError } from "../lib/errors.js";
 import { acquirePidLock } from "../lib/pidLock.js";
+import { describeTightened, type TightenedFile, tightenFileMode } from "../lib/privateFiles.js";
 import { mathRng, type Rng } from "../lib/rng.js";
 import { AuditLog } from "../observe/audit.js";
 import type { Logger } from "../observe/logger.js";
@@ -110,6 +111,23 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
   const logger = options.logger ?? silentLogger;
   const dataDir = path.resolve(options.dataDir);
   await mkdir(dataDir, { recursive: true, mode: 0o700 });
+  // Private files are written 0600; one copied in or left by an older version may be
+  // open to others. Set to 0600 and said, rather than refused: the data is ours.
+  const warnTightened = (tightened: TightenedFile) =>
+    logger.warn({ file: tightened.file }, describeTightened(tightened));
+  for (const name of [
+    path.join("pki", CA_KEY_FILE),
+    "admin.conf",
+    "coordinator-id",
+    "cluster-secret",
+  ]) {
+    const file = path.join(dataDir, name);
+    const tightened = await tightenFileMode(file).catch((error: unknown) => {
+      logger.warn({ file, err: error }, `${file} may be readable by other users; chmod 600 it`);
+      return undefined;
+    });
+    if (tightened) warnTightened(tightened);
+  }
 
   const metrics = createCoordinatorMetrics();
   const storeUrl = options.store ?? "sqlite";
@@ -117,7 +135,11 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
   let inner: Store;
   if (storeUrl === "sqlite") {
     // The SQLite store locks its own file: one coordinator per data dir.
-    inner = await openSqliteStore({ path: path.join(dataDir, "store.db"), clock });
+    inner = await openSqliteStore({
+      path: path.join(dataDir, "store.db"),
+      clock,
+      onFileTightened: warnTightened,
+    });
   } else if (storeUrl.startsWith("etcd://")) {
     const lock = await acquirePidLock(
       path.join(dataDir, "coordinator.lock"),
@@ -364,7 +386,13 @@ async function startWithStore(
       });
   }, maintenanceIntervalMs);
 
-  logger.info({ url, cluster: clusterName }, "coordinator listening");
+  const everyInterface = options.host === "0.0.0.0" || options.host === "::";
+  logger.info(
+    { url, host: options.host, port: server.port, cluster: clusterName },
+    everyInterface
+      ? `coordinator listening on every interface (${options.host}), for agents on other machines; --host 127.0.0.1 keeps it on this machine`
+      : `coordinator listening on ${options.host} only`,
+  );
   await events.record({
     type: "CoordinatorStarted",
     category: "operations",

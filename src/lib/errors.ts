@@ -12,6 +12,8 @@ export const errorCodes = [
   "Unauthenticated",
   "PermissionDenied",
   "Unavailable",
+  /** The operation's own deadline passed (an exec that outlived its timeout). */
+  "DeadlineExceeded",
   "Internal",
 ] as const;
 
@@ -63,6 +65,9 @@ export class CloudlessError extends Error {
   }
   static unavailable(message: string): CloudlessError {
     return new CloudlessError("Unavailable", message);
+  }
+  static deadlineExceeded(message: string): CloudlessError {
+    return new CloudlessError("DeadlineExceeded", message);
   }
   static internal(message: string, cause?: unknown): CloudlessError {
     return new CloudlessError("Internal", message, { cause });

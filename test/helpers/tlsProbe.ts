@@ -180,6 +180,8 @@ export interface HttpsResult {
   status: number;
   headers: Record<string, string | string[] | undefined>;
   body: string;
+  /** HTTP/2 only: the trailers, where gRPC puts its status. */
+  trailers?: Record<string, string | string[] | undefined>;
 }
 
 export interface PostOptions {
@@ -191,6 +193,8 @@ export interface PostOptions {
   certPem?: string;
   keyPem?: string;
   contentType?: string;
+  /** More request headers (e.g. `te: trailers` for gRPC). */
+  headers?: Record<string, string>;
 }
 
 /**
@@ -269,16 +273,27 @@ export function http2Post(options: PostOptions): Promise<HttpsResult> {
       ":path": options.path,
       "content-type": options.contentType ?? "application/json",
       "connect-protocol-version": "1",
+      ...options.headers,
     });
     let status = 0;
     let headers: Record<string, string | string[] | undefined> = {};
+    let trailers: Record<string, string | string[] | undefined> | undefined;
     const chunks: Buffer[] = [];
     stream.on("response", (received) => {
       status = Number(received[":status"]);
       headers = received;
     });
+    stream.on("trailers", (received) => {
+      trailers = received;
+    });
     stream.on("data", (chunk: Buffer) => chunks.push(chunk));
-    const done = () => finish({ status, headers, body: Buffer.concat(chunks).toString("utf8") });
+    const done = () =>
+      finish({
+        status,
+        headers,
+        body: Buffer.concat(chunks).toString("utf8"),
+        ...(trailers ? { trailers } : {}),
+      });
     stream.on("end", done);
     // The server may reset the rest of our upload once it has answered.
     stream.on("error", (error) => (status ? done() : finish(error)));

@@ -399,7 +399,7 @@ class DockerContainerDriver implements ContainerDriver {
       // An empty HostIp means every address of the node, as 0.0.0.0 does for Docker.
       // Podman 4.x (netavark) turns an explicit "0.0.0.0" into a DNAT rule matching
       // only destination 0.0.0.0, and connections then hang on its port reservation.
-      bindings.push({ HostIp: "", HostPort: String(port.hostPort) });
+      bindings.push({ HostIp: port.hostIP ?? "", HostPort: String(port.hostPort) });
       portBindings[key] = bindings;
     }
     const { cpuMillicores, memoryMiB } = spec.resources;

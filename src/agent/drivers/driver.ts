@@ -13,6 +13,8 @@ export interface PortMapping {
   /** Port on the node where it is reachable; for the process driver equal to containerPort. */
   hostPort: number;
   protocol: "tcp" | "udp";
+  /** Container driver: the node address the port is published on; absent: every address. */
+  hostIP?: string;
 }
 
 export interface ReplicaRunSpec {

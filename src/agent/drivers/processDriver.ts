@@ -73,7 +73,7 @@ import {
 import { LineSplitter } from "./lineSplitter.js";
 import { listeningInodes, SocketOwners } from "./listeningSockets.js";
 import type { OwnerMarks, Ownership, ReplicaOwner } from "./ownership.js";
-import { checkReplicaId, describeError, errnoCode, sleep } from "./util.js";
+import { checkReplicaId, DeadlineExceeded, describeError, errnoCode, sleep } from "./util.js";
 
 export type { CgroupPaths } from "./cgroups.js";
 
@@ -895,7 +895,7 @@ class CgroupProcessDriver implements ProcessDriver {
       const timer = setTimeout(() => {
         if (child.pid !== undefined) signalGroup(child.pid, "SIGKILL");
         reject(
-          new DriverError(
+          new DeadlineExceeded(
             "failed",
             `exec of "${command.join(" ")}" in replica ${replicaId} did not finish within ${timeoutMs} ms`,
           ),

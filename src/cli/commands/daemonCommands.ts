@@ -9,6 +9,7 @@ import { CloudlessError } from "../../lib/errors.js";
 import { handleStopSignals, type StopRequests } from "../../lib/signals.js";
 import { createLogger, isLogLevel, type Logger } from "../../observe/logger.js";
 import { initTracing, shutdownTracing } from "../../observe/tracing.js";
+import { defaultListenHost } from "../listen.js";
 import { action, fail } from "../run.js";
 import { cliVersion } from "../version.js";
 import { collect, splitLabel } from "./nodeCommands.js";
@@ -70,10 +71,17 @@ export interface CoordinatorFlags {
   logLevel: string;
 }
 
-export function addCoordinatorFlags(command: Command, defaults: { dataDir: string }): Command {
+export function addCoordinatorFlags(
+  command: Command,
+  defaults: { dataDir: string; host: string },
+): Command {
   return command
     .option("--data-dir <dir>", "where the store, CA and admin config live", defaults.dataDir)
-    .option("--host <address>", "address to listen on", "0.0.0.0")
+    .option(
+      "--host <address>",
+      "address to listen on: 0.0.0.0 for every interface (agents on other machines), 127.0.0.1 for this machine only",
+      defaults.host,
+    )
     .option("--port <port>", "port to listen on (gRPC and HTTP/JSON over mTLS)", "7443")
     .option("--cluster-name <name>", "cluster name (trust domain), set on first start", "cloudless")
     .option(
@@ -210,7 +218,7 @@ export async function coordinatorFromFlags(
 export function registerDaemonCommands(program: Command): void {
   addCoordinatorFlags(
     program.command("coordinator").description("run a coordinator (control plane)"),
-    { dataDir: defaultDataDir() },
+    { dataDir: defaultDataDir(), host: defaultListenHost.coordinator },
   ).action(
     action(async (flags: CoordinatorFlags) => {
       // Installed first: a signal during the start stops the coordinator once it is up.

@@ -12,6 +12,7 @@ import { describeHolder, readLockHolder } from "../../lib/pidLock.js";
 import { mathRng } from "../../lib/rng.js";
 import { handleStopSignals } from "../../lib/signals.js";
 import { shutdownTracing } from "../../observe/tracing.js";
+import { defaultListenHost, joinInstructions } from "../listen.js";
 import { action } from "../run.js";
 import { type ContainerEngine, deploySample, findOrStartEngine, sampleImage } from "../sample.js";
 import {
@@ -171,7 +172,7 @@ export function registerUpCommand(program: Command): void {
     program
       .command("up")
       .description("start a single-node cluster: a coordinator and a local agent"),
-    { dataDir: defaultDataDir() },
+    { dataDir: defaultDataDir(), host: defaultListenHost.up },
   )
     .option("--node-name <name>", "name of the local node (default: the host name)")
     .option("--no-sample", "do not deploy the sample web workload")
@@ -363,9 +364,7 @@ async function startCluster(run: UpRun, cancel: AbortSignal): Promise<void> {
       "  ./bin/cloudless node list",
       "  ./bin/cloudless workload get hello",
       "  ./bin/cloudless events",
-      "Join another machine:",
-      "  ./bin/cloudless token create --ttl 1h",
-      `  cloudless agent --join https://<this-host>:${coordinator.port} --token <token>`,
+      ...joinInstructions(run.flags.host, coordinator.port),
       `Logs: ${logDir}   Stop: Ctrl-C (twice to stop faster; both leave nothing running)`,
       "",
     ].join("\n"),

@@ -119,7 +119,8 @@ export function registerWorkloadCommands(program: Command): void {
           process.stderr.write(
             `error: ${flags.file} is invalid (${parsed.errors.length} error${parsed.errors.length === 1 ? "" : "s"})\n`,
           );
-          process.exit(2);
+          process.exitCode = 2;
+          return;
         }
         const doc = parsed.doc;
         process.stdout.write(
@@ -478,7 +479,8 @@ export function registerWorkloadCommands(program: Command): void {
           );
           process.stdout.write(result.stdout);
           process.stderr.write(result.stderr);
-          process.exit(result.exitCode);
+          // main() exits with it once the output is written.
+          process.exitCode = result.exitCode;
         },
       ),
     );

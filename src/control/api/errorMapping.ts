@@ -10,6 +10,7 @@ const toConnectCode: Record<ErrorCode, Code> = {
   Unauthenticated: Code.Unauthenticated,
   PermissionDenied: Code.PermissionDenied,
   Unavailable: Code.Unavailable,
+  DeadlineExceeded: Code.DeadlineExceeded,
   Internal: Code.Internal,
 };
 
@@ -25,6 +26,9 @@ const fromConnectCode = new Map<Code, ErrorCode>([
   [Code.Unauthenticated, "Unauthenticated"],
   [Code.PermissionDenied, "PermissionDenied"],
   [Code.Unavailable, "Unavailable"],
+  // Without x-cloudless-code it is the client's own deadline: the coordinator did not
+  // answer in time, which callers treat as unreachable (try the next one). A deadline
+  // the coordinator reports (an exec that ran out of time) carries the header.
   [Code.DeadlineExceeded, "Unavailable"],
   [Code.Canceled, "Unavailable"],
 ]);

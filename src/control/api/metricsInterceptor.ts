@@ -16,7 +16,7 @@ import { TokenService } from "../../gen/cloudless/v1/token_pb.js";
 import { WorkloadService } from "../../gen/cloudless/v1/workload_pb.js";
 import { type CoordinatorMetrics, writeMetrics } from "../../observe/metrics.js";
 import type { CoordinatorServices } from "./context.js";
-import type { Peer } from "./peer.js";
+import { isCurrentMember, type Peer } from "./peer.js";
 
 type ApiMetrics = Pick<CoordinatorMetrics, "apiRequests" | "apiRequestDuration">;
 
@@ -96,26 +96,19 @@ export function countRefusedRequest(metrics: ApiMetrics, pathname: string): void
  * member with that certificate, as for the API: a deleted node's certificate stays
  * valid until it expires but no longer opens anything.
  */
+/** The refusal of a certificate whose node was deleted or enrolled again. */
+export const formerMemberMessage = "this certificate no longer belongs to a member of the cluster";
+
 export async function serveMetrics(
   services: Pick<CoordinatorServices, "nodes" | "metrics">,
   peer: Peer,
   request: IncomingMessage | Http2ServerRequest,
   response: ServerResponse | Http2ServerResponse,
 ): Promise<void> {
-  const identity = peer.identity;
-  const member =
-    identity?.kind === "node"
-      ? (await services.nodes.get(identity.name))?.certSerials.includes(identity.serial)
-      : identity !== undefined;
-  if (!member) {
+  if (!peer.identity || !(await isCurrentMember(services.nodes, peer.identity))) {
     const reply = response as ServerResponse;
     reply.writeHead(401, { "content-type": "application/json" });
-    reply.end(
-      JSON.stringify({
-        code: "unauthenticated",
-        message: "this certificate no longer belongs to a member of the cluster",
-      }),
-    );
+    reply.end(JSON.stringify({ code: "unauthenticated", message: formerMemberMessage }));
     return;
   }
   await writeMetrics(services.metrics.registry, request, response);

@@ -384,7 +384,9 @@ export function nodeServiceImpl(services: CoordinatorServices): ServiceImpl<type
         identity.name,
         request.requestId,
         { exitCode: request.exitCode, stdout: request.stdout, stderr: request.stderr },
-        request.error || undefined,
+        request.error
+          ? { message: request.error, deadlineExceeded: request.deadlineExceeded }
+          : undefined,
       );
       if (!accepted) {
         throw CloudlessError.notFound(`exec request ${request.requestId} is unknown or timed out`);

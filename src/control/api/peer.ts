@@ -3,6 +3,7 @@ import type { IncomingMessage } from "node:http";
 import type { Http2ServerRequest } from "node:http2";
 import type { TLSSocket } from "node:tls";
 import { createContextKey } from "@connectrpc/connect";
+import type { NodeRegistry } from "../nodes/nodeRegistry.js";
 import { identityFromCertificate } from "../security/pki.js";
 
 /** Who is calling, as established by the TLS handshake. */
@@ -60,4 +61,18 @@ function identify(socket: TLSSocket, clusterName: string, address: string): Peer
     address,
     identity: { kind: identity.kind, name: identity.name, serial: identity.serial },
   };
+}
+
+/**
+ * Whether a verified identity still belongs to the cluster. A node certificate does only
+ * while its node lists the certificate's serial: deleting or re-enrolling the node
+ * revokes it, for the API, /metrics, /healthz and /readyz alike.
+ */
+export async function isCurrentMember(
+  nodes: Pick<NodeRegistry, "get">,
+  identity: NonNullable<Peer["identity"]>,
+): Promise<boolean> {
+  if (identity.kind !== "node") return true;
+  const node = await nodes.get(identity.name);
+  return node?.certSerials.includes(identity.serial) ?? false;
 }

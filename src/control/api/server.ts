@@ -16,10 +16,16 @@ import { clusterServiceImpl } from "./clusterService.js";
 import type { CoordinatorServices } from "./context.js";
 import { toConnectError } from "./errorMapping.js";
 import { eventServiceImpl } from "./eventService.js";
-import { countRefusedRequest, metricsInterceptor, serveMetrics } from "./metricsInterceptor.js";
+import { encodeGrpcMessagesPerSpec, percentEncodeGrpcMessage } from "./grpcMessage.js";
+import {
+  countRefusedRequest,
+  formerMemberMessage,
+  metricsInterceptor,
+  serveMetrics,
+} from "./metricsInterceptor.js";
 import { cappedNodeAdapter } from "./nodeAdapter.js";
 import { nodeServiceImpl } from "./nodeService.js";
-import { type Peer, peerKey, resolvePeer } from "./peer.js";
+import { isCurrentMember, type Peer, peerKey, resolvePeer } from "./peer.js";
 import { requestContextInterceptor, requestLogger } from "./requestContext.js";
 import { tokenServiceImpl } from "./tokenService.js";
 import { workloadServiceImpl } from "./workloadService.js";
@@ -78,9 +84,8 @@ export async function startApiServer(
       recordAuthenticationFailure(peer, request.method.name, reason);
       throw toConnectError(CloudlessError.unauthenticated(unauthenticatedMessage(reason)));
     }
-    if (peer.identity?.kind === "node" && !isEnroll) {
-      const node = await services.nodes.get(peer.identity.name);
-      if (!node?.certSerials.includes(peer.identity.serial)) {
+    if (peer.identity && !isEnroll) {
+      if (!(await isCurrentMember(services.nodes, peer.identity))) {
         throw toConnectError(
           CloudlessError.unauthenticated(
             `node "${peer.identity.name}" is no longer a member of this cluster (deleted or re-enrolled); join again with a new token`,
@@ -167,6 +172,11 @@ export async function startApiServer(
       authenticate,
     ],
     readMaxBytes,
+    // HTTP/JSON requests with a field the method does not have are refused
+    // (InvalidArgument naming the key) rather than half-understood: `{"nmae": "x"}`
+    // must not act on an empty name. Binary gRPC keeps protobuf's rule (unknown fields
+    // are skipped), which lets older and newer agents and CLIs talk to each other.
+    jsonOptions: { ignoreUnknownFields: false },
     contextValues: (request) =>
       createContextValues().set(peerKey, resolvePeer(request, services.clusterName)),
     fallback: (request, response) => {
@@ -199,10 +209,13 @@ export async function startApiServer(
     // store). Like everything else they need a cluster certificate, and they answer only
     // "ok" or "not ready" so they reveal nothing.
     if ((pathname === "/healthz" || pathname === "/readyz") && peer.identity) {
-      serveHealth(services, pathname, response).catch(() => response.destroy());
+      serveHealth(services, peer, pathname, response).catch(() => response.destroy());
       return;
     }
     if (peer.identity || pathname === enrollPath) {
+      if (String(request.headers["content-type"] ?? "").startsWith("application/grpc")) {
+        encodeGrpcMessagesPerSpec(response);
+      }
       handler(request, response);
       return;
     }
@@ -302,7 +315,7 @@ function refuseUnauthenticated(
     reply.writeHead(200, {
       "content-type": contentType,
       "grpc-status": String(Code.Unauthenticated),
-      "grpc-message": encodeURIComponent(message),
+      "grpc-message": percentEncodeGrpcMessage(message),
     });
     reply.end();
   } else if (contentType.startsWith("application/connect+")) {
@@ -322,10 +335,17 @@ const readinessTimeoutMs = 1_000;
 
 async function serveHealth(
   services: CoordinatorServices,
+  peer: Peer,
   pathname: string,
   response: http2.Http2ServerResponse | ServerResponse,
 ): Promise<void> {
   const reply = response as ServerResponse;
+  // A deleted node's certificate still chains to the CA; like the API, health refuses it.
+  if (!peer.identity || !(await isCurrentMember(services.nodes, peer.identity))) {
+    reply.writeHead(401, { "content-type": "application/json" });
+    reply.end(JSON.stringify({ code: "unauthenticated", message: formerMemberMessage }));
+    return;
+  }
   let ready = true;
   if (pathname === "/readyz") {
     let timer: NodeJS.Timeout | undefined;

@@ -111,7 +111,9 @@ export class TunnelHub {
       const timer = setTimeout(() => {
         this.execRequests.delete(requestId);
         reject(
-          CloudlessError.unavailable(`exec on node "${node}" got no answer within ${timeoutMs} ms`),
+          CloudlessError.deadlineExceeded(
+            `exec on node "${node}" got no answer within ${timeoutMs} ms`,
+          ),
         );
       }, timeoutMs + 2_000);
       this.execRequests.set(requestId, {
@@ -147,13 +149,15 @@ export class TunnelHub {
     node: string,
     requestId: string,
     result: TunnelExecResult,
-    error?: string,
+    error?: { message: string; deadlineExceeded: boolean },
   ): boolean {
     const request = this.execRequests.get(requestId);
     if (!request || request.node !== node) return false;
     this.execRequests.delete(requestId);
-    if (error) request.reject(CloudlessError.invalid(error));
-    else request.resolve(result);
+    if (!error) request.resolve(result);
+    else if (error.deadlineExceeded) {
+      request.reject(CloudlessError.deadlineExceeded(error.message));
+    } else request.reject(CloudlessError.invalid(error.message));
     return true;
   }
 }

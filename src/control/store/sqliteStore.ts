@@ -10,6 +10,7 @@
 
 import Database from "better-sqlite3";
 import { type Clock, systemClock } from "../../lib/clock.js";
+import { ensurePrivateFile, type TightenedFile, tightenFileMode } from "../../lib/privateFiles.js";
 import { leaseNotFound, requireKey, requirePrefix, validateTxn } from "./requestValidation.js";
 import {
   type Compare,
@@ -63,6 +64,8 @@ export interface SqliteStoreOptions {
   leaseCheckIntervalMs?: number;
   /** Revisions a watcher may have pending before it is closed (default 10,000). */
   maxPendingRevisions?: number;
+  /** Told of each store file (database, WAL) that was open to other users and is now 0600. */
+  onFileTightened?: (tightened: TightenedFile) => void;
 }
 
 export interface SqliteStore extends Store {
@@ -176,6 +179,13 @@ export async function openSqliteStore(options: SqliteStoreOptions): Promise<Sqli
   const path = options.path;
   let db: Database.Database;
   try {
+    // The store holds workload specs (with their env values), nodes and token hashes:
+    // 0600 whatever the umask and whoever made the directory. SQLite would create the
+    // file 0644; it gives the WAL (and a rollback journal) the database file's mode.
+    for (const file of [path, `${path}-wal`, `${path}-shm`, `${path}-journal`]) {
+      const tightened = file === path ? await ensurePrivateFile(file) : await tightenFileMode(file);
+      if (tightened) options.onFileTightened?.(tightened);
+    }
     // timeout 0: a store held by another process must fail now, not after a wait.
     db = new Database(path, { timeout: 0 });
   } catch (err) {

@@ -112,6 +112,19 @@ describe("workload schema", () => {
 });
 
 describe("published JSON Schema", () => {
+  it("NFR-S1 a port may be published on one node address (hostIP), an IPv4 or IPv6 literal", () => {
+    const ports = (hostIP: string) => [{ name: "http", containerPort: 8080, hostIP }];
+    expect(workloadSchema.parse(minimal({ ports: ports("127.0.0.1") })).spec.ports).toEqual([
+      { name: "http", containerPort: 8080, protocol: "tcp", hostIP: "127.0.0.1" },
+    ]);
+    expect(workloadSchema.safeParse(minimal({ ports: ports("::1") })).success).toBe(true);
+    const bad = workloadSchema.safeParse(minimal({ ports: ports("localhost") }));
+    expect(bad.success).toBe(false);
+    expect(bad.error?.issues.map((issue) => issue.message)).toContain(
+      "expected an IP address of the node, such as 127.0.0.1",
+    );
+  });
+
   it("REQ-081 the published JSON Schema matches the zod schema", () => {
     const committed: unknown = JSON.parse(
       readFileSync(new URL("../../../schemas/workload.schema.json", import.meta.url), "utf8"),

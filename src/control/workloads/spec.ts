@@ -125,6 +125,15 @@ export const containerPortSchema = z
     name: dnsLabel().describe("Unique within the workload; probes may refer to it."),
     containerPort: portNumber(),
     protocol: z.enum(["tcp", "udp"]).default("tcp"),
+    hostIP: z
+      .union([z.ipv4(), z.ipv6()], {
+        error: "expected an IP address of the node, such as 127.0.0.1",
+      })
+      .optional()
+      .describe(
+        "Containers: the node address the port is published on; 127.0.0.1 keeps it on the " +
+          "node itself (default: every address). A process listens where it chooses.",
+      ),
   })
   .describe("A port the workload listens on.");
 
