@@ -43,6 +43,22 @@ export function parseProcStat(text: string): ProcStat | undefined {
   return { pid, comm: text.slice(open + 1, close), state, session, startTicks };
 }
 
+/**
+ * A name for the process `pid` that an operator recognises: the program it runs (the
+ * base name of argv[0]), else its kernel command name. The command name alone can be a
+ * thread's: Node 24 names its main thread "MainThread", and that is what /proc shows.
+ */
+export function processName(pid: number): string | undefined {
+  try {
+    const argv0 = readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0")[0] ?? "";
+    const base = argv0.slice(argv0.lastIndexOf("/") + 1).trim();
+    if (base !== "") return base;
+  } catch {
+    // gone, or not ours to read: the command name may still be readable
+  }
+  return readProcStat(pid)?.comm;
+}
+
 /** Whether the process `pid` that started at `startTicks` is still running. */
 export function isProcessAlive(pid: number, startTicks: string): boolean {
   const stat = readProcStat(pid);

@@ -11,7 +11,7 @@
  * is remembered by inode, and a remembered one is checked again with one readlink.
  */
 import { open, readdir, readlink } from "node:fs/promises";
-import { readProcStat } from "../procfs.js";
+import { processName } from "../procfs.js";
 
 export interface ListeningSocket {
   port: number;
@@ -148,8 +148,8 @@ export class SocketOwners {
   }
 
   private remember(inode: number, pid: number, fd: string): SocketHolder {
-    const comm = readProcStat(pid)?.comm;
-    const holder = { pid, fd, description: comm ? `pid ${pid} (${comm})` : `pid ${pid}` };
+    const name = processName(pid);
+    const holder = { pid, fd, description: name ? `pid ${pid} (${name})` : `pid ${pid}` };
     if (this.known.size >= maxCachedOwners) {
       const oldest = this.known.keys().next().value;
       if (oldest !== undefined) this.known.delete(oldest);

@@ -5,7 +5,6 @@ import { tmpdir } from "node:os";
 import * as path from "node:path";
 import { afterAll, afterEach, describe, expect, it } from "vitest";
 import { waitFor } from "../../../test/helpers/processes.js";
-import { readProcStat } from "../procfs.js";
 import { detectCgroupLayout, isInCgroup, prepareParent } from "./cgroups.js";
 import { DriverError, type LogLine, type ReplicaRunSpec } from "./driver.js";
 import { ReplicaOwner } from "./ownership.js";
@@ -619,10 +618,11 @@ describe("process driver: who holds a replica's port (REQ-032, ADR 0032)", () =>
     expect(await driver.portOwner?.(mine, minePort)).toEqual({ kind: "replica" });
     // Asked again, the remembered owner is confirmed (one readlink) and still right.
     expect(await driver.portOwner?.(mine, minePort)).toEqual({ kind: "replica" });
-    const testComm = readProcStat("self")?.comm;
+    // Named by its program (argv[0]), not by its main thread's name ("MainThread" on Node 24).
+    const testProgram = path.basename(process.argv0);
     expect(await driver.portOwner?.(mine, testPort)).toEqual({
       kind: "other",
-      holder: `pid ${process.pid} (${testComm})`,
+      holder: `pid ${process.pid} (${testProgram})`,
     });
     // Another replica's listener is not this replica's: the case of two replicas on one port.
     const otherOwner = await driver.portOwner?.(mine, otherPort);
