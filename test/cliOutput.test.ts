@@ -7,8 +7,8 @@ import { binPath, TestResources } from "./helpers/processes.js";
 import { hasStackTrace } from "./helpers/tlsProbe.js";
 import { adminClients } from "./helpers/workloads.js";
 
-/** Big workloads: 30 env values of 6,000 bytes each, under the API's 256 KiB spec limit. */
-const bigWorkloads = 20;
+/** Big workloads: 10 env values of 6,000 bytes each, under the 64 KiB env limit (envBytes). */
+const bigWorkloads = 60;
 /** Small ones, each recorded as a WorkloadCreated event, so `events -o json` is big too. */
 const smallWorkloads = 600;
 /** Applies in flight at once while the test fills the cluster. */
@@ -81,7 +81,7 @@ describe("REQ-072 CLI output into pipes", () => {
     const docs: unknown[] = [];
     for (let i = 0; i < bigWorkloads; i++) {
       const env: Record<string, string> = {};
-      for (let k = 0; k < 30; k++) env[`VALUE_${k}`] = `${i}-${k}-`.padEnd(6_000, "x");
+      for (let k = 0; k < 10; k++) env[`VALUE_${k}`] = `${i}-${k}-`.padEnd(6_000, "x");
       docs.push(workloadDoc(`big-${i}`, env));
     }
     for (let i = 0; i < smallWorkloads; i++) docs.push(workloadDoc(`small-${i}`, { N: `${i}` }));

@@ -14,13 +14,28 @@
 export const closedOutputExitCode = 141;
 
 /**
+ * Whether a failed stdout or stderr ends the process. A daemon (agent, coordinator, up)
+ * outlives the reader of its output: `up` killed with -9 takes its agent's stderr with
+ * it, and the agent must go on supervising its replicas (its logger drops the lines and
+ * counts them).
+ */
+let outputErrorsEndTheProcess = true;
+
+/** For long-running commands: a closed or failed stdout/stderr no longer ends the process. */
+export function keepRunningWhenOutputCloses(): void {
+  outputErrorsEndTheProcess = false;
+}
+
+/**
  * Ends the process when stdout or stderr fails, instead of an unhandled 'error' event
  * with a stack trace: quietly when the reader closed it (EPIPE), with one line and
  * exit code 1 otherwise (a full disk). Installed once, before any command runs.
  */
 export function endQuietlyWhenOutputCloses(): void {
   for (const stream of [process.stdout, process.stderr]) {
-    stream.on("error", (error: NodeJS.ErrnoException) => exitForOutputError(stream, error));
+    stream.on("error", (error: NodeJS.ErrnoException) => {
+      if (outputErrorsEndTheProcess) exitForOutputError(stream, error);
+    });
   }
 }
 

@@ -19,11 +19,18 @@ describe("pid locks name their holder (ADR 0029)", () => {
     await rm(dir, { recursive: true, force: true });
   });
 
-  /** A real process that stays alive; extra argv shows in its /proc cmdline. */
-  async function liveProcess(...argv: string[]): Promise<number> {
-    const child = spawn(process.execPath, ["-e", "setTimeout(() => {}, 60_000)", ...argv], {
-      stdio: "ignore",
-    });
+  /**
+   * A real process that stays alive. With a program name it runs a script file of that
+   * name, as `node …/bin/cloudless agent` runs the cloudless program.
+   */
+  async function liveProcess(programName?: string): Promise<number> {
+    let argv = ["-e", "setTimeout(() => {}, 60_000)"];
+    if (programName !== undefined) {
+      const script = path.join(dir, programName);
+      await writeFile(script, "setTimeout(() => {}, 60_000);\n");
+      argv = [script, "agent"];
+    }
+    const child = spawn(process.execPath, argv, { stdio: "ignore" });
     children.push(child);
     await new Promise((resolve) => child.once("spawn", resolve));
     return child.pid as number;
@@ -66,7 +73,7 @@ describe("pid locks name their holder (ADR 0029)", () => {
 
   it("NFR-U1 hardening: a dead holder, a recycled pid (other start time), an old bare-pid lock of a non-cloudless process and garbage are stale and taken over", async () => {
     const live = await liveProcess();
-    const liveCloudless = await liveProcess("cloudless", "agent");
+    const liveCloudless = await liveProcess("cloudless");
     const stale = [
       JSON.stringify({ pid: await deadPid(), startTicks: "1", command: "cloudless agent" }),
       JSON.stringify({ pid: live, startTicks: "1", command: "cloudless agent" }),

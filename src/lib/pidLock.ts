@@ -91,8 +91,13 @@ export function holderIsLive(holder: LockHolder): boolean {
   if (ticks === undefined) return true; // no /proc here: a live pid is all we can know
   // An old lock (bare pid): live only while that pid is a cloudless process.
   try {
-    const argv = readFileSync(`/proc/${holder.pid}/cmdline`, "utf8").split("\0");
-    return argv.some((arg) => path.basename(arg) === "cloudless" || arg.includes("cloudless"));
+    // The program or its script is the cloudless program (bin/cloudless, or the built
+    // entry run directly); a path that merely contains the word (a Node installed under
+    // /opt/cloudless-ci) does not make a process ours.
+    const argv = readFileSync(`/proc/${holder.pid}/cmdline`, "utf8").split("\0").slice(0, 2);
+    return argv.some(
+      (arg) => path.basename(arg) === "cloudless" || /\/dist\/(cli|cmd)\/main\.js$/.test(arg),
+    );
   } catch {
     return false;
   }

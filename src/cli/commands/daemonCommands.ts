@@ -9,6 +9,7 @@ import { CloudlessError } from "../../lib/errors.js";
 import { handleStopSignals, type StopRequests } from "../../lib/signals.js";
 import { createLogger, isLogLevel, type Logger } from "../../observe/logger.js";
 import { initTracing, shutdownTracing } from "../../observe/tracing.js";
+import { keepRunningWhenOutputCloses } from "../exit.js";
 import { defaultListenHost } from "../listen.js";
 import { action, fail } from "../run.js";
 import { cliVersion } from "../version.js";
@@ -221,6 +222,7 @@ export function registerDaemonCommands(program: Command): void {
     { dataDir: defaultDataDir(), host: defaultListenHost.coordinator },
   ).action(
     action(async (flags: CoordinatorFlags) => {
+      keepRunningWhenOutputCloses();
       // Installed first: a signal during the start stops the coordinator once it is up.
       const stop = handleStopSignals({ hurryEffect: "its stop waits for nothing it could skip" });
       const coordinator = await coordinatorFromFlags(flags);
@@ -307,6 +309,7 @@ export function registerDaemonCommands(program: Command): void {
           onStop: string;
           logLevel: string;
         }) => {
+          keepRunningWhenOutputCloses();
           const logger = createLogger({ component: "agent", level: parseLogLevel(flags.logLevel) });
           // Installed before anything starts: a signal during the start (enrollment, the
           // capacity measurement) stops the agent as soon as it runs, never halfway.

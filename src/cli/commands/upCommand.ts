@@ -12,6 +12,7 @@ import { describeHolder, readLockHolder } from "../../lib/pidLock.js";
 import { mathRng } from "../../lib/rng.js";
 import { handleStopSignals } from "../../lib/signals.js";
 import { shutdownTracing } from "../../observe/tracing.js";
+import { keepRunningWhenOutputCloses } from "../exit.js";
 import { defaultListenHost, joinInstructions } from "../listen.js";
 import { action } from "../run.js";
 import { type ContainerEngine, deploySample, findOrStartEngine, sampleImage } from "../sample.js";
@@ -178,6 +179,7 @@ export function registerUpCommand(program: Command): void {
     .option("--no-sample", "do not deploy the sample web workload")
     .action(
       action(async (flags: CoordinatorFlags & { nodeName?: string; sample: boolean }) => {
+        keepRunningWhenOutputCloses();
         // Installed before anything starts, and never removed (ADR 0028): a signal at
         // any point stops what has started so far, a second one stops it faster.
         const stop = handleStopSignals({
