@@ -1,4 +1,3 @@
-import { randomUUID } from "node:crypto";
 import { create, type JsonObject } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import type { ServiceImpl } from "@connectrpc/connect";
@@ -135,7 +134,7 @@ export function workloadServiceImpl(
           action = "created";
           record = {
             // A dry run makes up no identity: its workload has no uid and no times yet.
-            uid: request.dryRun ? "" : randomUUID(),
+            uid: request.dryRun ? "" : services.rng.uuid(),
             namespace,
             name,
             revision: 1,
