@@ -22,7 +22,7 @@ import {
 import { type Clock, systemClock } from "../lib/clock.js";
 import { CloudlessError } from "../lib/errors.js";
 import { acquirePidLock } from "../lib/pidLock.js";
-import { mathRng, type Rng } from "../lib/rng.js";
+import { type Rng, systemRng } from "../lib/rng.js";
 import type { Logger } from "../observe/logger.js";
 import { silentLogger } from "../observe/logger.js";
 import { countBy, createAgentMetrics } from "../observe/metrics.js";
@@ -148,7 +148,7 @@ const renewCheckIntervalMs = 5_000;
 /** Enrolls (first run) or reuses the saved identity, then keeps a heartbeat stream up. */
 export async function startAgent(options: AgentOptions): Promise<Agent> {
   const clock = options.clock ?? systemClock;
-  const rng = options.rng ?? mathRng;
+  const rng = options.rng ?? systemRng;
   const dataDir = path.resolve(options.dataDir);
   await mkdir(dataDir, { recursive: true, mode: 0o700 });
   const lock = await acquirePidLock(path.join(dataDir, "agent.lock"), `agent data dir ${dataDir}`);

@@ -62,6 +62,7 @@ export async function loadIdentity(dataDir: string): Promise<AgentIdentity | und
       throw new Error("identity.json: nodeUid is not a string");
     }
     // node.crt is written when the certificate arrives, so its mtime is the receipt time.
+    // biome-ignore lint/plugin/clockAndRng: compared with a file mtime, which is on the real clock
     const certReceivedAtMs = Math.min(certStat.mtimeMs, Date.now());
     return { ...meta, caPem, certPem, keyPem, certReceivedAtMs };
   } catch (error) {

@@ -1,3 +1,4 @@
+// biome-ignore lint/style/noRestrictedImports: the coordinator id must differ from every other coordinator's, seeded or not
 import { randomBytes } from "node:crypto";
 import { access, chmod, mkdir, readFile } from "node:fs/promises";
 import { hostname, networkInterfaces } from "node:os";
@@ -7,7 +8,7 @@ import { type Clock, systemClock } from "../lib/clock.js";
 import { CloudlessError } from "../lib/errors.js";
 import { acquirePidLock } from "../lib/pidLock.js";
 import { describeTightened, type TightenedFile, tightenFileMode } from "../lib/privateFiles.js";
-import { mathRng, type Rng } from "../lib/rng.js";
+import { type Rng, systemRng } from "../lib/rng.js";
 import { AuditLog } from "../observe/audit.js";
 import type { Logger } from "../observe/logger.js";
 import { silentLogger } from "../observe/logger.js";
@@ -150,7 +151,7 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
       // Loaded only here: etcd3 and gRPC cost ~20 MiB that a SQLite coordinator never needs.
       const { openEtcdStore, parseEtcdStoreUrl } = await import("./store/etcdStore.js");
       const parsed = parseEtcdStoreUrl(storeUrl);
-      inner = await openEtcdStore({ ...parsed, clock });
+      inner = await openEtcdStore({ ...parsed, clock, rng: options.rng ?? systemRng });
     } catch (error) {
       await lock.release();
       throw error;
@@ -195,7 +196,8 @@ async function startWithStore(
   });
 
   const nodes = new NodeRegistry(store);
-  const events = new EventLog(store, clock);
+  const rng = options.rng ?? systemRng;
+  const events = new EventLog(store, clock, undefined, rng);
   const tokens = new TokenRegistry(store, clock, ca.fingerprintSha256);
   const membershipConfig: MembershipConfig = {
     ...defaultMembershipConfig,
@@ -222,7 +224,7 @@ async function startWithStore(
   const workloads = new WorkloadController({
     store: leaderStore,
     clock,
-    rng: options.rng ?? mathRng,
+    rng,
     logger: logger.child({ component: "controller" }),
     events,
     assignments,
@@ -256,12 +258,13 @@ async function startWithStore(
     membership,
     ca,
     clock,
+    rng,
     logger,
     nodeCertTtlMs: options.nodeCertTtlMs ?? defaultNodeCertTtlMs,
     nodeStreams: new Map(),
     assignments,
     replicaStatus: new ReplicaStatusWriter(leaderStore, clock),
-    tunnels: new TunnelHub(assignments),
+    tunnels: new TunnelHub(assignments, rng),
     workloads,
     leadership,
     coordinatorId: id,

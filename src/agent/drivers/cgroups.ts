@@ -1,6 +1,7 @@
 import { existsSync, readFileSync } from "node:fs";
 import { access, constants, mkdir, readFile, rmdir, writeFile } from "node:fs/promises";
 import * as path from "node:path";
+import { startStopwatch } from "../../lib/stopwatch.js";
 import { describeError, errnoCode, sleep } from "./util.js";
 
 /**
@@ -162,11 +163,11 @@ export async function readProcs(paths: CgroupPaths): Promise<number[]> {
 
 /** SIGKILLs every process in the replica's cgroups and waits (bounded) until they are gone. */
 export async function killMembers(paths: CgroupPaths, timeoutMs = 5_000): Promise<boolean> {
-  const deadline = Date.now() + timeoutMs;
+  const elapsedMs = startStopwatch();
   for (;;) {
     const pids = await readProcs(paths);
     if (pids.length === 0) return true;
-    if (Date.now() > deadline) return false;
+    if (elapsedMs() > timeoutMs) return false;
     for (const pid of pids) {
       try {
         process.kill(pid, "SIGKILL");
@@ -219,7 +220,7 @@ export async function removeReplicaCgroup(paths: CgroupPaths): Promise<void> {
   const dirs = [...new Set([paths.cpuDir, paths.memoryDir])].filter((dir) => existsSync(dir));
   if (dirs.length === 0) return;
   await killMembers(paths);
-  const deadline = Date.now() + 5_000;
+  const elapsedMs = startStopwatch();
   for (const dir of dirs) {
     for (;;) {
       try {
@@ -229,7 +230,7 @@ export async function removeReplicaCgroup(paths: CgroupPaths): Promise<void> {
         const code = errnoCode(error);
         if (code === "ENOENT") break;
         // EBUSY: the kernel has not finished tearing down the last member yet.
-        if (code !== "EBUSY" || Date.now() > deadline) throw error;
+        if (code !== "EBUSY" || elapsedMs() > 5_000) throw error;
         await sleep(25);
       }
     }

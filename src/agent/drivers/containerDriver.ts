@@ -14,6 +14,7 @@
 import { existsSync } from "node:fs";
 import type { Readable } from "node:stream";
 import Docker from "dockerode";
+import { startStopwatch } from "../../lib/stopwatch.js";
 import type { Logger } from "../../observe/logger.js";
 import { silentLogger } from "../../observe/logger.js";
 import { DockerStreamDemuxer } from "./dockerStream.js";
@@ -755,7 +756,7 @@ class DockerContainerDriver implements ContainerDriver {
     }
 
     // The stream can end a moment before the engine records the exit code.
-    const deadline = Date.now() + this.callTimeoutMs;
+    const elapsedMs = startStopwatch();
     for (;;) {
       const info = await this.call(`inspecting exec in ${name}`, (_docker, signal) =>
         exec.inspect({ abortSignal: signal }),
@@ -767,7 +768,7 @@ class DockerContainerDriver implements ContainerDriver {
           stderr: Buffer.concat(output.stderr).toString("utf8"),
         };
       }
-      if (Date.now() > deadline) {
+      if (elapsedMs() > this.callTimeoutMs) {
         throw new DriverError("failed", `exec in ${name} finished but reported no exit code`);
       }
       await sleep(50);

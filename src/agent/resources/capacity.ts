@@ -3,11 +3,12 @@
  * operator does not have to describe each node by hand. Overrides exist for the cases a
  * measurement cannot know about, e.g. keeping half of a workstation for its owner.
  */
+// biome-ignore lint/style/noRestrictedImports: the probe file's name must differ from other processes' probes, seeded or not
 import { randomUUID } from "node:crypto";
 import { type FileHandle, mkdir, open, readFile, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
-import { performance } from "node:perf_hooks";
+import { startStopwatch } from "../../lib/stopwatch.js";
 import { statStorageGiB } from "./storage.js";
 
 export type IopsClass = "hdd" | "ssd" | "nvme";
@@ -168,7 +169,7 @@ export async function probeIops(
   try {
     // "wx": never reuse (and later delete) a file that this probe did not create.
     handle = await openFile(probePath, "wx", 0o600);
-    const startMs = performance.now();
+    const elapsed = startStopwatch();
     let writes = 0;
     let elapsedMs = 0;
     // At least one write, so that a zero duration still yields a measurement.
@@ -176,7 +177,7 @@ export async function probeIops(
       await handle.write(block, 0, block.length, writes * IOPS_PROBE_BLOCK_BYTES);
       await handle.datasync();
       writes += 1;
-      elapsedMs = performance.now() - startMs;
+      elapsedMs = elapsed();
     } while (elapsedMs < durationMs && writes < maxWrites);
     // Floor the elapsed time: on tmpfs a sync is nearly free and the division would explode.
     return writes / (Math.max(elapsedMs, 0.001) / 1000);

@@ -1,3 +1,4 @@
+// biome-ignore lint/style/noRestrictedImports: payload, not a choice: incompressible bytes for the upload probe
 import { randomBytes } from "node:crypto";
 
 export type EgressUpload = (

@@ -9,7 +9,7 @@ import { defaultDataDir } from "../../client/config.js";
 import type { Coordinator } from "../../control/coordinator.js";
 import { CloudlessError } from "../../lib/errors.js";
 import { describeHolder, readLockHolder } from "../../lib/pidLock.js";
-import { mathRng } from "../../lib/rng.js";
+import { systemRng } from "../../lib/rng.js";
 import { handleStopSignals } from "../../lib/signals.js";
 import { shutdownTracing } from "../../observe/tracing.js";
 import { keepRunningWhenOutputCloses } from "../exit.js";
@@ -125,7 +125,7 @@ class LocalAgent {
     if (this.stopping) return;
     if (Date.now() - startedAtMs >= agentRestartBackoff.resetAfterMs) this.failures = 0;
     this.failures += 1;
-    const { delayMs } = backoffDelay(agentRestartBackoff, this.failures, mathRng);
+    const { delayMs } = backoffDelay(agentRestartBackoff, this.failures, systemRng);
     process.stderr.write(
       `! local agent exited (${code !== null ? `code ${code}` : signal}); restarting in ${formatDelay(delayMs)} — see ${this.logPath}\n`,
     );

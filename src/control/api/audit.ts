@@ -10,6 +10,7 @@ import { parse as parseYaml } from "yaml";
 import { NodeService } from "../../gen/cloudless/v1/node_pb.js";
 import { TokenService } from "../../gen/cloudless/v1/token_pb.js";
 import { WorkloadService } from "../../gen/cloudless/v1/workload_pb.js";
+import { startStopwatch } from "../../lib/stopwatch.js";
 import { type AuditRecord, hostOf } from "../../observe/audit.js";
 import { unreadableSpecText } from "../workloads/parse.js";
 import type { CoordinatorServices } from "./context.js";
@@ -53,7 +54,7 @@ export function auditInterceptor(services: CoordinatorServices): Interceptor {
   return (next) => async (request) => {
     const method = methodName(request.service, request.method);
     if (request.stream || !auditedMethods.has(method)) return next(request);
-    const startedMs = performance.now();
+    const elapsedMs = startStopwatch();
     const peer = request.contextValues.get(peerKey);
     const requestMessage: unknown = request.message;
     const entry = (result: string, response: unknown, error?: string): AuditRecord => ({
@@ -63,7 +64,7 @@ export function auditInterceptor(services: CoordinatorServices): Interceptor {
       target: targetOf(request.method.name, requestMessage, response, peer),
       result,
       ...(error !== undefined ? { error } : {}),
-      durationMs: performance.now() - startedMs,
+      durationMs: elapsedMs(),
       ...((requestMessage as { dryRun?: unknown }).dryRun === true ? { dryRun: true } : {}),
     });
     try {

@@ -1,6 +1,7 @@
 import type { HandlerContext } from "@connectrpc/connect";
 import type { Clock } from "../../lib/clock.js";
 import { CloudlessError } from "../../lib/errors.js";
+import type { Rng } from "../../lib/rng.js";
 import type { AuditLog } from "../../observe/audit.js";
 import type { Logger } from "../../observe/logger.js";
 import type { CoordinatorMetrics } from "../../observe/metrics.js";
@@ -34,6 +35,8 @@ export interface CoordinatorServices {
   membership: MembershipService;
   ca: CertificateAuthority;
   clock: Clock;
+  /** Identifiers (uids, request ids) come from here (ADR 0041). */
+  rng: Rng;
   logger: Logger;
   nodeCertTtlMs: number;
   /** Streams of connected nodes, so deleting a node can end its stream at once. */

@@ -1,4 +1,3 @@
-import { randomUUID } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import {
@@ -10,6 +9,7 @@ import {
 import { AsyncQueue } from "../../lib/asyncQueue.js";
 import { CloudlessError } from "../../lib/errors.js";
 import { limits } from "../../lib/limits.js";
+import { startStopwatch } from "../../lib/stopwatch.js";
 import { readFreshClusterState } from "../controllers/clusterCache.js";
 import { emptyCapacity, emptyInfo, type NodeRecord, nodeKey } from "../nodes/nodeRecord.js";
 import { type NodePlacements, placementsByNode } from "../nodes/placements.js";
@@ -130,7 +130,7 @@ export function nodeServiceImpl(services: CoordinatorServices): ServiceImpl<type
       }
       const record: NodeRecord = {
         name,
-        uid: randomUUID(),
+        uid: services.rng.uuid(),
         status: "NotReady",
         statusReason: "AwaitingFirstHeartbeat",
         region: request.region,
@@ -342,9 +342,9 @@ export function nodeServiceImpl(services: CoordinatorServices): ServiceImpl<type
     async measureEgress(requests, context) {
       requireNode(context);
       let bytes = 0;
-      let startedMs: number | undefined;
+      let elapsedMs: (() => number) | undefined;
       for await (const request of requests) {
-        startedMs ??= performance.now();
+        elapsedMs ??= startStopwatch();
         bytes += request.chunk.byteLength;
         if (bytes > maxEgressProbeBytes) {
           throw CloudlessError.invalid(
@@ -352,7 +352,7 @@ export function nodeServiceImpl(services: CoordinatorServices): ServiceImpl<type
           );
         }
       }
-      const durationMs = startedMs === undefined ? 0 : Math.round(performance.now() - startedMs);
+      const durationMs = elapsedMs === undefined ? 0 : Math.round(elapsedMs());
       return { bytesReceived: BigInt(bytes), durationMs };
     },
 

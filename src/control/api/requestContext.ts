@@ -5,7 +5,6 @@
  * (heartbeats, watches, logs, exec) get a request ID and logger but no span: they last
  * as long as their peer wants, and a span per heartbeat would drown everything else.
  */
-import { randomBytes } from "node:crypto";
 import {
   Code,
   ConnectError,
@@ -14,6 +13,8 @@ import {
   type Interceptor,
 } from "@connectrpc/connect";
 import { codeToString } from "@connectrpc/connect/protocol-connect";
+import type { Rng } from "../../lib/rng.js";
+import { startStopwatch } from "../../lib/stopwatch.js";
 import type { Logger } from "../../observe/logger.js";
 import {
   endSpan,
@@ -48,16 +49,16 @@ const serverFaults = new Set<Code>([
 ]);
 
 /** A caller's own request ID is kept if it is short and plain; otherwise a new one is made. */
-function requestIdOf(header: string | null): string {
+function requestIdOf(header: string | null, rng: Rng): string {
   if (header && /^[A-Za-z0-9._:-]{1,64}$/.test(header)) return header;
-  return randomBytes(8).toString("hex");
+  return rng.bytes(8).toString("hex");
 }
 
 /** Put it outermost: its span and logger then cover the other interceptors too. */
-export function requestContextInterceptor(logger: Logger): Interceptor {
+export function requestContextInterceptor(logger: Logger, rng: Rng): Interceptor {
   return (next) => async (request) => {
     const procedure = `${request.service.typeName}/${request.method.name}`;
-    const reqId = requestIdOf(request.header.get(requestIdHeader));
+    const reqId = requestIdOf(request.header.get(requestIdHeader), rng);
     if (request.method.methodKind !== "unary") {
       request.contextValues.set(requestLoggerKey, logger.child({ reqId, method: procedure }));
       return next(request);
@@ -81,12 +82,12 @@ export function requestContextInterceptor(logger: Logger): Interceptor {
     return runInSpan(span, async () => {
       const log = logger.child({ reqId, method: procedure });
       request.contextValues.set(requestLoggerKey, log);
-      const started = performance.now();
+      const elapsedMs = startStopwatch();
       try {
         const response = await next(request);
         span.setAttribute("rpc.response.status_code", "ok");
         response.header.set(requestIdHeader, reqId);
-        log.debug({ code: "ok", durationMs: Math.round(performance.now() - started) }, "served");
+        log.debug({ code: "ok", durationMs: Math.round(elapsedMs()) }, "served");
         return response;
       } catch (error) {
         const connectError = ConnectError.from(error);
@@ -99,7 +100,7 @@ export function requestContextInterceptor(logger: Logger): Interceptor {
           failSpan(span, connectError);
         }
         if (error instanceof ConnectError) error.metadata.set(requestIdHeader, reqId);
-        log.debug({ code, durationMs: Math.round(performance.now() - started) }, "served");
+        log.debug({ code, durationMs: Math.round(elapsedMs()) }, "served");
         throw error;
       } finally {
         endSpan(span);

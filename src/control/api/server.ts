@@ -8,6 +8,7 @@ import { EventService } from "../../gen/cloudless/v1/event_pb.js";
 import { NodeService } from "../../gen/cloudless/v1/node_pb.js";
 import { TokenService } from "../../gen/cloudless/v1/token_pb.js";
 import { WorkloadService } from "../../gen/cloudless/v1/workload_pb.js";
+import type { Clock } from "../../lib/clock.js";
 import { CloudlessError } from "../../lib/errors.js";
 import { limits, specTooLargeMessage } from "../../lib/limits.js";
 import { metricsPath } from "../../observe/metrics.js";
@@ -59,8 +60,8 @@ export async function startApiServer(
   services: CoordinatorServices,
   options: ApiServerOptions,
 ): Promise<ApiServer> {
-  const authenticationFailures = new RateLimitedRecorder(10_000);
-  const permissionDenials = new RateLimitedRecorder(10_000);
+  const authenticationFailures = new RateLimitedRecorder(10_000, services.clock);
+  const permissionDenials = new RateLimitedRecorder(10_000, services.clock);
 
   const recordAuthenticationFailure = (peer: Peer, methodName: string, reason: string) =>
     authenticationFailures.maybeRecord(peer.address, () =>
@@ -165,7 +166,7 @@ export async function startApiServer(
     // Request ID, logger and trace span outermost, so they cover everything; then
     // metrics and audit: they see the codes of refusals by the others.
     interceptors: [
-      requestContextInterceptor(services.logger),
+      requestContextInterceptor(services.logger, services.rng),
       metricsInterceptor(services.metrics),
       auditInterceptor(services),
       mapErrors,
@@ -375,10 +376,13 @@ function refusePlainText(socket: net.Socket): void {
 /** Records at most one event per key per interval, so a scanner cannot flood the event log. */
 class RateLimitedRecorder {
   private readonly lastMs = new Map<string, number>();
-  constructor(private readonly intervalMs: number) {}
+  constructor(
+    private readonly intervalMs: number,
+    private readonly clock: Clock,
+  ) {}
   maybeRecord(key: string, record: () => Promise<void>): void {
     const host = key.replace(/:\d+$/, "");
-    const now = Date.now();
+    const now = this.clock.nowMs();
     if (now - (this.lastMs.get(host) ?? 0) < this.intervalMs) return;
     if (this.lastMs.size > 10_000) this.lastMs.clear();
     this.lastMs.set(host, now);

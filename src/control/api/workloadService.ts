@@ -1,4 +1,3 @@
-import { createHash, randomUUID } from "node:crypto";
 import { create, type JsonObject } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import type { ServiceImpl } from "@connectrpc/connect";
@@ -40,6 +39,7 @@ import {
   formatSpecErrors,
   parseWorkloadText,
   parseWorkloadValue,
+  specHash,
   specTextTooLarge,
 } from "../workloads/parse.js";
 import type { WorkloadSpecDocument } from "../workloads/spec.js";
@@ -59,10 +59,7 @@ const rolloutPollMs = 250;
 export function templateHash(doc: WorkloadSpecDocument): string {
   const { replicas: _r, minAvailable: _m, rollout: _o, ...template } = doc.spec;
   const { rebalance: _b, ...placement } = template.placement;
-  return createHash("sha256")
-    .update(canonicalSpecJson({ ...doc, spec: { ...template, placement } } as WorkloadSpecDocument))
-    .digest("hex")
-    .slice(0, 16);
+  return specHash({ ...doc, spec: { ...template, placement } } as WorkloadSpecDocument);
 }
 
 const dnsLabelPattern = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
@@ -137,7 +134,7 @@ export function workloadServiceImpl(
           action = "created";
           record = {
             // A dry run makes up no identity: its workload has no uid and no times yet.
-            uid: request.dryRun ? "" : randomUUID(),
+            uid: request.dryRun ? "" : services.rng.uuid(),
             namespace,
             name,
             revision: 1,

@@ -1,4 +1,3 @@
-import { randomBytes } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
 import {
   CancelRequestSchema,
@@ -8,6 +7,7 @@ import {
 } from "../../gen/cloudless/v1/node_pb.js";
 import { AsyncQueue } from "../../lib/asyncQueue.js";
 import { CloudlessError } from "../../lib/errors.js";
+import type { Rng } from "../../lib/rng.js";
 import type { AssignmentHub } from "./assignmentHub.js";
 
 export interface TunnelLogLine {
@@ -40,14 +40,17 @@ export class TunnelHub {
     { node: string; resolve: (result: TunnelExecResult) => void; reject: (error: unknown) => void }
   >();
 
-  constructor(private readonly assignments: AssignmentHub) {}
+  constructor(
+    private readonly assignments: AssignmentHub,
+    private readonly rng: Rng,
+  ) {}
 
   async *logs(
     node: string,
     replicaId: string,
     options: { follow: boolean; tailLines: number; signal: AbortSignal },
   ): AsyncGenerator<TunnelLogLine> {
-    const requestId = randomBytes(12).toString("hex");
+    const requestId = this.rng.bytes(12).toString("hex");
     const queue = new AsyncQueue<TunnelLogLine>(logQueueLimit);
     this.logRequests.set(requestId, { node, queue });
     const sent = this.assignments.send(
@@ -106,7 +109,7 @@ export class TunnelHub {
     command: string[],
     timeoutMs: number,
   ): Promise<TunnelExecResult> {
-    const requestId = randomBytes(12).toString("hex");
+    const requestId = this.rng.bytes(12).toString("hex");
     return new Promise<TunnelExecResult>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.execRequests.delete(requestId);

@@ -1,4 +1,4 @@
-import { createHash, randomBytes } from "node:crypto";
+import { createHash } from "node:crypto";
 import type { Clock } from "../../lib/clock.js";
 import { limits } from "../../lib/limits.js";
 import type { Rng } from "../../lib/rng.js";
@@ -270,6 +270,7 @@ export class WorkloadController {
   }
 
   private async pass(): Promise<void> {
+    // biome-ignore lint/plugin/clockAndRng: the pass span's start; the tracer stamps its end on the real clock
     const startTime = Date.now();
     await this.cache.ready();
     const full = this.fullPass;
@@ -375,7 +376,7 @@ export class WorkloadController {
       const workload = state.workloads.get(key)?.value;
       const replicas = state.replicasByWorkload.get(key) ?? [];
       const spec = workload ? asSpecView(workload.spec) : undefined;
-      const newId = () => newReplicaId(workload?.name ?? "replica");
+      const newId = () => newReplicaId(workload?.name ?? "replica", this.options.rng);
       const planned = reconcileWorkload({
         workload:
           workload && spec
@@ -1145,8 +1146,8 @@ function fits(node: SchedNode, request: SchedNode["allocated"]): boolean {
   );
 }
 
-function newReplicaId(workloadName: string): string {
-  return `${workloadName}-${randomBytes(4).toString("hex")}`;
+function newReplicaId(workloadName: string, rng: Rng): string {
+  return `${workloadName}-${rng.bytes(4).toString("hex")}`;
 }
 
 /** What one pass of the rebalancer may still do, and what it computed once for all. */

@@ -1,6 +1,6 @@
-import { randomBytes } from "node:crypto";
 import type { Clock } from "../../lib/clock.js";
 import { CloudlessError } from "../../lib/errors.js";
+import { type Rng, systemRng } from "../../lib/rng.js";
 import { deleteInChunks, txnOpsFor, yieldToEventLoop } from "../controllers/txnBatches.js";
 import type { Store, Watch } from "../store/store.js";
 
@@ -106,6 +106,7 @@ export class EventLog {
     private readonly store: Store,
     private readonly clock: Clock,
     private readonly retention: EventRetention = defaultEventRetention,
+    private readonly rng: Rng = systemRng,
   ) {}
 
   /**
@@ -130,7 +131,7 @@ export class EventLog {
     // Time first so trimming by age can walk keys in order; the suffix keeps keys
     // unique across coordinators without coordination.
     this.counter = (this.counter + 1) % 1_000_000;
-    const key = `${eventKeyPrefix}${String(timeMs).padStart(15, "0")}-${String(this.counter).padStart(6, "0")}-${randomBytes(3).toString("hex")}`;
+    const key = `${eventKeyPrefix}${String(timeMs).padStart(15, "0")}-${String(this.counter).padStart(6, "0")}-${this.rng.bytes(3).toString("hex")}`;
     return new Promise<void>((resolve, reject) => {
       this.queued.push({ key, stored, settle: (error) => (error ? reject(error) : resolve()) });
       if (this.queued.length > maxQueuedEvents) {

@@ -1,5 +1,6 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
+import { seededRng } from "../../lib/rng.js";
 import type { ScorePlugin } from "./plugin.js";
 import { schedule } from "./schedule.js";
 import {
@@ -207,7 +208,7 @@ describe("REQ-021 weighted formula", () => {
         pending: [makeReplica("r", "ns/w")],
         weights,
         nowMs: 0,
-        rng: { next: () => 0 },
+        rng: { ...seededRng(0), next: () => 0 },
       }).placements[0]?.node;
     const zero = { locality: 0, reliability: 0, cost: 0, utilizationBalance: 0, networkPenalty: 0 };
     expect(winner({ ...zero, reliability: 1 })).toBe("steady");

@@ -13,6 +13,7 @@ import {
   createPrivateKey,
   createPublicKey,
   KeyObject,
+  // biome-ignore lint/style/noRestrictedImports: certificate serials must be unpredictable; temp names unique across processes
   randomBytes,
   webcrypto,
   X509Certificate,

@@ -1,6 +1,7 @@
 import {
   createCipheriv,
   createDecipheriv,
+  // biome-ignore lint/style/noRestrictedImports: the cluster secret, salts and IVs: cryptographic randomness only
   randomBytes,
   scrypt as scryptCallback,
 } from "node:crypto";

@@ -5,6 +5,7 @@
  * secret (as k3s does), so a man in the middle learns nothing. The id is the lookup key
  * and safe to log; only a hash of the secret is stored, and tokens are one-time.
  */
+// biome-ignore lint/style/noRestrictedImports: token ids and secrets are credentials: cryptographic randomness only
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 
 export const TOKEN_PREFIX = "CL1";

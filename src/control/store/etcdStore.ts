@@ -10,7 +10,6 @@
  * deadline and fails with a StoreError.
  */
 
-import { randomInt } from "node:crypto";
 import {
   ConsecutiveBreaker,
   ConstantBackoff,
@@ -38,6 +37,7 @@ import {
   type KVClient,
 } from "etcd3";
 import { type Clock, systemClock } from "../../lib/clock.js";
+import { type Rng, systemRng } from "../../lib/rng.js";
 import { DEFAULT_NAMESPACE, EtcdKeyspace, normalizeNamespace } from "./etcdKeyspace.js";
 import { EtcdWatch, type WatchHost, type WatchStream } from "./etcdWatch.js";
 import {
@@ -85,6 +85,8 @@ export interface EtcdStoreOptions {
   prefix?: string;
   /** Drives this backend's own timers (watch confirmation). Leases expire on etcd's clock. */
   clock?: Clock;
+  /** Chooses lease ids. */
+  rng?: Rng;
   /** How long opening waits for any member to answer (default 5 s). */
   dialTimeoutMs?: number;
   /** Deadline of every call (default 5 s). */
@@ -99,6 +101,11 @@ export interface EtcdStore extends Store {
 }
 
 type CallOptions = NonNullable<Parameters<KVClient["range"]>[1]>;
+
+/** A lease id in [1, LEASE_ID_LIMIT), from six random bytes (the limit is 2^48). */
+function randomLeaseId(rng: Rng): number {
+  return (rng.bytes(6).readUIntBE(0, 6) % (LEASE_ID_LIMIT - 1)) + 1;
+}
 
 /** Parses `etcd://host1:2379,host2:2379[/prefix]` (the coordinator's `--store` value). */
 export function parseEtcdStoreUrl(url: string): { endpoints: string[]; prefix?: string } {
@@ -137,6 +144,7 @@ export async function openEtcdStore(options: EtcdStoreOptions): Promise<EtcdStor
     endpoints.map((e) => e.trim()),
     namespace,
     options.clock ?? systemClock,
+    options.rng ?? systemRng,
     requestTimeoutMs,
   );
   try {
@@ -209,6 +217,7 @@ class EtcdStoreImpl implements EtcdStore, WatchHost {
     readonly endpoints: readonly string[],
     readonly prefix: string,
     readonly clock: Clock,
+    private readonly rng: Rng,
     readonly requestTimeoutMs: number,
   ) {
     this.keyspace = new EtcdKeyspace(prefix);
@@ -411,7 +420,7 @@ class EtcdStoreImpl implements EtcdStore, WatchHost {
     // etcd counts whole seconds; rounding up never gives less time than asked for.
     const ttlSeconds = Math.max(1, Math.ceil(ttlMs / 1_000));
     for (let i = 0; i < LEASE_ID_ATTEMPTS; i++) {
-      const id = randomInt(1, LEASE_ID_LIMIT);
+      const id = randomLeaseId(this.rng);
       try {
         const response = await this.attempt("grantLease", (options) =>
           this.client.leaseClient.leaseGrant({ ID: String(id), TTL: String(ttlSeconds) }, options),
@@ -646,6 +655,7 @@ class EtcdStoreImpl implements EtcdStore, WatchHost {
     options: { idempotent?: boolean; timeoutMs?: number } = {},
   ): Promise<T> {
     this.assertOpen();
+    // biome-ignore lint/plugin/clockAndRng: a gRPC deadline is a wall-clock Date that grpc-js checks on the real clock
     const deadline = Date.now() + (options.timeoutMs ?? this.requestTimeoutMs);
     for (let attempt = 1; ; attempt++) {
       try {
@@ -658,6 +668,7 @@ class EtcdStoreImpl implements EtcdStore, WatchHost {
         const again =
           options.idempotent === true &&
           attempt <= this.endpoints.length &&
+          // biome-ignore lint/plugin/clockAndRng: the gRPC deadline above, on the same real clock
           Date.now() < deadline &&
           (err instanceof GRPCUnavailableError || grpcCode(err) === 14);
         if (!again) throw err;

@@ -2,16 +2,34 @@
  * The embedded store backend: one SQLite file (better-sqlite3, WAL), owned by one
  * coordinator process at a time (DESIGN.md decision 1, REQ-012).
  *
- * Layout, after kine: `kv` holds current values, `log` holds every change (one row per
- * key changed, all rows of a transaction sharing its revision), `meta` holds the
- * revision counters and the schema version, `leases` holds lease deadlines. Watches
- * replay `log` and then switch to changes delivered from memory as they commit.
+ * This module is the contract (store.ts) over that file: reads, transactions at one
+ * revision each, leases and compaction. The file format — tables, statements, opening
+ * and refusing files — is sqliteSchema.ts; watches (replay of the log, then changes from
+ * memory as they commit) are sqliteWatch.ts.
  */
 
 import Database from "better-sqlite3";
 import { type Clock, systemClock } from "../../lib/clock.js";
 import { ensurePrivateFile, type TightenedFile, tightenFileMode } from "../../lib/privateFiles.js";
 import { leaseNotFound, requireKey, requirePrefix, validateTxn } from "./requestValidation.js";
+import {
+  corrupt,
+  deletedKv,
+  errorMessage,
+  eventFromLogRow,
+  type KvRow,
+  kvFromRow,
+  type LeaseRow,
+  type LogRow,
+  type MetaRow,
+  openError,
+  prefixEnd,
+  prepareDatabase,
+  prepareStatements,
+  type Statements,
+  sqliteCode,
+} from "./sqliteSchema.js";
+import { type RevisionEvents, SqliteWatchers } from "./sqliteWatch.js";
 import {
   type Compare,
   type KeyValue,
@@ -25,18 +43,17 @@ import {
   type TxnRequest,
   type TxnResult,
   type Watch,
-  type WatchEnd,
   type WatchEvent,
   type WatchHandlers,
   type WatchOptions,
 } from "./store.js";
 
-const SCHEMA_VERSION = 1;
+/** Bounds prefixes in key order; exported here too for the store's own tests. */
+export { prefixEnd } from "./sqliteSchema.js";
+
 const DEFAULT_HISTORY_LIMIT = 10_000;
 const DEFAULT_LEASE_CHECK_INTERVAL_MS = 250;
 const DEFAULT_MAX_PENDING_REVISIONS = 10_000;
-/** Revisions read from the log per replay step; bounds memory and event-loop stalls. */
-const REPLAY_CHUNK_REVISIONS = 512;
 /** Leases revoked per expiry check, so one check never stalls the event loop for long. */
 const EXPIRY_BATCH = 1_000;
 /**
@@ -72,91 +89,6 @@ export interface SqliteStore extends Store {
   readonly backend: "sqlite";
   readonly path: string;
 }
-
-interface KvRow {
-  key: string;
-  value: string;
-  create_revision: number;
-  mod_revision: number;
-  version: number;
-  lease: number;
-}
-
-interface LogRow {
-  revision: number;
-  key: string;
-  /** NULL: the key was deleted at this revision. */
-  value: string | null;
-  create_revision: number;
-  version: number;
-  lease: number;
-  prev_value: string | null;
-  prev_create_revision: number | null;
-  prev_mod_revision: number | null;
-  prev_version: number | null;
-  prev_lease: number | null;
-}
-
-interface MetaRow {
-  schema_version: number;
-  revision: number;
-  compact_revision: number;
-  next_lease_id: number;
-}
-
-interface LeaseRow {
-  id: number;
-  ttl_ms: number;
-  expires_at_ms: number;
-}
-
-const SCHEMA_SQL = `
-CREATE TABLE meta (
-  id INTEGER PRIMARY KEY CHECK (id = 1),
-  schema_version INTEGER NOT NULL,
-  revision INTEGER NOT NULL,
-  compact_revision INTEGER NOT NULL,
-  next_lease_id INTEGER NOT NULL
-);
-CREATE TABLE kv (
-  key TEXT PRIMARY KEY,
-  value TEXT NOT NULL,
-  create_revision INTEGER NOT NULL,
-  mod_revision INTEGER NOT NULL,
-  version INTEGER NOT NULL,
-  lease INTEGER NOT NULL
-) WITHOUT ROWID;
-CREATE INDEX kv_lease ON kv (lease);
-CREATE TABLE log (
-  revision INTEGER NOT NULL,
-  sub INTEGER NOT NULL,
-  key TEXT NOT NULL,
-  value TEXT,
-  create_revision INTEGER NOT NULL,
-  version INTEGER NOT NULL,
-  lease INTEGER NOT NULL,
-  prev_value TEXT,
-  prev_create_revision INTEGER,
-  prev_mod_revision INTEGER,
-  prev_version INTEGER,
-  prev_lease INTEGER,
-  PRIMARY KEY (revision, sub)
-) WITHOUT ROWID;
-CREATE TABLE leases (
-  id INTEGER PRIMARY KEY,
-  ttl_ms INTEGER NOT NULL,
-  expires_at_ms INTEGER NOT NULL
-);
-CREATE INDEX leases_expiry ON leases (expires_at_ms);
-`;
-
-const REQUIRED_TABLES = ["meta", "kv", "log", "leases"];
-
-const KV_COLUMNS = "key, value, create_revision, mod_revision, version, lease";
-const KV_KEYS_ONLY_COLUMNS = "key, '' AS value, create_revision, mod_revision, version, lease";
-const LOG_COLUMNS =
-  "revision, key, value, create_revision, version, lease, prev_value, prev_create_revision, " +
-  "prev_mod_revision, prev_version, prev_lease";
 
 /** Opens (or creates) the store at `options.path`, taking an OS-level exclusive lock. */
 export async function openSqliteStore(options: SqliteStoreOptions): Promise<SqliteStore> {
@@ -210,113 +142,12 @@ export async function openSqliteStore(options: SqliteStoreOptions): Promise<Sqli
   }
 }
 
-/** Checks the file, takes the lock, creates the schema when the file is new. */
-function prepareDatabase(db: Database.Database, path: string): MetaRow {
-  // Set before the first access: in WAL mode this keeps the wal-index in heap memory
-  // (no -shm file) and holds the file lock until close, so a second process fails.
-  db.pragma("locking_mode = EXCLUSIVE");
-  // Only read until the file is known to be ours, so a foreign or damaged file is
-  // left exactly as it was.
-  const objects = db.prepare("SELECT type, name FROM sqlite_master").all() as {
-    type: string;
-    name: string;
-  }[];
-  const fresh = objects.length === 0;
-  if (!fresh) {
-    const tables = new Set(objects.filter((o) => o.type === "table").map((o) => o.name));
-    const missing = REQUIRED_TABLES.filter((t) => !tables.has(t));
-    if (missing.length > 0) {
-      throw corrupt(path, `not a Cloudless store: missing table(s) ${missing.join(", ")}`);
-    }
-    readMeta(db, path);
-  }
-  const mode = db.pragma("journal_mode = WAL", { simple: true });
-  if (mode !== "wal") {
-    throw new StoreError(
-      `store ${path} could not switch to WAL mode (got ${String(mode)}); ` +
-        "put the data directory on a local filesystem",
-      "unavailable",
-    );
-  }
-  db.pragma("synchronous = FULL");
-  // Take the exclusive lock now rather than at the first write.
-  db.exec("BEGIN EXCLUSIVE; COMMIT");
-  if (fresh) {
-    db.transaction(() => {
-      db.exec(SCHEMA_SQL);
-      db.prepare(
-        "INSERT INTO meta (id, schema_version, revision, compact_revision, next_lease_id) " +
-          "VALUES (1, ?, 0, 0, 1)",
-      ).run(SCHEMA_VERSION);
-    })();
-  }
-  return readMeta(db, path);
-}
-
-function readMeta(db: Database.Database, path: string): MetaRow {
-  let meta: MetaRow | undefined;
-  try {
-    meta = db
-      .prepare(
-        "SELECT schema_version, revision, compact_revision, next_lease_id FROM meta WHERE id = 1",
-      )
-      .get() as MetaRow | undefined;
-  } catch (err) {
-    if (sqliteCode(err)?.startsWith("SQLITE_ERROR")) {
-      throw corrupt(path, `meta table unreadable: ${errorMessage(err)}`, err);
-    }
-    throw err;
-  }
-  if (!meta) throw corrupt(path, "meta row missing");
-  if (meta.schema_version !== SCHEMA_VERSION) {
-    throw new StoreError(
-      `store ${path} has schema version ${String(meta.schema_version)}, but this Cloudless ` +
-        `only reads version ${SCHEMA_VERSION}; run the Cloudless release that wrote it, or ` +
-        "restore a backup — Cloudless will not reinitialise it",
-      "corrupt",
-    );
-  }
-  for (const field of ["revision", "compact_revision", "next_lease_id"] as const) {
-    if (!Number.isSafeInteger(meta[field]) || meta[field] < 0) {
-      throw corrupt(path, `meta.${field} is ${String(meta[field])}`);
-    }
-  }
-  if (meta.compact_revision > meta.revision) {
-    throw corrupt(path, "compact revision is ahead of the revision");
-  }
-  return meta;
-}
-
 interface StoreSettings {
   clock: Clock;
   historyLimit: number;
   leaseCheckIntervalMs: number;
   maxPendingRevisions: number;
   compactIntervalMs: number | undefined;
-}
-
-/** The changes of one revision, as delivered to one watcher. */
-interface RevisionEvents {
-  revision: number;
-  events: WatchEvent[];
-}
-
-interface Watcher {
-  prefix: string;
-  handlers: WatchHandlers;
-  /** Next revision to read from the log; replay is done once it passes replayEnd. */
-  replayNext: number;
-  replayEnd: number;
-  /** Live changes below this revision are covered by the replay (or were asked to skip). */
-  liveFrom: number;
-  /** The revision a consumer should resume from if this watch ends now. */
-  resumeFrom: number;
-  pending: RevisionEvents[];
-  scheduled: boolean;
-  /** The store is closing: deliver what is in memory, then end. */
-  closing: boolean;
-  done: boolean;
-  cancelled: boolean;
 }
 
 /** The revision being written and the events it produced, in order. */
@@ -330,8 +161,8 @@ class SqliteStoreImpl implements SqliteStore {
   private revision: number;
   private compactRevision: number;
   private closed = false;
-  private readonly watchers = new Set<Watcher>();
-  private readonly stmts: ReturnType<typeof prepareStatements>;
+  private readonly watches: SqliteWatchers;
+  private readonly stmts: Statements;
   private readonly inTransaction: (fn: () => unknown) => unknown;
   private readonly compactSlack: number;
   private cancelLeaseTimer: (() => void) | undefined;
@@ -347,11 +178,14 @@ class SqliteStoreImpl implements SqliteStore {
   ) {
     this.revision = meta.revision;
     this.compactRevision = meta.compact_revision;
-    try {
-      this.stmts = prepareStatements(db);
-    } catch (err) {
-      throw corrupt(path, `schema check failed: ${errorMessage(err)}`, err);
-    }
+    this.stmts = prepareStatements(db, path);
+    this.watches = new SqliteWatchers({
+      path,
+      maxPendingRevisions: settings.maxPendingRevisions,
+      compactRevision: () => this.compactRevision,
+      isClosed: () => this.closed,
+      readLog: (prefix, from, to) => this.readLog(prefix, from, to),
+    });
     this.inTransaction = db.transaction((fn: () => unknown) => fn());
     // Compacting in batches of a tenth of the history keeps each write's share small.
     this.compactSlack = Math.max(1, Math.min(1_000, Math.floor(settings.historyLimit / 10)));
@@ -411,38 +245,10 @@ class SqliteStoreImpl implements SqliteStore {
     if (requested !== undefined && !Number.isSafeInteger(requested)) {
       throw new StoreError(`watch fromRevision must be an integer, got ${requested}`, "invalid");
     }
-    const current = this.revision;
-    // Revision 0 never holds a change, so "from 0" and "from 1" ask for the same thing.
-    const from = requested === undefined ? current + 1 : Math.max(1, requested);
-    const watcher: Watcher = {
-      prefix,
-      handlers,
-      replayNext: from,
-      replayEnd: current,
-      liveFrom: Math.max(from, current + 1),
-      resumeFrom: from,
-      pending: [],
-      scheduled: false,
-      closing: false,
-      done: false,
-      cancelled: false,
-    };
-    const cancel = () => {
-      watcher.cancelled = true;
-      watcher.done = true;
-      watcher.pending = [];
-      this.watchers.delete(watcher);
-    };
-    if (from <= this.compactRevision) {
-      this.endWatch(watcher, this.compactedEnd(watcher, from));
-      return { cancel };
-    }
-    // Registered synchronously with the revision read above: writes after `current`
-    // arrive through notify(), everything up to it through the replay, so the switch
-    // from replay to live has neither a gap nor an overlap.
-    this.watchers.add(watcher);
-    if (watcher.replayNext <= watcher.replayEnd) this.schedule(watcher, false);
-    return { cancel };
+    // Opened synchronously with the revision read here: writes after it arrive through
+    // notify(), everything up to it through the replay, so the switch from replay to
+    // live has neither a gap nor an overlap.
+    return this.watches.open(prefix, requested, this.revision, handlers);
   }
 
   async currentRevision(): Promise<number> {
@@ -518,15 +324,7 @@ class SqliteStoreImpl implements SqliteStore {
     this.closed = true;
     this.cancelLeaseTimer?.();
     this.cancelCompactTimer?.();
-    for (const watcher of this.watchers) {
-      if (watcher.replayNext > watcher.replayEnd) {
-        // Changes already in memory were committed; hand them over before ending.
-        watcher.closing = true;
-        this.schedule(watcher, false);
-      } else {
-        this.endWatch(watcher, this.closedEnd(watcher));
-      }
-    }
+    this.watches.closeAll();
     this.db.close();
   }
 
@@ -555,7 +353,7 @@ class SqliteStoreImpl implements SqliteStore {
     if (batch.events.length === 0) return this.revision;
     this.revision = batch.revision;
     if (compactTo > 0) this.compactRevision = compactTo;
-    this.notify(batch.revision, batch.events);
+    this.watches.notify(batch.revision, batch.events);
     return this.revision;
   }
 
@@ -716,135 +514,7 @@ class SqliteStoreImpl implements SqliteStore {
     }
   }
 
-  // --- watches ------------------------------------------------------------------
-
-  /** Hands the changes of a committed revision to every watcher that wants them. */
-  private notify(revision: number, events: WatchEvent[]): void {
-    for (const watcher of this.watchers) {
-      if (revision < watcher.liveFrom) continue;
-      const matched =
-        watcher.prefix === "" ? events : events.filter((e) => e.kv.key.startsWith(watcher.prefix));
-      if (matched.length === 0) continue;
-      if (watcher.pending.length >= this.settings.maxPendingRevisions) {
-        this.endWatch(watcher, {
-          reason: "closed",
-          message:
-            `watch on prefix ${JSON.stringify(watcher.prefix)} fell more than ` +
-            `${this.settings.maxPendingRevisions} revisions behind and was closed; ` +
-            `watch again with fromRevision ${watcher.resumeFrom}`,
-        });
-        continue;
-      }
-      watcher.pending.push({ revision, events: matched });
-      this.schedule(watcher, false);
-    }
-  }
-
-  /**
-   * Delivery always runs later, never inside the writer's call stack. A microtask keeps
-   * live latency low; replay steps use setImmediate so a long replay lets I/O through.
-   */
-  private schedule(watcher: Watcher, yieldToIo: boolean): void {
-    if (watcher.scheduled || watcher.done) return;
-    watcher.scheduled = true;
-    const run = () => {
-      watcher.scheduled = false;
-      this.pump(watcher);
-    };
-    if (yieldToIo) setImmediate(run);
-    else queueMicrotask(run);
-  }
-
-  private pump(watcher: Watcher): void {
-    if (watcher.done) return;
-    if (watcher.replayNext <= watcher.replayEnd) {
-      if (this.closed) {
-        this.endWatch(watcher, this.closedEnd(watcher));
-        return;
-      }
-      if (watcher.replayNext <= this.compactRevision) {
-        this.endWatch(watcher, this.compactedEnd(watcher, watcher.replayNext));
-        return;
-      }
-      const to = Math.min(watcher.replayEnd, watcher.replayNext + REPLAY_CHUNK_REVISIONS - 1);
-      let groups: RevisionEvents[];
-      try {
-        groups = this.readLog(watcher.prefix, watcher.replayNext, to);
-      } catch (err) {
-        this.endWatch(watcher, {
-          reason: "closed",
-          message:
-            `watch replay failed (${errorMessage(err)}); ` +
-            `watch again with fromRevision ${watcher.resumeFrom}`,
-        });
-        return;
-      }
-      watcher.replayNext = to + 1;
-      for (const group of groups) {
-        if (!this.deliver(watcher, group)) return;
-      }
-      watcher.resumeFrom = Math.max(watcher.resumeFrom, to + 1);
-      if (watcher.replayNext <= watcher.replayEnd) {
-        this.schedule(watcher, true);
-        return;
-      }
-    }
-    while (watcher.pending.length > 0 && !watcher.done) {
-      const batch = watcher.pending;
-      watcher.pending = [];
-      for (const group of batch) {
-        if (!this.deliver(watcher, group)) return;
-      }
-    }
-    if (watcher.closing && !watcher.done) this.endWatch(watcher, this.closedEnd(watcher));
-  }
-
-  private deliver(watcher: Watcher, group: RevisionEvents): boolean {
-    try {
-      watcher.handlers.onEvents(group.events, group.revision);
-    } catch (err) {
-      // A throwing handler must not take the store down; end its watch instead and say
-      // where to pick up (this revision again, since its handling failed).
-      this.endWatch(watcher, {
-        reason: "closed",
-        message:
-          `watch handler failed at revision ${group.revision} (${errorMessage(err)}); ` +
-          `watch again with fromRevision ${group.revision}`,
-      });
-      return false;
-    }
-    watcher.resumeFrom = group.revision + 1;
-    return !watcher.done;
-  }
-
-  private endWatch(watcher: Watcher, end: WatchEnd): void {
-    watcher.done = true;
-    watcher.pending = [];
-    this.watchers.delete(watcher);
-    queueMicrotask(() => {
-      if (!watcher.cancelled) watcher.handlers.onEnd?.(end);
-    });
-  }
-
-  private compactedEnd(watcher: Watcher, from: number): WatchEnd {
-    return {
-      reason: "compacted",
-      compactRevision: this.compactRevision,
-      message:
-        `cannot watch ${JSON.stringify(watcher.prefix)} from revision ${from}: history up to ` +
-        `revision ${this.compactRevision} was compacted; read the current state with range() ` +
-        "and watch from its revision + 1",
-    };
-  }
-
-  private closedEnd(watcher: Watcher): WatchEnd {
-    return {
-      reason: "closed",
-      message:
-        `store ${this.path} closed; watch again with fromRevision ${watcher.resumeFrom} ` +
-        "once a store is open",
-    };
-  }
+  // --- the log, for watches ----------------------------------------------------
 
   /** The log between two revisions (inclusive), filtered by prefix, grouped by revision. */
   private readLog(prefix: string, fromRevision: number, toRevision: number): RevisionEvents[] {
@@ -946,159 +616,6 @@ class SqliteStoreImpl implements SqliteStore {
       );
     }
   }
-}
-
-function prepareStatements(db: Database.Database) {
-  return {
-    getKv: db.prepare(`SELECT ${KV_COLUMNS} FROM kv WHERE key = ?`),
-    upsertKv: db.prepare(`INSERT OR REPLACE INTO kv (${KV_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)`),
-    deleteKv: db.prepare("DELETE FROM kv WHERE key = ?"),
-    // max() of two texts compares them with BINARY collation, i.e. in byte order, and
-    // keeps the lower bound a constant so the primary key index is used.
-    range: db.prepare(
-      `SELECT ${KV_COLUMNS} FROM kv WHERE key >= max(?, ?) AND key < ? ORDER BY key LIMIT ?`,
-    ),
-    rangeKeysOnly: db.prepare(
-      `SELECT ${KV_KEYS_ONLY_COLUMNS} FROM kv WHERE key >= max(?, ?) AND key < ? ` +
-        "ORDER BY key LIMIT ?",
-    ),
-    rangeFrom: db.prepare(
-      `SELECT ${KV_COLUMNS} FROM kv WHERE key >= max(?, ?) ORDER BY key LIMIT ?`,
-    ),
-    rangeFromKeysOnly: db.prepare(
-      `SELECT ${KV_KEYS_ONLY_COLUMNS} FROM kv WHERE key >= max(?, ?) ORDER BY key LIMIT ?`,
-    ),
-    insertLog: db.prepare(
-      "INSERT INTO log (revision, sub, key, value, create_revision, version, lease, " +
-        "prev_value, prev_create_revision, prev_mod_revision, prev_version, prev_lease) " +
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    ),
-    logRange: db.prepare(
-      `SELECT ${LOG_COLUMNS} FROM log WHERE revision >= ? AND revision <= ? ` +
-        "AND key >= ? AND key < ? ORDER BY revision, sub",
-    ),
-    logFrom: db.prepare(
-      `SELECT ${LOG_COLUMNS} FROM log WHERE revision >= ? AND revision <= ? ` +
-        "AND key >= ? ORDER BY revision, sub",
-    ),
-    deleteLogUpTo: db.prepare("DELETE FROM log WHERE revision <= ?"),
-    setRevision: db.prepare("UPDATE meta SET revision = ? WHERE id = 1"),
-    setCompactRevision: db.prepare("UPDATE meta SET compact_revision = ? WHERE id = 1"),
-    nextLeaseId: db.prepare("SELECT next_lease_id FROM meta WHERE id = 1").pluck(),
-    setNextLeaseId: db.prepare("UPDATE meta SET next_lease_id = ? WHERE id = 1"),
-    insertLease: db.prepare("INSERT INTO leases (id, ttl_ms, expires_at_ms) VALUES (?, ?, ?)"),
-    getLease: db.prepare("SELECT id, ttl_ms, expires_at_ms FROM leases WHERE id = ?"),
-    renewLease: db.prepare(
-      "UPDATE leases SET expires_at_ms = ? + ttl_ms WHERE id = ? AND expires_at_ms > ?",
-    ),
-    deleteLease: db.prepare("DELETE FROM leases WHERE id = ?"),
-    keysByLease: db.prepare("SELECT key FROM kv WHERE lease = ? ORDER BY key").pluck(),
-    expiredLeases: db
-      .prepare("SELECT id FROM leases WHERE expires_at_ms <= ? ORDER BY expires_at_ms, id LIMIT ?")
-      .pluck(),
-    extendAllLeases: db.prepare("UPDATE leases SET expires_at_ms = max(expires_at_ms, ? + ttl_ms)"),
-    delayLeases: db.prepare("UPDATE leases SET expires_at_ms = expires_at_ms + ?"),
-  };
-}
-
-function kvFromRow(row: KvRow): KeyValue {
-  return {
-    key: row.key,
-    value: row.value,
-    createRevision: row.create_revision,
-    modRevision: row.mod_revision,
-    version: row.version,
-    lease: row.lease,
-  };
-}
-
-function deletedKv(key: string, revision: number): KeyValue {
-  return { key, value: "", createRevision: 0, modRevision: revision, version: 0, lease: 0 };
-}
-
-function eventFromLogRow(row: LogRow): WatchEvent {
-  const prevKv: KeyValue | undefined =
-    row.prev_mod_revision === null
-      ? undefined
-      : {
-          key: row.key,
-          value: row.prev_value ?? "",
-          createRevision: row.prev_create_revision ?? 0,
-          modRevision: row.prev_mod_revision,
-          version: row.prev_version ?? 0,
-          lease: row.prev_lease ?? 0,
-        };
-  const kv: KeyValue =
-    row.value === null
-      ? deletedKv(row.key, row.revision)
-      : {
-          key: row.key,
-          value: row.value,
-          createRevision: row.create_revision,
-          modRevision: row.revision,
-          version: row.version,
-          lease: row.lease,
-        };
-  const type = row.value === null ? "delete" : "put";
-  return prevKv ? { type, kv, prevKv } : { type, kv };
-}
-
-/**
- * The smallest string greater than every string that starts with `prefix`, in code
- * point order (which is UTF-8 byte order, SQLite's BINARY collation); undefined when
- * there is none ("" or all U+10FFFF). Avoids LIKE, whose `%` and `_` are wildcards.
- */
-export function prefixEnd(prefix: string): string | undefined {
-  const codePoints = Array.from(prefix, (c) => c.codePointAt(0) ?? 0);
-  while (codePoints.length > 0) {
-    const last = codePoints.pop() ?? 0;
-    if (last < 0x10ffff) {
-      // Skip the surrogate block: those code points cannot appear in a valid key.
-      codePoints.push(last + 1 === 0xd800 ? 0xe000 : last + 1);
-      return String.fromCodePoint(...codePoints);
-    }
-  }
-  return undefined;
-}
-
-function corrupt(path: string, detail: string, cause?: unknown): StoreError {
-  return new StoreError(
-    `store ${path} is corrupt (${detail}); restore it from a backup or move it aside — ` +
-      "Cloudless will not reinitialise it",
-    "corrupt",
-    { cause },
-  );
-}
-
-function openError(path: string, err: unknown): StoreError {
-  if (err instanceof StoreError) return err;
-  const code = sqliteCode(err) ?? "";
-  if (code.startsWith("SQLITE_BUSY") || code.startsWith("SQLITE_LOCKED")) {
-    return new StoreError(
-      `store ${path} is locked by another process; stop the other coordinator or use a ` +
-        "different --data-dir",
-      "locked",
-      { cause: err },
-    );
-  }
-  if (code.startsWith("SQLITE_NOTADB") || code.startsWith("SQLITE_CORRUPT")) {
-    return corrupt(path, errorMessage(err), err);
-  }
-  return new StoreError(
-    `cannot open store ${path} (${errorMessage(err)}); check that its directory exists and ` +
-      "is writable, or use a different --data-dir",
-    "unavailable",
-    { cause: err },
-  );
-}
-
-function sqliteCode(err: unknown): string | undefined {
-  if (err instanceof Database.SqliteError) return err.code;
-  return undefined;
-}
-
-function errorMessage(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
 }
 
 function requirePositiveInteger(name: string, value: number): void {

@@ -185,7 +185,10 @@ export function canonicalSpecJson(doc: WorkloadSpecDocument): string {
   return JSON.stringify(sortKeys(doc));
 }
 
-/** A short content hash of the canonical spec, so applying an unchanged spec is a no-op. */
+/**
+ * A short content hash of the canonical spec. The API stores the hash of a workload's
+ * template (workloadService.ts, templateHash) to tell a new revision from a re-apply.
+ */
 export function specHash(doc: WorkloadSpecDocument): string {
   return createHash("sha256").update(canonicalSpecJson(doc)).digest("hex").slice(0, 16);
 }
