@@ -272,8 +272,12 @@ class FileReservationAllocator implements HostPortAllocator {
       pid: this.self.pid,
       startTicks: this.self.startTicks,
       owner,
+      // Wall-clock time on purpose: a note for the operator reading the file, never compared.
       reservedAt: new Date().toISOString(),
     };
+    // Random bytes, not the injected rng: they only keep temporary names of one directory
+    // shared by every agent on the host apart (tests play several agents in one process
+    // with one pid); no decision depends on them, and a seeded rng repeats across agents.
     const temporary = path.join(
       this.dir,
       `.tmp-${this.self.pid}-${this.self.startTicks}-${randomBytes(6).toString("hex")}`,
