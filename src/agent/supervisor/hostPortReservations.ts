@@ -275,9 +275,9 @@ class FileReservationAllocator implements HostPortAllocator {
       // Wall-clock time on purpose: a note for the operator reading the file, never compared.
       reservedAt: new Date().toISOString(),
     };
-    // Random bytes, not the injected rng: they only keep temporary names of one directory
-    // shared by every agent on the host apart (tests play several agents in one process
-    // with one pid); no decision depends on them, and a seeded rng repeats across agents.
+    // Random bytes, not the injected rng: they only keep apart the temporary names of
+    // reservations one process writes at the same time, in a directory every agent of the
+    // host shares; no decision depends on them, and a seeded rng would repeat its names.
     const temporary = path.join(
       this.dir,
       `.tmp-${this.self.pid}-${this.self.startTicks}-${randomBytes(6).toString("hex")}`,
