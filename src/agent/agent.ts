@@ -374,6 +374,7 @@ class AgentRunner {
           nodeName: this.identity.nodeName,
           owner,
           logger: this.logger,
+          clock: this.clock,
         });
     for (const driver of detected.drivers) {
       if (!this.options.drivers || this.options.drivers.includes(driver.name)) {

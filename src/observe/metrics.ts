@@ -12,6 +12,7 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Http2ServerRequest, Http2ServerResponse } from "node:http2";
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
+import { replicaPhases } from "../lib/replicaPhase.js";
 import { droppedLogLines } from "./logger.js";
 
 export type { Registry };
@@ -35,18 +36,8 @@ const nonConformingDefaults = [
 /** Node statuses always exported (0 when none), so queries never see a missing series. */
 export const nodeStatuses = ["Ready", "NotReady", "Lost", "Left"] as const;
 
-/** Replica phases always exported (0 when none); the same set agents report. */
-export const replicaPhases = [
-  "Pending",
-  "Scheduled",
-  "Starting",
-  "Running",
-  "CrashLoopBackOff",
-  "Succeeded",
-  "Failed",
-  "Stopped",
-  "Stopping",
-] as const;
+/** Replica phases always exported (0 when none): every phase there is (lib/replicaPhase.ts). */
+export { replicaPhases };
 
 const apiBuckets = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 const storeBuckets = [

@@ -1,16 +1,18 @@
 /**
  * A fleet of hollow nodes in one process: each is the real agent (startAgent — enrollment
  * with its own P-256 key, the heartbeat stream, the replica supervisor, status reports)
- * with a fake runtime, a configured capacity and a fault switch on its transport. Only
- * the runtime is simulated, so the coordinator cannot tell a hollow node from a real one.
+ * with the fake driver as its runtime, a configured capacity and a fault switch on its
+ * transport. Only the runtime is simulated, so the coordinator cannot tell a hollow node
+ * from a real one.
  */
 import { access, mkdir } from "node:fs/promises";
 import * as path from "node:path";
 import { type Agent, startAgent } from "../agent/agent.js";
+import { FakeDriver } from "../agent/drivers/fakeDriver.js";
 import type { MeasuredCapacity } from "../agent/resources/index.js";
+import { systemClock } from "../lib/clock.js";
 import type { Logger } from "../observe/logger.js";
 import { silentLogger } from "../observe/logger.js";
-import { FakeRuntime } from "./fakeRuntime.js";
 import { FaultSwitch } from "./faultSwitch.js";
 
 export interface HollowCapacity {
@@ -74,7 +76,7 @@ export interface HollowNode {
   readonly zone: string;
   state: HollowNodeState;
   readonly faults: FaultSwitch;
-  readonly runtime: FakeRuntime;
+  readonly runtime: FakeDriver;
   agent?: Agent;
   error?: string;
 }
@@ -101,10 +103,11 @@ export class HollowFleet {
           listener?.heartbeatAck?.(name, atMs, !acked);
           acked = true;
         }),
-        runtime: new FakeRuntime({
-          name: "container",
+        // The scheduler places image workloads on nodes that report "container".
+        runtime: new FakeDriver("container", systemClock, {
           startDelayMs: options.replicaStartMs ?? 200,
           onStarted: (event) => listener?.replicaRunning?.({ node: name, ...event }),
+          recordCalls: false,
         }),
       };
       this.nodes.push(node);

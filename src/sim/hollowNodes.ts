@@ -38,7 +38,7 @@ import { createClients, createCoordinatorTransport } from "../client/transport.j
 import { createLogger, isLogLevel } from "../observe/logger.js";
 import { defaultHollowCapacity, HollowFleet } from "./hollowFleet.js";
 
-export { FakeRuntime } from "./fakeRuntime.js";
+export { FakeDriver } from "../agent/drivers/fakeDriver.js";
 export { FaultSwitch } from "./faultSwitch.js";
 export { HollowFleet, type HollowFleetOptions, type HollowListener } from "./hollowFleet.js";
 

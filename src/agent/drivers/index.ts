@@ -1,3 +1,4 @@
+import type { Clock } from "../../lib/clock.js";
 import type { Logger } from "../../observe/logger.js";
 import { silentLogger } from "../../observe/logger.js";
 import { createContainerDriver } from "./containerDriver.js";
@@ -57,6 +58,8 @@ export async function detectDrivers(options: {
   enforceLimits?: boolean;
   /** Passed to the process driver: the cgroup replicas are created under. */
   cgroupParent?: string;
+  /** Passed to the process driver: stamps replicas' start and end times. */
+  clock?: Clock;
 }): Promise<DetectedDrivers> {
   const logger = options.logger ?? silentLogger;
   const candidates: RuntimeDriver[] = [
@@ -72,6 +75,7 @@ export async function detectDrivers(options: {
       ...(options.owner ? { owner: options.owner } : {}),
       ...(options.enforceLimits !== undefined ? { enforceLimits: options.enforceLimits } : {}),
       ...(options.cgroupParent !== undefined ? { cgroupParent: options.cgroupParent } : {}),
+      ...(options.clock ? { clock: options.clock } : {}),
     }),
   ];
   const results = await Promise.all(

@@ -5,6 +5,7 @@ import { tmpdir } from "node:os";
 import * as path from "node:path";
 import { afterAll, afterEach, describe, expect, it } from "vitest";
 import { waitFor } from "../../../test/helpers/processes.js";
+import { ManualClock } from "../../lib/clock.js";
 import { detectCgroupLayout, isInCgroup, prepareParent } from "./cgroups.js";
 import { DriverError, type LogLine, type ReplicaRunSpec } from "./driver.js";
 import { ReplicaOwner } from "./ownership.js";
@@ -127,6 +128,23 @@ describe("process driver without usable cgroups", () => {
     expect((await lenient.status(id)).state).toBe("running");
     await lenient.remove(id);
     expect(await lenient.status(id)).toEqual({ state: "missing" });
+  });
+
+  it("stamps a replica's start and end with the injected clock", async () => {
+    const fakeRoot = await mkdtemp(path.join(tmpdir(), "cloudless-nocgroup-"));
+    dataDirs.push(fakeRoot);
+    const clock = new ManualClock(1_000_000);
+    const { driver } = await newDriver({ cgroupRoot: fakeRoot, enforceLimits: false, clock });
+    const id = replicaId();
+    await driver.start(spec({ replicaId: id, command: ["/bin/sleep", "30"] }));
+    expect(await driver.status(id)).toMatchObject({ state: "running", startedAtMs: 1_000_000 });
+    clock.advance(5_000);
+    await driver.stop(id, 1000);
+    expect(await driver.status(id)).toMatchObject({
+      state: "exited",
+      startedAtMs: 1_000_000,
+      finishedAtMs: 1_005_000,
+    });
   });
 
   it("rejects specs it cannot run as invalid", async () => {

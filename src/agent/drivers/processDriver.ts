@@ -45,6 +45,8 @@ import {
 } from "node:fs/promises";
 import { constants as osConstants } from "node:os";
 import * as path from "node:path";
+import { type Clock, systemClock } from "../../lib/clock.js";
+import { startStopwatch } from "../../lib/stopwatch.js";
 import type { Logger } from "../../observe/logger.js";
 import { silentLogger } from "../../observe/logger.js";
 import { readProcStat } from "../procfs.js";
@@ -102,6 +104,13 @@ export interface ProcessDriverOptions {
   maxLogBytes?: number;
   /** How often log sizes are checked. */
   logCheckIntervalMs?: number;
+  /**
+   * The time replicas' starts and ends are stamped with, and port-owner answers are
+   * remembered by (default the system clock). Waits on a real process (its cgroup join,
+   * its exit) keep real time: they sleep between looks at /proc, and a deadline on a
+   * clock that only tests move would never pass.
+   */
+  clock?: Clock;
 }
 
 export interface ProcessDriver extends RuntimeDriver {
@@ -261,6 +270,7 @@ async function readTail(
 class CgroupProcessDriver implements ProcessDriver {
   readonly name = "process" as const;
   private readonly logger: Logger;
+  private readonly clock: Clock;
   private readonly layout: CgroupLayout;
   private readonly cgroupParent: string;
   private readonly enforceLimits: boolean;
@@ -282,6 +292,7 @@ class CgroupProcessDriver implements ProcessDriver {
 
   constructor(options: ProcessDriverOptions) {
     this.logger = (options.logger ?? silentLogger).child({ driver: "process" });
+    this.clock = options.clock ?? systemClock;
     this.layout = detectCgroupLayout(options.cgroupRoot ?? "/sys/fs/cgroup");
     this.owner = options.owner;
     const parent = options.cgroupParent ?? "cloudless";
@@ -442,7 +453,7 @@ class CgroupProcessDriver implements ProcessDriver {
       const written = await this.readExitRecord(tracked.replicaId);
       tracked.exit = {
         exitCode: written?.exitCode,
-        finishedAtMs: written?.finishedAtMs ?? Date.now(),
+        finishedAtMs: written?.finishedAtMs ?? this.clock.nowMs(),
         oomKilled:
           written?.oomKilled ?? (tracked.cgroup ? readOomKillCount(tracked.cgroup) > 0 : false),
       };
@@ -569,7 +580,7 @@ class CgroupProcessDriver implements ProcessDriver {
     const record: ProcessRecord = {
       pid: 0,
       startTicks: undefined,
-      startedAtMs: Date.now(),
+      startedAtMs: this.clock.nowMs(),
       cgroup,
     };
     const tracked = this.newTracked(replicaId, record, child);
@@ -611,9 +622,10 @@ class CgroupProcessDriver implements ProcessDriver {
    */
   private async waitJoined(tracked: Tracked, cgroup: CgroupPaths): Promise<void> {
     const suffix = cgroupSuffix(this.layout, cgroup);
-    const deadline = Date.now() + 5_000;
+    // Real time, not this.clock: it bounds sleeps between looks at a real process.
+    const elapsedMs = startStopwatch();
     while (!tracked.exit && !isInCgroup(tracked.pid, cgroup, suffix)) {
-      if (Date.now() > deadline) {
+      if (elapsedMs() > 5_000) {
         signalGroup(tracked.pid, "SIGKILL");
         throw new DriverError(
           "failed",
@@ -628,7 +640,7 @@ class CgroupProcessDriver implements ProcessDriver {
     // Read synchronously so a status() right after the exit already sees the OOM kill.
     const exit: ExitRecord = {
       exitCode: exitCodeOf(code, signal),
-      finishedAtMs: Date.now(),
+      finishedAtMs: this.clock.nowMs(),
       oomKilled: tracked.cgroup ? readOomKillCount(tracked.cgroup) > 0 : false,
     };
     tracked.exit = exit;
@@ -703,7 +715,8 @@ class CgroupProcessDriver implements ProcessDriver {
     timeoutMs: number,
     cutShort?: AbortSignal,
   ): Promise<boolean> {
-    const deadline = Date.now() + timeoutMs;
+    // Real time, not this.clock: it bounds sleeps between looks at a real process.
+    const elapsedMs = startStopwatch();
     if (tracked.child) {
       let timer: NodeJS.Timeout | undefined;
       let onCut: (() => void) | undefined;
@@ -719,7 +732,7 @@ class CgroupProcessDriver implements ProcessDriver {
     }
     for (;;) {
       if (!(await this.refresh(tracked))) return true;
-      if (Date.now() >= deadline || cutShort?.aborted) return false;
+      if (elapsedMs() >= timeoutMs || cutShort?.aborted) return false;
       await sleep(25);
     }
   }
@@ -930,7 +943,7 @@ class CgroupProcessDriver implements ProcessDriver {
     const confirmed = this.confirmedPorts.get(key);
     if (
       confirmed &&
-      Date.now() - confirmed.checkedAtMs < portRecheckMs &&
+      this.clock.nowMs() - confirmed.checkedAtMs < portRecheckMs &&
       confirmed.sockets.every(
         (socket) =>
           readLinkNow(`/proc/${socket.pid}/fd/${socket.fd}`) === `socket:[${socket.inode}]`,
@@ -963,7 +976,7 @@ class CgroupProcessDriver implements ProcessDriver {
       const oldest = this.confirmedPorts.keys().next().value;
       if (oldest !== undefined) this.confirmedPorts.delete(oldest);
     }
-    this.confirmedPorts.set(key, { sockets, checkedAtMs: Date.now() });
+    this.confirmedPorts.set(key, { sockets, checkedAtMs: this.clock.nowMs() });
     return { kind: "replica" };
   }
 

@@ -9,13 +9,16 @@ afterEach(async () => {
   await Promise.all(closers.splice(0).map((close) => close()));
 });
 
-async function listen(server: net.Server): Promise<number> {
+/** A loopback address other than the default probe host (127.0.0.1). */
+const otherLoopback = "127.0.0.2";
+
+async function listen(server: net.Server, host = "127.0.0.1"): Promise<number> {
   const sockets = new Set<net.Socket>();
   server.on("connection", (socket) => {
     sockets.add(socket);
     socket.on("close", () => sockets.delete(socket));
   });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  await new Promise<void>((resolve) => server.listen(0, host, resolve));
   closers.push(
     () =>
       new Promise<void>((resolve) => {
@@ -88,14 +91,21 @@ describe("runProbeOnce http", () => {
     expect(result).toEqual({ ok: false, message: "timed out after 150 ms" });
   });
 
-  it("uses the host from the options when the action names none", async () => {
+  it("REQ-032 uses the host from the options when the action names none", async () => {
+    // Listens on 127.0.0.2 only (all of 127/8 is loopback on Linux), which is not the
+    // default host: a probe that ignored the option would be refused.
     const server = http.createServer((_request, response) => response.end());
-    const port = await listen(server);
-    const result = await runProbeOnce(
-      { http: { path: "healthz", port } },
-      { timeoutMs: 2000, host: "127.0.0.1" },
-    );
-    expect(result.ok).toBe(true);
+    const port = await listen(server, otherLoopback);
+    const action = { http: { path: "healthz", port } };
+    expect(await runProbeOnce(action, { timeoutMs: 2000, host: otherLoopback })).toEqual({
+      ok: true,
+      message: "HTTP 200",
+    });
+    expect(await runProbeOnce(action, { timeoutMs: 2000 })).toEqual({
+      ok: false,
+      message: "connection refused",
+      refused: true,
+    });
   });
 });
 
@@ -114,6 +124,21 @@ describe("runProbeOnce tcp", () => {
       message: "connection refused",
       refused: true,
     });
+  });
+
+  it("REQ-032 tcp probe connects to the host from the options when the action names none", async () => {
+    const server = net.createServer((socket) => socket.end());
+    const port = await listen(server, otherLoopback);
+    expect(await runProbeOnce({ tcp: { port } }, { timeoutMs: 2000, host: otherLoopback })).toEqual(
+      { ok: true, message: `connected to ${otherLoopback}:${port}` },
+    );
+    // The action's own host wins over the option.
+    expect(
+      await runProbeOnce(
+        { tcp: { port, host: "127.0.0.1" } },
+        { timeoutMs: 2000, host: otherLoopback },
+      ),
+    ).toEqual({ ok: false, message: "connection refused", refused: true });
   });
 });
 

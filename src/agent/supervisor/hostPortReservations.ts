@@ -20,6 +20,7 @@
  * binding it, and the supervisor moves a replica whose port turns out to be held by
  * something else (see the probes' port-ownership check).
  */
+// biome-ignore lint/style/noRestrictedImports: random temporary names in a directory every agent of the host shares (see createFile)
 import { randomBytes } from "node:crypto";
 import { constants } from "node:fs";
 import { access, link, lstat, mkdir, readdir, readFile, unlink, writeFile } from "node:fs/promises";
@@ -272,8 +273,12 @@ class FileReservationAllocator implements HostPortAllocator {
       pid: this.self.pid,
       startTicks: this.self.startTicks,
       owner,
+      // biome-ignore lint/plugin/clockAndRng: a note for the operator reading the file, never compared
       reservedAt: new Date().toISOString(),
     };
+    // Random bytes, not the injected rng: they only keep apart the temporary names of
+    // reservations one process writes at the same time, in a directory every agent of the
+    // host shares; no decision depends on them, and a seeded rng would repeat its names.
     const temporary = path.join(
       this.dir,
       `.tmp-${this.self.pid}-${this.self.startTicks}-${randomBytes(6).toString("hex")}`,

@@ -8,8 +8,6 @@ import {
   assignHostPorts,
   buildRunSpec,
   droppedPorts,
-  judgeProbe,
-  localProbePort,
   portEnvName,
   resolveProbeAction,
 } from "./replicaPorts.js";
@@ -191,37 +189,5 @@ describe("hardening: a port that is no longer the replica's", () => {
     );
     expect(assigned.http).toBe(42000);
     expect(host.asked).toEqual([["allocate", 0]]);
-  });
-});
-
-describe("hardening: probes judged by who holds the port", () => {
-  const ok = { ok: true, message: "HTTP 200" };
-  const refused = { ok: false, message: "connection refused" };
-
-  it("REQ-032 a probe answered on a port held by another program fails and names the holder", () => {
-    const verdict = judgeProbe(ok, { kind: "other", holder: "pid 42 (python3)" }, 18080);
-    expect(verdict.result).toEqual({
-      ok: false,
-      message: "port 18080 is held by pid 42 (python3), not by this replica",
-    });
-    expect(verdict.foreignHolder).toBe("pid 42 (python3)");
-  });
-
-  it("REQ-032 the replica's own listener leaves the result as it is; nobody listening is no proof of success", () => {
-    expect(judgeProbe(ok, { kind: "replica" }, 1)).toEqual({ result: ok });
-    expect(judgeProbe(refused, { kind: "replica" }, 1)).toEqual({ result: refused });
-    expect(judgeProbe(refused, { kind: "nobody" }, 1)).toEqual({ result: refused });
-    expect(judgeProbe(ok, { kind: "nobody" }, 7).result).toEqual({
-      ok: false,
-      message: "nothing of this replica listens on port 7",
-    });
-    expect(judgeProbe(ok, { kind: "unknown", reason: "timed out" }, 7).result.ok).toBe(false);
-  });
-
-  it("REQ-032 only http and tcp probes of this node are checked", () => {
-    expect(localProbePort({ http: { path: "/", port: 80 } })).toBe(80);
-    expect(localProbePort({ tcp: { port: 81, host: "127.0.0.1" } })).toBe(81);
-    expect(localProbePort({ tcp: { port: 82, host: "10.0.0.9" } })).toBeUndefined();
-    expect(localProbePort({ exec: { command: ["true"] } })).toBeUndefined();
   });
 });

@@ -1,5 +1,5 @@
-import type { DriverName, PortMapping, PortOwner, ReplicaRunSpec } from "../drivers/driver.js";
-import type { ProbeAction, ProbeResult } from "../probes/probeTypes.js";
+import type { DriverName, PortMapping, ReplicaRunSpec } from "../drivers/driver.js";
+import type { ProbeAction } from "../probes/probeTypes.js";
 import { canBind, type HostPortAllocator, withKernelChosenPort } from "./hostPortReservations.js";
 
 /** Finds a free host port, preferring `preferred` when it is non-zero and free. */
@@ -141,60 +141,6 @@ export function droppedPorts(
 ): number[] {
   const kept = new Set(Object.values(after));
   return [...new Set(Object.values(before))].filter((port) => !kept.has(port));
-}
-
-/** The port an http or tcp probe connects to on this node; undefined for exec or a remote host. */
-export function localProbePort(action: ProbeAction): number | undefined {
-  const target = "http" in action ? action.http : "tcp" in action ? action.tcp : undefined;
-  if (!target) return undefined;
-  const host = target.host;
-  if (host !== undefined && !["127.0.0.1", "localhost", "::1", "[::1]"].includes(host)) {
-    return undefined;
-  }
-  return target.port;
-}
-
-/** A probe's result once the driver has said who answers on its port. */
-export interface ProbeVerdict {
-  result: ProbeResult;
-  /** Set when something other than the replica holds the port: what holds it. */
-  foreignHolder?: string;
-}
-
-/**
- * Judges a probe by who answered (REQ-032: a replica never passes on another's
- * listener). Something else on the port fails the probe whatever it answered; a
- * success with nothing listening any more is not proof either; the replica's own
- * listener leaves the result as it is. Pure.
- */
-export function judgeProbe(
-  result: ProbeResult,
-  owner: PortOwner | { kind: "unknown"; reason: string },
-  port: number,
-): ProbeVerdict {
-  switch (owner.kind) {
-    case "replica":
-      return { result };
-    case "other":
-      return {
-        result: {
-          ok: false,
-          message: `port ${port} is held by ${owner.holder}, not by this replica`,
-        },
-        foreignHolder: owner.holder,
-      };
-    case "nobody":
-      return result.ok
-        ? { result: { ok: false, message: `nothing of this replica listens on port ${port}` } }
-        : { result };
-    case "unknown":
-      return {
-        result: {
-          ok: false,
-          message: `cannot tell who listens on port ${port}: ${owner.reason}`,
-        },
-      };
-  }
 }
 
 /**

@@ -2,12 +2,12 @@ import { afterEach, describe, expect, it } from "vitest";
 import { ManualClock } from "../../lib/clock.js";
 import { seededRng } from "../../lib/rng.js";
 import { DriverError, type DriverName, type RuntimeDriver } from "../drivers/driver.js";
+import { FakeDriver } from "../drivers/fakeDriver.js";
 import type { ProbeAction, ProbeFunction, ProbeResult, ProbeSpec } from "../probes/probeTypes.js";
 import { runProbeOnce } from "../probes/runProbeOnce.js";
 import type { HostPortAllocator } from "./hostPortReservations.js";
 import { ReplicaSupervisor } from "./replicaSupervisor.js";
 import type { DesiredReplica, ReplicaReport, SupervisorSnapshot } from "./supervisorTypes.js";
-import { FakeDriver } from "./testing/fakeDriver.js";
 
 /** Lets promise chains started by timers run to completion. */
 async function settle(): Promise<void> {

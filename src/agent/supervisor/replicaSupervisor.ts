@@ -10,35 +10,52 @@ import {
   type Span,
   startSpan,
 } from "../../observe/tracing.js";
-import {
-  DriverError,
-  type DriverName,
-  type ReplicaRuntimeStatus,
-  type RuntimeDriver,
-} from "../drivers/driver.js";
-import { ProbeRunner } from "../probes/probeRunner.js";
-import type {
-  ProbeExec,
-  ProbeFunction,
-  ProbeKind,
-  ProbeResult,
-  ProbeSpec,
-} from "../probes/probeTypes.js";
+import type { DriverName, ReplicaRuntimeStatus, RuntimeDriver } from "../drivers/driver.js";
+import type { ProbeExec, ProbeFunction, ProbeKind, ProbeResult } from "../probes/probeTypes.js";
 import { runProbeOnce } from "../probes/runProbeOnce.js";
-import { type BackoffPolicy, backoffDelay, defaultBackoff, formatDelay } from "./backoff.js";
-import { DeadlineExceededError, withDeadline } from "./deadline.js";
-import type { HostPortAllocator } from "./hostPortReservations.js";
+import { type BackoffPolicy, defaultBackoff } from "./backoff.js";
 import {
-  type AllocatePort,
-  allocateFreePort,
-  allocatorFrom,
-  assignHostPorts,
-  buildRunSpec,
-  droppedPorts,
-  judgeProbe,
-  localProbePort,
-  resolveProbeAction,
-} from "./replicaPorts.js";
+  type DeadlineCall,
+  type DriverHealth,
+  DriverHealthChecks,
+  deadlineCall,
+  describeDriverFailure,
+  errorMessage,
+  notConfigured,
+} from "./driverCalls.js";
+import {
+  allocatorFor,
+  HostPortAssigner,
+  portNameOf,
+  portsOfOthers,
+  rememberForeignPort,
+} from "./hostPortAssigner.js";
+import type { HostPortAllocator } from "./hostPortReservations.js";
+import { agentKnows, isOrphan, OrphanScanSchedule } from "./orphanScan.js";
+import { type AllocatePort, buildRunSpec } from "./replicaPorts.js";
+import { probeWithPortOwnership, ReplicaProbes } from "./replicaProbes.js";
+import {
+  graceMsOf,
+  isReplacement,
+  isStale,
+  newRecord,
+  probesChanged,
+  type ReplicaRecord,
+} from "./replicaRecord.js";
+import { isReady, ReportEmitter, reportsOf, snapshotOf } from "./replicaReports.js";
+import {
+  backoffPolicy,
+  decideRestart,
+  decideRetryAfterFailedStart,
+  failuresAfterRun,
+  judgeRuntimeStatus,
+  livenessFailed,
+  portConflict,
+  runningStatus,
+  startingStatus,
+  startTiming,
+  type Termination,
+} from "./restartPolicy.js";
 import type {
   DesiredReplica,
   ReplicaPhase,
@@ -81,80 +98,13 @@ export interface ReplicaSupervisorOptions {
   onProbeResult?: (kind: ProbeKind, result: ProbeResult) => void;
 }
 
-type DriverHealth = { ok: true } | { ok: false; reason: string };
 type HealthLookup = (driver: DriverName) => Promise<DriverHealth>;
-
-/**
- * What the supervisor means to do next with a replica, independent of what the driver
- * shows: "start" it when its back-off allows, keep it "run"ning, or leave it "done".
- */
-type Intent = "start" | "run" | "done";
-
-interface Termination {
-  /** "Completed", "Error", "OOMKilled", "LivenessProbeFailed", "Lost". */
-  reason: string;
-  failed: boolean;
-  exitCode?: number;
-  /** Short, for parentheses: "exit code 1". */
-  detail: string;
-  /** A sentence for a final status: "exited with code 1". */
-  summary: string;
-}
-
-interface ReplicaRecord {
-  id: string;
-  desired: DesiredReplica;
-  intent: Intent;
-  hostPorts: Record<string, number>;
-  phase: ReplicaPhase;
-  reason: string;
-  message: string;
-  exitCode?: number;
-  /** Reported start time of the current run. */
-  startedAtMs?: number;
-  /** When the current run began on our clock; the back-off resets from here. */
-  runSinceMs?: number;
-  restarts: number;
-  /** Consecutive failures (exits, kills, failed starts) driving the back-off. */
-  failures: number;
-  nextAttemptAtMs: number;
-  /** It ran at least once, so the next start is a restart. */
-  hasRun: boolean;
-  /** This supervisor has asked the driver to start it at least once. */
-  startAttempted: boolean;
-  /** Generation of the spec the replica on the node was started with, when known. */
-  runningGeneration?: number;
-  /**
-   * Restored from a snapshot that saw it running: if the runtime no longer has it, it
-   * was lost while no agent watched, and the restart policy decides (not a first start).
-   */
-  restoredRunning: boolean;
-  lastTermination?: Termination;
-  /** Shown instead of reason/message while the driver cannot be asked. */
-  driverProblem?: { reason: string; message: string };
-  liveness?: ProbeRunner;
-  readiness?: ProbeRunner;
-  readinessPassing: boolean;
-  /** The liveness probe's last failure message while it is failing. */
-  livenessFailure?: string;
-  /** A probe found one of the replica's host ports held by something else (this run). */
-  portConflict?: { name: string; port: number; holder: string };
-  /**
-   * Ports a probe found held by something else: never given to this replica again,
-   * whatever a bind check says (a foreign IPv6-only listener does not stop an IPv4 bind).
-   */
-  foreignPorts: number[];
-  lastTransitionAtMs: number;
-  cancelWake?: () => void;
-}
 
 const defaultSyncIntervalMs = 1000;
 const defaultDriverCallTimeoutMs = 30_000;
 const defaultHealthTimeoutMs = 5000;
 const defaultOrphanGraceMs = 10_000;
 const defaultOrphanScanIntervalMs = 60_000;
-/** Ports remembered per replica as held by others; the oldest is forgotten first. */
-const maxForeignPorts = 16;
 
 /**
  * The agent's level-triggered reconciler for the replicas on its own node: it compares
@@ -162,6 +112,13 @@ const maxForeignPorts = 16;
  * crash-loop back-off), replaces and removes replicas until they match. Each replica
  * is worked on by at most one task at a time and every driver call has a deadline, so
  * a wedged engine or replica delays only itself.
+ *
+ * This class is the loop that applies decisions; the decisions are its parts' (ADR
+ * 0040): restartPolicy.ts (what a status means, whether and when to restart, pure),
+ * orphanScan.ts (what nobody wants, what the agent knows, pure), replicaProbes.ts (the
+ * probes of a run and the port-ownership verdict), hostPortAssigner.ts (host ports),
+ * replicaReports.ts (reports and the snapshot, pure) and driverCalls.ts (deadlines,
+ * failure reasons, health checks).
  */
 export class ReplicaSupervisor {
   private readonly clock: Clock;
@@ -170,13 +127,14 @@ export class ReplicaSupervisor {
   private readonly backoff: BackoffPolicy;
   private readonly syncIntervalMs: number;
   private readonly callTimeoutMs: number;
-  private readonly healthTimeoutMs: number;
   private readonly orphanGraceMs: number;
-  private readonly orphanScanIntervalMs: number;
-  private readonly hostPorts: HostPortAllocator;
-  private readonly probe: ProbeFunction | undefined;
-  /** The host-port assignment in flight; the next one waits for it (see assignPorts). */
-  private portAssignment: Promise<unknown> = Promise.resolve();
+  private readonly probe: ProbeFunction;
+  /** A driver call with a deadline on the injected clock. */
+  private readonly call: DeadlineCall;
+  private readonly ports: HostPortAssigner;
+  private readonly health: DriverHealthChecks;
+  private readonly orphanScans: OrphanScanSchedule;
+  private readonly reportEmitter: ReportEmitter;
 
   /** The one place the desired set lives (serialized by snapshot()); null until first given. */
   private desired: Map<string, DesiredReplica> | null = null;
@@ -187,13 +145,7 @@ export class ReplicaSupervisor {
   private readonly busy = new Map<string, Promise<void>>();
   /** Replicas asked to sync again while their task was still running. */
   private readonly dirty = new Set<string>();
-  private readonly driverHealth = new Map<DriverName, DriverHealth>();
-  private readonly healthInFlight = new Map<DriverName, Promise<DriverHealth>>();
-  private readonly orphanScanRequested = new Set<DriverName>();
-  private readonly lastOrphanScanAtMs = new Map<DriverName, number>();
-  private readonly orphanScansInFlight = new Set<DriverName>();
   private cancelTick: (() => void) | undefined;
-  private lastEmittedKey = "";
   private started = false;
   private stopped = false;
 
@@ -201,21 +153,28 @@ export class ReplicaSupervisor {
     this.clock = options.clock;
     this.rng = options.rng;
     this.logger = options.logger ?? silentLogger;
-    this.backoff = { ...defaultBackoff, ...options.backoff };
-    if (options.backoff?.initialMs !== undefined && options.backoff.resetAfterMs === undefined) {
-      this.backoff.resetAfterMs = 10 * options.backoff.initialMs;
-    }
+    this.backoff = backoffPolicy(defaultBackoff, options.backoff);
     this.syncIntervalMs = Math.max(10, options.syncIntervalMs ?? defaultSyncIntervalMs);
     this.callTimeoutMs = options.driverCallTimeoutMs ?? defaultDriverCallTimeoutMs;
-    this.healthTimeoutMs = options.healthTimeoutMs ?? defaultHealthTimeoutMs;
     this.orphanGraceMs = options.orphanGraceMs ?? defaultOrphanGraceMs;
-    this.orphanScanIntervalMs = options.orphanScanIntervalMs ?? defaultOrphanScanIntervalMs;
-    this.hostPorts =
-      options.hostPorts ??
-      (options.allocatePort
-        ? allocatorFrom(options.allocatePort)
-        : allocatorFrom(allocateFreePort, true));
-    this.probe = options.probe;
+    this.probe = options.probe ?? runProbeOnce;
+    this.call = deadlineCall(this.clock, this.callTimeoutMs);
+    this.ports = new HostPortAssigner({
+      allocator: allocatorFor(options),
+      call: this.call,
+      logger: this.logger,
+    });
+    this.orphanScans = new OrphanScanSchedule(
+      options.orphanScanIntervalMs ?? defaultOrphanScanIntervalMs,
+    );
+    this.health = new DriverHealthChecks({
+      call: this.call,
+      timeoutMs: options.healthTimeoutMs ?? defaultHealthTimeoutMs,
+      logger: this.logger,
+      // What a driver that was down holds may have become unwanted meanwhile.
+      onHealthy: (name) => this.orphanScans.request(name),
+    });
+    this.reportEmitter = new ReportEmitter(options.onReport, this.logger);
   }
 
   /** Replaces the whole desired set for this node; anything not in it is stopped and removed. */
@@ -228,7 +187,7 @@ export class ReplicaSupervisor {
     }
     if (this.desired === null) {
       // Until now nothing found on the node could be judged unwanted; look again.
-      for (const name of this.options.drivers.keys()) this.orphanScanRequested.add(name);
+      for (const name of this.options.drivers.keys()) this.orphanScans.request(name);
     }
     this.desired = next;
     if (this.started && !this.stopped) this.requestSync();
@@ -242,8 +201,8 @@ export class ReplicaSupervisor {
   async start(): Promise<void> {
     if (this.started) throw new Error("ReplicaSupervisor.start() called twice");
     this.started = true;
-    for (const name of this.options.drivers.keys()) this.orphanScanRequested.add(name);
-    await this.claimRestoredPorts();
+    for (const name of this.options.drivers.keys()) this.orphanScans.request(name);
+    await this.ports.claimRestored(this.restored);
     await this.syncRound();
     this.scheduleTick();
   }
@@ -270,7 +229,7 @@ export class ReplicaSupervisor {
         [...this.records.values()].map(async (record) => {
           if (await this.teardown(record, options.hurry)) {
             this.setPhase(record, "Stopped", "AgentStopped", "stopped with the agent");
-            await this.releasePorts(record.id, record.hostPorts);
+            await this.ports.release(record.id, record.hostPorts);
           }
         }),
       );
@@ -285,28 +244,12 @@ export class ReplicaSupervisor {
 
   /** The current report of every replica, sorted by id. */
   reports(): ReplicaReport[] {
-    return [...this.records.values()]
-      .sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
-      .map((record) => this.report(record));
+    return reportsOf(this.records.values());
   }
 
   /** The state to persist for autonomy (NFR-A1): plain data, safe to JSON.stringify. */
   snapshot(): SupervisorSnapshot {
-    const replicas: SupervisorSnapshot["replicas"] = structuredClone(this.restored);
-    for (const [id, record] of this.records) {
-      replicas[id] = {
-        hostPorts: { ...record.hostPorts },
-        ...(record.runningGeneration !== undefined
-          ? { runningGeneration: record.runningGeneration }
-          : {}),
-        restarts: record.restarts,
-      };
-    }
-    return {
-      version: 1,
-      desired: this.desired ? structuredClone([...this.desired.values()]) : null,
-      replicas,
-    };
+    return snapshotOf(this.desired, this.records, this.restored);
   }
 
   /**
@@ -315,11 +258,11 @@ export class ReplicaSupervisor {
    * owner marks (made by an older agent) only if so (ADR 0030).
    */
   knows(replicaId: string): boolean {
-    return (
-      this.desired?.has(replicaId) === true ||
-      this.records.has(replicaId) ||
-      Object.hasOwn(this.restored, replicaId)
-    );
+    return agentKnows(replicaId, {
+      desired: this.desired,
+      supervised: this.records,
+      restored: this.restored,
+    });
   }
 
   /** Loads a snapshot() taken by an earlier agent; must come before start(). */
@@ -358,9 +301,7 @@ export class ReplicaSupervisor {
     if (this.stopped || !this.started) return;
     const lookup: HealthLookup = (name) => {
       const driver = this.options.drivers.get(name);
-      return driver
-        ? this.checkHealth(name, driver)
-        : Promise.resolve({ ok: false, reason: "not configured on this node" });
+      return driver ? this.health.check(name, driver) : Promise.resolve(notConfigured);
     };
     void this.runTask(id, () => this.step(id, lookup)).then(() => this.emitIfChanged());
   }
@@ -369,10 +310,9 @@ export class ReplicaSupervisor {
     if (this.stopped) return;
     const health = new Map<DriverName, Promise<DriverHealth>>();
     for (const [name, driver] of this.options.drivers) {
-      health.set(name, this.checkHealth(name, driver));
+      health.set(name, this.health.check(name, driver));
     }
-    const lookup: HealthLookup = (name) =>
-      health.get(name) ?? Promise.resolve({ ok: false, reason: "not configured on this node" });
+    const lookup: HealthLookup = (name) => health.get(name) ?? Promise.resolve(notConfigured);
 
     const work: Promise<void>[] = [];
     for (const name of this.options.drivers.keys()) work.push(this.scanOrphansIfDue(name, lookup));
@@ -407,29 +347,6 @@ export class ReplicaSupervisor {
     return run;
   }
 
-  private checkHealth(name: DriverName, driver: RuntimeDriver): Promise<DriverHealth> {
-    const inFlight = this.healthInFlight.get(name);
-    if (inFlight) return inFlight;
-    const check = this.call(() => driver.health(), `${name} health`, this.healthTimeoutMs)
-      .then(
-        (result): DriverHealth => (result.ok ? { ok: true } : { ok: false, reason: result.reason }),
-        (error: unknown): DriverHealth => ({ ok: false, reason: errorMessage(error) }),
-      )
-      .then((result) => {
-        const previous = this.driverHealth.get(name);
-        if (result.ok && previous?.ok !== true) this.orphanScanRequested.add(name);
-        if (previous !== undefined && previous.ok !== result.ok) {
-          if (result.ok) this.logger.info({ driver: name }, "driver available again");
-          else this.logger.warn({ driver: name, reason: result.reason }, "driver unavailable");
-        }
-        this.driverHealth.set(name, result);
-        return result;
-      })
-      .finally(() => this.healthInFlight.delete(name));
-    this.healthInFlight.set(name, check);
-    return check;
-  }
-
   // --- one replica ---------------------------------------------------------------------
 
   private async step(id: string, health: HealthLookup): Promise<void> {
@@ -441,7 +358,7 @@ export class ReplicaSupervisor {
       return;
     }
     if (!record) {
-      record = this.newRecord(desired);
+      record = this.newRecordFor(desired);
       this.records.set(id, record);
     } else if (record.desired !== desired) {
       // A desired set arrived since this replica's last step (setDesired copies every
@@ -450,10 +367,9 @@ export class ReplicaSupervisor {
       if (isReplacement(record.desired, desired)) {
         if (!(await this.replace(record, desired, health))) return;
       } else {
-        const probesChanged =
-          canonicalJson(probeSpecs(record.desired)) !== canonicalJson(probeSpecs(desired));
+        const restartProbes = probesChanged(record.desired, desired);
         record.desired = desired;
-        if (probesChanged && record.phase === "Running") this.startProbes(record);
+        if (restartProbes && record.phase === "Running") this.startProbes(record);
       }
     }
 
@@ -485,55 +401,41 @@ export class ReplicaSupervisor {
     await this.reconcile(record, driver, status, true);
   }
 
-  /** Acts on what the driver shows; `allowStart` is false right after a start. */
+  /** Acts on what the driver shows (judged by the restart policy); `allowStart` is false right after a start. */
   private async reconcile(
     record: ReplicaRecord,
     driver: RuntimeDriver,
     status: ReplicaRuntimeStatus,
     allowStart: boolean,
   ): Promise<void> {
-    switch (status.state) {
+    const verdict = judgeRuntimeStatus(
+      {
+        intent: record.intent,
+        startAttempted: record.startAttempted,
+        hasRun: record.hasRun,
+        stale: isStale(record),
+        restoredRunning: record.restoredRunning,
+      },
+      status,
+    );
+    switch (verdict.kind) {
+      case "replaceOutdated": {
+        if (!(await this.teardown(record))) return;
+        record.runningGeneration = undefined;
+        this.setPhase(record, "Pending", "SpecChanged", "replacing an outdated replica");
+        if (allowStart) await this.startWhenDue(record, driver, false);
+        return;
+      }
       case "running": {
-        if (record.intent === "start" && isStale(record)) {
-          // Running with a generation the coordinator has since replaced (the agent was
-          // down during the change): replace it rather than adopt it.
-          if (!(await this.teardown(record))) return;
-          record.runningGeneration = undefined;
-          this.setPhase(record, "Pending", "SpecChanged", "replacing an outdated replica");
-          if (allowStart) await this.startWhenDue(record, driver, false);
-          return;
-        }
         await this.onRunning(record, driver, status);
         return;
       }
-      case "exited": {
-        const adoptingExited =
-          record.intent === "start" && !record.startAttempted && !record.hasRun && !isStale(record);
-        if (record.intent === "run" || adoptingExited) this.onTerminated(record, exitOf(status));
-        if (record.intent === "start" && allowStart) await this.startWhenDue(record, driver, true);
-        return;
-      }
-      case "missing": {
-        if (record.intent === "start" && record.restoredRunning && !record.startAttempted) {
-          // It ran under the previous agent and vanished while nobody watched.
-          record.restoredRunning = false;
-          this.onTerminated(record, {
-            reason: "Lost",
-            failed: true,
-            detail: "replica disappeared while the agent was down",
-            summary: "disappeared from the runtime while the agent was down",
-          });
-          return;
+      case "notRunning": {
+        if (verdict.forgetRestoredRun) record.restoredRunning = false;
+        if (verdict.ended) this.onTerminated(record, verdict.ended);
+        if (verdict.mayStart && record.intent === "start" && allowStart) {
+          await this.startWhenDue(record, driver, verdict.exists);
         }
-        if (record.intent === "run") {
-          this.onTerminated(record, {
-            reason: "Lost",
-            failed: true,
-            detail: "replica disappeared",
-            summary: "disappeared from the runtime",
-          });
-        }
-        if (record.intent === "start" && allowStart) await this.startWhenDue(record, driver, false);
         return;
       }
     }
@@ -578,18 +480,12 @@ export class ReplicaSupervisor {
       await this.killForLiveness(record, driver, record.livenessFailure);
       return;
     }
-    if (record.runSinceMs !== undefined && nowMs - record.runSinceMs >= this.backoff.resetAfterMs) {
-      record.failures = 0;
-    }
+    record.failures = failuresAfterRun(record, nowMs, this.backoff);
   }
 
   private setRunning(record: ReplicaRecord): void {
-    const last = record.lastTermination;
-    if (record.restarts > 0 && last) {
-      this.setPhase(record, "Running", last.reason, `running; restarted after ${last.detail}`);
-    } else {
-      this.setPhase(record, "Running", "", "running");
-    }
+    const { reason, message } = runningStatus(record.restarts, record.lastTermination);
+    this.setPhase(record, "Running", reason, message);
     this.startProbes(record);
   }
 
@@ -614,12 +510,7 @@ export class ReplicaSupervisor {
       return;
     }
     delete record.livenessFailure;
-    this.onTerminated(record, {
-      reason: "LivenessProbeFailed",
-      failed: true,
-      detail: `liveness probe failed: ${failure}`,
-      summary: `killed after its liveness probe failed: ${failure}`,
-    });
+    this.onTerminated(record, livenessFailed(failure));
   }
 
   /**
@@ -653,19 +544,13 @@ export class ReplicaSupervisor {
     }
     // Phase and ports change together: no report shows it Running without its port.
     if (record.hostPorts[conflict.name] === conflict.port) delete record.hostPorts[conflict.name];
-    record.foreignPorts = [...record.foreignPorts, conflict.port].slice(-maxForeignPorts);
-    const detail = `host port ${conflict.port} is held by ${conflict.holder}`;
-    this.onTerminated(record, {
-      reason: "PortConflict",
-      failed: true,
-      detail,
-      summary: `stopped because its ${detail}`,
-    });
+    record.foreignPorts = rememberForeignPort(record.foreignPorts, conflict.port);
+    this.onTerminated(record, portConflict(conflict.port, conflict.holder));
     this.options.onDurableChange?.();
-    await this.releasePorts(record.id, { [conflict.name]: conflict.port });
+    await this.ports.release(record.id, { [conflict.name]: conflict.port });
   }
 
-  /** Applies the restart policy to a replica that stopped running. */
+  /** Applies the restart policy's decision to a replica that stopped running. */
   private onTerminated(record: ReplicaRecord, termination: Termination): void {
     const nowMs = this.clock.nowMs();
     this.stopProbes(record);
@@ -674,39 +559,37 @@ export class ReplicaSupervisor {
     record.lastTermination = termination;
     if (termination.exitCode !== undefined) record.exitCode = termination.exitCode;
     else delete record.exitCode;
-    const policy = record.desired.restartPolicy;
-    const restart = policy === "Always" || (policy === "OnFailure" && termination.failed);
-    if (!restart) {
+    const decision = decideRestart({
+      restartPolicy: record.desired.restartPolicy,
+      termination,
+      history: record,
+      nowMs,
+      backoff: this.backoff,
+      rng: this.rng,
+    });
+    if (decision.kind === "giveUp") {
       record.intent = "done";
-      const phase = termination.failed ? "Failed" : "Succeeded";
-      this.setPhase(record, phase, termination.reason, termination.summary);
-      this.logger.info({ replica: record.id, phase, reason: termination.reason }, "replica ended");
+      this.setPhase(record, decision.phase, decision.reason, decision.message);
+      this.logger.info(
+        { replica: record.id, phase: decision.phase, reason: termination.reason },
+        "replica ended",
+      );
       return;
     }
-    if (record.runSinceMs !== undefined && nowMs - record.runSinceMs >= this.backoff.resetAfterMs) {
-      record.failures = 0;
-    }
-    record.failures += 1;
-    const { nominalMs, delayMs } = backoffDelay(this.backoff, record.failures, this.rng);
+    record.failures = decision.failures;
     record.intent = "start";
-    record.nextAttemptAtMs = nowMs + delayMs;
-    // Liveness kills keep their own reason: "why was it restarted?" is the question.
-    const reason =
-      termination.reason === "LivenessProbeFailed" || termination.reason === "PortConflict"
-        ? termination.reason
-        : "CrashLoopBackOff";
-    const what = termination.failed ? "failed" : "exited";
-    this.setPhase(
-      record,
-      "CrashLoopBackOff",
-      reason,
-      `back-off ${formatDelay(nominalMs)} restarting ${what} replica (${termination.detail})`,
-    );
+    record.nextAttemptAtMs = decision.atMs;
+    this.setPhase(record, decision.phase, decision.reason, decision.message);
     this.logger.info(
-      { replica: record.id, delayMs, failures: record.failures, reason: termination.reason },
+      {
+        replica: record.id,
+        delayMs: decision.delayMs,
+        failures: record.failures,
+        reason: termination.reason,
+      },
       "replica stopped running; restart scheduled",
     );
-    this.wakeAfter(record, delayMs);
+    this.wakeAfter(record, decision.delayMs);
   }
 
   /** Starts the replica if its back-off allows; `exists` means a stopped copy must go first. */
@@ -716,9 +599,9 @@ export class ReplicaSupervisor {
     exists: boolean,
   ): Promise<void> {
     if (this.stopped) return;
-    const waitMs = record.nextAttemptAtMs - this.clock.nowMs();
-    if (waitMs > 0) {
-      this.wakeAfter(record, waitMs);
+    const timing = startTiming(record.nextAttemptAtMs, this.clock.nowMs());
+    if (timing.kind === "wait") {
+      this.wakeAfter(record, timing.waitMs);
       return;
     }
     const span = startReplicaSpan(record, driver.name);
@@ -756,12 +639,8 @@ export class ReplicaSupervisor {
       return;
     }
     const isRestart = record.hasRun;
-    const last = record.lastTermination;
-    if (isRestart && last) {
-      this.setPhase(record, "Starting", last.reason, `restarting after ${last.detail}`);
-    } else {
-      this.setPhase(record, "Starting", "", "starting");
-    }
+    const starting = startingStatus(isRestart, record.lastTermination);
+    this.setPhase(record, "Starting", starting.reason, starting.message);
     record.startAttempted = true;
     const runSpec = buildRunSpec(record.desired.spec, record.hostPorts);
     try {
@@ -771,7 +650,7 @@ export class ReplicaSupervisor {
       // Another program took the port between allocation and start: pick new ones
       // next time instead of failing on the same port forever.
       if (/address already in use|port is already allocated/i.test(message)) {
-        await this.releasePorts(record.id, record.hostPorts);
+        await this.ports.release(record.id, record.hostPorts);
         record.hostPorts = {};
       }
       this.onStartFailed(record, reason, message);
@@ -800,57 +679,36 @@ export class ReplicaSupervisor {
     }
   }
 
-  /**
-   * Gives the replica its host ports. Assignments run one at a time: replicas starting
-   * together would otherwise not see each other's ports, and two process replicas
-   * (which prefer the declared port) would both get it.
-   */
+  /** Gives the replica its host ports, saved (onDurableChange) before it can listen on them. */
   private assignPorts(record: ReplicaRecord, driver: DriverName): Promise<void> {
-    const run = this.portAssignment.then(async () => {
-      const before = record.hostPorts;
-      record.hostPorts = await this.call(
-        () =>
-          assignHostPorts(
-            driver,
-            record.desired.spec.ports,
-            before,
-            new Set([...this.portsTakenByOthers(record.id), ...record.foreignPorts]),
-            this.hostPorts,
-            record.id,
-          ),
-        "allocating host ports",
-      );
-      const dropped = droppedPorts(before, record.hostPorts);
-      if (dropped.length > 0) {
-        this.logger.info(
-          { replica: record.id, dropped, hostPorts: record.hostPorts },
-          "host ports changed: the old ones are taken or no longer declared",
-        );
-        await this.releasePorts(record.id, Object.fromEntries(dropped.map((p) => [String(p), p])));
-      }
-      // Saved before the replica starts listening on them (see onDurableChange).
-      this.options.onDurableChange?.();
-    });
-    this.portAssignment = run.catch(() => undefined);
-    return run;
+    return this.ports.assign(
+      record,
+      driver,
+      record.desired.spec.ports,
+      () => portsOfOthers(record.id, this.records, this.restored),
+      () => this.options.onDurableChange?.(),
+    );
   }
 
+  /** Applies the restart policy's retry to a start that failed. */
   private onStartFailed(record: ReplicaRecord, reason: string, message: string): void {
-    const nowMs = this.clock.nowMs();
-    record.failures += 1;
-    const { nominalMs, delayMs } = backoffDelay(this.backoff, record.failures, this.rng);
+    const retry = decideRetryAfterFailedStart({
+      failures: record.failures,
+      hasRun: record.hasRun,
+      message,
+      nowMs: this.clock.nowMs(),
+      backoff: this.backoff,
+      rng: this.rng,
+    });
+    record.failures = retry.failures;
     record.intent = "start";
-    record.nextAttemptAtMs = nowMs + delayMs;
-    // Failed starts retry with the same back-off as crashes, so a missing image or a
-    // broken engine costs one attempt per back-off period, not one per sync.
-    this.setPhase(
-      record,
-      record.hasRun ? "CrashLoopBackOff" : "Pending",
-      reason,
-      `${message} (back-off ${formatDelay(nominalMs)})`,
+    record.nextAttemptAtMs = retry.atMs;
+    this.setPhase(record, retry.phase, reason, retry.message);
+    this.logger.warn(
+      { replica: record.id, reason, message, delayMs: retry.delayMs },
+      "replica start failed",
     );
-    this.logger.warn({ replica: record.id, reason, message, delayMs }, "replica start failed");
-    this.wakeAfter(record, delayMs);
+    this.wakeAfter(record, retry.delayMs);
   }
 
   /** Stops the old version of a replica and resets the record for the new one. */
@@ -860,9 +718,7 @@ export class ReplicaSupervisor {
     health: HealthLookup,
   ): Promise<boolean> {
     const oldDriver = record.desired.spec.driver;
-    const oldHealth = this.options.drivers.has(oldDriver)
-      ? await health(oldDriver)
-      : { ok: false as const, reason: "not configured on this node" };
+    const oldHealth = this.options.drivers.has(oldDriver) ? await health(oldDriver) : notConfigured;
     if (!oldHealth.ok) {
       record.driverProblem = {
         reason: "DriverUnavailable",
@@ -877,7 +733,7 @@ export class ReplicaSupervisor {
     if (!(await this.teardown(record))) return false;
     record.cancelWake?.();
     const hostPorts = record.hostPorts;
-    const fresh = this.newRecord(desired);
+    const fresh = this.newRecordFor(desired);
     Object.assign(record, fresh, { hostPorts });
     delete record.runningGeneration;
     delete record.exitCode;
@@ -902,9 +758,7 @@ export class ReplicaSupervisor {
     this.stopProbes(record);
     this.setPhase(record, "Stopped", "Removing", "stopping: no longer desired on this node");
     const name = record.desired.spec.driver;
-    const driverHealth = this.options.drivers.has(name)
-      ? await health(name)
-      : { ok: false as const, reason: "not configured on this node" };
+    const driverHealth = this.options.drivers.has(name) ? await health(name) : notConfigured;
     if (!driverHealth.ok) {
       record.driverProblem = {
         reason: "DriverUnavailable",
@@ -914,7 +768,7 @@ export class ReplicaSupervisor {
     }
     if (await this.teardown(record)) {
       this.records.delete(record.id);
-      await this.releasePorts(record.id, record.hostPorts);
+      await this.ports.release(record.id, record.hostPorts);
       this.logger.info({ replica: record.id }, "replica removed");
     }
   }
@@ -954,19 +808,12 @@ export class ReplicaSupervisor {
    * is known: an agent that restarts without its state keeps everything it finds.
    */
   private async scanOrphansIfDue(name: DriverName, health: HealthLookup): Promise<void> {
-    if (this.desired === null || this.orphanScansInFlight.has(name)) return;
+    if (this.desired === null) return;
     const nowMs = this.clock.nowMs();
-    const lastMs = this.lastOrphanScanAtMs.get(name);
-    const due =
-      this.orphanScanRequested.has(name) ||
-      lastMs === undefined ||
-      nowMs - lastMs >= this.orphanScanIntervalMs;
-    if (!due) return;
+    if (!this.orphanScans.isDue(name, nowMs)) return;
     const driver = this.options.drivers.get(name);
     if (!driver || !(await health(name)).ok) return;
-    this.orphanScansInFlight.add(name);
-    this.orphanScanRequested.delete(name);
-    this.lastOrphanScanAtMs.set(name, nowMs);
+    this.orphanScans.begin(name, nowMs);
     try {
       const listed = await this.call(() => driver.list(), `${name} list`);
       const removals = listed
@@ -974,17 +821,18 @@ export class ReplicaSupervisor {
         .map((id) => this.runTask(id, () => this.removeOrphan(driver, id)));
       await Promise.allSettled(removals);
     } catch (error) {
-      this.orphanScanRequested.add(name);
+      this.orphanScans.request(name);
       this.logger.warn({ driver: name, err: errorMessage(error) }, "listing replicas failed");
     } finally {
-      this.orphanScansInFlight.delete(name);
+      this.orphanScans.end(name);
     }
   }
 
   private isOrphan(id: string, driver: DriverName): boolean {
-    if (this.desired?.get(id)?.spec.driver === driver) return false;
-    if (this.records.get(id)?.desired.spec.driver === driver) return false;
-    return true;
+    return isOrphan(driver, {
+      desiredDriver: this.desired?.get(id)?.spec.driver,
+      supervisedDriver: this.records.get(id)?.desired.spec.driver,
+    });
   }
 
   private async removeOrphan(driver: RuntimeDriver, id: string): Promise<void> {
@@ -1000,20 +848,24 @@ export class ReplicaSupervisor {
       await this.call(() => driver.remove(id), `${driver.name} remove`);
       const restored = this.restored[id];
       delete this.restored[id];
-      if (restored) await this.releasePorts(id, restored.hostPorts);
+      if (restored) await this.ports.release(id, restored.hostPorts);
     } catch (error) {
-      this.orphanScanRequested.add(driver.name);
+      this.orphanScans.request(driver.name);
       this.logger.warn({ replica: id, err: errorMessage(error) }, "removing replica failed");
     }
   }
 
   // --- probes ------------------------------------------------------------------------
 
+  /**
+   * Starts the probes of the replica's current run. Their verdicts act on the record:
+   * a failing liveness probe has the replica killed at once (not at the next tick), a
+   * readiness flip changes the report, and a port of the replica's held by someone
+   * else has the replica moved (moveOffPort).
+   */
   private startProbes(record: ReplicaRecord): void {
     this.stopProbes(record);
-    const { desired } = record;
-    const startedAtMs = this.clock.nowMs();
-    const driver = this.options.drivers.get(desired.spec.driver);
+    const driver = this.options.drivers.get(record.desired.spec.driver);
     const exec: ProbeExec | undefined = driver
       ? (command, timeoutMs) =>
           this.call(
@@ -1022,34 +874,25 @@ export class ReplicaSupervisor {
             timeoutMs + this.callTimeoutMs,
           )
       : undefined;
-    const probe = this.ownedProbe(record, driver);
-    const runnerFor = (
-      kind: "liveness" | "readiness",
-      spec: ProbeSpec,
-      onChange: (passing: boolean, message: string, runner: ProbeRunner) => void,
-    ): ProbeRunner => {
-      const runner: ProbeRunner = new ProbeRunner({
-        kind,
-        spec: {
-          ...spec,
-          action: resolveProbeAction(spec.action, desired.spec.ports, record.hostPorts),
-        },
-        clock: this.clock,
-        startedAtMs,
-        probe,
-        ...(exec ? { exec } : {}),
-        ...(this.options.onProbeResult
-          ? { onResult: (result: ProbeResult) => this.options.onProbeResult?.(kind, result) }
-          : {}),
-        logger: this.logger.child({ replica: record.id }),
-        onChange: (state) =>
-          onChange(state.status === "passing", state.lastResult?.message ?? "", runner),
-      });
-      return runner;
-    };
-    if (desired.liveness) {
-      record.liveness = runnerFor("liveness", desired.liveness, (passing, message, runner) => {
-        if (record.liveness !== runner) return;
+    const portOwner = driver?.portOwner?.bind(driver);
+    const onProbeResult = this.options.onProbeResult;
+    const probes = new ReplicaProbes({
+      replicaId: record.id,
+      desired: record.desired,
+      hostPorts: record.hostPorts,
+      clock: this.clock,
+      probe: probeWithPortOwnership(
+        this.probe,
+        driver && portOwner
+          ? (port, timeoutMs) =>
+              this.call(() => portOwner(record.id, port), `${driver.name} port owner`, timeoutMs)
+          : undefined,
+        (port, holder) => this.notePortConflict(record, port, holder),
+      ),
+      ...(exec ? { exec } : {}),
+      ...(onProbeResult ? { onResult: onProbeResult } : {}),
+      logger: this.logger,
+      onLiveness: (passing, message) => {
         if (passing) {
           delete record.livenessFailure;
           return;
@@ -1057,49 +900,16 @@ export class ReplicaSupervisor {
         record.livenessFailure = message || "probe failing";
         // Act now rather than at the next tick: a dead replica should not linger.
         this.requestReplicaSync(record.id);
-      });
-      record.liveness.start();
-    }
-    if (desired.readiness) {
-      record.readiness = runnerFor("readiness", desired.readiness, (passing, _message, runner) => {
-        if (record.readiness !== runner) return;
-        const wasReady = this.isReady(record);
+      },
+      onReadiness: (passing) => {
+        const wasReady = isReady(record);
         record.readinessPassing = passing;
-        if (this.isReady(record) !== wasReady) record.lastTransitionAtMs = this.clock.nowMs();
+        if (isReady(record) !== wasReady) record.lastTransitionAtMs = this.clock.nowMs();
         this.emitIfChanged();
-      });
-      record.readiness.start();
-    }
-  }
-
-  /**
-   * The probe function for a replica's probes: the probe itself, then — for an http or
-   * tcp probe of this node — the driver's word on who holds the port (REQ-032), so a
-   * probe answered by another replica or program fails and says by whom. A port of
-   * the replica's own held by someone else is a conflict the next sync resolves by
-   * moving the replica (moveOffPort).
-   */
-  private ownedProbe(record: ReplicaRecord, driver: RuntimeDriver | undefined): ProbeFunction {
-    const probe = this.probe ?? runProbeOnce;
-    const portOwner = driver?.portOwner?.bind(driver);
-    if (!driver || !portOwner) return probe;
-    return async (action, options) => {
-      const result = await probe(action, options);
-      const port = localProbePort(action);
-      // Refused: no listener took the connection, so there is no one to identify (the
-      // usual answer while a replica starts; it spares the check its cost).
-      if (port === undefined || result.refused) return result;
-      const owner = await this.call(
-        () => portOwner(record.id, port),
-        `${driver.name} port owner`,
-        options.timeoutMs,
-      ).catch((error: unknown) => ({ kind: "unknown" as const, reason: errorMessage(error) }));
-      const verdict = judgeProbe(result, owner, port);
-      if (verdict.foreignHolder !== undefined) {
-        this.notePortConflict(record, port, verdict.foreignHolder);
-      }
-      return verdict.result;
-    };
+      },
+    });
+    record.probes = probes;
+    probes.start();
   }
 
   /** Marks the conflict when `port` is one of the replica's host ports (not some other port a probe names). */
@@ -1107,51 +917,28 @@ export class ReplicaSupervisor {
     if (record.portConflict || record.intent !== "run" || this.records.get(record.id) !== record) {
       return;
     }
-    const name = Object.keys(record.hostPorts).find((key) => record.hostPorts[key] === port);
+    const name = portNameOf(record.hostPorts, port);
     if (name === undefined) return;
     record.portConflict = { name, port, holder };
     this.requestReplicaSync(record.id);
   }
 
   private stopProbes(record: ReplicaRecord): void {
-    record.liveness?.stop();
-    record.readiness?.stop();
-    delete record.liveness;
-    delete record.readiness;
+    record.probes?.stop();
+    delete record.probes;
     delete record.livenessFailure;
     delete record.portConflict;
     record.readinessPassing = false;
   }
 
-  // --- reports and helpers -----------------------------------------------------------------
+  // --- records and helpers -------------------------------------------------------------
 
-  private newRecord(desired: DesiredReplica): ReplicaRecord {
+  /** A new record, taking over (and consuming) what a restored snapshot knew of the replica. */
+  private newRecordFor(desired: DesiredReplica): ReplicaRecord {
     const id = desired.spec.replicaId;
     const restored = this.restored[id];
     delete this.restored[id];
-    return {
-      id,
-      desired,
-      intent: "start",
-      hostPorts: restored ? { ...restored.hostPorts } : knownHostPorts(desired),
-      phase: "Pending",
-      reason: "",
-      message: "waiting to start",
-      restarts: restored?.restarts ?? 0,
-      failures: 0,
-      nextAttemptAtMs: 0,
-      hasRun: false,
-      startAttempted: false,
-      ...(restored?.runningGeneration !== undefined
-        ? { runningGeneration: restored.runningGeneration }
-        : {}),
-      restoredRunning:
-        restored?.runningGeneration !== undefined &&
-        restored.runningGeneration === desired.generation,
-      readinessPassing: false,
-      foreignPorts: [],
-      lastTransitionAtMs: this.clock.nowMs(),
-    };
+    return newRecord(desired, restored, this.clock.nowMs());
   }
 
   private setPhase(record: ReplicaRecord, phase: ReplicaPhase, reason: string, message: string) {
@@ -1161,39 +948,8 @@ export class ReplicaSupervisor {
     record.message = message;
   }
 
-  private isReady(record: ReplicaRecord): boolean {
-    return (
-      record.phase === "Running" &&
-      (record.desired.readiness === undefined || record.readinessPassing)
-    );
-  }
-
-  private report(record: ReplicaRecord): ReplicaReport {
-    return {
-      replicaId: record.id,
-      phase: record.phase,
-      ready: this.isReady(record),
-      restarts: record.restarts,
-      reason: record.driverProblem?.reason ?? record.reason,
-      message: record.driverProblem?.message ?? record.message,
-      ...(record.exitCode !== undefined ? { exitCode: record.exitCode } : {}),
-      ...(record.startedAtMs !== undefined ? { startedAtMs: record.startedAtMs } : {}),
-      hostPorts: { ...record.hostPorts },
-      driver: record.desired.spec.driver,
-      lastTransitionAtMs: record.lastTransitionAtMs,
-    };
-  }
-
   private emitIfChanged(): void {
-    const reports = this.reports();
-    const key = JSON.stringify(reports);
-    if (key === this.lastEmittedKey) return;
-    this.lastEmittedKey = key;
-    try {
-      this.options.onReport(reports);
-    } catch (error) {
-      this.logger.error({ err: error }, "onReport handler threw");
-    }
+    this.reportEmitter.emitIfChanged(this.reports());
   }
 
   private wakeAfter(record: ReplicaRecord, delayMs: number): void {
@@ -1204,48 +960,6 @@ export class ReplicaSupervisor {
     }, delayMs);
   }
 
-  /**
-   * Re-asserts the reservations of the host ports a previous agent gave its replicas
-   * (their processes may still listen on them), before anything is allocated.
-   */
-  private async claimRestoredPorts(): Promise<void> {
-    for (const [id, restored] of Object.entries(this.restored)) {
-      for (const port of new Set(Object.values(restored.hostPorts))) {
-        const claimed = await this.hostPorts.claim(port, id).catch((error: unknown) => {
-          this.logger.warn({ replica: id, port, err: errorMessage(error) }, "cannot reserve port");
-          return true;
-        });
-        if (!claimed) {
-          // Kept for now: a running replica still listens there; its probes and its next
-          // start find out whether the port is really someone else's.
-          this.logger.warn({ replica: id, port }, "host port reserved by another agent");
-        }
-      }
-    }
-  }
-
-  /** Gives up the reservations of a replica's ports; failures only cost a stale file. */
-  private async releasePorts(id: string, hostPorts: Record<string, number>): Promise<void> {
-    for (const port of new Set(Object.values(hostPorts))) {
-      await this.hostPorts.release(port, id).catch((error: unknown) => {
-        this.logger.warn({ replica: id, port, err: errorMessage(error) }, "cannot release port");
-      });
-    }
-  }
-
-  private portsTakenByOthers(id: string): Set<number> {
-    const taken = new Set<number>();
-    for (const [otherId, record] of this.records) {
-      if (otherId === id) continue;
-      for (const port of Object.values(record.hostPorts)) taken.add(port);
-    }
-    for (const [otherId, restored] of Object.entries(this.restored)) {
-      if (otherId === id) continue;
-      for (const port of Object.values(restored.hostPorts)) taken.add(port);
-    }
-    return taken;
-  }
-
   private noteDriverProblem(record: ReplicaRecord, error: unknown): void {
     record.driverProblem = describeDriverFailure(error);
     this.logger.warn(
@@ -1253,88 +967,8 @@ export class ReplicaSupervisor {
       "driver call failed",
     );
   }
-
-  /** A driver call with a deadline on the injected clock; synchronous throws become rejections. */
-  private call<T>(fn: () => Promise<T>, operation: string, timeoutMs = this.callTimeoutMs) {
-    let promise: Promise<T>;
-    try {
-      promise = fn();
-    } catch (error) {
-      promise = Promise.reject(error);
-    }
-    return withDeadline(promise, timeoutMs, this.clock, operation);
-  }
 }
 
-/**
- * Host ports known without allocating: those the spec pins. Every other port is
- * allocated at start — for the process driver too, which only prefers the declared
- * port, since several replicas on one node cannot all listen on it. Adopted replicas
- * without a restored snapshot have only these.
- */
-function knownHostPorts(desired: DesiredReplica): Record<string, number> {
-  const known: Record<string, number> = {};
-  for (const port of desired.spec.ports) {
-    if (port.hostPort > 0) known[port.name] = port.hostPort;
-  }
-  return known;
-}
-
-function graceMsOf(desired: DesiredReplica): number {
-  const seconds = desired.terminationGracePeriodSeconds;
-  return Number.isFinite(seconds) && seconds >= 0 ? Math.round(seconds * 1000) : 30_000;
-}
-
-function exitOf(status: ReplicaRuntimeStatus): Termination {
-  const code = status.exitCode;
-  if (status.oomKilled) {
-    const detail = code === undefined ? "OOM killed" : `OOM killed, exit code ${code}`;
-    return {
-      reason: "OOMKilled",
-      failed: true,
-      ...(code !== undefined ? { exitCode: code } : {}),
-      detail,
-      summary: `killed for exceeding its memory limit (${detail})`,
-    };
-  }
-  if (code === undefined) {
-    return { reason: "Error", failed: true, detail: "exit code unknown", summary: "exited" };
-  }
-  return {
-    reason: code === 0 ? "Completed" : "Error",
-    failed: code !== 0,
-    exitCode: code,
-    detail: `exit code ${code}`,
-    summary: `exited with code ${code}`,
-  };
-}
-
-/** Reason words for driver failures; DriverError kinds map one to one. */
-function describeDriverFailure(error: unknown): { reason: string; message: string } {
-  const message = errorMessage(error);
-  if (error instanceof DeadlineExceededError) return { reason: "DriverTimeout", message };
-  if (error instanceof DriverError) {
-    switch (error.kind) {
-      case "imageNotFound":
-        return { reason: "ImageNotFound", message };
-      case "invalid":
-        return { reason: "InvalidSpec", message };
-      case "unavailable":
-        return { reason: "DriverUnavailable", message };
-      case "failed":
-        return { reason: "DriverError", message };
-    }
-  }
-  return { reason: "DriverError", message };
-}
-
-function isStale(record: ReplicaRecord): boolean {
-  return (
-    record.runningGeneration !== undefined && record.runningGeneration !== record.desired.generation
-  );
-}
-
-/** A new generation or a different run spec means a new replica; probe changes do not. */
 /**
  * The span of one start attempt. A first start continues the trace of the coordinator's
  * placement; a restart (after a crash) starts its own trace, linked to the placement, so
@@ -1355,32 +989,4 @@ function startReplicaSpan(record: ReplicaRecord, driver: DriverName): Span {
       ? { root: true, links: linksTo(traceparent) }
       : { parent: extractContext(traceparent) },
   );
-}
-
-function isReplacement(current: DesiredReplica, next: DesiredReplica): boolean {
-  return (
-    current.generation !== next.generation ||
-    canonicalJson(current.spec) !== canonicalJson(next.spec)
-  );
-}
-
-function probeSpecs(desired: DesiredReplica): unknown {
-  return { liveness: desired.liveness ?? null, readiness: desired.readiness ?? null };
-}
-
-/** JSON with sorted keys, so equal specs compare equal whatever their key order. */
-function canonicalJson(value: unknown): string {
-  return JSON.stringify(value, (_key, inner: unknown) =>
-    inner && typeof inner === "object" && !Array.isArray(inner)
-      ? Object.fromEntries(
-          Object.entries(inner as Record<string, unknown>).sort(([a], [b]) =>
-            a < b ? -1 : a > b ? 1 : 0,
-          ),
-        )
-      : inner,
-  );
-}
-
-function errorMessage(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
 }

@@ -1,3 +1,4 @@
+import type { ReportedReplicaPhase } from "../../lib/replicaPhase.js";
 import type { ReplicaRunSpec } from "../drivers/driver.js";
 import type { ProbeSpec } from "../probes/probeTypes.js";
 
@@ -19,14 +20,8 @@ export interface DesiredReplica {
   traceparent?: string;
 }
 
-export type ReplicaPhase =
-  | "Pending"
-  | "Starting"
-  | "Running"
-  | "Succeeded"
-  | "Failed"
-  | "Stopped"
-  | "CrashLoopBackOff";
+/** The phases an agent reports: every phase but the coordinator's own (lib/replicaPhase.ts). */
+export type ReplicaPhase = ReportedReplicaPhase;
 
 /** What the agent tells the coordinator about one replica. */
 export interface ReplicaReport {

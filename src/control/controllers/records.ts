@@ -3,6 +3,8 @@
  * writer: API handlers write workloads, controllers write replicas, and agents'
  * status reports reach the store through the coordinator.
  */
+import type { ReplicaPhase } from "../../lib/replicaPhase.js";
+
 export interface ResourcesRecord {
   cpuMillicores: number;
   memoryMiB: number;
@@ -37,16 +39,8 @@ export interface WorkloadRevisionRecord {
   createdAtMs: number;
 }
 
-export type ReplicaPhase =
-  | "Pending"
-  | "Scheduled"
-  | "Starting"
-  | "Running"
-  | "CrashLoopBackOff"
-  | "Succeeded"
-  | "Failed"
-  | "Stopped"
-  | "Stopping";
+/** One list for the agent and the coordinator (lib/replicaPhase.ts). */
+export type { ReplicaPhase };
 
 export interface ReplicaStatusRecord {
   phase: ReplicaPhase;

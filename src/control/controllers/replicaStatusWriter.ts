@@ -1,12 +1,8 @@
 import type { Clock } from "../../lib/clock.js";
+import { replicaPhaseOr } from "../../lib/replicaPhase.js";
 import type { Store } from "../store/store.js";
 import type { ClusterCache } from "./clusterCache.js";
-import {
-  type ReplicaPhase,
-  type ReplicaRecord,
-  type ReplicaStatusRecord,
-  replicaPrefix,
-} from "./records.js";
+import { type ReplicaRecord, type ReplicaStatusRecord, replicaPrefix } from "./records.js";
 import { commitPacked, type TxnItem } from "./txnBatches.js";
 
 export interface ReportedReplica {
@@ -21,18 +17,6 @@ export interface ReportedReplica {
   hostPorts: Record<string, number>;
   driver: string;
 }
-
-const phases = new Set<ReplicaPhase>([
-  "Pending",
-  "Scheduled",
-  "Starting",
-  "Running",
-  "CrashLoopBackOff",
-  "Succeeded",
-  "Failed",
-  "Stopped",
-  "Stopping",
-]);
 
 export interface ReplicaStatusWriterOptions {
   /** Reports arriving within this window share one flush (one commit per chunk). */
@@ -306,7 +290,7 @@ function merge(older: QueuedReports | undefined, newer: QueuedReports | undefine
 
 function statusOf(report: ReportedReplica, now: number): ReplicaStatusRecord {
   return {
-    phase: phases.has(report.phase as ReplicaPhase) ? (report.phase as ReplicaPhase) : "Pending",
+    phase: replicaPhaseOr(report.phase, "Pending"),
     ready: report.ready,
     restarts: report.restarts,
     reason: report.reason,

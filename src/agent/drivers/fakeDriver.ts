@@ -1,14 +1,25 @@
-import type { Clock } from "../../../lib/clock.js";
-import type {
-  DriverName,
-  ExecResult,
-  LogLine,
-  PortOwner,
-  ReplicaRunSpec,
-  ReplicaRuntimeStatus,
-  RuntimeDriver,
-} from "../../drivers/driver.js";
-import { DriverError } from "../../drivers/driver.js";
+/**
+ * An in-memory RuntimeDriver that runs nothing: the one fake of the repository, used by
+ * the supervisor's tests (scripted exits, failing starts, hung calls, port owners) and by
+ * the hollow nodes of the simulator and the benchmarks (thousands of agents in one
+ * process, whose replicas only have to read as running). It lives beside the real
+ * drivers, not under a testing/ folder, because the hollow nodes are built into dist/.
+ *
+ * A started replica "runs" (after `startDelayMs` on the injected clock, what pulling and
+ * starting an image would cost) until it is stopped or a test makes it exit. Time comes
+ * from the injected clock only.
+ */
+import type { Clock } from "../../lib/clock.js";
+import {
+  DriverError,
+  type DriverName,
+  type ExecResult,
+  type LogLine,
+  type PortOwner,
+  type ReplicaRunSpec,
+  type ReplicaRuntimeStatus,
+  type RuntimeDriver,
+} from "./driver.js";
 
 export type FakeDriverMethod =
   | "health"
@@ -36,15 +47,41 @@ export interface FakeReplica {
   finishedAtMs?: number;
 }
 
+/** Told once per replica start, when the replica reads as running. */
+export type StartedListener = (event: {
+  replicaId: string;
+  namespace: string;
+  workload: string;
+  atMs: number;
+}) => void;
+
+export interface FakeDriverOptions {
+  /**
+   * How long a start takes before the replica reads as running, on the injected clock;
+   * a second start of the same replica meanwhile waits for the first. Default 0: at once.
+   */
+  startDelayMs?: number;
+  onStarted?: StartedListener;
+  /**
+   * Keep every call in `calls` for tests to inspect (default true). Hollow nodes turn it
+   * off: a fleet makes millions of calls, and the log would only grow.
+   */
+  recordCalls?: boolean;
+}
+
 /**
- * An in-memory RuntimeDriver for tests: replicas "run" until a test makes them exit,
- * starts can be made to fail or crash at once, the engine can go away, and any method
- * can be made to hang so deadlines can be tested. Every call is recorded. Time comes
- * from the injected clock.
+ * Replicas run until a test makes them exit; starts can be made to fail or crash at
+ * once, the engine can go away, and any method can be made to hang so deadlines can be
+ * tested. Every call is recorded unless `recordCalls` is false.
  */
 export class FakeDriver implements RuntimeDriver {
   readonly calls: FakeDriverCall[] = [];
   readonly replicas = new Map<string, FakeReplica>();
+  private readonly startDelayMs: number;
+  private readonly onStarted: StartedListener | undefined;
+  private readonly recordCalls: boolean;
+  /** Starts under way (with a start delay), so that a second start waits for the first. */
+  private readonly starting = new Map<string, Promise<void>>();
   private readonly logLines = new Map<string, LogLine[]>();
   private unhealthyReason: string | undefined;
   private startError: DriverError | undefined;
@@ -54,16 +91,21 @@ export class FakeDriver implements RuntimeDriver {
     { replicaId?: string; waiters: (() => void)[] }
   >();
   private readonly portOwners = new Map<number, PortOwner>();
-  private execHandler: (replicaId: string, command: string[]) => ExecResult = () => ({
+  private execHandler: (replicaId: string, command: string[]) => ExecResult = (_id, command) => ({
     exitCode: 0,
-    stdout: "",
+    stdout: `${command.join(" ")}\n`,
     stderr: "",
   });
 
   constructor(
     readonly name: DriverName,
     private readonly clock: Clock,
-  ) {}
+    options: FakeDriverOptions = {},
+  ) {
+    this.startDelayMs = Math.max(0, options.startDelayMs ?? 0);
+    this.onStarted = options.onStarted;
+    this.recordCalls = options.recordCalls ?? true;
+  }
 
   // --- scripting -------------------------------------------------------------------
 
@@ -118,7 +160,7 @@ export class FakeDriver implements RuntimeDriver {
     };
   }
 
-  /** Lines logs() will return for the replica. */
+  /** Lines logs() will return for the replica (without any: one line saying nothing runs). */
   appendLog(replicaId: string, line: LogLine): void {
     const lines = this.logLines.get(replicaId) ?? [];
     lines.push(line);
@@ -134,6 +176,7 @@ export class FakeDriver implements RuntimeDriver {
     else this.portOwners.set(port, owner);
   }
 
+  /** How exec answers from now on (default: exit code 0, the command echoed on stdout). */
   onExec(handler: (replicaId: string, command: string[]) => ExecResult): void {
     this.execHandler = handler;
   }
@@ -144,6 +187,13 @@ export class FakeDriver implements RuntimeDriver {
     return this.calls.filter(
       (call) => call.method === method && (replicaId === undefined || call.replicaId === replicaId),
     );
+  }
+
+  /** Replicas that read as running now. */
+  get runningCount(): number {
+    let count = 0;
+    for (const replica of this.replicas.values()) if (replica.state === "running") count++;
+    return count;
   }
 
   // --- RuntimeDriver ---------------------------------------------------------------
@@ -159,16 +209,20 @@ export class FakeDriver implements RuntimeDriver {
     await this.enter("start", spec.replicaId);
     this.assertAvailable();
     if (this.startError) throw this.startError;
-    const existing = this.replicas.get(spec.replicaId);
-    if (existing?.state === "running") return;
-    const nowMs = this.clock.nowMs();
-    const crashCode = this.crashOnStartCodes.get(spec.replicaId);
-    this.replicas.set(spec.replicaId, {
-      spec: structuredClone(spec),
-      state: crashCode === undefined ? "running" : "exited",
-      startedAtMs: nowMs,
-      ...(crashCode === undefined ? {} : { exitCode: crashCode, finishedAtMs: nowMs }),
-    });
+    const inFlight = this.starting.get(spec.replicaId);
+    if (inFlight) return inFlight;
+    if (this.replicas.get(spec.replicaId)?.state === "running") return;
+    if (this.startDelayMs === 0) {
+      this.begin(spec);
+      return;
+    }
+    const started = new Promise<void>((resolve) => {
+      this.clock.setTimeout(resolve, this.startDelayMs);
+    })
+      .then(() => this.begin(spec))
+      .finally(() => this.starting.delete(spec.replicaId));
+    this.starting.set(spec.replicaId, started);
+    return started;
   }
 
   async stop(replicaId: string, _graceMs: number): Promise<void> {
@@ -191,6 +245,7 @@ export class FakeDriver implements RuntimeDriver {
       throw new DriverError("failed", `replica ${replicaId} is running; stop it first`);
     }
     this.replicas.delete(replicaId);
+    this.logLines.delete(replicaId);
   }
 
   async status(replicaId: string): Promise<ReplicaRuntimeStatus> {
@@ -219,7 +274,9 @@ export class FakeDriver implements RuntimeDriver {
   ): AsyncIterable<LogLine> {
     this.assertAvailable();
     if (!this.replicas.has(replicaId)) throw new DriverError("invalid", `no replica ${replicaId}`);
-    yield* this.logLines.get(replicaId) ?? [];
+    const lines = this.logLines.get(replicaId);
+    if (lines) yield* lines;
+    else yield { stream: "stdout", line: `fake replica ${replicaId}: nothing runs here` };
   }
 
   async exec(replicaId: string, command: string[], _timeoutMs: number): Promise<ExecResult> {
@@ -242,8 +299,30 @@ export class FakeDriver implements RuntimeDriver {
       : { kind: "nobody" };
   }
 
+  /** The replica reads as running (or as crashed at once, if a test asked for it). */
+  private begin(spec: ReplicaRunSpec): void {
+    const nowMs = this.clock.nowMs();
+    const crashCode = this.crashOnStartCodes.get(spec.replicaId);
+    this.replicas.set(spec.replicaId, {
+      spec: structuredClone(spec),
+      state: crashCode === undefined ? "running" : "exited",
+      startedAtMs: nowMs,
+      ...(crashCode === undefined ? {} : { exitCode: crashCode, finishedAtMs: nowMs }),
+    });
+    if (crashCode === undefined) {
+      this.onStarted?.({
+        replicaId: spec.replicaId,
+        namespace: spec.namespace,
+        workload: spec.workload,
+        atMs: nowMs,
+      });
+    }
+  }
+
   private async enter(method: FakeDriverMethod, replicaId?: string): Promise<void> {
-    this.calls.push({ method, ...(replicaId ? { replicaId } : {}), atMs: this.clock.nowMs() });
+    if (this.recordCalls) {
+      this.calls.push({ method, ...(replicaId ? { replicaId } : {}), atMs: this.clock.nowMs() });
+    }
     const hang = this.hangs.get(method);
     if (hang && (hang.replicaId === undefined || hang.replicaId === replicaId)) {
       await new Promise<void>((resolve) => hang.waiters.push(resolve));
