@@ -16,6 +16,7 @@ import { createHash } from "node:crypto";
 import { createReadStream } from "node:fs";
 import { chmod, type FileHandle, mkdir, open, rename, rm } from "node:fs/promises";
 import * as path from "node:path";
+import { canonicalJson } from "../lib/canonicalJson.js";
 import { type Clock, systemClock } from "../lib/clock.js";
 import { type Logger, maskTokens, silentLogger } from "./logger.js";
 
@@ -378,22 +379,6 @@ function buildEntry(record: AuditRecord, head: ChainHead, timeMs: number): Audit
 function clean(text: string, max: number): string {
   const masked = maskTokens(String(text)).replace(/\s*\n\s*/g, "; ");
   return masked.length > max ? `${masked.slice(0, max - 1)}…` : masked;
-}
-
-/**
- * Canonical JSON (RFC 8785 for the values an entry holds): object keys sorted by UTF-16
- * code units, no whitespace, undefined members omitted.
- */
-export function canonicalJson(value: unknown): string {
-  if (value === null || typeof value !== "object") return JSON.stringify(value);
-  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(",")}]`;
-  const members = Object.keys(value as Record<string, unknown>)
-    .filter((key) => (value as Record<string, unknown>)[key] !== undefined)
-    .sort()
-    .map(
-      (key) => `${JSON.stringify(key)}:${canonicalJson((value as Record<string, unknown>)[key])}`,
-    );
-  return `{${members.join(",")}}`;
 }
 
 /** SHA-256 (hex) of the canonical JSON of an entry without its `hash`. */

@@ -1,3 +1,4 @@
+import { canonicalJson } from "../../lib/canonicalJson.js";
 import type { Clock } from "../../lib/clock.js";
 import type { Rng } from "../../lib/rng.js";
 import { type Logger, silentLogger } from "../../observe/logger.js";
@@ -1366,19 +1367,6 @@ function isReplacement(current: DesiredReplica, next: DesiredReplica): boolean {
 
 function probeSpecs(desired: DesiredReplica): unknown {
   return { liveness: desired.liveness ?? null, readiness: desired.readiness ?? null };
-}
-
-/** JSON with sorted keys, so equal specs compare equal whatever their key order. */
-function canonicalJson(value: unknown): string {
-  return JSON.stringify(value, (_key, inner: unknown) =>
-    inner && typeof inner === "object" && !Array.isArray(inner)
-      ? Object.fromEntries(
-          Object.entries(inner as Record<string, unknown>).sort(([a], [b]) =>
-            a < b ? -1 : a > b ? 1 : 0,
-          ),
-        )
-      : inner,
-  );
 }
 
 function errorMessage(error: unknown): string {
