@@ -3,6 +3,7 @@ import { access, chmod, mkdir, readFile } from "node:fs/promises";
 import { hostname, networkInterfaces } from "node:os";
 import * as path from "node:path";
 import { stringify } from "yaml";
+import { writeSecretFile } from "../lib/atomicFile.js";
 import { type Clock, systemClock } from "../lib/clock.js";
 import { CloudlessError } from "../lib/errors.js";
 import { acquirePidLock } from "../lib/pidLock.js";
@@ -31,7 +32,6 @@ import {
   type CertificateAuthority,
   loadOrCreateCa,
   spiffeUri,
-  writeSecretFile,
 } from "./security/pki.js";
 import {
   installSharedCa,

@@ -16,6 +16,7 @@ import { createHash } from "node:crypto";
 import { createReadStream } from "node:fs";
 import { chmod, type FileHandle, mkdir, open, rename, rm } from "node:fs/promises";
 import * as path from "node:path";
+import { syncDirectory } from "../lib/atomicFile.js";
 import { canonicalJson } from "../lib/canonicalJson.js";
 import { type Clock, systemClock } from "../lib/clock.js";
 import { type Logger, maskTokens, silentLogger } from "./logger.js";
@@ -301,7 +302,7 @@ export class AuditLog {
     this.handle = next;
     this.size = 0;
     await previous.close().catch(() => undefined);
-    await syncDir(this.dir);
+    await syncDirectory(this.dir);
     this.logger.info({ file, continuesFromSeq: this.head.seq }, "audit log rotated");
   }
 }
@@ -315,13 +316,6 @@ async function openAuditFile(file: string): Promise<FileHandle> {
     throw error;
   }
   return handle;
-}
-
-async function syncDir(dir: string): Promise<void> {
-  const handle = await open(dir, "r").catch(() => undefined);
-  if (!handle) return;
-  await handle.sync().catch(() => undefined);
-  await handle.close();
 }
 
 async function writeAll(handle: FileHandle, buffer: Buffer): Promise<void> {

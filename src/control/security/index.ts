@@ -10,7 +10,6 @@ export type {
   NameValidation,
   PkiErrorKind,
   SpiffeId,
-  WriteFileOptions,
 } from "./pki.js";
 export {
   CA_CERT_FILE,
@@ -31,8 +30,6 @@ export {
   validateClusterName,
   validateNodeName,
   verifyIssuedBy,
-  writePublicFile,
-  writeSecretFile,
 } from "./pki.js";
 export type { GeneratedToken, ParsedToken } from "./tokens.js";
 export {

@@ -23,8 +23,6 @@ import {
   validateClusterName,
   validateNodeName,
   verifyIssuedBy,
-  writePublicFile,
-  writeSecretFile,
 } from "./pki.js";
 import { x509 } from "./x509Runtime.js";
 
@@ -595,30 +593,6 @@ describe("CA files", () => {
     const dir = path.join(root, "pki");
     await loadOrCreateCa(dir, "blue", NOW_MS);
     await expectPkiError(loadOrCreateCa(dir, "green", NOW_MS), "clusterMismatch", /cluster "blue"/);
-  });
-
-  it("NFR-S1: writeSecretFile writes 0600 atomically, replaces by default and refuses when exclusive", async () => {
-    const file = path.join(root, "node.key");
-    await writeSecretFile(file, "one");
-    expect(await modeOf(file)).toBe(0o600);
-    await writeSecretFile(file, "two");
-    expect(await fs.readFile(file, "utf8")).toBe("two");
-    expect(await modeOf(file)).toBe(0o600);
-    await expect(writeSecretFile(file, "three", { exclusive: true })).rejects.toMatchObject({
-      code: "EEXIST",
-    });
-    expect(await fs.readFile(file, "utf8")).toBe("two");
-    await writePublicFile(path.join(root, "node.crt"), "cert");
-    expect(await modeOf(path.join(root, "node.crt"))).toBe(0o644);
-    // No temporary files are left behind, whatever happened.
-    expect((await fs.readdir(root)).sort()).toEqual(["node.crt", "node.key"]);
-  });
-
-  it("NFR-S1: writeSecretFile keeps 0600 even when the existing file was wider", async () => {
-    const file = path.join(root, "token");
-    await fs.writeFile(file, "old", { mode: 0o644 });
-    await writeSecretFile(file, "new");
-    expect(await modeOf(file)).toBe(0o600);
   });
 });
 

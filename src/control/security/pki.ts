@@ -20,6 +20,7 @@ import {
 import * as fs from "node:fs/promises";
 import { isIP } from "node:net";
 import * as path from "node:path";
+import { writePublicFile, writeSecretFile } from "../../lib/atomicFile.js";
 import type { IdentityKind } from "./identity.js";
 import { x509 } from "./x509Runtime.js";
 
@@ -571,99 +572,7 @@ export function verifyIssuedBy(certPem: string, caPem: string, nowMs: number): b
 }
 
 // ---------------------------------------------------------------------------------------
-// Files
-
-export type WriteFileOptions = {
-  /** Refuse to replace an existing file (throws an EEXIST error) instead of replacing it. */
-  exclusive?: boolean;
-};
-
-/** Writes a private file: mode 0600, atomically (temp file, fsync, rename), never half-written. */
-export async function writeSecretFile(
-  filePath: string,
-  contents: string | Uint8Array,
-  options: WriteFileOptions = {},
-): Promise<void> {
-  await writeFileAtomically(filePath, contents, 0o600, options.exclusive ?? false);
-}
-
-/** Writes a public file (certificates): mode 0644, atomically like `writeSecretFile`. */
-export async function writePublicFile(
-  filePath: string,
-  contents: string | Uint8Array,
-  options: WriteFileOptions = {},
-): Promise<void> {
-  await writeFileAtomically(filePath, contents, 0o644, options.exclusive ?? false);
-}
-
-async function writeFileAtomically(
-  filePath: string,
-  contents: string | Uint8Array,
-  mode: number,
-  exclusive: boolean,
-): Promise<void> {
-  const dir = path.dirname(filePath);
-  const tempPath = path.join(
-    dir,
-    `.${path.basename(filePath)}.${randomBytes(6).toString("hex")}.tmp`,
-  );
-  // The temp file is created with its final mode, so the secret is never readable by others,
-  // not even for the moment between creation and a chmod.
-  const handle = await fs.open(tempPath, "wx", mode);
-  try {
-    try {
-      await handle.chmod(mode); // the umask may have narrowed the mode given to open
-      await handle.writeFile(contents);
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-    if (exclusive) {
-      await linkWithoutReplacing(tempPath, filePath);
-    } else {
-      await fs.rename(tempPath, filePath);
-    }
-  } finally {
-    await fs.rm(tempPath, { force: true });
-  }
-  await syncDirectory(dir);
-}
-
-async function linkWithoutReplacing(fromPath: string, toPath: string): Promise<void> {
-  try {
-    // link(2) fails with EEXIST instead of replacing, atomically, unlike rename(2).
-    await fs.link(fromPath, toPath);
-  } catch (error) {
-    const code = errorCode(error);
-    if (code !== "EPERM" && code !== "ENOTSUP" && code !== "ENOSYS") throw error;
-    // Filesystems without hard links: check then rename, which leaves only a narrow race.
-    const exists = await fs.stat(toPath).then(
-      () => true,
-      () => false,
-    );
-    if (exists) {
-      throw Object.assign(new Error(`EEXIST: file already exists, link '${toPath}'`), {
-        code: "EEXIST",
-      });
-    }
-    await fs.rename(fromPath, toPath);
-  }
-}
-
-async function syncDirectory(dir: string): Promise<void> {
-  // Makes the rename itself durable. Some platforms cannot fsync a directory; the data
-  // is still safe there, only the name may be lost in a crash, so this is best effort.
-  try {
-    const handle = await fs.open(dir, "r");
-    try {
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-  } catch {
-    // best effort, see above
-  }
-}
+// CA files
 
 async function readCaFile(filePath: string): Promise<string | undefined> {
   let stat: Awaited<ReturnType<typeof fs.stat>>;
