@@ -1,10 +1,7 @@
 import * as https from "node:https";
 import { afterEach, beforeAll, describe, expect, it } from "vitest";
-import {
-  CertificateAuthority,
-  createCertificateAuthority,
-  spiffeUri,
-} from "../control/security/pki.js";
+import { spiffeUri } from "../api/identity.js";
+import { CertificateAuthority, createCertificateAuthority } from "../control/security/pki.js";
 import { silentLogger } from "../observe/logger.js";
 import { createAgentMetrics } from "../observe/metrics.js";
 import { type MetricsListener, startMetricsListener } from "./metricsListener.js";

@@ -16,10 +16,11 @@ import { createHash } from "node:crypto";
 import { createReadStream } from "node:fs";
 import { chmod, type FileHandle, mkdir, open, rename, rm } from "node:fs/promises";
 import * as path from "node:path";
+import { redactToken } from "../api/token.js";
 import { syncDirectory } from "../lib/atomicFile.js";
 import { canonicalJson } from "../lib/canonicalJson.js";
 import { type Clock, systemClock } from "../lib/clock.js";
-import { type Logger, maskTokens, silentLogger } from "./logger.js";
+import { type Logger, silentLogger } from "./logger.js";
 
 /** The prevHash of the first entry of a chain. */
 export const genesisHash = "0".repeat(64);
@@ -371,7 +372,7 @@ function buildEntry(record: AuditRecord, head: ChainHead, timeMs: number): Audit
 
 /** Bounded, token-masked, newline-free text. */
 function clean(text: string, max: number): string {
-  const masked = maskTokens(String(text)).replace(/\s*\n\s*/g, "; ");
+  const masked = redactToken(String(text)).replace(/\s*\n\s*/g, "; ");
   return masked.length > max ? `${masked.slice(0, max - 1)}…` : masked;
 }
 

@@ -2,6 +2,7 @@ import { createHash, randomUUID } from "node:crypto";
 import { create, type JsonObject } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import type { ServiceImpl } from "@connectrpc/connect";
+import { CloudlessError } from "../../api/errors.js";
 import {
   type Replica,
   ReplicaSchema,
@@ -12,9 +13,16 @@ import {
   type WorkloadStatus,
   WorkloadStatusSchema,
   WorkloadView,
-} from "../../gen/cloudless/v1/workload_pb.js";
-import { CloudlessError } from "../../lib/errors.js";
-import { limitRef, limits, specTooLargeMessage } from "../../lib/limits.js";
+} from "../../api/gen/cloudless/v1/workload_pb.js";
+import { limitRef, limits, specTooLargeMessage } from "../../api/limits.js";
+import {
+  canonicalSpecJson,
+  formatSpecErrors,
+  parseWorkloadText,
+  parseWorkloadValue,
+  specTextTooLarge,
+} from "../../api/workload/parse.js";
+import type { WorkloadSpecDocument } from "../../api/workload/spec.js";
 import { injectTraceparent } from "../../observe/tracing.js";
 import { readFreshClusterState } from "../controllers/clusterCache.js";
 import type { ClusterState } from "../controllers/clusterState.js";
@@ -35,14 +43,6 @@ import {
 import { type WorkloadStatusView, workloadStatus } from "../controllers/workloadReconciler.js";
 import { budgetApplies, budgetText, explainPending } from "../scheduler/index.js";
 import type { Op } from "../store/store.js";
-import {
-  canonicalSpecJson,
-  formatSpecErrors,
-  parseWorkloadText,
-  parseWorkloadValue,
-  specTextTooLarge,
-} from "../workloads/parse.js";
-import type { WorkloadSpecDocument } from "../workloads/spec.js";
 import { actorName, type CoordinatorServices, requireAdmin } from "./context.js";
 
 /** Revisions kept per workload for `rollout undo`. */

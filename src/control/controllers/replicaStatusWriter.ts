@@ -1,5 +1,6 @@
 import type { Clock } from "../../lib/clock.js";
 import type { Store } from "../store/store.js";
+import { commitPacked, type TxnItem } from "../store/txnBatches.js";
 import type { ClusterCache } from "./clusterCache.js";
 import {
   type ReplicaPhase,
@@ -7,7 +8,6 @@ import {
   type ReplicaStatusRecord,
   replicaPrefix,
 } from "./records.js";
-import { commitPacked, type TxnItem } from "./txnBatches.js";
 
 export interface ReportedReplica {
   replicaId: string;

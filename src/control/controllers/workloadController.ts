@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from "node:crypto";
+import { limits } from "../../api/limits.js";
 import type { Clock } from "../../lib/clock.js";
-import { limits } from "../../lib/limits.js";
 import type { Rng } from "../../lib/rng.js";
 import type { Logger } from "../../observe/logger.js";
 import type { ControllerMetrics } from "../../observe/metrics.js";
@@ -29,6 +29,7 @@ import type {
   Unschedulable,
 } from "../scheduler/types.js";
 import type { Compare, Store } from "../store/store.js";
+import { type ChunkOutcome, commitPacked, type TxnItem, txnOpsFor } from "../store/txnBatches.js";
 import type { AssignmentEntry, AssignmentHub } from "./assignmentHub.js";
 import { type CacheChange, ClusterCache } from "./clusterCache.js";
 import type { ClusterState, Versioned } from "./clusterState.js";
@@ -49,7 +50,6 @@ import {
   placementOf,
   rebalanceOf,
 } from "./specView.js";
-import { type ChunkOutcome, commitPacked, type TxnItem, txnOpsFor } from "./txnBatches.js";
 import { isReplicaReady, type ReconcileAction, reconcileWorkload } from "./workloadReconciler.js";
 
 /**

@@ -4,27 +4,21 @@ import type { AddressInfo } from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
 import * as tls from "node:tls";
-import fc from "fast-check";
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { clusterIdFromCaPem, generateKeyAndCsr, spiffeUri } from "../../api/identity.js";
+import { x509 } from "../../lib/x509Runtime.js";
 import {
   CertificateAuthority,
   CLOCK_SKEW_ALLOWANCE_MS,
   certificateValidity,
-  clusterIdFromCaPem,
   createCertificateAuthority,
-  generateKeyAndCsr,
   type IssueOptions,
   identityFromCertificate,
   loadOrCreateCa,
   PkiError,
-  parseSpiffeUri,
   renewalDueAtMs,
-  spiffeUri,
-  validateClusterName,
-  validateNodeName,
   verifyIssuedBy,
 } from "./pki.js";
-import { x509 } from "./x509Runtime.js";
 
 const CLUSTER = "test";
 const NOW_MS = 1_700_000_000_000;
@@ -408,53 +402,6 @@ describe("identityFromCertificate", () => {
     expect(
       identityFromCertificate(await selfSigned(["spiffe://test/node/a"]), CLUSTER),
     ).toMatchObject({ kind: "node", name: "a" });
-  });
-});
-
-describe("names and SPIFFE URIs", () => {
-  it("accepts DNS-1123 labels and explains the rule otherwise", () => {
-    for (const name of ["a", "node-1", "0", "a".repeat(63)]) {
-      expect(validateNodeName(name), name).toEqual({ ok: true });
-    }
-    for (const name of ["", "-a", "a-", "A", "a_b", "a.b", "a b", "a".repeat(64), "é"]) {
-      const result = validateNodeName(name);
-      expect(result.ok, name).toBe(false);
-      if (!result.ok) {
-        expect(result.reason).toContain("lowercase letters (a-z), digits (0-9) or '-'");
-        expect(result.reason).toContain(JSON.stringify(name));
-      }
-    }
-    expect(validateClusterName("prod-eu").ok).toBe(true);
-    expect(validateClusterName("Prod").ok).toBe(false);
-  });
-
-  it("round-trips spiffeUri through parseSpiffeUri", () => {
-    const label = fc.stringMatching(/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/);
-    const kind = fc.constantFrom("node" as const, "admin" as const, "coordinator" as const);
-    fc.assert(
-      fc.property(label, kind, label, (cluster, k, name) => {
-        const parsed = parseSpiffeUri(spiffeUri(cluster, k, name));
-        return parsed?.clusterName === cluster && parsed.kind === k && parsed.name === name;
-      }),
-    );
-    expect(spiffeUri("c", "node", "n1")).toBe("spiffe://c/node/n1");
-  });
-
-  it("refuses malformed SPIFFE URIs", () => {
-    for (const uri of [
-      "spiffe://c/node",
-      "spiffe://c/node/",
-      "spiffe://c/node/n1/x",
-      "spiffe://c/user/n1",
-      "spiffe://C/node/n1",
-      "spiffe://c/node/n1?x=1",
-      "spiffe://c/node/N1",
-      "https://c/node/n1",
-      "spiffe://c/node/n%31",
-    ]) {
-      expect(parseSpiffeUri(uri), uri).toBeUndefined();
-    }
-    expect(() => spiffeUri("c", "node", "Bad")).toThrow(PkiError);
   });
 });
 

@@ -12,7 +12,7 @@ import {
   createHash,
   createPrivateKey,
   createPublicKey,
-  KeyObject,
+  type KeyObject,
   randomBytes,
   webcrypto,
   X509Certificate,
@@ -20,9 +20,22 @@ import {
 import * as fs from "node:fs/promises";
 import { isIP } from "node:net";
 import * as path from "node:path";
+import {
+  clusterIdFromFingerprint,
+  ecdsaSha256,
+  ecP256,
+  generateP256KeyPair,
+  type IdentityKind,
+  isP256,
+  parseSpiffeUri,
+  parseTrustDomainUri,
+  pemOf,
+  privateKeyPem,
+  trustDomainUri,
+  validateClusterName,
+} from "../../api/identity.js";
 import { writePublicFile, writeSecretFile } from "../../lib/atomicFile.js";
-import type { IdentityKind } from "./identity.js";
-import { x509 } from "./x509Runtime.js";
+import { x509 } from "../../lib/x509Runtime.js";
 
 /** Certificates start this far in the past so that a peer whose clock is behind accepts them. */
 export const CLOCK_SKEW_ALLOWANCE_MS = 5 * 60_000;
@@ -30,8 +43,6 @@ export const CA_CERT_FILE = "ca.crt";
 export const CA_KEY_FILE = "ca.key";
 
 const DAY_MS = 86_400_000;
-const EC_P256 = { name: "ECDSA", namedCurve: "P-256" } as const;
-const ECDSA_SHA256 = { name: "ECDSA", hash: "SHA-256" } as const;
 const CSR_PEM_HEADER = "-----BEGIN CERTIFICATE REQUEST-----";
 // Limits on untrusted or on-disk input: a P-256 CSR or certificate is well under 2 KiB.
 const MAX_CSR_PEM_CHARS = 16 * 1024;
@@ -67,77 +78,6 @@ export class PkiError extends Error {
   }
 }
 
-export type NameValidation = { ok: true } | { ok: false; reason: string };
-
-const LABEL_PATTERN = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
-const LABEL_RULE =
-  "use 1 to 63 lowercase letters (a-z), digits (0-9) or '-', starting and ending with a letter or digit";
-
-function validateLabel(what: string, name: string): NameValidation {
-  if (LABEL_PATTERN.test(name)) return { ok: true };
-  return { ok: false, reason: `${what} ${JSON.stringify(name)} is not valid: ${LABEL_RULE}` };
-}
-
-/** Checks a node name: a DNS-1123 label, so it is safe in URIs, file names and host names. */
-export function validateNodeName(name: string): NameValidation {
-  return validateLabel("node name", name);
-}
-
-/** Checks a cluster name, which becomes the SPIFFE trust domain; same rule as node names. */
-export function validateClusterName(name: string): NameValidation {
-  return validateLabel("cluster name", name);
-}
-
-export type SpiffeId = { clusterName: string; kind: IdentityKind; name: string };
-
-const SPIFFE_KINDS: readonly IdentityKind[] = ["node", "admin", "coordinator"];
-const SPIFFE_PATTERN = /^spiffe:\/\/([^/]+)\/([^/]+)\/([^/]+)$/;
-
-/** Builds `spiffe://<cluster>/<kind>/<name>`; throws PkiError "invalidInput" on a bad name. */
-/** Hex digits of the CA fingerprint that make the cluster id (64 bits). */
-const CLUSTER_ID_HEX_DIGITS = 16;
-
-/**
- * The cluster's stable id: the first 16 hex digits of its CA certificate's SHA-256
- * fingerprint (the one join tokens pin). The CA never changes for the life of a cluster
- * (a coordinator refuses another), so every coordinator and every agent — which holds the
- * CA — derives the same id without asking anyone. Replicas carry it (ADR 0030), so two
- * clusters sharing a host and node names never touch each other's.
- */
-export function clusterIdFromFingerprint(fingerprintSha256Hex: string): string {
-  return fingerprintSha256Hex.toLowerCase().slice(0, CLUSTER_ID_HEX_DIGITS);
-}
-
-/** The cluster id (see clusterIdFromFingerprint) of a CA certificate in PEM. */
-export function clusterIdFromCaPem(caPem: string): string {
-  const der = new X509Certificate(caPem).raw;
-  return clusterIdFromFingerprint(createHash("sha256").update(der).digest("hex"));
-}
-
-export function spiffeUri(clusterName: string, kind: IdentityKind, name: string): string {
-  const cluster = validateClusterName(clusterName);
-  if (!cluster.ok) throw new PkiError("invalidInput", cluster.reason);
-  const checked = validateLabel(`${kind} name`, name);
-  if (!checked.ok) throw new PkiError("invalidInput", checked.reason);
-  return `spiffe://${clusterName}/${kind}/${name}`;
-}
-
-/** Parses a URI made by `spiffeUri`; anything else (query, extra segments, bad names) → undefined. */
-export function parseSpiffeUri(uri: string): SpiffeId | undefined {
-  const match = SPIFFE_PATTERN.exec(uri);
-  if (match === null) return undefined;
-  const [, clusterName, kind, name] = match;
-  if (clusterName === undefined || kind === undefined || name === undefined) return undefined;
-  if (!SPIFFE_KINDS.includes(kind as IdentityKind)) return undefined;
-  if (!LABEL_PATTERN.test(clusterName) || !LABEL_PATTERN.test(name)) return undefined;
-  return { clusterName, kind: kind as IdentityKind, name };
-}
-
-/** The URI SAN on the CA certificate: the trust domain alone, as SPIFFE does for CAs. */
-function trustDomainUri(clusterName: string): string {
-  return `spiffe://${clusterName}`;
-}
-
 // ---------------------------------------------------------------------------------------
 // Small helpers
 
@@ -152,24 +92,6 @@ function randomSerialHex(): string {
   // INTEGER without padding and prints the same way in every tool.
   bytes[0] = (bytes[0]! & 0x7f) | 0x01;
   return bytes.toString("hex");
-}
-
-function isP256(key: KeyObject): boolean {
-  return key.asymmetricKeyType === "ec" && key.asymmetricKeyDetails?.namedCurve === "prime256v1";
-}
-
-async function generateP256KeyPair(): Promise<webcrypto.CryptoKeyPair> {
-  return webcrypto.subtle.generateKey(EC_P256, true, ["sign", "verify"]);
-}
-
-function privateKeyPem(key: webcrypto.CryptoKey): string {
-  return KeyObject.from(key).export({ type: "pkcs8", format: "pem" }).toString();
-}
-
-/** PEM text as files conventionally hold it: ending with a newline, as Node's exports do. */
-function pemOf(value: { toString(format: "pem"): string }): string {
-  const pem = value.toString("pem");
-  return pem.endsWith("\n") ? pem : `${pem}\n`;
 }
 
 function parseWithPeculiar(der: Uint8Array): InstanceType<typeof x509.X509Certificate> {
@@ -215,7 +137,7 @@ export async function createCertificateAuthority(
     serialNumber: randomSerialHex(),
     notBefore: new Date(floorToSecondMs(nowMs - CLOCK_SKEW_ALLOWANCE_MS)),
     notAfter: new Date(floorToSecondMs(nowMs + validityDays * DAY_MS)),
-    signingAlgorithm: ECDSA_SHA256,
+    signingAlgorithm: ecdsaSha256,
     extensions: [
       // pathLength 0: this CA signs leaves only, never intermediate CAs.
       new x509.BasicConstraintsExtension(true, 0, true),
@@ -306,8 +228,8 @@ export class CertificateAuthority {
     }
     const cert = parseWithPeculiar(nodeCert.raw);
     const clusterName = uriSansOf(cert)
-      .map((uri) => /^spiffe:\/\/([^/]+)$/.exec(uri)?.[1])
-      .find((name) => name !== undefined && LABEL_PATTERN.test(name));
+      .map(parseTrustDomainUri)
+      .find((name) => name !== undefined);
     if (clusterName === undefined) {
       throw new PkiError(
         "invalidInput",
@@ -315,9 +237,7 @@ export class CertificateAuthority {
       );
     }
     const pkcs8Der = key.export({ type: "pkcs8", format: "der" });
-    const signingKey = await webcrypto.subtle.importKey("pkcs8", pkcs8Der, EC_P256, false, [
-      "sign",
-    ]);
+    const signingKey = await webcrypto.subtle.importKey("pkcs8", pkcs8Der, ecP256, false, ["sign"]);
     const ski = cert.getExtension(x509.SubjectKeyIdentifierExtension);
     const keyIdHex =
       ski?.keyId ?? (await x509.SubjectKeyIdentifierExtension.create(cert.publicKey)).keyId;
@@ -415,7 +335,7 @@ export class CertificateAuthority {
       notAfter: new Date(notAfterMs),
       publicKey: spki,
       signingKey: this.signingKey,
-      signingAlgorithm: ECDSA_SHA256,
+      signingAlgorithm: ecdsaSha256,
       extensions: [
         new x509.BasicConstraintsExtension(false, undefined, true),
         // ECDSA keys sign; keyEncipherment is an RSA key-transport usage and does not apply.
@@ -471,22 +391,6 @@ export class CertificateAuthority {
       if (isIP(address) === 0) invalid(`${JSON.stringify(address)} is not an IPv4 or IPv6 address`);
     }
   }
-}
-
-// ---------------------------------------------------------------------------------------
-// Agents
-
-/** Generates a P-256 key and a CSR for it; the CA ignores the CSR's name, it is only a label. */
-export async function generateKeyAndCsr(options: {
-  commonName: string;
-}): Promise<{ keyPem: string; csrPem: string }> {
-  const keys = await generateP256KeyPair();
-  const csr = await x509.Pkcs10CertificateRequestGenerator.create({
-    name: [{ CN: [options.commonName] }],
-    keys,
-    signingAlgorithm: ECDSA_SHA256,
-  });
-  return { keyPem: privateKeyPem(keys.privateKey), csrPem: pemOf(csr) };
 }
 
 // ---------------------------------------------------------------------------------------

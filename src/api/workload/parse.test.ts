@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { limits } from "../../lib/limits.js";
+import { limits } from "../limits.js";
 import {
   canonicalSpecJson,
   closestKey,

@@ -10,7 +10,7 @@ import { createHash } from "node:crypto";
 import { CST, Lexer, parseAllDocuments } from "yaml";
 import type { z } from "zod";
 import { canonicalJson } from "../../lib/canonicalJson.js";
-import { limitRef, limits, specTooLargeMessage } from "../../lib/limits.js";
+import { limitRef, limits, specTooLargeMessage } from "../limits.js";
 import { type WorkloadSpecDocument, workloadSchema } from "./spec.js";
 
 export interface SpecError {

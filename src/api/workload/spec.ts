@@ -10,7 +10,7 @@
  * read the partially parsed value defensively.
  */
 import { z } from "zod";
-import { formatBytes, limitRef, limits } from "../../lib/limits.js";
+import { formatBytes, limitRef, limits } from "../limits.js";
 
 export const workloadApiVersion = "cloudless/v1";
 export const workloadKind = "Workload";
