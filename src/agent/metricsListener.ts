@@ -4,7 +4,7 @@ import * as https from "node:https";
 import type { AddressInfo } from "node:net";
 import type { TLSSocket } from "node:tls";
 import { CloudlessError } from "../api/errors.js";
-import { identityFromCertificate } from "../control/security/pki.js";
+import { identityFromCertificate } from "../api/identity.js";
 import type { Logger } from "../observe/logger.js";
 import { metricsPath, type Registry, writeMetrics } from "../observe/metrics.js";
 

@@ -91,6 +91,57 @@ export function namesCoordinator(subjectAltName: string, clusterName: string | u
 }
 
 // ---------------------------------------------------------------------------------------
+// Certificates
+
+/** A DER certificate as @peculiar/x509 reads it (Node's X509Certificate has no SAN list). */
+export function parseCertificateDer(der: Uint8Array): InstanceType<typeof x509.X509Certificate> {
+  return new x509.X509Certificate(new Uint8Array(der));
+}
+
+/** The URI subject alternative names of a certificate, in order. */
+export function uriSansOf(cert: InstanceType<typeof x509.X509Certificate>): string[] {
+  const san = cert.getExtension(x509.SubjectAlternativeNameExtension);
+  if (san === null) return [];
+  return san.names.items.filter((n) => n.type === "url").map((n) => n.value);
+}
+
+export type CertificateIdentity = {
+  kind: IdentityKind;
+  name: string;
+  /** Lowercase hex, as returned by `issueFromCsr` / `issueKeyPair`. */
+  serial: string;
+  notAfterMs: number;
+};
+
+/**
+ * Maps a peer certificate to a caller identity through its single SPIFFE URI SAN.
+ * Returns undefined when there is none, more than one, it is malformed or names another
+ * cluster. It does not check the signature: call it only on a certificate the TLS layer
+ * has already verified against the cluster CA (`socket.authorized`).
+ */
+export function identityFromCertificate(
+  cert: X509Certificate,
+  clusterName: string,
+): CertificateIdentity | undefined {
+  if (cert.ca) return undefined;
+  let uris: string[];
+  let notAfterMs: number;
+  try {
+    const parsed = parseCertificateDer(cert.raw);
+    uris = uriSansOf(parsed).filter((uri) => uri.toLowerCase().startsWith("spiffe:"));
+    notAfterMs = parsed.notAfter.getTime();
+  } catch {
+    // SAN forms the parser does not know (otherName, x400) are not ours: no identity.
+    return undefined;
+  }
+  // More than one SPIFFE ID would make the identity ambiguous; our CA never issues that.
+  if (uris.length !== 1) return undefined;
+  const id = parseSpiffeUri(uris[0]!);
+  if (id === undefined || id.clusterName !== clusterName) return undefined;
+  return { kind: id.kind, name: id.name, serial: cert.serialNumber.toLowerCase(), notAfterMs };
+}
+
+// ---------------------------------------------------------------------------------------
 // The cluster id
 
 /** Hex digits of the CA fingerprint that make the cluster id (64 bits). */

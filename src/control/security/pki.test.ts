@@ -5,7 +5,12 @@ import * as os from "node:os";
 import * as path from "node:path";
 import * as tls from "node:tls";
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import { clusterIdFromCaPem, generateKeyAndCsr, spiffeUri } from "../../api/identity.js";
+import {
+  clusterIdFromCaPem,
+  generateKeyAndCsr,
+  identityFromCertificate,
+  spiffeUri,
+} from "../../api/identity.js";
 import { x509 } from "../../lib/x509Runtime.js";
 import {
   CertificateAuthority,
@@ -13,7 +18,6 @@ import {
   certificateValidity,
   createCertificateAuthority,
   type IssueOptions,
-  identityFromCertificate,
   loadOrCreateCa,
   PkiError,
   renewalDueAtMs,

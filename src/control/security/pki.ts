@@ -25,13 +25,14 @@ import {
   ecdsaSha256,
   ecP256,
   generateP256KeyPair,
-  type IdentityKind,
   isP256,
+  parseCertificateDer,
   parseSpiffeUri,
   parseTrustDomainUri,
   pemOf,
   privateKeyPem,
   trustDomainUri,
+  uriSansOf,
   validateClusterName,
 } from "../../api/identity.js";
 import { writePublicFile, writeSecretFile } from "../../lib/atomicFile.js";
@@ -92,16 +93,6 @@ function randomSerialHex(): string {
   // INTEGER without padding and prints the same way in every tool.
   bytes[0] = (bytes[0]! & 0x7f) | 0x01;
   return bytes.toString("hex");
-}
-
-function parseWithPeculiar(der: Uint8Array): InstanceType<typeof x509.X509Certificate> {
-  return new x509.X509Certificate(new Uint8Array(der));
-}
-
-function uriSansOf(cert: InstanceType<typeof x509.X509Certificate>): string[] {
-  const san = cert.getExtension(x509.SubjectAlternativeNameExtension);
-  if (san === null) return [];
-  return san.names.items.filter((n) => n.type === "url").map((n) => n.value);
 }
 
 function errorCode(error: unknown): string | undefined {
@@ -226,7 +217,7 @@ export class CertificateAuthority {
     if (!nodeCert.checkPrivateKey(key)) {
       throw new PkiError("invalidInput", "the CA private key does not match the CA certificate");
     }
-    const cert = parseWithPeculiar(nodeCert.raw);
+    const cert = parseCertificateDer(nodeCert.raw);
     const clusterName = uriSansOf(cert)
       .map(parseTrustDomainUri)
       .find((name) => name !== undefined);
@@ -396,42 +387,6 @@ export class CertificateAuthority {
 // ---------------------------------------------------------------------------------------
 // Reading certificates
 
-export type CertificateIdentity = {
-  kind: IdentityKind;
-  name: string;
-  /** Lowercase hex, as returned by `issueFromCsr` / `issueKeyPair`. */
-  serial: string;
-  notAfterMs: number;
-};
-
-/**
- * Maps a peer certificate to a caller identity through its single SPIFFE URI SAN.
- * Returns undefined when there is none, more than one, it is malformed or names another
- * cluster. It does not check the signature: call it only on a certificate the TLS layer
- * has already verified against the cluster CA (`socket.authorized`).
- */
-export function identityFromCertificate(
-  cert: X509Certificate,
-  clusterName: string,
-): CertificateIdentity | undefined {
-  if (cert.ca) return undefined;
-  let uris: string[];
-  let notAfterMs: number;
-  try {
-    const parsed = parseWithPeculiar(cert.raw);
-    uris = uriSansOf(parsed).filter((uri) => uri.toLowerCase().startsWith("spiffe:"));
-    notAfterMs = parsed.notAfter.getTime();
-  } catch {
-    // SAN forms the parser does not know (otherName, x400) are not ours: no identity.
-    return undefined;
-  }
-  // More than one SPIFFE ID would make the identity ambiguous; our CA never issues that.
-  if (uris.length !== 1) return undefined;
-  const id = parseSpiffeUri(uris[0]!);
-  if (id === undefined || id.clusterName !== clusterName) return undefined;
-  return { kind: id.kind, name: id.name, serial: cert.serialNumber.toLowerCase(), notAfterMs };
-}
-
 /** Validity of a PEM certificate, for renewal scheduling. Throws PkiError "invalidInput" if unparsable. */
 export function certificateValidity(certPem: string): {
   notBeforeMs: number;
@@ -439,7 +394,7 @@ export function certificateValidity(certPem: string): {
   serial: string;
 } {
   try {
-    const cert = parseWithPeculiar(new X509Certificate(certPem).raw);
+    const cert = parseCertificateDer(new X509Certificate(certPem).raw);
     return {
       notBeforeMs: cert.notBefore.getTime(),
       notAfterMs: cert.notAfter.getTime(),
@@ -466,7 +421,7 @@ export function verifyIssuedBy(certPem: string, caPem: string, nowMs: number): b
     const ca = new X509Certificate(caPem);
     if (!ca.ca || !leaf.checkIssued(ca) || !leaf.verify(ca.publicKey)) return false;
     for (const cert of [leaf, ca]) {
-      const parsed = parseWithPeculiar(cert.raw);
+      const parsed = parseCertificateDer(cert.raw);
       if (nowMs < parsed.notBefore.getTime() || nowMs > parsed.notAfter.getTime()) return false;
     }
     return true;
