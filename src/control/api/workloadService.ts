@@ -34,12 +34,8 @@ import {
   workloadId,
   workloadKey,
 } from "../controllers/records.js";
+import { availabilityOf, existingReplicaOf, toSchedNodes } from "../controllers/schedulerInput.js";
 import { asSpecView, driverOfSpec, placementOf } from "../controllers/specView.js";
-import {
-  availabilityOf,
-  existingReplicaOf,
-  toSchedNodes,
-} from "../controllers/workloadController.js";
 import { type WorkloadStatusView, workloadStatus } from "../controllers/workloadReconciler.js";
 import { budgetApplies, budgetText, explainPending } from "../scheduler/index.js";
 import type { Op } from "../store/store.js";
