@@ -19,13 +19,13 @@ import { readdir, stat, writeFile } from "node:fs/promises";
 import * as path from "node:path";
 import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { createGrpcTransport } from "@connectrpc/connect-node";
+import { WorkloadView } from "../src/api/gen/cloudless/v1/workload_pb.js";
 import { type ClientCredentials, loadClientConfig } from "../src/client/config.js";
 import {
   type CoordinatorClients,
   checkCoordinatorIdentity,
   createClients,
 } from "../src/client/transport.js";
-import { WorkloadView } from "../src/gen/cloudless/v1/workload_pb.js";
 import { seededRng } from "../src/lib/rng.js";
 import { createTokens } from "../src/sim/hollowNodes.js";
 import { type EtcdCluster, startEtcd } from "../test/helpers/etcd.js";

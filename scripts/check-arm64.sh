@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 node_version="${1:-24.22.3}"
-[ -f dist/cli/main.js ] || { echo "check-arm64.sh: run npm run build first" >&2; exit 1; }
+[ -f dist/cmd/main.js ] || { echo "check-arm64.sh: run npm run build first" >&2; exit 1; }
 if ! command -v qemu-aarch64 >/dev/null || ! command -v aarch64-linux-gnu-g++ >/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user g++-aarch64-linux-gnu >/dev/null
 fi

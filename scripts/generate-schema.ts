@@ -10,7 +10,7 @@ import { execFileSync } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
-import { workloadJsonSchema } from "../src/control/workloads/jsonSchema.js";
+import { workloadJsonSchema } from "../src/api/workload/jsonSchema.js";
 
 const root = path.join(path.dirname(fileURLToPath(import.meta.url)), "..");
 const relativeTarget = path.join("schemas", "workload.schema.json");

@@ -1,8 +1,8 @@
 import { create, toBinary } from "@bufbuild/protobuf";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { GetNodeRequestSchema, NodeService } from "../src/api/gen/cloudless/v1/node_pb.js";
+import { TokenService } from "../src/api/gen/cloudless/v1/token_pb.js";
 import { type ClientCredentials, loadClientConfig } from "../src/client/config.js";
-import { GetNodeRequestSchema, NodeService } from "../src/gen/cloudless/v1/node_pb.js";
-import { TokenService } from "../src/gen/cloudless/v1/token_pb.js";
 import { TestCluster } from "./helpers/cluster.js";
 import { TestResources } from "./helpers/processes.js";
 import { http2Post, httpsPost } from "./helpers/tlsProbe.js";

@@ -2,10 +2,10 @@ import { randomBytes } from "node:crypto";
 import { readdir, readFile, rename, stat, writeFile } from "node:fs/promises";
 import * as path from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { NodeService } from "../src/api/gen/cloudless/v1/node_pb.js";
+import { generateKeyAndCsr } from "../src/api/identity.js";
 import { type ClientCredentials, loadClientConfig } from "../src/client/config.js";
 import { readMaxBytes } from "../src/control/api/server.js";
-import { generateKeyAndCsr } from "../src/control/security/pki.js";
-import { NodeService } from "../src/gen/cloudless/v1/node_pb.js";
 import { TestCluster } from "./helpers/cluster.js";
 import { runCli, TestResources, waitFor } from "./helpers/processes.js";
 import {

@@ -19,8 +19,8 @@ const importsVitest = /(?:from\s*|import\s*\(\s*|import\s+)["']vitest(?:\/[^"']*
 describe("NFR-U1 the build ships the program and nothing else", () => {
   const inputs = buildInputs();
 
-  it("compiles the CLI entry point", () => {
-    expect(inputs).toContain(path.join("src", "cli", "main.ts"));
+  it("compiles the program entry point", () => {
+    expect(inputs).toContain(path.join("src", "cmd", "main.ts"));
   });
 
   it("contract: leaves out tests, test harnesses and anything that imports vitest", () => {
@@ -55,8 +55,8 @@ describe("NFR-U1 the build ships the program and nothing else", () => {
     expect(entries.filter((entry) => !built.has(entry))).toEqual([]);
     // The program itself is the bin script, which loads the built CLI.
     expect(readFileSync(path.join(repoRoot, manifest.bin?.cloudless ?? ""), "utf8")).toContain(
-      "../dist/cli/main.js",
+      "../dist/cmd/main.js",
     );
-    expect(built.has("dist/cli/main.js")).toBe(true);
+    expect(built.has("dist/cmd/main.js")).toBe(true);
   });
 });

@@ -1,7 +1,7 @@
 import * as https from "node:https";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { generateKeyAndCsr } from "../src/api/identity.js";
 import { loadClientConfig } from "../src/client/config.js";
-import { generateKeyAndCsr } from "../src/control/security/pki.js";
 import { TestCluster } from "./helpers/cluster.js";
 import { TestResources } from "./helpers/processes.js";
 import { clientsFor, foreignAdminCredentials } from "./helpers/tlsProbe.js";

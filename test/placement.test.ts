@@ -6,8 +6,8 @@
  */
 import { randomBytes } from "node:crypto";
 import { afterAll, afterEach, beforeEach, describe, expect, it } from "vitest";
+import type { Workload } from "../src/api/gen/cloudless/v1/workload_pb.js";
 import type { CoordinatorClients } from "../src/client/transport.js";
-import type { Workload } from "../src/gen/cloudless/v1/workload_pb.js";
 import {
   type AgentDefinition,
   fastAgentFlags,

@@ -7,8 +7,8 @@
  */
 import { randomBytes } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { clusterIdFromCaPem } from "../src/api/identity.js";
 import { loadClientConfig } from "../src/client/config.js";
-import { clusterIdFromCaPem } from "../src/control/security/pki.js";
 import { isAlive } from "./helpers/autonomy.js";
 import {
   fastAgentFlags,

@@ -5,11 +5,13 @@ import * as path from "node:path";
 import { create } from "@bufbuild/protobuf";
 import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { HeartbeatRequestSchema, NodeService } from "../src/api/gen/cloudless/v1/node_pb.js";
+import { generateKeyAndCsr, spiffeUri } from "../src/api/identity.js";
+import { parseToken } from "../src/api/token.js";
 import { type ClientCredentials, loadClientConfig } from "../src/client/config.js";
 import type { CoordinatorClients } from "../src/client/transport.js";
-import { CertificateAuthority, generateKeyAndCsr, spiffeUri } from "../src/control/security/pki.js";
-import { generateToken, parseToken } from "../src/control/security/tokens.js";
-import { HeartbeatRequestSchema, NodeService } from "../src/gen/cloudless/v1/node_pb.js";
+import { CertificateAuthority } from "../src/control/security/pki.js";
+import { generateToken } from "../src/control/security/tokens.js";
 import { TestCluster } from "./helpers/cluster.js";
 import { type ManagedProcess, runCli, TestResources, waitFor } from "./helpers/processes.js";
 import {

@@ -3,7 +3,7 @@ import { existsSync } from "node:fs";
 import { readFile, writeFile } from "node:fs/promises";
 import * as path from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { sampleSpec } from "../src/cli/sample.js";
+import { sampleSpec } from "../src/cmd/sample.js";
 import { type NodeJson, TestCluster } from "./helpers/cluster.js";
 import { podman } from "./helpers/podman.js";
 import { ManagedProcess, runCli, TestResources, waitFor } from "./helpers/processes.js";

@@ -7,8 +7,8 @@ import { randomBytes } from "node:crypto";
 import { writeFile } from "node:fs/promises";
 import * as path from "node:path";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { WorkloadService } from "../src/api/gen/cloudless/v1/workload_pb.js";
 import { loadClientConfig } from "../src/client/config.js";
-import { WorkloadService } from "../src/gen/cloudless/v1/workload_pb.js";
 import {
   getWorkloadJson,
   removeProcessReplicas,

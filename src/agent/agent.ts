@@ -3,25 +3,21 @@ import { hostname } from "node:os";
 import * as path from "node:path";
 import { create } from "@bufbuild/protobuf";
 import type { Transport } from "@connectrpc/connect";
-import { fetchPinnedCa } from "../client/pinning.js";
-import { createClients, createCoordinatorTransport } from "../client/transport.js";
-import { fromConnectError } from "../control/api/errorMapping.js";
-import {
-  clusterIdFromCaPem,
-  generateKeyAndCsr,
-  validateNodeName,
-} from "../control/security/pki.js";
-import { parseToken } from "../control/security/tokens.js";
+import { CloudlessError, fromConnectError } from "../api/errors.js";
 import {
   CapacitySchema,
   type HeartbeatRequest,
   HeartbeatRequestSchema,
   type HeartbeatResponse,
   NodeInfoSchema,
-} from "../gen/cloudless/v1/node_pb.js";
+} from "../api/gen/cloudless/v1/node_pb.js";
+import { clusterIdFromCaPem, generateKeyAndCsr, validateNodeName } from "../api/identity.js";
+import { parseToken } from "../api/token.js";
+import { EndpointRotation, leaderHint, type SessionOutcome } from "../client/endpoints.js";
+import { fetchPinnedCa } from "../client/pinning.js";
+import { createClients, createCoordinatorTransport } from "../client/transport.js";
 import { type Clock, systemClock } from "../lib/clock.js";
-import { CloudlessError } from "../lib/errors.js";
-import { acquirePidLock } from "../lib/pidLock.js";
+import { acquirePidLock, DirectoryInUseError } from "../lib/pidLock.js";
 import { type Rng, systemRng } from "../lib/rng.js";
 import type { Logger } from "../observe/logger.js";
 import { silentLogger } from "../observe/logger.js";
@@ -30,7 +26,6 @@ import { desiredFromAssignment, reportToProto } from "./assignments.js";
 import type { DriverName, RuntimeDriver } from "./drivers/driver.js";
 import { detectDrivers, ReplicaOwner } from "./drivers/index.js";
 import { InstrumentedDriver } from "./drivers/instrumentedDriver.js";
-import { EndpointRotation, leaderHint, type SessionOutcome } from "./endpoints.js";
 import {
   type AgentIdentity,
   certificateWindow,
@@ -151,7 +146,12 @@ export async function startAgent(options: AgentOptions): Promise<Agent> {
   const rng = options.rng ?? systemRng;
   const dataDir = path.resolve(options.dataDir);
   await mkdir(dataDir, { recursive: true, mode: 0o700 });
-  const lock = await acquirePidLock(path.join(dataDir, "agent.lock"), `agent data dir ${dataDir}`);
+  const lock = await acquirePidLock(
+    path.join(dataDir, "agent.lock"),
+    `agent data dir ${dataDir}`,
+  ).catch((error: unknown) => {
+    throw error instanceof DirectoryInUseError ? CloudlessError.unavailable(error.message) : error;
+  });
   try {
     let identity = await loadIdentity(dataDir);
     const baseLogger = options.logger ?? silentLogger;

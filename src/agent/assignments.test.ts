@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { limits } from "../lib/limits.js";
+import { limits } from "../api/limits.js";
 import { desiredFromAssignment } from "./assignments.js";
 
 function assignment(spec: Record<string, unknown>) {

@@ -1,11 +1,11 @@
 import { create } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
-import { parseWorkloadValue } from "../control/workloads/parse.js";
-import type { Probe, WorkloadSpecDocument } from "../control/workloads/spec.js";
 import {
   type ReplicaReport as ReplicaReportMessage,
   ReplicaReportSchema,
-} from "../gen/cloudless/v1/node_pb.js";
+} from "../api/gen/cloudless/v1/node_pb.js";
+import { parseWorkloadValue } from "../api/workload/parse.js";
+import type { Probe, WorkloadSpecDocument } from "../api/workload/spec.js";
 import type { ReplicaRunSpec } from "./drivers/driver.js";
 import type { ProbeAction, ProbeSpec } from "./probes/probeTypes.js";
 import type { DesiredReplica, ReplicaReport } from "./supervisor/supervisorTypes.js";

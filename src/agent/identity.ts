@@ -1,8 +1,8 @@
 import { X509Certificate } from "node:crypto";
 import { access, mkdir, readFile, stat } from "node:fs/promises";
 import * as path from "node:path";
-import { writePublicFile, writeSecretFile } from "../control/security/pki.js";
-import { CloudlessError } from "../lib/errors.js";
+import { CloudlessError } from "../api/errors.js";
+import { writePublicFile, writeSecretFile } from "../lib/atomicFile.js";
 
 /** What an agent keeps in its data dir to come back without a new token. */
 export interface AgentIdentity {

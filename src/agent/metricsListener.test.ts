@@ -1,41 +1,9 @@
 import * as https from "node:https";
 import { afterEach, beforeAll, describe, expect, it } from "vitest";
-import {
-  CertificateAuthority,
-  createCertificateAuthority,
-  spiffeUri,
-} from "../control/security/pki.js";
+import { type Credentials, clusterCredentials } from "../../test/helpers/certificates.js";
 import { silentLogger } from "../observe/logger.js";
 import { createAgentMetrics } from "../observe/metrics.js";
 import { type MetricsListener, startMetricsListener } from "./metricsListener.js";
-
-interface Credentials {
-  caPem: string;
-  certPem: string;
-  keyPem: string;
-}
-
-async function clusterCredentials(clusterName: string) {
-  const nowMs = Date.now();
-  const generated = await createCertificateAuthority({ clusterName, nowMs });
-  const ca = await CertificateAuthority.load(generated.certPem, generated.keyPem);
-  const issue = (kind: "node" | "admin", name: string, usage: "client" | "clientAndServer") =>
-    ca.issueKeyPair({
-      subjectName: name,
-      spiffeUri: spiffeUri(clusterName, kind, name),
-      ttlMs: 3_600_000,
-      nowMs,
-      usage,
-      ...(kind === "node" ? { dnsNames: [name] } : {}),
-    });
-  const node = await issue("node", "n1", "clientAndServer");
-  const admin = await issue("admin", "admin", "client");
-  return {
-    caPem: ca.certPem,
-    node: { caPem: ca.certPem, certPem: node.certPem, keyPem: node.keyPem },
-    admin: { caPem: ca.certPem, certPem: admin.certPem, keyPem: admin.keyPem },
-  };
-}
 
 /** GET over HTTPS, verifying the server as "n1"; an error string when the exchange fails. */
 function get(

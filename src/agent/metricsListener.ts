@@ -3,8 +3,8 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import * as https from "node:https";
 import type { AddressInfo } from "node:net";
 import type { TLSSocket } from "node:tls";
-import { identityFromCertificate } from "../control/security/pki.js";
-import { CloudlessError } from "../lib/errors.js";
+import { CloudlessError } from "../api/errors.js";
+import { identityFromCertificate } from "../api/identity.js";
 import type { Logger } from "../observe/logger.js";
 import { metricsPath, type Registry, writeMetrics } from "../observe/metrics.js";
 

@@ -2,6 +2,7 @@ import { mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promise
 import { tmpdir } from "node:os";
 import * as path from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { pathsSyncedBy, straceWorks } from "../../test/helpers/strace.js";
 import { ManualClock } from "../lib/clock.js";
 import { silentLogger } from "../observe/logger.js";
 import { AgentStateWriter, loadAgentState, stateFileName, writeAgentState } from "./stateFile.js";
@@ -54,6 +55,22 @@ describe("NFR-A1 agent state file", () => {
     expect((await stat(path.join(dir, stateFileName))).mode & 0o777).toBe(0o600);
     expect(await readdir(dir)).toEqual([stateFileName]);
   });
+
+  it.skipIf(!straceWorks)(
+    "NFR-A1 contract: a write is durable: the file and then its directory are fsynced (the rename survives a power loss)",
+    async () => {
+      const module = new URL("./stateFile.ts", import.meta.url).href;
+      const synced = await pathsSyncedBy(`
+        import { writeAgentState } from ${JSON.stringify(module)};
+        await writeAgentState(${JSON.stringify(dir)}, "n1", ${JSON.stringify(snapshot)}, 0);
+      `);
+      const mine = synced.filter((file) => file.startsWith(dir));
+      expect(mine.at(-1)).toBe(dir);
+      expect(mine.slice(0, -1).every((file) => file.endsWith(".tmp"))).toBe(true);
+      expect(mine.length).toBeGreaterThanOrEqual(2);
+    },
+    30_000,
+  );
 
   it("a missing file is absent, not an error", async () => {
     expect(await loadAgentState(dir, "n1")).toEqual({ kind: "absent" });

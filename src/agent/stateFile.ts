@@ -10,8 +10,9 @@
  * time in clock ticks and its cgroup, so a recycled pid is never adopted; the container
  * driver's labels with the node name and replica id), and adoption asks them.
  */
-import { open, readFile, rename, rm } from "node:fs/promises";
+import { readFile } from "node:fs/promises";
 import * as path from "node:path";
+import { writeSecretFile } from "../lib/atomicFile.js";
 import type { Clock } from "../lib/clock.js";
 import type { Logger } from "../observe/logger.js";
 import type { DesiredReplica, SupervisorSnapshot } from "./supervisor/supervisorTypes.js";
@@ -149,35 +150,23 @@ function errorMessage(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
 
-/** Writes the file atomically: a crash leaves the old file or the new one, never half. */
+/**
+ * Writes the file atomically and durably (lib/atomicFile.ts): a crash leaves the old file
+ * or the new one, never half, and the new one survives a power loss once this resolves.
+ */
 export async function writeAgentState(
   dataDir: string,
   nodeName: string,
   snapshot: SupervisorSnapshot,
   nowMs: number,
 ): Promise<void> {
-  const file = path.join(dataDir, stateFileName);
-  const temporary = `${file}.${process.pid}.tmp`;
   const content: StateFile = {
     version: 1,
     nodeName,
     savedAt: new Date(nowMs).toISOString(),
     supervisor: snapshot,
   };
-  const handle = await open(temporary, "w", 0o600);
-  try {
-    await handle.writeFile(`${JSON.stringify(content)}\n`);
-    // On disk before the rename, so a power loss cannot leave an empty file behind it.
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-  try {
-    await rename(temporary, file);
-  } catch (error) {
-    await rm(temporary, { force: true });
-    throw error;
-  }
+  await writeSecretFile(path.join(dataDir, stateFileName), `${JSON.stringify(content)}\n`);
 }
 
 export interface AgentStateWriterOptions {
@@ -286,10 +275,12 @@ export class AgentStateWriter {
       );
       this.lastError = "";
     } catch (error) {
-      // Logged once per distinct failure (a full disk would otherwise log every round).
+      // Logged once per distinct failure (a full disk would otherwise log every round). The
+      // errno code tells failures apart: the message names a temporary file new each time.
       const message = errorMessage(error);
-      if (message !== this.lastError) {
-        this.lastError = message;
+      const failure = (error as NodeJS.ErrnoException).code ?? message;
+      if (failure !== this.lastError) {
+        this.lastError = failure;
         this.options.logger.warn(
           { err: message },
           "cannot write the agent state file; an agent restart without a coordinator would not bring replicas back",

@@ -1,5 +1,5 @@
+import type { ExecRequest, LogsRequest } from "../api/gen/cloudless/v1/node_pb.js";
 import type { CoordinatorClients } from "../client/transport.js";
-import type { ExecRequest, LogsRequest } from "../gen/cloudless/v1/node_pb.js";
 import type { DriverName, RuntimeDriver } from "./drivers/driver.js";
 import { DeadlineExceeded } from "./drivers/util.js";
 import type { ReplicaReport } from "./supervisor/supervisorTypes.js";

@@ -1,9 +1,8 @@
 import { Code, ConnectError, createRouterTransport, type Transport } from "@connectrpc/connect";
 import { describe, expect, it } from "vitest";
+import { CloudlessError, toConnectError } from "../api/errors.js";
+import { TokenService } from "../api/gen/cloudless/v1/token_pb.js";
 import { createClients } from "../client/transport.js";
-import { toConnectError } from "../control/api/errorMapping.js";
-import { TokenService } from "../gen/cloudless/v1/token_pb.js";
-import { CloudlessError } from "../lib/errors.js";
 import { describeClientError, FailoverTransport } from "./clientCommand.js";
 
 const a = "https://10.0.0.1:7443";

@@ -12,15 +12,14 @@ import {
   type Transport,
   type UnaryResponse,
 } from "@connectrpc/connect";
-import { leaderHint, normalizeUrl } from "../agent/endpoints.js";
+import { CloudlessError, errorCodeHeader, fromConnectError } from "../api/errors.js";
 import { type ClientCredentials, loadClientConfig, resolveConfigPath } from "../client/config.js";
+import { leaderHint, normalizeUrl } from "../client/endpoints.js";
 import {
   type CoordinatorClients,
   createClients,
   createCoordinatorTransport,
 } from "../client/transport.js";
-import { fromConnectError } from "../control/api/errorMapping.js";
-import { CloudlessError } from "../lib/errors.js";
 
 export interface ClientContext {
   clients: CoordinatorClients;
@@ -193,9 +192,7 @@ export class FailoverTransport implements Transport {
 function isFailover(error: unknown): boolean {
   const connectError = ConnectError.from(error);
   if (connectError.code === Code.Unavailable) return true;
-  return (
-    connectError.code === Code.DeadlineExceeded && !connectError.metadata.has("x-cloudless-code")
-  );
+  return connectError.code === Code.DeadlineExceeded && !connectError.metadata.has(errorCodeHeader);
 }
 
 function describeFailure(error: unknown): string {

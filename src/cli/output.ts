@@ -1,5 +1,5 @@
 import { stringify } from "yaml";
-import { CloudlessError } from "../lib/errors.js";
+import { CloudlessError } from "../api/errors.js";
 
 export type OutputFormat = "table" | "json" | "yaml";
 

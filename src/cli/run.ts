@@ -1,4 +1,4 @@
-import { CloudlessError } from "../lib/errors.js";
+import { CloudlessError } from "../api/errors.js";
 import { exitAfterOutput } from "./exit.js";
 
 const exitCodes: Record<CloudlessError["code"], number> = {

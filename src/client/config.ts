@@ -2,7 +2,7 @@ import { readFile, stat } from "node:fs/promises";
 import { homedir } from "node:os";
 import * as path from "node:path";
 import { parse } from "yaml";
-import { CloudlessError } from "../lib/errors.js";
+import { CloudlessError } from "../api/errors.js";
 
 /** What a client needs to reach a cluster: where, the CA to trust, and who it is. */
 export interface ClientCredentials {

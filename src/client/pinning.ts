@@ -1,7 +1,7 @@
 import { X509Certificate } from "node:crypto";
 import { isIP } from "node:net";
 import * as tls from "node:tls";
-import { CloudlessError } from "../lib/errors.js";
+import { CloudlessError } from "../api/errors.js";
 
 /**
  * Before a joining agent sends its token, it makes sure it talks to the cluster the

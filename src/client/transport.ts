@@ -2,11 +2,12 @@ import type * as http2 from "node:http2";
 import type { PeerCertificate } from "node:tls";
 import { type Client, createClient, type Transport } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
-import { ClusterService } from "../gen/cloudless/v1/cluster_pb.js";
-import { EventService } from "../gen/cloudless/v1/event_pb.js";
-import { NodeService } from "../gen/cloudless/v1/node_pb.js";
-import { TokenService } from "../gen/cloudless/v1/token_pb.js";
-import { WorkloadService } from "../gen/cloudless/v1/workload_pb.js";
+import { ClusterService } from "../api/gen/cloudless/v1/cluster_pb.js";
+import { EventService } from "../api/gen/cloudless/v1/event_pb.js";
+import { NodeService } from "../api/gen/cloudless/v1/node_pb.js";
+import { TokenService } from "../api/gen/cloudless/v1/token_pb.js";
+import { WorkloadService } from "../api/gen/cloudless/v1/workload_pb.js";
+import { namesCoordinator } from "../api/identity.js";
 
 export interface TransportOptions {
   baseUrl: string;
@@ -99,12 +100,7 @@ export function checkCoordinatorIdentity(
   certificate: PeerCertificate,
   clusterName: string | undefined,
 ): Error | undefined {
-  const names = (certificate.subjectaltname ?? "").split(", ");
-  const isCoordinator = (name: string) => {
-    const match = /^URI:spiffe:\/\/([^/]+)\/coordinator\/[^/]+$/.exec(name);
-    return match !== null && (clusterName === undefined || match[1] === clusterName);
-  };
-  if (names.some(isCoordinator)) return undefined;
+  if (namesCoordinator(certificate.subjectaltname ?? "", clusterName)) return undefined;
   return new Error(
     `the server's certificate does not belong to a coordinator of cluster "${clusterName ?? "?"}"`,
   );

@@ -4,9 +4,11 @@ import { access, chmod, mkdir, readFile } from "node:fs/promises";
 import { hostname, networkInterfaces } from "node:os";
 import * as path from "node:path";
 import { stringify } from "yaml";
+import { CloudlessError } from "../api/errors.js";
+import { spiffeUri } from "../api/identity.js";
+import { writeSecretFile } from "../lib/atomicFile.js";
 import { type Clock, systemClock } from "../lib/clock.js";
-import { CloudlessError } from "../lib/errors.js";
-import { acquirePidLock } from "../lib/pidLock.js";
+import { acquirePidLock, DirectoryInUseError } from "../lib/pidLock.js";
 import { describeTightened, type TightenedFile, tightenFileMode } from "../lib/privateFiles.js";
 import { type Rng, systemRng } from "../lib/rng.js";
 import { AuditLog } from "../observe/audit.js";
@@ -27,13 +29,7 @@ import { LeaderElection, type LeaderInfo, leaderKey } from "./leader/leaderElect
 import { MembershipService } from "./membership/membershipService.js";
 import { defaultMembershipConfig, type MembershipConfig } from "./membership/membershipTracker.js";
 import { NodeRegistry } from "./nodes/nodeRegistry.js";
-import {
-  CA_KEY_FILE,
-  type CertificateAuthority,
-  loadOrCreateCa,
-  spiffeUri,
-  writeSecretFile,
-} from "./security/pki.js";
+import { CA_KEY_FILE, type CertificateAuthority, loadOrCreateCa } from "./security/pki.js";
 import {
   installSharedCa,
   readClusterSecret,
@@ -145,7 +141,11 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
     const lock = await acquirePidLock(
       path.join(dataDir, "coordinator.lock"),
       `coordinator data dir ${dataDir}`,
-    );
+    ).catch((error: unknown) => {
+      throw error instanceof DirectoryInUseError
+        ? CloudlessError.unavailable(error.message)
+        : error;
+    });
     releaseLock = () => lock.release();
     try {
       // Loaded only here: etcd3 and gRPC cost ~20 MiB that a SQLite coordinator never needs.

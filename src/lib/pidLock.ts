@@ -1,7 +1,6 @@
 import { readFileSync } from "node:fs";
 import { link, readFile, unlink, writeFile } from "node:fs/promises";
 import * as path from "node:path";
-import { CloudlessError } from "./errors.js";
 
 /**
  * An exclusive lock on a directory, held by a file that names its holder (ADR 0029):
@@ -126,6 +125,15 @@ export function describeHolder(holder: LockHolder): string {
   return `process ${holder.pid}${details ? ` (${details})` : ""}`;
 }
 
+/**
+ * The directory is locked by a live process, or the lock could not be taken; the message
+ * names the holder and what to do. Callers report it as Unavailable (lib/ knows nothing of
+ * the API's error codes, ADR 0038).
+ */
+export class DirectoryInUseError extends Error {
+  override readonly name = "DirectoryInUseError";
+}
+
 export async function acquirePidLock(lockPath: string, what: string): Promise<PidLock> {
   const startTicks = processStartTicks(process.pid);
   const me: LockHolder = {
@@ -154,13 +162,13 @@ export async function acquirePidLock(lockPath: string, what: string): Promise<Pi
       }
       const found = await readLockHolder(lockPath);
       if (found?.live && found.holder) {
-        throw CloudlessError.unavailable(
+        throw new DirectoryInUseError(
           `${what} is in use by ${describeHolder(found.holder)}; stop it first or use another --data-dir`,
         );
       }
       await unlink(lockPath).catch(() => undefined);
     }
-    throw CloudlessError.unavailable(`could not lock ${what}; try again`);
+    throw new DirectoryInUseError(`could not lock ${what}; try again`);
   } finally {
     await unlink(aside).catch(() => undefined);
   }

@@ -2,6 +2,7 @@ import { appendFile, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/prom
 import { tmpdir } from "node:os";
 import * as path from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { canonicalJson } from "../lib/canonicalJson.js";
 import { ManualClock } from "../lib/clock.js";
 import {
   type AuditEntry,
@@ -9,7 +10,6 @@ import {
   type AuditLogOptions,
   type AuditRecord,
   auditFileName,
-  canonicalJson,
   entryHash,
   genesisHash,
   verifyAuditLog,
@@ -94,6 +94,30 @@ describe("NFR-C1 audit log", () => {
     expect(written[0]).not.toHaveProperty("error");
     for (const line of await lines()) expect(line).toBe(canonicalJson(JSON.parse(line)));
     expect(await verifyAuditLog(file())).toMatchObject({ ok: true, entries: 6, lastSeq: 6 });
+  });
+
+  it("NFR-C1 contract: a fixed vector keeps the hash of a written entry (one canonical JSON, ADR 0038)", () => {
+    // Computed by audit.ts's own canonical JSON before it moved to lib/canonicalJson.ts:
+    // logs written before the move must still verify after it.
+    const entry = {
+      seq: 7,
+      time: "2024-05-01T12:00:00.000Z",
+      actor: "admin/admin",
+      address: "127.0.0.1:5000",
+      method: "cloudless.v1.WorkloadService/Apply",
+      target: "workload/shop/vec",
+      result: "ok",
+      durationMs: 12.5,
+      prevHash: genesisHash,
+      dryRun: true,
+      error: undefined,
+    };
+    expect(canonicalJson(entry)).toBe(
+      '{"actor":"admin/admin","address":"127.0.0.1:5000","dryRun":true,"durationMs":12.5,"method":"cloudless.v1.WorkloadService/Apply","prevHash":"0000000000000000000000000000000000000000000000000000000000000000","result":"ok","seq":7,"target":"workload/shop/vec","time":"2024-05-01T12:00:00.000Z"}',
+    );
+    expect(entryHash(entry)).toBe(
+      "598ab1bb87ee8d4b800817ca5614fb445cbef4caafe9a52f5f314591a50ba17f",
+    );
   });
 
   it("creates the directory 0700 and the file 0600", async () => {

@@ -16,8 +16,11 @@ import { createHash } from "node:crypto";
 import { createReadStream } from "node:fs";
 import { chmod, type FileHandle, mkdir, open, rename, rm } from "node:fs/promises";
 import * as path from "node:path";
+import { redactToken } from "../api/token.js";
+import { syncDirectory } from "../lib/atomicFile.js";
+import { canonicalJson } from "../lib/canonicalJson.js";
 import { type Clock, systemClock } from "../lib/clock.js";
-import { type Logger, maskTokens, silentLogger } from "./logger.js";
+import { type Logger, silentLogger } from "./logger.js";
 
 /** The prevHash of the first entry of a chain. */
 export const genesisHash = "0".repeat(64);
@@ -300,7 +303,7 @@ export class AuditLog {
     this.handle = next;
     this.size = 0;
     await previous.close().catch(() => undefined);
-    await syncDir(this.dir);
+    await syncDirectory(this.dir);
     this.logger.info({ file, continuesFromSeq: this.head.seq }, "audit log rotated");
   }
 }
@@ -314,13 +317,6 @@ async function openAuditFile(file: string): Promise<FileHandle> {
     throw error;
   }
   return handle;
-}
-
-async function syncDir(dir: string): Promise<void> {
-  const handle = await open(dir, "r").catch(() => undefined);
-  if (!handle) return;
-  await handle.sync().catch(() => undefined);
-  await handle.close();
 }
 
 async function writeAll(handle: FileHandle, buffer: Buffer): Promise<void> {
@@ -376,24 +372,8 @@ function buildEntry(record: AuditRecord, head: ChainHead, timeMs: number): Audit
 
 /** Bounded, token-masked, newline-free text. */
 function clean(text: string, max: number): string {
-  const masked = maskTokens(String(text)).replace(/\s*\n\s*/g, "; ");
+  const masked = redactToken(String(text)).replace(/\s*\n\s*/g, "; ");
   return masked.length > max ? `${masked.slice(0, max - 1)}…` : masked;
-}
-
-/**
- * Canonical JSON (RFC 8785 for the values an entry holds): object keys sorted by UTF-16
- * code units, no whitespace, undefined members omitted.
- */
-export function canonicalJson(value: unknown): string {
-  if (value === null || typeof value !== "object") return JSON.stringify(value);
-  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(",")}]`;
-  const members = Object.keys(value as Record<string, unknown>)
-    .filter((key) => (value as Record<string, unknown>)[key] !== undefined)
-    .sort()
-    .map(
-      (key) => `${JSON.stringify(key)}:${canonicalJson((value as Record<string, unknown>)[key])}`,
-    );
-  return `{${members.join(",")}}`;
 }
 
 /** SHA-256 (hex) of the canonical JSON of an entry without its `hash`. */

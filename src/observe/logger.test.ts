@@ -56,4 +56,29 @@ describe("logger", () => {
       msg: "hello",
     });
   });
+
+  it("REQ-001 contract: a bootstrap token in a message or an error loses its secret, even truncated or mangled, in an error's stack too", () => {
+    const lines: string[] = [];
+    const stream = new Writable({
+      write(chunk, _encoding, callback) {
+        lines.push(String(chunk));
+        callback();
+      },
+    });
+    const logger = createLogger({ component: "test", destination: stream });
+    const whole = `CL1::${"a".repeat(64)}::0123456789.${"S".repeat(43)}`;
+    // Pasted with a shortened CA hash, or cut before its id: still a secret worth hiding.
+    const mangled = `CL1::${"a".repeat(20)}::0123456789.${"T".repeat(43)}`;
+    const cut = `CL1::${"a".repeat(64)}::${"U".repeat(30)}`;
+    logger.warn(`joining with ${whole} failed`);
+    logger.warn(`joining with ${mangled} failed`);
+    logger.error({ err: new Error(`bad token ${cut}`) }, "join failed");
+    logger.error({ err: new Error(`bad token ${whole}`) }, "join failed");
+    const text = lines.join("");
+    expect(lines).toHaveLength(4);
+    for (const secret of ["S".repeat(43), "T".repeat(43), "U".repeat(30)]) {
+      expect(text).not.toContain(secret);
+    }
+    expect(text).toContain("0123456789.[REDACTED]");
+  });
 });

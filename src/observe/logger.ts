@@ -1,12 +1,14 @@
 import { type LevelWithSilent, type Logger, pino } from "pino";
+import { redactToken } from "../api/token.js";
 import { activeTraceIds } from "./tracing.js";
 
 export type { Logger };
 
 /**
  * JSON-lines logs on stderr (stdout stays free for command output). Known secret
- * fields are redacted by path, and any string that looks like a bootstrap token is
- * masked by the serializer below as a second line of defence. While tracing is on, each
+ * fields are redacted by path, and any string that looks like a bootstrap token, whole
+ * or mangled, is masked by the hooks below (api/token.ts redactToken) as a second line
+ * of defence. While tracing is on, each
  * line written inside a span carries its traceId and spanId; lines about one API request
  * carry its reqId (see src/control/api/requestContext.ts).
  */
@@ -25,13 +27,6 @@ const redactPaths = [
   "*.authorization",
   "req.headers.authorization",
 ];
-
-const tokenPattern = /(CL1::[0-9a-f]{64}::[a-z0-9]{10}\.)[A-Za-z0-9_-]+/g;
-
-/** Masks the secret part of any bootstrap token in a string. */
-export function maskTokens(text: string): string {
-  return text.replace(tokenPattern, "$1[REDACTED]");
-}
 
 export const logLevels = ["trace", "debug", "info", "warn", "error", "fatal", "silent"] as const;
 
@@ -107,7 +102,7 @@ export function createLogger(options: {
       formatters: { level: (label) => ({ level: label }) },
       hooks: {
         logMethod(args, method) {
-          const masked = args.map((arg) => (typeof arg === "string" ? maskTokens(arg) : arg));
+          const masked = args.map((arg) => (typeof arg === "string" ? redactToken(arg) : arg));
           method.apply(this, masked as Parameters<typeof method>);
         },
       },
@@ -115,7 +110,11 @@ export function createLogger(options: {
         err: (error: unknown) => {
           const serialized = pino.stdSerializers.err(error as Error);
           if (serialized && typeof serialized.message === "string") {
-            serialized.message = maskTokens(serialized.message);
+            serialized.message = redactToken(serialized.message);
+          }
+          // The stack starts with the message, so it carries the same token.
+          if (serialized && typeof serialized.stack === "string") {
+            serialized.stack = redactToken(serialized.stack);
           }
           return serialized;
         },

@@ -5,6 +5,7 @@ import * as net from "node:net";
 import * as tls from "node:tls";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
+import { spiffeUri } from "../../src/api/identity.js";
 import {
   type CoordinatorClients,
   createClients,
@@ -13,7 +14,6 @@ import {
 import {
   CertificateAuthority,
   createCertificateAuthority,
-  spiffeUri,
 } from "../../src/control/security/pki.js";
 
 /** A TCP socket a process listens on, found through /proc. */

@@ -1,12 +1,12 @@
 import { writeFile } from "node:fs/promises";
 import * as path from "node:path";
+import type { Workload } from "../../src/api/gen/cloudless/v1/workload_pb.js";
 import { loadClientConfig } from "../../src/client/config.js";
 import {
   type CoordinatorClients,
   createClients,
   createCoordinatorTransport,
 } from "../../src/client/transport.js";
-import type { Workload } from "../../src/gen/cloudless/v1/workload_pb.js";
 import { podman } from "./podman.js";
 import { waitFor } from "./processes.js";
 

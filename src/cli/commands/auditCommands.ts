@@ -1,5 +1,5 @@
 import type { Command } from "commander";
-import { CloudlessError } from "../../lib/errors.js";
+import { CloudlessError } from "../../api/errors.js";
 import { verifyAuditLog } from "../../observe/audit.js";
 import { action } from "../run.js";
 

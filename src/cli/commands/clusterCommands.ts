@@ -1,7 +1,7 @@
 import { toJson } from "@bufbuild/protobuf";
 import { timestampMs } from "@bufbuild/protobuf/wkt";
 import type { Command } from "commander";
-import { CoordinatorInfoSchema } from "../../gen/cloudless/v1/cluster_pb.js";
+import { CoordinatorInfoSchema } from "../../api/gen/cloudless/v1/cluster_pb.js";
 import { formatAge } from "../../lib/duration.js";
 import { connect, describeClientError } from "../clientCommand.js";
 import { parseOutputFormat, printResult } from "../output.js";

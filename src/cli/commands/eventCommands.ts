@@ -1,9 +1,9 @@
 import { toJson } from "@bufbuild/protobuf";
 import { timestampMs } from "@bufbuild/protobuf/wkt";
 import type { Command } from "commander";
-import { type Event, EventSchema } from "../../gen/cloudless/v1/event_pb.js";
+import { type Event, EventSchema } from "../../api/gen/cloudless/v1/event_pb.js";
+import { limitRef, limits } from "../../api/limits.js";
 import { parseDurationMs } from "../../lib/duration.js";
-import { limitRef, limits } from "../../lib/limits.js";
 import { connect, describeClientError } from "../clientCommand.js";
 import { parseOutputFormat, printResult, renderTable } from "../output.js";
 import { action, fail } from "../run.js";

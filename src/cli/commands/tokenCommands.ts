@@ -1,9 +1,9 @@
 import { toJson } from "@bufbuild/protobuf";
 import { timestampMs } from "@bufbuild/protobuf/wkt";
 import type { Command } from "commander";
-import { TokenInfoSchema } from "../../gen/cloudless/v1/token_pb.js";
+import { TokenInfoSchema } from "../../api/gen/cloudless/v1/token_pb.js";
+import { limitRef, limits } from "../../api/limits.js";
 import { formatAge, parseDurationMs } from "../../lib/duration.js";
-import { limitRef, limits } from "../../lib/limits.js";
 import { connect, describeClientError } from "../clientCommand.js";
 import { parseOutputFormat, printResult } from "../output.js";
 import { action, fail } from "../run.js";

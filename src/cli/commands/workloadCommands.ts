@@ -2,16 +2,16 @@ import { readFile, stat } from "node:fs/promises";
 import { toJson } from "@bufbuild/protobuf";
 import { timestampMs } from "@bufbuild/protobuf/wkt";
 import type { Command } from "commander";
-import { formatSpecErrors, parseWorkloadText } from "../../control/workloads/parse.js";
+import { CloudlessError } from "../../api/errors.js";
 import {
   type Workload,
   WorkloadSchema,
   type WorkloadStatus,
   WorkloadView,
-} from "../../gen/cloudless/v1/workload_pb.js";
+} from "../../api/gen/cloudless/v1/workload_pb.js";
+import { limitRef, limits, specTooLargeMessage } from "../../api/limits.js";
+import { formatSpecErrors, parseWorkloadText } from "../../api/workload/parse.js";
 import { formatAge, parseDurationMs } from "../../lib/duration.js";
-import { CloudlessError } from "../../lib/errors.js";
-import { limitRef, limits, specTooLargeMessage } from "../../lib/limits.js";
 import { connect, describeClientError } from "../clientCommand.js";
 import { parseOutputFormat, printResult, renderTable } from "../output.js";
 import { action, fail } from "../run.js";

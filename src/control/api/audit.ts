@@ -7,12 +7,12 @@ import type { JsonValue } from "@bufbuild/protobuf";
 import type { Struct } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import { parse as parseYaml } from "yaml";
-import { NodeService } from "../../gen/cloudless/v1/node_pb.js";
-import { TokenService } from "../../gen/cloudless/v1/token_pb.js";
-import { WorkloadService } from "../../gen/cloudless/v1/workload_pb.js";
+import { NodeService } from "../../api/gen/cloudless/v1/node_pb.js";
+import { TokenService } from "../../api/gen/cloudless/v1/token_pb.js";
+import { WorkloadService } from "../../api/gen/cloudless/v1/workload_pb.js";
+import { unreadableSpecText } from "../../api/workload/parse.js";
 import { startStopwatch } from "../../lib/stopwatch.js";
 import { type AuditRecord, hostOf } from "../../observe/audit.js";
-import { unreadableSpecText } from "../workloads/parse.js";
 import type { CoordinatorServices } from "./context.js";
 import { type Peer, peerKey } from "./peer.js";
 

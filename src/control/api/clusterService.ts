@@ -1,7 +1,10 @@
 import { create } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import type { ServiceImpl } from "@connectrpc/connect";
-import { type ClusterService, CoordinatorInfoSchema } from "../../gen/cloudless/v1/cluster_pb.js";
+import {
+  type ClusterService,
+  CoordinatorInfoSchema,
+} from "../../api/gen/cloudless/v1/cluster_pb.js";
 import { listCoordinators } from "../leader/coordinatorRegistry.js";
 import { type CoordinatorServices, requireAdmin } from "./context.js";
 

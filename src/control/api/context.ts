@@ -1,6 +1,6 @@
 import type { HandlerContext } from "@connectrpc/connect";
+import { CloudlessError } from "../../api/errors.js";
 import type { Clock } from "../../lib/clock.js";
-import { CloudlessError } from "../../lib/errors.js";
 import type { Rng } from "../../lib/rng.js";
 import type { AuditLog } from "../../observe/audit.js";
 import type { Logger } from "../../observe/logger.js";

@@ -1,6 +1,6 @@
 import { create } from "@bufbuild/protobuf";
 import { timestampFromMs, timestampMs } from "@bufbuild/protobuf/wkt";
-import { type Event, EventSchema } from "../../gen/cloudless/v1/event_pb.js";
+import { type Event, EventSchema } from "../../api/gen/cloudless/v1/event_pb.js";
 import {
   type Capacity,
   CapacitySchema,
@@ -11,8 +11,8 @@ import {
   type ReplicaReport,
   type Taint,
   TaintSchema,
-} from "../../gen/cloudless/v1/node_pb.js";
-import { type TokenInfo, TokenInfoSchema } from "../../gen/cloudless/v1/token_pb.js";
+} from "../../api/gen/cloudless/v1/node_pb.js";
+import { type TokenInfo, TokenInfoSchema } from "../../api/gen/cloudless/v1/token_pb.js";
 import type { ReportedReplica } from "../controllers/replicaStatusWriter.js";
 import type { ClusterEvent } from "../events/eventLog.js";
 import type {

@@ -1,9 +1,9 @@
 import { create } from "@bufbuild/protobuf";
 import type { ServiceImpl } from "@connectrpc/connect";
-import type { EventService, WatchEventsResponse } from "../../gen/cloudless/v1/event_pb.js";
-import { WatchEventsResponseSchema } from "../../gen/cloudless/v1/event_pb.js";
-import { CloudlessError } from "../../lib/errors.js";
-import { limitRef, limits } from "../../lib/limits.js";
+import { CloudlessError } from "../../api/errors.js";
+import type { EventService, WatchEventsResponse } from "../../api/gen/cloudless/v1/event_pb.js";
+import { WatchEventsResponseSchema } from "../../api/gen/cloudless/v1/event_pb.js";
+import { limitRef, limits } from "../../api/limits.js";
 import type { ClusterEvent } from "../events/eventLog.js";
 import { type CoordinatorServices, requireAdmin } from "./context.js";
 import { eventToProto } from "./convert.js";

@@ -1,6 +1,6 @@
 import { Code, ConnectError, createClient, createRouterTransport } from "@connectrpc/connect";
 import { describe, expect, it } from "vitest";
-import { EventService } from "../../gen/cloudless/v1/event_pb.js";
+import { EventService } from "../../api/gen/cloudless/v1/event_pb.js";
 import { createCoordinatorMetrics } from "../../observe/metrics.js";
 import { countRefusedRequest, knownProcedures, metricsInterceptor } from "./metricsInterceptor.js";
 

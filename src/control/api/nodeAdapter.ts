@@ -8,7 +8,7 @@ import {
   universalRequestFromNodeRequest,
   universalResponseToNodeResponse,
 } from "@connectrpc/connect-node";
-import { limits } from "../../lib/limits.js";
+import { limits } from "../../api/limits.js";
 
 type NodeHandler = ReturnType<typeof connectNodeAdapter>;
 

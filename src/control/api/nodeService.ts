@@ -1,19 +1,19 @@
 import { create } from "@bufbuild/protobuf";
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
+import { CloudlessError } from "../../api/errors.js";
 import {
   type HeartbeatRequest,
   type HeartbeatResponse,
   HeartbeatResponseSchema,
   type NodeService,
-} from "../../gen/cloudless/v1/node_pb.js";
+} from "../../api/gen/cloudless/v1/node_pb.js";
+import { spiffeUri, validateNodeName } from "../../api/identity.js";
+import { limits } from "../../api/limits.js";
 import { AsyncQueue } from "../../lib/asyncQueue.js";
-import { CloudlessError } from "../../lib/errors.js";
-import { limits } from "../../lib/limits.js";
 import { startStopwatch } from "../../lib/stopwatch.js";
 import { readFreshClusterState } from "../controllers/clusterCache.js";
 import { emptyCapacity, emptyInfo, type NodeRecord, nodeKey } from "../nodes/nodeRecord.js";
 import { type NodePlacements, placementsByNode } from "../nodes/placements.js";
-import { spiffeUri, validateNodeName } from "../security/pki.js";
 import {
   actorName,
   type CoordinatorServices,

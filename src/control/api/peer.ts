@@ -3,8 +3,8 @@ import type { IncomingMessage } from "node:http";
 import type { Http2ServerRequest } from "node:http2";
 import type { TLSSocket } from "node:tls";
 import { createContextKey } from "@connectrpc/connect";
+import { identityFromCertificate } from "../../api/identity.js";
 import type { NodeRegistry } from "../nodes/nodeRegistry.js";
-import { identityFromCertificate } from "../security/pki.js";
 
 /** Who is calling, as established by the TLS handshake. */
 export interface Peer {

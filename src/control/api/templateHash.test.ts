@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
-import { parseWorkloadValue, specHash } from "../workloads/parse.js";
-import type { WorkloadSpecDocument } from "../workloads/spec.js";
+import { parseWorkloadValue, specHash } from "../../api/workload/parse.js";
+import type { WorkloadSpecDocument } from "../../api/workload/spec.js";
 import { templateHash } from "./workloadService.js";
 
 function doc(placement: Record<string, unknown>, replicas = 3): WorkloadSpecDocument {

@@ -1,7 +1,7 @@
 import type { ServiceImpl } from "@connectrpc/connect";
-import type { TokenService } from "../../gen/cloudless/v1/token_pb.js";
-import { CloudlessError } from "../../lib/errors.js";
-import { limitRef, limits } from "../../lib/limits.js";
+import { CloudlessError } from "../../api/errors.js";
+import type { TokenService } from "../../api/gen/cloudless/v1/token_pb.js";
+import { limitRef, limits } from "../../api/limits.js";
 import { tokenTtlTooLongMessage } from "../tokens/tokenRegistry.js";
 import { actorName, type CoordinatorServices, requireAdmin } from "./context.js";
 import { tokenToProto } from "./convert.js";

@@ -1,5 +1,5 @@
-import { CloudlessError } from "../../lib/errors.js";
-import { limitRef, limits } from "../../lib/limits.js";
+import { CloudlessError } from "../../api/errors.js";
+import { limitRef, limits } from "../../api/limits.js";
 
 const labelKeyPattern = /^[A-Za-z0-9]([A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?$/;
 const localityPattern = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;

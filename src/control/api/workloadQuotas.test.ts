@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
-import { CloudlessError } from "../../lib/errors.js";
-import { limits } from "../../lib/limits.js";
+import { CloudlessError } from "../../api/errors.js";
+import { limits } from "../../api/limits.js";
 import type { ClusterState } from "../controllers/clusterState.js";
 import { type WorkloadRecord, workloadId } from "../controllers/records.js";
 import { checkQuotas } from "./workloadService.js";

@@ -1,6 +1,7 @@
 import { create, type JsonObject } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import type { ServiceImpl } from "@connectrpc/connect";
+import { CloudlessError } from "../../api/errors.js";
 import {
   type Replica,
   ReplicaSchema,
@@ -11,9 +12,17 @@ import {
   type WorkloadStatus,
   WorkloadStatusSchema,
   WorkloadView,
-} from "../../gen/cloudless/v1/workload_pb.js";
-import { CloudlessError } from "../../lib/errors.js";
-import { limitRef, limits, specTooLargeMessage } from "../../lib/limits.js";
+} from "../../api/gen/cloudless/v1/workload_pb.js";
+import { limitRef, limits, specTooLargeMessage } from "../../api/limits.js";
+import {
+  canonicalSpecJson,
+  formatSpecErrors,
+  parseWorkloadText,
+  parseWorkloadValue,
+  specHash,
+  specTextTooLarge,
+} from "../../api/workload/parse.js";
+import type { WorkloadSpecDocument } from "../../api/workload/spec.js";
 import { injectTraceparent } from "../../observe/tracing.js";
 import { readFreshClusterState } from "../controllers/clusterCache.js";
 import type { ClusterState } from "../controllers/clusterState.js";
@@ -25,24 +34,11 @@ import {
   workloadId,
   workloadKey,
 } from "../controllers/records.js";
+import { availabilityOf, existingReplicaOf, toSchedNodes } from "../controllers/schedulerInput.js";
 import { asSpecView, driverOfSpec, placementOf } from "../controllers/specView.js";
-import {
-  availabilityOf,
-  existingReplicaOf,
-  toSchedNodes,
-} from "../controllers/workloadController.js";
 import { type WorkloadStatusView, workloadStatus } from "../controllers/workloadReconciler.js";
 import { budgetApplies, budgetText, explainPending } from "../scheduler/index.js";
 import type { Op } from "../store/store.js";
-import {
-  canonicalSpecJson,
-  formatSpecErrors,
-  parseWorkloadText,
-  parseWorkloadValue,
-  specHash,
-  specTextTooLarge,
-} from "../workloads/parse.js";
-import type { WorkloadSpecDocument } from "../workloads/spec.js";
 import { actorName, type CoordinatorServices, requireAdmin } from "./context.js";
 
 /** Revisions kept per workload for `rollout undo`. */

@@ -6,7 +6,7 @@ import {
   AssignmentsSchema,
   type HeartbeatResponse,
   HeartbeatResponseSchema,
-} from "../../gen/cloudless/v1/node_pb.js";
+} from "../../api/gen/cloudless/v1/node_pb.js";
 
 export interface AssignmentEntry {
   replicaId: string;

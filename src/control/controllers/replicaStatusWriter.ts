@@ -1,9 +1,9 @@
 import type { Clock } from "../../lib/clock.js";
 import { replicaPhaseOr } from "../../lib/replicaPhase.js";
 import type { Store } from "../store/store.js";
+import { commitPacked, type TxnItem } from "../store/txnBatches.js";
 import type { ClusterCache } from "./clusterCache.js";
 import { type ReplicaRecord, type ReplicaStatusRecord, replicaPrefix } from "./records.js";
-import { commitPacked, type TxnItem } from "./txnBatches.js";
 
 export interface ReportedReplica {
   replicaId: string;

@@ -1,7 +1,7 @@
 import type { Clock } from "../../lib/clock.js";
 import { scheduleSteps } from "../scheduler/index.js";
 import type { Plan, ScheduleInput } from "../scheduler/types.js";
-import { yieldToEventLoop } from "./txnBatches.js";
+import { yieldToEventLoop } from "../store/txnBatches.js";
 
 /**
  * The longest the scheduler runs before a pass lets pending I/O in. Deciding 20,000

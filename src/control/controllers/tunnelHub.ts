@@ -1,12 +1,12 @@
 import { create } from "@bufbuild/protobuf";
+import { CloudlessError } from "../../api/errors.js";
 import {
   CancelRequestSchema,
   ExecRequestSchema,
   HeartbeatResponseSchema,
   LogsRequestSchema,
-} from "../../gen/cloudless/v1/node_pb.js";
+} from "../../api/gen/cloudless/v1/node_pb.js";
 import { AsyncQueue } from "../../lib/asyncQueue.js";
-import { CloudlessError } from "../../lib/errors.js";
 import type { Rng } from "../../lib/rng.js";
 import type { AssignmentHub } from "./assignmentHub.js";
 

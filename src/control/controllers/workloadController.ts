@@ -1,6 +1,6 @@
 import { createHash } from "node:crypto";
+import { limits } from "../../api/limits.js";
 import type { Clock } from "../../lib/clock.js";
-import { limits } from "../../lib/limits.js";
 import type { Rng } from "../../lib/rng.js";
 import type { Logger } from "../../observe/logger.js";
 import type { ControllerMetrics } from "../../observe/metrics.js";
@@ -19,7 +19,6 @@ import type { EventLog, NewEvent } from "../events/eventLog.js";
 import type { NodeRecord } from "../nodes/nodeRecord.js";
 import { probePlacement } from "../scheduler/explain.js";
 import type {
-  Availability,
   ClusterSnapshot,
   ExistingReplica,
   PendingReplica,
@@ -29,6 +28,7 @@ import type {
   Unschedulable,
 } from "../scheduler/types.js";
 import type { Compare, Store } from "../store/store.js";
+import { type ChunkOutcome, commitPacked, type TxnItem, txnOpsFor } from "../store/txnBatches.js";
 import type { AssignmentEntry, AssignmentHub } from "./assignmentHub.js";
 import { type CacheChange, ClusterCache } from "./clusterCache.js";
 import type { ClusterState, Versioned } from "./clusterState.js";
@@ -43,13 +43,19 @@ import { type ReplicaRecord, replicaKey, type WorkloadRecord, workloadId } from 
 import { ReplacementTimer } from "./replacementTimer.js";
 import { scheduleInSlices } from "./scheduleInSlices.js";
 import {
+  addResources,
+  availabilityOf,
+  existingReplicaOf,
+  existingReplicas,
+  toSchedNodes,
+} from "./schedulerInput.js";
+import {
   type AppliedSpecView,
   asSpecView,
   driverOfSpec,
   placementOf,
   rebalanceOf,
 } from "./specView.js";
-import { type ChunkOutcome, commitPacked, type TxnItem, txnOpsFor } from "./txnBatches.js";
 import { isReplicaReady, type ReconcileAction, reconcileWorkload } from "./workloadReconciler.js";
 
 /**
@@ -824,7 +830,7 @@ export class WorkloadController {
         this.options.metrics?.placementFailures.inc({ reason: "NodeChanged" });
         continue;
       }
-      node.allocated = add(node.allocated, record.value.resources);
+      node.allocated = addResources(node.allocated, record.value.resources);
       const key = replicaKey(record.value.namespace, record.value.workload, record.value.id);
       const span = startPlacementSpan(record.value, placement.node);
       const placed: ReplicaRecord = {
@@ -1084,60 +1090,9 @@ function specOfRevision(state: ClusterState, workload: WorkloadRecord, revision:
   return asSpecView(record?.spec ?? workload.spec);
 }
 
-const oneHourMs = 3_600_000;
-
-export function toSchedNodes(
-  state: Pick<ClusterState, "nodes" | "replicasByWorkload">,
-  nowMs: number,
-): SchedNode[] {
-  const allocated = new Map<string, SchedNode["allocated"]>();
-  for (const replicas of state.replicasByWorkload.values()) {
-    for (const { value: replica } of replicas) {
-      if (replica.node === "") continue;
-      allocated.set(replica.node, add(allocated.get(replica.node) ?? zero(), replica.resources));
-    }
-  }
-  return [...state.nodes.values()].map((node) => ({
-    name: node.name,
-    status: node.status,
-    cordoned: node.cordoned || node.draining,
-    region: node.region,
-    zone: node.zone,
-    labels: node.labels,
-    taints: node.taints ?? [],
-    drivers: node.info.drivers,
-    capacity: {
-      cpuMillicores: node.capacity.cpuMillicores,
-      memoryMiB: node.capacity.memoryMiB,
-      storageGiB: node.capacity.storageGiB,
-      bandwidthMbps: node.capacity.egressMbps,
-    },
-    allocated: allocated.get(node.name) ?? zero(),
-    egressMbps: node.capacity.egressMbps,
-    // A node that changed state recently is less trusted than one steady for an hour.
-    reliability: Math.min(1, Math.max(0.1, (nowMs - node.lastTransitionAtMs) / oneHourMs)),
-    ...(node.labels["cloudless.io/cost-per-hour"]
-      ? { costPerHour: Number(node.labels["cloudless.io/cost-per-hour"]) }
-      : {}),
-  }));
-}
-
-function zero(): SchedNode["allocated"] {
-  return { cpuMillicores: 0, memoryMiB: 0, storageGiB: 0, bandwidthMbps: 0 };
-}
-
-function add(a: SchedNode["allocated"], b: SchedNode["allocated"]): SchedNode["allocated"] {
-  return {
-    cpuMillicores: a.cpuMillicores + b.cpuMillicores,
-    memoryMiB: a.memoryMiB + b.memoryMiB,
-    storageGiB: a.storageGiB + b.storageGiB,
-    bandwidthMbps: a.bandwidthMbps + b.bandwidthMbps,
-  };
-}
-
 function fits(node: SchedNode, request: SchedNode["allocated"]): boolean {
   if (node.status !== "Ready" || node.cordoned) return false;
-  const after = add(node.allocated, request);
+  const after = addResources(node.allocated, request);
   return (
     after.cpuMillicores <= node.capacity.cpuMillicores &&
     after.memoryMiB <= node.capacity.memoryMiB &&
@@ -1252,41 +1207,6 @@ function rebalanceEvent(key: string, decision: RebalanceDecision): NewEvent | un
     default:
       return undefined;
   }
-}
-
-/** A workload's availability ask, which sets its node-loss budget (ADR 0034). */
-export function availabilityOf(workload: WorkloadRecord): Availability {
-  return { replicas: workload.replicas, minAvailable: workload.minAvailable };
-}
-
-/**
- * Every placed replica as the scheduler counts it: a replica asked to stop, or of a
- * revision other than its workload's current one, is leaving (ADR 0034).
- */
-export function existingReplicas(
-  state: Pick<ClusterState, "replicasByWorkload" | "workloads">,
-): ExistingReplica[] {
-  const existing: ExistingReplica[] = [];
-  for (const [key, replicas] of state.replicasByWorkload) {
-    const workload = state.workloads.get(key)?.value;
-    for (const { value: replica } of replicas) {
-      if (replica.node === "") continue;
-      existing.push(existingReplicaOf(key, replica, workload));
-    }
-  }
-  return existing;
-}
-
-export function existingReplicaOf(
-  key: string,
-  replica: ReplicaRecord,
-  workload: WorkloadRecord | undefined,
-): ExistingReplica {
-  const leaving =
-    replica.desired !== "Running" ||
-    workload === undefined ||
-    replica.revision !== workload.revision;
-  return { id: replica.id, workloadKey: key, node: replica.node, ...(leaving ? { leaving } : {}) };
 }
 
 export type { Versioned };

@@ -1,8 +1,8 @@
+import { CloudlessError } from "../../api/errors.js";
 import type { Clock } from "../../lib/clock.js";
-import { CloudlessError } from "../../lib/errors.js";
 import { type Rng, systemRng } from "../../lib/rng.js";
-import { deleteInChunks, txnOpsFor, yieldToEventLoop } from "../controllers/txnBatches.js";
 import type { Store, Watch } from "../store/store.js";
+import { deleteInChunks, txnOpsFor, yieldToEventLoop } from "../store/txnBatches.js";
 
 /**
  * The cluster's event stream (REQ-071), kept in the store under /events/. An

@@ -1,4 +1,4 @@
-import { CloudlessError } from "../../lib/errors.js";
+import { CloudlessError } from "../../api/errors.js";
 import type { Compare, Op, Store } from "../store/store.js";
 import { type NodeRecord, nodeKey, nodeKeyPrefix } from "./nodeRecord.js";
 

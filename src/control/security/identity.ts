@@ -5,7 +5,7 @@
  * one line and tests can enumerate it.
  */
 
-export type IdentityKind = "admin" | "node" | "coordinator";
+import type { IdentityKind } from "../../api/identity.js";
 
 /** A caller authenticated by a client certificate from the cluster CA. */
 export type Identity = { kind: IdentityKind; name: string };

@@ -4,29 +4,25 @@ import type { AddressInfo } from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
 import * as tls from "node:tls";
-import fc from "fast-check";
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import {
+  clusterIdFromCaPem,
+  generateKeyAndCsr,
+  identityFromCertificate,
+  spiffeUri,
+} from "../../api/identity.js";
+import { x509 } from "../../lib/x509Runtime.js";
 import {
   CertificateAuthority,
   CLOCK_SKEW_ALLOWANCE_MS,
   certificateValidity,
-  clusterIdFromCaPem,
   createCertificateAuthority,
-  generateKeyAndCsr,
   type IssueOptions,
-  identityFromCertificate,
   loadOrCreateCa,
   PkiError,
-  parseSpiffeUri,
   renewalDueAtMs,
-  spiffeUri,
-  validateClusterName,
-  validateNodeName,
   verifyIssuedBy,
-  writePublicFile,
-  writeSecretFile,
 } from "./pki.js";
-import { x509 } from "./x509Runtime.js";
 
 const CLUSTER = "test";
 const NOW_MS = 1_700_000_000_000;
@@ -413,53 +409,6 @@ describe("identityFromCertificate", () => {
   });
 });
 
-describe("names and SPIFFE URIs", () => {
-  it("accepts DNS-1123 labels and explains the rule otherwise", () => {
-    for (const name of ["a", "node-1", "0", "a".repeat(63)]) {
-      expect(validateNodeName(name), name).toEqual({ ok: true });
-    }
-    for (const name of ["", "-a", "a-", "A", "a_b", "a.b", "a b", "a".repeat(64), "é"]) {
-      const result = validateNodeName(name);
-      expect(result.ok, name).toBe(false);
-      if (!result.ok) {
-        expect(result.reason).toContain("lowercase letters (a-z), digits (0-9) or '-'");
-        expect(result.reason).toContain(JSON.stringify(name));
-      }
-    }
-    expect(validateClusterName("prod-eu").ok).toBe(true);
-    expect(validateClusterName("Prod").ok).toBe(false);
-  });
-
-  it("round-trips spiffeUri through parseSpiffeUri", () => {
-    const label = fc.stringMatching(/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/);
-    const kind = fc.constantFrom("node" as const, "admin" as const, "coordinator" as const);
-    fc.assert(
-      fc.property(label, kind, label, (cluster, k, name) => {
-        const parsed = parseSpiffeUri(spiffeUri(cluster, k, name));
-        return parsed?.clusterName === cluster && parsed.kind === k && parsed.name === name;
-      }),
-    );
-    expect(spiffeUri("c", "node", "n1")).toBe("spiffe://c/node/n1");
-  });
-
-  it("refuses malformed SPIFFE URIs", () => {
-    for (const uri of [
-      "spiffe://c/node",
-      "spiffe://c/node/",
-      "spiffe://c/node/n1/x",
-      "spiffe://c/user/n1",
-      "spiffe://C/node/n1",
-      "spiffe://c/node/n1?x=1",
-      "spiffe://c/node/N1",
-      "https://c/node/n1",
-      "spiffe://c/node/n%31",
-    ]) {
-      expect(parseSpiffeUri(uri), uri).toBeUndefined();
-    }
-    expect(() => spiffeUri("c", "node", "Bad")).toThrow(PkiError);
-  });
-});
-
 describe("renewal", () => {
   it("is due two thirds into a certificate's lifetime", async () => {
     const { csrPem } = await generateKeyAndCsr({ commonName: "n1" });
@@ -595,30 +544,6 @@ describe("CA files", () => {
     const dir = path.join(root, "pki");
     await loadOrCreateCa(dir, "blue", NOW_MS);
     await expectPkiError(loadOrCreateCa(dir, "green", NOW_MS), "clusterMismatch", /cluster "blue"/);
-  });
-
-  it("NFR-S1: writeSecretFile writes 0600 atomically, replaces by default and refuses when exclusive", async () => {
-    const file = path.join(root, "node.key");
-    await writeSecretFile(file, "one");
-    expect(await modeOf(file)).toBe(0o600);
-    await writeSecretFile(file, "two");
-    expect(await fs.readFile(file, "utf8")).toBe("two");
-    expect(await modeOf(file)).toBe(0o600);
-    await expect(writeSecretFile(file, "three", { exclusive: true })).rejects.toMatchObject({
-      code: "EEXIST",
-    });
-    expect(await fs.readFile(file, "utf8")).toBe("two");
-    await writePublicFile(path.join(root, "node.crt"), "cert");
-    expect(await modeOf(path.join(root, "node.crt"))).toBe(0o644);
-    // No temporary files are left behind, whatever happened.
-    expect((await fs.readdir(root)).sort()).toEqual(["node.crt", "node.key"]);
-  });
-
-  it("NFR-S1: writeSecretFile keeps 0600 even when the existing file was wider", async () => {
-    const file = path.join(root, "token");
-    await fs.writeFile(file, "old", { mode: 0o644 });
-    await writeSecretFile(file, "new");
-    expect(await modeOf(file)).toBe(0o600);
   });
 });
 

@@ -12,7 +12,7 @@ import {
   createHash,
   createPrivateKey,
   createPublicKey,
-  KeyObject,
+  type KeyObject,
   // biome-ignore lint/style/noRestrictedImports: certificate serials must be unpredictable; temp names unique across processes
   randomBytes,
   webcrypto,
@@ -21,8 +21,23 @@ import {
 import * as fs from "node:fs/promises";
 import { isIP } from "node:net";
 import * as path from "node:path";
-import type { IdentityKind } from "./identity.js";
-import { x509 } from "./x509Runtime.js";
+import {
+  clusterIdFromFingerprint,
+  ecdsaSha256,
+  ecP256,
+  generateP256KeyPair,
+  isP256,
+  parseCertificateDer,
+  parseSpiffeUri,
+  parseTrustDomainUri,
+  pemOf,
+  privateKeyPem,
+  trustDomainUri,
+  uriSansOf,
+  validateClusterName,
+} from "../../api/identity.js";
+import { writePublicFile, writeSecretFile } from "../../lib/atomicFile.js";
+import { x509 } from "../../lib/x509Runtime.js";
 
 /** Certificates start this far in the past so that a peer whose clock is behind accepts them. */
 export const CLOCK_SKEW_ALLOWANCE_MS = 5 * 60_000;
@@ -30,8 +45,6 @@ export const CA_CERT_FILE = "ca.crt";
 export const CA_KEY_FILE = "ca.key";
 
 const DAY_MS = 86_400_000;
-const EC_P256 = { name: "ECDSA", namedCurve: "P-256" } as const;
-const ECDSA_SHA256 = { name: "ECDSA", hash: "SHA-256" } as const;
 const CSR_PEM_HEADER = "-----BEGIN CERTIFICATE REQUEST-----";
 // Limits on untrusted or on-disk input: a P-256 CSR or certificate is well under 2 KiB.
 const MAX_CSR_PEM_CHARS = 16 * 1024;
@@ -67,77 +80,6 @@ export class PkiError extends Error {
   }
 }
 
-export type NameValidation = { ok: true } | { ok: false; reason: string };
-
-const LABEL_PATTERN = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
-const LABEL_RULE =
-  "use 1 to 63 lowercase letters (a-z), digits (0-9) or '-', starting and ending with a letter or digit";
-
-function validateLabel(what: string, name: string): NameValidation {
-  if (LABEL_PATTERN.test(name)) return { ok: true };
-  return { ok: false, reason: `${what} ${JSON.stringify(name)} is not valid: ${LABEL_RULE}` };
-}
-
-/** Checks a node name: a DNS-1123 label, so it is safe in URIs, file names and host names. */
-export function validateNodeName(name: string): NameValidation {
-  return validateLabel("node name", name);
-}
-
-/** Checks a cluster name, which becomes the SPIFFE trust domain; same rule as node names. */
-export function validateClusterName(name: string): NameValidation {
-  return validateLabel("cluster name", name);
-}
-
-export type SpiffeId = { clusterName: string; kind: IdentityKind; name: string };
-
-const SPIFFE_KINDS: readonly IdentityKind[] = ["node", "admin", "coordinator"];
-const SPIFFE_PATTERN = /^spiffe:\/\/([^/]+)\/([^/]+)\/([^/]+)$/;
-
-/** Builds `spiffe://<cluster>/<kind>/<name>`; throws PkiError "invalidInput" on a bad name. */
-/** Hex digits of the CA fingerprint that make the cluster id (64 bits). */
-const CLUSTER_ID_HEX_DIGITS = 16;
-
-/**
- * The cluster's stable id: the first 16 hex digits of its CA certificate's SHA-256
- * fingerprint (the one join tokens pin). The CA never changes for the life of a cluster
- * (a coordinator refuses another), so every coordinator and every agent — which holds the
- * CA — derives the same id without asking anyone. Replicas carry it (ADR 0030), so two
- * clusters sharing a host and node names never touch each other's.
- */
-export function clusterIdFromFingerprint(fingerprintSha256Hex: string): string {
-  return fingerprintSha256Hex.toLowerCase().slice(0, CLUSTER_ID_HEX_DIGITS);
-}
-
-/** The cluster id (see clusterIdFromFingerprint) of a CA certificate in PEM. */
-export function clusterIdFromCaPem(caPem: string): string {
-  const der = new X509Certificate(caPem).raw;
-  return clusterIdFromFingerprint(createHash("sha256").update(der).digest("hex"));
-}
-
-export function spiffeUri(clusterName: string, kind: IdentityKind, name: string): string {
-  const cluster = validateClusterName(clusterName);
-  if (!cluster.ok) throw new PkiError("invalidInput", cluster.reason);
-  const checked = validateLabel(`${kind} name`, name);
-  if (!checked.ok) throw new PkiError("invalidInput", checked.reason);
-  return `spiffe://${clusterName}/${kind}/${name}`;
-}
-
-/** Parses a URI made by `spiffeUri`; anything else (query, extra segments, bad names) → undefined. */
-export function parseSpiffeUri(uri: string): SpiffeId | undefined {
-  const match = SPIFFE_PATTERN.exec(uri);
-  if (match === null) return undefined;
-  const [, clusterName, kind, name] = match;
-  if (clusterName === undefined || kind === undefined || name === undefined) return undefined;
-  if (!SPIFFE_KINDS.includes(kind as IdentityKind)) return undefined;
-  if (!LABEL_PATTERN.test(clusterName) || !LABEL_PATTERN.test(name)) return undefined;
-  return { clusterName, kind: kind as IdentityKind, name };
-}
-
-/** The URI SAN on the CA certificate: the trust domain alone, as SPIFFE does for CAs. */
-function trustDomainUri(clusterName: string): string {
-  return `spiffe://${clusterName}`;
-}
-
 // ---------------------------------------------------------------------------------------
 // Small helpers
 
@@ -152,34 +94,6 @@ function randomSerialHex(): string {
   // INTEGER without padding and prints the same way in every tool.
   bytes[0] = (bytes[0]! & 0x7f) | 0x01;
   return bytes.toString("hex");
-}
-
-function isP256(key: KeyObject): boolean {
-  return key.asymmetricKeyType === "ec" && key.asymmetricKeyDetails?.namedCurve === "prime256v1";
-}
-
-async function generateP256KeyPair(): Promise<webcrypto.CryptoKeyPair> {
-  return webcrypto.subtle.generateKey(EC_P256, true, ["sign", "verify"]);
-}
-
-function privateKeyPem(key: webcrypto.CryptoKey): string {
-  return KeyObject.from(key).export({ type: "pkcs8", format: "pem" }).toString();
-}
-
-/** PEM text as files conventionally hold it: ending with a newline, as Node's exports do. */
-function pemOf(value: { toString(format: "pem"): string }): string {
-  const pem = value.toString("pem");
-  return pem.endsWith("\n") ? pem : `${pem}\n`;
-}
-
-function parseWithPeculiar(der: Uint8Array): InstanceType<typeof x509.X509Certificate> {
-  return new x509.X509Certificate(new Uint8Array(der));
-}
-
-function uriSansOf(cert: InstanceType<typeof x509.X509Certificate>): string[] {
-  const san = cert.getExtension(x509.SubjectAlternativeNameExtension);
-  if (san === null) return [];
-  return san.names.items.filter((n) => n.type === "url").map((n) => n.value);
 }
 
 function errorCode(error: unknown): string | undefined {
@@ -215,7 +129,7 @@ export async function createCertificateAuthority(
     serialNumber: randomSerialHex(),
     notBefore: new Date(floorToSecondMs(nowMs - CLOCK_SKEW_ALLOWANCE_MS)),
     notAfter: new Date(floorToSecondMs(nowMs + validityDays * DAY_MS)),
-    signingAlgorithm: ECDSA_SHA256,
+    signingAlgorithm: ecdsaSha256,
     extensions: [
       // pathLength 0: this CA signs leaves only, never intermediate CAs.
       new x509.BasicConstraintsExtension(true, 0, true),
@@ -304,10 +218,10 @@ export class CertificateAuthority {
     if (!nodeCert.checkPrivateKey(key)) {
       throw new PkiError("invalidInput", "the CA private key does not match the CA certificate");
     }
-    const cert = parseWithPeculiar(nodeCert.raw);
+    const cert = parseCertificateDer(nodeCert.raw);
     const clusterName = uriSansOf(cert)
-      .map((uri) => /^spiffe:\/\/([^/]+)$/.exec(uri)?.[1])
-      .find((name) => name !== undefined && LABEL_PATTERN.test(name));
+      .map(parseTrustDomainUri)
+      .find((name) => name !== undefined);
     if (clusterName === undefined) {
       throw new PkiError(
         "invalidInput",
@@ -315,9 +229,7 @@ export class CertificateAuthority {
       );
     }
     const pkcs8Der = key.export({ type: "pkcs8", format: "der" });
-    const signingKey = await webcrypto.subtle.importKey("pkcs8", pkcs8Der, EC_P256, false, [
-      "sign",
-    ]);
+    const signingKey = await webcrypto.subtle.importKey("pkcs8", pkcs8Der, ecP256, false, ["sign"]);
     const ski = cert.getExtension(x509.SubjectKeyIdentifierExtension);
     const keyIdHex =
       ski?.keyId ?? (await x509.SubjectKeyIdentifierExtension.create(cert.publicKey)).keyId;
@@ -415,7 +327,7 @@ export class CertificateAuthority {
       notAfter: new Date(notAfterMs),
       publicKey: spki,
       signingKey: this.signingKey,
-      signingAlgorithm: ECDSA_SHA256,
+      signingAlgorithm: ecdsaSha256,
       extensions: [
         new x509.BasicConstraintsExtension(false, undefined, true),
         // ECDSA keys sign; keyEncipherment is an RSA key-transport usage and does not apply.
@@ -474,59 +386,7 @@ export class CertificateAuthority {
 }
 
 // ---------------------------------------------------------------------------------------
-// Agents
-
-/** Generates a P-256 key and a CSR for it; the CA ignores the CSR's name, it is only a label. */
-export async function generateKeyAndCsr(options: {
-  commonName: string;
-}): Promise<{ keyPem: string; csrPem: string }> {
-  const keys = await generateP256KeyPair();
-  const csr = await x509.Pkcs10CertificateRequestGenerator.create({
-    name: [{ CN: [options.commonName] }],
-    keys,
-    signingAlgorithm: ECDSA_SHA256,
-  });
-  return { keyPem: privateKeyPem(keys.privateKey), csrPem: pemOf(csr) };
-}
-
-// ---------------------------------------------------------------------------------------
 // Reading certificates
-
-export type CertificateIdentity = {
-  kind: IdentityKind;
-  name: string;
-  /** Lowercase hex, as returned by `issueFromCsr` / `issueKeyPair`. */
-  serial: string;
-  notAfterMs: number;
-};
-
-/**
- * Maps a peer certificate to a caller identity through its single SPIFFE URI SAN.
- * Returns undefined when there is none, more than one, it is malformed or names another
- * cluster. It does not check the signature: call it only on a certificate the TLS layer
- * has already verified against the cluster CA (`socket.authorized`).
- */
-export function identityFromCertificate(
-  cert: X509Certificate,
-  clusterName: string,
-): CertificateIdentity | undefined {
-  if (cert.ca) return undefined;
-  let uris: string[];
-  let notAfterMs: number;
-  try {
-    const parsed = parseWithPeculiar(cert.raw);
-    uris = uriSansOf(parsed).filter((uri) => uri.toLowerCase().startsWith("spiffe:"));
-    notAfterMs = parsed.notAfter.getTime();
-  } catch {
-    // SAN forms the parser does not know (otherName, x400) are not ours: no identity.
-    return undefined;
-  }
-  // More than one SPIFFE ID would make the identity ambiguous; our CA never issues that.
-  if (uris.length !== 1) return undefined;
-  const id = parseSpiffeUri(uris[0]!);
-  if (id === undefined || id.clusterName !== clusterName) return undefined;
-  return { kind: id.kind, name: id.name, serial: cert.serialNumber.toLowerCase(), notAfterMs };
-}
 
 /** Validity of a PEM certificate, for renewal scheduling. Throws PkiError "invalidInput" if unparsable. */
 export function certificateValidity(certPem: string): {
@@ -535,7 +395,7 @@ export function certificateValidity(certPem: string): {
   serial: string;
 } {
   try {
-    const cert = parseWithPeculiar(new X509Certificate(certPem).raw);
+    const cert = parseCertificateDer(new X509Certificate(certPem).raw);
     return {
       notBeforeMs: cert.notBefore.getTime(),
       notAfterMs: cert.notAfter.getTime(),
@@ -562,7 +422,7 @@ export function verifyIssuedBy(certPem: string, caPem: string, nowMs: number): b
     const ca = new X509Certificate(caPem);
     if (!ca.ca || !leaf.checkIssued(ca) || !leaf.verify(ca.publicKey)) return false;
     for (const cert of [leaf, ca]) {
-      const parsed = parseWithPeculiar(cert.raw);
+      const parsed = parseCertificateDer(cert.raw);
       if (nowMs < parsed.notBefore.getTime() || nowMs > parsed.notAfter.getTime()) return false;
     }
     return true;
@@ -572,99 +432,7 @@ export function verifyIssuedBy(certPem: string, caPem: string, nowMs: number): b
 }
 
 // ---------------------------------------------------------------------------------------
-// Files
-
-export type WriteFileOptions = {
-  /** Refuse to replace an existing file (throws an EEXIST error) instead of replacing it. */
-  exclusive?: boolean;
-};
-
-/** Writes a private file: mode 0600, atomically (temp file, fsync, rename), never half-written. */
-export async function writeSecretFile(
-  filePath: string,
-  contents: string | Uint8Array,
-  options: WriteFileOptions = {},
-): Promise<void> {
-  await writeFileAtomically(filePath, contents, 0o600, options.exclusive ?? false);
-}
-
-/** Writes a public file (certificates): mode 0644, atomically like `writeSecretFile`. */
-export async function writePublicFile(
-  filePath: string,
-  contents: string | Uint8Array,
-  options: WriteFileOptions = {},
-): Promise<void> {
-  await writeFileAtomically(filePath, contents, 0o644, options.exclusive ?? false);
-}
-
-async function writeFileAtomically(
-  filePath: string,
-  contents: string | Uint8Array,
-  mode: number,
-  exclusive: boolean,
-): Promise<void> {
-  const dir = path.dirname(filePath);
-  const tempPath = path.join(
-    dir,
-    `.${path.basename(filePath)}.${randomBytes(6).toString("hex")}.tmp`,
-  );
-  // The temp file is created with its final mode, so the secret is never readable by others,
-  // not even for the moment between creation and a chmod.
-  const handle = await fs.open(tempPath, "wx", mode);
-  try {
-    try {
-      await handle.chmod(mode); // the umask may have narrowed the mode given to open
-      await handle.writeFile(contents);
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-    if (exclusive) {
-      await linkWithoutReplacing(tempPath, filePath);
-    } else {
-      await fs.rename(tempPath, filePath);
-    }
-  } finally {
-    await fs.rm(tempPath, { force: true });
-  }
-  await syncDirectory(dir);
-}
-
-async function linkWithoutReplacing(fromPath: string, toPath: string): Promise<void> {
-  try {
-    // link(2) fails with EEXIST instead of replacing, atomically, unlike rename(2).
-    await fs.link(fromPath, toPath);
-  } catch (error) {
-    const code = errorCode(error);
-    if (code !== "EPERM" && code !== "ENOTSUP" && code !== "ENOSYS") throw error;
-    // Filesystems without hard links: check then rename, which leaves only a narrow race.
-    const exists = await fs.stat(toPath).then(
-      () => true,
-      () => false,
-    );
-    if (exists) {
-      throw Object.assign(new Error(`EEXIST: file already exists, link '${toPath}'`), {
-        code: "EEXIST",
-      });
-    }
-    await fs.rename(fromPath, toPath);
-  }
-}
-
-async function syncDirectory(dir: string): Promise<void> {
-  // Makes the rename itself durable. Some platforms cannot fsync a directory; the data
-  // is still safe there, only the name may be lost in a crash, so this is best effort.
-  try {
-    const handle = await fs.open(dir, "r");
-    try {
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-  } catch {
-    // best effort, see above
-  }
-}
+// CA files
 
 async function readCaFile(filePath: string): Promise<string | undefined> {
   let stat: Awaited<ReturnType<typeof fs.stat>>;

@@ -8,9 +8,10 @@ import {
 import { mkdir, readFile, rm } from "node:fs/promises";
 import * as path from "node:path";
 import { promisify } from "node:util";
-import { CloudlessError } from "../../lib/errors.js";
+import { CloudlessError } from "../../api/errors.js";
+import { writePublicFile, writeSecretFile } from "../../lib/atomicFile.js";
 import type { Store } from "../store/store.js";
-import { CA_CERT_FILE, CA_KEY_FILE, writePublicFile, writeSecretFile } from "./pki.js";
+import { CA_CERT_FILE, CA_KEY_FILE } from "./pki.js";
 
 const scrypt = promisify(scryptCallback) as (
   password: string,

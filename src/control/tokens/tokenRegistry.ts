@@ -1,9 +1,10 @@
+import { CloudlessError } from "../../api/errors.js";
+import { limitRef, limits } from "../../api/limits.js";
+import { parseToken } from "../../api/token.js";
 import type { Clock } from "../../lib/clock.js";
-import { CloudlessError } from "../../lib/errors.js";
-import { limitRef, limits } from "../../lib/limits.js";
-import { deleteInChunks } from "../controllers/txnBatches.js";
-import { generateToken, parseToken, secretMatches } from "../security/tokens.js";
+import { generateToken, secretMatches } from "../security/tokens.js";
 import type { Op, Store } from "../store/store.js";
+import { deleteInChunks } from "../store/txnBatches.js";
 
 /**
  * One-time bootstrap tokens (REQ-001). Only a hash of the secret is stored, under

@@ -1,7 +1,6 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import { describe, expect, it } from "vitest";
-import { toConnectError } from "../control/api/errorMapping.js";
-import { CloudlessError } from "../lib/errors.js";
+import { CloudlessError, toConnectError } from "../api/errors.js";
 import { seededRng } from "../lib/rng.js";
 import { EndpointRotation, leaderHint, normalizeUrl } from "./endpoints.js";
 

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { limits } from "../../lib/limits.js";
+import { limits } from "../limits.js";
 import {
   canonicalSpecJson,
   closestKey,
@@ -550,6 +550,34 @@ apiVersion: cloudless/v1
       json.startsWith('{"apiVersion":"cloudless/v1","kind":"Workload","metadata":{"labels"'),
     ).toBe(true);
     expect(JSON.parse(json)).toEqual(base);
+  });
+  it("REQ-081 contract: a fixed vector keeps the hash of a stored spec (one canonical JSON, ADR 0038)", () => {
+    // Computed by parse.ts before canonical JSON moved to lib/canonicalJson.ts: a spec
+    // applied before the move must hash the same after it, or re-applying it unchanged
+    // would start a rollout. Index-like label keys ("2", "10") are where copies differed.
+    const stored = parsed(`
+apiVersion: cloudless/v1
+kind: Workload
+metadata:
+  name: vec
+  namespace: shop
+  labels: {"10": ten, "x.y/z": "ä€😀", "2": two, "1a": one-a, app: web, Zed: upper}
+spec:
+  image: localhost/web:1
+  command: ["/bin/httpd", "-x"]
+  env: {B: "2", A: "é\\u0001\\"q\\"", _9: nine}
+  ports:
+    - {name: http, containerPort: 8080}
+  resources: {cpuMillicores: 250, memoryMiB: 128, storageGiB: 0.5}
+  replicas: 2
+  placement:
+    nodeSelector: {"3": x, "20": y, disk: ssd}
+  readinessProbe: {tcp: {port: 8080}}
+`);
+    expect(canonicalSpecJson(stored)).toBe(
+      '{"apiVersion":"cloudless/v1","kind":"Workload","metadata":{"labels":{"2":"two","10":"ten","1a":"one-a","Zed":"upper","app":"web","x.y/z":"ä€😀"},"name":"vec","namespace":"shop"},"spec":{"args":[],"command":["/bin/httpd","-x"],"env":{"A":"é\\u0001\\"q\\"","B":"2","_9":"nine"},"image":"localhost/web:1","minAvailable":1,"placement":{"antiAffinity":false,"nodeSelector":{"3":"x","20":"y","disk":"ssd"},"rebalance":true,"regions":{"preferred":[],"required":[]},"spreadAcrossZones":false,"strategy":"binpack","tolerations":[],"zones":{"preferred":[],"required":[]}},"ports":[{"containerPort":8080,"name":"http","protocol":"tcp"}],"readinessProbe":{"failureThreshold":3,"initialDelaySeconds":0,"periodSeconds":10,"successThreshold":1,"tcp":{"port":8080},"timeoutSeconds":1},"replicas":2,"resources":{"bandwidthMbps":0,"cpuMillicores":250,"memoryMiB":128,"storageGiB":0.5},"restartPolicy":"Always","rollout":{"maxSurge":1,"maxUnavailable":0},"terminationGracePeriodSeconds":10}}',
+    );
+    expect(specHash(stored)).toBe("34c0dd0fcb78f415");
   });
 });
 

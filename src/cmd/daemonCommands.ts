@@ -1,19 +1,19 @@
 import { readFile } from "node:fs/promises";
 import * as path from "node:path";
 import type { Command } from "commander";
-import type { Agent } from "../../agent/agent.js";
-import { defaultDataDir } from "../../client/config.js";
-import type { Coordinator } from "../../control/coordinator.js";
-import { parseDurationMs } from "../../lib/duration.js";
-import { CloudlessError } from "../../lib/errors.js";
-import { handleStopSignals, type StopRequests } from "../../lib/signals.js";
-import { createLogger, isLogLevel, type Logger } from "../../observe/logger.js";
-import { initTracing, shutdownTracing } from "../../observe/tracing.js";
-import { keepRunningWhenOutputCloses } from "../exit.js";
-import { defaultListenHost } from "../listen.js";
-import { action, fail } from "../run.js";
-import { cliVersion } from "../version.js";
-import { collect, splitLabel } from "./nodeCommands.js";
+import type { Agent } from "../agent/agent.js";
+import { CloudlessError } from "../api/errors.js";
+import { collect, splitLabel } from "../cli/commands/nodeCommands.js";
+import { keepRunningWhenOutputCloses } from "../cli/exit.js";
+import { action, fail } from "../cli/run.js";
+import { cliVersion } from "../cli/version.js";
+import { defaultDataDir } from "../client/config.js";
+import type { Coordinator } from "../control/coordinator.js";
+import { parseDurationMs } from "../lib/duration.js";
+import { handleStopSignals, type StopRequests } from "../lib/signals.js";
+import { createLogger, isLogLevel, type Logger } from "../observe/logger.js";
+import { initTracing, shutdownTracing } from "../observe/tracing.js";
+import { defaultListenHost } from "./listen.js";
 
 export function parseLogLevel(value: string) {
   if (!isLogLevel(value))
@@ -194,7 +194,7 @@ export async function coordinatorFromFlags(
     fail(`--rebalance-cooldown ${flags.rebalanceCooldown}: must be from 1s to 24h`);
   }
   // Loaded here, not at the top: an agent process never loads the coordinator (idle memory).
-  const { startCoordinator } = await import("../../control/coordinator.js");
+  const { startCoordinator } = await import("../control/coordinator.js");
   return startCoordinator({
     dataDir: flags.dataDir,
     host: flags.host,
@@ -320,7 +320,7 @@ export function registerDaemonCommands(program: Command): void {
           });
           watchParent(stop, logger);
           // Loaded here, not at the top: a coordinator process never loads the agent.
-          const { agentVersion, startAgent } = await import("../../agent/agent.js");
+          const { agentVersion, startAgent } = await import("../agent/agent.js");
           // The node name is known once the agent has its identity; spans wait for it.
           let nameNode: (name: string | undefined) => void = () => undefined;
           await initTracing({

@@ -4,25 +4,25 @@ import { access, mkdir } from "node:fs/promises";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
 import type { Command } from "commander";
-import { type BackoffPolicy, backoffDelay, formatDelay } from "../../agent/supervisor/backoff.js";
-import { defaultDataDir } from "../../client/config.js";
-import type { Coordinator } from "../../control/coordinator.js";
-import { CloudlessError } from "../../lib/errors.js";
-import { describeHolder, readLockHolder } from "../../lib/pidLock.js";
-import { systemRng } from "../../lib/rng.js";
-import { handleStopSignals } from "../../lib/signals.js";
-import { shutdownTracing } from "../../observe/tracing.js";
-import { keepRunningWhenOutputCloses } from "../exit.js";
-import { defaultListenHost, joinInstructions } from "../listen.js";
-import { action } from "../run.js";
-import { type ContainerEngine, deploySample, findOrStartEngine, sampleImage } from "../sample.js";
+import { type BackoffPolicy, backoffDelay, formatDelay } from "../agent/supervisor/backoff.js";
+import { CloudlessError } from "../api/errors.js";
+import { keepRunningWhenOutputCloses } from "../cli/exit.js";
+import { action } from "../cli/run.js";
+import { defaultDataDir } from "../client/config.js";
+import type { Coordinator } from "../control/coordinator.js";
+import { describeHolder, readLockHolder } from "../lib/pidLock.js";
+import { systemRng } from "../lib/rng.js";
+import { handleStopSignals } from "../lib/signals.js";
+import { shutdownTracing } from "../observe/tracing.js";
 import {
   addCoordinatorFlags,
   type CoordinatorFlags,
   coordinatorFromFlags,
 } from "./daemonCommands.js";
+import { defaultListenHost, joinInstructions } from "./listen.js";
+import { type ContainerEngine, deploySample, findOrStartEngine, sampleImage } from "./sample.js";
 
-const binPath = fileURLToPath(new URL("../../../bin/cloudless", import.meta.url));
+const binPath = fileURLToPath(new URL("../../bin/cloudless", import.meta.url));
 const readyTimeoutMs = 60_000;
 /**
  * How long `up` waits for the local agent of an earlier `up` (killed with -9) to finish

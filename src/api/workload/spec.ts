@@ -10,7 +10,7 @@
  * read the partially parsed value defensively.
  */
 import { z } from "zod";
-import { formatBytes, limitRef, limits } from "../../lib/limits.js";
+import { formatBytes, limitRef, limits } from "../limits.js";
 
 export const workloadApiVersion = "cloudless/v1";
 export const workloadKind = "Workload";
@@ -37,7 +37,7 @@ function integer(message: string, min: number, max?: number) {
 }
 
 /**
- * An integer from `min` to a limit of lib/limits.ts: a value above the limit gets one error
+ * An integer from `min` to a limit of api/limits.ts: a value above the limit gets one error
  * that names it ("must be at most 10000 (limit replicasPerWorkload)"), whether it is 10001
  * or 1e300; every other wrong value gets `message`.
  */

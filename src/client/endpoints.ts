@@ -6,7 +6,7 @@
  * Pure: time only enters as durations passed in, randomness through the injected Rng.
  */
 import { Code, ConnectError } from "@connectrpc/connect";
-import { fromConnectError } from "../control/api/errorMapping.js";
+import { fromConnectError } from "../api/errors.js";
 import type { Rng } from "../lib/rng.js";
 
 /** How one attempt on the current URL ended. */

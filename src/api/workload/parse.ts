@@ -9,7 +9,8 @@
 import { createHash } from "node:crypto";
 import { CST, Lexer, parseAllDocuments } from "yaml";
 import type { z } from "zod";
-import { limitRef, limits, specTooLargeMessage } from "../../lib/limits.js";
+import { canonicalJson } from "../../lib/canonicalJson.js";
+import { limitRef, limits, specTooLargeMessage } from "../limits.js";
 import { type WorkloadSpecDocument, workloadSchema } from "./spec.js";
 
 export interface SpecError {
@@ -182,7 +183,7 @@ export function formatSpecErrors(errors: readonly SpecError[]): string {
  * Two specs that differ only in key order or in spelling out defaults give the same text.
  */
 export function canonicalSpecJson(doc: WorkloadSpecDocument): string {
-  return JSON.stringify(sortKeys(doc));
+  return canonicalJson(doc);
 }
 
 /**
@@ -450,14 +451,4 @@ function editDistance(a: string, b: string): number {
     }
   }
   return at(rows - 1, cols - 1);
-}
-
-function sortKeys(value: unknown): unknown {
-  if (Array.isArray(value)) return value.map(sortKeys);
-  if (!isPlainObject(value)) return value;
-  const sorted: Record<string, unknown> = {};
-  for (const key of Object.keys(value).sort()) {
-    if (value[key] !== undefined) sorted[key] = sortKeys(value[key]);
-  }
-  return sorted;
 }

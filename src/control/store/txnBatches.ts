@@ -1,4 +1,4 @@
-import type { Compare, Op, Store } from "../store/store.js";
+import type { Compare, Op, Store } from "./store.js";
 
 /**
  * Compares and operations per transaction the coordinator builds: etcd refuses more than

@@ -13,9 +13,9 @@ import {
 import * as net from "node:net";
 import { tmpdir } from "node:os";
 import * as path from "node:path";
+import { clientsForConfig } from "../cli/clientCommand.js";
 import { loadClientConfig } from "../client/config.js";
 import { processStartTicks } from "../lib/pidLock.js";
-import { clientsForConfig } from "./clientCommand.js";
 
 /**
  * The quickstart's sample web workload: two replicas of a tiny web server, in a

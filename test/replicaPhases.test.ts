@@ -1,7 +1,6 @@
 import { describe, expect, expectTypeOf, it } from "vitest";
-import type { ReplicaReport } from "../agent/supervisor/supervisorTypes.js";
-import type { ReplicaStatusRecord } from "../control/controllers/records.js";
-import { replicaPhases as exportedPhases } from "../observe/metrics.js";
+import type { ReplicaReport } from "../src/agent/supervisor/supervisorTypes.js";
+import type { ReplicaStatusRecord } from "../src/control/controllers/records.js";
 import {
   coordinatorOnlyPhases,
   isReplicaPhase,
@@ -10,7 +9,8 @@ import {
   replicaPhaseOr,
   replicaPhases,
   reportedReplicaPhases,
-} from "./replicaPhase.js";
+} from "../src/lib/replicaPhase.js";
+import { replicaPhases as exportedPhases } from "../src/observe/metrics.js";
 
 describe("one replica phase list", () => {
   it("REQ-080 contract: the agent's reports, the coordinator's records, the metrics and the status writer use the one list", () => {
