@@ -732,7 +732,7 @@ function unavailableBrief(detail: string): string {
   if (/no leader|leader changed|request timed out|not capable/i.test(detail)) {
     return "etcd: no quorum";
   }
-  if (notSent(new Error(detail))) return "etcd: unreachable";
+  if (notSent(new Error(detail))) return "etcd: members unreachable";
   return "etcd: the call failed";
 }
 
