@@ -12,6 +12,11 @@ export const errorCodes = [
   "AlreadyExists",
   "Conflict",
   "InvalidArgument",
+  /**
+   * The cluster is not in a state the call needs, and retrying alone will not change it
+   * (a corrupt store, a lease that expired): an operator or the caller must act first.
+   */
+  "FailedPrecondition",
   "Unauthenticated",
   "PermissionDenied",
   "Unavailable",
@@ -66,6 +71,9 @@ export class CloudlessError extends Error {
   static invalid(message: string): CloudlessError {
     return new CloudlessError("InvalidArgument", message);
   }
+  static failedPrecondition(message: string): CloudlessError {
+    return new CloudlessError("FailedPrecondition", message);
+  }
   static unauthenticated(message: string): CloudlessError {
     return new CloudlessError("Unauthenticated", message);
   }
@@ -82,14 +90,38 @@ export class CloudlessError extends Error {
     return new CloudlessError("Internal", message, { cause });
   }
 
-  /** Normalizes anything thrown into a CloudlessError; unknown errors become Internal. */
+  /**
+   * Normalizes anything thrown into a CloudlessError: an error that knows its own code
+   * (ReportsCloudlessError, e.g. the store's) reports it; unknown errors become Internal.
+   */
   static from(error: unknown): CloudlessError {
     if (error instanceof CloudlessError) return error;
+    if (reportsCloudlessError(error)) {
+      const reported = error.toCloudlessError();
+      if (reported instanceof CloudlessError) return reported;
+    }
     return CloudlessError.internal(
       "internal error; see the coordinator log for details and report it if it persists",
       error,
     );
   }
+}
+
+/**
+ * An error of a layer below the API that knows which of our codes it is (the store:
+ * unreachable, quorum lost, a compare-and-swap that kept losing). The edge asks it
+ * through CloudlessError.from instead of importing that layer (ADR 0038, ADR 0043); the
+ * answer's message is one line for the caller, its cause the error itself (for the log).
+ */
+export interface ReportsCloudlessError {
+  toCloudlessError(): CloudlessError;
+}
+
+function reportsCloudlessError(error: unknown): error is ReportsCloudlessError {
+  return (
+    error instanceof Error &&
+    typeof (error as Partial<ReportsCloudlessError>).toCloudlessError === "function"
+  );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -101,6 +133,7 @@ const toConnectCode: Record<ErrorCode, Code> = {
   AlreadyExists: Code.AlreadyExists,
   Conflict: Code.Aborted,
   InvalidArgument: Code.InvalidArgument,
+  FailedPrecondition: Code.FailedPrecondition,
   Unauthenticated: Code.Unauthenticated,
   PermissionDenied: Code.PermissionDenied,
   Unavailable: Code.Unavailable,
@@ -112,7 +145,7 @@ const fromConnectCode = new Map<Code, ErrorCode>([
   [Code.NotFound, "NotFound"],
   [Code.AlreadyExists, "AlreadyExists"],
   [Code.Aborted, "Conflict"],
-  [Code.FailedPrecondition, "Conflict"],
+  [Code.FailedPrecondition, "FailedPrecondition"],
   [Code.InvalidArgument, "InvalidArgument"],
   [Code.OutOfRange, "InvalidArgument"],
   [Code.ResourceExhausted, "InvalidArgument"],

@@ -95,6 +95,28 @@ describe("NFR-A1 CLI failover over the coordinators in the client config", () =>
     );
   });
 
+  it("REQ-012 contract: quotes what every coordinator answered when they run but cannot serve (their store lost quorum), instead of 'cannot reach'", async () => {
+    const storeDown = () =>
+      toConnectError(
+        CloudlessError.unavailable(
+          "the cluster store is unavailable (etcd: no quorum); retry when it is back",
+        ),
+      );
+    const { calls, answeredBy } = failover({ [a]: storeDown, [b]: storeDown });
+    const described = describeClientError(await answeredBy().catch((e: unknown) => e), a);
+    expect(calls).toEqual([a, b]);
+    expect(described.code).toBe("Unavailable");
+    expect(described.message).toBe(
+      "the cluster store is unavailable (etcd: no quorum); retry when it is back",
+    );
+    // One unreachable among them: the old message, naming each.
+    const mixed = failover({ [a]: storeDown, [b]: refused });
+    const either = describeClientError(await mixed.answeredBy().catch((e: unknown) => e), a);
+    expect(either.message).toMatch(
+      /^cannot reach any coordinator \(.*store is unavailable.*ECONNREFUSED/,
+    );
+  });
+
   it("refuses an empty server list", () => {
     expect(() => new FailoverTransport([], () => coordinator(a, []))).toThrow(/no servers/);
   });

@@ -58,6 +58,8 @@ type RequestHeader = Parameters<Transport["unary"]>[3];
 interface FailedAttempt {
   url: string;
   detail: string;
+  /** The coordinator answered with its own code (x-cloudless-code): it runs, it could not serve. */
+  answered: boolean;
 }
 
 /**
@@ -168,7 +170,11 @@ export class FailoverTransport implements Transport {
           if (later > i) candidates.splice(later, 1);
           candidates.splice(i + 1, 0, hint.leaderUrl);
         }
-        attempts.push({ url, detail: describeFailure(error) });
+        attempts.push({
+          url,
+          detail: describeFailure(error),
+          answered: ConnectError.from(error).metadata.has(errorCodeHeader),
+        });
       }
     }
     throw allCoordinatorsFailed(attempts);
@@ -208,6 +214,13 @@ async function* replay<T>(messages: T[]): AsyncIterable<T> {
 export function describeClientError(error: unknown, server?: string): CloudlessError {
   const attempts = error instanceof ConnectError ? failedAttempts.get(error) : undefined;
   if (attempts) {
+    // Every coordinator answered that it cannot serve (its store lost quorum): say what
+    // they said, not "cannot reach" — they are running (issue 13).
+    const answers = new Set(attempts.map((a) => a.detail));
+    const [answer] = answers;
+    if (answer !== undefined && answers.size === 1 && attempts.every((a) => a.answered)) {
+      return CloudlessError.unavailable(answer);
+    }
     const [only] = attempts;
     if (attempts.length === 1 && only) {
       return CloudlessError.unavailable(

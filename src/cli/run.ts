@@ -6,6 +6,8 @@ const exitCodes: Record<CloudlessError["code"], number> = {
   NotFound: 3,
   AlreadyExists: 4,
   Conflict: 4,
+  // As Conflict: clients before this code read gRPC FailedPrecondition as Conflict.
+  FailedPrecondition: 4,
   Unauthenticated: 5,
   PermissionDenied: 5,
   Unavailable: 6,

@@ -12,6 +12,7 @@ import { WorkloadService } from "../../api/gen/cloudless/v1/workload_pb.js";
 import { limits, specTooLargeMessage } from "../../api/limits.js";
 import type { Clock } from "../../lib/clock.js";
 import { metricsPath } from "../../observe/metrics.js";
+import { StoreError } from "../store/store.js";
 import { auditInterceptor, auditRefusal } from "./audit.js";
 import { clusterServiceImpl } from "./clusterService.js";
 import type { CoordinatorServices } from "./context.js";
@@ -135,6 +136,12 @@ export async function startApiServer(
         requestLogger({ values: request.contextValues }, services.logger).error(
           { err: error },
           "internal error",
+        );
+      } else if (error instanceof StoreError) {
+        // The caller got one line; the store's own words (endpoints, etcd's error) are here.
+        requestLogger({ values: request.contextValues }, services.logger).warn(
+          { err: error },
+          `store failure answered as ${Code[mapped.code]}: ${mapped.rawMessage}`,
         );
       }
       throw mapped;

@@ -1,5 +1,11 @@
 import type { Clock } from "../../lib/clock.js";
 import { replicaPhaseOr } from "../../lib/replicaPhase.js";
+import { type Rng, systemRng } from "../../lib/rng.js";
+import {
+  CompareAndSwapConflict,
+  type ConflictAttempt,
+  retryOnConflict,
+} from "../store/compareAndSwap.js";
 import type { Store } from "../store/store.js";
 import { commitPacked, type TxnItem } from "../store/txnBatches.js";
 import type { ClusterCache } from "./clusterCache.js";
@@ -27,6 +33,8 @@ export interface ReplicaStatusWriterOptions {
   maxWritesPerFlush?: number;
   /** Attempts per report before it is given up (the agent resends a full report). */
   maxAttempts?: number;
+  /** Jitters the wait between attempts (the system's by default). */
+  rng?: Rng;
 }
 
 /** Reports of one node waiting to be written, merged (newest wins per replica). */
@@ -54,6 +62,7 @@ export class ReplicaStatusWriter {
   private readonly maxQueuedNodes: number;
   private readonly maxWritesPerFlush: number;
   private readonly maxAttempts: number;
+  private readonly rng: Rng;
   private queue = new Map<string, QueuedReports>();
   /** Callers waiting for room in the queue. */
   private roomWaiters: (() => void)[] = [];
@@ -70,6 +79,7 @@ export class ReplicaStatusWriter {
     this.maxQueuedNodes = options.maxQueuedNodes ?? 20_000;
     this.maxWritesPerFlush = options.maxWritesPerFlush ?? 2_000;
     this.maxAttempts = options.maxAttempts ?? 5;
+    this.rng = options.rng ?? systemRng;
   }
 
   /** The last report applied per node: agents resend unchanged full reports every 10 s. */
@@ -94,11 +104,19 @@ export class ReplicaStatusWriter {
       this.cache = cache;
       return this.enqueue(nodeName, reports, full, fingerprint);
     }
-    for (let attempt = 0; attempt < this.maxAttempts; attempt++) {
-      if (await this.tryApply(nodeName, reports, full)) {
-        this.remember(nodeName, fingerprint);
-        return;
-      }
+    try {
+      await retryOnConflict(
+        `the replicas of node "${nodeName}"`,
+        async (): Promise<ConflictAttempt<undefined>> =>
+          (await this.tryApply(nodeName, reports, full))
+            ? { committed: true, result: undefined }
+            : { committed: false },
+        { clock: this.clock, rng: this.rng, maxAttempts: this.maxAttempts },
+      );
+      this.remember(nodeName, fingerprint);
+    } catch (error) {
+      // Given up after maxAttempts lost races: the agent's next full report retries it.
+      if (!(error instanceof CompareAndSwapConflict)) throw error;
     }
   }
 

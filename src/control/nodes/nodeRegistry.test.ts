@@ -1,8 +1,11 @@
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { Code } from "@connectrpc/connect";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { toConnectError } from "../../api/errors.js";
 import { ManualClock } from "../../lib/clock.js";
+import { seededRng } from "../../lib/rng.js";
 import { openSqliteStore, type SqliteStore } from "../store/sqliteStore.js";
 import type { TxnRequest } from "../store/store.js";
 import { type NodeRecord, nodeKey } from "./nodeRecord.js";
@@ -84,5 +87,58 @@ describe("NodeRegistry.updateMany", () => {
     expect(a.status).toBe("Ready");
     expect(a.cordoned).toBe(true);
     expect((await registry.get("b"))?.status).toBe("Ready");
+  });
+});
+
+describe("NodeRegistry.update through compareAndSwap (issue 13)", () => {
+  it("re-applies the change on what a concurrent writer wrote, and after 8 lost races answers Conflict (Aborted) as before", async () => {
+    await store.put(nodeKey("a"), JSON.stringify(testNodeRecord("a")));
+    let racesLeft = 2;
+    const commits: TxnRequest[] = [];
+    const racing = new Proxy(store, {
+      get(target, property, receiver) {
+        if (property === "txn") {
+          return async (request: TxnRequest) => {
+            commits.push(request);
+            if (racesLeft > 0) {
+              racesLeft--;
+              // Someone else cordons "a" between our read and our commit.
+              const other = { ...testNodeRecord("a"), cordoned: true, labels: { race: "x" } };
+              await target.put(nodeKey("a"), JSON.stringify(other));
+            }
+            return target.txn(request);
+          };
+        }
+        return Reflect.get(target, property, receiver);
+      },
+    });
+    const clock = new ManualClock();
+    const delays: number[] = [];
+    const immediate = {
+      nowMs: () => clock.nowMs(),
+      setTimeout(fn: () => void, delayMs: number) {
+        delays.push(delayMs);
+        queueMicrotask(fn);
+        return () => undefined;
+      },
+    };
+    const registry = new NodeRegistry(racing, { clock: immediate, rng: seededRng(5) });
+    const written = await registry.update("a", (record) => ({ ...record, status: "Ready" }));
+    expect(written).toMatchObject({ status: "Ready", cordoned: true });
+    expect(commits).toHaveLength(3);
+    expect(delays).toHaveLength(2);
+
+    racesLeft = Number.POSITIVE_INFINITY;
+    commits.length = 0;
+    const failure = await registry
+      .update("a", (record) => ({ ...record, labels: { mine: "y" } }))
+      .catch((error: unknown) => error);
+    expect(commits).toHaveLength(8);
+    const wire = toConnectError(failure);
+    expect(wire.code).toBe(Code.Aborted);
+    expect(wire.rawMessage).toBe('node "a" is being changed concurrently; try again');
+    await expect(registry.update("gone", (record) => record)).rejects.toMatchObject({
+      code: "NotFound",
+    });
   });
 });

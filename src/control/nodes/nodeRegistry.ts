@@ -1,14 +1,25 @@
 import { CloudlessError } from "../../api/errors.js";
+import { type Clock, systemClock } from "../../lib/clock.js";
+import { type Rng, systemRng } from "../../lib/rng.js";
+import { compareAndSwap } from "../store/compareAndSwap.js";
 import type { Compare, Op, Store } from "../store/store.js";
 import { type NodeRecord, nodeKey, nodeKeyPrefix } from "./nodeRecord.js";
 
 /**
  * Node records in the store, with optimistic concurrency: every update reads the
  * record and its revision, applies a pure change, and writes only if nobody wrote
- * in between (retrying a bounded number of times).
+ * in between (compareAndSwap: a bounded number of attempts with jittered back-off).
  */
 export class NodeRegistry {
-  constructor(private readonly store: Store) {}
+  private readonly retry: { clock: Clock; rng: Rng };
+
+  /** `clock` and `rng` pace the retries of a lost race (the system's by default). */
+  constructor(
+    private readonly store: Store,
+    retry: { clock?: Clock; rng?: Rng } = {},
+  ) {
+    this.retry = { clock: retry.clock ?? systemClock, rng: retry.rng ?? systemRng };
+  }
 
   async get(name: string): Promise<NodeRecord | undefined> {
     const kv = await this.store.get(nodeKey(name));
@@ -38,26 +49,28 @@ export class NodeRegistry {
     name: string,
     change: (record: NodeRecord) => NodeRecord | undefined,
   ): Promise<NodeRecord> {
-    const maxAttempts = 8;
-    for (let attempt = 0; attempt < maxAttempts; attempt++) {
-      const kv = await this.store.get(nodeKey(name));
-      if (!kv) {
-        throw CloudlessError.notFound(
-          `node "${name}" not found; run \`cloudless node list\` to see the nodes`,
-        );
-      }
-      const current = JSON.parse(kv.value) as NodeRecord;
-      const next = change(structuredClone(current));
-      if (!next) return current;
-      const value = JSON.stringify(next);
-      if (value === kv.value) return current;
-      const result = await this.store.txn({
-        compare: [{ key: kv.key, target: "modRevision", op: "==", modRevision: kv.modRevision }],
-        success: [{ type: "put", key: kv.key, value }],
-      });
-      if (result.succeeded) return next;
-    }
-    throw CloudlessError.conflict(`node "${name}" is being changed concurrently; try again`);
+    return compareAndSwap(
+      this.store,
+      nodeKey(name),
+      (kv) => {
+        if (!kv) {
+          throw CloudlessError.notFound(
+            `node "${name}" not found; run \`cloudless node list\` to see the nodes`,
+          );
+        }
+        const current = JSON.parse(kv.value) as NodeRecord;
+        const next = change(structuredClone(current));
+        if (!next) return { result: current };
+        const value = JSON.stringify(next);
+        if (value === kv.value) return { result: current };
+        return { write: [{ type: "put", key: kv.key, value }], result: next };
+      },
+      {
+        ...this.retry,
+        maxAttempts: 8,
+        conflictMessage: `node "${name}" is being changed concurrently; try again`,
+      },
+    );
   }
 
   /**

@@ -699,7 +699,7 @@ class EtcdStoreImpl implements EtcdStore, WatchHost {
         `etcd at ${this.describeEndpoints()} did not answer ${what} within ${timeoutMs} ms; ` +
           "check that a majority of the etcd members are running and reachable",
         "unavailable",
-        { cause: err },
+        { cause: err, brief: `etcd: no answer within ${timeoutMs} ms` },
       );
     }
     const circuit = isBrokenCircuitError(err) ? "every member failed its recent calls; " : "";
@@ -707,7 +707,10 @@ class EtcdStoreImpl implements EtcdStore, WatchHost {
       `etcd at ${this.describeEndpoints()} could not serve ${what} (${circuit}${detail}); ` +
         "check that a majority of the etcd members are running and reachable",
       "unavailable",
-      { cause: err },
+      {
+        cause: err,
+        brief: circuit ? "etcd: every member failed its recent calls" : unavailableBrief(detail),
+      },
     );
   }
 
@@ -721,6 +724,16 @@ class EtcdStoreImpl implements EtcdStore, WatchHost {
       "closed",
     );
   }
+}
+
+/** What an etcd failure means to an API caller, in a few words (StoreError.brief). */
+function unavailableBrief(detail: string): string {
+  // etcd's own words when a member has no leader, which is what a lost quorum looks like.
+  if (/no leader|leader changed|request timed out|not capable/i.test(detail)) {
+    return "etcd: no quorum";
+  }
+  if (notSent(new Error(detail))) return "etcd: members unreachable";
+  return "etcd: the call failed";
 }
 
 /** True when the call never reached a member, so trying another cannot apply it twice. */

@@ -606,13 +606,13 @@ class SqliteStoreImpl implements SqliteStore {
         throw new StoreError(
           `store ${this.path} cannot write: the disk is full; free space and retry`,
           "unavailable",
-          { cause: err },
+          { cause: err, brief: "sqlite: the disk is full" },
         );
       }
       throw new StoreError(
         `store ${this.path} failed (${code}: ${errorMessage(err)}); check the disk and retry`,
         "unavailable",
-        { cause: err },
+        { cause: err, brief: `sqlite: ${code}` },
       );
     }
   }

@@ -7,6 +7,8 @@
  * The contract suite in storeContract.ts runs against every backend.
  */
 
+import { CloudlessError, type ReportsCloudlessError } from "../../api/errors.js";
+
 export interface KeyValue {
   key: string;
   value: string;
@@ -133,14 +135,77 @@ export interface Store {
   close(): Promise<void>;
 }
 
-/** The store could not be opened or used; the message says what to do. */
-export class StoreError extends Error {
+export type StoreErrorKind =
+  | "locked"
+  | "corrupt"
+  | "unavailable"
+  | "closed"
+  | "leaseNotFound"
+  | "invalid"
+  /** A compare-and-swap lost its race every attempt (compareAndSwap.ts). */
+  | "conflict";
+
+/**
+ * The store could not be opened or used; the message says what to do (for the operator,
+ * in the coordinator's log). At the API edge it reports itself as one CloudlessError
+ * (toCloudlessError, ADR 0043): a short line for the caller, with the store error as cause.
+ */
+export class StoreError extends Error implements ReportsCloudlessError {
+  /** What the store said, in a few words for an API caller ("etcd: no quorum"). */
+  readonly brief: string | undefined;
+
   constructor(
     message: string,
-    readonly kind: "locked" | "corrupt" | "unavailable" | "closed" | "leaseNotFound" | "invalid",
-    options?: { cause?: unknown },
+    readonly kind: StoreErrorKind,
+    options?: { cause?: unknown; brief?: string },
   ) {
     super(message, options);
     this.name = "StoreError";
+    this.brief = options?.brief;
+  }
+
+  toCloudlessError(): CloudlessError {
+    return storeErrorToCloudless(this);
+  }
+}
+
+/**
+ * The one mapping of store failures to API codes. Unavailable: the store cannot answer
+ * now and may later (unreachable, quorum lost, its deadline passed, closing, locked);
+ * Conflict (gRPC Aborted): a compare-and-swap that kept losing; FailedPrecondition: the
+ * store refuses until someone acts (corrupt, an expired lease); Internal: a request this
+ * code should never have built (invalid), logged with its detail.
+ */
+export function storeErrorToCloudless(error: StoreError): CloudlessError {
+  const brief = error.brief ? ` (${error.brief})` : "";
+  switch (error.kind) {
+    case "unavailable":
+    case "locked":
+      return new CloudlessError(
+        "Unavailable",
+        `the cluster store is unavailable${brief}; retry when it is back`,
+        { cause: error },
+      );
+    case "closed":
+      return new CloudlessError(
+        "Unavailable",
+        "the cluster store is closed (this coordinator is stopping); retry on another coordinator",
+        { cause: error },
+      );
+    case "conflict":
+      return new CloudlessError("Conflict", error.message, { cause: error });
+    case "corrupt":
+      return new CloudlessError(
+        "FailedPrecondition",
+        `the cluster store is corrupt${brief}; an operator must restore it (see the coordinator log)`,
+        { cause: error },
+      );
+    case "leaseNotFound":
+      return new CloudlessError("FailedPrecondition", error.message, { cause: error });
+    case "invalid":
+      return CloudlessError.internal(
+        "internal error; see the coordinator log for details and report it if it persists",
+        error,
+      );
   }
 }
