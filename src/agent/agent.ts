@@ -22,6 +22,7 @@ import { type Rng, systemRng } from "../lib/rng.js";
 import type { Logger } from "../observe/logger.js";
 import { silentLogger } from "../observe/logger.js";
 import { countBy, createAgentMetrics } from "../observe/metrics.js";
+import { AgentEventOutbox, specNotUnderstoodEvent, unknownSpecFieldsEvent } from "./agentEvents.js";
 import { desiredFromAssignment, reportToProto } from "./assignments.js";
 import type { DriverName, RuntimeDriver } from "./drivers/driver.js";
 import { detectDrivers, ReplicaOwner } from "./drivers/index.js";
@@ -281,6 +282,8 @@ class AgentRunner {
   private metricsListener: MetricsListener | undefined;
   private supervisor: ReplicaSupervisor | undefined;
   private latestReports: ReplicaReport[] = [];
+  /** Events for the cluster's event stream, sent when a stream is up (ADR 0042). */
+  private readonly events = new AgentEventOutbox();
   private cancelReportTimer: (() => void) | undefined;
   private readonly tunnels = new AgentTunnels(
     () => this.clients,
@@ -648,6 +651,7 @@ class AgentRunner {
             // The coordinator forgot this node's reports on hello: tell it at once what
             // runs (it may have restarted, or this agent may have), not at the next resend.
             if (this.supervisor) outgoing.push(this.reportsMessage());
+            for (const message of this.events.take()) outgoing.push(message);
           }
           if (resolveLeaveAck && response.ackSeq === 0n) resolveLeaveAck();
           this.handleCoordinatorMessage(response);
@@ -818,25 +822,66 @@ class AgentRunner {
   /** What the coordinator pushes on the heartbeat stream besides acks. */
   private handleCoordinatorMessage(response: HeartbeatResponse): void {
     if (response.assignments && this.supervisor) {
+      const supervisor = this.supervisor;
       const desired: DesiredReplica[] = [];
       for (const assignment of response.assignments.replicas) {
-        const converted = desiredFromAssignment({
+        const ref = {
           replicaId: assignment.replicaId,
           namespace: assignment.namespace,
           workload: assignment.workload,
           revision: Number(assignment.revision),
+        };
+        const reading = desiredFromAssignment({
+          ...ref,
           specJson: assignment.specJson,
           traceparent: assignment.traceparent,
         });
-        if (converted.ok) desired.push(converted.desired);
-        else this.logger.warn({ replica: assignment.replicaId }, converted.message);
+        if (reading.ok) {
+          desired.push(reading.desired);
+          if (reading.unknownFields.length > 0) {
+            // A coordinator newer than this agent: run what is known, say what is not.
+            const key = `${ref.replicaId}|${ref.revision}|unknown|${reading.unknownFields.join(",")}`;
+            if (
+              this.events.raise(
+                key,
+                unknownSpecFieldsEvent(ref, reading.unknownFields, agentVersion),
+              )
+            ) {
+              this.logger.warn(
+                { replica: ref.replicaId, fields: reading.unknownFields },
+                "running the replica without spec fields this agent does not know (the coordinator is newer)",
+              );
+            }
+          }
+          continue;
+        }
+        // Never stop a replica over a spec this agent cannot read: keep what it runs.
+        const kept = supervisor.desiredFor(ref.replicaId);
+        if (kept) desired.push(kept);
+        const key = `${ref.replicaId}|${ref.revision}|refused`;
+        if (
+          this.events.raise(
+            key,
+            specNotUnderstoodEvent(ref, reading.message, kept?.generation, agentVersion),
+          )
+        ) {
+          this.logger.warn({ replica: ref.replicaId, kept: kept !== undefined }, reading.message);
+        }
       }
-      this.supervisor.setDesired(desired);
+      this.events.endOfSet();
+      supervisor.setDesired(desired);
       this.stateWriter?.durableChanged();
+      this.sendEvents();
     }
     if (response.logsRequest) this.tunnels.startLogs(response.logsRequest);
     if (response.cancel) this.tunnels.cancel(response.cancel.requestId);
     if (response.execRequest) void this.tunnels.exec(response.execRequest);
+  }
+
+  private sendEvents(): void {
+    const session = this.current;
+    if (!session || this.events.size === 0) return;
+    for (const message of this.events.take()) session.send(message);
   }
 
   private sendReports(): void {

@@ -247,6 +247,14 @@ export class ReplicaSupervisor {
     return reportsOf(this.records.values());
   }
 
+  /**
+   * What the replica is wanted as now, if it is: an assignment the agent cannot read
+   * keeps this instead of stopping the replica (ADR 0042).
+   */
+  desiredFor(replicaId: string): DesiredReplica | undefined {
+    return this.desired?.get(replicaId);
+  }
+
   /** The state to persist for autonomy (NFR-A1): plain data, safe to JSON.stringify. */
   snapshot(): SupervisorSnapshot {
     return snapshotOf(this.desired, this.records, this.restored);
