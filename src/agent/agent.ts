@@ -14,7 +14,6 @@ import {
   type HeartbeatRequest,
   HeartbeatRequestSchema,
   type HeartbeatResponse,
-  NodeInfoSchema,
 } from "../api/gen/cloudless/v1/node_pb.js";
 import { clusterIdFromCaPem } from "../api/identity.js";
 import { EndpointRotation } from "../client/endpoints.js";
@@ -486,6 +485,7 @@ class AgentRunner {
   }
 
   private helloMessage(): HeartbeatRequest {
+    // The contract's NodeInfo, sent as collected.
     const info = collectNodeInfo(agentVersion, [...this.drivers.keys()]);
     return create(HeartbeatRequestSchema, {
       kind: {
@@ -502,7 +502,7 @@ class AgentRunner {
             egressSource: this.capacity.egressSource,
             source: this.capacity.source,
           }),
-          info: create(NodeInfoSchema, info),
+          info,
           region: this.options.region ?? "",
           zone: this.options.zone ?? "",
           labels: this.options.labels ?? {},
