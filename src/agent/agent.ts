@@ -24,8 +24,7 @@ import { type Rng, systemRng } from "../lib/rng.js";
 import type { Logger } from "../observe/logger.js";
 import { silentLogger } from "../observe/logger.js";
 import { countBy, createAgentMetrics } from "../observe/metrics.js";
-import { AgentEventOutbox, specNotUnderstoodEvent, unknownSpecFieldsEvent } from "./agentEvents.js";
-import { desiredFromAssignment, reportToProto } from "./assignments.js";
+import type { AgentModule } from "./agentModule.js";
 import {
   RenewalScheduleCache,
   RenewalTimer,
@@ -44,6 +43,7 @@ import {
 import { type AgentIdentity, certificateWindow, saveIdentity } from "./identity.js";
 import { stopPlan } from "./leaving.js";
 import { type MetricsListener, startMetricsListener } from "./metricsListener.js";
+import { ReplicaModule } from "./replicaModule.js";
 import {
   type CapacityOverrides,
   collectNodeInfo,
@@ -53,10 +53,7 @@ import {
   type UsageSample,
   UsageSampler,
 } from "./resources/index.js";
-import { AgentStateWriter, loadAgentState } from "./stateFile.js";
 import { createFileReservationAllocator } from "./supervisor/hostPortReservations.js";
-import { ReplicaSupervisor } from "./supervisor/index.js";
-import type { DesiredReplica, ReplicaReport } from "./supervisor/supervisorTypes.js";
 import { AgentTunnels } from "./tunnels.js";
 
 export const agentVersion = "0.1.0";
@@ -183,15 +180,15 @@ class AgentRunner {
   private drivers = new Map<DriverName, RuntimeDriver>();
   private readonly metrics: ReturnType<typeof createAgentMetrics>;
   private metricsListener: MetricsListener | undefined;
-  private supervisor: ReplicaSupervisor | undefined;
-  private latestReports: ReplicaReport[] = [];
-  /** Events for the cluster's event stream, sent when a stream is up (ADR 0042). */
-  private readonly events = new AgentEventOutbox();
+  /** The replica supervisor, the first agent module (ADR 0042). */
+  private replicas: ReplicaModule | undefined;
+  /** Every module, started in order before the first connect, stopped in reverse. */
+  private readonly modules: AgentModule[] = [];
   private cancelReportTimer: (() => void) | undefined;
   private readonly tunnels = new AgentTunnels(
     () => this.clients,
     () => this.drivers,
-    () => this.latestReports,
+    () => this.replicas?.latestReports ?? [],
   );
   /** The beat interval the coordinator asks for (its answers update it). */
   private readonly beatInterval: BeatInterval = { ms: 1000 };
@@ -208,7 +205,6 @@ class AgentRunner {
   private readonly endpoints: EndpointRotation;
   /** One transport per coordinator URL (rebuilt when the certificate changes). */
   private clientsByUrl = new Map<string, ReturnType<typeof createClients>>();
-  private stateWriter: AgentStateWriter | undefined;
   /** Whose replicas the drivers touch (ADR 0030); learns the node uid from the hello ack. */
   private owner: ReplicaOwner | undefined;
   /** The grace granted was lower than asked for: warned about once. */
@@ -255,7 +251,7 @@ class AgentRunner {
 
   async start(): Promise<void> {
     this.metrics.setStateSource({
-      replicasByPhase: () => countBy(this.latestReports, (report) => report.phase),
+      replicasByPhase: () => countBy(this.replicas?.latestReports ?? [], (report) => report.phase),
     });
     if (this.options.metricsListener) {
       this.metricsListener = await startMetricsListener({
@@ -307,39 +303,26 @@ class AgentRunner {
       { drivers: [...this.drivers.keys()], unavailable: detected.unavailable },
       "runtime drivers",
     );
-    const supervisor = new ReplicaSupervisor({
+    this.replicas = new ReplicaModule({
+      nodeName: this.identity.nodeName,
+      dataDir: this.dataDir,
+      agentVersion,
       drivers: this.drivers,
-      clock: this.clock,
-      rng: this.rng,
       hostPorts: createFileReservationAllocator({
         nodeName: this.identity.nodeName,
         ...(this.options.portReservationDir ? { dir: this.options.portReservationDir } : {}),
       }),
-      logger: this.logger.child({ component: "supervisor" }),
+      owner,
+      clock: this.clock,
+      rng: this.rng,
+      logger: this.logger,
+      persistState: this.options.persistState ?? true,
       onProbeResult: (kind, result) =>
         this.metrics.probeResults.inc({ kind, result: result.ok ? "success" : "failure" }),
-      onDurableChange: () => this.stateWriter?.durableChanged(),
-      onReport: (reports) => {
-        this.latestReports = reports;
-        this.stateWriter?.runtimeChanged();
-        this.sendReports();
-      },
     });
-    this.supervisor = supervisor;
-    // A replica an older agent made (no owner marks) is this agent's only if its state names it.
-    owner.setStateLookup((replicaId) => supervisor.knows(replicaId));
-    if (this.options.persistState ?? true) {
-      await this.restoreState(supervisor);
-      this.stateWriter = new AgentStateWriter({
-        dataDir: this.dataDir,
-        nodeName: this.identity.nodeName,
-        clock: this.clock,
-        logger: this.logger,
-        snapshot: () => supervisor.snapshot(),
-      });
-    }
-    await supervisor.start();
-    this.stateWriter?.runtimeChanged();
+    this.modules.push(this.replicas);
+    const context = { send: (message: HeartbeatRequest) => this.heartbeat.current?.send(message) };
+    for (const module of this.modules) await module.start(context);
 
     this.capacity =
       this.options.capacity ??
@@ -361,40 +344,12 @@ class AgentRunner {
       }));
     this.logger.info({ capacity: this.capacity }, "measured capacity");
     const resend = () => {
-      this.sendReports();
+      this.sendStatus();
       this.cancelReportTimer = this.clock.setTimeout(resend, fullReportIntervalMs);
     };
     this.cancelReportTimer = this.clock.setTimeout(resend, fullReportIntervalMs);
     void this.heartbeat.run();
     this.renewal.start();
-  }
-
-  /**
-   * Loads the state a previous agent left (NFR-A1). A file that cannot be used costs one
-   * warning and an empty start: without a desired set the supervisor removes nothing it
-   * finds, and the coordinator's set replaces it on connect.
-   */
-  private async restoreState(supervisor: ReplicaSupervisor): Promise<void> {
-    const loaded = await loadAgentState(this.dataDir, this.identity.nodeName);
-    if (loaded.kind === "absent") return;
-    if (loaded.kind === "unusable") {
-      this.logger.warn(
-        { reason: loaded.reason },
-        `ignoring the agent state file (${loaded.reason}); starting without saved replicas`,
-      );
-      return;
-    }
-    try {
-      supervisor.restore(loaded.snapshot);
-    } catch (error) {
-      this.logger.warn(
-        { reason: error instanceof Error ? error.message : String(error) },
-        "ignoring the agent state file; starting without saved replicas",
-      );
-      return;
-    }
-    const count = loaded.snapshot.desired?.length ?? 0;
-    this.logger.info({ replicas: count }, "restored desired replicas from the state file");
   }
 
   handle(): Agent {
@@ -476,8 +431,9 @@ class AgentRunner {
         this.logger.info({ url }, "connected; heartbeating");
         // The coordinator forgot this node's reports on hello: tell it at once what
         // runs (it may have restarted, or this agent may have), not at the next resend.
-        if (this.supervisor) send(this.reportsMessage());
-        for (const message of this.events.take()) send(message);
+        for (const module of this.modules) {
+          for (const message of module.statusMessages()) send(message);
+        }
       },
       onMessage: (response) => this.handleCoordinatorMessage(response),
       onRefused: (message) => this.fail(1, message),
@@ -564,82 +520,34 @@ class AgentRunner {
 
   /** What the coordinator pushes on the heartbeat stream besides acks. */
   private handleCoordinatorMessage(response: HeartbeatResponse): void {
-    if (response.assignments && this.supervisor) {
-      const supervisor = this.supervisor;
-      const desired: DesiredReplica[] = [];
-      for (const assignment of response.assignments.replicas) {
-        const ref = {
-          replicaId: assignment.replicaId,
-          namespace: assignment.namespace,
-          workload: assignment.workload,
-          revision: Number(assignment.revision),
-        };
-        const reading = desiredFromAssignment({
-          ...ref,
-          specJson: assignment.specJson,
-          traceparent: assignment.traceparent,
-        });
-        if (reading.ok) {
-          desired.push(reading.desired);
-          if (reading.unknownFields.length > 0) {
-            // A coordinator newer than this agent: run what is known, say what is not.
-            const key = `${ref.replicaId}|${ref.revision}|unknown|${reading.unknownFields.join(",")}`;
-            if (
-              this.events.raise(
-                key,
-                unknownSpecFieldsEvent(ref, reading.unknownFields, agentVersion),
-              )
-            ) {
-              this.logger.warn(
-                { replica: ref.replicaId, fields: reading.unknownFields },
-                "running the replica without spec fields this agent does not know (the coordinator is newer)",
-              );
-            }
-          }
-          continue;
-        }
-        // Never stop a replica over a spec this agent cannot read: keep what it runs.
-        const kept = supervisor.desiredFor(ref.replicaId);
-        if (kept) desired.push(kept);
-        const key = `${ref.replicaId}|${ref.revision}|refused`;
-        if (
-          this.events.raise(
-            key,
-            specNotUnderstoodEvent(ref, reading.message, kept?.generation, agentVersion),
-          )
-        ) {
-          this.logger.warn({ replica: ref.replicaId, kept: kept !== undefined }, reading.message);
-        }
-      }
-      this.events.endOfSet();
-      supervisor.setDesired(desired);
-      this.stateWriter?.durableChanged();
-      this.sendEvents();
-    }
+    for (const module of this.modules) module.receive(response);
     if (response.logsRequest) this.tunnels.startLogs(response.logsRequest);
     if (response.cancel) this.tunnels.cancel(response.cancel.requestId);
     if (response.execRequest) void this.tunnels.exec(response.execRequest);
   }
 
-  private sendEvents(): void {
+  /** Every module's full status, resent on a timer (level-triggered). */
+  private sendStatus(): void {
     const session = this.heartbeat.current;
-    if (!session || this.events.size === 0) return;
-    for (const message of this.events.take()) session.send(message);
+    if (!session) return;
+    for (const module of this.modules) {
+      for (const message of module.statusMessages()) session.send(message);
+    }
   }
 
-  private sendReports(): void {
-    const session = this.heartbeat.current;
-    if (!session || !this.supervisor) return;
-    session.send(this.reportsMessage());
-  }
-
-  private reportsMessage(): HeartbeatRequest {
-    return create(HeartbeatRequestSchema, {
-      kind: {
-        case: "reports",
-        value: { full: true, replicas: this.latestReports.map(reportToProto) },
-      },
-    });
+  /** Stops the modules, last started first; `leaving` stops what they run. */
+  private async stopModules(leaving: boolean, hurry?: AbortSignal): Promise<void> {
+    for (const module of [...this.modules].reverse()) {
+      await module
+        .stop({ leaving, hurry })
+        .catch((error: unknown) =>
+          this.logger.warn(
+            { module: module.name, err: error instanceof Error ? error.message : String(error) },
+            "module did not stop cleanly",
+          ),
+        );
+    }
+    this.modules.length = 0;
   }
 
   private fail(code: number, message: string): void {
@@ -659,23 +567,10 @@ class AgentRunner {
       if (plan.leaveBackWithinMs !== undefined && session) {
         await session.leave(plan.leaveBackWithinMs, hurry).catch(() => undefined);
       }
-      await this.supervisor
-        ?.stop({ stopReplicas: plan.stopReplicas, hurry })
-        .catch(() => undefined);
-      await this.saveFinalState(plan.stopReplicas);
+      await this.stopModules(plan.stopReplicas, hurry);
       await this.finish({ code: 0, message: plan.message });
     }
     return this.done;
-  }
-
-  /**
-   * The last write of the state file. Replicas that were stopped (a leave, a deletion)
-   * are no longer wanted here: the file says so, and an agent started later removes
-   * what it finds instead of bringing them back.
-   */
-  private async saveFinalState(replicasStopped: boolean): Promise<void> {
-    if (replicasStopped) this.supervisor?.setDesired([]);
-    await this.stateWriter?.close();
   }
 
   private async finish(exit: AgentExit): Promise<void> {
@@ -687,10 +582,9 @@ class AgentRunner {
     this.tunnels.cancelAll();
     if (exit.code !== 0) {
       // Deleted from the cluster: nothing here is wanted any more.
-      await this.supervisor?.stop({ stopReplicas: true }).catch(() => undefined);
-      await this.saveFinalState(true);
+      await this.stopModules(true);
     }
-    await this.stateWriter?.close();
+    await this.stopModules(false);
     this.heartbeat.close();
     await this.metricsListener?.close().catch(() => undefined);
     await this.releaseLock();
