@@ -1,20 +1,22 @@
+/**
+ * The node agent: the small loop that wires its jobs together. Joining is enrollment.ts,
+ * the heartbeat stream heartbeatSession.ts, certificate renewal certificateRenewal.ts,
+ * what stopping does leaving.ts, reading assignments assignments.ts, and the replicas the
+ * supervisor (supervisor/).
+ */
 import { mkdir } from "node:fs/promises";
-import { hostname } from "node:os";
 import * as path from "node:path";
 import { create } from "@bufbuild/protobuf";
 import type { Transport } from "@connectrpc/connect";
-import { CloudlessError, fromConnectError } from "../api/errors.js";
+import { CloudlessError } from "../api/errors.js";
 import {
   CapacitySchema,
   type HeartbeatRequest,
   HeartbeatRequestSchema,
   type HeartbeatResponse,
-  NodeInfoSchema,
 } from "../api/gen/cloudless/v1/node_pb.js";
-import { clusterIdFromCaPem, generateKeyAndCsr, validateNodeName } from "../api/identity.js";
-import { parseToken } from "../api/token.js";
-import { EndpointRotation, leaderHint, type SessionOutcome } from "../client/endpoints.js";
-import { fetchPinnedCa } from "../client/pinning.js";
+import { clusterIdFromCaPem } from "../api/identity.js";
+import { EndpointRotation } from "../client/endpoints.js";
 import { createClients, createCoordinatorTransport } from "../client/transport.js";
 import { type Clock, systemClock } from "../lib/clock.js";
 import { acquirePidLock, DirectoryInUseError } from "../lib/pidLock.js";
@@ -22,18 +24,26 @@ import { type Rng, systemRng } from "../lib/rng.js";
 import type { Logger } from "../observe/logger.js";
 import { silentLogger } from "../observe/logger.js";
 import { countBy, createAgentMetrics } from "../observe/metrics.js";
-import { desiredFromAssignment, reportToProto } from "./assignments.js";
+import type { AgentModule } from "./agentModule.js";
+import {
+  RenewalScheduleCache,
+  RenewalTimer,
+  requestRenewedIdentity,
+} from "./certificateRenewal.js";
 import type { DriverName, RuntimeDriver } from "./drivers/driver.js";
 import { detectDrivers, ReplicaOwner } from "./drivers/index.js";
 import { InstrumentedDriver } from "./drivers/instrumentedDriver.js";
+import { loadOrEnroll } from "./enrollment.js";
 import {
-  type AgentIdentity,
-  certificateWindow,
-  loadIdentity,
-  renewalSchedule,
-  saveIdentity,
-} from "./identity.js";
+  type BeatInterval,
+  HeartbeatLoop,
+  openHeartbeatSession,
+  type StreamSession,
+} from "./heartbeatSession.js";
+import { type AgentIdentity, certificateWindow, saveIdentity } from "./identity.js";
+import { stopPlan } from "./leaving.js";
 import { type MetricsListener, startMetricsListener } from "./metricsListener.js";
+import { ReplicaModule } from "./replicaModule.js";
 import {
   type CapacityOverrides,
   collectNodeInfo,
@@ -43,10 +53,7 @@ import {
   type UsageSample,
   UsageSampler,
 } from "./resources/index.js";
-import { AgentStateWriter, loadAgentState } from "./stateFile.js";
 import { createFileReservationAllocator } from "./supervisor/hostPortReservations.js";
-import { ReplicaSupervisor } from "./supervisor/index.js";
-import type { DesiredReplica, ReplicaReport } from "./supervisor/supervisorTypes.js";
 import { AgentTunnels } from "./tunnels.js";
 
 export const agentVersion = "0.1.0";
@@ -137,8 +144,6 @@ export interface Agent {
 const reconnectBaseMs = 200;
 const reconnectMaxMs = 5_000;
 const defaultConnectTimeoutMs = 10_000;
-const leaveAckTimeoutMs = 2_000;
-const renewCheckIntervalMs = 5_000;
 
 /** Enrolls (first run) or reuses the saved identity, then keeps a heartbeat stream up. */
 export async function startAgent(options: AgentOptions): Promise<Agent> {
@@ -153,22 +158,8 @@ export async function startAgent(options: AgentOptions): Promise<Agent> {
     throw error instanceof DirectoryInUseError ? CloudlessError.unavailable(error.message) : error;
   });
   try {
-    let identity = await loadIdentity(dataDir);
     const baseLogger = options.logger ?? silentLogger;
-    if (identity) {
-      if (options.name && options.name !== identity.nodeName) {
-        throw CloudlessError.invalid(
-          `data dir ${dataDir} holds the identity of node "${identity.nodeName}", not "${options.name}"; use another --data-dir for a second node`,
-        );
-      }
-      if (options.joinUrls && options.joinUrls.length > 0) {
-        identity = { ...identity, servers: options.joinUrls };
-        await saveIdentity(dataDir, identity);
-      }
-      baseLogger.info({ node: identity.nodeName }, "reusing saved identity; no token needed");
-    } else {
-      identity = await enroll(options, dataDir, baseLogger);
-    }
+    const identity = await loadOrEnroll(options, dataDir, baseLogger);
     const logger = baseLogger.child({ node: identity.nodeName });
     const runner = new AgentRunner(identity, options, dataDir, clock, rng, logger, lock.release);
     await runner.start();
@@ -177,96 +168,6 @@ export async function startAgent(options: AgentOptions): Promise<Agent> {
     await lock.release();
     throw error;
   }
-}
-
-async function enroll(
-  options: AgentOptions,
-  dataDir: string,
-  logger: Logger,
-): Promise<AgentIdentity> {
-  const joinUrls = options.joinUrls ?? [];
-  if (joinUrls.length === 0 || !options.token) {
-    throw CloudlessError.invalid(
-      `this agent has not joined a cluster yet (no identity in ${dataDir}); pass --join URL --token TOKEN`,
-    );
-  }
-  const parsed = parseToken(options.token);
-  if (!parsed.ok) throw CloudlessError.invalid(parsed.reason);
-  const nodeName = options.name ?? defaultNodeName();
-  // The coordinator refuses a bad name too, naming its API field; said here for the flag.
-  const nameCheck = validateNodeName(nodeName);
-  if (!nameCheck.ok) throw CloudlessError.invalid(`--name: ${nameCheck.reason}`);
-  const { keyPem, csrPem } = await generateKeyAndCsr({ commonName: nodeName });
-  // Each join URL in turn (and a leader a follower names): any coordinator that
-  // answers may be the one that enrolls. Only unreachable ones are skipped; a refused
-  // token is an answer.
-  const candidates = [...joinUrls];
-  const failures: string[] = [];
-  for (let i = 0; i < candidates.length && i < joinUrls.length + 2; i++) {
-    const joinUrl = candidates[i] as string;
-    try {
-      const caPem = await fetchPinnedCa(joinUrl, parsed.caFingerprint);
-      // The cluster name is only known after enrollment; for this one call any
-      // coordinator certificate from the pinned CA is accepted.
-      const clients = createClients(createCoordinatorTransport({ baseUrl: joinUrl, caPem }));
-      const response = await clients.nodes.enroll({
-        token: options.token,
-        name: nodeName,
-        csrPem,
-        region: options.region ?? "",
-        zone: options.zone ?? "",
-        labels: options.labels ?? {},
-      });
-      const identity: AgentIdentity = {
-        nodeName: response.nodeName,
-        clusterName: response.clusterName,
-        ...(response.nodeUid ? { nodeUid: response.nodeUid } : {}),
-        servers: joinUrls,
-        caPem: response.caPem,
-        certPem: response.certificatePem,
-        keyPem,
-        certReceivedAtMs: (options.clock ?? systemClock).nowMs(),
-      };
-      await saveIdentity(dataDir, identity);
-      logger.info({ node: nodeName, cluster: response.clusterName, url: joinUrl }, "enrolled");
-      return identity;
-    } catch (error) {
-      const hint = leaderHint(error);
-      if (hint?.leaderUrl && !candidates.includes(hint.leaderUrl)) {
-        candidates.splice(i + 1, 0, hint.leaderUrl);
-      }
-      const normalized = fromConnectError(error);
-      if (normalized.code !== "Unavailable" || joinUrls.length === 1) throw normalized;
-      failures.push(`${joinUrl}: ${normalized.message}`);
-      logger.warn({ url: joinUrl, err: normalized.message }, "enrollment failed; trying the next");
-    }
-  }
-  throw CloudlessError.unavailable(
-    `could not enroll with any coordinator (${failures.join("; ")}); check the --join URLs`,
-  );
-}
-
-function defaultNodeName(): string {
-  const name = hostname()
-    .toLowerCase()
-    .replace(/[^a-z0-9-]/g, "-")
-    .replace(/^-+|-+$/g, "")
-    .slice(0, 63);
-  return name || "node";
-}
-
-interface StreamSession {
-  abort: AbortController;
-  done: Promise<void>;
-  firstAck: Promise<boolean>;
-  /** How the session ended (valid once done has resolved). */
-  outcome(): SessionOutcome;
-  /**
-   * Says Leave and waits (bounded) for its ack, or until `hurry` aborts; backWithinMs > 0
-   * announces a restart.
-   */
-  leave(backWithinMs: number, hurry?: AbortSignal): Promise<void>;
-  send(message: HeartbeatRequest): void;
 }
 
 /** A full report is resent this often even when nothing changed (level-triggered). */
@@ -279,31 +180,31 @@ class AgentRunner {
   private drivers = new Map<DriverName, RuntimeDriver>();
   private readonly metrics: ReturnType<typeof createAgentMetrics>;
   private metricsListener: MetricsListener | undefined;
-  private supervisor: ReplicaSupervisor | undefined;
-  private latestReports: ReplicaReport[] = [];
+  /** The replica supervisor, the first agent module (ADR 0042). */
+  private replicas: ReplicaModule | undefined;
+  /** Every module, started in order before the first connect, stopped in reverse. */
+  private readonly modules: AgentModule[] = [];
   private cancelReportTimer: (() => void) | undefined;
   private readonly tunnels = new AgentTunnels(
     () => this.clients,
     () => this.drivers,
-    () => this.latestReports,
+    () => this.replicas?.latestReports ?? [],
   );
-  private intervalMs = 1000;
-  private stopping = false;
-  private current: StreamSession | undefined;
+  /** The beat interval the coordinator asks for (its answers update it). */
+  private readonly beatInterval: BeatInterval = { ms: 1000 };
+  /** Keeps one heartbeat stream up (heartbeatSession.ts). */
+  private readonly heartbeat: HeartbeatLoop;
   private exit: AgentExit | undefined;
   private resolveDone!: (exit: AgentExit) => void;
   private readonly done = new Promise<AgentExit>((resolve) => {
     this.resolveDone = resolve;
   });
-  private cancelRenewTimer: (() => void) | undefined;
-  /** The validity of the certificate in use, parsed when the certificate changes. */
-  private certWindow: { certPem: string; window: ReturnType<typeof certificateWindow> } | undefined;
-  private wakeBackoff: (() => void) | undefined;
+  /** Renews the certificate before it expires (certificateRenewal.ts). */
+  private readonly renewal: RenewalTimer;
   /** Which coordinator to dial; rotates on failure, follows leader redirects. */
   private readonly endpoints: EndpointRotation;
   /** One transport per coordinator URL (rebuilt when the certificate changes). */
   private clientsByUrl = new Map<string, ReturnType<typeof createClients>>();
-  private stateWriter: AgentStateWriter | undefined;
   /** Whose replicas the drivers touch (ADR 0030); learns the node uid from the hello ack. */
   private owner: ReplicaOwner | undefined;
   /** The grace granted was lower than asked for: warned about once. */
@@ -329,11 +230,28 @@ class AgentRunner {
       maxDelayMs: reconnectMaxMs,
     });
     this.clients = this.clientsFor(this.endpoints.current);
+    this.heartbeat = new HeartbeatLoop({
+      endpoints: this.endpoints,
+      clock,
+      logger,
+      open: () => this.openSession(),
+      onRetarget: (url) => {
+        this.clients = this.clientsFor(url);
+      },
+      onLearned: (url) => void this.rememberServer(url),
+    });
+    const schedules = new RenewalScheduleCache(options.renewAtFraction ?? 2 / 3);
+    this.renewal = new RenewalTimer({
+      clock,
+      logger,
+      schedule: () => schedules.of(this.identity),
+      renew: () => this.renew(),
+    });
   }
 
   async start(): Promise<void> {
     this.metrics.setStateSource({
-      replicasByPhase: () => countBy(this.latestReports, (report) => report.phase),
+      replicasByPhase: () => countBy(this.replicas?.latestReports ?? [], (report) => report.phase),
     });
     if (this.options.metricsListener) {
       this.metricsListener = await startMetricsListener({
@@ -385,39 +303,26 @@ class AgentRunner {
       { drivers: [...this.drivers.keys()], unavailable: detected.unavailable },
       "runtime drivers",
     );
-    const supervisor = new ReplicaSupervisor({
+    this.replicas = new ReplicaModule({
+      nodeName: this.identity.nodeName,
+      dataDir: this.dataDir,
+      agentVersion,
       drivers: this.drivers,
-      clock: this.clock,
-      rng: this.rng,
       hostPorts: createFileReservationAllocator({
         nodeName: this.identity.nodeName,
         ...(this.options.portReservationDir ? { dir: this.options.portReservationDir } : {}),
       }),
-      logger: this.logger.child({ component: "supervisor" }),
+      owner,
+      clock: this.clock,
+      rng: this.rng,
+      logger: this.logger,
+      persistState: this.options.persistState ?? true,
       onProbeResult: (kind, result) =>
         this.metrics.probeResults.inc({ kind, result: result.ok ? "success" : "failure" }),
-      onDurableChange: () => this.stateWriter?.durableChanged(),
-      onReport: (reports) => {
-        this.latestReports = reports;
-        this.stateWriter?.runtimeChanged();
-        this.sendReports();
-      },
     });
-    this.supervisor = supervisor;
-    // A replica an older agent made (no owner marks) is this agent's only if its state names it.
-    owner.setStateLookup((replicaId) => supervisor.knows(replicaId));
-    if (this.options.persistState ?? true) {
-      await this.restoreState(supervisor);
-      this.stateWriter = new AgentStateWriter({
-        dataDir: this.dataDir,
-        nodeName: this.identity.nodeName,
-        clock: this.clock,
-        logger: this.logger,
-        snapshot: () => supervisor.snapshot(),
-      });
-    }
-    await supervisor.start();
-    this.stateWriter?.runtimeChanged();
+    this.modules.push(this.replicas);
+    const context = { send: (message: HeartbeatRequest) => this.heartbeat.current?.send(message) };
+    for (const module of this.modules) await module.start(context);
 
     this.capacity =
       this.options.capacity ??
@@ -439,40 +344,12 @@ class AgentRunner {
       }));
     this.logger.info({ capacity: this.capacity }, "measured capacity");
     const resend = () => {
-      this.sendReports();
+      this.sendStatus();
       this.cancelReportTimer = this.clock.setTimeout(resend, fullReportIntervalMs);
     };
     this.cancelReportTimer = this.clock.setTimeout(resend, fullReportIntervalMs);
-    void this.run();
-    this.scheduleRenewal();
-  }
-
-  /**
-   * Loads the state a previous agent left (NFR-A1). A file that cannot be used costs one
-   * warning and an empty start: without a desired set the supervisor removes nothing it
-   * finds, and the coordinator's set replaces it on connect.
-   */
-  private async restoreState(supervisor: ReplicaSupervisor): Promise<void> {
-    const loaded = await loadAgentState(this.dataDir, this.identity.nodeName);
-    if (loaded.kind === "absent") return;
-    if (loaded.kind === "unusable") {
-      this.logger.warn(
-        { reason: loaded.reason },
-        `ignoring the agent state file (${loaded.reason}); starting without saved replicas`,
-      );
-      return;
-    }
-    try {
-      supervisor.restore(loaded.snapshot);
-    } catch (error) {
-      this.logger.warn(
-        { reason: error instanceof Error ? error.message : String(error) },
-        "ignoring the agent state file; starting without saved replicas",
-      );
-      return;
-    }
-    const count = loaded.snapshot.desired?.length ?? 0;
-    this.logger.info({ replicas: count }, "restored desired replicas from the state file");
+    void this.heartbeat.run();
+    this.renewal.start();
   }
 
   handle(): Agent {
@@ -507,39 +384,6 @@ class AgentRunner {
     return this.options.wrapTransport?.(transport) ?? transport;
   }
 
-  /** Keeps one heartbeat stream up, rotating through the coordinators; ends with stop(). */
-  private async run(): Promise<void> {
-    while (!this.stopping) {
-      const session = this.current ?? this.openSession();
-      this.current = session;
-      await session.done;
-      if (this.current !== session) continue; // rotated to a new certificate
-      this.current = undefined;
-      if (this.stopping) break;
-      const outcome = session.outcome();
-      const from = this.endpoints.current;
-      const next = this.endpoints.next(outcome);
-      if (next.learned) void this.rememberServer(next.learned);
-      this.logger.info(
-        { from, to: next.url, delayMs: next.delayMs, outcome: outcome.kind },
-        outcome.kind === "notLeader" && next.delayMs === 0
-          ? "coordinator is not the leader; connecting to the leader"
-          : "heartbeat stream ended; reconnecting",
-      );
-      this.clients = this.clientsFor(next.url);
-      if (next.delayMs > 0) {
-        await new Promise<void>((resolve) => {
-          const cancel = this.clock.setTimeout(resolve, next.delayMs);
-          this.wakeBackoff = () => {
-            cancel();
-            resolve();
-          };
-        });
-        this.wakeBackoff = undefined;
-      }
-    }
-  }
-
   /** Keeps a leader URL learned from a redirect, so a restarted agent knows it too. */
   private async rememberServer(url: string): Promise<void> {
     if (this.identity.servers.includes(url)) return;
@@ -554,63 +398,21 @@ class AgentRunner {
     }
   }
 
+  /** A heartbeat stream to the rotation's current coordinator, with this agent's certificate. */
   private openSession(): StreamSession {
     const url = this.endpoints.current;
-    const clients = this.clientsFor(url);
-    const abort = new AbortController();
-    let connectedAtMs: number | undefined;
-    let endedAtMs: number | undefined;
-    let notLeader: { leaderUrl?: string } | undefined;
-    // The stream itself has no deadline (it lives for hours); its first answer does.
-    const connectTimeoutMs = this.options.connectTimeoutMs ?? defaultConnectTimeoutMs;
-    const cancelConnectDeadline = this.clock.setTimeout(() => {
-      if (connectedAtMs !== undefined) return;
-      this.logger.warn(
-        { url, timeoutMs: connectTimeoutMs },
-        "coordinator did not answer the heartbeat stream in time; trying the next",
-      );
-      abort.abort();
-    }, connectTimeoutMs);
-    const outgoing = new MessageQueue<HeartbeatRequest>();
-    let resolveFirstAck!: (ok: boolean) => void;
-    const firstAck = new Promise<boolean>((resolve) => {
-      resolveFirstAck = resolve;
-    });
-    let resolveLeaveAck: (() => void) | undefined;
-    const info = collectNodeInfo(agentVersion, [...this.drivers.keys()]);
-    outgoing.push(
-      create(HeartbeatRequestSchema, {
-        kind: {
-          case: "hello",
-          value: {
-            nodeName: this.identity.nodeName,
-            capacity: create(CapacitySchema, {
-              cpuMillicores: this.capacity.cpuMillicores,
-              memoryMib: this.capacity.memoryMiB,
-              storageGib: this.capacity.storageGiB,
-              iopsClass: this.capacity.iopsClass,
-              measuredIops: this.capacity.measuredIops,
-              egressMbps: Math.round(this.capacity.egressMbps),
-              egressSource: this.capacity.egressSource,
-              source: this.capacity.source,
-            }),
-            info: create(NodeInfoSchema, info),
-            region: this.options.region ?? "",
-            zone: this.options.zone ?? "",
-            labels: this.options.labels ?? {},
-            taints: this.options.taints ?? [],
-            restartGraceMs: this.options.restartGraceMs ?? 0,
-          },
-        },
-      }),
-    );
-    let seq = 0n;
-    let cancelBeat: (() => void) | undefined;
-    const beat = () => {
-      seq += 1n;
-      const sample = this.usage.sample();
-      outgoing.push(
-        create(HeartbeatRequestSchema, {
+    return openHeartbeatSession({
+      url,
+      clients: this.clientsFor(url),
+      clock: this.clock,
+      logger: this.logger,
+      connectTimeoutMs: this.options.connectTimeoutMs ?? defaultConnectTimeoutMs,
+      hello: this.helloMessage(),
+      interval: this.beatInterval,
+      beat: (seq) => {
+        const sample = this.usage.sample();
+        this.metrics.heartbeatsSent.inc();
+        return create(HeartbeatRequestSchema, {
           kind: {
             case: "beat",
             value: {
@@ -621,147 +423,55 @@ class AgentRunner {
               },
             },
           },
-        }),
-      );
-      this.metrics.heartbeatsSent.inc();
-      cancelBeat = this.clock.setTimeout(beat, this.intervalMs);
-    };
-
-    const done = (async () => {
-      try {
-        const responses = clients.nodes.heartbeat(outgoing.drain(), {
-          signal: abort.signal,
-          timeoutMs: 0,
         });
-        let first = true;
-        for await (const response of responses) {
-          if (response.intervalMs > 0) this.intervalMs = response.intervalMs;
-          if (first) {
-            first = false;
-            connectedAtMs = this.clock.nowMs();
-            cancelConnectDeadline();
-            this.endpoints.connected();
-            this.onHelloAck(response);
-            resolveFirstAck(true);
-            this.logger.info({ url }, "connected; heartbeating");
-            cancelBeat = this.clock.setTimeout(beat, this.intervalMs);
-            // The coordinator forgot this node's reports on hello: tell it at once what
-            // runs (it may have restarted, or this agent may have), not at the next resend.
-            if (this.supervisor) outgoing.push(this.reportsMessage());
-          }
-          if (resolveLeaveAck && response.ackSeq === 0n) resolveLeaveAck();
-          this.handleCoordinatorMessage(response);
-        }
-      } catch (error) {
-        if (abort.signal.aborted) return;
-        notLeader = leaderHint(error);
-        if (notLeader) return; // run() logs where it goes next
-        const normalized = fromConnectError(error);
-        if (normalized.code === "Unauthenticated" || normalized.code === "PermissionDenied") {
-          this.fail(1, normalized.message);
-          return;
-        }
-        this.logger.warn({ url, err: normalized.message }, "heartbeat stream failed");
-      } finally {
-        endedAtMs = this.clock.nowMs();
-        cancelConnectDeadline();
-        cancelBeat?.();
-        outgoing.close();
-        resolveFirstAck(false);
-      }
-    })();
-
-    return {
-      abort,
-      done,
-      firstAck,
-      outcome: (): SessionOutcome => {
-        if (notLeader) return { kind: "notLeader", ...notLeader };
-        if (connectedAtMs === undefined) return { kind: "failed" };
-        return {
-          kind: "ended",
-          connectedForMs: (endedAtMs ?? this.clock.nowMs()) - connectedAtMs,
-        };
       },
-      send: (message) => outgoing.push(message),
-      leave: async (backWithinMs, hurry) => {
-        const acked = new Promise<void>((resolve) => {
-          resolveLeaveAck = resolve;
-          hurry?.addEventListener("abort", () => resolve(), { once: true });
-          if (hurry?.aborted) resolve();
-        });
-        cancelBeat?.();
-        outgoing.push(
-          create(HeartbeatRequestSchema, {
-            kind: {
-              case: "leave",
-              value:
-                backWithinMs > 0
-                  ? { reason: "restart", backWithinMs }
-                  : { reason: "shutdown", backWithinMs: 0 },
-            },
+      onConnected: (response, send) => {
+        this.endpoints.connected();
+        this.onHelloAck(response);
+        this.logger.info({ url }, "connected; heartbeating");
+        // The coordinator forgot this node's reports on hello: tell it at once what
+        // runs (it may have restarted, or this agent may have), not at the next resend.
+        for (const module of this.modules) {
+          for (const message of module.statusMessages()) send(message);
+        }
+      },
+      onMessage: (response) => this.handleCoordinatorMessage(response),
+      onRefused: (message) => this.fail(1, message),
+    });
+  }
+
+  private helloMessage(): HeartbeatRequest {
+    // The contract's NodeInfo, sent as collected.
+    const info = collectNodeInfo(agentVersion, [...this.drivers.keys()]);
+    return create(HeartbeatRequestSchema, {
+      kind: {
+        case: "hello",
+        value: {
+          nodeName: this.identity.nodeName,
+          capacity: create(CapacitySchema, {
+            cpuMillicores: this.capacity.cpuMillicores,
+            memoryMib: this.capacity.memoryMiB,
+            storageGib: this.capacity.storageGiB,
+            iopsClass: this.capacity.iopsClass,
+            measuredIops: this.capacity.measuredIops,
+            egressMbps: Math.round(this.capacity.egressMbps),
+            egressSource: this.capacity.egressSource,
+            source: this.capacity.source,
           }),
-        );
-        await Promise.race([
-          acked,
-          new Promise<void>((resolve) => this.clock.setTimeout(resolve, leaveAckTimeoutMs)),
-        ]);
-        abort.abort();
+          info,
+          region: this.options.region ?? "",
+          zone: this.options.zone ?? "",
+          labels: this.options.labels ?? {},
+          taints: this.options.taints ?? [],
+          restartGraceMs: this.options.restartGraceMs ?? 0,
+        },
       },
-    };
-  }
-
-  private scheduleRenewal(): void {
-    const check = async () => {
-      if (this.stopping) return;
-      try {
-        const { renewAtMs } = this.renewalSchedule();
-        if (this.clock.nowMs() >= renewAtMs) await this.renew();
-      } catch (error) {
-        this.logger.warn(
-          { err: fromConnectError(error).message },
-          "certificate renewal failed; will retry",
-        );
-      }
-      if (!this.stopping)
-        this.cancelRenewTimer = this.clock.setTimeout(() => void check(), this.renewCheckMs());
-    };
-    this.cancelRenewTimer = this.clock.setTimeout(() => void check(), this.renewCheckMs());
-  }
-
-  private renewalSchedule() {
-    const { certPem } = this.identity;
-    // Parsed once per certificate: a parse per check (two per check) was a sixth of a
-    // hollow process's CPU at 1,000 nodes.
-    if (this.certWindow?.certPem !== certPem) {
-      this.certWindow = { certPem, window: certificateWindow(certPem) };
-    }
-    return renewalSchedule(
-      this.identity,
-      this.options.renewAtFraction ?? 2 / 3,
-      this.certWindow.window,
-    );
-  }
-
-  private renewCheckMs(): number {
-    const { startMs, renewAtMs, notAfterMs } = this.renewalSchedule();
-    const pollMs = Math.max(500, Math.min(renewCheckIntervalMs, (notAfterMs - startMs) / 20));
-    // Wake exactly when renewal is due, not up to one poll interval later.
-    const untilDueMs = renewAtMs - this.clock.nowMs();
-    return untilDueMs > 0 ? Math.min(pollMs, untilDueMs) : pollMs;
+    });
   }
 
   /** Renews the certificate and moves the heartbeat stream over without a gap. */
   private async renew(): Promise<void> {
-    const { keyPem, csrPem } = await generateKeyAndCsr({ commonName: this.identity.nodeName });
-    const response = await this.clients.nodes.renewCertificate({ csrPem });
-    const renewed: AgentIdentity = {
-      ...this.identity,
-      certPem: response.certificatePem,
-      caPem: response.caPem || this.identity.caPem,
-      keyPem,
-      certReceivedAtMs: this.clock.nowMs(),
-    };
+    const renewed = await requestRenewedIdentity(this.identity, this.clients, this.clock);
     await saveIdentity(this.dataDir, renewed);
     this.identity = renewed;
     this.metricsListener?.updateCredentials(renewed);
@@ -771,14 +481,7 @@ class AgentRunner {
     this.logger.info({ notAfter: new Date(notAfterMs).toISOString() }, "certificate renewed");
     // Open the new stream first; the old one closes once the new one is acknowledged,
     // so the coordinator never sees the node without a stream.
-    const previous = this.current;
-    const next = this.openSession();
-    if (await next.firstAck) {
-      this.current = next;
-      previous?.abort.abort();
-    } else {
-      next.abort.abort();
-    }
+    await this.heartbeat.replaceWith(this.openSession());
   }
 
   /**
@@ -817,41 +520,34 @@ class AgentRunner {
 
   /** What the coordinator pushes on the heartbeat stream besides acks. */
   private handleCoordinatorMessage(response: HeartbeatResponse): void {
-    if (response.assignments && this.supervisor) {
-      const desired: DesiredReplica[] = [];
-      for (const assignment of response.assignments.replicas) {
-        const converted = desiredFromAssignment({
-          replicaId: assignment.replicaId,
-          namespace: assignment.namespace,
-          workload: assignment.workload,
-          revision: Number(assignment.revision),
-          specJson: assignment.specJson,
-          traceparent: assignment.traceparent,
-        });
-        if (converted.ok) desired.push(converted.desired);
-        else this.logger.warn({ replica: assignment.replicaId }, converted.message);
-      }
-      this.supervisor.setDesired(desired);
-      this.stateWriter?.durableChanged();
-    }
+    for (const module of this.modules) module.receive(response);
     if (response.logsRequest) this.tunnels.startLogs(response.logsRequest);
     if (response.cancel) this.tunnels.cancel(response.cancel.requestId);
     if (response.execRequest) void this.tunnels.exec(response.execRequest);
   }
 
-  private sendReports(): void {
-    const session = this.current;
-    if (!session || !this.supervisor) return;
-    session.send(this.reportsMessage());
+  /** Every module's full status, resent on a timer (level-triggered). */
+  private sendStatus(): void {
+    const session = this.heartbeat.current;
+    if (!session) return;
+    for (const module of this.modules) {
+      for (const message of module.statusMessages()) session.send(message);
+    }
   }
 
-  private reportsMessage(): HeartbeatRequest {
-    return create(HeartbeatRequestSchema, {
-      kind: {
-        case: "reports",
-        value: { full: true, replicas: this.latestReports.map(reportToProto) },
-      },
-    });
+  /** Stops the modules, last started first; `leaving` stops what they run. */
+  private async stopModules(leaving: boolean, hurry?: AbortSignal): Promise<void> {
+    for (const module of [...this.modules].reverse()) {
+      await module
+        .stop({ leaving, hurry })
+        .catch((error: unknown) =>
+          this.logger.warn(
+            { module: module.name, err: error instanceof Error ? error.message : String(error) },
+            "module did not stop cleanly",
+          ),
+        );
+    }
+    this.modules.length = 0;
   }
 
   private fail(code: number, message: string): void {
@@ -864,100 +560,34 @@ class AgentRunner {
     if (!this.exit) {
       // No reconnecting from here on: a stream reopened while the replicas stop would
       // say hello again, and the coordinator would take the leaving node back.
-      this.stopping = true;
-      this.wakeBackoff?.();
-      const restarting = leave && restartWithinMs > 0;
-      if (leave && this.current) {
-        await this.current.leave(restarting ? restartWithinMs : 0, hurry).catch(() => undefined);
+      this.heartbeat.stop();
+      this.renewal.stop();
+      const plan = stopPlan(leave, restartWithinMs);
+      const session = this.heartbeat.current;
+      if (plan.leaveBackWithinMs !== undefined && session) {
+        await session.leave(plan.leaveBackWithinMs, hurry).catch(() => undefined);
       }
-      // Leaving the cluster stops this node's replicas: the coordinator places them
-      // elsewhere, and two copies must not run. A restart keeps them (the coordinator
-      // keeps them here), and the desired set stays on disk for the next agent.
-      const stopReplicas = leave && !restarting;
-      await this.supervisor?.stop({ stopReplicas, hurry }).catch(() => undefined);
-      await this.saveFinalState(stopReplicas);
-      await this.finish({
-        code: 0,
-        message: restarting
-          ? "stopped for a restart; replicas keep running"
-          : leave
-            ? "left the cluster"
-            : "stopped",
-      });
+      await this.stopModules(plan.stopReplicas, hurry);
+      await this.finish({ code: 0, message: plan.message });
     }
     return this.done;
-  }
-
-  /**
-   * The last write of the state file. Replicas that were stopped (a leave, a deletion)
-   * are no longer wanted here: the file says so, and an agent started later removes
-   * what it finds instead of bringing them back.
-   */
-  private async saveFinalState(replicasStopped: boolean): Promise<void> {
-    if (replicasStopped) this.supervisor?.setDesired([]);
-    await this.stateWriter?.close();
   }
 
   private async finish(exit: AgentExit): Promise<void> {
     if (this.exit) return;
     this.exit = exit;
-    this.stopping = true;
-    this.cancelRenewTimer?.();
+    this.heartbeat.stop();
+    this.renewal.stop();
     this.cancelReportTimer?.();
     this.tunnels.cancelAll();
     if (exit.code !== 0) {
       // Deleted from the cluster: nothing here is wanted any more.
-      await this.supervisor?.stop({ stopReplicas: true }).catch(() => undefined);
-      await this.saveFinalState(true);
+      await this.stopModules(true);
     }
-    await this.stateWriter?.close();
-    this.current?.abort.abort();
-    this.wakeBackoff?.();
+    await this.stopModules(false);
+    this.heartbeat.close();
     await this.metricsListener?.close().catch(() => undefined);
     await this.releaseLock();
     this.resolveDone(exit);
-  }
-}
-
-/** The outgoing side of a stream; bounded, since the agent pushes one beat per interval. */
-class MessageQueue<T> {
-  private readonly items: T[] = [];
-  private waiter: ((result: IteratorResult<T>) => void) | undefined;
-  private closed = false;
-
-  push(item: T): void {
-    if (this.closed) return;
-    if (this.waiter) {
-      const waiter = this.waiter;
-      this.waiter = undefined;
-      waiter({ value: item, done: false });
-    } else if (this.items.length < 1000) {
-      this.items.push(item);
-    }
-  }
-
-  close(): void {
-    this.closed = true;
-    const waiter = this.waiter;
-    this.waiter = undefined;
-    waiter?.({ value: undefined, done: true });
-  }
-
-  private next(): Promise<IteratorResult<T>> {
-    const item = this.items.shift();
-    if (item !== undefined) return Promise.resolve({ value: item, done: false });
-    if (this.closed) return Promise.resolve({ value: undefined, done: true });
-    return new Promise((resolve) => {
-      this.waiter = resolve;
-    });
-  }
-
-  /** The queue as an async generator (which the RPC layer requires), ending on close(). */
-  async *drain(): AsyncGenerator<T> {
-    for (;;) {
-      const result = await this.next();
-      if (result.done) return;
-      yield result.value;
-    }
   }
 }

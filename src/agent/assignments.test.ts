@@ -36,4 +36,33 @@ describe("assignments", () => {
         "assignment spec is invalid: spec.livenessProbe.periodSeconds: must be at most 86400 (limit probeSeconds)",
     });
   });
+
+  it("REQ-071 NFR-A1 contract: fields a newer coordinator added are set aside and named, and the replica still runs what this agent knows", () => {
+    const reading = desiredFromAssignment(
+      assignment({
+        futureSidecar: { image: "example/sidecar:2" },
+        ports: [{ name: "http", containerPort: 8080, appProtocol: "h2c" }],
+      }),
+    );
+    expect(reading.ok, reading.ok ? "" : reading.message).toBe(true);
+    if (!reading.ok) return;
+    expect(reading.unknownFields).toEqual(["spec.futureSidecar", "spec.ports[0].appProtocol"]);
+    expect(reading.desired.spec.command).toEqual(["sleep", "60"]);
+    expect(reading.desired.spec.ports).toEqual([
+      { name: "http", containerPort: 8080, hostPort: 0, protocol: "tcp" },
+    ]);
+  });
+
+  it("REQ-071 contract: a spec without unknown fields names none", () => {
+    const reading = desiredFromAssignment(assignment({}));
+    expect(reading.ok && reading.unknownFields).toEqual([]);
+  });
+
+  it("REQ-081 contract: an unknown field does not excuse a wrong known one", () => {
+    const reading = desiredFromAssignment(
+      assignment({ futureSidecar: {}, resources: { cpuMillicores: "lots", memoryMiB: 8 } }),
+    );
+    expect(reading.ok).toBe(false);
+    if (!reading.ok) expect(reading.message).toContain("spec.resources.cpuMillicores");
+  });
 });

@@ -4,8 +4,8 @@ import {
   type ReplicaReport as ReplicaReportMessage,
   ReplicaReportSchema,
 } from "../api/gen/cloudless/v1/node_pb.js";
-import { parseWorkloadValue } from "../api/workload/parse.js";
 import type { Probe, WorkloadSpecDocument } from "../api/workload/spec.js";
+import { parseWorkloadValueTolerant } from "../api/workload/tolerant.js";
 import type { ReplicaRunSpec } from "./drivers/driver.js";
 import type { ProbeAction, ProbeSpec } from "./probes/probeTypes.js";
 import type { DesiredReplica, ReplicaReport } from "./supervisor/supervisorTypes.js";
@@ -20,21 +20,33 @@ export interface AssignmentInput {
   traceparent?: string;
 }
 
+export type AssignmentReading =
+  | {
+      ok: true;
+      desired: DesiredReplica;
+      /**
+       * Spec fields this agent does not know (a coordinator newer than the agent), set
+       * aside: the replica runs with the rest (ADR 0042). Empty when none.
+       */
+      unknownFields: string[];
+    }
+  | { ok: false; message: string };
+
 /**
- * Turns what the coordinator assigned into what the local supervisor runs. The spec
- * is validated again with the same schema: an agent never runs a document it does
- * not understand.
+ * Turns what the coordinator assigned into what the local supervisor runs: the typed run
+ * spec, decoded here at the edge. The spec is validated again with the same schema, but
+ * fields the schema does not have are set aside and named instead of refusing the whole
+ * spec: the coordinator accepted them, so they come from a newer version (ADR 0042). A
+ * spec that is wrong in what the agent does know is still refused.
  */
-export function desiredFromAssignment(
-  assignment: AssignmentInput,
-): { ok: true; desired: DesiredReplica } | { ok: false; message: string } {
+export function desiredFromAssignment(assignment: AssignmentInput): AssignmentReading {
   let value: unknown;
   try {
     value = JSON.parse(assignment.specJson);
   } catch {
     return { ok: false, message: "assignment carries a spec that is not JSON" };
   }
-  const parsed = parseWorkloadValue(withoutReplicaCount(value));
+  const parsed = parseWorkloadValueTolerant(withoutReplicaCount(value));
   if (!parsed.ok) {
     return {
       ok: false,
@@ -56,6 +68,7 @@ export function desiredFromAssignment(
       generation: assignment.revision,
       ...(assignment.traceparent ? { traceparent: assignment.traceparent } : {}),
     },
+    unknownFields: parsed.unknownFields,
   };
 }
 

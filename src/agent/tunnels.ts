@@ -19,7 +19,7 @@ export class AgentTunnels {
   constructor(
     private readonly clients: () => CoordinatorClients,
     private readonly drivers: () => Map<DriverName, RuntimeDriver>,
-    private readonly reports: () => ReplicaReport[],
+    private readonly reports: () => readonly ReplicaReport[],
   ) {}
 
   startLogs(request: LogsRequest): void {

@@ -27,6 +27,6 @@ export {
   type EgressUpload,
   measureEgressMbps,
 } from "./egress.js";
-export { collectNodeInfo, type NodeInfo } from "./nodeInfo.js";
+export { collectNodeInfo } from "./nodeInfo.js";
 export { statStorageGiB } from "./storage.js";
 export { type UsageSample, UsageSampler, type UsageSources } from "./usage.js";

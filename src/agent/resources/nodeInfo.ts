@@ -1,24 +1,15 @@
 import os from "node:os";
+import { create } from "@bufbuild/protobuf";
+import { type NodeInfo, NodeInfoSchema } from "../../api/gen/cloudless/v1/node_pb.js";
 
-export interface NodeInfo {
-  /** node:os platform, e.g. "linux", "darwin", "win32". */
-  os: string;
-  /** node:os arch, e.g. "x64", "arm64". */
-  arch: string;
-  /** Kernel release, e.g. "6.8.0-45-generic". */
-  kernel: string;
-  hostname: string;
-  agentVersion: string;
-  cpuModel: string;
-  /** Workload drivers this agent can run (e.g. "docker", "process"). */
-  drivers: string[];
-}
-
-/** Static facts about the node, reported once at registration (REQ-010: OS/arch). */
+/**
+ * Static facts about the node, reported once at registration (REQ-010: OS/arch), in the
+ * contract's one NodeInfo (the hello carries it as is).
+ */
 export function collectNodeInfo(agentVersion: string, drivers: string[]): NodeInfo {
   // Some platforms (and sandboxes) report no CPUs or an empty model string.
   const cpuModel = os.cpus()[0]?.model.trim() || "unknown";
-  return {
+  return create(NodeInfoSchema, {
     os: os.platform(),
     arch: os.arch(),
     kernel: os.release(),
@@ -26,5 +17,5 @@ export function collectNodeInfo(agentVersion: string, drivers: string[]): NodeIn
     agentVersion,
     cpuModel,
     drivers: [...drivers],
-  };
+  });
 }

@@ -34,14 +34,6 @@ import type { HostPortAllocator } from "./hostPortReservations.js";
 import { agentKnows, isOrphan, OrphanScanSchedule } from "./orphanScan.js";
 import { type AllocatePort, buildRunSpec } from "./replicaPorts.js";
 import { probeWithPortOwnership, ReplicaProbes } from "./replicaProbes.js";
-import {
-  graceMsOf,
-  isReplacement,
-  isStale,
-  newRecord,
-  probesChanged,
-  type ReplicaRecord,
-} from "./replicaRecord.js";
 import { isReady, ReportEmitter, reportsOf, snapshotOf } from "./replicaReports.js";
 import {
   backoffPolicy,
@@ -56,6 +48,14 @@ import {
   startTiming,
   type Termination,
 } from "./restartPolicy.js";
+import {
+  graceMsOf,
+  isReplacement,
+  isStale,
+  newRecord,
+  probesChanged,
+  type SupervisedReplica,
+} from "./supervisedReplica.js";
 import type {
   DesiredReplica,
   ReplicaPhase,
@@ -140,7 +140,7 @@ export class ReplicaSupervisor {
   private desired: Map<string, DesiredReplica> | null = null;
   /** Host ports and generations from a restored snapshot, used when records are created. */
   private restored: SupervisorSnapshot["replicas"] = {};
-  private readonly records = new Map<string, ReplicaRecord>();
+  private readonly records = new Map<string, SupervisedReplica>();
   /** Replica ids with a task in flight (one per replica, including orphan removal). */
   private readonly busy = new Map<string, Promise<void>>();
   /** Replicas asked to sync again while their task was still running. */
@@ -245,6 +245,14 @@ export class ReplicaSupervisor {
   /** The current report of every replica, sorted by id. */
   reports(): ReplicaReport[] {
     return reportsOf(this.records.values());
+  }
+
+  /**
+   * What the replica is wanted as now, if it is: an assignment the agent cannot read
+   * keeps this instead of stopping the replica (ADR 0042).
+   */
+  desiredFor(replicaId: string): DesiredReplica | undefined {
+    return this.desired?.get(replicaId);
   }
 
   /** The state to persist for autonomy (NFR-A1): plain data, safe to JSON.stringify. */
@@ -403,7 +411,7 @@ export class ReplicaSupervisor {
 
   /** Acts on what the driver shows (judged by the restart policy); `allowStart` is false right after a start. */
   private async reconcile(
-    record: ReplicaRecord,
+    record: SupervisedReplica,
     driver: RuntimeDriver,
     status: ReplicaRuntimeStatus,
     allowStart: boolean,
@@ -442,7 +450,7 @@ export class ReplicaSupervisor {
   }
 
   private async onRunning(
-    record: ReplicaRecord,
+    record: SupervisedReplica,
     driver: RuntimeDriver,
     status: ReplicaRuntimeStatus,
   ): Promise<void> {
@@ -483,14 +491,14 @@ export class ReplicaSupervisor {
     record.failures = failuresAfterRun(record, nowMs, this.backoff);
   }
 
-  private setRunning(record: ReplicaRecord): void {
+  private setRunning(record: SupervisedReplica): void {
     const { reason, message } = runningStatus(record.restarts, record.lastTermination);
     this.setPhase(record, "Running", reason, message);
     this.startProbes(record);
   }
 
   private async killForLiveness(
-    record: ReplicaRecord,
+    record: SupervisedReplica,
     driver: RuntimeDriver,
     failure: string,
   ): Promise<void> {
@@ -520,7 +528,7 @@ export class ReplicaSupervisor {
    * as for a crash) gets a new port, told to it in $PORT, and reports it.
    */
   private async moveOffPort(
-    record: ReplicaRecord,
+    record: SupervisedReplica,
     driver: RuntimeDriver,
     conflict: { name: string; port: number; holder: string },
   ): Promise<void> {
@@ -551,7 +559,7 @@ export class ReplicaSupervisor {
   }
 
   /** Applies the restart policy's decision to a replica that stopped running. */
-  private onTerminated(record: ReplicaRecord, termination: Termination): void {
+  private onTerminated(record: SupervisedReplica, termination: Termination): void {
     const nowMs = this.clock.nowMs();
     this.stopProbes(record);
     record.hasRun = true;
@@ -594,7 +602,7 @@ export class ReplicaSupervisor {
 
   /** Starts the replica if its back-off allows; `exists` means a stopped copy must go first. */
   private async startWhenDue(
-    record: ReplicaRecord,
+    record: SupervisedReplica,
     driver: RuntimeDriver,
     exists: boolean,
   ): Promise<void> {
@@ -615,7 +623,7 @@ export class ReplicaSupervisor {
 
   /** One start attempt; the driver calls are children of `span` (replica.start). */
   private async startNow(
-    record: ReplicaRecord,
+    record: SupervisedReplica,
     driver: RuntimeDriver,
     exists: boolean,
     span: Span,
@@ -680,7 +688,7 @@ export class ReplicaSupervisor {
   }
 
   /** Gives the replica its host ports, saved (onDurableChange) before it can listen on them. */
-  private assignPorts(record: ReplicaRecord, driver: DriverName): Promise<void> {
+  private assignPorts(record: SupervisedReplica, driver: DriverName): Promise<void> {
     return this.ports.assign(
       record,
       driver,
@@ -691,7 +699,7 @@ export class ReplicaSupervisor {
   }
 
   /** Applies the restart policy's retry to a start that failed. */
-  private onStartFailed(record: ReplicaRecord, reason: string, message: string): void {
+  private onStartFailed(record: SupervisedReplica, reason: string, message: string): void {
     const retry = decideRetryAfterFailedStart({
       failures: record.failures,
       hasRun: record.hasRun,
@@ -713,7 +721,7 @@ export class ReplicaSupervisor {
 
   /** Stops the old version of a replica and resets the record for the new one. */
   private async replace(
-    record: ReplicaRecord,
+    record: SupervisedReplica,
     desired: DesiredReplica,
     health: HealthLookup,
   ): Promise<boolean> {
@@ -752,7 +760,7 @@ export class ReplicaSupervisor {
   }
 
   /** Stops and removes a replica that is no longer desired, then forgets it. */
-  private async retire(record: ReplicaRecord, health: HealthLookup): Promise<void> {
+  private async retire(record: SupervisedReplica, health: HealthLookup): Promise<void> {
     record.cancelWake?.();
     record.cancelWake = undefined;
     this.stopProbes(record);
@@ -774,7 +782,7 @@ export class ReplicaSupervisor {
   }
 
   /** Stops and removes the replica on its driver; false (and a noted problem) on failure. */
-  private async teardown(record: ReplicaRecord, hurry?: AbortSignal): Promise<boolean> {
+  private async teardown(record: SupervisedReplica, hurry?: AbortSignal): Promise<boolean> {
     this.stopProbes(record);
     const name = record.desired.spec.driver;
     const driver = this.options.drivers.get(name);
@@ -863,7 +871,7 @@ export class ReplicaSupervisor {
    * readiness flip changes the report, and a port of the replica's held by someone
    * else has the replica moved (moveOffPort).
    */
-  private startProbes(record: ReplicaRecord): void {
+  private startProbes(record: SupervisedReplica): void {
     this.stopProbes(record);
     const driver = this.options.drivers.get(record.desired.spec.driver);
     const exec: ProbeExec | undefined = driver
@@ -913,7 +921,7 @@ export class ReplicaSupervisor {
   }
 
   /** Marks the conflict when `port` is one of the replica's host ports (not some other port a probe names). */
-  private notePortConflict(record: ReplicaRecord, port: number, holder: string): void {
+  private notePortConflict(record: SupervisedReplica, port: number, holder: string): void {
     if (record.portConflict || record.intent !== "run" || this.records.get(record.id) !== record) {
       return;
     }
@@ -923,7 +931,7 @@ export class ReplicaSupervisor {
     this.requestReplicaSync(record.id);
   }
 
-  private stopProbes(record: ReplicaRecord): void {
+  private stopProbes(record: SupervisedReplica): void {
     record.probes?.stop();
     delete record.probes;
     delete record.livenessFailure;
@@ -934,14 +942,19 @@ export class ReplicaSupervisor {
   // --- records and helpers -------------------------------------------------------------
 
   /** A new record, taking over (and consuming) what a restored snapshot knew of the replica. */
-  private newRecordFor(desired: DesiredReplica): ReplicaRecord {
+  private newRecordFor(desired: DesiredReplica): SupervisedReplica {
     const id = desired.spec.replicaId;
     const restored = this.restored[id];
     delete this.restored[id];
     return newRecord(desired, restored, this.clock.nowMs());
   }
 
-  private setPhase(record: ReplicaRecord, phase: ReplicaPhase, reason: string, message: string) {
+  private setPhase(
+    record: SupervisedReplica,
+    phase: ReplicaPhase,
+    reason: string,
+    message: string,
+  ) {
     if (record.phase !== phase) record.lastTransitionAtMs = this.clock.nowMs();
     record.phase = phase;
     record.reason = reason;
@@ -952,7 +965,7 @@ export class ReplicaSupervisor {
     this.reportEmitter.emitIfChanged(this.reports());
   }
 
-  private wakeAfter(record: ReplicaRecord, delayMs: number): void {
+  private wakeAfter(record: SupervisedReplica, delayMs: number): void {
     record.cancelWake?.();
     record.cancelWake = this.clock.setTimeout(() => {
       record.cancelWake = undefined;
@@ -960,7 +973,7 @@ export class ReplicaSupervisor {
     }, delayMs);
   }
 
-  private noteDriverProblem(record: ReplicaRecord, error: unknown): void {
+  private noteDriverProblem(record: SupervisedReplica, error: unknown): void {
     record.driverProblem = describeDriverFailure(error);
     this.logger.warn(
       { replica: record.id, reason: record.driverProblem.reason, err: errorMessage(error) },
@@ -974,7 +987,7 @@ export class ReplicaSupervisor {
  * placement; a restart (after a crash) starts its own trace, linked to the placement, so
  * a crash-looping replica does not grow one trace without end.
  */
-function startReplicaSpan(record: ReplicaRecord, driver: DriverName): Span {
+function startReplicaSpan(record: SupervisedReplica, driver: DriverName): Span {
   const traceparent = record.desired.traceparent;
   return startSpan(
     "replica.start",

@@ -14,6 +14,7 @@ import { startStopwatch } from "../../lib/stopwatch.js";
 import { readFreshClusterState } from "../controllers/clusterCache.js";
 import { emptyCapacity, emptyInfo, type NodeRecord, nodeKey } from "../nodes/nodeRecord.js";
 import { type NodePlacements, placementsByNode } from "../nodes/placements.js";
+import { readAgentEvents } from "./agentEvents.js";
 import {
   actorName,
   type CoordinatorServices,
@@ -44,6 +45,8 @@ export function nodeServiceImpl(services: CoordinatorServices): ServiceImpl<type
   const { nodes, tokens, events, membership, ca, clock, store, logger } = services;
   // Refused enrollments come from anonymous callers: their events are rate-limited.
   const enrollmentEventBudget = new EventBudget();
+  // Events agents raise (ADR 0042): a burst of 20 per node, then one every 5 s.
+  const agentEventBudget = new EventBudget(20, 0.2);
 
   async function refuseEnrollment(
     context: HandlerContext,
@@ -244,7 +247,14 @@ export function nodeServiceImpl(services: CoordinatorServices): ServiceImpl<type
         });
         helloed = true;
         outbound.push(helloAck(services, record));
-        detach = services.assignments.attach(name, (message) => outbound.push(message));
+        // What this node was assigned, so events it raises name the replica's workload.
+        let assigned = new Map<string, { namespace: string; workload: string }>();
+        detach = services.assignments.attach(name, (message) => {
+          if (message.assignments) {
+            assigned = new Map(message.assignments.replicas.map((r) => [r.replicaId, r] as const));
+          }
+          outbound.push(message);
+        });
         const reader = (async () => {
           let reports: Promise<void> = Promise.resolve();
           for (;;) {
@@ -284,6 +294,27 @@ export function nodeServiceImpl(services: CoordinatorServices): ServiceImpl<type
                 .catch((error: unknown) =>
                   logger.warn({ err: error, node: name }, "could not record replica reports"),
                 );
+            } else if (message.case === "events") {
+              const reading = readAgentEvents(name, message.value, (id) => assigned.get(id));
+              for (const problem of reading.refused) {
+                logger.warn({ node: name, problem }, "refused an event the agent raised");
+              }
+              for (const event of reading.events) {
+                const suppressed = agentEventBudget.take(name, clock.nowMs());
+                if (suppressed === undefined) continue;
+                void events
+                  .record(
+                    suppressed > 0
+                      ? {
+                          ...event,
+                          attributes: { ...event.attributes, suppressed: String(suppressed) },
+                        }
+                      : event,
+                  )
+                  .catch((error: unknown) =>
+                    logger.warn({ err: error, node: name }, "could not record an agent's event"),
+                  );
+              }
             } else if (message.case === "leave") {
               left = true;
               await reports;

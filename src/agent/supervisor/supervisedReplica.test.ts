@@ -1,5 +1,11 @@
 import { describe, expect, it } from "vitest";
-import { graceMsOf, isReplacement, isStale, newRecord, probesChanged } from "./replicaRecord.js";
+import {
+  graceMsOf,
+  isReplacement,
+  isStale,
+  newRecord,
+  probesChanged,
+} from "./supervisedReplica.js";
 import type { DesiredReplica } from "./supervisorTypes.js";
 
 function desired(overrides: Partial<DesiredReplica> = {}): DesiredReplica {

@@ -1,14 +1,17 @@
 /**
- * The supervisor's record of one replica (what it means to do, what it last saw, what
- * it reports) and the pure questions asked of it.
+ * A replica as this node's supervisor holds it (what it means to do, what it last saw,
+ * what it reports) and the pure questions asked of it. Not the coordinator's stored
+ * ReplicaRecord (control/controllers/records.ts), which is the cluster's view of a
+ * placement.
  */
 
+import { canonicalJson } from "../../lib/canonicalJson.js";
 import { knownHostPorts } from "./hostPortAssigner.js";
 import type { ReplicaProbes } from "./replicaProbes.js";
 import type { Intent, Termination } from "./restartPolicy.js";
 import type { DesiredReplica, ReplicaPhase, SupervisorSnapshot } from "./supervisorTypes.js";
 
-export interface ReplicaRecord {
+export interface SupervisedReplica {
   id: string;
   desired: DesiredReplica;
   intent: Intent;
@@ -63,7 +66,7 @@ export function newRecord(
   desired: DesiredReplica,
   restored: SupervisorSnapshot["replicas"][string] | undefined,
   nowMs: number,
-): ReplicaRecord {
+): SupervisedReplica {
   return {
     id: desired.spec.replicaId,
     desired,
@@ -90,7 +93,7 @@ export function newRecord(
 }
 
 /** The runtime runs a generation of the spec the coordinator has since replaced. */
-export function isStale(record: Pick<ReplicaRecord, "runningGeneration" | "desired">): boolean {
+export function isStale(record: Pick<SupervisedReplica, "runningGeneration" | "desired">): boolean {
   return (
     record.runningGeneration !== undefined && record.runningGeneration !== record.desired.generation
   );
@@ -117,17 +120,4 @@ export function probesChanged(current: DesiredReplica, next: DesiredReplica): bo
 
 function probeSpecs(desired: DesiredReplica): unknown {
   return { liveness: desired.liveness ?? null, readiness: desired.readiness ?? null };
-}
-
-/** JSON with sorted keys, so equal specs compare equal whatever their key order. */
-function canonicalJson(value: unknown): string {
-  return JSON.stringify(value, (_key, inner: unknown) =>
-    inner && typeof inner === "object" && !Array.isArray(inner)
-      ? Object.fromEntries(
-          Object.entries(inner as Record<string, unknown>).sort(([a], [b]) =>
-            a < b ? -1 : a > b ? 1 : 0,
-          ),
-        )
-      : inner,
-  );
 }

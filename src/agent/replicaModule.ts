@@ -1,0 +1,195 @@
+/**
+ * The replica supervisor as an agent module (agentModule.ts, ADR 0042): it reads the
+ * coordinator's desired set (tolerating a newer coordinator's spec fields, and raising an
+ * event that says so), keeps the supervisor's state on disk (NFR-A1), and reports the
+ * replicas on the heartbeat stream.
+ */
+import { create } from "@bufbuild/protobuf";
+import {
+  type HeartbeatRequest,
+  HeartbeatRequestSchema,
+  type HeartbeatResponse,
+} from "../api/gen/cloudless/v1/node_pb.js";
+import type { Clock } from "../lib/clock.js";
+import type { Rng } from "../lib/rng.js";
+import type { Logger } from "../observe/logger.js";
+import { AgentEventOutbox, specNotUnderstoodEvent, unknownSpecFieldsEvent } from "./agentEvents.js";
+import type { AgentModule, AgentModuleContext, AgentModuleStopOptions } from "./agentModule.js";
+import { desiredFromAssignment, reportToProto } from "./assignments.js";
+import type { DriverName, RuntimeDriver } from "./drivers/driver.js";
+import type { ReplicaOwner } from "./drivers/index.js";
+import { AgentStateWriter, loadAgentState } from "./stateFile.js";
+import type { HostPortAllocator } from "./supervisor/hostPortReservations.js";
+import { ReplicaSupervisor, type ReplicaSupervisorOptions } from "./supervisor/index.js";
+import type { DesiredReplica, ReplicaReport } from "./supervisor/supervisorTypes.js";
+
+export interface ReplicaModuleOptions {
+  nodeName: string;
+  dataDir: string;
+  agentVersion: string;
+  drivers: Map<DriverName, RuntimeDriver>;
+  hostPorts: HostPortAllocator;
+  /** Whose replicas the drivers touch (ADR 0030); asks this module what its state names. */
+  owner: ReplicaOwner;
+  clock: Clock;
+  rng: Rng;
+  logger: Logger;
+  /** Keep the desired set and replica state in <dataDir>/agent-state.json (NFR-A1). */
+  persistState: boolean;
+  onProbeResult: NonNullable<ReplicaSupervisorOptions["onProbeResult"]>;
+}
+
+export class ReplicaModule implements AgentModule {
+  readonly name = "replicas";
+  private supervisor: ReplicaSupervisor | undefined;
+  private stateWriter: AgentStateWriter | undefined;
+  private context: AgentModuleContext | undefined;
+  private reports: ReplicaReport[] = [];
+  /** Events for the cluster's event stream, each raised once per cause (ADR 0042). */
+  private readonly events = new AgentEventOutbox();
+
+  constructor(private readonly options: ReplicaModuleOptions) {}
+
+  /** The supervisor's latest reports (metrics and the logs/exec tunnels read them). */
+  get latestReports(): readonly ReplicaReport[] {
+    return this.reports;
+  }
+
+  async start(context: AgentModuleContext): Promise<void> {
+    this.context = context;
+    const { options } = this;
+    const supervisor = new ReplicaSupervisor({
+      drivers: options.drivers,
+      clock: options.clock,
+      rng: options.rng,
+      hostPorts: options.hostPorts,
+      logger: options.logger.child({ component: "supervisor" }),
+      onProbeResult: options.onProbeResult,
+      onDurableChange: () => this.stateWriter?.durableChanged(),
+      onReport: (reports) => {
+        this.reports = reports;
+        this.stateWriter?.runtimeChanged();
+        context.send(this.reportsMessage());
+      },
+    });
+    this.supervisor = supervisor;
+    // A replica an older agent made (no owner marks) is this agent's only if its state names it.
+    options.owner.setStateLookup((replicaId) => supervisor.knows(replicaId));
+    if (options.persistState) {
+      await this.restoreState(supervisor);
+      this.stateWriter = new AgentStateWriter({
+        dataDir: options.dataDir,
+        nodeName: options.nodeName,
+        clock: options.clock,
+        logger: options.logger,
+        snapshot: () => supervisor.snapshot(),
+      });
+    }
+    await supervisor.start();
+    this.stateWriter?.runtimeChanged();
+  }
+
+  /**
+   * Loads the state a previous agent left (NFR-A1). A file that cannot be used costs one
+   * warning and an empty start: without a desired set the supervisor removes nothing it
+   * finds, and the coordinator's set replaces it on connect.
+   */
+  private async restoreState(supervisor: ReplicaSupervisor): Promise<void> {
+    const { logger } = this.options;
+    const loaded = await loadAgentState(this.options.dataDir, this.options.nodeName);
+    if (loaded.kind === "absent") return;
+    if (loaded.kind === "unusable") {
+      logger.warn(
+        { reason: loaded.reason },
+        `ignoring the agent state file (${loaded.reason}); starting without saved replicas`,
+      );
+      return;
+    }
+    try {
+      supervisor.restore(loaded.snapshot);
+    } catch (error) {
+      logger.warn(
+        { reason: error instanceof Error ? error.message : String(error) },
+        "ignoring the agent state file; starting without saved replicas",
+      );
+      return;
+    }
+    const count = loaded.snapshot.desired?.length ?? 0;
+    logger.info({ replicas: count }, "restored desired replicas from the state file");
+  }
+
+  /** The desired set, when the message carries one. */
+  receive(message: HeartbeatResponse): void {
+    const supervisor = this.supervisor;
+    if (!message.assignments || !supervisor) return;
+    const { logger, agentVersion } = this.options;
+    const desired: DesiredReplica[] = [];
+    for (const assignment of message.assignments.replicas) {
+      const ref = {
+        replicaId: assignment.replicaId,
+        namespace: assignment.namespace,
+        workload: assignment.workload,
+        revision: Number(assignment.revision),
+      };
+      const reading = desiredFromAssignment({
+        ...ref,
+        specJson: assignment.specJson,
+        traceparent: assignment.traceparent,
+      });
+      if (reading.ok) {
+        desired.push(reading.desired);
+        if (reading.unknownFields.length > 0) {
+          // A coordinator newer than this agent: run what is known, say what is not.
+          const key = `${ref.replicaId}|${ref.revision}|unknown|${reading.unknownFields.join(",")}`;
+          const event = unknownSpecFieldsEvent(ref, reading.unknownFields, agentVersion);
+          if (this.events.raise(key, event)) {
+            logger.warn(
+              { replica: ref.replicaId, fields: reading.unknownFields },
+              "running the replica without spec fields this agent does not know (the coordinator is newer)",
+            );
+          }
+        }
+        continue;
+      }
+      // Never stop a replica over a spec this agent cannot read: keep what it runs.
+      const kept = supervisor.desiredFor(ref.replicaId);
+      if (kept) desired.push(kept);
+      const key = `${ref.replicaId}|${ref.revision}|refused`;
+      const event = specNotUnderstoodEvent(ref, reading.message, kept?.generation, agentVersion);
+      if (this.events.raise(key, event)) {
+        logger.warn({ replica: ref.replicaId, kept: kept !== undefined }, reading.message);
+      }
+    }
+    this.events.endOfSet();
+    supervisor.setDesired(desired);
+    this.stateWriter?.durableChanged();
+    for (const eventMessage of this.events.take()) this.context?.send(eventMessage);
+  }
+
+  statusMessages(): HeartbeatRequest[] {
+    if (!this.supervisor) return [];
+    return [this.reportsMessage(), ...this.events.take()];
+  }
+
+  private reportsMessage(): HeartbeatRequest {
+    return create(HeartbeatRequestSchema, {
+      kind: {
+        case: "reports",
+        value: { full: true, replicas: this.reports.map(reportToProto) },
+      },
+    });
+  }
+
+  /**
+   * Stops the supervisor and writes the state file a last time. Replicas that were stopped
+   * (a leave, a deletion) are no longer wanted here: the file says so, and an agent
+   * started later removes what it finds instead of bringing them back.
+   */
+  async stop(options: AgentModuleStopOptions): Promise<void> {
+    await this.supervisor
+      ?.stop({ stopReplicas: options.leaving, hurry: options.hurry })
+      .catch(() => undefined);
+    if (options.leaving) this.supervisor?.setDesired([]);
+    await this.stateWriter?.close();
+  }
+}
