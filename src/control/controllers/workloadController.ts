@@ -1,37 +1,26 @@
-import { createHash } from "node:crypto";
 import { limits } from "../../api/limits.js";
 import type { Clock } from "../../lib/clock.js";
 import type { Rng } from "../../lib/rng.js";
 import type { Logger } from "../../observe/logger.js";
 import type { ControllerMetrics } from "../../observe/metrics.js";
-import {
-  activeContext,
-  activeLinks,
-  endSpan,
-  extractContext,
-  injectTraceparent,
-  runUntraced,
-  type Span,
-  startSpan,
-  withSpan,
-} from "../../observe/tracing.js";
+import { runUntraced, withSpan } from "../../observe/tracing.js";
 import type { EventLog, NewEvent } from "../events/eventLog.js";
-import type { NodeRecord } from "../nodes/nodeRecord.js";
 import { probePlacement } from "../scheduler/explain.js";
+import type { PlanResult, RejectedPlacement } from "../scheduler/planCheck.js";
 import type {
   ClusterSnapshot,
   ExistingReplica,
   PendingReplica,
-  Plan,
-  SchedNode,
   ScoreWeights,
   Unschedulable,
 } from "../scheduler/types.js";
 import type { Compare, Store } from "../store/store.js";
-import { type ChunkOutcome, commitPacked, type TxnItem, txnOpsFor } from "../store/txnBatches.js";
-import type { AssignmentEntry, AssignmentHub } from "./assignmentHub.js";
+import { commitPacked, type TxnItem, txnOpsFor } from "../store/txnBatches.js";
+import type { AssignmentHub } from "./assignmentHub.js";
+import { AssignmentPublisher } from "./assignmentPublisher.js";
 import { type CacheChange, ClusterCache } from "./clusterCache.js";
 import type { ClusterState, Versioned } from "./clusterState.js";
+import { type PlanApplier, StorePlanApplier } from "./planApplier.js";
 import {
   decideRebalance,
   defaultRebalanceOptions,
@@ -43,7 +32,6 @@ import { type ReplicaRecord, replicaKey, type WorkloadRecord, workloadId } from 
 import { ReplacementTimer } from "./replacementTimer.js";
 import { scheduleInSlices } from "./scheduleInSlices.js";
 import {
-  addResources,
   availabilityOf,
   existingReplicaOf,
   existingReplicas,
@@ -65,6 +53,12 @@ import { isReplicaReady, type ReconcileAction, reconcileWorkload } from "./workl
  */
 const applyTraceWindowMs = 10 * 60_000;
 
+/**
+ * Plans in a row the applier may refuse wholly before the controller stops retrying at
+ * once (Nomad's maxServiceScheduleAttempts is 5 too); the resync and changes retry later.
+ */
+export const maxPlanAttempts = 5;
+
 /** The longest wait between passes that have work, however long the last one took. */
 const maxPassBackoffMs = 500;
 
@@ -74,12 +68,6 @@ const maxPassBackoffMs = 500;
  */
 const rebalanceProbesPerPass = 8;
 const rebalanceStartsPerPass = 4;
-
-/** A spec document serialized once per parsed revision record, with a digest of it. */
-interface SerializedSpec {
-  json: string;
-  digest: string;
-}
 
 /** One workload's reconcile actions, computed before anything is written. */
 interface ReconcilePlan {
@@ -116,6 +104,11 @@ export interface WorkloadControllerOptions {
    * `--no-rebalance`); a workload can also turn it off with `placement.rebalance: false`.
    */
   rebalance?: Partial<RebalanceOptions> & { enabled?: boolean };
+  /**
+   * Wraps the coordinator's plan applier; tests pass the scheduler harness's rejecting
+   * planner here (scheduler/testing/harness.ts) to drive the retry path in process.
+   */
+  planApplier?: (applier: PlanApplier) => PlanApplier;
 }
 
 /**
@@ -137,8 +130,6 @@ export class WorkloadController {
   private dirtyNodes = new Set<string>();
   /** The next pass reconciles every workload and republishes every node. */
   private fullPass = true;
-  /** Spec documents serialized once per parsed object (a revision record or workload). */
-  private readonly serializedSpecs = new WeakMap<object, SerializedSpec>();
   private running = false;
   /** How long the last pass took (wall clock), for the back-off between passes. */
   private lastPassMs = 0;
@@ -147,7 +138,12 @@ export class WorkloadController {
   private stopped = true;
   private cancelTimer: (() => void) | undefined;
   private passPromise: Promise<void> = Promise.resolve();
-  private readonly pendingReasons = new Map<string, string>();
+  /** The only committer of plans (re-check, then write), possibly wrapped by a test. */
+  private readonly storeApplier: StorePlanApplier;
+  private readonly applier: PlanApplier;
+  private readonly publisher: AssignmentPublisher;
+  /** Plans in a row whose placements were all refused: bounds the immediate retries. */
+  private rejectedPlansInARow = 0;
   /** Revisions seen in progress, per workload, so a completed rollout is announced once. */
   private readonly rollouts = new Map<string, { revision: number; inProgress: boolean }>();
   /** Replicas placed, by pass; read by tests and metrics. */
@@ -171,6 +167,14 @@ export class WorkloadController {
     const histogram = options.metrics?.nodeLossToReplacementRunning;
     this.replacements = new ReplacementTimer((seconds) => histogram?.observe(seconds));
     this.cache = new ClusterCache(options.store, { logger: options.logger });
+    this.storeApplier = new StorePlanApplier({
+      store: options.store,
+      cache: this.cache,
+      clock: options.clock,
+      events: options.events,
+    });
+    this.applier = options.planApplier?.(this.storeApplier) ?? this.storeApplier;
+    this.publisher = new AssignmentPublisher(this.cache, options.assignments);
     const { enabled, ...rebalance } = options.rebalance ?? {};
     this.rebalanceEnabled = enabled ?? true;
     this.rebalanceOptions = { ...defaultRebalanceOptions, ...rebalance };
@@ -184,7 +188,8 @@ export class WorkloadController {
     if (!this.stopped) return;
     await this.passPromise;
     this.rollouts.clear();
-    this.pendingReasons.clear();
+    this.storeApplier.reset();
+    this.rejectedPlansInARow = 0;
     this.dirtyWorkloads.clear();
     this.dirtyNodes.clear();
     this.fullPass = true;
@@ -354,7 +359,7 @@ export class WorkloadController {
   }
 
   private publish(state: ClusterState, nodes: ReadonlySet<string> | undefined): void {
-    this.publishAssignments(state, nodes);
+    this.publisher.publish(state, nodes);
     // Only losses waiting for a replacement need the replicas (an O(replicas) walk).
     if (this.replacements.pending > 0) {
       this.replacements.update(
@@ -765,11 +770,15 @@ export class WorkloadController {
         return plan;
       },
     );
-    const wrote = await withSpan(
+    const result = await withSpan(
       "controller.commit_plan",
       { "cloudless.scheduler.placements": plan.placements.length },
-      () => this.commitPlan(state, plan, pendingRecords),
+      () => this.applier.apply(plan, state, pendingRecords),
     );
+    await this.noteRejections(result, pendingRecords);
+    this.placementsTotal += result.placed.length;
+    if (result.placed.length > 0) this.options.metrics?.placements.inc(result.placed.length);
+    const wrote = result.revision;
     if (window.length < waiting.length) {
       // More wait than one pass decides: the next pass takes the next window, at once
       // while windows place something or until every window was tried since one did;
@@ -780,6 +789,55 @@ export class WorkloadController {
       }
     }
     return wrote;
+  }
+
+  /**
+   * Counts what the plan applier refused, by reason, and asks for another pass at once to
+   * retry it against the newer state — at most maxPlanAttempts plans in a row that placed
+   * nothing (as Nomad bounds an evaluation's attempts): after that the replicas wait for
+   * the next change or resync, and one PlacementRetriesExhausted event per workload says
+   * why, instead of a pass every few milliseconds against an applier that refuses them all.
+   */
+  private async noteRejections(
+    result: PlanResult,
+    pending: ReadonlyMap<string, Versioned<ReplicaRecord>>,
+  ): Promise<void> {
+    for (const rejection of result.rejected) {
+      this.options.metrics?.placementFailures.inc({ reason: rejection.reason });
+    }
+    if (result.rejected.length === 0 || result.placed.length > 0) {
+      this.rejectedPlansInARow = 0;
+      if (result.rejected.length > 0) this.dirty = true;
+      return;
+    }
+    this.rejectedPlansInARow++;
+    if (this.rejectedPlansInARow < maxPlanAttempts) {
+      this.dirty = true;
+      return;
+    }
+    if (this.rejectedPlansInARow > maxPlanAttempts) return;
+    const byWorkload = new Map<string, RejectedPlacement[]>();
+    for (const rejection of result.rejected) {
+      const record = pending.get(rejection.replicaId)?.value;
+      if (!record) continue;
+      const key = workloadId(record.namespace, record.workload);
+      byWorkload.set(key, [...(byWorkload.get(key) ?? []), rejection]);
+    }
+    const events: NewEvent[] = [...byWorkload].map(([key, rejections]) => {
+      const last = rejections.at(-1) as RejectedPlacement;
+      return {
+        type: "PlacementRetriesExhausted",
+        category: "scheduling",
+        subject: `workload/${key}`,
+        reason: last.reason,
+        message: `${rejections.length} replica${rejections.length === 1 ? "" : "s"} not placed: the plan applier refused ${maxPlanAttempts} plans in a row (last: ${last.reason}, ${last.detail}); retried on the next change or resync`,
+      };
+    });
+    for (const event of events) {
+      this.options.logger.warn({ workload: event.subject, event: event.type }, event.message);
+    }
+    // Recorded together, they share a commit (ADR 0025).
+    await Promise.all(events.map((event) => this.options.events.record(event)));
   }
 
   /** The replicas this pass schedules: all, or replicasPerPass of them from the cursor on. */
@@ -796,224 +854,6 @@ export class WorkloadController {
     if (window.length < size) window.push(...waiting.slice(0, size - window.length));
     return window;
   }
-
-  /**
-   * Re-checks each placement against the nodes as they are now and writes the plan in
-   * transactions of at most maxTxnOps replicas, each guarded by the mod revisions the
-   * plan was made from: a chunk that fails leaves its replicas pending for the next pass,
-   * and no chunk can overcommit a node (each was checked against the whole plan's
-   * allocations). Returns the highest revision written, 0 if none.
-   */
-  private async commitPlan(
-    state: ClusterState,
-    plan: Plan,
-    pendingRecords: Map<string, Versioned<ReplicaRecord>>,
-  ): Promise<number> {
-    const now = this.options.clock.nowMs();
-    const placements: TxnItem<PlanTag>[] = [];
-    const reasons: TxnItem<PlanTag>[] = [];
-    // Re-check against the nodes as they are now (the cache may have moved on since the
-    // snapshot): the plan applier is the only committer, and a node that changed since
-    // gets no placement.
-    const latest = new Map<string, NodeRecord>();
-    for (const name of state.nodes.keys()) {
-      const node = this.cache.node(name);
-      if (node) latest.set(name, node);
-    }
-    const headroom = new Map(
-      toSchedNodes({ ...state, nodes: latest }, now).map((n) => [n.name, n]),
-    );
-    for (const placement of plan.placements) {
-      const record = pendingRecords.get(placement.replicaId);
-      const node = headroom.get(placement.node);
-      if (!record || !node || !fits(node, record.value.resources)) {
-        this.options.metrics?.placementFailures.inc({ reason: "NodeChanged" });
-        continue;
-      }
-      node.allocated = addResources(node.allocated, record.value.resources);
-      const key = replicaKey(record.value.namespace, record.value.workload, record.value.id);
-      const span = startPlacementSpan(record.value, placement.node);
-      const placed: ReplicaRecord = {
-        ...record.value,
-        node: placement.node,
-        scheduledAtMs: now,
-        pendingReason: undefined,
-        // The agent's start of the replica continues the trace from this placement.
-        traceparent: injectTraceparent(span) ?? record.value.traceparent,
-      };
-      placements.push({
-        op: { type: "put", key, value: JSON.stringify(placed) },
-        compare: { key, target: "modRevision", op: "==", modRevision: record.modRevision },
-        tag: {
-          workload: `${record.value.namespace}/${record.value.workload}`,
-          node: placement.node,
-          span,
-          ...(placement.overBudget ? { overBudget: placement.overBudget } : {}),
-        },
-      });
-    }
-    const unschedulableEvents: Promise<void>[] = [];
-    for (const failure of plan.unschedulable) {
-      this.options.metrics?.placementFailures.inc({ reason: failureReason(failure) });
-      const record = pendingRecords.get(failure.replicaId);
-      if (!record || record.value.pendingReason === failure.message) continue;
-      const key = replicaKey(record.value.namespace, record.value.workload, record.value.id);
-      reasons.push({
-        op: {
-          type: "put",
-          key,
-          value: JSON.stringify({ ...record.value, pendingReason: failure.message }),
-        },
-        compare: { key, target: "modRevision", op: "==", modRevision: record.modRevision },
-        tag: { workload: failure.workloadKey },
-      });
-      if (this.pendingReasons.get(failure.workloadKey) !== failure.message) {
-        this.pendingReasons.set(failure.workloadKey, failure.message);
-        unschedulableEvents.push(
-          this.options.events.record({
-            type: "ReplicaUnschedulable",
-            category: "scheduling",
-            subject: `workload/${failure.workloadKey}`,
-            reason: "Unschedulable",
-            message: failure.message,
-          }),
-        );
-      }
-    }
-    await Promise.all(unschedulableEvents);
-    if (placements.length + reasons.length === 0) return 0;
-    let outcomes: ChunkOutcome<PlanTag>[];
-    try {
-      // One item per group: replicas of a workload may land in different chunks.
-      outcomes = await commitPacked(
-        this.options.store,
-        [...placements, ...reasons].map((item) => [item]),
-        txnOpsFor(this.options.store),
-      );
-    } catch (error) {
-      for (const { tag } of placements) if (tag.span) endSpan(tag.span, error);
-      throw error;
-    }
-    let wrote = 0;
-    let conflicts = 0;
-    const placedByWorkload = new Map<string, string[]>();
-    const overBudgetByWorkload = new Map<string, string[]>();
-    const committed = new Set<TxnItem<PlanTag>>();
-    for (const outcome of outcomes) {
-      if (!outcome.succeeded) {
-        conflicts += outcome.items.filter((item) => item.tag.node !== undefined).length;
-        this.dirty = true;
-        continue;
-      }
-      wrote = Math.max(wrote, outcome.revision);
-      for (const item of outcome.items) {
-        committed.add(item);
-        if (item.tag.node === undefined) continue;
-        const list = placedByWorkload.get(item.tag.workload) ?? [];
-        list.push(item.tag.node);
-        placedByWorkload.set(item.tag.workload, list);
-        if (item.tag.overBudget !== undefined) {
-          const over = overBudgetByWorkload.get(item.tag.workload) ?? [];
-          over.push(item.tag.overBudget);
-          overBudgetByWorkload.set(item.tag.workload, over);
-        }
-      }
-    }
-    for (const item of placements) {
-      item.tag.span?.setAttribute("cloudless.placement.committed", committed.has(item));
-      if (item.tag.span) endSpan(item.tag.span);
-    }
-    if (conflicts > 0)
-      this.options.metrics?.placementFailures.inc({ reason: "Conflict" }, conflicts);
-    let placedCount = 0;
-    const placedEvents: Promise<void>[] = [];
-    for (const [workload, nodes] of placedByWorkload) {
-      placedCount += nodes.length;
-      this.pendingReasons.delete(workload);
-      // Recorded together, they share a commit (one per event took seconds; ADR 0025).
-      placedEvents.push(
-        this.options.events.record({
-          type: "ReplicasPlaced",
-          category: "scheduling",
-          subject: `workload/${workload}`,
-          reason: "Scheduled",
-          message: `placed ${nodes.length} replica${nodes.length === 1 ? "" : "s"} on ${[...new Set(nodes)].join(", ")}`,
-        }),
-      );
-    }
-    for (const [workload, messages] of overBudgetByWorkload) {
-      // REQ-030: say it where the operator looks (describe's events), with what it takes.
-      placedEvents.push(
-        this.options.events.record({
-          type: "NodeLossBudgetExceeded",
-          category: "scheduling",
-          subject: `workload/${workload}`,
-          reason: "TooFewNodes",
-          message:
-            messages.length === 1
-              ? (messages[0] as string)
-              : `${messages.length} replicas placed over the node-loss budget; the last: ${messages.at(-1)}`,
-        }),
-      );
-    }
-    await Promise.all(placedEvents);
-    this.placementsTotal += placedCount;
-    if (placedCount > 0) this.options.metrics?.placements.inc(placedCount);
-    return placedCount > 0 ? wrote : 0;
-  }
-
-  /**
-   * Pushes each node's desired set: of `only` (every known node when undefined). Reads
-   * the cache as it is now — the newest committed state — and serializes each spec once
-   * per revision record, so an unchanged node costs a fingerprint compare.
-   */
-  private publishAssignments(state: ClusterState, only: ReadonlySet<string> | undefined): void {
-    let nodes: Iterable<string>;
-    if (only) {
-      nodes = only;
-    } else {
-      const all = new Set(state.nodes.keys());
-      for (const node of this.cache.nodeNames()) all.add(node);
-      for (const node of this.options.assignments.knownNodes()) all.add(node);
-      nodes = all;
-    }
-    for (const node of nodes) {
-      const entries: AssignmentEntry[] = [];
-      for (const { value: replica } of this.cache.replicasOnNode(node).values()) {
-        if (replica.desired !== "Running") continue;
-        const workload = this.cache.workload(workloadId(replica.namespace, replica.workload));
-        if (!workload) continue;
-        const spec = this.serializedSpec(workload.value, replica.revision);
-        entries.push({
-          replicaId: replica.id,
-          namespace: replica.namespace,
-          workload: replica.workload,
-          revision: replica.revision,
-          specJson: spec.json,
-          specDigest: spec.digest,
-          ...(replica.traceparent ? { traceparent: replica.traceparent } : {}),
-        });
-      }
-      // A node never heard of (no record, no replicas, never published) needs no message.
-      if (entries.length === 0 && !this.cache.node(node) && !this.options.assignments.has(node)) {
-        continue;
-      }
-      this.options.assignments.publish(node, entries);
-    }
-  }
-
-  /** The spec of a workload's revision as sent to agents, serialized once per record. */
-  private serializedSpec(workload: WorkloadRecord, revision: number): SerializedSpec {
-    const record = this.cache.revisionRecord(`${workload.namespace}/${workload.name}/${revision}`);
-    const source = (record?.spec ?? workload.spec) as object;
-    let serialized = this.serializedSpecs.get(source);
-    if (!serialized) {
-      const json = JSON.stringify(asSpecView(source));
-      serialized = { json, digest: createHash("sha256").update(json).digest("base64") };
-      this.serializedSpecs.set(source, serialized);
-    }
-    return serialized;
-  }
 }
 
 /** What a reconcile write stands for, to account for it once committed. */
@@ -1023,15 +863,6 @@ interface ReconcileTag {
   lostAtMs?: number;
   /** The rebalancer decision the group carries out, on its first item. */
   rebalance?: RebalanceDecision;
-}
-
-/** What a plan write stands for: a placement (with node and span) or a pending reason. */
-interface PlanTag {
-  workload: string;
-  node?: string;
-  span?: Span;
-  /** Why the placement went over the node-loss budget, when it did (ADR 0034). */
-  overBudget?: string;
 }
 
 /**
@@ -1063,42 +894,9 @@ function hasPendingReplicas(state: ClusterState): boolean {
   return false;
 }
 
-/**
- * The span of one replica's placement: a child of the apply that created the replica
- * when it carries that apply's trace context (linked to the controller pass), else a
- * child of the pass's commit.
- */
-function startPlacementSpan(replica: ReplicaRecord, node: string): Span {
-  const fromApply = replica.traceparent !== undefined;
-  return startSpan(
-    "replica.place",
-    {
-      "cloudless.replica.id": replica.id,
-      "cloudless.workload": `${replica.namespace}/${replica.workload}`,
-      "cloudless.workload.revision": replica.revision,
-      "cloudless.node": node,
-    },
-    {
-      parent: extractContext(replica.traceparent, activeContext()),
-      ...(fromApply ? { links: activeLinks() } : {}),
-    },
-  );
-}
-
 function specOfRevision(state: ClusterState, workload: WorkloadRecord, revision: number) {
   const record = state.revisions.get(`${workload.namespace}/${workload.name}/${revision}`);
   return asSpecView(record?.spec ?? workload.spec);
-}
-
-function fits(node: SchedNode, request: SchedNode["allocated"]): boolean {
-  if (node.status !== "Ready" || node.cordoned) return false;
-  const after = addResources(node.allocated, request);
-  return (
-    after.cpuMillicores <= node.capacity.cpuMillicores &&
-    after.memoryMiB <= node.capacity.memoryMiB &&
-    after.storageGiB <= node.capacity.storageGiB &&
-    (request.bandwidthMbps === 0 || after.bandwidthMbps <= node.capacity.bandwidthMbps)
-  );
 }
 
 function newReplicaId(workloadName: string, rng: Rng): string {
