@@ -5,8 +5,7 @@ import type { Logger } from "../../observe/logger.js";
 import type { ControllerMetrics } from "../../observe/metrics.js";
 import { runUntraced, withSpan } from "../../observe/tracing.js";
 import type { EventLog, NewEvent } from "../events/eventLog.js";
-import { probePlacement } from "../scheduler/explain.js";
-import type { PlanResult, RejectedPlacement } from "../scheduler/planCheck.js";
+import type { PlanResult } from "../scheduler/planCheck.js";
 import type {
   ClusterSnapshot,
   ExistingReplica,
@@ -14,71 +13,36 @@ import type {
   ScoreWeights,
   Unschedulable,
 } from "../scheduler/types.js";
-import type { Compare, Store } from "../store/store.js";
-import { commitPacked, type TxnItem, txnOpsFor } from "../store/txnBatches.js";
+import type { Store } from "../store/store.js";
+import { commitPacked, txnOpsFor } from "../store/txnBatches.js";
 import type { AssignmentHub } from "./assignmentHub.js";
 import { AssignmentPublisher } from "./assignmentPublisher.js";
 import { type CacheChange, ClusterCache } from "./clusterCache.js";
 import type { ClusterState, Versioned } from "./clusterState.js";
 import { type PlanApplier, StorePlanApplier } from "./planApplier.js";
+import { afterPlan, exhaustedEvents } from "./planRetry.js";
 import {
-  decideRebalance,
   defaultRebalanceOptions,
   type RebalanceDecision,
   type RebalanceOptions,
-  type RebalanceTarget,
 } from "./rebalancer.js";
-import { type ReplicaRecord, replicaKey, type WorkloadRecord, workloadId } from "./records.js";
+import { RebalancePass, RebalanceStep } from "./rebalanceStep.js";
+import {
+  type ReconcilePlan,
+  rebalanceActions,
+  rebalanceEvent,
+  reconcileWrites,
+} from "./reconcileWrites.js";
+import { type ReplicaRecord, type WorkloadRecord, workloadId } from "./records.js";
 import { ReplacementTimer } from "./replacementTimer.js";
+import { type RolloutStatus, RolloutTracker } from "./rolloutTracker.js";
 import { scheduleInSlices } from "./scheduleInSlices.js";
-import {
-  availabilityOf,
-  existingReplicaOf,
-  existingReplicas,
-  toSchedNodes,
-} from "./schedulerInput.js";
-import {
-  type AppliedSpecView,
-  asSpecView,
-  driverOfSpec,
-  placementOf,
-  rebalanceOf,
-} from "./specView.js";
-import { isReplicaReady, type ReconcileAction, reconcileWorkload } from "./workloadReconciler.js";
-
-/**
- * Replicas created within this long of an apply join the apply's trace; later ones (a
- * replacement after a node loss) start their own under the controller pass instead of
- * stretching an old trace over hours.
- */
-const applyTraceWindowMs = 10 * 60_000;
-
-/**
- * Plans in a row the applier may refuse wholly before the controller stops retrying at
- * once (Nomad's maxServiceScheduleAttempts is 5 too); the resync and changes retry later.
- */
-export const maxPlanAttempts = 5;
+import { availabilityOf, existingReplicaOf, toSchedNodes } from "./schedulerInput.js";
+import { asSpecView, driverOfSpec, placementOf } from "./specView.js";
+import { reconcileWorkload } from "./workloadReconciler.js";
 
 /** The longest wait between passes that have work, however long the last one took. */
 const maxPassBackoffMs = 500;
-
-/**
- * Bounds on the rebalancer per pass (ADR 0035): "where would one more replica go?" costs a
- * scheduling cycle over every node, and moves are meant to trickle, not to flood.
- */
-const rebalanceProbesPerPass = 8;
-const rebalanceStartsPerPass = 4;
-
-/** One workload's reconcile actions, computed before anything is written. */
-interface ReconcilePlan {
-  key: string;
-  workload: WorkloadRecord | undefined;
-  spec: ReturnType<typeof asSpecView> | undefined;
-  replicas: Versioned<ReplicaRecord>[];
-  actions: ReconcileAction[];
-  /** The rebalancer's decision the actions carry out, for its event once committed. */
-  rebalance?: RebalanceDecision;
-}
 
 export interface WorkloadControllerOptions {
   store: Store;
@@ -145,7 +109,7 @@ export class WorkloadController {
   /** Plans in a row whose placements were all refused: bounds the immediate retries. */
   private rejectedPlansInARow = 0;
   /** Revisions seen in progress, per workload, so a completed rollout is announced once. */
-  private readonly rollouts = new Map<string, { revision: number; inProgress: boolean }>();
+  private readonly rollouts = new RolloutTracker();
   /** Replicas placed, by pass; read by tests and metrics. */
   placementsTotal = 0;
   /** Where the next pass's window of pending replicas starts, when more wait than fit. */
@@ -153,15 +117,7 @@ export class WorkloadController {
   /** Windows of pending replicas tried since one placed anything. */
   private windowsWithoutPlacement = 0;
   private readonly replacements: ReplacementTimer;
-  private readonly rebalanceOptions: RebalanceOptions;
-  private readonly rebalanceEnabled: boolean;
-  /**
-   * When a move of each workload last started, for the cool-down: a move given up leaves
-   * no record behind, so the records alone would allow the next one at once.
-   */
-  private readonly moveStartedAtMs = new Map<string, number>();
-  /** When each workload was last asked "where would one more go?" (at most once a cool-down). */
-  private readonly probedAtMs = new Map<string, number>();
+  private readonly rebalance: RebalanceStep;
 
   constructor(private readonly options: WorkloadControllerOptions) {
     const histogram = options.metrics?.nodeLossToReplacementRunning;
@@ -176,8 +132,11 @@ export class WorkloadController {
     this.applier = options.planApplier?.(this.storeApplier) ?? this.storeApplier;
     this.publisher = new AssignmentPublisher(this.cache, options.assignments);
     const { enabled, ...rebalance } = options.rebalance ?? {};
-    this.rebalanceEnabled = enabled ?? true;
-    this.rebalanceOptions = { ...defaultRebalanceOptions, ...rebalance };
+    this.rebalance = new RebalanceStep(
+      enabled ?? true,
+      { ...defaultRebalanceOptions, ...rebalance },
+      options.weights,
+    );
   }
 
   /**
@@ -417,7 +376,7 @@ export class WorkloadController {
       // few actions (a surge, a stop, a finish) may take the budget a little below zero.
       let rebalance: RebalanceDecision | undefined;
       if (planned.actions.length === 0 && planned.deferredCreates === 0 && workload && spec) {
-        rebalance = this.decideRebalance(state, key, workload, spec, replicas, pass);
+        rebalance = this.rebalance.decide(state, key, workload, spec, replicas, pass);
         if (rebalance) {
           const moves = rebalanceActions(rebalance, workload, newId, pass.nowMs);
           actions.push(...moves);
@@ -426,7 +385,7 @@ export class WorkloadController {
       }
       if (actions.length > 0) plans.push({ key, workload, spec, replicas, actions, rebalance });
       if (workload) this.noteRolloutProgress(key, workload.revision, status);
-      else this.rollouts.delete(key);
+      else this.rollouts.forget(key);
     }
     return plans;
   }
@@ -435,136 +394,10 @@ export class WorkloadController {
     return this.options.replicasPerPass ?? limits.replicasPerPass;
   }
 
-  /** The rebalancer's decision for one workload this pass, undefined for none (ADR 0035). */
-  private decideRebalance(
-    state: ClusterState,
-    key: string,
-    workload: WorkloadRecord,
-    spec: AppliedSpecView,
-    replicas: Versioned<ReplicaRecord>[],
-    pass: RebalancePass,
-  ): RebalanceDecision | undefined {
-    const live = replicas.map((r) => r.value).filter((r) => r.desired === "Running");
-    const moving = live.some((r) => r.move !== undefined && r.move.finishedAtMs === undefined);
-    const enabled = this.rebalanceEnabled && rebalanceOf(spec);
-    // A move under way is always followed (to its end, or given up if turned off).
-    if (!moving && (!enabled || pass.starts >= rebalanceStartsPerPass)) return undefined;
-    let lastStartedAtMs = this.moveStartedAtMs.get(key);
-    for (const replica of live) {
-      if (replica.move !== undefined) {
-        lastStartedAtMs = Math.max(lastStartedAtMs ?? 0, replica.move.startedAtMs);
-      }
-    }
-    const nodeStatus = (name: string) => state.nodes.get(name)?.status;
-    const decision = decideRebalance({
-      workload: {
-        revision: workload.revision,
-        replicas: workload.replicas,
-        minAvailable: workload.minAvailable,
-        spreadAcrossZones: spec.spec.placement.spreadAcrossZones,
-        enabled,
-      },
-      replicas: live.map((r) => ({
-        id: r.id,
-        node: r.node,
-        zone: state.nodes.get(r.node)?.zone ?? "",
-        revision: r.revision,
-        ready: isReplicaReady(r, nodeStatus),
-        ...(r.move ? { move: r.move } : {}),
-      })),
-      nowMs: pass.nowMs,
-      lastMoveStartedAtMs: lastStartedAtMs,
-      findTarget: () => this.findRebalanceTarget(state, key, workload, spec, pass),
-      readyNodes: pass.readyNodes,
-      readyZones: pass.readyZones,
-      options: this.rebalanceOptions,
-    });
-    if (decision.type === "none") return undefined;
-    if (decision.type === "start") {
-      pass.starts++;
-      this.moveStartedAtMs.set(key, pass.nowMs);
-    }
-    return decision;
-  }
-
-  /**
-   * Where the scheduler would put one more replica of the workload now; asked at most once
-   * a cool-down per workload and a few times per pass, since it scans every node.
-   */
-  private findRebalanceTarget(
-    state: ClusterState,
-    key: string,
-    workload: WorkloadRecord,
-    spec: AppliedSpecView,
-    pass: RebalancePass,
-  ): RebalanceTarget | undefined {
-    const last = this.probedAtMs.get(key);
-    if (last !== undefined && pass.nowMs - last < this.rebalanceOptions.cooldownMs)
-      return undefined;
-    if (pass.probes >= rebalanceProbesPerPass) return undefined;
-    pass.probes++;
-    this.probedAtMs.set(key, pass.nowMs);
-    pass.snapshot ??= {
-      revision: state.revision,
-      nodes: toSchedNodes(state, pass.nowMs),
-      replicas: existingReplicas(state),
-    };
-    const probe = probePlacement(
-      pass.snapshot,
-      {
-        id: "rebalance-probe",
-        workloadKey: key,
-        driver: driverOfSpec(spec),
-        resources: spec.spec.resources,
-        placement: placementOf(spec),
-        availability: availabilityOf(workload),
-      },
-      this.options.weights,
-    );
-    if (probe === undefined) return undefined;
-    return { node: probe.node, zone: state.nodes.get(probe.node)?.zone ?? "" };
-  }
-
-  /**
-   * Records a RolloutCompleted event when a revision this coordinator saw in progress
-   * has every replica updated and ready. A workload already complete when first seen
-   * (e.g. after a coordinator restart) is not announced again.
-   */
-  private noteRolloutProgress(
-    key: string,
-    revision: number,
-    status: {
-      phase: string;
-      updatedReplicas: number;
-      desiredReplicas: number;
-      replicas: number;
-      readyReplicas: number;
-    },
-  ): void {
-    const complete =
-      status.phase === "Running" &&
-      status.updatedReplicas === status.desiredReplicas &&
-      status.replicas === status.desiredReplicas;
-    const seen = this.rollouts.get(key);
-    if (!seen || seen.revision !== revision) {
-      this.rollouts.set(key, { revision, inProgress: !complete });
-      return;
-    }
-    if (!complete) {
-      seen.inProgress = true;
-      return;
-    }
-    if (!seen.inProgress) return;
-    seen.inProgress = false;
-    void this.options.events
-      .record({
-        type: "RolloutCompleted",
-        category: "scheduling",
-        subject: `workload/${key}`,
-        reason: "Complete",
-        message: `revision ${revision}: ${status.readyReplicas}/${status.desiredReplicas} replicas updated and ready`,
-      })
-      .catch(() => undefined);
+  /** Records a RolloutCompleted event when a rollout seen in progress has just completed. */
+  private noteRolloutProgress(key: string, revision: number, status: RolloutStatus): void {
+    const event = this.rollouts.note(key, revision, status);
+    if (event) void this.options.events.record(event).catch(() => undefined);
   }
 
   /**
@@ -573,93 +406,8 @@ export class WorkloadController {
    * write guarded by its own compare. Returns the highest revision written, 0 if none.
    */
   private async reconcile(state: ClusterState, plans: ReconcilePlan[]): Promise<number> {
-    const groups: TxnItem<ReconcileTag>[][] = [];
     const now = this.options.clock.nowMs();
-    for (const { key, workload, spec, replicas, actions, rebalance } of plans) {
-      const byId = new Map(replicas.map((r) => [r.value.id, r]));
-      const group: TxnItem<ReconcileTag>[] = [];
-      for (const action of actions) {
-        if (action.type === "create" && workload && spec) {
-          const record: ReplicaRecord = {
-            id: action.id,
-            namespace: workload.namespace,
-            workload: workload.name,
-            revision: action.revision,
-            node: "",
-            desired: "Running",
-            resources: spec.spec.resources,
-            createdAtMs: now,
-            ...(action.move ? { move: action.move } : {}),
-          };
-          // Its placement and start join the trace of the apply that asked for it.
-          if (
-            workload.traceparent &&
-            action.revision === workload.revision &&
-            now - workload.updatedAtMs <= applyTraceWindowMs
-          ) {
-            record.traceparent = workload.traceparent;
-          }
-          group.push({
-            op: {
-              type: "put",
-              key: replicaKey(workload.namespace, workload.name, action.id),
-              value: JSON.stringify(record),
-            },
-            tag: { workload: key },
-          });
-          continue;
-        }
-        const existing = byId.get(action.id);
-        if (!existing) continue;
-        const replica = replicaKey(
-          existing.value.namespace,
-          existing.value.workload,
-          existing.value.id,
-        );
-        const compare: Compare = {
-          key: replica,
-          target: "modRevision",
-          op: "==",
-          modRevision: existing.modRevision,
-        };
-        if (action.type === "finishMove") {
-          if (!existing.value.move) continue;
-          const finished: ReplicaRecord = {
-            ...existing.value,
-            move: { ...existing.value.move, finishedAtMs: now },
-          };
-          group.push({
-            op: { type: "put", key: replica, value: JSON.stringify(finished) },
-            compare,
-            tag: { workload: key },
-          });
-        } else if (action.type === "forget") {
-          const tag: ReconcileTag = { workload: key };
-          if (existing.value.node !== "" && existing.value.desired === "Running") {
-            tag.forgottenOnLostNode = true;
-            const node = state.nodes.get(existing.value.node);
-            if (node?.status === "Lost") tag.lostAtMs = node.lastTransitionAtMs;
-          }
-          group.push({ op: { type: "delete", key: replica }, compare, tag });
-        } else {
-          const stopped: ReplicaRecord = {
-            ...existing.value,
-            desired: "Stopped",
-            stopRequestedAtMs: now,
-          };
-          group.push({
-            op: { type: "put", key: replica, value: JSON.stringify(stopped) },
-            compare,
-            tag: { workload: key },
-          });
-        }
-      }
-      if (group.length > 0) {
-        // The group commits whole or not at all, so its first item speaks for the decision.
-        if (rebalance) group[0]!.tag.rebalance = rebalance;
-        groups.push(group);
-      }
-    }
+    const groups = reconcileWrites(state, plans, now);
     let wrote = 0;
     const forgotten = new Map<string, number>();
     const rebalanced: NewEvent[] = [];
@@ -805,34 +553,11 @@ export class WorkloadController {
     for (const rejection of result.rejected) {
       this.options.metrics?.placementFailures.inc({ reason: rejection.reason });
     }
-    if (result.rejected.length === 0 || result.placed.length > 0) {
-      this.rejectedPlansInARow = 0;
-      if (result.rejected.length > 0) this.dirty = true;
-      return;
-    }
-    this.rejectedPlansInARow++;
-    if (this.rejectedPlansInARow < maxPlanAttempts) {
-      this.dirty = true;
-      return;
-    }
-    if (this.rejectedPlansInARow > maxPlanAttempts) return;
-    const byWorkload = new Map<string, RejectedPlacement[]>();
-    for (const rejection of result.rejected) {
-      const record = pending.get(rejection.replicaId)?.value;
-      if (!record) continue;
-      const key = workloadId(record.namespace, record.workload);
-      byWorkload.set(key, [...(byWorkload.get(key) ?? []), rejection]);
-    }
-    const events: NewEvent[] = [...byWorkload].map(([key, rejections]) => {
-      const last = rejections.at(-1) as RejectedPlacement;
-      return {
-        type: "PlacementRetriesExhausted",
-        category: "scheduling",
-        subject: `workload/${key}`,
-        reason: last.reason,
-        message: `${rejections.length} replica${rejections.length === 1 ? "" : "s"} not placed: the plan applier refused ${maxPlanAttempts} plans in a row (last: ${last.reason}, ${last.detail}); retried on the next change or resync`,
-      };
-    });
+    const verdict = afterPlan(result, this.rejectedPlansInARow);
+    this.rejectedPlansInARow = verdict.refusedInARow;
+    if (verdict.retryNow) this.dirty = true;
+    if (!verdict.exhausted) return;
+    const events = exhaustedEvents(result.rejected, pending);
     for (const event of events) {
       this.options.logger.warn({ workload: event.subject, event: event.type }, event.message);
     }
@@ -854,15 +579,6 @@ export class WorkloadController {
     if (window.length < size) window.push(...waiting.slice(0, size - window.length));
     return window;
   }
-}
-
-/** What a reconcile write stands for, to account for it once committed. */
-interface ReconcileTag {
-  workload: string;
-  forgottenOnLostNode?: boolean;
-  lostAtMs?: number;
-  /** The rebalancer decision the group carries out, on its first item. */
-  rebalance?: RebalanceDecision;
 }
 
 /**
@@ -901,110 +617,6 @@ function specOfRevision(state: ClusterState, workload: WorkloadRecord, revision:
 
 function newReplicaId(workloadName: string, rng: Rng): string {
   return `${workloadName}-${rng.bytes(4).toString("hex")}`;
-}
-
-/** What one pass of the rebalancer may still do, and what it computed once for all. */
-class RebalancePass {
-  starts = 0;
-  probes = 0;
-  /** Built on the first probe: the nodes and placed replicas as the scheduler sees them. */
-  snapshot: ClusterSnapshot | undefined;
-  readonly nowMs: number;
-  readonly readyNodes: number;
-  readonly readyZones: number;
-
-  constructor(state: ClusterState, nowMs: number) {
-    this.nowMs = nowMs;
-    const zones = new Set<string>();
-    let ready = 0;
-    for (const node of state.nodes.values()) {
-      if (node.status !== "Ready" || node.cordoned || node.draining) continue;
-      ready++;
-      zones.add(node.zone);
-    }
-    this.readyNodes = ready;
-    this.readyZones = zones.size;
-  }
-}
-
-/** The writes that carry out a rebalancer decision (ADR 0035). */
-function rebalanceActions(
-  decision: RebalanceDecision,
-  workload: WorkloadRecord,
-  newId: () => string,
-  nowMs: number,
-): ReconcileAction[] {
-  switch (decision.type) {
-    case "start":
-      return [
-        {
-          type: "create",
-          id: newId(),
-          revision: workload.revision,
-          move: {
-            replaces: decision.replaces,
-            fromNode: decision.fromNode,
-            startedAtMs: nowMs,
-            reason: decision.reason,
-          },
-        },
-      ];
-    case "finish":
-      return [
-        ...(decision.retire === undefined
-          ? []
-          : [
-              {
-                type: "stop" as const,
-                id: decision.retire,
-                reason: `rebalanced: replaced by ${decision.surge} on ${decision.toNode}`,
-              },
-            ]),
-        { type: "finishMove", id: decision.surge },
-      ];
-    case "abandon":
-      return [
-        { type: "stop", id: decision.surge, reason: `rebalance given up: ${decision.reason}` },
-      ];
-    default:
-      return [];
-  }
-}
-
-/** The event a committed rebalancer decision records. */
-function rebalanceEvent(key: string, decision: RebalanceDecision): NewEvent | undefined {
-  const subject = `workload/${key}`;
-  switch (decision.type) {
-    case "start":
-      return {
-        type: "RebalanceStarted",
-        category: "scheduling",
-        subject,
-        reason: "Rebalance",
-        message: `starting a replacement for ${decision.replaces} on ${decision.fromNode} (expected on ${decision.toNode}): ${decision.reason}`,
-      };
-    case "finish":
-      return {
-        type: "ReplicaRebalanced",
-        category: "scheduling",
-        subject,
-        reason: decision.retire === undefined ? "MoveEnded" : "Rebalanced",
-        message:
-          decision.retire === undefined
-            ? `${decision.surge} on ${decision.toNode} kept as an ordinary replica: ${decision.reason}`
-            : `moved a replica from ${decision.fromNode} to ${decision.toNode}: stopped ${decision.retire} once ${decision.surge} was ready (${decision.reason})`,
-      };
-    case "abandon":
-      return {
-        type: "RebalanceAbandoned",
-        category: "scheduling",
-        subject,
-        reason: "Abandoned",
-        message: `stopped ${decision.surge}: ${decision.reason}`,
-      };
-    default:
-      return undefined;
-  }
 }
 
 export type { Versioned };
