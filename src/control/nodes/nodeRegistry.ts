@@ -1,7 +1,6 @@
 import { CloudlessError } from "../../api/errors.js";
-import { decodeRecord } from "../../lib/recordCodec.js";
 import type { Compare, Op, Store } from "../store/store.js";
-import { type NodeRecord, nodeKey, nodeKeyPrefix, nodeRecordSchema } from "./nodeRecord.js";
+import { type NodeRecord, nodeKey, nodeKeyPrefix } from "./nodeRecord.js";
 
 /**
  * Node records in the store, with optimistic concurrency: every update reads the
@@ -13,7 +12,7 @@ export class NodeRegistry {
 
   async get(name: string): Promise<NodeRecord | undefined> {
     const kv = await this.store.get(nodeKey(name));
-    return kv ? decodeRecord(nodeRecordSchema, kv.key, kv.value) : undefined;
+    return kv ? (JSON.parse(kv.value) as NodeRecord) : undefined;
   }
 
   async mustGet(name: string): Promise<NodeRecord> {
@@ -28,7 +27,7 @@ export class NodeRegistry {
 
   async list(): Promise<NodeRecord[]> {
     const result = await this.store.range(nodeKeyPrefix);
-    return result.kvs.map((kv) => decodeRecord(nodeRecordSchema, kv.key, kv.value));
+    return result.kvs.map((kv) => JSON.parse(kv.value) as NodeRecord);
   }
 
   /**
