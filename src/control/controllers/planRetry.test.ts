@@ -1,6 +1,7 @@
 import { describe, expect, it } from "vitest";
-import type { RejectedPlacement } from "../scheduler/planCheck.js";
-import type { PlannedPlacement } from "../scheduler/types.js";
+import type { PlanSubmitter, RejectedPlacement } from "../scheduler/planCheck.js";
+import { RejectingPlanner, SchedulerHarness } from "../scheduler/testing/harness.js";
+import type { Plan, PlannedPlacement } from "../scheduler/types.js";
 import type { Versioned } from "./clusterState.js";
 import { afterPlan, exhaustedEvents, maxPlanAttempts } from "./planRetry.js";
 import type { ReplicaRecord } from "./records.js";
@@ -88,5 +89,61 @@ describe("plan retry decider", () => {
         "1 replica not placed: the plan applier refused 3 plans in a row (last: NodeChanged, node n1 has no memory left for it); retried on the next change or resync",
       ],
     ]);
+  });
+});
+
+describe("plan retry decider over the scheduler harness", () => {
+  /**
+   * The controller's loop in miniature: plan, submit, and plan again while the decider
+   * says "retry now"; `between` runs between a plan and its submission. Returns the plans.
+   */
+  async function retryLoop(
+    h: SchedulerHarness,
+    planner: PlanSubmitter,
+    between: (attempt: number, plan: Plan) => void = () => {},
+  ): Promise<number> {
+    let inARow = 0;
+    for (let attempt = 1; attempt <= 20; attempt++) {
+      const plan = h.process(attempt);
+      between(attempt, plan);
+      const verdict = afterPlan(await planner.apply(plan), inARow);
+      inARow = verdict.refusedInARow;
+      if (!verdict.retryNow) return attempt;
+    }
+    throw new Error("the decider never stopped");
+  }
+
+  it("REQ-012 the harness's re-checking applier refuses a placement on a node cordoned after the plan; the decider retries at once and the next plan places it elsewhere", async () => {
+    const h = new SchedulerHarness();
+    h.addNodes(2);
+    h.addWorkload({ key: "default/web", replicas: 1 });
+    let cordoned = "";
+    const plans = await retryLoop(h, h.applier(), (attempt, plan) => {
+      if (attempt !== 1) return;
+      cordoned = plan.placements[0]!.node;
+      h.updateNode(cordoned, { cordoned: true });
+    });
+    expect(plans).toBe(2);
+    expect(h.pending).toEqual([]);
+    expect(h.existing.map((r) => r.node)).toEqual([expect.not.stringMatching(cordoned)]);
+  });
+
+  it("REQ-012 a planner refusing twice in front of the harness's applier: the third plan places everything and the decider stops", async () => {
+    const h = new SchedulerHarness();
+    h.addNodes(2);
+    h.addWorkload({ key: "default/web", replicas: 3 });
+    const planner = new RejectingPlanner(h.applier(), { rejections: 2 });
+    expect(await retryLoop(h, planner)).toBe(3);
+    expect(h.pending).toEqual([]);
+  });
+
+  it("REQ-012 a planner refusing always: the decider gives up after maxPlanAttempts plans", async () => {
+    const h = new SchedulerHarness();
+    h.addNodes(1);
+    h.addWorkload({ key: "default/web", replicas: 1 });
+    const planner = new RejectingPlanner(h.applier(), { rejections: "always" });
+    expect(await retryLoop(h, planner)).toBe(maxPlanAttempts);
+    expect(planner.refused).toBe(maxPlanAttempts);
+    expect(h.pending).toHaveLength(1);
   });
 });
