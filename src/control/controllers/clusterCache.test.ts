@@ -4,12 +4,20 @@ import { join } from "node:path";
 import fc from "fast-check";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { ManualClock } from "../../lib/clock.js";
+import { createLogger } from "../../observe/logger.js";
 import { nodeKey } from "../nodes/nodeRecord.js";
+import { testNodeRecord } from "../nodes/testing/nodeRecords.js";
 import { openSqliteStore, type SqliteStore } from "../store/sqliteStore.js";
 import type { Op } from "../store/store.js";
 import { ClusterCache } from "./clusterCache.js";
 import { type ClusterState, readClusterState } from "./clusterState.js";
-import { replicaKey, revisionKey, workloadKey } from "./records.js";
+import {
+  type ReplicaRecord,
+  replicaKey,
+  revisionKey,
+  type WorkloadRecord,
+  workloadKey,
+} from "./records.js";
 
 let dir: string;
 let store: SqliteStore;
@@ -36,6 +44,35 @@ function normalize(state: ClusterState) {
     replicas: sorted(state.replicasByWorkload).map(
       ([key, list]) => [key, [...list].sort((a, b) => (a.value.id < b.value.id ? -1 : 1))] as const,
     ),
+  };
+}
+
+/** Well-formed records (the codecs refuse anything else), varied by `n`. */
+function workloadRecord(name: string, n: number): WorkloadRecord {
+  return {
+    uid: `uid-${name}`,
+    namespace: "default",
+    name,
+    revision: n,
+    templateHash: "t",
+    spec: {},
+    replicas: 1,
+    minAvailable: 0,
+    createdAtMs: 0,
+    updatedAtMs: n,
+  };
+}
+
+function replicaRecord(workload: string, id: string, node: string, n: number): ReplicaRecord {
+  return {
+    id,
+    namespace: "default",
+    workload,
+    revision: n,
+    node,
+    desired: "Running",
+    resources: { cpuMillicores: 10, memoryMiB: 8, storageGiB: 0, bandwidthMbps: 0 },
+    createdAtMs: 0,
   };
 }
 
@@ -70,26 +107,25 @@ const writeArb: fc.Arbitrary<Op[]> = fc
       switch (w.kind) {
         case "node":
           key = nodeKey(w.name);
-          value = JSON.stringify({ name: w.name, status: "Ready", n: w.n });
+          value = JSON.stringify({ ...testNodeRecord(w.name), status: "Ready", enrollments: w.n });
           break;
         case "workload":
           key = workloadKey("default", w.name);
-          value = JSON.stringify({ namespace: "default", name: w.name, revision: w.n });
+          value = JSON.stringify(workloadRecord(w.name, w.n));
           break;
         case "revision":
           key = revisionKey("default", w.name, w.n);
-          value = JSON.stringify({ revision: w.n, spec: { n: w.n } });
+          value = JSON.stringify({
+            revision: w.n,
+            templateHash: "t",
+            spec: { n: w.n },
+            createdAtMs: 0,
+          });
           break;
         case "replica": {
           const r = w as { name: string; id: string; node: string; n: number };
           key = replicaKey("default", r.name, r.id);
-          value = JSON.stringify({
-            id: r.id,
-            namespace: "default",
-            workload: r.name,
-            node: r.node,
-            revision: r.n,
-          });
+          value = JSON.stringify(replicaRecord(r.name, r.id, r.node, r.n));
           break;
         }
         default:
@@ -139,13 +175,13 @@ describe("ClusterCache", () => {
     const cache = new ClusterCache(store);
     await store.put(
       replicaKey("default", "a", "r1"),
-      JSON.stringify({ id: "r1", namespace: "default", workload: "a", node: "" }),
+      JSON.stringify(replicaRecord("a", "r1", "", 1)),
     );
     await cache.start();
     const snapshot = cache.snapshot();
     const revision = await store.put(
       replicaKey("default", "a", "r1"),
-      JSON.stringify({ id: "r1", namespace: "default", workload: "a", node: "n1" }),
+      JSON.stringify(replicaRecord("a", "r1", "n1", 1)),
     );
     await cache.waitFor(revision);
     expect(snapshot.replicasByWorkload.get("default/a")?.[0]?.value.node).toBe("");
@@ -164,12 +200,12 @@ describe("ClusterCache", () => {
     await cache.start();
     cache.stop();
     expect(cache.snapshot().nodes.size).toBe(0);
-    await store.put(nodeKey("n1"), JSON.stringify({ name: "n1" }));
+    await store.put(nodeKey("n1"), JSON.stringify(testNodeRecord("n1")));
     await cache.start();
     expect(cache.snapshot().nodes.has("n1")).toBe(true);
     const revision = await store.put(
       replicaKey("default", "a", "r1"),
-      JSON.stringify({ id: "r1", namespace: "default", workload: "a", node: "n1" }),
+      JSON.stringify(replicaRecord("a", "r1", "n1", 1)),
     );
     await cache.waitFor(revision);
     expect(seen).toEqual(["reset", "reset", "replicas@n1"]);
@@ -177,11 +213,17 @@ describe("ClusterCache", () => {
     const reported = await store.put(
       replicaKey("default", "a", "r1"),
       JSON.stringify({
-        id: "r1",
-        namespace: "default",
-        workload: "a",
-        node: "n1",
-        status: { phase: "Running" },
+        ...replicaRecord("a", "r1", "n1", 1),
+        status: {
+          phase: "Running",
+          ready: true,
+          restarts: 0,
+          reason: "",
+          message: "",
+          hostPorts: {},
+          driver: "process",
+          reportedAtMs: 1,
+        },
       }),
     );
     await cache.waitFor(reported);
@@ -201,7 +243,7 @@ describe("ClusterCache", () => {
       // Many revisions at once overflow the watcher's pending queue, which ends the watch.
       await Promise.all(
         Array.from({ length: 20 }, (_, i) =>
-          small.put(nodeKey(`n${i}`), JSON.stringify({ name: `n${i}` })),
+          small.put(nodeKey(`n${i}`), JSON.stringify(testNodeRecord(`n${i}`))),
         ),
       );
       const last = await small.currentRevision();
@@ -211,5 +253,37 @@ describe("ClusterCache", () => {
     } finally {
       await small.close();
     }
+  });
+
+  it("contract: REQ-012 a malformed record is refused where it leaves the store: the full read names its key, the cache logs it, keeps the previous value and goes on", async () => {
+    const key = replicaKey("default", "a", "r1");
+    await store.put(key, JSON.stringify(replicaRecord("a", "r1", "", 1)));
+    const logged: Array<Record<string, unknown>> = [];
+    const logger = createLogger({ component: "test", level: "silent" });
+    logger.error = ((fields: Record<string, unknown>) => {
+      logged.push(fields);
+    }) as typeof logger.error;
+    const cache = new ClusterCache(store, { logger });
+    await cache.start();
+    const bad = await store.put(
+      key,
+      JSON.stringify({ ...replicaRecord("a", "r1", "", 1), node: 7 }),
+    );
+    const good = await store.put(nodeKey("n1"), JSON.stringify(testNodeRecord("n1")));
+    expect(await cache.waitFor(Math.max(bad, good))).toBe(true);
+
+    expect(cache.replica(key)?.value.node).toBe("");
+    expect(cache.snapshot().nodes.has("n1")).toBe(true);
+    expect(logged).toEqual([
+      { key, detail: "node: Invalid input: expected string, received number" },
+    ]);
+    await expect(readClusterState(store)).rejects.toThrow(
+      `store record ${key} is malformed: node: Invalid input: expected string, received number`,
+    );
+    await store.put(nodeKey("n2"), "{not json");
+    await expect(readClusterState(store)).rejects.toThrow(
+      /store record \/nodes\/n2 is malformed: not JSON/,
+    );
+    cache.stop();
   });
 });

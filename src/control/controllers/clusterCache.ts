@@ -1,5 +1,6 @@
+import { decodeRecord, MalformedRecordError } from "../../lib/recordCodec.js";
 import type { Logger } from "../../observe/logger.js";
-import { type NodeRecord, nodeKeyPrefix } from "../nodes/nodeRecord.js";
+import { type NodeRecord, nodeKeyPrefix, nodeRecordSchema } from "../nodes/nodeRecord.js";
 import type { KeyValue, Store, Watch, WatchEnd, WatchEvent } from "../store/store.js";
 import {
   type ClusterState,
@@ -10,11 +11,14 @@ import {
 import {
   type ReplicaRecord,
   replicaPrefix,
+  replicaRecordSchema,
   revisionPrefix,
   type WorkloadRecord,
   type WorkloadRevisionRecord,
   workloadId,
   workloadPrefix,
+  workloadRecordSchema,
+  workloadRevisionRecordSchema,
 } from "./records.js";
 
 /** What one applied revision changed, for consumers that work incrementally. */
@@ -213,7 +217,7 @@ export class ClusterCache {
     const state = await readClusterStateKvs(this.store);
     if (generation !== this.generation) return;
     this.clear();
-    for (const kv of state.kvs) this.put(kv, undefined);
+    for (const kv of state.kvs) this.putDecoded(kv, undefined);
     this.currentRevision = state.revision;
     this.watch = this.store.watch(
       "",
@@ -266,7 +270,7 @@ export class ClusterCache {
     };
     let relevant = false;
     for (const event of events) {
-      if (event.type === "put") relevant = this.put(event.kv, change) || relevant;
+      if (event.type === "put") relevant = this.putDecoded(event.kv, change) || relevant;
       else relevant = this.delete(event.kv.key, change) || relevant;
     }
     this.currentRevision = revision;
@@ -274,11 +278,29 @@ export class ClusterCache {
     this.release();
   }
 
-  /** Applies one put; returns whether the key is one the cache keeps. */
+  /**
+   * Applies one put, refusing a malformed record: it is logged with its key and not
+   * applied (the previous value, if any, stays), so one bad record neither stops the
+   * leader's control loop nor wedges the watch.
+   */
+  private putDecoded(kv: KeyValue, change: MutableChange | undefined): boolean {
+    try {
+      return this.put(kv, change);
+    } catch (error) {
+      if (!(error instanceof MalformedRecordError)) throw error;
+      this.options.logger?.error(
+        { key: error.key, detail: error.detail },
+        "cluster cache refused a malformed store record",
+      );
+      return false;
+    }
+  }
+
+  /** Applies one put (decoding first: nothing changes if it is malformed); returns whether the key is one the cache keeps. */
   private put(kv: KeyValue, change: MutableChange | undefined): boolean {
     const key = kv.key;
     if (key.startsWith(replicaPrefix)) {
-      const value = JSON.parse(kv.value) as ReplicaRecord;
+      const value = decodeRecord(replicaRecordSchema, key, kv.value);
       const entry = { value, modRevision: kv.modRevision };
       const previous = this.replicas.get(key);
       const assignmentChanged = !previous || !sameAssignment(previous.value, value);
@@ -293,20 +315,20 @@ export class ClusterCache {
       return true;
     }
     if (key.startsWith(nodeKeyPrefix)) {
-      const node = JSON.parse(kv.value) as NodeRecord;
+      const node = decodeRecord(nodeRecordSchema, key, kv.value);
       this.nodes.set(node.name, node);
       change?.nodes.add(node.name);
       return true;
     }
     if (key.startsWith(workloadPrefix)) {
-      const workload = JSON.parse(kv.value) as WorkloadRecord;
+      const workload = decodeRecord(workloadRecordSchema, key, kv.value);
       const id = workloadId(workload.namespace, workload.name);
       this.workloads.set(id, { value: workload, modRevision: kv.modRevision });
       change?.workloads.add(id);
       return true;
     }
     if (key.startsWith(revisionPrefix)) {
-      const record = JSON.parse(kv.value) as WorkloadRevisionRecord;
+      const record = decodeRecord(workloadRevisionRecordSchema, key, kv.value);
       // Key: /workloadrevisions/<ns>/<name>/<rev padded>
       const [namespace, name] = key.slice(revisionPrefix.length).split("/");
       const id = `${namespace}/${name}/${record.revision}`;

@@ -1,14 +1,17 @@
-import type { NodeRecord } from "../nodes/nodeRecord.js";
-import { nodeKeyPrefix } from "../nodes/nodeRecord.js";
+import { decodeRecord } from "../../lib/recordCodec.js";
+import { type NodeRecord, nodeKeyPrefix, nodeRecordSchema } from "../nodes/nodeRecord.js";
 import type { KeyValue, Store } from "../store/store.js";
 import {
   type ReplicaRecord,
   replicaPrefix,
+  replicaRecordSchema,
   revisionPrefix,
   type WorkloadRecord,
   type WorkloadRevisionRecord,
   workloadId,
   workloadPrefix,
+  workloadRecordSchema,
+  workloadRevisionRecordSchema,
 } from "./records.js";
 
 export interface Versioned<T> {
@@ -50,17 +53,21 @@ export async function readClusterStateKvs(
   return { revision, kvs: ranges.flat() };
 }
 
+/**
+ * Every node, workload, replica and revision record at one revision, each decoded by its
+ * codec: a malformed record fails the read with a MalformedRecordError naming its key.
+ */
 export async function readClusterState(store: Store): Promise<ClusterState> {
   const result = await readRanges(store);
   const ranges = result.ranges;
   const nodes = new Map<string, NodeRecord>();
   for (const kv of ranges[0] ?? []) {
-    const node = JSON.parse(kv.value) as NodeRecord;
+    const node = decodeRecord(nodeRecordSchema, kv.key, kv.value);
     nodes.set(node.name, node);
   }
   const workloads = new Map<string, Versioned<WorkloadRecord>>();
   for (const kv of ranges[1] ?? []) {
-    const workload = JSON.parse(kv.value) as WorkloadRecord;
+    const workload = decodeRecord(workloadRecordSchema, kv.key, kv.value);
     workloads.set(workloadId(workload.namespace, workload.name), {
       value: workload,
       modRevision: kv.modRevision,
@@ -68,7 +75,7 @@ export async function readClusterState(store: Store): Promise<ClusterState> {
   }
   const replicasByWorkload = new Map<string, Versioned<ReplicaRecord>[]>();
   for (const kv of ranges[2] ?? []) {
-    const replica = JSON.parse(kv.value) as ReplicaRecord;
+    const replica = decodeRecord(replicaRecordSchema, kv.key, kv.value);
     const key = workloadId(replica.namespace, replica.workload);
     let list = replicasByWorkload.get(key);
     if (!list) {
@@ -79,7 +86,7 @@ export async function readClusterState(store: Store): Promise<ClusterState> {
   }
   const revisions = new Map<string, WorkloadRevisionRecord>();
   for (const kv of ranges[3] ?? []) {
-    const revision = JSON.parse(kv.value) as WorkloadRevisionRecord;
+    const revision = decodeRecord(workloadRevisionRecordSchema, kv.key, kv.value);
     // Key: /workloadrevisions/<ns>/<name>/<rev padded>
     const [namespace, name] = kv.key.slice(revisionPrefix.length).split("/");
     revisions.set(`${namespace}/${name}/${revision.revision}`, revision);

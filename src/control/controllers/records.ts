@@ -3,7 +3,8 @@
  * writer: API handlers write workloads, controllers write replicas, and agents'
  * status reports reach the store through the coordinator.
  */
-import type { ReplicaPhase } from "../../lib/replicaPhase.js";
+import { z } from "zod";
+import { type ReplicaPhase, replicaPhases } from "../../lib/replicaPhase.js";
 
 export interface ResourcesRecord {
   cpuMillicores: number;
@@ -95,6 +96,82 @@ export interface ReplicaMove {
   /** Set when the move is done: the replacement is then an ordinary replica. */
   finishedAtMs?: number;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Codecs: each record as it is decoded where it leaves the store (lib/recordCodec.ts's
+// decodeRecord). Loose objects: a field this version does not know is kept, not dropped, so
+// a record read, changed and written back loses nothing a newer writer put there. Typed
+// against the interfaces above, so a field added there and not here fails to compile.
+
+const count = z.number().int().nonnegative();
+const timeMs = z.number();
+
+export const resourcesRecordSchema: z.ZodType<ResourcesRecord> = z.looseObject({
+  cpuMillicores: z.number().nonnegative(),
+  memoryMiB: z.number().nonnegative(),
+  storageGiB: z.number().nonnegative(),
+  bandwidthMbps: z.number().nonnegative(),
+});
+
+export const workloadRecordSchema: z.ZodType<WorkloadRecord> = z.looseObject({
+  uid: z.string(),
+  namespace: z.string().min(1),
+  name: z.string().min(1),
+  revision: count,
+  templateHash: z.string(),
+  spec: z.unknown(),
+  replicas: count,
+  minAvailable: count,
+  createdAtMs: timeMs,
+  updatedAtMs: timeMs,
+  traceparent: z.string().optional(),
+});
+
+export const workloadRevisionRecordSchema: z.ZodType<WorkloadRevisionRecord> = z.looseObject({
+  revision: count,
+  templateHash: z.string(),
+  spec: z.unknown(),
+  createdAtMs: timeMs,
+});
+
+export const replicaStatusRecordSchema: z.ZodType<ReplicaStatusRecord> = z.looseObject({
+  phase: z.enum(replicaPhases),
+  ready: z.boolean(),
+  restarts: count,
+  reason: z.string(),
+  message: z.string(),
+  exitCode: z.number().optional(),
+  startedAtMs: timeMs.optional(),
+  // Tolerated absent, as the API reads it (status written before ports were reported).
+  hostPorts: z.record(z.string(), z.number()).default({}),
+  driver: z.string(),
+  reportedAtMs: timeMs,
+});
+
+export const replicaMoveSchema: z.ZodType<ReplicaMove> = z.looseObject({
+  replaces: z.string(),
+  fromNode: z.string(),
+  startedAtMs: timeMs,
+  reason: z.string(),
+  finishedAtMs: timeMs.optional(),
+});
+
+export const replicaRecordSchema: z.ZodType<ReplicaRecord> = z.looseObject({
+  id: z.string().min(1),
+  namespace: z.string().min(1),
+  workload: z.string().min(1),
+  revision: count,
+  node: z.string(),
+  desired: z.enum(["Running", "Stopped"]),
+  resources: resourcesRecordSchema,
+  createdAtMs: timeMs,
+  scheduledAtMs: timeMs.optional(),
+  pendingReason: z.string().optional(),
+  stopRequestedAtMs: timeMs.optional(),
+  status: replicaStatusRecordSchema.optional(),
+  traceparent: z.string().optional(),
+  move: replicaMoveSchema.optional(),
+});
 
 export const workloadPrefix = "/workloads/";
 export const revisionPrefix = "/workloadrevisions/";

@@ -1,33 +1,18 @@
-import type { Placement, Resources, Toleration } from "../scheduler/types.js";
+import type { WorkloadSpecDocument } from "../../api/workload/spec.js";
+import type { Placement } from "../scheduler/types.js";
 
 /**
- * What the controllers read from an applied workload document (defaults already
- * applied by the schema). Kept narrow so the controllers do not depend on every
- * field of the spec.
+ * An applied workload document as the store holds it (the parser's output, defaults
+ * applied): the schema's own type (api/workload/spec.ts), not a mirror of it. Specs
+ * applied before a field existed lack it, so readers default what they need (rebalance).
  */
-export interface AppliedSpecView {
-  metadata: { name: string; namespace: string };
-  spec: {
-    image?: string;
-    command?: string[];
-    resources: Resources;
-    replicas: number;
-    minAvailable: number;
-    rollout: { maxSurge: number; maxUnavailable: number };
-    placement: {
-      strategy: "binpack" | "spread";
-      regions: { required: string[]; preferred: string[] };
-      zones: { required: string[]; preferred: string[] };
-      antiAffinity: boolean;
-      spreadAcrossZones: boolean;
-      nodeSelector: Record<string, string>;
-      tolerations: Toleration[];
-      /** Absent in specs applied before it existed: then true, the default. */
-      rebalance?: boolean;
-    };
-  };
-}
+export type AppliedSpecView = WorkloadSpecDocument;
 
+/**
+ * The stored document, typed. Not re-parsed: a re-parse reorders keys (the minAvailable
+ * transform), which would change the spec text and digest sent to agents, and the API
+ * parsed it before storing it (ADR 0044).
+ */
 export function asSpecView(spec: unknown): AppliedSpecView {
   return spec as AppliedSpecView;
 }
@@ -38,7 +23,8 @@ export function driverOfSpec(spec: AppliedSpecView): "container" | "process" {
 
 /** Whether the rebalancer may move this workload's replicas (ADR 0035). */
 export function rebalanceOf(spec: AppliedSpecView): boolean {
-  return spec.spec.placement.rebalance ?? true;
+  // Absent in specs applied before it existed: then true, the default.
+  return (spec.spec.placement.rebalance as boolean | undefined) ?? true;
 }
 
 export function placementOf(spec: AppliedSpecView): Placement {

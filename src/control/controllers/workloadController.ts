@@ -1,96 +1,48 @@
-import { createHash } from "node:crypto";
 import { limits } from "../../api/limits.js";
 import type { Clock } from "../../lib/clock.js";
 import type { Rng } from "../../lib/rng.js";
 import type { Logger } from "../../observe/logger.js";
 import type { ControllerMetrics } from "../../observe/metrics.js";
-import {
-  activeContext,
-  activeLinks,
-  endSpan,
-  extractContext,
-  injectTraceparent,
-  runUntraced,
-  type Span,
-  startSpan,
-  withSpan,
-} from "../../observe/tracing.js";
+import { runUntraced, withSpan } from "../../observe/tracing.js";
 import type { EventLog, NewEvent } from "../events/eventLog.js";
-import type { NodeRecord } from "../nodes/nodeRecord.js";
-import { probePlacement } from "../scheduler/explain.js";
+import type { PlanResult } from "../scheduler/planCheck.js";
 import type {
   ClusterSnapshot,
   ExistingReplica,
   PendingReplica,
-  Plan,
-  SchedNode,
   ScoreWeights,
   Unschedulable,
 } from "../scheduler/types.js";
-import type { Compare, Store } from "../store/store.js";
-import { type ChunkOutcome, commitPacked, type TxnItem, txnOpsFor } from "../store/txnBatches.js";
-import type { AssignmentEntry, AssignmentHub } from "./assignmentHub.js";
+import type { Store } from "../store/store.js";
+import { commitPacked, txnOpsFor } from "../store/txnBatches.js";
+import type { AssignmentHub } from "./assignmentHub.js";
+import { AssignmentPublisher } from "./assignmentPublisher.js";
 import { type CacheChange, ClusterCache } from "./clusterCache.js";
 import type { ClusterState, Versioned } from "./clusterState.js";
+import { type PlanApplier, StorePlanApplier } from "./planApplier.js";
+import { afterPlan, exhaustedEvents } from "./planRetry.js";
 import {
-  decideRebalance,
   defaultRebalanceOptions,
   type RebalanceDecision,
   type RebalanceOptions,
-  type RebalanceTarget,
 } from "./rebalancer.js";
-import { type ReplicaRecord, replicaKey, type WorkloadRecord, workloadId } from "./records.js";
+import { RebalancePass, RebalanceStep } from "./rebalanceStep.js";
+import {
+  type ReconcilePlan,
+  rebalanceActions,
+  rebalanceEvent,
+  reconcileWrites,
+} from "./reconcileWrites.js";
+import { type ReplicaRecord, type WorkloadRecord, workloadId } from "./records.js";
 import { ReplacementTimer } from "./replacementTimer.js";
+import { type RolloutStatus, RolloutTracker } from "./rolloutTracker.js";
 import { scheduleInSlices } from "./scheduleInSlices.js";
-import {
-  addResources,
-  availabilityOf,
-  existingReplicaOf,
-  existingReplicas,
-  toSchedNodes,
-} from "./schedulerInput.js";
-import {
-  type AppliedSpecView,
-  asSpecView,
-  driverOfSpec,
-  placementOf,
-  rebalanceOf,
-} from "./specView.js";
-import { isReplicaReady, type ReconcileAction, reconcileWorkload } from "./workloadReconciler.js";
-
-/**
- * Replicas created within this long of an apply join the apply's trace; later ones (a
- * replacement after a node loss) start their own under the controller pass instead of
- * stretching an old trace over hours.
- */
-const applyTraceWindowMs = 10 * 60_000;
+import { availabilityOf, existingReplicaOf, toSchedNodes } from "./schedulerInput.js";
+import { asSpecView, driverOfSpec, placementOf } from "./specView.js";
+import { reconcileWorkload } from "./workloadReconciler.js";
 
 /** The longest wait between passes that have work, however long the last one took. */
 const maxPassBackoffMs = 500;
-
-/**
- * Bounds on the rebalancer per pass (ADR 0035): "where would one more replica go?" costs a
- * scheduling cycle over every node, and moves are meant to trickle, not to flood.
- */
-const rebalanceProbesPerPass = 8;
-const rebalanceStartsPerPass = 4;
-
-/** A spec document serialized once per parsed revision record, with a digest of it. */
-interface SerializedSpec {
-  json: string;
-  digest: string;
-}
-
-/** One workload's reconcile actions, computed before anything is written. */
-interface ReconcilePlan {
-  key: string;
-  workload: WorkloadRecord | undefined;
-  spec: ReturnType<typeof asSpecView> | undefined;
-  replicas: Versioned<ReplicaRecord>[];
-  actions: ReconcileAction[];
-  /** The rebalancer's decision the actions carry out, for its event once committed. */
-  rebalance?: RebalanceDecision;
-}
 
 export interface WorkloadControllerOptions {
   store: Store;
@@ -116,6 +68,11 @@ export interface WorkloadControllerOptions {
    * `--no-rebalance`); a workload can also turn it off with `placement.rebalance: false`.
    */
   rebalance?: Partial<RebalanceOptions> & { enabled?: boolean };
+  /**
+   * Wraps the coordinator's plan applier; tests pass the scheduler harness's rejecting
+   * planner here (scheduler/testing/harness.ts) to drive the retry path in process.
+   */
+  planApplier?: (applier: PlanApplier) => PlanApplier;
 }
 
 /**
@@ -137,8 +94,6 @@ export class WorkloadController {
   private dirtyNodes = new Set<string>();
   /** The next pass reconciles every workload and republishes every node. */
   private fullPass = true;
-  /** Spec documents serialized once per parsed object (a revision record or workload). */
-  private readonly serializedSpecs = new WeakMap<object, SerializedSpec>();
   private running = false;
   /** How long the last pass took (wall clock), for the back-off between passes. */
   private lastPassMs = 0;
@@ -147,9 +102,14 @@ export class WorkloadController {
   private stopped = true;
   private cancelTimer: (() => void) | undefined;
   private passPromise: Promise<void> = Promise.resolve();
-  private readonly pendingReasons = new Map<string, string>();
+  /** The only committer of plans (re-check, then write), possibly wrapped by a test. */
+  private readonly storeApplier: StorePlanApplier;
+  private readonly applier: PlanApplier;
+  private readonly publisher: AssignmentPublisher;
+  /** Plans in a row whose placements were all refused: bounds the immediate retries. */
+  private rejectedPlansInARow = 0;
   /** Revisions seen in progress, per workload, so a completed rollout is announced once. */
-  private readonly rollouts = new Map<string, { revision: number; inProgress: boolean }>();
+  private readonly rollouts = new RolloutTracker();
   /** Replicas placed, by pass; read by tests and metrics. */
   placementsTotal = 0;
   /** Where the next pass's window of pending replicas starts, when more wait than fit. */
@@ -157,23 +117,26 @@ export class WorkloadController {
   /** Windows of pending replicas tried since one placed anything. */
   private windowsWithoutPlacement = 0;
   private readonly replacements: ReplacementTimer;
-  private readonly rebalanceOptions: RebalanceOptions;
-  private readonly rebalanceEnabled: boolean;
-  /**
-   * When a move of each workload last started, for the cool-down: a move given up leaves
-   * no record behind, so the records alone would allow the next one at once.
-   */
-  private readonly moveStartedAtMs = new Map<string, number>();
-  /** When each workload was last asked "where would one more go?" (at most once a cool-down). */
-  private readonly probedAtMs = new Map<string, number>();
+  private readonly rebalance: RebalanceStep;
 
   constructor(private readonly options: WorkloadControllerOptions) {
     const histogram = options.metrics?.nodeLossToReplacementRunning;
     this.replacements = new ReplacementTimer((seconds) => histogram?.observe(seconds));
     this.cache = new ClusterCache(options.store, { logger: options.logger });
+    this.storeApplier = new StorePlanApplier({
+      store: options.store,
+      cache: this.cache,
+      clock: options.clock,
+      events: options.events,
+    });
+    this.applier = options.planApplier?.(this.storeApplier) ?? this.storeApplier;
+    this.publisher = new AssignmentPublisher(this.cache, options.assignments);
     const { enabled, ...rebalance } = options.rebalance ?? {};
-    this.rebalanceEnabled = enabled ?? true;
-    this.rebalanceOptions = { ...defaultRebalanceOptions, ...rebalance };
+    this.rebalance = new RebalanceStep(
+      enabled ?? true,
+      { ...defaultRebalanceOptions, ...rebalance },
+      options.weights,
+    );
   }
 
   /**
@@ -184,7 +147,8 @@ export class WorkloadController {
     if (!this.stopped) return;
     await this.passPromise;
     this.rollouts.clear();
-    this.pendingReasons.clear();
+    this.storeApplier.reset();
+    this.rejectedPlansInARow = 0;
     this.dirtyWorkloads.clear();
     this.dirtyNodes.clear();
     this.fullPass = true;
@@ -354,7 +318,7 @@ export class WorkloadController {
   }
 
   private publish(state: ClusterState, nodes: ReadonlySet<string> | undefined): void {
-    this.publishAssignments(state, nodes);
+    this.publisher.publish(state, nodes);
     // Only losses waiting for a replacement need the replicas (an O(replicas) walk).
     if (this.replacements.pending > 0) {
       this.replacements.update(
@@ -412,7 +376,7 @@ export class WorkloadController {
       // few actions (a surge, a stop, a finish) may take the budget a little below zero.
       let rebalance: RebalanceDecision | undefined;
       if (planned.actions.length === 0 && planned.deferredCreates === 0 && workload && spec) {
-        rebalance = this.decideRebalance(state, key, workload, spec, replicas, pass);
+        rebalance = this.rebalance.decide(state, key, workload, spec, replicas, pass);
         if (rebalance) {
           const moves = rebalanceActions(rebalance, workload, newId, pass.nowMs);
           actions.push(...moves);
@@ -421,7 +385,7 @@ export class WorkloadController {
       }
       if (actions.length > 0) plans.push({ key, workload, spec, replicas, actions, rebalance });
       if (workload) this.noteRolloutProgress(key, workload.revision, status);
-      else this.rollouts.delete(key);
+      else this.rollouts.forget(key);
     }
     return plans;
   }
@@ -430,136 +394,10 @@ export class WorkloadController {
     return this.options.replicasPerPass ?? limits.replicasPerPass;
   }
 
-  /** The rebalancer's decision for one workload this pass, undefined for none (ADR 0035). */
-  private decideRebalance(
-    state: ClusterState,
-    key: string,
-    workload: WorkloadRecord,
-    spec: AppliedSpecView,
-    replicas: Versioned<ReplicaRecord>[],
-    pass: RebalancePass,
-  ): RebalanceDecision | undefined {
-    const live = replicas.map((r) => r.value).filter((r) => r.desired === "Running");
-    const moving = live.some((r) => r.move !== undefined && r.move.finishedAtMs === undefined);
-    const enabled = this.rebalanceEnabled && rebalanceOf(spec);
-    // A move under way is always followed (to its end, or given up if turned off).
-    if (!moving && (!enabled || pass.starts >= rebalanceStartsPerPass)) return undefined;
-    let lastStartedAtMs = this.moveStartedAtMs.get(key);
-    for (const replica of live) {
-      if (replica.move !== undefined) {
-        lastStartedAtMs = Math.max(lastStartedAtMs ?? 0, replica.move.startedAtMs);
-      }
-    }
-    const nodeStatus = (name: string) => state.nodes.get(name)?.status;
-    const decision = decideRebalance({
-      workload: {
-        revision: workload.revision,
-        replicas: workload.replicas,
-        minAvailable: workload.minAvailable,
-        spreadAcrossZones: spec.spec.placement.spreadAcrossZones,
-        enabled,
-      },
-      replicas: live.map((r) => ({
-        id: r.id,
-        node: r.node,
-        zone: state.nodes.get(r.node)?.zone ?? "",
-        revision: r.revision,
-        ready: isReplicaReady(r, nodeStatus),
-        ...(r.move ? { move: r.move } : {}),
-      })),
-      nowMs: pass.nowMs,
-      lastMoveStartedAtMs: lastStartedAtMs,
-      findTarget: () => this.findRebalanceTarget(state, key, workload, spec, pass),
-      readyNodes: pass.readyNodes,
-      readyZones: pass.readyZones,
-      options: this.rebalanceOptions,
-    });
-    if (decision.type === "none") return undefined;
-    if (decision.type === "start") {
-      pass.starts++;
-      this.moveStartedAtMs.set(key, pass.nowMs);
-    }
-    return decision;
-  }
-
-  /**
-   * Where the scheduler would put one more replica of the workload now; asked at most once
-   * a cool-down per workload and a few times per pass, since it scans every node.
-   */
-  private findRebalanceTarget(
-    state: ClusterState,
-    key: string,
-    workload: WorkloadRecord,
-    spec: AppliedSpecView,
-    pass: RebalancePass,
-  ): RebalanceTarget | undefined {
-    const last = this.probedAtMs.get(key);
-    if (last !== undefined && pass.nowMs - last < this.rebalanceOptions.cooldownMs)
-      return undefined;
-    if (pass.probes >= rebalanceProbesPerPass) return undefined;
-    pass.probes++;
-    this.probedAtMs.set(key, pass.nowMs);
-    pass.snapshot ??= {
-      revision: state.revision,
-      nodes: toSchedNodes(state, pass.nowMs),
-      replicas: existingReplicas(state),
-    };
-    const probe = probePlacement(
-      pass.snapshot,
-      {
-        id: "rebalance-probe",
-        workloadKey: key,
-        driver: driverOfSpec(spec),
-        resources: spec.spec.resources,
-        placement: placementOf(spec),
-        availability: availabilityOf(workload),
-      },
-      this.options.weights,
-    );
-    if (probe === undefined) return undefined;
-    return { node: probe.node, zone: state.nodes.get(probe.node)?.zone ?? "" };
-  }
-
-  /**
-   * Records a RolloutCompleted event when a revision this coordinator saw in progress
-   * has every replica updated and ready. A workload already complete when first seen
-   * (e.g. after a coordinator restart) is not announced again.
-   */
-  private noteRolloutProgress(
-    key: string,
-    revision: number,
-    status: {
-      phase: string;
-      updatedReplicas: number;
-      desiredReplicas: number;
-      replicas: number;
-      readyReplicas: number;
-    },
-  ): void {
-    const complete =
-      status.phase === "Running" &&
-      status.updatedReplicas === status.desiredReplicas &&
-      status.replicas === status.desiredReplicas;
-    const seen = this.rollouts.get(key);
-    if (!seen || seen.revision !== revision) {
-      this.rollouts.set(key, { revision, inProgress: !complete });
-      return;
-    }
-    if (!complete) {
-      seen.inProgress = true;
-      return;
-    }
-    if (!seen.inProgress) return;
-    seen.inProgress = false;
-    void this.options.events
-      .record({
-        type: "RolloutCompleted",
-        category: "scheduling",
-        subject: `workload/${key}`,
-        reason: "Complete",
-        message: `revision ${revision}: ${status.readyReplicas}/${status.desiredReplicas} replicas updated and ready`,
-      })
-      .catch(() => undefined);
+  /** Records a RolloutCompleted event when a rollout seen in progress has just completed. */
+  private noteRolloutProgress(key: string, revision: number, status: RolloutStatus): void {
+    const event = this.rollouts.note(key, revision, status);
+    if (event) void this.options.events.record(event).catch(() => undefined);
   }
 
   /**
@@ -568,93 +406,8 @@ export class WorkloadController {
    * write guarded by its own compare. Returns the highest revision written, 0 if none.
    */
   private async reconcile(state: ClusterState, plans: ReconcilePlan[]): Promise<number> {
-    const groups: TxnItem<ReconcileTag>[][] = [];
     const now = this.options.clock.nowMs();
-    for (const { key, workload, spec, replicas, actions, rebalance } of plans) {
-      const byId = new Map(replicas.map((r) => [r.value.id, r]));
-      const group: TxnItem<ReconcileTag>[] = [];
-      for (const action of actions) {
-        if (action.type === "create" && workload && spec) {
-          const record: ReplicaRecord = {
-            id: action.id,
-            namespace: workload.namespace,
-            workload: workload.name,
-            revision: action.revision,
-            node: "",
-            desired: "Running",
-            resources: spec.spec.resources,
-            createdAtMs: now,
-            ...(action.move ? { move: action.move } : {}),
-          };
-          // Its placement and start join the trace of the apply that asked for it.
-          if (
-            workload.traceparent &&
-            action.revision === workload.revision &&
-            now - workload.updatedAtMs <= applyTraceWindowMs
-          ) {
-            record.traceparent = workload.traceparent;
-          }
-          group.push({
-            op: {
-              type: "put",
-              key: replicaKey(workload.namespace, workload.name, action.id),
-              value: JSON.stringify(record),
-            },
-            tag: { workload: key },
-          });
-          continue;
-        }
-        const existing = byId.get(action.id);
-        if (!existing) continue;
-        const replica = replicaKey(
-          existing.value.namespace,
-          existing.value.workload,
-          existing.value.id,
-        );
-        const compare: Compare = {
-          key: replica,
-          target: "modRevision",
-          op: "==",
-          modRevision: existing.modRevision,
-        };
-        if (action.type === "finishMove") {
-          if (!existing.value.move) continue;
-          const finished: ReplicaRecord = {
-            ...existing.value,
-            move: { ...existing.value.move, finishedAtMs: now },
-          };
-          group.push({
-            op: { type: "put", key: replica, value: JSON.stringify(finished) },
-            compare,
-            tag: { workload: key },
-          });
-        } else if (action.type === "forget") {
-          const tag: ReconcileTag = { workload: key };
-          if (existing.value.node !== "" && existing.value.desired === "Running") {
-            tag.forgottenOnLostNode = true;
-            const node = state.nodes.get(existing.value.node);
-            if (node?.status === "Lost") tag.lostAtMs = node.lastTransitionAtMs;
-          }
-          group.push({ op: { type: "delete", key: replica }, compare, tag });
-        } else {
-          const stopped: ReplicaRecord = {
-            ...existing.value,
-            desired: "Stopped",
-            stopRequestedAtMs: now,
-          };
-          group.push({
-            op: { type: "put", key: replica, value: JSON.stringify(stopped) },
-            compare,
-            tag: { workload: key },
-          });
-        }
-      }
-      if (group.length > 0) {
-        // The group commits whole or not at all, so its first item speaks for the decision.
-        if (rebalance) group[0]!.tag.rebalance = rebalance;
-        groups.push(group);
-      }
-    }
+    const groups = reconcileWrites(state, plans, now);
     let wrote = 0;
     const forgotten = new Map<string, number>();
     const rebalanced: NewEvent[] = [];
@@ -765,11 +518,15 @@ export class WorkloadController {
         return plan;
       },
     );
-    const wrote = await withSpan(
+    const result = await withSpan(
       "controller.commit_plan",
       { "cloudless.scheduler.placements": plan.placements.length },
-      () => this.commitPlan(state, plan, pendingRecords),
+      () => this.applier.apply(plan, state, pendingRecords),
     );
+    await this.noteRejections(result, pendingRecords);
+    this.placementsTotal += result.placed.length;
+    if (result.placed.length > 0) this.options.metrics?.placements.inc(result.placed.length);
+    const wrote = result.revision;
     if (window.length < waiting.length) {
       // More wait than one pass decides: the next pass takes the next window, at once
       // while windows place something or until every window was tried since one did;
@@ -780,6 +537,32 @@ export class WorkloadController {
       }
     }
     return wrote;
+  }
+
+  /**
+   * Counts what the plan applier refused, by reason, and asks for another pass at once to
+   * retry it against the newer state — at most maxPlanAttempts plans in a row that placed
+   * nothing (as Nomad bounds an evaluation's attempts): after that the replicas wait for
+   * the next change or resync, and one PlacementRetriesExhausted event per workload says
+   * why, instead of a pass every few milliseconds against an applier that refuses them all.
+   */
+  private async noteRejections(
+    result: PlanResult,
+    pending: ReadonlyMap<string, Versioned<ReplicaRecord>>,
+  ): Promise<void> {
+    for (const rejection of result.rejected) {
+      this.options.metrics?.placementFailures.inc({ reason: rejection.reason });
+    }
+    const verdict = afterPlan(result, this.rejectedPlansInARow);
+    this.rejectedPlansInARow = verdict.refusedInARow;
+    if (verdict.retryNow) this.dirty = true;
+    if (!verdict.exhausted) return;
+    const events = exhaustedEvents(result.rejected, pending);
+    for (const event of events) {
+      this.options.logger.warn({ workload: event.subject, event: event.type }, event.message);
+    }
+    // Recorded together, they share a commit (ADR 0025).
+    await Promise.all(events.map((event) => this.options.events.record(event)));
   }
 
   /** The replicas this pass schedules: all, or replicasPerPass of them from the cursor on. */
@@ -796,242 +579,6 @@ export class WorkloadController {
     if (window.length < size) window.push(...waiting.slice(0, size - window.length));
     return window;
   }
-
-  /**
-   * Re-checks each placement against the nodes as they are now and writes the plan in
-   * transactions of at most maxTxnOps replicas, each guarded by the mod revisions the
-   * plan was made from: a chunk that fails leaves its replicas pending for the next pass,
-   * and no chunk can overcommit a node (each was checked against the whole plan's
-   * allocations). Returns the highest revision written, 0 if none.
-   */
-  private async commitPlan(
-    state: ClusterState,
-    plan: Plan,
-    pendingRecords: Map<string, Versioned<ReplicaRecord>>,
-  ): Promise<number> {
-    const now = this.options.clock.nowMs();
-    const placements: TxnItem<PlanTag>[] = [];
-    const reasons: TxnItem<PlanTag>[] = [];
-    // Re-check against the nodes as they are now (the cache may have moved on since the
-    // snapshot): the plan applier is the only committer, and a node that changed since
-    // gets no placement.
-    const latest = new Map<string, NodeRecord>();
-    for (const name of state.nodes.keys()) {
-      const node = this.cache.node(name);
-      if (node) latest.set(name, node);
-    }
-    const headroom = new Map(
-      toSchedNodes({ ...state, nodes: latest }, now).map((n) => [n.name, n]),
-    );
-    for (const placement of plan.placements) {
-      const record = pendingRecords.get(placement.replicaId);
-      const node = headroom.get(placement.node);
-      if (!record || !node || !fits(node, record.value.resources)) {
-        this.options.metrics?.placementFailures.inc({ reason: "NodeChanged" });
-        continue;
-      }
-      node.allocated = addResources(node.allocated, record.value.resources);
-      const key = replicaKey(record.value.namespace, record.value.workload, record.value.id);
-      const span = startPlacementSpan(record.value, placement.node);
-      const placed: ReplicaRecord = {
-        ...record.value,
-        node: placement.node,
-        scheduledAtMs: now,
-        pendingReason: undefined,
-        // The agent's start of the replica continues the trace from this placement.
-        traceparent: injectTraceparent(span) ?? record.value.traceparent,
-      };
-      placements.push({
-        op: { type: "put", key, value: JSON.stringify(placed) },
-        compare: { key, target: "modRevision", op: "==", modRevision: record.modRevision },
-        tag: {
-          workload: `${record.value.namespace}/${record.value.workload}`,
-          node: placement.node,
-          span,
-          ...(placement.overBudget ? { overBudget: placement.overBudget } : {}),
-        },
-      });
-    }
-    const unschedulableEvents: Promise<void>[] = [];
-    for (const failure of plan.unschedulable) {
-      this.options.metrics?.placementFailures.inc({ reason: failureReason(failure) });
-      const record = pendingRecords.get(failure.replicaId);
-      if (!record || record.value.pendingReason === failure.message) continue;
-      const key = replicaKey(record.value.namespace, record.value.workload, record.value.id);
-      reasons.push({
-        op: {
-          type: "put",
-          key,
-          value: JSON.stringify({ ...record.value, pendingReason: failure.message }),
-        },
-        compare: { key, target: "modRevision", op: "==", modRevision: record.modRevision },
-        tag: { workload: failure.workloadKey },
-      });
-      if (this.pendingReasons.get(failure.workloadKey) !== failure.message) {
-        this.pendingReasons.set(failure.workloadKey, failure.message);
-        unschedulableEvents.push(
-          this.options.events.record({
-            type: "ReplicaUnschedulable",
-            category: "scheduling",
-            subject: `workload/${failure.workloadKey}`,
-            reason: "Unschedulable",
-            message: failure.message,
-          }),
-        );
-      }
-    }
-    await Promise.all(unschedulableEvents);
-    if (placements.length + reasons.length === 0) return 0;
-    let outcomes: ChunkOutcome<PlanTag>[];
-    try {
-      // One item per group: replicas of a workload may land in different chunks.
-      outcomes = await commitPacked(
-        this.options.store,
-        [...placements, ...reasons].map((item) => [item]),
-        txnOpsFor(this.options.store),
-      );
-    } catch (error) {
-      for (const { tag } of placements) if (tag.span) endSpan(tag.span, error);
-      throw error;
-    }
-    let wrote = 0;
-    let conflicts = 0;
-    const placedByWorkload = new Map<string, string[]>();
-    const overBudgetByWorkload = new Map<string, string[]>();
-    const committed = new Set<TxnItem<PlanTag>>();
-    for (const outcome of outcomes) {
-      if (!outcome.succeeded) {
-        conflicts += outcome.items.filter((item) => item.tag.node !== undefined).length;
-        this.dirty = true;
-        continue;
-      }
-      wrote = Math.max(wrote, outcome.revision);
-      for (const item of outcome.items) {
-        committed.add(item);
-        if (item.tag.node === undefined) continue;
-        const list = placedByWorkload.get(item.tag.workload) ?? [];
-        list.push(item.tag.node);
-        placedByWorkload.set(item.tag.workload, list);
-        if (item.tag.overBudget !== undefined) {
-          const over = overBudgetByWorkload.get(item.tag.workload) ?? [];
-          over.push(item.tag.overBudget);
-          overBudgetByWorkload.set(item.tag.workload, over);
-        }
-      }
-    }
-    for (const item of placements) {
-      item.tag.span?.setAttribute("cloudless.placement.committed", committed.has(item));
-      if (item.tag.span) endSpan(item.tag.span);
-    }
-    if (conflicts > 0)
-      this.options.metrics?.placementFailures.inc({ reason: "Conflict" }, conflicts);
-    let placedCount = 0;
-    const placedEvents: Promise<void>[] = [];
-    for (const [workload, nodes] of placedByWorkload) {
-      placedCount += nodes.length;
-      this.pendingReasons.delete(workload);
-      // Recorded together, they share a commit (one per event took seconds; ADR 0025).
-      placedEvents.push(
-        this.options.events.record({
-          type: "ReplicasPlaced",
-          category: "scheduling",
-          subject: `workload/${workload}`,
-          reason: "Scheduled",
-          message: `placed ${nodes.length} replica${nodes.length === 1 ? "" : "s"} on ${[...new Set(nodes)].join(", ")}`,
-        }),
-      );
-    }
-    for (const [workload, messages] of overBudgetByWorkload) {
-      // REQ-030: say it where the operator looks (describe's events), with what it takes.
-      placedEvents.push(
-        this.options.events.record({
-          type: "NodeLossBudgetExceeded",
-          category: "scheduling",
-          subject: `workload/${workload}`,
-          reason: "TooFewNodes",
-          message:
-            messages.length === 1
-              ? (messages[0] as string)
-              : `${messages.length} replicas placed over the node-loss budget; the last: ${messages.at(-1)}`,
-        }),
-      );
-    }
-    await Promise.all(placedEvents);
-    this.placementsTotal += placedCount;
-    if (placedCount > 0) this.options.metrics?.placements.inc(placedCount);
-    return placedCount > 0 ? wrote : 0;
-  }
-
-  /**
-   * Pushes each node's desired set: of `only` (every known node when undefined). Reads
-   * the cache as it is now — the newest committed state — and serializes each spec once
-   * per revision record, so an unchanged node costs a fingerprint compare.
-   */
-  private publishAssignments(state: ClusterState, only: ReadonlySet<string> | undefined): void {
-    let nodes: Iterable<string>;
-    if (only) {
-      nodes = only;
-    } else {
-      const all = new Set(state.nodes.keys());
-      for (const node of this.cache.nodeNames()) all.add(node);
-      for (const node of this.options.assignments.knownNodes()) all.add(node);
-      nodes = all;
-    }
-    for (const node of nodes) {
-      const entries: AssignmentEntry[] = [];
-      for (const { value: replica } of this.cache.replicasOnNode(node).values()) {
-        if (replica.desired !== "Running") continue;
-        const workload = this.cache.workload(workloadId(replica.namespace, replica.workload));
-        if (!workload) continue;
-        const spec = this.serializedSpec(workload.value, replica.revision);
-        entries.push({
-          replicaId: replica.id,
-          namespace: replica.namespace,
-          workload: replica.workload,
-          revision: replica.revision,
-          specJson: spec.json,
-          specDigest: spec.digest,
-          ...(replica.traceparent ? { traceparent: replica.traceparent } : {}),
-        });
-      }
-      // A node never heard of (no record, no replicas, never published) needs no message.
-      if (entries.length === 0 && !this.cache.node(node) && !this.options.assignments.has(node)) {
-        continue;
-      }
-      this.options.assignments.publish(node, entries);
-    }
-  }
-
-  /** The spec of a workload's revision as sent to agents, serialized once per record. */
-  private serializedSpec(workload: WorkloadRecord, revision: number): SerializedSpec {
-    const record = this.cache.revisionRecord(`${workload.namespace}/${workload.name}/${revision}`);
-    const source = (record?.spec ?? workload.spec) as object;
-    let serialized = this.serializedSpecs.get(source);
-    if (!serialized) {
-      const json = JSON.stringify(asSpecView(source));
-      serialized = { json, digest: createHash("sha256").update(json).digest("base64") };
-      this.serializedSpecs.set(source, serialized);
-    }
-    return serialized;
-  }
-}
-
-/** What a reconcile write stands for, to account for it once committed. */
-interface ReconcileTag {
-  workload: string;
-  forgottenOnLostNode?: boolean;
-  lostAtMs?: number;
-  /** The rebalancer decision the group carries out, on its first item. */
-  rebalance?: RebalanceDecision;
-}
-
-/** What a plan write stands for: a placement (with node and span) or a pending reason. */
-interface PlanTag {
-  workload: string;
-  node?: string;
-  span?: Span;
-  /** Why the placement went over the node-loss budget, when it did (ADR 0034). */
-  overBudget?: string;
 }
 
 /**
@@ -1063,150 +610,13 @@ function hasPendingReplicas(state: ClusterState): boolean {
   return false;
 }
 
-/**
- * The span of one replica's placement: a child of the apply that created the replica
- * when it carries that apply's trace context (linked to the controller pass), else a
- * child of the pass's commit.
- */
-function startPlacementSpan(replica: ReplicaRecord, node: string): Span {
-  const fromApply = replica.traceparent !== undefined;
-  return startSpan(
-    "replica.place",
-    {
-      "cloudless.replica.id": replica.id,
-      "cloudless.workload": `${replica.namespace}/${replica.workload}`,
-      "cloudless.workload.revision": replica.revision,
-      "cloudless.node": node,
-    },
-    {
-      parent: extractContext(replica.traceparent, activeContext()),
-      ...(fromApply ? { links: activeLinks() } : {}),
-    },
-  );
-}
-
 function specOfRevision(state: ClusterState, workload: WorkloadRecord, revision: number) {
   const record = state.revisions.get(`${workload.namespace}/${workload.name}/${revision}`);
   return asSpecView(record?.spec ?? workload.spec);
 }
 
-function fits(node: SchedNode, request: SchedNode["allocated"]): boolean {
-  if (node.status !== "Ready" || node.cordoned) return false;
-  const after = addResources(node.allocated, request);
-  return (
-    after.cpuMillicores <= node.capacity.cpuMillicores &&
-    after.memoryMiB <= node.capacity.memoryMiB &&
-    after.storageGiB <= node.capacity.storageGiB &&
-    (request.bandwidthMbps === 0 || after.bandwidthMbps <= node.capacity.bandwidthMbps)
-  );
-}
-
 function newReplicaId(workloadName: string, rng: Rng): string {
   return `${workloadName}-${rng.bytes(4).toString("hex")}`;
-}
-
-/** What one pass of the rebalancer may still do, and what it computed once for all. */
-class RebalancePass {
-  starts = 0;
-  probes = 0;
-  /** Built on the first probe: the nodes and placed replicas as the scheduler sees them. */
-  snapshot: ClusterSnapshot | undefined;
-  readonly nowMs: number;
-  readonly readyNodes: number;
-  readonly readyZones: number;
-
-  constructor(state: ClusterState, nowMs: number) {
-    this.nowMs = nowMs;
-    const zones = new Set<string>();
-    let ready = 0;
-    for (const node of state.nodes.values()) {
-      if (node.status !== "Ready" || node.cordoned || node.draining) continue;
-      ready++;
-      zones.add(node.zone);
-    }
-    this.readyNodes = ready;
-    this.readyZones = zones.size;
-  }
-}
-
-/** The writes that carry out a rebalancer decision (ADR 0035). */
-function rebalanceActions(
-  decision: RebalanceDecision,
-  workload: WorkloadRecord,
-  newId: () => string,
-  nowMs: number,
-): ReconcileAction[] {
-  switch (decision.type) {
-    case "start":
-      return [
-        {
-          type: "create",
-          id: newId(),
-          revision: workload.revision,
-          move: {
-            replaces: decision.replaces,
-            fromNode: decision.fromNode,
-            startedAtMs: nowMs,
-            reason: decision.reason,
-          },
-        },
-      ];
-    case "finish":
-      return [
-        ...(decision.retire === undefined
-          ? []
-          : [
-              {
-                type: "stop" as const,
-                id: decision.retire,
-                reason: `rebalanced: replaced by ${decision.surge} on ${decision.toNode}`,
-              },
-            ]),
-        { type: "finishMove", id: decision.surge },
-      ];
-    case "abandon":
-      return [
-        { type: "stop", id: decision.surge, reason: `rebalance given up: ${decision.reason}` },
-      ];
-    default:
-      return [];
-  }
-}
-
-/** The event a committed rebalancer decision records. */
-function rebalanceEvent(key: string, decision: RebalanceDecision): NewEvent | undefined {
-  const subject = `workload/${key}`;
-  switch (decision.type) {
-    case "start":
-      return {
-        type: "RebalanceStarted",
-        category: "scheduling",
-        subject,
-        reason: "Rebalance",
-        message: `starting a replacement for ${decision.replaces} on ${decision.fromNode} (expected on ${decision.toNode}): ${decision.reason}`,
-      };
-    case "finish":
-      return {
-        type: "ReplicaRebalanced",
-        category: "scheduling",
-        subject,
-        reason: decision.retire === undefined ? "MoveEnded" : "Rebalanced",
-        message:
-          decision.retire === undefined
-            ? `${decision.surge} on ${decision.toNode} kept as an ordinary replica: ${decision.reason}`
-            : `moved a replica from ${decision.fromNode} to ${decision.toNode}: stopped ${decision.retire} once ${decision.surge} was ready (${decision.reason})`,
-      };
-    case "abandon":
-      return {
-        type: "RebalanceAbandoned",
-        category: "scheduling",
-        subject,
-        reason: "Abandoned",
-        message: `stopped ${decision.surge}: ${decision.reason}`,
-      };
-    default:
-      return undefined;
-  }
 }
 
 export type { Versioned };

@@ -1,5 +1,7 @@
+import { z } from "zod";
 import { CloudlessError } from "../../api/errors.js";
 import type { Clock } from "../../lib/clock.js";
+import { decodeRecord } from "../../lib/recordCodec.js";
 import { type Rng, systemRng } from "../../lib/rng.js";
 import type { Store, Watch } from "../store/store.js";
 import { deleteInChunks, txnOpsFor, yieldToEventLoop } from "../store/txnBatches.js";
@@ -186,7 +188,7 @@ export class EventLog {
     const after = query.afterId ? parseEventId(query.afterId) : { revision: 0, index: -1 };
     const result = await this.store.range(eventKeyPrefix);
     let events = result.kvs
-      .map((kv) => toEvent(kv.createRevision, kv.value))
+      .map((kv) => toEvent(kv.createRevision, kv.key, kv.value))
       .filter((event) => isAfter(event.position, after) && matches(event.event, query));
     events.sort(
       (a, b) => a.position.revision - b.position.revision || a.position.index - b.position.index,
@@ -212,7 +214,7 @@ export class EventLog {
       onEvents: (changes) => {
         const events = changes
           .filter((change) => change.type === "put" && change.kv.version === 1)
-          .map((change) => toEvent(change.kv.createRevision, change.kv.value))
+          .map((change) => toEvent(change.kv.createRevision, change.kv.key, change.kv.value))
           .filter((e) => after === undefined || isAfter(e.position, after));
         events.sort(
           (a, b) =>
@@ -243,11 +245,25 @@ export class EventLog {
   }
 }
 
+/** A stored event as decoded where it leaves the store (lib/recordCodec.ts). */
+const storedEventSchema: z.ZodType<StoredEvent> = z.looseObject({
+  timeMs: z.number(),
+  type: z.string(),
+  category: z.enum(["membership", "scheduling", "security", "operations"]),
+  subject: z.string(),
+  reason: z.string(),
+  message: z.string(),
+  actor: z.string(),
+  attributes: z.record(z.string(), z.string()),
+  batchIndex: z.number().int().nonnegative().optional(),
+});
+
 function toEvent(
   revision: number,
+  key: string,
   value: string,
 ): { event: ClusterEvent; position: EventPosition } {
-  const { batchIndex, ...stored } = JSON.parse(value) as StoredEvent;
+  const { batchIndex, ...stored } = decodeRecord(storedEventSchema, key, value);
   const index = batchIndex ?? 0;
   return {
     event: { id: eventId({ revision, index }), ...stored },

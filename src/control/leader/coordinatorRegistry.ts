@@ -1,7 +1,9 @@
+import { z } from "zod";
 import type { Clock } from "../../lib/clock.js";
+import { decodeRecord } from "../../lib/recordCodec.js";
 import type { Logger } from "../../observe/logger.js";
 import type { Store } from "../store/store.js";
-import { type LeaderInfo, leaderKey } from "./leaderElection.js";
+import { leaderInfoSchema, leaderKey } from "./leaderElection.js";
 
 /** Coordinators sharing a store register here, so clients can list them and admin.conf name them. */
 export const coordinatorsPrefix = "/coordinators/";
@@ -16,6 +18,17 @@ export interface CoordinatorRegistration {
   startedAtMs: number;
   lastSeenMs: number;
 }
+
+/**
+ * A registration as decoded where it leaves the store (lib/recordCodec.ts): every field
+ * may be absent (listCoordinators fills them in), none may have the wrong type.
+ */
+const registrationRecordSchema: z.ZodType<Partial<CoordinatorRegistration>> = z.looseObject({
+  id: z.string().optional(),
+  url: z.string().optional(),
+  startedAtMs: z.number().optional(),
+  lastSeenMs: z.number().optional(),
+});
 
 export interface CoordinatorView extends CoordinatorRegistration {
   leader: boolean;
@@ -77,10 +90,10 @@ export async function listCoordinators(store: Store, nowMs: number): Promise<Coo
     store.range(coordinatorsPrefix),
     store.get(leaderKey),
   ]);
-  const leaderId = leader ? (JSON.parse(leader.value) as LeaderInfo).id : undefined;
+  const leaderId = leader ? decodeRecord(leaderInfoSchema, leader.key, leader.value).id : undefined;
   return registered.kvs
     .map((kv) => {
-      const entry = JSON.parse(kv.value) as Partial<CoordinatorRegistration>;
+      const entry = decodeRecord(registrationRecordSchema, kv.key, kv.value);
       const lastSeenMs = entry.lastSeenMs ?? entry.startedAtMs ?? 0;
       return {
         id: entry.id ?? kv.key.slice(coordinatorsPrefix.length),

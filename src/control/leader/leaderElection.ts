@@ -1,4 +1,6 @@
+import { z } from "zod";
 import type { Clock } from "../../lib/clock.js";
+import { decodeRecord } from "../../lib/recordCodec.js";
 import type { Logger } from "../../observe/logger.js";
 import { silentLogger } from "../../observe/logger.js";
 import type { Compare, Store, Watch } from "../store/store.js";
@@ -10,6 +12,13 @@ export interface LeaderInfo {
   url: string;
   sinceMs: number;
 }
+
+/** The leader record as decoded where it leaves the store (lib/recordCodec.ts). */
+export const leaderInfoSchema: z.ZodType<LeaderInfo> = z.looseObject({
+  id: z.string().min(1),
+  url: z.string(),
+  sinceMs: z.number(),
+});
 
 export interface LeaderElectionOptions {
   store: Store;
@@ -62,7 +71,9 @@ export class LeaderElection {
 
   async start(): Promise<void> {
     const existing = await this.options.store.get(leaderKey);
-    this.current = existing ? (JSON.parse(existing.value) as LeaderInfo) : undefined;
+    this.current = existing
+      ? decodeRecord(leaderInfoSchema, existing.key, existing.value)
+      : undefined;
     this.watch = this.options.store.watch(
       leaderKey,
       {},
@@ -74,7 +85,7 @@ export class LeaderElection {
               this.current = undefined;
               if (!this.leading) this.schedule(0);
             } else {
-              this.current = JSON.parse(event.kv.value) as LeaderInfo;
+              this.current = decodeRecord(leaderInfoSchema, event.kv.key, event.kv.value);
             }
           }
         },

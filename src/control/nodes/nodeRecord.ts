@@ -1,3 +1,4 @@
+import { z } from "zod";
 import type { NodeStatus } from "../membership/membershipTracker.js";
 
 /** What the store holds for a node, under /nodes/<name>. */
@@ -90,3 +91,58 @@ export function emptyInfo(): NodeInfoRecord {
     drivers: [],
   };
 }
+
+// ---------------------------------------------------------------------------------------------
+// Codec: a node record as it is decoded where it leaves the store (lib/recordCodec.ts).
+// Loose objects keep fields this version does not know; typed against the interfaces above.
+
+const nodeCapacityRecordSchema: z.ZodType<NodeCapacityRecord> = z.looseObject({
+  cpuMillicores: z.number().nonnegative(),
+  memoryMiB: z.number().nonnegative(),
+  storageGiB: z.number().nonnegative(),
+  iopsClass: z.string(),
+  measuredIops: z.number().nonnegative(),
+  egressMbps: z.number().nonnegative(),
+  egressSource: z.string(),
+  source: z.string(),
+});
+
+const nodeInfoRecordSchema: z.ZodType<NodeInfoRecord> = z.looseObject({
+  os: z.string(),
+  arch: z.string(),
+  kernel: z.string(),
+  hostname: z.string(),
+  agentVersion: z.string(),
+  cpuModel: z.string(),
+  drivers: z.array(z.string()),
+});
+
+const taintRecordSchema: z.ZodType<TaintRecord> = z.looseObject({
+  key: z.string(),
+  value: z.string(),
+  effect: z.enum(["NoSchedule", "PreferNoSchedule"]),
+});
+
+export const nodeRecordSchema: z.ZodType<NodeRecord> = z.looseObject({
+  name: z.string().min(1),
+  uid: z.string(),
+  status: z.enum(["Ready", "NotReady", "Lost", "Left"]),
+  statusReason: z.string(),
+  region: z.string(),
+  zone: z.string(),
+  labels: z.record(z.string(), z.string()),
+  // Records written before taints existed have none.
+  taints: z.array(taintRecordSchema).default([]),
+  capacity: nodeCapacityRecordSchema,
+  info: nodeInfoRecordSchema,
+  cordoned: z.boolean(),
+  draining: z.boolean(),
+  enrolledAtMs: z.number(),
+  lastTransitionAtMs: z.number(),
+  certSerials: z.array(z.string()),
+  certExpiresAtMs: z.number(),
+  address: z.string(),
+  enrollments: z.number().int().nonnegative(),
+  restartGraceMs: z.number().nonnegative().optional(),
+  lostDeadlineMs: z.number().optional(),
+});

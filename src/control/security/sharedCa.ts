@@ -8,8 +8,10 @@ import {
 import { mkdir, readFile, rm } from "node:fs/promises";
 import * as path from "node:path";
 import { promisify } from "node:util";
+import { z } from "zod";
 import { CloudlessError } from "../../api/errors.js";
 import { writePublicFile, writeSecretFile } from "../../lib/atomicFile.js";
+import { decodeRecord } from "../../lib/recordCodec.js";
 import type { Store } from "../store/store.js";
 import { CA_CERT_FILE, CA_KEY_FILE } from "./pki.js";
 
@@ -103,7 +105,18 @@ export async function removeLocalCa(pkiDir: string): Promise<void> {
   await rm(path.join(pkiDir, CA_CERT_FILE), { force: true });
 }
 
+/** The sealed CA as decoded where it leaves the store (lib/recordCodec.ts). */
+const sealedCaSchema: z.ZodType<SealedCa> = z.looseObject({
+  certPem: z.string().min(1),
+  sealedKey: z.looseObject({
+    saltB64: z.string(),
+    ivB64: z.string(),
+    tagB64: z.string(),
+    dataB64: z.string(),
+  }),
+});
+
 export async function readSealedCa(store: Store): Promise<SealedCa | undefined> {
   const kv = await store.get(sharedCaKey);
-  return kv ? (JSON.parse(kv.value) as SealedCa) : undefined;
+  return kv ? decodeRecord(sealedCaSchema, kv.key, kv.value) : undefined;
 }

@@ -1,7 +1,9 @@
+import { z } from "zod";
 import { CloudlessError } from "../../api/errors.js";
 import { limitRef, limits } from "../../api/limits.js";
 import { parseToken } from "../../api/token.js";
 import type { Clock } from "../../lib/clock.js";
+import { decodeRecord } from "../../lib/recordCodec.js";
 import { generateToken, secretMatches } from "../security/tokens.js";
 import type { Op, Store } from "../store/store.js";
 import { deleteInChunks } from "../store/txnBatches.js";
@@ -21,6 +23,18 @@ export interface TokenRecord {
   usedBy?: string;
   createdBy: string;
 }
+
+/** A token record as decoded where it leaves the store (lib/recordCodec.ts); unknown fields kept. */
+export const tokenRecordSchema: z.ZodType<TokenRecord> = z.looseObject({
+  id: z.string().min(1),
+  secretHash: z.string(),
+  description: z.string(),
+  createdAtMs: z.number(),
+  expiresAtMs: z.number(),
+  usedAtMs: z.number().optional(),
+  usedBy: z.string().optional(),
+  createdBy: z.string(),
+});
 
 export const tokenKeyPrefix = "/tokens/";
 
@@ -90,7 +104,7 @@ export class TokenRegistry {
       };
     }
     const kv = await this.store.get(tokenKeyPrefix + parsed.id);
-    const record = kv ? (JSON.parse(kv.value) as TokenRecord) : undefined;
+    const record = kv ? decodeRecord(tokenRecordSchema, kv.key, kv.value) : undefined;
     if (!kv || !record || !secretMatches(record.secretHash, parsed.id, parsed.secret)) {
       return {
         ok: false,
@@ -133,7 +147,7 @@ export class TokenRegistry {
 
   async list(): Promise<TokenRecord[]> {
     const result = await this.store.range(tokenKeyPrefix);
-    return result.kvs.map((kv) => JSON.parse(kv.value) as TokenRecord);
+    return result.kvs.map((kv) => decodeRecord(tokenRecordSchema, kv.key, kv.value));
   }
 
   async delete(id: string): Promise<void> {

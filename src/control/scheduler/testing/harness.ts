@@ -1,12 +1,22 @@
 /**
  * A scheduler harness in the repo, after Nomad's scheduler/tests/testing.go: in-memory
- * cluster state, a process() that runs the real scheduler and records every plan, and an
- * applyPlan() that commits like the coordinator would, so a second process() sees the
- * first one's placements. Tests and the benchmark drive the scheduler through it.
+ * cluster state, a process() that runs the real scheduler and records every plan, an
+ * applyPlan() that commits a plan as it is, so a second process() sees the first one's
+ * placements, and a submitPlan() that commits like the coordinator's plan applier does:
+ * it re-checks each placement against the nodes as they are now and commits only what
+ * still fits (a partial commit). RejectingPlanner refuses plans, N times or always (as
+ * Nomad's RejectPlan harness), in front of the harness's applier or the coordinator's, to
+ * drive the retry path. Tests and the benchmark drive the scheduler through it.
  */
 import { seededRng } from "../../../lib/rng.js";
 import { defaultFilters } from "../filters.js";
 import { prepareCycle } from "../framework.js";
+import {
+  type PlanRejection,
+  type PlanResult,
+  type PlanSubmitter,
+  recheckPlan,
+} from "../planCheck.js";
 import {
   CycleState,
   type FilterPlugin,
@@ -264,6 +274,24 @@ export class SchedulerHarness {
     this.revision++;
   }
 
+  /**
+   * Commits a plan like the coordinator's plan applier: each placement is re-checked
+   * against the nodes as they are now (a node updated, cordoned or filled since process()
+   * refuses it; so does a replica no longer pending) and only what passes is committed.
+   */
+  submitPlan(plan: Plan): PlanResult {
+    const byId = new Map(this.pending.map((replica) => [replica.id, replica]));
+    const { accepted, rejected } = recheckPlan(this.nodes, plan, (id) => byId.get(id)?.resources);
+    if (accepted.length === 0) return { placed: [], rejected, revision: 0 };
+    this.applyPlan({ ...plan, placements: accepted });
+    return { placed: accepted, rejected, revision: this.revision };
+  }
+
+  /** The harness's re-checking applier as a PlanSubmitter, for a RejectingPlanner to wrap. */
+  applier(): PlanSubmitter {
+    return { apply: async (plan) => this.submitPlan(plan) };
+  }
+
   node(name: string): SchedNode {
     const i = this.indexByName.get(name);
     if (i === undefined) throw new Error(`no node ${name}`);
@@ -321,6 +349,49 @@ export class SchedulerHarness {
     if (i === undefined) throw new Error(`no node ${name}`);
     const node = this.nodes[i]!;
     this.nodes[i] = { ...node, allocated: addResources(node.allocated, request) };
+  }
+}
+
+export interface RejectingPlannerOptions {
+  /** How many plans to refuse before passing them on, or "always". */
+  rejections: number | "always";
+  /** The reason each refused placement carries (default Conflict: the commit lost a race). */
+  reason?: PlanRejection;
+}
+
+/**
+ * A planner that refuses plans (after Nomad's RejectPlan harness): the first `rejections`
+ * plans submitted (or all of them) are refused whole — nothing committed, every placement
+ * rejected — and later ones go on to `inner`, the harness's applier or the coordinator's.
+ */
+export class RejectingPlanner<Context extends unknown[] = []> implements PlanSubmitter<Context> {
+  /** Every plan submitted, refused or not, in order. */
+  readonly plans: Plan[] = [];
+  /** How many plans were refused so far. */
+  refused = 0;
+
+  constructor(
+    private readonly inner: PlanSubmitter<Context>,
+    private readonly options: RejectingPlannerOptions,
+  ) {}
+
+  async apply(plan: Plan, ...context: Context): Promise<PlanResult> {
+    this.plans.push(plan);
+    const { rejections, reason = "Conflict" } = this.options;
+    if (rejections === "always" || this.refused < rejections) {
+      this.refused++;
+      return {
+        placed: [],
+        rejected: plan.placements.map((placement) => ({
+          replicaId: placement.replicaId,
+          node: placement.node,
+          reason,
+          detail: `plan ${this.plans.length} refused by the test planner`,
+        })),
+        revision: 0,
+      };
+    }
+    return this.inner.apply(plan, ...context);
   }
 }
 
