@@ -1,4 +1,5 @@
 import type { Clock } from "../../lib/clock.js";
+import { decodeRecord } from "../../lib/recordCodec.js";
 import { replicaPhaseOr } from "../../lib/replicaPhase.js";
 import { type Rng, systemRng } from "../../lib/rng.js";
 import {
@@ -9,7 +10,12 @@ import {
 import type { Store } from "../store/store.js";
 import { commitPacked, type TxnItem } from "../store/txnBatches.js";
 import type { ClusterCache } from "./clusterCache.js";
-import { type ReplicaRecord, type ReplicaStatusRecord, replicaPrefix } from "./records.js";
+import {
+  type ReplicaRecord,
+  type ReplicaStatusRecord,
+  replicaPrefix,
+  replicaRecordSchema,
+} from "./records.js";
 
 export interface ReportedReplica {
   replicaId: string;
@@ -255,7 +261,7 @@ export class ReplicaStatusWriter {
   ): Promise<boolean> {
     const all = await this.store.range(replicaPrefix);
     const onNode = all.kvs
-      .map((kv) => ({ kv, record: JSON.parse(kv.value) as ReplicaRecord }))
+      .map((kv) => ({ kv, record: decodeRecord(replicaRecordSchema, kv.key, kv.value) }))
       .filter(({ record }) => record.node === nodeName);
     const reported = new Map(reports.map((r) => [r.replicaId, r]));
     const items: TxnItem<string>[] = [];

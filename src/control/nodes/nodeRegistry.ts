@@ -1,9 +1,10 @@
 import { CloudlessError } from "../../api/errors.js";
 import { type Clock, systemClock } from "../../lib/clock.js";
+import { decodeRecord } from "../../lib/recordCodec.js";
 import { type Rng, systemRng } from "../../lib/rng.js";
 import { compareAndSwap } from "../store/compareAndSwap.js";
 import type { Compare, Op, Store } from "../store/store.js";
-import { type NodeRecord, nodeKey, nodeKeyPrefix } from "./nodeRecord.js";
+import { type NodeRecord, nodeKey, nodeKeyPrefix, nodeRecordSchema } from "./nodeRecord.js";
 
 /**
  * Node records in the store, with optimistic concurrency: every update reads the
@@ -23,7 +24,7 @@ export class NodeRegistry {
 
   async get(name: string): Promise<NodeRecord | undefined> {
     const kv = await this.store.get(nodeKey(name));
-    return kv ? (JSON.parse(kv.value) as NodeRecord) : undefined;
+    return kv ? decodeRecord(nodeRecordSchema, kv.key, kv.value) : undefined;
   }
 
   async mustGet(name: string): Promise<NodeRecord> {
@@ -38,7 +39,7 @@ export class NodeRegistry {
 
   async list(): Promise<NodeRecord[]> {
     const result = await this.store.range(nodeKeyPrefix);
-    return result.kvs.map((kv) => JSON.parse(kv.value) as NodeRecord);
+    return result.kvs.map((kv) => decodeRecord(nodeRecordSchema, kv.key, kv.value));
   }
 
   /**
@@ -58,7 +59,7 @@ export class NodeRegistry {
             `node "${name}" not found; run \`cloudless node list\` to see the nodes`,
           );
         }
-        const current = JSON.parse(kv.value) as NodeRecord;
+        const current = decodeRecord(nodeRecordSchema, kv.key, kv.value);
         const next = change(structuredClone(current));
         if (!next) return { result: current };
         const value = JSON.stringify(next);
@@ -109,7 +110,7 @@ export class NodeRegistry {
           );
           return;
         }
-        const current = JSON.parse(kv.value) as NodeRecord;
+        const current = decodeRecord(nodeRecordSchema, kv.key, kv.value);
         const next = changes.get(name)?.(structuredClone(current));
         const value = next ? JSON.stringify(next) : kv.value;
         if (!next || value === kv.value) {
