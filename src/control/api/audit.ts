@@ -12,8 +12,7 @@ import { TokenService } from "../../api/gen/cloudless/v1/token_pb.js";
 import { WorkloadService } from "../../api/gen/cloudless/v1/workload_pb.js";
 import { unreadableSpecText } from "../../api/workload/parse.js";
 import { startStopwatch } from "../../lib/stopwatch.js";
-import { type AuditRecord, hostOf } from "../../observe/audit.js";
-import type { CoordinatorServices } from "./context.js";
+import { type AuditLog, type AuditRecord, hostOf } from "../../observe/audit.js";
 import { type Peer, peerKey } from "./peer.js";
 
 const methodName = (service: { typeName: string }, method: { name: string }) =>
@@ -50,7 +49,7 @@ function actorOf(peer: Peer): string {
  * outermost, so it sees the error codes the other interceptors produce. The response
  * waits until the entry is on disk (the log never fails a request).
  */
-export function auditInterceptor(services: CoordinatorServices): Interceptor {
+export function auditInterceptor(services: { audit: AuditLog }): Interceptor {
   return (next) => async (request) => {
     const method = methodName(request.service, request.method);
     if (request.stream || !auditedMethods.has(method)) return next(request);
@@ -88,7 +87,7 @@ export function auditInterceptor(services: CoordinatorServices): Interceptor {
 
 /** Records a call refused before it was read (no valid client certificate), if audited. */
 export function auditRefusal(
-  services: CoordinatorServices,
+  services: { audit: AuditLog },
   peer: Peer,
   pathname: string,
   message: string,

@@ -15,7 +15,7 @@ import { NodeService } from "../../api/gen/cloudless/v1/node_pb.js";
 import { TokenService } from "../../api/gen/cloudless/v1/token_pb.js";
 import { WorkloadService } from "../../api/gen/cloudless/v1/workload_pb.js";
 import { type CoordinatorMetrics, writeMetrics } from "../../observe/metrics.js";
-import type { CoordinatorServices } from "./context.js";
+import type { NodeRegistry } from "../nodes/nodeRegistry.js";
 import { isCurrentMember, type Peer } from "./peer.js";
 
 type ApiMetrics = Pick<CoordinatorMetrics, "apiRequests" | "apiRequestDuration">;
@@ -100,7 +100,7 @@ export function countRefusedRequest(metrics: ApiMetrics, pathname: string): void
 export const formerMemberMessage = "this certificate no longer belongs to a member of the cluster";
 
 export async function serveMetrics(
-  services: Pick<CoordinatorServices, "nodes" | "metrics">,
+  services: { nodes: NodeRegistry; metrics: CoordinatorMetrics },
   peer: Peer,
   request: IncomingMessage | Http2ServerRequest,
   response: ServerResponse | Http2ServerResponse,

@@ -4,18 +4,19 @@ import * as net from "node:net";
 import type { ConnectRouter, Interceptor } from "@connectrpc/connect";
 import { Code, createContextValues } from "@connectrpc/connect";
 import { CloudlessError, toConnectError } from "../../api/errors.js";
-import { ClusterService } from "../../api/gen/cloudless/v1/cluster_pb.js";
-import { EventService } from "../../api/gen/cloudless/v1/event_pb.js";
 import { NodeService } from "../../api/gen/cloudless/v1/node_pb.js";
-import { TokenService } from "../../api/gen/cloudless/v1/token_pb.js";
 import { WorkloadService } from "../../api/gen/cloudless/v1/workload_pb.js";
 import { limits, specTooLargeMessage } from "../../api/limits.js";
 import type { Clock } from "../../lib/clock.js";
+import type { Rng } from "../../lib/rng.js";
+import type { AuditLog } from "../../observe/audit.js";
+import type { Logger } from "../../observe/logger.js";
+import type { CoordinatorMetrics } from "../../observe/metrics.js";
 import { metricsPath } from "../../observe/metrics.js";
+import type { EventLog } from "../events/eventLog.js";
+import type { NodeRegistry } from "../nodes/nodeRegistry.js";
+import type { Store } from "../store/store.js";
 import { auditInterceptor, auditRefusal } from "./audit.js";
-import { clusterServiceImpl } from "./clusterService.js";
-import type { CoordinatorServices } from "./context.js";
-import { eventServiceImpl } from "./eventService.js";
 import { encodeGrpcMessagesPerSpec, percentEncodeGrpcMessage } from "./grpcMessage.js";
 import {
   countRefusedRequest,
@@ -24,11 +25,8 @@ import {
   serveMetrics,
 } from "./metricsInterceptor.js";
 import { cappedNodeAdapter } from "./nodeAdapter.js";
-import { nodeServiceImpl } from "./nodeService.js";
 import { isCurrentMember, type Peer, peerKey, resolvePeer } from "./peer.js";
 import { requestContextInterceptor, requestLogger } from "./requestContext.js";
-import { tokenServiceImpl } from "./tokenService.js";
-import { workloadServiceImpl } from "./workloadService.js";
 
 /** The only method that answers without a client certificate: it requires a token. */
 const enrollPath = `/${NodeService.typeName}/${NodeService.method.enroll.name}`;
@@ -45,6 +43,23 @@ export interface ApiServerOptions {
   tls: { keyPem: string; certPem: string; caPem: string };
 }
 
+/** What the listener itself needs; the services it serves come from the modules' routes. */
+export interface ApiServerServices {
+  clusterName: string;
+  /** /readyz asks it for its revision. */
+  store: Store;
+  /** A deleted node's certificate is refused: membership is checked per request. */
+  nodes: NodeRegistry;
+  events: EventLog;
+  audit: AuditLog;
+  clock: Clock;
+  rng: Rng;
+  logger: Logger;
+  metrics: CoordinatorMetrics;
+  /** Registers every module's API services. */
+  routes: (router: ConnectRouter) => void;
+}
+
 export interface ApiServer {
   port: number;
   close(): Promise<void>;
@@ -56,7 +71,7 @@ export interface ApiServer {
  * cluster CA. Plain-text HTTP on the port gets a one-line hint instead of silence.
  */
 export async function startApiServer(
-  services: CoordinatorServices,
+  services: ApiServerServices,
   options: ApiServerOptions,
 ): Promise<ApiServer> {
   const authenticationFailures = new RateLimitedRecorder(10_000, services.clock);
@@ -141,16 +156,8 @@ export async function startApiServer(
     }
   };
 
-  const routes = (router: ConnectRouter) => {
-    router.service(NodeService, nodeServiceImpl(services));
-    router.service(TokenService, tokenServiceImpl(services));
-    router.service(ClusterService, clusterServiceImpl(services));
-    router.service(EventService, eventServiceImpl(services));
-    router.service(WorkloadService, workloadServiceImpl(services));
-  };
-
   const handler = cappedNodeAdapter({
-    routes,
+    routes: services.routes,
     // A spec too large to read gets the answer of one too large to accept: one limit,
     // one error, whatever the size (issue 12).
     caps: new Map([
@@ -334,7 +341,7 @@ function refuseUnauthenticated(
 const readinessTimeoutMs = 1_000;
 
 async function serveHealth(
-  services: CoordinatorServices,
+  services: ApiServerServices,
   peer: Peer,
   pathname: string,
   response: http2.Http2ServerResponse | ServerResponse,
