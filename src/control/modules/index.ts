@@ -1,5 +1,6 @@
 import { auditModule } from "../audit/auditModule.js";
 import { eventsModule } from "../events/eventsModule.js";
+import { infoModule } from "../info/infoModule.js";
 import { clusterModule } from "../leader/clusterModule.js";
 import { membershipModule } from "../membership/membershipModule.js";
 import { nodesModule } from "../nodes/nodesModule.js";
@@ -19,4 +20,5 @@ export const coordinatorModules: readonly ModuleDefinition[] = [
   workloadsModule,
   nodesModule,
   clusterModule,
+  infoModule,
 ];
