@@ -240,6 +240,7 @@ async function startWithStore(
         nodes,
         events,
         audit: modules.use(auditKey),
+        audited: modules.audited(),
         clock,
         rng: options.rng ?? systemRng,
         logger,

@@ -7,7 +7,12 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Http2ServerRequest, Http2ServerResponse } from "node:http2";
 import type { DescService } from "@bufbuild/protobuf";
-import { ConnectError, type Interceptor } from "@connectrpc/connect";
+import {
+  ConnectError,
+  type ConnectRouter,
+  createConnectRouter,
+  type Interceptor,
+} from "@connectrpc/connect";
 import { codeToString } from "@connectrpc/connect/protocol-connect";
 import { ClusterService } from "../../api/gen/cloudless/v1/cluster_pb.js";
 import { EventService } from "../../api/gen/cloudless/v1/event_pb.js";
@@ -83,10 +88,25 @@ export function metricsInterceptor(metrics: ApiMetrics): Interceptor {
   };
 }
 
-/** Counts a call refused before routing (no valid client certificate). */
-export function countRefusedRequest(metrics: ApiMetrics, pathname: string): void {
+/** The procedures a set of routes serves ("cloudless.v1.NodeService/Enroll"…). */
+export function proceduresOf(routes: (router: ConnectRouter) => void): ReadonlySet<string> {
+  const router = createConnectRouter();
+  routes(router);
+  return new Set(router.handlers.map((handler) => handler.requestPath.replace(/^\//, "")));
+}
+
+/**
+ * Counts a call refused before routing (no valid client certificate). `known`: the
+ * procedures served (the modules' routes); anything else is "other", so a scanner's
+ * paths cannot grow the label set.
+ */
+export function countRefusedRequest(
+  metrics: ApiMetrics,
+  pathname: string,
+  known: ReadonlySet<string> = knownProcedures,
+): void {
   const procedure = pathname.replace(/^\//, "");
-  const method = knownProcedures.has(procedure) ? procedure : "other";
+  const method = known.has(procedure) ? procedure : "other";
   metrics.apiRequests.inc({ method, code: "unauthenticated" });
 }
 

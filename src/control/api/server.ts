@@ -16,12 +16,13 @@ import { metricsPath } from "../../observe/metrics.js";
 import type { EventLog } from "../events/eventLog.js";
 import type { NodeRegistry } from "../nodes/nodeRegistry.js";
 import type { Store } from "../store/store.js";
-import { auditInterceptor, auditRefusal } from "./audit.js";
+import { type AuditedMethods, auditInterceptor, auditRefusal } from "./audit.js";
 import { encodeGrpcMessagesPerSpec, percentEncodeGrpcMessage } from "./grpcMessage.js";
 import {
   countRefusedRequest,
   formerMemberMessage,
   metricsInterceptor,
+  proceduresOf,
   serveMetrics,
 } from "./metricsInterceptor.js";
 import { cappedNodeAdapter } from "./nodeAdapter.js";
@@ -52,6 +53,8 @@ export interface ApiServerServices {
   nodes: NodeRegistry;
   events: EventLog;
   audit: AuditLog;
+  /** The modules' state-changing methods: these enter the audit log (NFR-C1). */
+  audited: AuditedMethods;
   clock: Clock;
   rng: Rng;
   logger: Logger;
@@ -156,6 +159,9 @@ export async function startApiServer(
     }
   };
 
+  // Refused requests are counted by method for the procedures the modules serve.
+  const procedures = proceduresOf(services.routes);
+
   const handler = cappedNodeAdapter({
     routes: services.routes,
     // A spec too large to read gets the answer of one too large to accept: one limit,
@@ -228,7 +234,7 @@ export async function startApiServer(
     }
     const reason = peer.refusal ?? "no client certificate was presented";
     recordAuthenticationFailure(peer, pathname.split("/").pop() || pathname, reason);
-    countRefusedRequest(services.metrics, pathname);
+    countRefusedRequest(services.metrics, pathname, procedures);
     const message = unauthenticatedMessage(reason);
     // The refusal is sent once its audit entry (if the method is audited) is on disk.
     auditRefusal(services, peer, pathname, message)

@@ -144,7 +144,8 @@ describe("workload API in process (router transport, ManualClock)", () => {
     expect(scaled.workload?.status?.desiredReplicas).toBe(0);
     expect(scaled.workload?.status?.minAvailable).toBe(0);
     const got = await workloads.getWorkload({ name: "web" });
-    expect((got.workload?.spec as { spec: { replicas: number } }).spec.replicas).toBe(0);
+    const stored = got.workload?.spec as { spec?: { replicas?: number } } | undefined;
+    expect(stored?.spec?.replicas).toBe(0);
   });
 
   it("REQ-080 contract: undo rolls back to the previous template as a new revision, and says when there is none", async () => {

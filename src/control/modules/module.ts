@@ -11,6 +11,7 @@ import type { Clock } from "../../lib/clock.js";
 import type { Rng } from "../../lib/rng.js";
 import type { Logger } from "../../observe/logger.js";
 import type { CoordinatorMetrics, CoordinatorStateSource } from "../../observe/metrics.js";
+import type { AuditedMethods } from "../api/audit.js";
 import type { Leadership } from "../api/context.js";
 import type { CoordinatorOptions } from "../coordinator.js";
 import type { CertificateAuthority } from "../security/pki.js";
@@ -63,6 +64,8 @@ export interface ModuleContext extends CoordinatorCore {
 export interface CoordinatorModule {
   /** Registers this module's API services. */
   routes?(router: ConnectRouter): void;
+  /** Its state-changing methods, which enter the audit log, and what each is about. */
+  readonly audited?: AuditedMethods;
   /** This coordinator was elected: start the leader-only work (controllers, trackers). */
   onLeader?(): Promise<void>;
   /**

@@ -93,7 +93,7 @@ describe("coordinator modules (ADR 0045)", () => {
     expect(calls).toEqual(["b.stop", "a.stop"]);
   });
 
-  it("contract: a module listed twice or a key provided twice is refused", async () => {
+  it("contract: a module listed twice, a key provided twice or a method audited twice is refused", async () => {
     const { define } = recorder();
     await expect(startModules([define("a"), define("a")], core)).rejects.toThrow(
       "module a is listed twice",
@@ -108,6 +108,13 @@ describe("coordinator modules (ADR 0045)", () => {
     });
     await expect(startModules([twice("x"), twice("y")], core)).rejects.toThrow(
       'module y provides "number", already provided',
+    );
+    const auditing = (name: string): ModuleDefinition => ({
+      name,
+      start: () => ({ audited: new Map([["cloudless.v1.X/Y", () => ""]]) }),
+    });
+    await expect(startModules([auditing("p"), auditing("q")], core)).rejects.toThrow(
+      "module q audits cloudless.v1.X/Y, which another module already audits",
     );
   });
 

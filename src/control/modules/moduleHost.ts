@@ -1,5 +1,6 @@
 import type { ConnectRouter } from "@connectrpc/connect";
 import type { CoordinatorStateSource } from "../../observe/metrics.js";
+import type { AuditedMethods, AuditTarget } from "../api/audit.js";
 import type { CoordinatorCore, CoordinatorModule, ModuleDefinition, ModuleKey } from "./module.js";
 
 /** The started modules of one coordinator, driven as one. */
@@ -8,6 +9,8 @@ export interface ModuleHost {
   use<T>(key: ModuleKey<T>): T;
   /** Every module's API services, in list order. */
   routes(router: ConnectRouter): void;
+  /** Every module's audited methods. */
+  audited(): AuditedMethods;
   /** Starts the leader-only work, in list order. */
   onLeader(): Promise<void>;
   /**
@@ -80,8 +83,20 @@ export async function startModules(
   const replicasByPhase = gauge("replicasByPhase");
   const heartbeatStreams = gauge("heartbeatStreams");
 
+  const audited = new Map<string, AuditTarget>();
+  for (const { name, module } of started) {
+    for (const [method, target] of module.audited ?? []) {
+      if (audited.has(method)) {
+        await stopStarted();
+        throw new Error(`module ${name} audits ${method}, which another module already audits`);
+      }
+      audited.set(method, target);
+    }
+  }
+
   let stopped = false;
   return {
+    audited: () => audited,
     use: (key) => use(key, "coordinator"),
     routes(router) {
       for (const { module } of started) module.routes?.(router);

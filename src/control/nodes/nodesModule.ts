@@ -1,5 +1,6 @@
 import { CloudlessError } from "../../api/errors.js";
 import { NodeService } from "../../api/gen/cloudless/v1/node_pb.js";
+import { type AuditTarget, auditedMethodName, stringField } from "../api/audit.js";
 import { nodeServiceImpl } from "../api/nodeService.js";
 import { eventsKey } from "../events/eventsModule.js";
 import { membershipKey, nodeRegistryKey } from "../membership/membershipModule.js";
@@ -12,6 +13,25 @@ const defaultNodeCertTtlMs = 24 * 3600 * 1000;
 /** The open heartbeat streams per node, so deleting a node or a demotion can end them. */
 export type NodeStreams = Map<string, Set<AbortController>>;
 export const nodeStreamsKey = moduleKey<NodeStreams>("node streams");
+
+/** The node a request names. */
+const namedNode: AuditTarget = ({ request }) => {
+  const name = stringField(request, "name");
+  return name ? `node/${name}` : "";
+};
+
+/** The node API's state-changing methods (NFR-C1). */
+const nodeAuditTargets = new Map<string, AuditTarget>([
+  [auditedMethodName(NodeService.method.enroll), namedNode],
+  [
+    auditedMethodName(NodeService.method.renewCertificate),
+    ({ peer }) => (peer.identity?.kind === "node" ? `node/${peer.identity.name}` : ""),
+  ],
+  [auditedMethodName(NodeService.method.cordonNode), namedNode],
+  [auditedMethodName(NodeService.method.uncordonNode), namedNode],
+  [auditedMethodName(NodeService.method.drainNode), namedNode],
+  [auditedMethodName(NodeService.method.deleteNode), namedNode],
+]);
 
 /** The node API: enrollment, heartbeat streams, node list and cordon/drain/delete. */
 export const nodesModule: ModuleDefinition = {
@@ -41,6 +61,7 @@ export const nodesModule: ModuleDefinition = {
       routes: (router) => {
         router.service(NodeService, nodeServiceImpl(deps));
       },
+      audited: nodeAuditTargets,
       async onFollower() {
         // Agents connected here reconnect to whoever leads now.
         const { leaderId, leaderUrl } = context.leadership;

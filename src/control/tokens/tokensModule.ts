@@ -1,4 +1,5 @@
 import { TokenService } from "../../api/gen/cloudless/v1/token_pb.js";
+import { auditedMethodName, stringField } from "../api/audit.js";
 import { tokenServiceImpl } from "../api/tokenService.js";
 import { eventsKey } from "../events/eventsModule.js";
 import { type ModuleDefinition, moduleKey } from "../modules/module.js";
@@ -19,6 +20,22 @@ export const tokensModule: ModuleDefinition = {
         router.service(TokenService, tokenServiceImpl({ tokens, events }));
       },
       maintain: () => tokens.prune(),
+      audited: new Map([
+        [
+          auditedMethodName(TokenService.method.createToken),
+          ({ response }) => {
+            const id = stringField((response as { info?: unknown } | undefined)?.info, "id");
+            return id ? `token/${id}` : "";
+          },
+        ],
+        [
+          auditedMethodName(TokenService.method.deleteToken),
+          ({ request }) => {
+            const id = stringField(request, "id");
+            return id ? `token/${id}` : "";
+          },
+        ],
+      ]),
     };
   },
 };

@@ -8,6 +8,7 @@ import { TunnelHub } from "../controllers/tunnelHub.js";
 import { WorkloadController } from "../controllers/workloadController.js";
 import { eventsKey } from "../events/eventsModule.js";
 import { type ModuleDefinition, moduleKey } from "../modules/module.js";
+import { workloadAuditTargets } from "./auditTargets.js";
 import { WorkloadRegistry } from "./workloadRegistry.js";
 
 /** What the node streams need of workloads: desired sets out, reports and tunnels in. */
@@ -65,6 +66,7 @@ export const workloadsModule: ModuleDefinition = {
           }),
         );
       },
+      audited: workloadAuditTargets,
       onLeader: () => controller.start(),
       onFollower: () => controller.stop(),
       stop: () => controller.stop(),
