@@ -11,24 +11,22 @@ import { type Clock, systemClock } from "../lib/clock.js";
 import { acquirePidLock, DirectoryInUseError } from "../lib/pidLock.js";
 import { describeTightened, type TightenedFile, tightenFileMode } from "../lib/privateFiles.js";
 import { type Rng, systemRng } from "../lib/rng.js";
-import { AuditLog } from "../observe/audit.js";
 import type { Logger } from "../observe/logger.js";
 import { silentLogger } from "../observe/logger.js";
-import { type CoordinatorMetrics, countBy, createCoordinatorMetrics } from "../observe/metrics.js";
-import type { CoordinatorServices, Leadership } from "./api/context.js";
+import { type CoordinatorMetrics, createCoordinatorMetrics } from "../observe/metrics.js";
+import type { Leadership } from "./api/context.js";
 import { type ApiServer, startApiServer } from "./api/server.js";
-import { AssignmentHub } from "./controllers/assignmentHub.js";
-import { type ReplicaRecord, replicaPrefix } from "./controllers/records.js";
-import { ReplicaStatusWriter } from "./controllers/replicaStatusWriter.js";
-import { TunnelHub } from "./controllers/tunnelHub.js";
-import { WorkloadController } from "./controllers/workloadController.js";
-import { EventLog } from "./events/eventLog.js";
+import { auditKey } from "./audit/auditModule.js";
+import { eventsKey } from "./events/eventsModule.js";
 import { CoordinatorRegistry, coordinatorsPrefix } from "./leader/coordinatorRegistry.js";
 import { FencedStore } from "./leader/fencedStore.js";
 import { LeaderElection, type LeaderInfo, leaderKey } from "./leader/leaderElection.js";
-import { MembershipService } from "./membership/membershipService.js";
-import { defaultMembershipConfig, type MembershipConfig } from "./membership/membershipTracker.js";
-import { NodeRegistry } from "./nodes/nodeRegistry.js";
+import { nodeRegistryKey } from "./membership/membershipModule.js";
+import type { MembershipConfig } from "./membership/membershipTracker.js";
+import { coordinatorModules } from "./modules/index.js";
+import { startModules } from "./modules/moduleHost.js";
+import type { NodeRegistry } from "./nodes/nodeRegistry.js";
+import { nodeStreamsKey } from "./nodes/nodesModule.js";
 import { CA_KEY_FILE, type CertificateAuthority, loadOrCreateCa } from "./security/pki.js";
 import {
   installSharedCa,
@@ -41,7 +39,8 @@ import {
 import { InstrumentedStore } from "./store/instrumentedStore.js";
 import { openSqliteStore } from "./store/sqliteStore.js";
 import type { Store } from "./store/store.js";
-import { TokenRegistry } from "./tokens/tokenRegistry.js";
+import type { TokenRegistry } from "./tokens/tokenRegistry.js";
+import { tokensKey } from "./tokens/tokensModule.js";
 
 export interface CoordinatorOptions {
   dataDir: string;
@@ -83,14 +82,18 @@ export interface Coordinator {
   caFingerprint: string;
   /** This coordinator's identity in the leader election (persisted in the data dir). */
   id: string;
-  services: CoordinatorServices;
+  /** What `cloudless up` and the simulator read of a running coordinator. */
+  services: {
+    tokens: TokenRegistry;
+    nodes: NodeRegistry;
+    nodeStreams: ReadonlyMap<string, ReadonlySet<AbortController>>;
+  };
   /** Resolves once this coordinator has become leader (tests). */
   isLeader(): boolean;
   stop(): Promise<void>;
 }
 
 const clusterKey = "/cluster/info";
-const defaultNodeCertTtlMs = 24 * 3600 * 1000;
 const serverCertTtlMs = 90 * 24 * 3600 * 1000;
 const adminCertTtlMs = 365 * 24 * 3600 * 1000;
 const maintenanceIntervalMs = 60_000;
@@ -195,42 +198,9 @@ async function startWithStore(
     ...splitNames(options),
   });
 
-  const nodes = new NodeRegistry(store);
-  const rng = options.rng ?? systemRng;
-  const events = new EventLog(store, clock, undefined, rng);
-  const tokens = new TokenRegistry(store, clock, ca.fingerprintSha256);
-  const membershipConfig: MembershipConfig = {
-    ...defaultMembershipConfig,
-    ...options.membership,
-    detector: {
-      ...defaultMembershipConfig.detector,
-      firstHeartbeatEstimateMs:
-        options.heartbeatEstimateMs ??
-        options.membership?.heartbeatIntervalMs ??
-        defaultMembershipConfig.detector.firstHeartbeatEstimateMs,
-    },
-  };
-  // The leader's controllers write through the fence (NFR-R1); API handlers write
-  // through the plain store from any coordinator.
+  // The leader's work writes through the fence (NFR-R1); API handlers write through the
+  // plain store from any coordinator.
   const leaderStore = new FencedStore(store);
-  const membership = new MembershipService(
-    new NodeRegistry(leaderStore),
-    events,
-    clock,
-    logger,
-    membershipConfig,
-  );
-  const assignments = new AssignmentHub();
-  const workloads = new WorkloadController({
-    store: leaderStore,
-    clock,
-    rng,
-    logger: logger.child({ component: "controller" }),
-    events,
-    assignments,
-    metrics,
-    ...(options.rebalance ? { rebalance: options.rebalance } : {}),
-  });
   let election: LeaderElection | undefined;
   const leadership: Leadership = {
     get isLeader() {
@@ -239,61 +209,52 @@ async function startWithStore(
     get leaderUrl() {
       return election?.leader?.url;
     },
+    get leaderId() {
+      return election?.leader?.id;
+    },
   };
-  const audit = await AuditLog.open({
-    dir: path.join(dataDir, "audit"),
-    clock,
-    logger: logger.child({ component: "audit" }),
-  }).catch((error: unknown) => {
-    throw CloudlessError.unavailable(
-      `cannot open the audit log in ${path.join(dataDir, "audit")}: ${error instanceof Error ? error.message : String(error)}`,
-    );
-  });
-  const services: CoordinatorServices = {
+  const modules = await startModules(coordinatorModules, {
     clusterName,
+    coordinatorId: id,
+    dataDir,
     store,
-    nodes,
-    tokens,
-    events,
-    membership,
+    leaderStore,
     ca,
     clock,
-    rng,
+    rng: options.rng ?? systemRng,
     logger,
-    nodeCertTtlMs: options.nodeCertTtlMs ?? defaultNodeCertTtlMs,
-    nodeStreams: new Map(),
-    assignments,
-    replicaStatus: new ReplicaStatusWriter(leaderStore, clock),
-    tunnels: new TunnelHub(assignments, rng),
-    workloads,
-    leadership,
-    coordinatorId: id,
-    audit,
     metrics,
-  };
-  metrics.setStateSource({
-    nodesByStatus: async () => countBy(await nodes.list(), (node) => node.status),
-    replicasByPhase: async () =>
-      countBy((await store.range(replicaPrefix)).kvs, (kv) => {
-        const replica = JSON.parse(kv.value) as ReplicaRecord;
-        return replica.status?.phase ?? (replica.node === "" ? "Pending" : "Scheduled");
-      }),
-    heartbeatStreams: () => {
-      let open = 0;
-      for (const streams of services.nodeStreams.values()) open += streams.size;
-      return open;
-    },
+    leadership,
+    options,
   });
+  const events = modules.use(eventsKey);
+  const nodes = modules.use(nodeRegistryKey);
+  metrics.setStateSource(modules.stateSource());
 
   let server: ApiServer;
   try {
-    server = await startApiServer(services, {
-      host: options.host,
-      port: options.port,
-      tls: { keyPem: serverCert.keyPem, certPem: serverCert.certPem, caPem: ca.certPem },
-    });
+    server = await startApiServer(
+      {
+        clusterName,
+        store,
+        nodes,
+        events,
+        audit: modules.use(auditKey),
+        audited: modules.audited(),
+        clock,
+        rng: options.rng ?? systemRng,
+        logger,
+        metrics,
+        routes: (router) => modules.routes(router),
+      },
+      {
+        host: options.host,
+        port: options.port,
+        tls: { keyPem: serverCert.keyPem, certPem: serverCert.certPem, caPem: ca.certPem },
+      },
+    );
   } catch (error) {
-    await audit.close();
+    await modules.stop();
     await releaseLock?.();
     const code = (error as NodeJS.ErrnoException).code;
     if (code === "EADDRINUSE") {
@@ -327,8 +288,7 @@ async function startWithStore(
       leaderStore.setFence(fence);
       metrics.leader.set(1);
       metrics.leaderElections.inc();
-      await membership.start();
-      await workloads.start();
+      await modules.onLeader();
       logger.info({ id, url }, "this coordinator is now the leader");
       await events
         .record({
@@ -343,15 +303,7 @@ async function startWithStore(
     onDemoted: async () => {
       leaderStore.setFence(undefined);
       metrics.leader.set(0);
-      await workloads.stop();
-      await membership.stop();
-      // Agents connected here reconnect to whoever leads now.
-      const next = CloudlessError.notLeader(
-        election?.leader?.id === id ? undefined : election?.leader?.url,
-      );
-      for (const streams of services.nodeStreams.values()) {
-        for (const stream of streams) stream.abort(next);
-      }
+      await modules.onFollower();
       logger.warn(
         { id, leader: electedMessage(election?.leader) },
         "this coordinator is no longer the leader",
@@ -380,9 +332,9 @@ async function startWithStore(
   });
 
   let stopMaintenance = clock.setTimeout(function maintain() {
-    // Trimming is the leader's job; followers would only race it.
-    const due = election?.isLeader ? [events.trim(), tokens.prune()] : [];
-    Promise.all(due)
+    // Housekeeping is the leader's job; followers would only race it.
+    const due = election?.isLeader ? modules.maintain() : Promise.resolve();
+    due
       .catch((error: unknown) => logger.warn({ err: error }, "maintenance failed"))
       .finally(() => {
         stopMaintenance = clock.setTimeout(maintain, maintenanceIntervalMs);
@@ -412,7 +364,11 @@ async function startWithStore(
     adminConfigPath,
     caFingerprint: ca.fingerprintSha256,
     id,
-    services,
+    services: {
+      tokens: modules.use(tokensKey),
+      nodes,
+      nodeStreams: modules.use(nodeStreamsKey),
+    },
     isLeader: () => election?.isLeader ?? false,
     async stop() {
       if (stopped) return;
@@ -421,10 +377,9 @@ async function startWithStore(
       registry.stop();
       // Stepping down revokes the lease, so a follower takes over at once.
       await election?.stop();
-      await workloads.stop();
-      await membership.stop();
+      await modules.onFollower();
       await server.close();
-      await audit.close();
+      await modules.stop();
       await store.close();
       await releaseLock?.();
     },

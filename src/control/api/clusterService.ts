@@ -5,11 +5,20 @@ import {
   type ClusterService,
   CoordinatorInfoSchema,
 } from "../../api/gen/cloudless/v1/cluster_pb.js";
+import type { Clock } from "../../lib/clock.js";
 import { listCoordinators } from "../leader/coordinatorRegistry.js";
-import { type CoordinatorServices, requireAdmin } from "./context.js";
+import type { Store } from "../store/store.js";
+import { requireAdmin } from "./context.js";
+
+export interface ClusterServiceDeps {
+  store: Store;
+  clock: Clock;
+  /** Who answers: this coordinator's id. */
+  coordinatorId: string;
+}
 
 export function clusterServiceImpl(
-  services: CoordinatorServices,
+  services: ClusterServiceDeps,
 ): ServiceImpl<typeof ClusterService> {
   return {
     async listCoordinators(_request, context) {

@@ -4,8 +4,9 @@ import { CloudlessError } from "../../api/errors.js";
 import type { EventService, WatchEventsResponse } from "../../api/gen/cloudless/v1/event_pb.js";
 import { WatchEventsResponseSchema } from "../../api/gen/cloudless/v1/event_pb.js";
 import { limitRef, limits } from "../../api/limits.js";
-import type { ClusterEvent } from "../events/eventLog.js";
-import { type CoordinatorServices, requireAdmin } from "./context.js";
+import type { Clock } from "../../lib/clock.js";
+import type { ClusterEvent, EventLog } from "../events/eventLog.js";
+import { requireAdmin } from "./context.js";
 import { eventToProto } from "./convert.js";
 
 /** Events a slow watcher may fall behind by before its stream is ended. */
@@ -33,7 +34,12 @@ function checkQuery(request: { types: string[]; afterId: string; subject?: strin
   }
 }
 
-export function eventServiceImpl(services: CoordinatorServices): ServiceImpl<typeof EventService> {
+export interface EventServiceDeps {
+  events: EventLog;
+  clock: Clock;
+}
+
+export function eventServiceImpl(services: EventServiceDeps): ServiceImpl<typeof EventService> {
   return {
     async listEvents(request, context) {
       requireAdmin(context);

@@ -2,7 +2,13 @@ import { Code, ConnectError, createClient, createRouterTransport } from "@connec
 import { describe, expect, it } from "vitest";
 import { EventService } from "../../api/gen/cloudless/v1/event_pb.js";
 import { createCoordinatorMetrics } from "../../observe/metrics.js";
-import { countRefusedRequest, knownProcedures, metricsInterceptor } from "./metricsInterceptor.js";
+import {
+  countRefusedRequest,
+  knownProcedures,
+  metricsInterceptor,
+  proceduresOf,
+} from "./metricsInterceptor.js";
+import { startInProcessApi } from "./testing/inProcessApi.js";
 
 async function requests(metrics: ReturnType<typeof createCoordinatorMetrics>) {
   const found: Record<string, number> = {};
@@ -72,5 +78,22 @@ describe("API metrics interceptor", () => {
       "cloudless.v1.NodeService/ListNodes unauthenticated": 1,
       "other unauthenticated": 2,
     });
+  });
+
+  it("REQ-070 the procedures counted by name are the ones the modules route (ADR 0045), today exactly the known ones", async () => {
+    const api = await startInProcessApi();
+    try {
+      const routed = proceduresOf((router) => api.modules.routes(router));
+      expect([...routed].sort()).toEqual([...knownProcedures].sort());
+      const metrics = createCoordinatorMetrics({ defaultMetrics: false });
+      countRefusedRequest(metrics, "/cloudless.v1.WorkloadService/ApplyWorkload", routed);
+      countRefusedRequest(metrics, "/cloudless.v1.NoSuchService/Call", routed);
+      expect(await requests(metrics)).toEqual({
+        "cloudless.v1.WorkloadService/ApplyWorkload unauthenticated": 1,
+        "other unauthenticated": 1,
+      });
+    } finally {
+      await api.close();
+    }
   });
 });

@@ -7,7 +7,12 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Http2ServerRequest, Http2ServerResponse } from "node:http2";
 import type { DescService } from "@bufbuild/protobuf";
-import { ConnectError, type Interceptor } from "@connectrpc/connect";
+import {
+  ConnectError,
+  type ConnectRouter,
+  createConnectRouter,
+  type Interceptor,
+} from "@connectrpc/connect";
 import { codeToString } from "@connectrpc/connect/protocol-connect";
 import { ClusterService } from "../../api/gen/cloudless/v1/cluster_pb.js";
 import { EventService } from "../../api/gen/cloudless/v1/event_pb.js";
@@ -15,7 +20,7 @@ import { NodeService } from "../../api/gen/cloudless/v1/node_pb.js";
 import { TokenService } from "../../api/gen/cloudless/v1/token_pb.js";
 import { WorkloadService } from "../../api/gen/cloudless/v1/workload_pb.js";
 import { type CoordinatorMetrics, writeMetrics } from "../../observe/metrics.js";
-import type { CoordinatorServices } from "./context.js";
+import type { NodeRegistry } from "../nodes/nodeRegistry.js";
 import { isCurrentMember, type Peer } from "./peer.js";
 
 type ApiMetrics = Pick<CoordinatorMetrics, "apiRequests" | "apiRequestDuration">;
@@ -83,10 +88,25 @@ export function metricsInterceptor(metrics: ApiMetrics): Interceptor {
   };
 }
 
-/** Counts a call refused before routing (no valid client certificate). */
-export function countRefusedRequest(metrics: ApiMetrics, pathname: string): void {
+/** The procedures a set of routes serves ("cloudless.v1.NodeService/Enroll"…). */
+export function proceduresOf(routes: (router: ConnectRouter) => void): ReadonlySet<string> {
+  const router = createConnectRouter();
+  routes(router);
+  return new Set(router.handlers.map((handler) => handler.requestPath.replace(/^\//, "")));
+}
+
+/**
+ * Counts a call refused before routing (no valid client certificate). `known`: the
+ * procedures served (the modules' routes); anything else is "other", so a scanner's
+ * paths cannot grow the label set.
+ */
+export function countRefusedRequest(
+  metrics: ApiMetrics,
+  pathname: string,
+  known: ReadonlySet<string> = knownProcedures,
+): void {
   const procedure = pathname.replace(/^\//, "");
-  const method = knownProcedures.has(procedure) ? procedure : "other";
+  const method = known.has(procedure) ? procedure : "other";
   metrics.apiRequests.inc({ method, code: "unauthenticated" });
 }
 
@@ -100,7 +120,7 @@ export function countRefusedRequest(metrics: ApiMetrics, pathname: string): void
 export const formerMemberMessage = "this certificate no longer belongs to a member of the cluster";
 
 export async function serveMetrics(
-  services: Pick<CoordinatorServices, "nodes" | "metrics">,
+  services: { nodes: NodeRegistry; metrics: CoordinatorMetrics },
   peer: Peer,
   request: IncomingMessage | Http2ServerRequest,
   response: ServerResponse | Http2ServerResponse,

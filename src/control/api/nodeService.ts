@@ -10,14 +10,27 @@ import {
 import { spiffeUri, validateNodeName } from "../../api/identity.js";
 import { limits } from "../../api/limits.js";
 import { AsyncQueue } from "../../lib/asyncQueue.js";
+import type { Clock } from "../../lib/clock.js";
+import type { Rng } from "../../lib/rng.js";
 import { startStopwatch } from "../../lib/stopwatch.js";
-import { readFreshClusterState } from "../controllers/clusterCache.js";
+import type { Logger } from "../../observe/logger.js";
+import type { CoordinatorMetrics } from "../../observe/metrics.js";
+import type { AssignmentHub } from "../controllers/assignmentHub.js";
+import { type ClusterCache, readFreshClusterState } from "../controllers/clusterCache.js";
+import type { ReplicaStatusWriter } from "../controllers/replicaStatusWriter.js";
+import type { TunnelHub } from "../controllers/tunnelHub.js";
+import type { EventLog } from "../events/eventLog.js";
+import type { MembershipService } from "../membership/membershipService.js";
 import { emptyCapacity, emptyInfo, type NodeRecord, nodeKey } from "../nodes/nodeRecord.js";
+import type { NodeRegistry } from "../nodes/nodeRegistry.js";
 import { type NodePlacements, placementsByNode } from "../nodes/placements.js";
 import { readAgentEvents } from "./agentEvents.js";
+import type { CertificateAuthority } from "../security/pki.js";
+import type { Store } from "../store/store.js";
+import type { TokenRegistry } from "../tokens/tokenRegistry.js";
 import {
   actorName,
-  type CoordinatorServices,
+  type Leadership,
   peerOf,
   requireAdmin,
   requireNode,
@@ -41,7 +54,32 @@ const outboundQueueLimit = 10_000;
 /** Upper bound on the bytes one egress measurement may send. */
 const maxEgressProbeBytes = 16 * 1024 * 1024;
 
-export function nodeServiceImpl(services: CoordinatorServices): ServiceImpl<typeof NodeService> {
+/** What the node API works with: membership, tokens, the CA and the workload plane. */
+export interface NodeServiceDeps {
+  clusterName: string;
+  ca: CertificateAuthority;
+  nodeCertTtlMs: number;
+  store: Store;
+  clock: Clock;
+  /** Node uids come from here (ADR 0041). */
+  rng: Rng;
+  logger: Logger;
+  metrics: Pick<CoordinatorMetrics, "heartbeatsReceived">;
+  leadership: Leadership;
+  nodes: NodeRegistry;
+  tokens: TokenRegistry;
+  events: EventLog;
+  membership: MembershipService;
+  /** Streams of connected nodes, so deleting a node can end its stream at once. */
+  nodeStreams: Map<string, Set<AbortController>>;
+  /** The leader's cluster cache (the workload controller's), for placements. */
+  controller: { readonly cache: ClusterCache };
+  assignments: AssignmentHub;
+  replicaStatus: ReplicaStatusWriter;
+  tunnels: TunnelHub;
+}
+
+export function nodeServiceImpl(services: NodeServiceDeps): ServiceImpl<typeof NodeService> {
   const { nodes, tokens, events, membership, ca, clock, store, logger } = services;
   // Refused enrollments come from anonymous callers: their events are rate-limited.
   const enrollmentEventBudget = new EventBudget();
@@ -83,7 +121,7 @@ export function nodeServiceImpl(services: CoordinatorServices): ServiceImpl<type
    * else from one read of the store (a follower, or a leader whose cache lags).
    */
   async function placements(): Promise<Map<string, NodePlacements>> {
-    const state = await readFreshClusterState(store, services.workloads.cache);
+    const state = await readFreshClusterState(store, services.controller.cache);
     return placementsByNode([...state.replicasByWorkload.values()].flat());
   }
 
@@ -288,7 +326,7 @@ export function nodeServiceImpl(services: CoordinatorServices): ServiceImpl<type
                     name,
                     batch.replicas.map(reportFromProto),
                     batch.full,
-                    services.workloads.cache,
+                    services.controller.cache,
                   ),
                 )
                 .catch((error: unknown) =>
@@ -495,7 +533,7 @@ export function nodeServiceImpl(services: CoordinatorServices): ServiceImpl<type
 }
 
 async function setFlags(
-  services: CoordinatorServices,
+  services: NodeServiceDeps,
   name: string,
   flags: { cordoned?: boolean; draining?: boolean },
   identity: { kind: string; name: string },
@@ -533,7 +571,7 @@ async function setFlags(
 /** Beats per acknowledgement on a heartbeat stream (see the reader loop). */
 const ackEveryBeats = 10n;
 
-function ack(seq: bigint, services: CoordinatorServices, record?: NodeRecord): HeartbeatResponse {
+function ack(seq: bigint, services: NodeServiceDeps, record?: NodeRecord): HeartbeatResponse {
   return create(HeartbeatResponseSchema, {
     ackSeq: seq,
     intervalMs: services.membership.config.heartbeatIntervalMs,
@@ -547,7 +585,7 @@ function ack(seq: bigint, services: CoordinatorServices, record?: NodeRecord): H
  * which its replicas are labelled with) and the restart grace granted, so an agent
  * enrolled before these existed learns them, and one asking too much sees the cap.
  */
-function helloAck(services: CoordinatorServices, record: NodeRecord): HeartbeatResponse {
+function helloAck(services: NodeServiceDeps, record: NodeRecord): HeartbeatResponse {
   const response = ack(0n, services, record);
   response.nodeUid = record.uid;
   response.clusterId = services.ca.clusterId;

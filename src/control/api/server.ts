@@ -4,32 +4,30 @@ import * as net from "node:net";
 import type { ConnectRouter, Interceptor } from "@connectrpc/connect";
 import { Code, createContextValues } from "@connectrpc/connect";
 import { CloudlessError, toConnectError } from "../../api/errors.js";
-import { ClusterService } from "../../api/gen/cloudless/v1/cluster_pb.js";
-import { EventService } from "../../api/gen/cloudless/v1/event_pb.js";
 import { NodeService } from "../../api/gen/cloudless/v1/node_pb.js";
-import { TokenService } from "../../api/gen/cloudless/v1/token_pb.js";
 import { WorkloadService } from "../../api/gen/cloudless/v1/workload_pb.js";
 import { limits, specTooLargeMessage } from "../../api/limits.js";
 import type { Clock } from "../../lib/clock.js";
+import type { Rng } from "../../lib/rng.js";
+import type { AuditLog } from "../../observe/audit.js";
+import type { Logger } from "../../observe/logger.js";
+import type { CoordinatorMetrics } from "../../observe/metrics.js";
 import { metricsPath } from "../../observe/metrics.js";
-import { StoreError } from "../store/store.js";
-import { auditInterceptor, auditRefusal } from "./audit.js";
-import { clusterServiceImpl } from "./clusterService.js";
-import type { CoordinatorServices } from "./context.js";
-import { eventServiceImpl } from "./eventService.js";
+import type { EventLog } from "../events/eventLog.js";
+import type { NodeRegistry } from "../nodes/nodeRegistry.js";
+import { type Store, StoreError } from "../store/store.js";
+import { type AuditedMethods, auditInterceptor, auditRefusal } from "./audit.js";
 import { encodeGrpcMessagesPerSpec, percentEncodeGrpcMessage } from "./grpcMessage.js";
 import {
   countRefusedRequest,
   formerMemberMessage,
   metricsInterceptor,
+  proceduresOf,
   serveMetrics,
 } from "./metricsInterceptor.js";
 import { cappedNodeAdapter } from "./nodeAdapter.js";
-import { nodeServiceImpl } from "./nodeService.js";
 import { isCurrentMember, type Peer, peerKey, resolvePeer } from "./peer.js";
 import { requestContextInterceptor, requestLogger } from "./requestContext.js";
-import { tokenServiceImpl } from "./tokenService.js";
-import { workloadServiceImpl } from "./workloadService.js";
 
 /** The only method that answers without a client certificate: it requires a token. */
 const enrollPath = `/${NodeService.typeName}/${NodeService.method.enroll.name}`;
@@ -46,6 +44,25 @@ export interface ApiServerOptions {
   tls: { keyPem: string; certPem: string; caPem: string };
 }
 
+/** What the listener itself needs; the services it serves come from the modules' routes. */
+export interface ApiServerServices {
+  clusterName: string;
+  /** /readyz asks it for its revision. */
+  store: Store;
+  /** A deleted node's certificate is refused: membership is checked per request. */
+  nodes: NodeRegistry;
+  events: EventLog;
+  audit: AuditLog;
+  /** The modules' state-changing methods: these enter the audit log (NFR-C1). */
+  audited: AuditedMethods;
+  clock: Clock;
+  rng: Rng;
+  logger: Logger;
+  metrics: CoordinatorMetrics;
+  /** Registers every module's API services. */
+  routes: (router: ConnectRouter) => void;
+}
+
 export interface ApiServer {
   port: number;
   close(): Promise<void>;
@@ -57,7 +74,7 @@ export interface ApiServer {
  * cluster CA. Plain-text HTTP on the port gets a one-line hint instead of silence.
  */
 export async function startApiServer(
-  services: CoordinatorServices,
+  services: ApiServerServices,
   options: ApiServerOptions,
 ): Promise<ApiServer> {
   const authenticationFailures = new RateLimitedRecorder(10_000, services.clock);
@@ -148,16 +165,11 @@ export async function startApiServer(
     }
   };
 
-  const routes = (router: ConnectRouter) => {
-    router.service(NodeService, nodeServiceImpl(services));
-    router.service(TokenService, tokenServiceImpl(services));
-    router.service(ClusterService, clusterServiceImpl(services));
-    router.service(EventService, eventServiceImpl(services));
-    router.service(WorkloadService, workloadServiceImpl(services));
-  };
+  // Refused requests are counted by method for the procedures the modules serve.
+  const procedures = proceduresOf(services.routes);
 
   const handler = cappedNodeAdapter({
-    routes,
+    routes: services.routes,
     // A spec too large to read gets the answer of one too large to accept: one limit,
     // one error, whatever the size (issue 12).
     caps: new Map([
@@ -228,7 +240,7 @@ export async function startApiServer(
     }
     const reason = peer.refusal ?? "no client certificate was presented";
     recordAuthenticationFailure(peer, pathname.split("/").pop() || pathname, reason);
-    countRefusedRequest(services.metrics, pathname);
+    countRefusedRequest(services.metrics, pathname, procedures);
     const message = unauthenticatedMessage(reason);
     // The refusal is sent once its audit entry (if the method is audited) is on disk.
     auditRefusal(services, peer, pathname, message)
@@ -341,7 +353,7 @@ function refuseUnauthenticated(
 const readinessTimeoutMs = 1_000;
 
 async function serveHealth(
-  services: CoordinatorServices,
+  services: ApiServerServices,
   peer: Peer,
   pathname: string,
   response: http2.Http2ServerResponse | ServerResponse,

@@ -2,13 +2,19 @@ import type { ServiceImpl } from "@connectrpc/connect";
 import { CloudlessError } from "../../api/errors.js";
 import type { TokenService } from "../../api/gen/cloudless/v1/token_pb.js";
 import { limitRef, limits } from "../../api/limits.js";
-import { tokenTtlTooLongMessage } from "../tokens/tokenRegistry.js";
-import { actorName, type CoordinatorServices, requireAdmin } from "./context.js";
+import type { EventLog } from "../events/eventLog.js";
+import { type TokenRegistry, tokenTtlTooLongMessage } from "../tokens/tokenRegistry.js";
+import { actorName, requireAdmin } from "./context.js";
 import { tokenToProto } from "./convert.js";
 
 const defaultTokenTtlSeconds = 3600;
 
-export function tokenServiceImpl(services: CoordinatorServices): ServiceImpl<typeof TokenService> {
+export interface TokenServiceDeps {
+  tokens: TokenRegistry;
+  events: EventLog;
+}
+
+export function tokenServiceImpl(services: TokenServiceDeps): ServiceImpl<typeof TokenService> {
   return {
     async createToken(request, context) {
       const identity = requireAdmin(context);

@@ -15,48 +15,26 @@ import {
 } from "../../api/gen/cloudless/v1/workload_pb.js";
 import { limitRef, limits, specTooLargeMessage } from "../../api/limits.js";
 import {
-  canonicalSpecJson,
   formatSpecErrors,
   parseWorkloadText,
   parseWorkloadValue,
-  specHash,
   specTextTooLarge,
 } from "../../api/workload/parse.js";
-import type { WorkloadSpecDocument } from "../../api/workload/spec.js";
-import { injectTraceparent } from "../../observe/tracing.js";
-import { readFreshClusterState } from "../controllers/clusterCache.js";
+import type { Clock } from "../../lib/clock.js";
 import type { ClusterState } from "../controllers/clusterState.js";
-import {
-  type ReplicaRecord,
-  revisionKey,
-  revisionListPrefix,
-  type WorkloadRecord,
-  workloadId,
-  workloadKey,
-} from "../controllers/records.js";
+import { type ReplicaRecord, type WorkloadRecord, workloadId } from "../controllers/records.js";
 import { availabilityOf, existingReplicaOf, toSchedNodes } from "../controllers/schedulerInput.js";
 import { asSpecView, driverOfSpec, placementOf } from "../controllers/specView.js";
+import type { TunnelHub } from "../controllers/tunnelHub.js";
 import { type WorkloadStatusView, workloadStatus } from "../controllers/workloadReconciler.js";
+import type { EventLog } from "../events/eventLog.js";
 import { budgetApplies, budgetText, explainPending } from "../scheduler/index.js";
-import type { Op } from "../store/store.js";
-import { actorName, type CoordinatorServices, requireAdmin } from "./context.js";
+import type { WorkloadRegistry } from "../workloads/workloadRegistry.js";
+import { actorName, type Leadership, requireAdmin } from "./context.js";
 
-/** Revisions kept per workload for `rollout undo`. */
-const revisionHistoryLimit = 10;
 const defaultRolloutTimeoutSeconds = 600;
 const defaultExecTimeoutSeconds = 30;
 const rolloutPollMs = 250;
-
-/**
- * Everything but the replica count, the rollout knobs and whether the rebalancer may move
- * replicas: a change here is a new revision. (`placement.rebalance` is left out also so
- * that a spec applied before it existed keeps its hash.)
- */
-export function templateHash(doc: WorkloadSpecDocument): string {
-  const { replicas: _r, minAvailable: _m, rollout: _o, ...template } = doc.spec;
-  const { rebalance: _b, ...placement } = template.placement;
-  return specHash({ ...doc, spec: { ...template, placement } } as WorkloadSpecDocument);
-}
 
 const dnsLabelPattern = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
 
@@ -82,23 +60,22 @@ function nameOf(request: { name: string; namespace: string }) {
   return { name: request.name, namespace };
 }
 
-function notFound(namespace: string, name: string): CloudlessError {
-  return CloudlessError.notFound(
-    `workload "${name}" not found in namespace "${namespace}"; run \`cloudless workload list\` to see workloads`,
-  );
+export interface WorkloadServiceDeps {
+  clock: Clock;
+  /** Exec is recorded as an event. */
+  events: EventLog;
+  /** Reads, and the writes (apply, scale, undo, delete), which are decided there. */
+  registry: WorkloadRegistry;
+  /** Logs and exec go to agents through the leader's tunnels. */
+  tunnels: TunnelHub;
+  leadership: Leadership;
 }
 
 export function workloadServiceImpl(
-  services: CoordinatorServices,
+  services: WorkloadServiceDeps,
 ): ServiceImpl<typeof WorkloadService> {
-  const { store, clock, events } = services;
-
-  async function load(namespace: string, name: string) {
-    const state = await readFreshClusterState(store, services.workloads.cache);
-    const entry = state.workloads.get(workloadId(namespace, name));
-    if (!entry) throw notFound(namespace, name);
-    return { state, workload: entry.value, modRevision: entry.modRevision };
-  }
+  const { clock, events, registry } = services;
+  const load = (namespace: string, name: string) => registry.load(namespace, name);
 
   return {
     async applyWorkload(request, context) {
@@ -109,139 +86,11 @@ export function workloadServiceImpl(
           `workload spec is invalid:\n${formatSpecErrors(parsed.errors)}`,
         );
       }
-      const doc = parsed.doc;
-      const { name, namespace } = doc.metadata;
-      const key = workloadKey(namespace, name);
-      const now = clock.nowMs();
-      // The replicas this change makes are placed and started in this request's trace.
-      const traceparent = injectTraceparent();
-      for (let attempt = 0; attempt < 5; attempt++) {
-        const existingKv = await store.get(key);
-        const existing = existingKv ? (JSON.parse(existingKv.value) as WorkloadRecord) : undefined;
-        // Quotas are checked against the cluster as it is, a dry run included, before
-        // anything is written. Two concurrent creates may both pass: the bounds are soft
-        // by the number of requests in flight.
-        checkQuotas(await loadState(), namespace, name, existing, doc.spec.replicas);
-        const hash = templateHash(doc);
-        const ops: Op[] = [];
-        let action: "created" | "updated" | "scaled" | "unchanged";
-        let record: WorkloadRecord;
-        if (!existing) {
-          action = "created";
-          record = {
-            // A dry run makes up no identity: its workload has no uid and no times yet.
-            uid: request.dryRun ? "" : services.rng.uuid(),
-            namespace,
-            name,
-            revision: 1,
-            templateHash: hash,
-            spec: doc,
-            replicas: doc.spec.replicas,
-            minAvailable: doc.spec.minAvailable,
-            createdAtMs: request.dryRun ? 0 : now,
-            updatedAtMs: request.dryRun ? 0 : now,
-            traceparent,
-          };
-        } else if (existing.templateHash === hash) {
-          const same =
-            canonicalSpecJson(existing.spec as WorkloadSpecDocument) === canonicalSpecJson(doc);
-          if (same && existing.replicas === doc.spec.replicas) {
-            return { workload: toWorkload(await loadState(), existing), action: "unchanged" };
-          }
-          action =
-            existing.replicas !== doc.spec.replicas &&
-            canonicalSpecJson({
-              ...(existing.spec as WorkloadSpecDocument),
-              spec: {
-                ...(existing.spec as WorkloadSpecDocument).spec,
-                replicas: doc.spec.replicas,
-                minAvailable: doc.spec.minAvailable,
-              },
-            }) === canonicalSpecJson(doc)
-              ? "scaled"
-              : "updated";
-          record = {
-            ...existing,
-            spec: doc,
-            replicas: doc.spec.replicas,
-            minAvailable: doc.spec.minAvailable,
-            updatedAtMs: now,
-            traceparent,
-          };
-        } else {
-          action = "updated";
-          record = {
-            ...existing,
-            revision: existing.revision + 1,
-            templateHash: hash,
-            spec: doc,
-            replicas: doc.spec.replicas,
-            minAvailable: doc.spec.minAvailable,
-            updatedAtMs: now,
-            traceparent,
-          };
-        }
-        if (request.dryRun) {
-          // What it would be, with the times it has now: nothing was updated.
-          const preview = existing ? { ...record, updatedAtMs: existing.updatedAtMs } : record;
-          return { workload: toWorkload(await loadState(), preview), action };
-        }
-        ops.push({ type: "put", key, value: JSON.stringify(record) });
-        if (!existing || existing.revision !== record.revision) {
-          ops.push({
-            type: "put",
-            key: revisionKey(namespace, name, record.revision),
-            value: JSON.stringify({
-              revision: record.revision,
-              templateHash: hash,
-              spec: doc,
-              createdAtMs: now,
-            }),
-          });
-          const expired = record.revision - revisionHistoryLimit;
-          if (expired >= 1)
-            ops.push({ type: "delete", key: revisionKey(namespace, name, expired) });
-        }
-        const result = await store.txn({
-          compare: [
-            existingKv
-              ? { key, target: "modRevision", op: "==", modRevision: existingKv.modRevision }
-              : { key, target: "version", op: "==", version: 0 },
-          ],
-          success: ops,
-        });
-        if (!result.succeeded) continue;
-        await events.record({
-          type:
-            action === "created"
-              ? "WorkloadCreated"
-              : action === "scaled"
-                ? "WorkloadScaled"
-                : "WorkloadUpdated",
-          category: "scheduling",
-          subject: `workload/${namespace}/${name}`,
-          reason:
-            action === "updated" && existing?.revision !== record.revision
-              ? "NewRevision"
-              : "Applied",
-          message:
-            action === "created"
-              ? `created with ${record.replicas} replica${record.replicas === 1 ? "" : "s"}`
-              : action === "scaled"
-                ? `scaled to ${record.replicas}`
-                : existing?.revision !== record.revision
-                  ? `rolling out revision ${record.revision}`
-                  : "settings updated",
-          actor: actorName(identity),
-        });
-        services.workloads.trigger();
-        return { workload: toWorkload(await loadState(), record), action };
-      }
-      throw CloudlessError.conflict(`workload "${name}" is being changed concurrently; try again`);
-
-      async function loadState() {
-        return readFreshClusterState(store, services.workloads.cache);
-      }
+      const { record, state, action } = await registry.apply(parsed.doc, {
+        dryRun: request.dryRun,
+        actor: actorName(identity),
+      });
+      return { workload: toWorkload(state, record), action };
     },
 
     async getWorkload(request, context) {
@@ -253,7 +102,7 @@ export function workloadServiceImpl(
 
     async listWorkloads(request, context) {
       requireAdmin(context);
-      const state = await readFreshClusterState(store, services.workloads.cache);
+      const state = await registry.state();
       const workloads = [...state.workloads.values()]
         .map((entry) => entry.value)
         .filter((w) => !request.namespace || w.namespace === request.namespace)
@@ -267,24 +116,7 @@ export function workloadServiceImpl(
     async deleteWorkload(request, context) {
       const identity = requireAdmin(context);
       const { namespace, name } = nameOf(request);
-      const key = workloadKey(namespace, name);
-      const result = await store.txn({
-        compare: [{ key, target: "version", op: ">", version: 0 }],
-        success: [
-          { type: "delete", key },
-          { type: "deletePrefix", prefix: revisionListPrefix(namespace, name) },
-        ],
-      });
-      if (!result.succeeded) throw notFound(namespace, name);
-      await events.record({
-        type: "WorkloadDeleted",
-        category: "scheduling",
-        subject: `workload/${namespace}/${name}`,
-        reason: "Deleted",
-        message: "workload deleted; its replicas are being stopped",
-        actor: actorName(identity),
-      });
-      services.workloads.trigger();
+      await registry.delete(namespace, name, actorName(identity));
       return {};
     },
 
@@ -301,37 +133,13 @@ export function workloadServiceImpl(
           `replicas must be at most ${limits.replicasPerWorkload} ${limitRef("replicasPerWorkload")}, not ${request.replicas}`,
         );
       }
-      for (let attempt = 0; attempt < 5; attempt++) {
-        const { state, workload, modRevision } = await load(namespace, name);
-        checkQuotas(state, namespace, name, workload, request.replicas);
-        const doc = workload.spec as WorkloadSpecDocument;
-        const minAvailable = Math.min(workload.minAvailable, request.replicas);
-        const updated: WorkloadRecord = {
-          ...workload,
-          replicas: request.replicas,
-          minAvailable,
-          spec: { ...doc, spec: { ...doc.spec, replicas: request.replicas, minAvailable } },
-          updatedAtMs: clock.nowMs(),
-          traceparent: injectTraceparent(),
-        };
-        const key = workloadKey(namespace, name);
-        const result = await store.txn({
-          compare: [{ key, target: "modRevision", op: "==", modRevision }],
-          success: [{ type: "put", key, value: JSON.stringify(updated) }],
-        });
-        if (!result.succeeded) continue;
-        await events.record({
-          type: "WorkloadScaled",
-          category: "scheduling",
-          subject: `workload/${namespace}/${name}`,
-          reason: "Scaled",
-          message: `scaled from ${workload.replicas} to ${request.replicas}`,
-          actor: actorName(identity),
-        });
-        services.workloads.trigger();
-        return { workload: toWorkload(state, updated) };
-      }
-      throw CloudlessError.conflict(`workload "${name}" is being changed concurrently; try again`);
+      const { record, state } = await registry.scale(
+        namespace,
+        name,
+        request.replicas,
+        actorName(identity),
+      );
+      return { workload: toWorkload(state, record) };
     },
 
     async *rolloutStatus(request, context) {
@@ -370,83 +178,15 @@ export function workloadServiceImpl(
     async rolloutUndo(request, context) {
       const identity = requireAdmin(context);
       const { namespace, name } = nameOf(request);
-      const { workload, modRevision } = await load(namespace, name);
-      const history = await store.range(revisionListPrefix(namespace, name));
-      const previous = history.kvs
-        .map(
-          (kv) =>
-            JSON.parse(kv.value) as {
-              revision: number;
-              templateHash: string;
-              spec: WorkloadSpecDocument;
-            },
-        )
-        .filter((r) => r.revision < workload.revision && r.templateHash !== workload.templateHash)
-        .sort((a, b) => b.revision - a.revision)[0];
-      if (!previous) {
-        throw CloudlessError.invalid(
-          `workload "${name}" has no previous revision to roll back to (current revision ${workload.revision})`,
-        );
-      }
-      const now = clock.nowMs();
-      const revision = workload.revision + 1;
-      // The old spec is checked again: it may predate a limit that holds now.
-      const restored = parseWorkloadValue({
-        ...previous.spec,
-        spec: {
-          ...previous.spec.spec,
-          replicas: workload.replicas,
-          minAvailable: workload.minAvailable,
-        },
-      });
-      if (!restored.ok) {
-        throw CloudlessError.invalid(
-          `the spec of revision ${previous.revision} is not valid any more, so it cannot be restored:\n${formatSpecErrors(restored.errors)}`,
-        );
-      }
-      const doc: WorkloadSpecDocument = restored.doc;
-      const updated: WorkloadRecord = {
-        ...workload,
-        revision,
-        templateHash: previous.templateHash,
-        spec: doc,
-        updatedAtMs: now,
-        traceparent: injectTraceparent(),
-      };
-      const key = workloadKey(namespace, name);
-      const result = await store.txn({
-        compare: [{ key, target: "modRevision", op: "==", modRevision }],
-        success: [
-          { type: "put", key, value: JSON.stringify(updated) },
-          {
-            type: "put",
-            key: revisionKey(namespace, name, revision),
-            value: JSON.stringify({
-              revision,
-              templateHash: previous.templateHash,
-              spec: doc,
-              createdAtMs: now,
-            }),
-          },
-        ],
-      });
-      if (!result.succeeded) {
-        throw CloudlessError.conflict(`workload "${name}" changed meanwhile; try again`);
-      }
-      await events.record({
-        type: "WorkloadRolledBack",
-        category: "scheduling",
-        subject: `workload/${namespace}/${name}`,
-        reason: "RolloutUndo",
-        message: `rolling back to the spec of revision ${previous.revision} as revision ${revision}`,
-        actor: actorName(identity),
-      });
-      services.workloads.trigger();
-      const state = await readFreshClusterState(store, services.workloads.cache);
+      const { record, state, fromRevision, toRevision } = await registry.undo(
+        namespace,
+        name,
+        actorName(identity),
+      );
       return {
-        workload: toWorkload(state, updated),
-        fromRevision: BigInt(workload.revision),
-        toRevision: BigInt(previous.revision),
+        workload: toWorkload(state, record),
+        fromRevision: BigInt(fromRevision),
+        toRevision: BigInt(toRevision),
       };
     },
 
@@ -614,40 +354,6 @@ function statusOf(state: ClusterState, workload: WorkloadRecord): WorkloadStatus
   );
 }
 
-/**
- * Refuses a create beyond workloadsPerNamespace, and a change that raises the replicas
- * all workloads ask for beyond replicasPerCluster. A change that lowers them is always
- * allowed, so a cluster over a bound (from before it existed) can get back under it.
- */
-export function checkQuotas(
-  state: ClusterState,
-  namespace: string,
-  name: string,
-  existing: WorkloadRecord | undefined,
-  replicas: number,
-): void {
-  let inNamespace = 0;
-  let clusterReplicas = 0;
-  for (const { value } of state.workloads.values()) {
-    if (value.namespace === namespace) inNamespace++;
-    if (value.namespace !== namespace || value.name !== name) clusterReplicas += value.replicas;
-  }
-  if (!existing && inNamespace >= limits.workloadsPerNamespace) {
-    throw CloudlessError.invalid(
-      `namespace "${namespace}" already has ${inNamespace} workloads, the most allowed ` +
-        `${limitRef("workloadsPerNamespace")}; delete one first or use another namespace`,
-    );
-  }
-  const total = clusterReplicas + replicas;
-  if (replicas > (existing?.replicas ?? 0) && total > limits.replicasPerCluster) {
-    throw CloudlessError.invalid(
-      `replicas: ${replicas} would make ${total} replicas in the cluster, and at most ` +
-        `${limits.replicasPerCluster} are allowed ${limitRef("replicasPerCluster")}; ` +
-        "scale other workloads down first",
-    );
-  }
-}
-
 function statusToProto(view: WorkloadStatusView): WorkloadStatus {
   return create(WorkloadStatusSchema, {
     replicas: view.replicas,
@@ -786,6 +492,6 @@ function sleep(ms: number, signal: AbortSignal): Promise<void> {
   });
 }
 
-function requireLeader(services: CoordinatorServices): void {
+function requireLeader(services: { leadership: Leadership }): void {
   if (!services.leadership.isLeader) throw CloudlessError.notLeader(services.leadership.leaderUrl);
 }

@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { parseWorkloadValue, specHash } from "../../api/workload/parse.js";
 import type { WorkloadSpecDocument } from "../../api/workload/spec.js";
-import { templateHash } from "./workloadService.js";
+import { templateHash } from "./workloadRegistry.js";
 
 function doc(placement: Record<string, unknown>, replicas = 3): WorkloadSpecDocument {
   const parsed = parseWorkloadValue({

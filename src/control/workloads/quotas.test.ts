@@ -3,7 +3,7 @@ import { CloudlessError } from "../../api/errors.js";
 import { limits } from "../../api/limits.js";
 import type { ClusterState } from "../controllers/clusterState.js";
 import { type WorkloadRecord, workloadId } from "../controllers/records.js";
-import { checkQuotas } from "./workloadService.js";
+import { checkQuotas } from "./workloadRegistry.js";
 
 function record(namespace: string, name: string, replicas: number): WorkloadRecord {
   return {

@@ -1,0 +1,24 @@
+import { auditModule } from "../audit/auditModule.js";
+import { eventsModule } from "../events/eventsModule.js";
+import { infoModule } from "../info/infoModule.js";
+import { clusterModule } from "../leader/clusterModule.js";
+import { membershipModule } from "../membership/membershipModule.js";
+import { nodesModule } from "../nodes/nodesModule.js";
+import { tokensModule } from "../tokens/tokensModule.js";
+import { workloadsModule } from "../workloads/workloadsModule.js";
+import type { ModuleDefinition } from "./module.js";
+
+/**
+ * The coordinator's modules, in start order: a module may use what the ones before it
+ * provide. Leader work starts and stops in this order; `stop` runs in reverse.
+ */
+export const coordinatorModules: readonly ModuleDefinition[] = [
+  auditModule,
+  eventsModule,
+  tokensModule,
+  membershipModule,
+  workloadsModule,
+  nodesModule,
+  clusterModule,
+  infoModule,
+];

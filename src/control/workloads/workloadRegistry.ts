@@ -1,0 +1,410 @@
+/**
+ * The workloads' writes: apply, scale, undo and delete, with their quotas, revision
+ * history and events. The API handler decodes the request and encodes the answer; what
+ * a change means for the store is decided here.
+ */
+import { CloudlessError } from "../../api/errors.js";
+import { limitRef, limits } from "../../api/limits.js";
+import {
+  canonicalSpecJson,
+  formatSpecErrors,
+  parseWorkloadValue,
+  specHash,
+} from "../../api/workload/parse.js";
+import type { WorkloadSpecDocument } from "../../api/workload/spec.js";
+import type { Clock } from "../../lib/clock.js";
+import type { Rng } from "../../lib/rng.js";
+import { injectTraceparent } from "../../observe/tracing.js";
+import { type ClusterCache, readFreshClusterState } from "../controllers/clusterCache.js";
+import type { ClusterState } from "../controllers/clusterState.js";
+import {
+  revisionKey,
+  revisionListPrefix,
+  type WorkloadRecord,
+  workloadId,
+  workloadKey,
+} from "../controllers/records.js";
+import type { EventLog } from "../events/eventLog.js";
+import type { Op, Store } from "../store/store.js";
+
+/** Revisions kept per workload for `rollout undo`. */
+const revisionHistoryLimit = 10;
+/** Tries of a compare-and-swap write before the caller is told to try again. */
+const writeAttempts = 5;
+
+/**
+ * Everything but the replica count, the rollout knobs and whether the rebalancer may move
+ * replicas: a change here is a new revision. (`placement.rebalance` is left out also so
+ * that a spec applied before it existed keeps its hash.)
+ */
+export function templateHash(doc: WorkloadSpecDocument): string {
+  const { replicas: _r, minAvailable: _m, rollout: _o, ...template } = doc.spec;
+  const { rebalance: _b, ...placement } = template.placement;
+  return specHash({ ...doc, spec: { ...template, placement } } as WorkloadSpecDocument);
+}
+
+export function workloadNotFound(namespace: string, name: string): CloudlessError {
+  return CloudlessError.notFound(
+    `workload "${name}" not found in namespace "${namespace}"; run \`cloudless workload list\` to see workloads`,
+  );
+}
+
+export interface WorkloadRegistryDeps {
+  store: Store;
+  clock: Clock;
+  /** Workload uids come from here (ADR 0041). */
+  rng: Rng;
+  events: EventLog;
+  /** The leader's controller: its cache serves reads; a change triggers a pass. */
+  controller: { readonly cache: ClusterCache; trigger(): void };
+}
+
+export type ApplyAction = "created" | "updated" | "scaled" | "unchanged";
+
+/** A workload as written (or, for a dry run, as it would be), with the state it was read at. */
+export interface WorkloadChange {
+  record: WorkloadRecord;
+  state: ClusterState;
+}
+
+export class WorkloadRegistry {
+  constructor(private readonly deps: WorkloadRegistryDeps) {}
+
+  /** The cluster state, from the leader's cache when it is fresh, else from the store. */
+  state(): Promise<ClusterState> {
+    return readFreshClusterState(this.deps.store, this.deps.controller.cache);
+  }
+
+  /** A workload with the state it was read at; NotFound names how to list them. */
+  async load(namespace: string, name: string) {
+    const state = await this.state();
+    const entry = state.workloads.get(workloadId(namespace, name));
+    if (!entry) throw workloadNotFound(namespace, name);
+    return { state, workload: entry.value, modRevision: entry.modRevision };
+  }
+
+  /**
+   * Creates or changes a workload from a parsed spec. A dry run checks the same (quotas
+   * included) and answers what it would be, writing nothing.
+   */
+  async apply(
+    doc: WorkloadSpecDocument,
+    options: { dryRun: boolean; actor: string },
+  ): Promise<WorkloadChange & { action: ApplyAction }> {
+    const { store, clock, events } = this.deps;
+    const { name, namespace } = doc.metadata;
+    const key = workloadKey(namespace, name);
+    const now = clock.nowMs();
+    // The replicas this change makes are placed and started in this request's trace.
+    const traceparent = injectTraceparent();
+    for (let attempt = 0; attempt < writeAttempts; attempt++) {
+      const existingKv = await store.get(key);
+      const existing = existingKv ? (JSON.parse(existingKv.value) as WorkloadRecord) : undefined;
+      // Quotas are checked against the cluster as it is, a dry run included, before
+      // anything is written. Two concurrent creates may both pass: the bounds are soft
+      // by the number of requests in flight.
+      checkQuotas(await this.state(), namespace, name, existing, doc.spec.replicas);
+      const hash = templateHash(doc);
+      const ops: Op[] = [];
+      let action: ApplyAction;
+      let record: WorkloadRecord;
+      if (!existing) {
+        action = "created";
+        record = {
+          // A dry run makes up no identity: its workload has no uid and no times yet.
+          uid: options.dryRun ? "" : this.deps.rng.uuid(),
+          namespace,
+          name,
+          revision: 1,
+          templateHash: hash,
+          spec: doc,
+          replicas: doc.spec.replicas,
+          minAvailable: doc.spec.minAvailable,
+          createdAtMs: options.dryRun ? 0 : now,
+          updatedAtMs: options.dryRun ? 0 : now,
+          traceparent,
+        };
+      } else if (existing.templateHash === hash) {
+        const same =
+          canonicalSpecJson(existing.spec as WorkloadSpecDocument) === canonicalSpecJson(doc);
+        if (same && existing.replicas === doc.spec.replicas) {
+          return { record: existing, state: await this.state(), action: "unchanged" };
+        }
+        action =
+          existing.replicas !== doc.spec.replicas &&
+          canonicalSpecJson({
+            ...(existing.spec as WorkloadSpecDocument),
+            spec: {
+              ...(existing.spec as WorkloadSpecDocument).spec,
+              replicas: doc.spec.replicas,
+              minAvailable: doc.spec.minAvailable,
+            },
+          }) === canonicalSpecJson(doc)
+            ? "scaled"
+            : "updated";
+        record = {
+          ...existing,
+          spec: doc,
+          replicas: doc.spec.replicas,
+          minAvailable: doc.spec.minAvailable,
+          updatedAtMs: now,
+          traceparent,
+        };
+      } else {
+        action = "updated";
+        record = {
+          ...existing,
+          revision: existing.revision + 1,
+          templateHash: hash,
+          spec: doc,
+          replicas: doc.spec.replicas,
+          minAvailable: doc.spec.minAvailable,
+          updatedAtMs: now,
+          traceparent,
+        };
+      }
+      if (options.dryRun) {
+        // What it would be, with the times it has now: nothing was updated.
+        const preview = existing ? { ...record, updatedAtMs: existing.updatedAtMs } : record;
+        return { record: preview, state: await this.state(), action };
+      }
+      ops.push({ type: "put", key, value: JSON.stringify(record) });
+      if (!existing || existing.revision !== record.revision) {
+        ops.push({
+          type: "put",
+          key: revisionKey(namespace, name, record.revision),
+          value: JSON.stringify({
+            revision: record.revision,
+            templateHash: hash,
+            spec: doc,
+            createdAtMs: now,
+          }),
+        });
+        const expired = record.revision - revisionHistoryLimit;
+        if (expired >= 1) ops.push({ type: "delete", key: revisionKey(namespace, name, expired) });
+      }
+      const result = await store.txn({
+        compare: [
+          existingKv
+            ? { key, target: "modRevision", op: "==", modRevision: existingKv.modRevision }
+            : { key, target: "version", op: "==", version: 0 },
+        ],
+        success: ops,
+      });
+      if (!result.succeeded) continue;
+      await events.record({
+        type:
+          action === "created"
+            ? "WorkloadCreated"
+            : action === "scaled"
+              ? "WorkloadScaled"
+              : "WorkloadUpdated",
+        category: "scheduling",
+        subject: `workload/${namespace}/${name}`,
+        reason:
+          action === "updated" && existing?.revision !== record.revision
+            ? "NewRevision"
+            : "Applied",
+        message:
+          action === "created"
+            ? `created with ${record.replicas} replica${record.replicas === 1 ? "" : "s"}`
+            : action === "scaled"
+              ? `scaled to ${record.replicas}`
+              : existing?.revision !== record.revision
+                ? `rolling out revision ${record.revision}`
+                : "settings updated",
+        actor: options.actor,
+      });
+      this.deps.controller.trigger();
+      return { record, state: await this.state(), action };
+    }
+    throw CloudlessError.conflict(`workload "${name}" is being changed concurrently; try again`);
+  }
+
+  /** Sets the replica count (capping minAvailable to it); the caller checked its range. */
+  async scale(
+    namespace: string,
+    name: string,
+    replicas: number,
+    actor: string,
+  ): Promise<WorkloadChange> {
+    const { store, clock, events } = this.deps;
+    for (let attempt = 0; attempt < writeAttempts; attempt++) {
+      const { state, workload, modRevision } = await this.load(namespace, name);
+      checkQuotas(state, namespace, name, workload, replicas);
+      const doc = workload.spec as WorkloadSpecDocument;
+      const minAvailable = Math.min(workload.minAvailable, replicas);
+      const updated: WorkloadRecord = {
+        ...workload,
+        replicas,
+        minAvailable,
+        spec: { ...doc, spec: { ...doc.spec, replicas, minAvailable } },
+        updatedAtMs: clock.nowMs(),
+        traceparent: injectTraceparent(),
+      };
+      const key = workloadKey(namespace, name);
+      const result = await store.txn({
+        compare: [{ key, target: "modRevision", op: "==", modRevision }],
+        success: [{ type: "put", key, value: JSON.stringify(updated) }],
+      });
+      if (!result.succeeded) continue;
+      await events.record({
+        type: "WorkloadScaled",
+        category: "scheduling",
+        subject: `workload/${namespace}/${name}`,
+        reason: "Scaled",
+        message: `scaled from ${workload.replicas} to ${replicas}`,
+        actor,
+      });
+      this.deps.controller.trigger();
+      return { record: updated, state };
+    }
+    throw CloudlessError.conflict(`workload "${name}" is being changed concurrently; try again`);
+  }
+
+  /**
+   * Rolls back to the newest earlier revision with another template, as a new revision
+   * (the replica count stays). One try: a change meanwhile is a conflict to retry.
+   */
+  async undo(
+    namespace: string,
+    name: string,
+    actor: string,
+  ): Promise<WorkloadChange & { fromRevision: number; toRevision: number }> {
+    const { store, clock, events } = this.deps;
+    const { workload, modRevision } = await this.load(namespace, name);
+    const history = await store.range(revisionListPrefix(namespace, name));
+    const previous = history.kvs
+      .map(
+        (kv) =>
+          JSON.parse(kv.value) as {
+            revision: number;
+            templateHash: string;
+            spec: WorkloadSpecDocument;
+          },
+      )
+      .filter((r) => r.revision < workload.revision && r.templateHash !== workload.templateHash)
+      .sort((a, b) => b.revision - a.revision)[0];
+    if (!previous) {
+      throw CloudlessError.invalid(
+        `workload "${name}" has no previous revision to roll back to (current revision ${workload.revision})`,
+      );
+    }
+    const now = clock.nowMs();
+    const revision = workload.revision + 1;
+    // The old spec is checked again: it may predate a limit that holds now.
+    const restored = parseWorkloadValue({
+      ...previous.spec,
+      spec: {
+        ...previous.spec.spec,
+        replicas: workload.replicas,
+        minAvailable: workload.minAvailable,
+      },
+    });
+    if (!restored.ok) {
+      throw CloudlessError.invalid(
+        `the spec of revision ${previous.revision} is not valid any more, so it cannot be restored:\n${formatSpecErrors(restored.errors)}`,
+      );
+    }
+    const doc: WorkloadSpecDocument = restored.doc;
+    const updated: WorkloadRecord = {
+      ...workload,
+      revision,
+      templateHash: previous.templateHash,
+      spec: doc,
+      updatedAtMs: now,
+      traceparent: injectTraceparent(),
+    };
+    const key = workloadKey(namespace, name);
+    const result = await store.txn({
+      compare: [{ key, target: "modRevision", op: "==", modRevision }],
+      success: [
+        { type: "put", key, value: JSON.stringify(updated) },
+        {
+          type: "put",
+          key: revisionKey(namespace, name, revision),
+          value: JSON.stringify({
+            revision,
+            templateHash: previous.templateHash,
+            spec: doc,
+            createdAtMs: now,
+          }),
+        },
+      ],
+    });
+    if (!result.succeeded) {
+      throw CloudlessError.conflict(`workload "${name}" changed meanwhile; try again`);
+    }
+    await events.record({
+      type: "WorkloadRolledBack",
+      category: "scheduling",
+      subject: `workload/${namespace}/${name}`,
+      reason: "RolloutUndo",
+      message: `rolling back to the spec of revision ${previous.revision} as revision ${revision}`,
+      actor,
+    });
+    this.deps.controller.trigger();
+    return {
+      record: updated,
+      state: await this.state(),
+      fromRevision: workload.revision,
+      toRevision: previous.revision,
+    };
+  }
+
+  /** Deletes a workload and its revision history; its replicas are stopped by the controller. */
+  async delete(namespace: string, name: string, actor: string): Promise<void> {
+    const key = workloadKey(namespace, name);
+    const result = await this.deps.store.txn({
+      compare: [{ key, target: "version", op: ">", version: 0 }],
+      success: [
+        { type: "delete", key },
+        { type: "deletePrefix", prefix: revisionListPrefix(namespace, name) },
+      ],
+    });
+    if (!result.succeeded) throw workloadNotFound(namespace, name);
+    await this.deps.events.record({
+      type: "WorkloadDeleted",
+      category: "scheduling",
+      subject: `workload/${namespace}/${name}`,
+      reason: "Deleted",
+      message: "workload deleted; its replicas are being stopped",
+      actor,
+    });
+    this.deps.controller.trigger();
+  }
+}
+
+/**
+ * Refuses a create beyond workloadsPerNamespace, and a change that raises the replicas
+ * all workloads ask for beyond replicasPerCluster. A change that lowers them is always
+ * allowed, so a cluster over a bound (from before it existed) can get back under it.
+ */
+export function checkQuotas(
+  state: ClusterState,
+  namespace: string,
+  name: string,
+  existing: WorkloadRecord | undefined,
+  replicas: number,
+): void {
+  let inNamespace = 0;
+  let clusterReplicas = 0;
+  for (const { value } of state.workloads.values()) {
+    if (value.namespace === namespace) inNamespace++;
+    if (value.namespace !== namespace || value.name !== name) clusterReplicas += value.replicas;
+  }
+  if (!existing && inNamespace >= limits.workloadsPerNamespace) {
+    throw CloudlessError.invalid(
+      `namespace "${namespace}" already has ${inNamespace} workloads, the most allowed ` +
+        `${limitRef("workloadsPerNamespace")}; delete one first or use another namespace`,
+    );
+  }
+  const total = clusterReplicas + replicas;
+  if (replicas > (existing?.replicas ?? 0) && total > limits.replicasPerCluster) {
+    throw CloudlessError.invalid(
+      `replicas: ${replicas} would make ${total} replicas in the cluster, and at most ` +
+        `${limits.replicasPerCluster} are allowed ${limitRef("replicasPerCluster")}; ` +
+        "scale other workloads down first",
+    );
+  }
+}
