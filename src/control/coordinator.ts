@@ -4,12 +4,14 @@ import { access, chmod, mkdir, readFile } from "node:fs/promises";
 import { hostname, networkInterfaces } from "node:os";
 import * as path from "node:path";
 import { stringify } from "yaml";
+import { z } from "zod";
 import { CloudlessError } from "../api/errors.js";
 import { spiffeUri } from "../api/identity.js";
 import { writeSecretFile } from "../lib/atomicFile.js";
 import { type Clock, systemClock } from "../lib/clock.js";
 import { acquirePidLock, DirectoryInUseError } from "../lib/pidLock.js";
 import { describeTightened, type TightenedFile, tightenFileMode } from "../lib/privateFiles.js";
+import { decodeRecord } from "../lib/recordCodec.js";
 import { type Rng, systemRng } from "../lib/rng.js";
 import type { Logger } from "../observe/logger.js";
 import { silentLogger } from "../observe/logger.js";
@@ -18,9 +20,18 @@ import type { Leadership } from "./api/context.js";
 import { type ApiServer, startApiServer } from "./api/server.js";
 import { auditKey } from "./audit/auditModule.js";
 import { eventsKey } from "./events/eventsModule.js";
-import { CoordinatorRegistry, coordinatorsPrefix } from "./leader/coordinatorRegistry.js";
+import {
+  CoordinatorRegistry,
+  coordinatorsPrefix,
+  registrationRecordSchema,
+} from "./leader/coordinatorRegistry.js";
 import { FencedStore } from "./leader/fencedStore.js";
-import { LeaderElection, type LeaderInfo, leaderKey } from "./leader/leaderElection.js";
+import {
+  LeaderElection,
+  type LeaderInfo,
+  leaderInfoSchema,
+  leaderKey,
+} from "./leader/leaderElection.js";
 import { nodeRegistryKey } from "./membership/membershipModule.js";
 import type { MembershipConfig } from "./membership/membershipTracker.js";
 import { coordinatorModules } from "./modules/index.js";
@@ -104,6 +115,12 @@ interface ClusterInfo {
   createdAtMs: number;
   caFingerprint: string;
 }
+
+const clusterInfoSchema: z.ZodType<ClusterInfo> = z.looseObject({
+  name: z.string(),
+  createdAtMs: z.number(),
+  caFingerprint: z.string(),
+});
 
 /** Starts a coordinator: store, CA, API listener, leader election, membership. */
 export async function startCoordinator(options: CoordinatorOptions): Promise<Coordinator> {
@@ -315,8 +332,8 @@ async function startWithStore(
   const adminConfigPath = path.join(dataDir, "admin.conf");
   // Every coordinator of the cluster, this one first: the CLI fails over between them.
   const peers = (await store.range(coordinatorsPrefix)).kvs
-    .map((kv) => (JSON.parse(kv.value) as { url: string }).url)
-    .filter((peer) => peer !== url);
+    .map((kv) => decodeRecord(registrationRecordSchema, kv.key, kv.value).url)
+    .filter((peer): peer is string => peer !== undefined && peer !== url);
   await writeAdminConfigIfMissing(adminConfigPath, {
     clusterName,
     servers: [url, ...new Set(peers)],
@@ -500,7 +517,7 @@ async function bootstrapLocalCluster(
 
   let clusterName = options.clusterName;
   if (existing) {
-    const info = JSON.parse(existing.value) as ClusterInfo;
+    const info = decodeRecord(clusterInfoSchema, existing.key, existing.value);
     if (info.caFingerprint !== ca.fingerprintSha256) {
       throw CloudlessError.invalid(
         `data dir ${dataDir}: the CA in pki/ does not match the one this cluster was created with; restore pki/ from a backup`,
@@ -577,7 +594,7 @@ async function bootstrapSharedCluster(
       `data dir ${dataDir} holds a CA in pki/ but the store has no cluster; point --store at this cluster's etcd or use an empty data dir`,
     );
   }
-  const info = JSON.parse(existing.value) as ClusterInfo;
+  const info = decodeRecord(clusterInfoSchema, existing.key, existing.value);
   if (!hasLocalCa) {
     const sealed = await readSealedCa(store);
     if (!sealed) {
@@ -620,7 +637,7 @@ async function loadOrCreateCoordinatorId(dataDir: string): Promise<string> {
 async function takeBackOwnLeadership(store: Store, id: string, logger: Logger): Promise<void> {
   const current = await store.get(leaderKey);
   if (!current) return;
-  const info = JSON.parse(current.value) as LeaderInfo;
+  const info = decodeRecord(leaderInfoSchema, current.key, current.value);
   if (info.id !== id) return;
   await store.txn({
     compare: [

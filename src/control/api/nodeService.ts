@@ -24,10 +24,10 @@ import type { MembershipService } from "../membership/membershipService.js";
 import { emptyCapacity, emptyInfo, type NodeRecord, nodeKey } from "../nodes/nodeRecord.js";
 import type { NodeRegistry } from "../nodes/nodeRegistry.js";
 import { type NodePlacements, placementsByNode } from "../nodes/placements.js";
-import { readAgentEvents } from "./agentEvents.js";
 import type { CertificateAuthority } from "../security/pki.js";
 import type { Store } from "../store/store.js";
 import type { TokenRegistry } from "../tokens/tokenRegistry.js";
+import { readAgentEvents } from "./agentEvents.js";
 import {
   actorName,
   type Leadership,

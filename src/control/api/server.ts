@@ -17,6 +17,7 @@ import type { EventLog } from "../events/eventLog.js";
 import type { NodeRegistry } from "../nodes/nodeRegistry.js";
 import { type Store, StoreError } from "../store/store.js";
 import { type AuditedMethods, auditInterceptor, auditRefusal } from "./audit.js";
+import { errorMappingInterceptor } from "./errorInterceptor.js";
 import { encodeGrpcMessagesPerSpec, percentEncodeGrpcMessage } from "./grpcMessage.js";
 import {
   countRefusedRequest,
@@ -114,56 +115,38 @@ export async function startApiServer(
     return next(request);
   };
 
-  const mapErrors: Interceptor = (next) => async (request) => {
-    try {
-      const response = await next(request);
-      if (!response.stream) return response;
-      const messages = response.message;
-      return {
-        ...response,
-        message: (async function* () {
-          try {
-            yield* messages;
-          } catch (error) {
-            throw toConnectError(error);
-          }
-        })(),
-      };
-    } catch (error) {
-      const mapped = toConnectError(error);
-      if (mapped.code === Code.PermissionDenied) {
-        // Security decisions are events (REQ-071); at most one per caller per method per
-        // 10 s, so a misbehaving client cannot flood the log.
-        const peer = request.contextValues.get(peerKey);
-        const actor = peer.identity ? `${peer.identity.kind}/${peer.identity.name}` : "anonymous";
-        permissionDenials.maybeRecord(`${actor}|${request.method.name}`, () =>
-          services.events.record({
-            type: "PermissionDenied",
-            category: "security",
-            subject: `${actor}`,
-            reason: "NotAuthorized",
-            message: `${request.method.name} refused: ${mapped.rawMessage}`,
-            actor,
-            attributes: { address: peer.address, method: request.method.name },
-          }),
-        );
-      }
-      if (mapped.code === 13) {
-        // The request's logger names the method and carries its reqId (and traceId).
-        requestLogger({ values: request.contextValues }, services.logger).error(
-          { err: error },
-          "internal error",
-        );
-      } else if (error instanceof StoreError) {
-        // The caller got one line; the store's own words (endpoints, etcd's error) are here.
-        requestLogger({ values: request.contextValues }, services.logger).warn(
-          { err: error },
-          `store failure answered as ${Code[mapped.code]}: ${mapped.rawMessage}`,
-        );
-      }
-      throw mapped;
+  const mapErrors = errorMappingInterceptor((error, mapped, request) => {
+    if (mapped.code === Code.PermissionDenied) {
+      // Security decisions are events (REQ-071); at most one per caller per method per
+      // 10 s, so a misbehaving client cannot flood the log.
+      const peer = request.contextValues.get(peerKey);
+      const actor = peer.identity ? `${peer.identity.kind}/${peer.identity.name}` : "anonymous";
+      permissionDenials.maybeRecord(`${actor}|${request.method.name}`, () =>
+        services.events.record({
+          type: "PermissionDenied",
+          category: "security",
+          subject: `${actor}`,
+          reason: "NotAuthorized",
+          message: `${request.method.name} refused: ${mapped.rawMessage}`,
+          actor,
+          attributes: { address: peer.address, method: request.method.name },
+        }),
+      );
     }
-  };
+    if (mapped.code === 13) {
+      // The request's logger names the method and carries its reqId (and traceId).
+      requestLogger({ values: request.contextValues }, services.logger).error(
+        { err: error },
+        "internal error",
+      );
+    } else if (error instanceof StoreError) {
+      // The caller got one line; the store's own words (endpoints, etcd's error) are here.
+      requestLogger({ values: request.contextValues }, services.logger).warn(
+        { err: error },
+        `store failure answered as ${Code[mapped.code]}: ${mapped.rawMessage}`,
+      );
+    }
+  });
 
   // Refused requests are counted by method for the procedures the modules serve.
   const procedures = proceduresOf(services.routes);

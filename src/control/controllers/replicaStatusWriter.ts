@@ -10,12 +10,7 @@ import {
 import type { Store } from "../store/store.js";
 import { commitPacked, type TxnItem } from "../store/txnBatches.js";
 import type { ClusterCache } from "./clusterCache.js";
-import {
-  type ReplicaRecord,
-  type ReplicaStatusRecord,
-  replicaPrefix,
-  replicaRecordSchema,
-} from "./records.js";
+import { type ReplicaStatusRecord, replicaPrefix, replicaRecordSchema } from "./records.js";
 
 export interface ReportedReplica {
   replicaId: string;

@@ -23,7 +23,7 @@ export interface CoordinatorRegistration {
  * A registration as decoded where it leaves the store (lib/recordCodec.ts): every field
  * may be absent (listCoordinators fills them in), none may have the wrong type.
  */
-const registrationRecordSchema: z.ZodType<Partial<CoordinatorRegistration>> = z.looseObject({
+export const registrationRecordSchema: z.ZodType<Partial<CoordinatorRegistration>> = z.looseObject({
   id: z.string().optional(),
   url: z.string().optional(),
   startedAtMs: z.number().optional(),

@@ -1,4 +1,5 @@
 import { z } from "zod";
+import type { NodeInfo } from "../../api/gen/cloudless/v1/node_pb.js";
 import type { NodeStatus } from "../membership/membershipTracker.js";
 
 /** What the store holds for a node, under /nodes/<name>. */
@@ -13,15 +14,11 @@ export interface NodeCapacityRecord {
   source: string;
 }
 
-export interface NodeInfoRecord {
-  os: string;
-  arch: string;
-  kernel: string;
-  hostname: string;
-  agentVersion: string;
-  cpuModel: string;
-  drivers: string[];
-}
+/**
+ * The agent's description of its machine as stored: the contract's NodeInfo (one
+ * definition, in proto/cloudless/v1/node.proto) without protobuf's bookkeeping fields.
+ */
+export type NodeInfoRecord = Omit<NodeInfo, "$typeName" | "$unknown">;
 
 export interface TaintRecord {
   key: string;

@@ -13,6 +13,7 @@ import {
 } from "../../api/workload/parse.js";
 import type { WorkloadSpecDocument } from "../../api/workload/spec.js";
 import type { Clock } from "../../lib/clock.js";
+import { decodeRecord } from "../../lib/recordCodec.js";
 import type { Rng } from "../../lib/rng.js";
 import { injectTraceparent } from "../../observe/tracing.js";
 import { type ClusterCache, readFreshClusterState } from "../controllers/clusterCache.js";
@@ -23,14 +24,21 @@ import {
   type WorkloadRecord,
   workloadId,
   workloadKey,
+  workloadRecordSchema,
+  workloadRevisionRecordSchema,
 } from "../controllers/records.js";
 import type { EventLog } from "../events/eventLog.js";
+import { compareAndSwap } from "../store/compareAndSwap.js";
 import type { Op, Store } from "../store/store.js";
 
 /** Revisions kept per workload for `rollout undo`. */
 const revisionHistoryLimit = 10;
 /** Tries of a compare-and-swap write before the caller is told to try again. */
 const writeAttempts = 5;
+
+function concurrentChange(name: string): string {
+  return `workload "${name}" is being changed concurrently; try again`;
+}
 
 /**
  * Everything but the replica count, the rollout knobs and whether the rebalancer may move
@@ -97,128 +105,142 @@ export class WorkloadRegistry {
     const now = clock.nowMs();
     // The replicas this change makes are placed and started in this request's trace.
     const traceparent = injectTraceparent();
-    for (let attempt = 0; attempt < writeAttempts; attempt++) {
-      const existingKv = await store.get(key);
-      const existing = existingKv ? (JSON.parse(existingKv.value) as WorkloadRecord) : undefined;
-      // Quotas are checked against the cluster as it is, a dry run included, before
-      // anything is written. Two concurrent creates may both pass: the bounds are soft
-      // by the number of requests in flight.
-      checkQuotas(await this.state(), namespace, name, existing, doc.spec.replicas);
-      const hash = templateHash(doc);
-      const ops: Op[] = [];
-      let action: ApplyAction;
-      let record: WorkloadRecord;
-      if (!existing) {
-        action = "created";
-        record = {
-          // A dry run makes up no identity: its workload has no uid and no times yet.
-          uid: options.dryRun ? "" : this.deps.rng.uuid(),
-          namespace,
-          name,
-          revision: 1,
-          templateHash: hash,
-          spec: doc,
-          replicas: doc.spec.replicas,
-          minAvailable: doc.spec.minAvailable,
-          createdAtMs: options.dryRun ? 0 : now,
-          updatedAtMs: options.dryRun ? 0 : now,
-          traceparent,
-        };
-      } else if (existing.templateHash === hash) {
-        const same =
-          canonicalSpecJson(existing.spec as WorkloadSpecDocument) === canonicalSpecJson(doc);
-        if (same && existing.replicas === doc.spec.replicas) {
-          return { record: existing, state: await this.state(), action: "unchanged" };
-        }
-        action =
-          existing.replicas !== doc.spec.replicas &&
-          canonicalSpecJson({
-            ...(existing.spec as WorkloadSpecDocument),
-            spec: {
-              ...(existing.spec as WorkloadSpecDocument).spec,
-              replicas: doc.spec.replicas,
-              minAvailable: doc.spec.minAvailable,
-            },
-          }) === canonicalSpecJson(doc)
-            ? "scaled"
-            : "updated";
-        record = {
-          ...existing,
-          spec: doc,
-          replicas: doc.spec.replicas,
-          minAvailable: doc.spec.minAvailable,
-          updatedAtMs: now,
-          traceparent,
-        };
-      } else {
-        action = "updated";
-        record = {
-          ...existing,
-          revision: existing.revision + 1,
-          templateHash: hash,
-          spec: doc,
-          replicas: doc.spec.replicas,
-          minAvailable: doc.spec.minAvailable,
-          updatedAtMs: now,
-          traceparent,
-        };
-      }
-      if (options.dryRun) {
-        // What it would be, with the times it has now: nothing was updated.
-        const preview = existing ? { ...record, updatedAtMs: existing.updatedAtMs } : record;
-        return { record: preview, state: await this.state(), action };
-      }
-      ops.push({ type: "put", key, value: JSON.stringify(record) });
-      if (!existing || existing.revision !== record.revision) {
-        ops.push({
-          type: "put",
-          key: revisionKey(namespace, name, record.revision),
-          value: JSON.stringify({
-            revision: record.revision,
+    type Applied = {
+      existing: WorkloadRecord | undefined;
+      record: WorkloadRecord;
+      action: ApplyAction;
+    };
+    const outcome = await compareAndSwap<
+      { done: WorkloadChange & { action: ApplyAction } } | Applied
+    >(
+      store,
+      key,
+      async (existingKv) => {
+        const existing = existingKv
+          ? decodeRecord(workloadRecordSchema, key, existingKv.value)
+          : undefined;
+        // Quotas are checked against the cluster as it is, a dry run included, before
+        // anything is written. Two concurrent creates may both pass: the bounds are soft
+        // by the number of requests in flight.
+        checkQuotas(await this.state(), namespace, name, existing, doc.spec.replicas);
+        const hash = templateHash(doc);
+        const ops: Op[] = [];
+        let action: ApplyAction;
+        let record: WorkloadRecord;
+        if (!existing) {
+          action = "created";
+          record = {
+            // A dry run makes up no identity: its workload has no uid and no times yet.
+            uid: options.dryRun ? "" : this.deps.rng.uuid(),
+            namespace,
+            name,
+            revision: 1,
             templateHash: hash,
             spec: doc,
-            createdAtMs: now,
-          }),
-        });
-        const expired = record.revision - revisionHistoryLimit;
-        if (expired >= 1) ops.push({ type: "delete", key: revisionKey(namespace, name, expired) });
-      }
-      const result = await store.txn({
-        compare: [
-          existingKv
-            ? { key, target: "modRevision", op: "==", modRevision: existingKv.modRevision }
-            : { key, target: "version", op: "==", version: 0 },
-        ],
-        success: ops,
-      });
-      if (!result.succeeded) continue;
-      await events.record({
-        type:
-          action === "created"
-            ? "WorkloadCreated"
-            : action === "scaled"
-              ? "WorkloadScaled"
-              : "WorkloadUpdated",
-        category: "scheduling",
-        subject: `workload/${namespace}/${name}`,
-        reason:
-          action === "updated" && existing?.revision !== record.revision
-            ? "NewRevision"
-            : "Applied",
-        message:
-          action === "created"
-            ? `created with ${record.replicas} replica${record.replicas === 1 ? "" : "s"}`
-            : action === "scaled"
-              ? `scaled to ${record.replicas}`
-              : existing?.revision !== record.revision
-                ? `rolling out revision ${record.revision}`
-                : "settings updated",
-        actor: options.actor,
-      });
-      this.deps.controller.trigger();
-      return { record, state: await this.state(), action };
-    }
-    throw CloudlessError.conflict(`workload "${name}" is being changed concurrently; try again`);
+            replicas: doc.spec.replicas,
+            minAvailable: doc.spec.minAvailable,
+            createdAtMs: options.dryRun ? 0 : now,
+            updatedAtMs: options.dryRun ? 0 : now,
+            traceparent,
+          };
+        } else if (existing.templateHash === hash) {
+          const same =
+            canonicalSpecJson(existing.spec as WorkloadSpecDocument) === canonicalSpecJson(doc);
+          if (same && existing.replicas === doc.spec.replicas) {
+            return {
+              result: {
+                done: { record: existing, state: await this.state(), action: "unchanged" },
+              },
+            };
+          }
+          action =
+            existing.replicas !== doc.spec.replicas &&
+            canonicalSpecJson({
+              ...(existing.spec as WorkloadSpecDocument),
+              spec: {
+                ...(existing.spec as WorkloadSpecDocument).spec,
+                replicas: doc.spec.replicas,
+                minAvailable: doc.spec.minAvailable,
+              },
+            }) === canonicalSpecJson(doc)
+              ? "scaled"
+              : "updated";
+          record = {
+            ...existing,
+            spec: doc,
+            replicas: doc.spec.replicas,
+            minAvailable: doc.spec.minAvailable,
+            updatedAtMs: now,
+            traceparent,
+          };
+        } else {
+          action = "updated";
+          record = {
+            ...existing,
+            revision: existing.revision + 1,
+            templateHash: hash,
+            spec: doc,
+            replicas: doc.spec.replicas,
+            minAvailable: doc.spec.minAvailable,
+            updatedAtMs: now,
+            traceparent,
+          };
+        }
+        if (options.dryRun) {
+          // What it would be, with the times it has now: nothing was updated.
+          const preview = existing ? { ...record, updatedAtMs: existing.updatedAtMs } : record;
+          return { result: { done: { record: preview, state: await this.state(), action } } };
+        }
+        ops.push({ type: "put", key, value: JSON.stringify(record) });
+        if (!existing || existing.revision !== record.revision) {
+          ops.push({
+            type: "put",
+            key: revisionKey(namespace, name, record.revision),
+            value: JSON.stringify({
+              revision: record.revision,
+              templateHash: hash,
+              spec: doc,
+              createdAtMs: now,
+            }),
+          });
+          const expired = record.revision - revisionHistoryLimit;
+          if (expired >= 1)
+            ops.push({ type: "delete", key: revisionKey(namespace, name, expired) });
+        }
+        return { write: ops, result: { existing, record, action } };
+      },
+      {
+        clock,
+        rng: this.deps.rng,
+        maxAttempts: writeAttempts,
+        conflictMessage: concurrentChange(name),
+      },
+    );
+    if ("done" in outcome) return outcome.done;
+    const { existing, record, action } = outcome;
+    await events.record({
+      type:
+        action === "created"
+          ? "WorkloadCreated"
+          : action === "scaled"
+            ? "WorkloadScaled"
+            : "WorkloadUpdated",
+      category: "scheduling",
+      subject: `workload/${namespace}/${name}`,
+      reason:
+        action === "updated" && existing?.revision !== record.revision ? "NewRevision" : "Applied",
+      message:
+        action === "created"
+          ? `created with ${record.replicas} replica${record.replicas === 1 ? "" : "s"}`
+          : action === "scaled"
+            ? `scaled to ${record.replicas}`
+            : existing?.revision !== record.revision
+              ? `rolling out revision ${record.revision}`
+              : "settings updated",
+      actor: options.actor,
+    });
+    this.deps.controller.trigger();
+    return { record, state: await this.state(), action };
   }
 
   /** Sets the replica count (capping minAvailable to it); the caller checked its range. */
@@ -229,37 +251,47 @@ export class WorkloadRegistry {
     actor: string,
   ): Promise<WorkloadChange> {
     const { store, clock, events } = this.deps;
-    for (let attempt = 0; attempt < writeAttempts; attempt++) {
-      const { state, workload, modRevision } = await this.load(namespace, name);
-      checkQuotas(state, namespace, name, workload, replicas);
-      const doc = workload.spec as WorkloadSpecDocument;
-      const minAvailable = Math.min(workload.minAvailable, replicas);
-      const updated: WorkloadRecord = {
-        ...workload,
-        replicas,
-        minAvailable,
-        spec: { ...doc, spec: { ...doc.spec, replicas, minAvailable } },
-        updatedAtMs: clock.nowMs(),
-        traceparent: injectTraceparent(),
-      };
-      const key = workloadKey(namespace, name);
-      const result = await store.txn({
-        compare: [{ key, target: "modRevision", op: "==", modRevision }],
-        success: [{ type: "put", key, value: JSON.stringify(updated) }],
-      });
-      if (!result.succeeded) continue;
-      await events.record({
-        type: "WorkloadScaled",
-        category: "scheduling",
-        subject: `workload/${namespace}/${name}`,
-        reason: "Scaled",
-        message: `scaled from ${workload.replicas} to ${replicas}`,
-        actor,
-      });
-      this.deps.controller.trigger();
-      return { record: updated, state };
-    }
-    throw CloudlessError.conflict(`workload "${name}" is being changed concurrently; try again`);
+    const key = workloadKey(namespace, name);
+    const { state, workload, updated } = await compareAndSwap(
+      store,
+      key,
+      async (current) => {
+        if (!current) throw workloadNotFound(namespace, name);
+        const workload = decodeRecord(workloadRecordSchema, key, current.value);
+        const state = await this.state();
+        checkQuotas(state, namespace, name, workload, replicas);
+        const doc = workload.spec as WorkloadSpecDocument;
+        const minAvailable = Math.min(workload.minAvailable, replicas);
+        const updated: WorkloadRecord = {
+          ...workload,
+          replicas,
+          minAvailable,
+          spec: { ...doc, spec: { ...doc.spec, replicas, minAvailable } },
+          updatedAtMs: clock.nowMs(),
+          traceparent: injectTraceparent(),
+        };
+        return {
+          write: [{ type: "put", key, value: JSON.stringify(updated) }],
+          result: { state, workload, updated },
+        };
+      },
+      {
+        clock,
+        rng: this.deps.rng,
+        maxAttempts: writeAttempts,
+        conflictMessage: concurrentChange(name),
+      },
+    );
+    await events.record({
+      type: "WorkloadScaled",
+      category: "scheduling",
+      subject: `workload/${namespace}/${name}`,
+      reason: "Scaled",
+      message: `scaled from ${workload.replicas} to ${replicas}`,
+      actor,
+    });
+    this.deps.controller.trigger();
+    return { record: updated, state };
   }
 
   /**
@@ -275,14 +307,7 @@ export class WorkloadRegistry {
     const { workload, modRevision } = await this.load(namespace, name);
     const history = await store.range(revisionListPrefix(namespace, name));
     const previous = history.kvs
-      .map(
-        (kv) =>
-          JSON.parse(kv.value) as {
-            revision: number;
-            templateHash: string;
-            spec: WorkloadSpecDocument;
-          },
-      )
+      .map((kv) => decodeRecord(workloadRevisionRecordSchema, kv.key, kv.value))
       .filter((r) => r.revision < workload.revision && r.templateHash !== workload.templateHash)
       .sort((a, b) => b.revision - a.revision)[0];
     if (!previous) {
@@ -292,11 +317,13 @@ export class WorkloadRegistry {
     }
     const now = clock.nowMs();
     const revision = workload.revision + 1;
-    // The old spec is checked again: it may predate a limit that holds now.
+    // The old spec is checked again (it may predate a limit that holds now), so the
+    // stored document is read as the parser's input, not trusted as a parsed one.
+    const previousSpec = previous.spec as WorkloadSpecDocument;
     const restored = parseWorkloadValue({
-      ...previous.spec,
+      ...previousSpec,
       spec: {
-        ...previous.spec.spec,
+        ...previousSpec.spec,
         replicas: workload.replicas,
         minAvailable: workload.minAvailable,
       },

@@ -1,8 +1,9 @@
 import { WorkloadService } from "../../api/gen/cloudless/v1/workload_pb.js";
+import { decodeRecord } from "../../lib/recordCodec.js";
 import { countBy } from "../../observe/metrics.js";
 import { workloadServiceImpl } from "../api/workloadService.js";
 import { AssignmentHub } from "../controllers/assignmentHub.js";
-import { type ReplicaRecord, replicaPrefix } from "../controllers/records.js";
+import { replicaPrefix, replicaRecordSchema } from "../controllers/records.js";
 import { ReplicaStatusWriter } from "../controllers/replicaStatusWriter.js";
 import { TunnelHub } from "../controllers/tunnelHub.js";
 import { WorkloadController } from "../controllers/workloadController.js";
@@ -73,7 +74,7 @@ export const workloadsModule: ModuleDefinition = {
       stateGauges: {
         replicasByPhase: async () =>
           countBy((await store.range(replicaPrefix)).kvs, (kv) => {
-            const replica = JSON.parse(kv.value) as ReplicaRecord;
+            const replica = decodeRecord(replicaRecordSchema, kv.key, kv.value);
             return replica.status?.phase ?? (replica.node === "" ? "Pending" : "Scheduled");
           }),
       },

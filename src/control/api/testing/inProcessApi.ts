@@ -4,6 +4,7 @@
  * call the handlers through Connect's router transport (no listener, no TLS). The caller
  * is whoever `as(peer)` says, as the TLS handshake would have established.
  */
+
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -14,7 +15,6 @@ import {
   createRouterTransport,
   type Interceptor,
 } from "@connectrpc/connect";
-import { toConnectError } from "../../../api/errors.js";
 import { ManualClock } from "../../../lib/clock.js";
 import { seededRng } from "../../../lib/rng.js";
 import { silentLogger } from "../../../observe/logger.js";
@@ -27,6 +27,7 @@ import { type ModuleHost, startModules } from "../../modules/moduleHost.js";
 import { loadOrCreateCa } from "../../security/pki.js";
 import { openSqliteStore } from "../../store/sqliteStore.js";
 import type { Store } from "../../store/store.js";
+import { errorMappingInterceptor } from "../errorInterceptor.js";
 import { type Peer, peerKey } from "../peer.js";
 
 export const admin: Peer = {
@@ -89,26 +90,8 @@ export async function startInProcessApi(
     await rm(dir, { recursive: true, force: true });
     throw error;
   }
-  // As the server's error mapping does: our errors become Connect codes.
-  const mapErrors: Interceptor = (next) => async (request) => {
-    try {
-      const response = await next(request);
-      if (!response.stream) return response;
-      const messages = response.message;
-      return {
-        ...response,
-        message: (async function* () {
-          try {
-            yield* messages;
-          } catch (error) {
-            throw toConnectError(error);
-          }
-        })(),
-      };
-    } catch (error) {
-      throw toConnectError(error);
-    }
-  };
+  // The server's own error mapping: our errors become Connect codes.
+  const mapErrors = errorMappingInterceptor();
   return {
     clock,
     store,
