@@ -160,19 +160,33 @@ export class ManagedProcess {
 export class TestResources {
   private readonly dirs: string[] = [];
   private readonly processes: ManagedProcess[] = [];
+  /**
+   * Set once cleanup has begun. A test that timed out keeps running after its hooks (vitest
+   * cannot cancel it), so what it starts afterwards is stopped at once instead of living on.
+   */
+  private cleanedUp = false;
 
   async tempDir(prefix = "cloudless-test-"): Promise<string> {
     const dir = await mkdtemp(path.join(tmpdir(), prefix));
+    if (this.cleanedUp) {
+      await rm(dir, { recursive: true, force: true });
+      throw new Error("test resources were already cleaned up (the test timed out?)");
+    }
     this.dirs.push(dir);
     return dir;
   }
 
   track(process: ManagedProcess): ManagedProcess {
+    if (this.cleanedUp) {
+      void process.stop(3_000);
+      return process;
+    }
     this.processes.push(process);
     return process;
   }
 
   async cleanup(): Promise<void> {
+    this.cleanedUp = true;
     await Promise.all(this.processes.map((p) => p.stop(3_000)));
     // Log files written under temp dirs join the run's log audit before they go.
     await Promise.all(this.dirs.map((dir) => archiveLogFiles(dir)));
