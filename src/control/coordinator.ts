@@ -19,6 +19,7 @@ import { type CoordinatorMetrics, createCoordinatorMetrics } from "../observe/me
 import type { Leadership } from "./api/context.js";
 import { type ApiServer, startApiServer } from "./api/server.js";
 import { auditKey } from "./audit/auditModule.js";
+import type { EventLog } from "./events/eventLog.js";
 import { eventsKey } from "./events/eventsModule.js";
 import {
   CoordinatorRegistry,
@@ -35,7 +36,7 @@ import {
 import { nodeRegistryKey } from "./membership/membershipModule.js";
 import type { MembershipConfig } from "./membership/membershipTracker.js";
 import { coordinatorModules } from "./modules/index.js";
-import { startModules } from "./modules/moduleHost.js";
+import { type ModuleHost, startModules } from "./modules/moduleHost.js";
 import type { NodeRegistry } from "./nodes/nodeRegistry.js";
 import { nodeStreamsKey } from "./nodes/nodesModule.js";
 import { CA_KEY_FILE, type CertificateAuthority, loadOrCreateCa } from "./security/pki.js";
@@ -273,18 +274,7 @@ async function startWithStore(
   } catch (error) {
     await modules.stop();
     await releaseLock?.();
-    const code = (error as NodeJS.ErrnoException).code;
-    if (code === "EADDRINUSE") {
-      throw CloudlessError.unavailable(
-        `port ${options.port} on ${options.host} is already in use; stop what uses it or pass --port`,
-      );
-    }
-    if (code === "EACCES") {
-      throw CloudlessError.permissionDenied(
-        `not allowed to listen on ${options.host}:${options.port}; choose a port above 1024 with --port`,
-      );
-    }
-    throw error;
+    throw explainListenError(error, options);
   }
   const url =
     options.advertiseUrl ??
@@ -292,61 +282,22 @@ async function startWithStore(
   const registry = new CoordinatorRegistry(store, clock, logger, { id, url });
   await registry.start();
   await takeBackOwnLeadership(store, id, logger);
-  const electedMessage = (info: LeaderInfo | undefined) =>
-    info ? `coordinator ${info.id} at ${info.url}` : "none";
-  election = new LeaderElection({
+  election = startLeaderElection({
     store,
     clock,
     id,
     url,
-    ttlMs: options.leaderLeaseTtlMs ?? defaultLeaderLeaseTtlMs,
-    logger: logger.child({ component: "leader" }),
-    onElected: async (fence) => {
-      leaderStore.setFence(fence);
-      metrics.leader.set(1);
-      metrics.leaderElections.inc();
-      await modules.onLeader();
-      logger.info({ id, url }, "this coordinator is now the leader");
-      await events
-        .record({
-          type: "LeaderElected",
-          category: "operations",
-          subject: `coordinator/${id}`,
-          reason: "Elected",
-          message: `coordinator ${id} at ${url} leads: it runs the scheduler and controllers and receives heartbeats`,
-        })
-        .catch((error: unknown) => logger.warn({ err: error }, "could not record LeaderElected"));
-    },
-    onDemoted: async () => {
-      leaderStore.setFence(undefined);
-      metrics.leader.set(0);
-      await modules.onFollower();
-      logger.warn(
-        { id, leader: electedMessage(election?.leader) },
-        "this coordinator is no longer the leader",
-      );
-    },
+    options,
+    logger,
+    metrics,
+    leaderStore,
+    modules,
+    events,
   });
   await election.start();
 
   const adminConfigPath = path.join(dataDir, "admin.conf");
-  // Every coordinator of the cluster, this one first: the CLI fails over between them.
-  const peers = (await store.range(coordinatorsPrefix)).kvs
-    .map((kv) => decodeRecord(registrationRecordSchema, kv.key, kv.value).url)
-    .filter((peer): peer is string => peer !== undefined && peer !== url);
-  await writeAdminConfigIfMissing(adminConfigPath, {
-    clusterName,
-    servers: [url, ...new Set(peers)],
-    caPem: ca.certPem,
-    issue: () =>
-      ca.issueKeyPair({
-        subjectName: "admin",
-        spiffeUri: spiffeUri(clusterName, "admin", "admin"),
-        ttlMs: adminCertTtlMs,
-        nowMs: clock.nowMs(),
-        usage: "client",
-      }),
-  });
+  await writeClusterAdminConfig({ store, ca, clusterName, url, clock, adminConfigPath });
 
   let stopMaintenance = clock.setTimeout(function maintain() {
     // Housekeeping is the leader's job; followers would only race it.
@@ -401,6 +352,106 @@ async function startWithStore(
       await releaseLock?.();
     },
   };
+}
+
+/**
+ * The lease that makes one coordinator the leader (NFR-R1): on election the fence goes on
+ * the leader's store and every module starts its leader work; on demotion they stop it.
+ */
+function startLeaderElection(deps: {
+  store: Store;
+  clock: Clock;
+  id: string;
+  url: string;
+  options: CoordinatorOptions;
+  logger: Logger;
+  metrics: CoordinatorMetrics;
+  leaderStore: FencedStore;
+  modules: ModuleHost;
+  events: EventLog;
+}): LeaderElection {
+  const { store, clock, id, url, options, logger, metrics, leaderStore, modules, events } = deps;
+  const electedMessage = (info: LeaderInfo | undefined) =>
+    info ? `coordinator ${info.id} at ${info.url}` : "none";
+  const election: LeaderElection = new LeaderElection({
+    store,
+    clock,
+    id,
+    url,
+    ttlMs: options.leaderLeaseTtlMs ?? defaultLeaderLeaseTtlMs,
+    logger: logger.child({ component: "leader" }),
+    onElected: async (fence) => {
+      leaderStore.setFence(fence);
+      metrics.leader.set(1);
+      metrics.leaderElections.inc();
+      await modules.onLeader();
+      logger.info({ id, url }, "this coordinator is now the leader");
+      await events
+        .record({
+          type: "LeaderElected",
+          category: "operations",
+          subject: `coordinator/${id}`,
+          reason: "Elected",
+          message: `coordinator ${id} at ${url} leads: it runs the scheduler and controllers and receives heartbeats`,
+        })
+        .catch((error: unknown) => logger.warn({ err: error }, "could not record LeaderElected"));
+    },
+    onDemoted: async () => {
+      leaderStore.setFence(undefined);
+      metrics.leader.set(0);
+      await modules.onFollower();
+      logger.warn(
+        { id, leader: electedMessage(election.leader) },
+        "this coordinator is no longer the leader",
+      );
+    },
+  });
+  return election;
+}
+
+/** admin.conf for the operator's CLI, unless one is there: every coordinator, this one first. */
+async function writeClusterAdminConfig(deps: {
+  store: Store;
+  ca: CertificateAuthority;
+  clusterName: string;
+  url: string;
+  clock: Clock;
+  adminConfigPath: string;
+}): Promise<void> {
+  const { store, ca, clusterName, url, clock, adminConfigPath } = deps;
+  // Every coordinator of the cluster, this one first: the CLI fails over between them.
+  const peers = (await store.range(coordinatorsPrefix)).kvs
+    .map((kv) => decodeRecord(registrationRecordSchema, kv.key, kv.value).url)
+    .filter((peer): peer is string => peer !== undefined && peer !== url);
+  await writeAdminConfigIfMissing(adminConfigPath, {
+    clusterName,
+    servers: [url, ...new Set(peers)],
+    caPem: ca.certPem,
+    issue: () =>
+      ca.issueKeyPair({
+        subjectName: "admin",
+        spiffeUri: spiffeUri(clusterName, "admin", "admin"),
+        ttlMs: adminCertTtlMs,
+        nowMs: clock.nowMs(),
+        usage: "client",
+      }),
+  });
+}
+
+/** A listen failure the operator can act on, said in one line; anything else as it is. */
+function explainListenError(error: unknown, options: CoordinatorOptions): unknown {
+  const code = (error as NodeJS.ErrnoException).code;
+  if (code === "EADDRINUSE") {
+    return CloudlessError.unavailable(
+      `port ${options.port} on ${options.host} is already in use; stop what uses it or pass --port`,
+    );
+  }
+  if (code === "EACCES") {
+    return CloudlessError.permissionDenied(
+      `not allowed to listen on ${options.host}:${options.port}; choose a port above 1024 with --port`,
+    );
+  }
+  return error;
 }
 
 function splitNames(options: CoordinatorOptions): { dnsNames: string[]; ipAddresses: string[] } {
