@@ -235,6 +235,16 @@ describe("EndpointPicker outlier ejection", () => {
     expect(p.pick(t0)?.endpoint.id).toBe("a");
   });
 
+  it("REQ-042 NFR-A1 with no set update for 15 minutes (coordinator away) picks go on and ejections end on time", () => {
+    const p = picker([endpoint("a", { node: "n1" }), endpoint("b")]);
+    failTimes(p, "a", 3, t0);
+    const fifteenMinutesMs = 15 * 60_000;
+    for (let now = t0; now < t0 + fifteenMinutesMs; now += 60_000) {
+      const expected = now < t0 + firstEjectionMs ? "b" : "a";
+      expect(p.pick(now)?.endpoint.id).toBe(expected);
+    }
+  });
+
   it("REQ-042 an ejected endpoint spills its tier to the next one", () => {
     const p = picker([
       endpoint("local", { node: "n1" }),
