@@ -299,6 +299,9 @@ describe("EndpointPicker endpoint set updates", () => {
       }
     }
     expect(p.pick(t0)?.endpoint.id).toBe("a");
+    // The limit itself is accepted.
+    p.setEndpoints(Array.from({ length: maxEndpointsPerServicePort }, (_, i) => endpoint(`e${i}`)));
+    expect(p.pick(t0)?.tier).toBe("any");
   });
 
   it("REQ-042 the picker refuses nonsensical ejection settings", () => {

@@ -98,6 +98,13 @@ export class EndpointPicker {
   private readonly firstEjectionMs: number;
   private readonly maxEjectionMs: number;
   private endpoints: readonly ServiceEndpoint[] = [];
+  /** The ids of `endpoints`. */
+  private ids: ReadonlySet<string> = new Set();
+  /**
+   * `endpoints` by the closest tier each is in, in `tiers` order; computed once per set,
+   * since an endpoint's tier changes only with the set.
+   */
+  private byTier: readonly (readonly ServiceEndpoint[])[] = tiers.map(() => []);
   /** Keyed by the ids of `endpoints` only (setEndpoints drops the rest). */
   private readonly outliers = new Map<string, OutlierState>();
 
@@ -157,6 +164,8 @@ export class EndpointPicker {
       }
     }
     this.endpoints = endpoints.map((endpoint) => ({ ...endpoint }));
+    this.ids = ids;
+    this.byTier = tiers.map((tier) => this.endpoints.filter((e) => this.closestTier(e) === tier));
     for (const id of this.outliers.keys()) {
       if (!ids.has(id)) this.outliers.delete(id);
     }
@@ -170,14 +179,8 @@ export class EndpointPicker {
    * threshold, and the ejection rule's own promise that one endpoint always stays.
    */
   pick(nowMs: number, exclude: ReadonlySet<string> = new Set()): Pick | undefined {
-    const candidates = this.endpoints.filter((e) => isReady(e) && !exclude.has(e.id));
-    const healthy = candidates.filter((e) => !this.isEjected(e.id, nowMs));
-    const pool = healthy.length > 0 ? healthy : candidates;
-    for (const tier of tiers) {
-      const inTier = pool.filter((e) => this.inTier(e, tier));
-      if (inTier.length > 0) return { endpoint: this.weightedPick(inTier), tier };
-    }
-    return undefined;
+    const open = (e: ServiceEndpoint) => isReady(e) && !exclude.has(e.id);
+    return this.pickFrom((e) => open(e) && !this.isEjected(e.id, nowMs)) ?? this.pickFrom(open);
   }
 
   /**
@@ -186,7 +189,7 @@ export class EndpointPicker {
    * An id not in the set is ignored, so the state stays bounded by the set.
    */
   reportConnectFailure(id: string, nowMs: number): void {
-    if (!this.endpoints.some((e) => e.id === id)) return;
+    if (!this.ids.has(id)) return;
     const state = this.outlier(id);
     if (nowMs < state.ejectedUntilMs) return;
     state.consecutiveFailures++;
@@ -238,19 +241,21 @@ export class EndpointPicker {
     return this.endpoints.some((e) => e.id !== id && isReady(e) && !this.isEjected(e.id, nowMs));
   }
 
-  private inTier(endpoint: ServiceEndpoint, tier: LocalityTier): boolean {
-    const here = this.locality;
-    switch (tier) {
-      case "node":
-        return endpoint.node === here.node;
-      case "zone":
-        // Zone names are unique within a region, not across regions.
-        return known(here.zone) && endpoint.zone === here.zone && endpoint.region === here.region;
-      case "region":
-        return sameRegion(endpoint, here);
-      case "any":
-        return true;
+  /** The closest tier with an eligible endpoint, and a weighted pick in it. */
+  private pickFrom(eligible: (endpoint: ServiceEndpoint) => boolean): Pick | undefined {
+    for (const [index, tier] of tiers.entries()) {
+      const inTier = (this.byTier[index] ?? []).filter(eligible);
+      if (inTier.length > 0) return { endpoint: this.weightedPick(inTier), tier };
     }
+    return undefined;
+  }
+
+  private closestTier(endpoint: ServiceEndpoint): LocalityTier {
+    const here = this.locality;
+    if (endpoint.node === here.node) return "node";
+    if (!known(here.region) || endpoint.region !== here.region) return "any";
+    // Zone names are unique within a region, not across regions.
+    return known(here.zone) && endpoint.zone === here.zone ? "zone" : "region";
   }
 
   /** Weighted random: one draw, then the endpoint whose cumulative range holds it. */
@@ -276,8 +281,4 @@ function isReady(endpoint: ServiceEndpoint): boolean {
 
 function known(name: string): boolean {
   return name !== "";
-}
-
-function sameRegion(endpoint: ServiceEndpoint, here: PickerLocality): boolean {
-  return known(here.region) && endpoint.region === here.region;
 }
