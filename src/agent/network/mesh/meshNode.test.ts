@@ -1,0 +1,407 @@
+import { createHash, randomBytes } from "node:crypto";
+import * as http2 from "node:http2";
+import * as net from "node:net";
+import type { Duplex } from "node:stream";
+import * as tls from "node:tls";
+import { afterEach, beforeAll, describe, expect, it } from "vitest";
+import {
+  type IssuedPair,
+  meshPeer,
+  type TestCluster,
+  testCluster,
+} from "../../../../test/helpers/meshCertificates.js";
+import { waitFor } from "../../../../test/helpers/processes.js";
+import type { MeshPeer } from "../../../api/gen/cloudless/v1/service_pb.js";
+import { systemClock } from "../../../lib/clock.js";
+import { MAX_FLOW_HEADER_BYTES, MESH_ALPN } from "../../../lib/mesh/flowHeader.js";
+import { handleRelayRequest, RELAY_PATH_PREFIX, RelayHub } from "../../../lib/mesh/relayHub.js";
+import { silentLogger } from "../../../observe/logger.js";
+import { MeshDialError, MeshNode, type MeshTarget } from "./meshNode.js";
+
+const target: MeshTarget = { namespace: "default", service: "web", port: "http", replicaId: "r1" };
+
+/** Resources a test made, closed after it even when it fails. */
+const cleanups: (() => Promise<void> | void)[] = [];
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+});
+
+/** A replica stand-in on 127.0.0.1: echoes what it reads and ends when its input ends. */
+async function echoServer(seen?: Buffer[]): Promise<number> {
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer({ allowHalfOpen: true }, (socket) => {
+    sockets.add(socket);
+    socket.on("close", () => sockets.delete(socket));
+    socket.on("data", (chunk: Buffer) => seen?.push(chunk));
+    socket.pipe(socket);
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  cleanups.push(
+    () =>
+      new Promise<void>((resolve) => {
+        for (const socket of sockets) socket.destroy();
+        server.close(() => resolve());
+      }),
+  );
+  return (server.address() as net.AddressInfo).port;
+}
+
+/** A port nothing listens on (bound, then closed). */
+async function closedPort(): Promise<number> {
+  const server = net.createServer();
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const port = (server.address() as net.AddressInfo).port;
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
+}
+
+/** Sends `payload`, ends, and collects everything until the other side ends. */
+function exchange(flow: Duplex, payload: Buffer): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const received: Buffer[] = [];
+    flow.on("data", (chunk: Buffer) => received.push(chunk));
+    flow.once("end", () => resolve(Buffer.concat(received)));
+    flow.once("error", reject);
+    flow.end(payload);
+  });
+}
+
+function sha256(data: Buffer): string {
+  return createHash("sha256").update(data).digest("hex");
+}
+
+/**
+ * A raw TLS client on the mesh port: sends a ping and says what came back — "ok" only when
+ * the mesh answered {"ok":true}.
+ */
+function rawPing(
+  port: number,
+  caPem: string,
+  client: IssuedPair | undefined,
+  headerLine = '{"v":1,"op":"ping"}\n',
+): Promise<string> {
+  return new Promise((resolve) => {
+    const socket = tls.connect({
+      host: "127.0.0.1",
+      port,
+      ca: caPem,
+      ...(client ? { cert: client.certPem, key: client.keyPem } : {}),
+      ALPNProtocols: [MESH_ALPN],
+      checkServerIdentity: () => undefined,
+    });
+    let received = "";
+    const done = (result: string) => {
+      socket.destroy();
+      resolve(result);
+    };
+    socket.setTimeout(5_000, () => done("timeout"));
+    socket.on("secureConnect", () => socket.write(headerLine));
+    socket.on("data", (chunk: Buffer) => {
+      received += chunk.toString();
+      if (received.includes("\n")) done(received.trim() === '{"ok":true}' ? "ok" : received);
+    });
+    socket.on("error", (error) => done(`error: ${error.message}`));
+    socket.on("close", () => done(received === "" ? "closed" : received));
+  });
+}
+
+describe("mesh node (REQ-040, REQ-060, REQ-003)", () => {
+  let cluster: TestCluster;
+  let foreign: TestCluster;
+  const certs: Record<string, IssuedPair> = {};
+
+  beforeAll(async () => {
+    cluster = await testCluster("test");
+    foreign = await testCluster("test");
+    for (const name of ["a", "b", "c"]) certs[name] = await cluster.issue("node", name);
+  });
+
+  interface StartedNode {
+    node: MeshNode;
+    port: number;
+    pathChanges: string[];
+  }
+
+  async function startNode(
+    name: string,
+    options: {
+      relay?: boolean;
+      resolveLocal?: (t: MeshTarget) => number | undefined;
+      pair?: IssuedPair;
+    } = {},
+  ): Promise<StartedNode> {
+    const pair = options.pair ?? certs[name]!;
+    const pathChanges: string[] = [];
+    const node = new MeshNode({
+      identity: () => ({
+        clusterName: "test",
+        nodeName: name,
+        caPem: cluster.caPem,
+        certPem: pair.certPem,
+        keyPem: pair.keyPem,
+      }),
+      host: "127.0.0.1",
+      port: 0,
+      relay: options.relay ?? false,
+      resolveLocal: options.resolveLocal ?? (() => undefined),
+      logger: silentLogger,
+      clock: systemClock,
+      onPathChange: (peer, from, to, via) => pathChanges.push(`${peer}:${from}->${to}:${via}`),
+    });
+    cleanups.push(() => node.stop());
+    const { port } = await node.start();
+    return { node, port, pathChanges };
+  }
+
+  it("REQ-040: a flow from A to B carries 10 MiB both ways intact (sha256), half-close kept", async () => {
+    const echoPort = await echoServer();
+    const a = await startNode("a");
+    const b = await startNode("b", {
+      resolveLocal: (t) => (t.service === "web" && t.replicaId === "r1" ? echoPort : undefined),
+    });
+    const peers = [meshPeer("a", { port: a.port }), meshPeer("b", { port: b.port })];
+    a.node.setPeers(peers, []);
+    b.node.setPeers(peers, []);
+
+    const payload = randomBytes(10 * 1024 * 1024);
+    const flow = await a.node.dial("b", target, { timeoutMs: 5_000 });
+    const started = performance.now();
+    const echoed = await exchange(flow, payload);
+    const seconds = (performance.now() - started) / 1000;
+    expect(echoed.length).toBe(payload.length);
+    expect(sha256(echoed)).toBe(sha256(payload));
+    console.log(
+      `mesh direct: 10 MiB echoed in ${seconds.toFixed(2)} s, ${((2 * 10) / seconds).toFixed(0)} MB/s both ways`,
+    );
+    const row = a.node.peers().find((p) => p.node === "b");
+    expect(row?.path).toBe("direct");
+    expect(row?.address).toBe(`127.0.0.1:${b.port}`);
+    await waitFor("the flow to close in the path table", () =>
+      a.node.peers().find((p) => p.node === "b")?.activeFlows === 0 ? true : undefined,
+    );
+    const after = a.node.peers().find((p) => p.node === "b")!;
+    expect(Number(after.bytesSent)).toBeGreaterThanOrEqual(payload.length);
+    expect(Number(after.bytesReceived)).toBeGreaterThanOrEqual(payload.length);
+  });
+
+  it("REQ-040: a connect for a replica that does not run on B is refused (ok:false), not connected", async () => {
+    const a = await startNode("a");
+    const b = await startNode("b", { resolveLocal: () => undefined });
+    const peers = [meshPeer("a", { port: a.port }), meshPeer("b", { port: b.port })];
+    a.node.setPeers(peers, []);
+    b.node.setPeers(peers, []);
+    const error = await a.node.dial("b", target, { timeoutMs: 5_000 }).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(MeshDialError);
+    expect((error as MeshDialError).code).toBe("refused");
+    expect((error as MeshDialError).message).toContain("does not run on this node");
+  });
+
+  it("REQ-060: the mesh port refuses no certificate, another CA, an admin, a deleted node and a re-enrolled node's old certificate", async () => {
+    const b = await startNode("b");
+    // C was deleted and joined again: enrolled now, its new certificate issued after that.
+    const enrolledAtMs = Date.now();
+    const currentC = await cluster.issue("node", "c", { nowMs: enrolledAtMs });
+    const oldC = await cluster.issue("node", "c", { nowMs: enrolledAtMs - 3_600_000 });
+    const admin = await cluster.issue("admin", "admin");
+    const coordinator = await cluster.issue("coordinator", "coord-1");
+    const foreignA = await foreign.issue("node", "a");
+    const deleted = await cluster.issue("node", "d");
+    b.node.setPeers(
+      [
+        meshPeer("a", { port: 1 }),
+        meshPeer("b", { port: b.port }),
+        meshPeer("c", { port: 1, enrolledAtMs }),
+      ],
+      [],
+    );
+    // The control: a member's current certificate is answered.
+    expect(await rawPing(b.port, cluster.caPem, certs.a)).toBe("ok");
+    expect(await rawPing(b.port, cluster.caPem, currentC)).toBe("ok");
+    expect(await rawPing(b.port, cluster.caPem, undefined)).not.toBe("ok");
+    expect(await rawPing(b.port, cluster.caPem, foreignA)).not.toBe("ok");
+    expect(await rawPing(b.port, cluster.caPem, admin)).not.toBe("ok");
+    expect(await rawPing(b.port, cluster.caPem, coordinator)).not.toBe("ok");
+    expect(await rawPing(b.port, cluster.caPem, deleted)).not.toBe("ok");
+    expect(await rawPing(b.port, cluster.caPem, oldC)).not.toBe("ok");
+    const reasons = [...b.node.refusals().keys()].join("\n");
+    expect(reasons).toContain("TLS handshake failed");
+    expect(reasons).toContain("a admin certificate is not a mesh peer");
+    expect(reasons).toContain("a coordinator certificate is not a mesh peer");
+    expect(reasons).toContain("node d is not a member");
+    expect(reasons).toContain("predates its enrolment");
+
+    // A dialer refuses a server that is not the node it meant (B's port, asked for "a").
+    const a = await startNode("a");
+    a.node.setPeers([meshPeer("a", { port: a.port }), meshPeer("b", { port: b.port })], []);
+    a.node.setPeers(
+      [
+        meshPeer("a", { port: a.port }),
+        meshPeer("b", { port: b.port }),
+        meshPeer("c", { port: b.port }),
+      ],
+      [],
+    );
+    const wrong = await a.node.dial("c", target, { timeoutMs: 3_000 }).catch((e: unknown) => e);
+    expect((wrong as MeshDialError).code).toBe("refused");
+    expect((wrong as MeshDialError).message).toContain("names node b, not c");
+  });
+
+  it("REQ-060: an oversized or garbled flow header is closed without an answer", async () => {
+    const b = await startNode("b");
+    b.node.setPeers([meshPeer("a"), meshPeer("b", { port: b.port })], []);
+    const oversized = `{"v":1,"op":"ping","pad":"${"x".repeat(MAX_FLOW_HEADER_BYTES)}"}\n`;
+    expect(await rawPing(b.port, cluster.caPem, certs.a, oversized)).toBe("closed");
+    expect(await rawPing(b.port, cluster.caPem, certs.a, "not json\n")).toBe("closed");
+    expect(await rawPing(b.port, cluster.caPem, certs.a)).toBe("ok");
+    const reasons = [...b.node.refusals().keys()].join("\n");
+    expect(reasons).toContain("longer than 2048 bytes");
+    expect(reasons).toContain("not JSON");
+  });
+
+  /** A coordinator-like relay: an http2 secure server with a coordinator certificate. */
+  async function startHubServer(members: () => Set<string>): Promise<{
+    address: string;
+    hub: RelayHub;
+    piped: Buffer[];
+  }> {
+    const coordinator = await cluster.issue("coordinator", "coord-1");
+    const hub = new RelayHub({ isMember: (node) => members().has(node), logger: silentLogger });
+    const piped: Buffer[] = [];
+    const sessions = new Set<http2.ServerHttp2Session>();
+    const server = http2.createSecureServer(
+      {
+        key: coordinator.keyPem,
+        cert: coordinator.certPem,
+        ca: cluster.caPem,
+        requestCert: true,
+        rejectUnauthorized: true,
+      },
+      (request, response) => {
+        const socket = request.socket as tls.TLSSocket;
+        const san = socket.getPeerCertificate().subjectaltname ?? "";
+        const node = /URI:spiffe:\/\/test\/node\/([a-z0-9-]+)/.exec(san)?.[1];
+        if (!node || !request.url.startsWith(RELAY_PATH_PREFIX)) {
+          response.writeHead(403).end();
+          return;
+        }
+        // A tap on every byte the hub writes to a stream, to prove it only sees ciphertext.
+        const stream = request.stream;
+        const write = stream.write.bind(stream) as (...args: unknown[]) => boolean;
+        stream.write = ((chunk: unknown, ...rest: unknown[]) => {
+          if (Buffer.isBuffer(chunk)) piped.push(Buffer.from(chunk));
+          return write(chunk, ...rest);
+        }) as typeof stream.write;
+        handleRelayRequest(hub, request, response, node);
+      },
+    );
+    server.on("session", (session) => {
+      sessions.add(session);
+      session.on("close", () => sessions.delete(session));
+    });
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    cleanups.push(
+      () =>
+        new Promise<void>((resolve) => {
+          hub.close();
+          for (const session of sessions) session.destroy();
+          server.close(() => resolve());
+        }),
+    );
+    return { address: `127.0.0.1:${(server.address() as net.AddressInfo).port}`, hub, piped };
+  }
+
+  it("REQ-003: a dial goes through the coordinator relay when B's direct address refuses; the relay sees only ciphertext; the path returns to direct", async () => {
+    const seen: Buffer[] = [];
+    const echoPort = await echoServer(seen);
+    const a = await startNode("a");
+    const b = await startNode("b", { resolveLocal: () => echoPort });
+    const deadPort = await closedPort();
+    let peers: MeshPeer[] = [meshPeer("a", { port: a.port }), meshPeer("b", { port: deadPort })];
+    const relay = await startHubServer(() => new Set(peers.map((p) => p.node)));
+    a.node.setPeers(peers, [relay.address]);
+    b.node.setPeers(peers, [relay.address]);
+    await waitFor("B's listen stream on the relay", () => relay.hub.hasListener("b") || undefined);
+
+    const marker = "MARKER-7f3a9c-PLAINTEXT";
+    const payload = Buffer.concat([
+      Buffer.from(marker.repeat(1000)),
+      randomBytes(4 * 1024 * 1024),
+      Buffer.from(marker),
+    ]);
+    const flow = await a.node.dial("b", target, { timeoutMs: 10_000 });
+    const started = performance.now();
+    const echoed = await exchange(flow, payload);
+    const seconds = (performance.now() - started) / 1000;
+    console.log(
+      `mesh relayed: ${(payload.length / 1048576).toFixed(1)} MiB echoed in ${seconds.toFixed(2)} s, ${((2 * payload.length) / 1048576 / seconds).toFixed(0)} MB/s both ways`,
+    );
+    expect(echoed.length).toBe(payload.length);
+    expect(sha256(echoed)).toBe(sha256(payload));
+    // The replica got the plaintext; the relay piped at least as many bytes, none of it plain.
+    expect(Buffer.concat(seen).includes(marker)).toBe(true);
+    const relayBytes = Buffer.concat(relay.piped);
+    expect(relayBytes.length).toBeGreaterThan(2 * payload.length);
+    expect(relayBytes.includes(marker)).toBe(false);
+
+    const row = a.node.peers().find((p) => p.node === "b")!;
+    expect(row.path).toBe("relayed");
+    expect(row.via).toBe(`coordinator ${relay.address}`);
+    expect(a.pathChanges).toContain(`b:unreachable->relayed:coordinator ${relay.address}`);
+
+    // B becomes reachable directly: the background probe moves the path back.
+    peers = [meshPeer("a", { port: a.port }), meshPeer("b", { port: b.port })];
+    a.node.setPeers(peers, [relay.address]);
+    b.node.setPeers(peers, [relay.address]);
+    await a.node.probeNow();
+    const back = a.node.peers().find((p) => p.node === "b")!;
+    expect(back.path).toBe("direct");
+    expect(back.address).toBe(`127.0.0.1:${b.port}`);
+    expect(back.rttMs).toBeGreaterThan(0);
+    expect(a.pathChanges).toContain("b:relayed->direct:");
+  });
+
+  it("REQ-003: a node started with relay: true serves the hub on its mesh port (h2) for nodes behind NAT", async () => {
+    const echoPort = await echoServer();
+    const c = await startNode("c", { relay: true });
+    const a = await startNode("a");
+    const b = await startNode("b", { resolveLocal: () => echoPort });
+    const deadPort = await closedPort();
+    const peers = [
+      meshPeer("a", { port: a.port }),
+      meshPeer("b", { port: deadPort }),
+      meshPeer("c", { port: c.port, relay: true }),
+    ];
+    for (const started of [a, b, c]) started.node.setPeers(peers, []);
+    await waitFor("B's listen stream on relay C", () =>
+      c.node.relayHub()?.hasListener("b") ? true : undefined,
+    );
+    const flow = await a.node.dial("b", target, { timeoutMs: 10_000 });
+    const echoed = await exchange(flow, Buffer.from("hello through c"));
+    expect(echoed.toString()).toBe("hello through c");
+    const row = a.node.peers().find((p) => p.node === "b")!;
+    expect(row.path).toBe("relayed");
+    expect(row.via).toBe("c");
+  });
+
+  it("REQ-040: dialling a node with no path fails as unreachable, and stop() leaves no listener", async () => {
+    const a = await startNode("a");
+    const b = await startNode("b");
+    const deadPort = await closedPort();
+    a.node.setPeers([meshPeer("a", { port: a.port }), meshPeer("b", { port: deadPort })], []);
+    const error = await a.node.dial("b", target, { timeoutMs: 3_000 }).catch((e: unknown) => e);
+    expect((error as MeshDialError).code).toBe("unreachable");
+    expect(a.node.peers().find((p) => p.node === "b")?.path).toBe("unreachable");
+
+    await b.node.stop();
+    await b.node.stop();
+    const refused = await new Promise<string>((resolve) => {
+      const socket = net.connect({ host: "127.0.0.1", port: b.port });
+      socket.once("connect", () => {
+        socket.destroy();
+        resolve("connected");
+      });
+      socket.once("error", (e: NodeJS.ErrnoException) => resolve(e.code ?? e.message));
+    });
+    expect(refused).toBe("ECONNREFUSED");
+  });
+});
