@@ -28,7 +28,7 @@ export interface TestCluster {
 }
 
 export async function testCluster(clusterName = "test"): Promise<TestCluster> {
-  // biome-ignore lint/plugin/clockAndRng: certificates are checked by TLS against the real clock
+  // The real clock: TLS checks these certificates against it.
   const nowMs = Date.now();
   const generated = await createCertificateAuthority({ clusterName, nowMs: nowMs - 3_600_000 });
   const ca = await CertificateAuthority.load(generated.certPem, generated.keyPem);
