@@ -306,5 +306,12 @@ export function handleRelayRequest(
   response: Http2ServerResponse,
   callerNode: string,
 ): void {
+  // A server with allowHTTP1 (the coordinator's) may route an HTTP/1.1 request here: a
+  // relay stream must be full duplex, which only HTTP/2 gives.
+  if (request.httpVersionMajor !== 2 || !request.stream) {
+    response.writeHead(505, { "content-type": "text/plain" });
+    response.end("relay requests need HTTP/2\n");
+    return;
+  }
   hub.handle(request, response, callerNode);
 }

@@ -1,4 +1,4 @@
-import { createHash, randomBytes } from "node:crypto";
+import { createHash, randomBytes, X509Certificate } from "node:crypto";
 import * as http2 from "node:http2";
 import * as net from "node:net";
 import type { Duplex } from "node:stream";
@@ -16,7 +16,7 @@ import { systemClock } from "../../../lib/clock.js";
 import { MAX_FLOW_HEADER_BYTES, MESH_ALPN } from "../../../lib/mesh/flowHeader.js";
 import { handleRelayRequest, RELAY_PATH_PREFIX, RelayHub } from "../../../lib/mesh/relayHub.js";
 import { silentLogger } from "../../../observe/logger.js";
-import { MeshDialError, MeshNode, type MeshTarget } from "./meshNode.js";
+import { MeshDialError, type MeshLimits, MeshNode, type MeshTarget } from "./meshNode.js";
 
 const target: MeshTarget = { namespace: "default", service: "web", port: "http", replicaId: "r1" };
 
@@ -128,17 +128,19 @@ describe("mesh node (REQ-040, REQ-060, REQ-003)", () => {
       relay?: boolean;
       resolveLocal?: (t: MeshTarget) => number | undefined;
       pair?: IssuedPair;
+      identityPair?: () => IssuedPair;
+      limits?: Partial<MeshLimits>;
     } = {},
   ): Promise<StartedNode> {
-    const pair = options.pair ?? certs[name]!;
+    const pairOf = options.identityPair ?? (() => options.pair ?? certs[name]!);
     const pathChanges: string[] = [];
     const node = new MeshNode({
       identity: () => ({
         clusterName: "test",
         nodeName: name,
         caPem: cluster.caPem,
-        certPem: pair.certPem,
-        keyPem: pair.keyPem,
+        certPem: pairOf().certPem,
+        keyPem: pairOf().keyPem,
       }),
       host: "127.0.0.1",
       port: 0,
@@ -147,6 +149,7 @@ describe("mesh node (REQ-040, REQ-060, REQ-003)", () => {
       logger: silentLogger,
       clock: systemClock,
       onPathChange: (peer, from, to, via) => pathChanges.push(`${peer}:${from}->${to}:${via}`),
+      ...(options.limits ? { limits: options.limits } : {}),
     });
     cleanups.push(() => node.stop());
     const { port } = await node.start();
@@ -263,6 +266,8 @@ describe("mesh node (REQ-040, REQ-060, REQ-003)", () => {
     address: string;
     hub: RelayHub;
     piped: Buffer[];
+    dropSessions: () => void;
+    sessionsOpened: () => number;
   }> {
     const coordinator = await cluster.issue("coordinator", "coord-1");
     const hub = new RelayHub({ isMember: (node) => members().has(node), logger: silentLogger });
@@ -294,7 +299,9 @@ describe("mesh node (REQ-040, REQ-060, REQ-003)", () => {
         handleRelayRequest(hub, request, response, node);
       },
     );
+    let opened = 0;
     server.on("session", (session) => {
+      opened += 1;
       sessions.add(session);
       session.on("close", () => sessions.delete(session));
     });
@@ -307,7 +314,15 @@ describe("mesh node (REQ-040, REQ-060, REQ-003)", () => {
           server.close(() => resolve());
         }),
     );
-    return { address: `127.0.0.1:${(server.address() as net.AddressInfo).port}`, hub, piped };
+    return {
+      address: `127.0.0.1:${(server.address() as net.AddressInfo).port}`,
+      hub,
+      piped,
+      dropSessions: () => {
+        for (const session of sessions) session.destroy();
+      },
+      sessionsOpened: () => opened,
+    };
   }
 
   it("REQ-003: a dial goes through the coordinator relay when B's direct address refuses; the relay sees only ciphertext; the path returns to direct", async () => {
@@ -403,5 +418,98 @@ describe("mesh node (REQ-040, REQ-060, REQ-003)", () => {
       socket.once("error", (e: NodeJS.ErrnoException) => resolve(e.code ?? e.message));
     });
     expect(refused).toBe("ECONNREFUSED");
+  });
+
+  it("REQ-060: a peer that completes TLS and sends no header is closed at the header deadline", async () => {
+    const b = await startNode("b", { limits: { headerTimeoutMs: 200 } });
+    b.node.setPeers([meshPeer("a"), meshPeer("b", { port: b.port })], []);
+    expect(await rawPing(b.port, cluster.caPem, certs.a, "")).toBe("closed");
+    expect([...b.node.refusals().keys()].join("\n")).toContain("no header line within 200 ms");
+  });
+
+  it("REQ-040: inbound flows are bounded; over the limit a connect is answered busy", async () => {
+    const echoPort = await echoServer();
+    const a = await startNode("a");
+    const b = await startNode("b", {
+      resolveLocal: () => echoPort,
+      limits: { maxConcurrentInboundFlows: 1 },
+    });
+    const peers = [meshPeer("a", { port: a.port }), meshPeer("b", { port: b.port })];
+    a.node.setPeers(peers, []);
+    b.node.setPeers(peers, []);
+    const first = await a.node.dial("b", target);
+    const second = await a.node.dial("b", target).catch((e: unknown) => e);
+    expect((second as MeshDialError).code).toBe("refused");
+    expect((second as MeshDialError).message).toContain("busy: 1 flows (the limit)");
+    first.destroy();
+    await waitFor("the first flow to be released", async () => {
+      const flow = await a.node.dial("b", target).catch(() => undefined);
+      flow?.destroy();
+      return flow !== undefined;
+    });
+  });
+
+  it("REQ-040: a dial to an address that accepts TCP but never speaks TLS fails as a timeout", async () => {
+    const silent = net.createServer(() => {});
+    const held = new Set<net.Socket>();
+    silent.on("connection", (socket) => held.add(socket));
+    await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve));
+    cleanups.push(
+      () =>
+        new Promise<void>((resolve) => {
+          for (const socket of held) socket.destroy();
+          silent.close(() => resolve());
+        }),
+    );
+    const a = await startNode("a");
+    const silentPort = (silent.address() as net.AddressInfo).port;
+    a.node.setPeers([meshPeer("a", { port: a.port }), meshPeer("b", { port: silentPort })], []);
+    const error = await a.node.dial("b", target, { timeoutMs: 300 }).catch((e: unknown) => e);
+    expect((error as MeshDialError).code).toBe("timeout");
+  });
+
+  it("REQ-060: a renewed certificate is presented from the next handshake on", async () => {
+    let current = certs.b!;
+    const b = await startNode("b", { identityPair: () => current });
+    b.node.setPeers([meshPeer("a"), meshPeer("b", { port: b.port })], []);
+    const serialOf = () =>
+      new Promise<string>((resolve, reject) => {
+        const socket = tls.connect({
+          host: "127.0.0.1",
+          port: b.port,
+          ca: cluster.caPem,
+          cert: certs.a!.certPem,
+          key: certs.a!.keyPem,
+          ALPNProtocols: [MESH_ALPN],
+          checkServerIdentity: () => undefined,
+        });
+        socket.once("secureConnect", () => {
+          resolve(socket.getPeerCertificate().serialNumber.toLowerCase());
+          socket.destroy();
+        });
+        socket.once("error", reject);
+      });
+    const serial = (pair: IssuedPair) =>
+      new X509Certificate(pair.certPem).serialNumber.toLowerCase();
+    expect(await serialOf()).toBe(serial(certs.b!));
+    current = await cluster.issue("node", "b");
+    expect(await serialOf()).toBe(serial(current));
+  });
+
+  it("REQ-003: a relay listen stream comes back after the relay drops it, and stop() leaves none", async () => {
+    const b = await startNode("b", { limits: { relayRetryInitialMs: 50 } });
+    const peers = [meshPeer("a"), meshPeer("b", { port: b.port })];
+    const relay = await startHubServer(() => new Set(["a", "b"]));
+    b.node.setPeers(peers, [relay.address]);
+    await waitFor("B's listen stream", () => relay.hub.hasListener("b") || undefined);
+    const sessionsBefore = relay.sessionsOpened();
+    relay.dropSessions();
+    await waitFor("B to listen again on a new session", () =>
+      relay.sessionsOpened() > sessionsBefore && relay.hub.hasListener("b") ? true : undefined,
+    );
+    await b.node.stop();
+    await waitFor("B's listen stream to end with stop()", () =>
+      !relay.hub.hasListener("b") ? true : undefined,
+    );
   });
 });

@@ -112,6 +112,12 @@ export interface MeshLimits {
   /** Relay listen reconnect back-off: first and largest delay. */
   relayRetryInitialMs: number;
   relayRetryMaxMs: number;
+  /**
+   * An HTTP/2 PING on each relay session this often: keeps the NAT mapping of a node
+   * behind a home router alive (many drop idle TCP after a few minutes) and finds a dead
+   * relay; a PING unanswered within the handshake timeout ends the session (reconnect).
+   */
+  relayKeepaliveMs: number;
   /** Peers kept in the path table; the least recently used is dropped beyond it. */
   maxPathEntries: number;
 }
@@ -129,6 +135,7 @@ export const defaultMeshLimits: MeshLimits = {
   probeIdleAfterMs: 60_000,
   relayRetryInitialMs: 1_000,
   relayRetryMaxMs: 30_000,
+  relayKeepaliveMs: 25_000,
   maxPathEntries: 10_000,
 };
 
@@ -170,6 +177,7 @@ interface RelayLink {
   listening: boolean;
   retryDelayMs: number;
   cancelRetry?: () => void;
+  cancelKeepalive?: () => void;
   closed: boolean;
 }
 
@@ -941,6 +949,7 @@ export class MeshNode {
     };
     const retry = (error: unknown) => {
       link.listening = false;
+      link.cancelKeepalive?.();
       link.session?.destroy();
       link.session = undefined;
       if (link.closed || this.stopped) return;
@@ -976,10 +985,29 @@ export class MeshNode {
         stream.once("close", () => onDown(new Error("relay listen stream closed")));
         link.listening = true;
         link.retryDelayMs = this.limits.relayRetryInitialMs;
+        this.keepLinkAlive(link, session);
         this.logger.debug({ relay: link.via, address }, "mesh relay link listening");
         readListenStream(stream, (accept) => this.acceptRelayed(link, session, accept));
       })
       .catch(retry);
+  }
+
+  private keepLinkAlive(link: RelayLink, session: http2.ClientHttp2Session): void {
+    link.cancelKeepalive = this.options.clock.setTimeout(() => {
+      if (link.closed || session.destroyed || this.stopped) return;
+      // A wire deadline on real time: the relay must answer the PING.
+      const deadline = setTimeout(() => session.destroy(), this.limits.handshakeTimeoutMs);
+      deadline.unref();
+      const sent = session.ping((error) => {
+        clearTimeout(deadline);
+        if (error) session.destroy();
+        else this.keepLinkAlive(link, session);
+      });
+      if (!sent) {
+        clearTimeout(deadline);
+        session.destroy();
+      }
+    }, this.limits.relayKeepaliveMs);
   }
 
   /** A relayed flow for this node: open its accept stream and serve TLS inside it. */
@@ -1006,6 +1034,7 @@ export class MeshNode {
   private closeLink(link: RelayLink): void {
     link.closed = true;
     link.cancelRetry?.();
+    link.cancelKeepalive?.();
     link.session?.destroy();
     link.session = undefined;
     link.listening = false;
