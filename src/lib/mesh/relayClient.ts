@@ -7,6 +7,16 @@ import * as http2 from "node:http2";
 import type { PeerCertificate } from "node:tls";
 import { RELAY_ACCEPT_PATH, RELAY_DIAL_PATH, RELAY_LISTEN_PATH } from "./relayHub.js";
 
+/**
+ * HTTP/2 flow-control windows of a relay session. The 64 KiB default caps a stream at one
+ * window per round trip, and relayed flows are bulk TCP: 1 MiB per stream and 8 MiB per
+ * session let a few flows run at link speed while bounding what a relay buffers per flow.
+ * A server mounting the hub should offer the same (relayHttp2Settings).
+ */
+export const RELAY_STREAM_WINDOW_BYTES = 1024 * 1024;
+export const RELAY_SESSION_WINDOW_BYTES = 8 * 1024 * 1024;
+export const relayHttp2Settings: http2.Settings = { initialWindowSize: RELAY_STREAM_WINDOW_BYTES };
+
 /** Longest line on a listen stream (`{"accept":"<uuid>","from":"<node>"}` is ~120 bytes). */
 export const MAX_RELAY_LINE_BYTES = 1024;
 
@@ -57,6 +67,7 @@ export function openRelaySession(
       key: tls.keyPem,
       minVersion: "TLSv1.2",
       ALPNProtocols: ["h2"],
+      settings: relayHttp2Settings,
       checkServerIdentity: (_host, cert) => verifyServer(cert),
     });
     // A wire deadline on real time: how long a connect may take.
@@ -67,6 +78,7 @@ export function openRelaySession(
     timer.unref();
     session.once("connect", () => {
       clearTimeout(timer);
+      session.setLocalWindowSize(RELAY_SESSION_WINDOW_BYTES);
       session.off("error", onError);
       // Later session errors end the session; the owner learns it from "close".
       session.on("error", () => {});

@@ -41,8 +41,10 @@ import {
 import {
   MAX_RELAY_LINE_BYTES,
   openRelaySession,
+  RELAY_SESSION_WINDOW_BYTES,
   type RelayAccept,
   readListenStream,
+  relayHttp2Settings,
   relayPaths,
   relayRequest,
 } from "../../../lib/mesh/relayClient.js";
@@ -83,6 +85,10 @@ export interface MeshNodeOptions {
   resolveLocal: (target: MeshTarget) => number | undefined;
   logger: Logger;
   clock: Clock;
+  /**
+   * A peer's path changed: `from` and `to` are "direct", "relayed" or "unreachable" (`from`
+   * is "" for a peer's first path), `via` the relay of a relayed path, else "".
+   */
   onPathChange?: (peer: string, from: string, to: string, via: string) => void;
   /** Overrides of the limits below, for tests. */
   limits?: Partial<MeshLimits>;
@@ -155,7 +161,8 @@ type PathKind = "direct" | "relayed" | "unreachable";
 
 interface PeerState {
   node: string;
-  path: PathKind;
+  /** "" until the first dial or probe of the peer has an outcome. */
+  path: PathKind | "";
   via: string;
   address: string;
   rttMs: number;
@@ -264,8 +271,11 @@ export class MeshNode {
         isMember: (node) => this.members.has(node),
         logger: this.logger,
       });
-      const h2Server = http2.createServer({ settings: { maxConcurrentStreams: 1_000 } });
+      const h2Server = http2.createServer({
+        settings: { ...relayHttp2Settings, maxConcurrentStreams: 1_000 },
+      });
       h2Server.on("session", (session) => {
+        session.setLocalWindowSize(RELAY_SESSION_WINDOW_BYTES);
         if (this.nextSessionNode !== undefined) {
           this.sessionNode.set(session, this.nextSessionNode);
         }
@@ -388,27 +398,29 @@ export class MeshNode {
     return flow.socket;
   }
 
-  /** The path table, one row per peer dialled (or probed). */
+  /** The path table, one row per peer dialled (or probed), once it has an outcome. */
   peers(): PeerPath[] {
-    return [...this.paths.values()].map((state) => {
-      let bytesSent = state.closedBytesSent;
-      let bytesReceived = state.closedBytesReceived;
-      for (const socket of state.flows) {
-        bytesSent += socket.bytesWritten;
-        bytesReceived += socket.bytesRead;
-      }
-      return create(PeerPathSchema, {
-        node: state.node,
-        path: state.path,
-        via: state.via,
-        address: state.address,
-        rttMs: state.rttMs,
-        bytesSent: BigInt(bytesSent),
-        bytesReceived: BigInt(bytesReceived),
-        changedAt: timestampFromMs(state.changedAtMs),
-        activeFlows: state.flows.size,
+    return [...this.paths.values()]
+      .filter((state) => state.path !== "")
+      .map((state) => {
+        let bytesSent = state.closedBytesSent;
+        let bytesReceived = state.closedBytesReceived;
+        for (const socket of state.flows) {
+          bytesSent += socket.bytesWritten;
+          bytesReceived += socket.bytesRead;
+        }
+        return create(PeerPathSchema, {
+          node: state.node,
+          path: state.path,
+          via: state.via,
+          address: state.address,
+          rttMs: state.rttMs,
+          bytesSent: BigInt(bytesSent),
+          bytesReceived: BigInt(bytesReceived),
+          changedAt: timestampFromMs(state.changedAtMs),
+          activeFlows: state.flows.size,
+        });
       });
-    });
   }
 
   /** Refusals by reason since start (for metrics and tests); reasons carry no secrets. */
@@ -635,7 +647,7 @@ export class MeshNode {
       if (this.paths.size >= this.limits.maxPathEntries) this.evictLeastRecentlyUsed();
       state = {
         node,
-        path: "unreachable",
+        path: "",
         via: "",
         address: "",
         rttMs: 0,
@@ -662,11 +674,13 @@ export class MeshNode {
   private setPath(state: PeerState, path: PathKind, via: string, address: string): void {
     if (state.path === path && state.via === via && state.address === address) return;
     const from = state.path;
+    const fromVia = state.via;
     state.path = path;
     state.via = via;
     state.address = address;
     state.changedAtMs = this.options.clock.nowMs();
-    if (from !== path || via !== "") {
+    // Another address on the same direct path is no event; another path or relay is.
+    if (from !== path || fromVia !== via) {
       this.logger.info({ peer: state.node, from, to: path, via, address }, "mesh path changed");
       this.options.onPathChange?.(state.node, from, path, via);
     }
@@ -808,7 +822,6 @@ export class MeshNode {
         ALPNProtocols: [MESH_ALPN],
         minVersion: "TLSv1.3",
         allowHalfOpen: true,
-        servername: net.isIP(node) ? undefined : node,
         checkServerIdentity: (_host, cert) => {
           const verdict = checkNodeCertificate(cert.raw, identity.clusterName, this.members, node);
           if (verdict.ok) return undefined;
