@@ -88,7 +88,7 @@ export class RelayHub {
   private readonly listeners = new Map<string, ListenStream[]>();
   private readonly pending = new Map<string, PendingDial>();
   private readonly flowsPerNode = new Map<string, number>();
-  private readonly flowStreams = new Set<Duplex>();
+  private readonly flows = new Set<{ from: string; to: string; dial: Duplex; accept: Duplex }>();
   private readonly bytesFromNode = new Map<string, number>();
   private readonly refusals = new Map<string, number>();
   private closed = false;
@@ -103,7 +103,7 @@ export class RelayHub {
     return {
       listeners,
       pendingDials: this.pending.size,
-      relayedFlows: this.flowStreams.size / 2,
+      relayedFlows: this.flows.size,
       bytesFromNode: new Map(this.bytesFromNode),
       refusals: new Map(this.refusals),
     };
@@ -145,6 +145,29 @@ export class RelayHub {
     }
   }
 
+  /**
+   * Ends the listen streams, pending dials and flows of nodes `isMember` no longer
+   * accepts: call it when the member list changes (a deleted node keeps nothing here).
+   */
+  evictNonMembers(): void {
+    for (const [node, streams] of this.listeners) {
+      if (this.options.isMember(node)) continue;
+      for (const listener of streams) listener.response.stream.close();
+      this.listeners.delete(node);
+    }
+    for (const [id, dial] of this.pending) {
+      if (this.options.isMember(dial.from) && this.options.isMember(dial.to)) continue;
+      dial.cancelTimer();
+      dial.stream.destroy();
+      this.pending.delete(id);
+    }
+    for (const flow of this.flows) {
+      if (this.options.isMember(flow.from) && this.options.isMember(flow.to)) continue;
+      flow.dial.destroy();
+      flow.accept.destroy();
+    }
+  }
+
   /** Ends every stream the hub holds; later requests are refused. Idempotent. */
   close(): void {
     this.closed = true;
@@ -157,8 +180,11 @@ export class RelayHub {
       dial.stream.destroy();
     }
     this.pending.clear();
-    for (const stream of this.flowStreams) stream.destroy();
-    this.flowStreams.clear();
+    for (const flow of this.flows) {
+      flow.dial.destroy();
+      flow.accept.destroy();
+    }
+    this.flows.clear();
   }
 
   private refuse(response: Http2ServerResponse, refusal: RelayRefusal, caller: string): void {
@@ -257,8 +283,8 @@ export class RelayHub {
     response.stream.respond({ ":status": 200 });
     this.flowsPerNode.set(dial.from, (this.flowsPerNode.get(dial.from) ?? 0) + 1);
     this.flowsPerNode.set(node, (this.flowsPerNode.get(node) ?? 0) + 1);
-    this.flowStreams.add(dial.stream);
-    this.flowStreams.add(accepted);
+    const flow = { from: dial.from, to: node, dial: dial.stream, accept: accepted };
+    this.flows.add(flow);
     pipeFlow(
       dial.stream,
       accepted,
@@ -267,8 +293,7 @@ export class RelayHub {
         this.bytesFromNode.set(source, (this.bytesFromNode.get(source) ?? 0) + bytes);
       },
       () => {
-        this.flowStreams.delete(dial.stream);
-        this.flowStreams.delete(accepted);
+        this.flows.delete(flow);
         this.decrementFlows(dial.from);
         this.decrementFlows(node);
       },

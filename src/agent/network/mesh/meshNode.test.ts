@@ -521,4 +521,46 @@ describe("mesh node (REQ-040, REQ-060, REQ-003)", () => {
       !relay.hub.hasListener("b") ? true : undefined,
     );
   });
+
+  it("REQ-060: a node removed from the member list loses its open flows and its relay listen stream", async () => {
+    const echoPort = await echoServer();
+    const a = await startNode("a");
+    const b = await startNode("b", { resolveLocal: () => echoPort });
+    const c = await startNode("c", { relay: true });
+    const all = [
+      meshPeer("a", { port: a.port }),
+      meshPeer("b", { port: b.port }),
+      meshPeer("c", { port: c.port, relay: true }),
+    ];
+    for (const started of [a, b, c]) started.node.setPeers(all, []);
+    await waitFor("A's listen stream on relay C", () =>
+      c.node.relayHub()?.hasListener("a") ? true : undefined,
+    );
+    const flow = await a.node.dial("b", target);
+    // Cut by B: A's side sees its end (it is half-open until the caller ends it) or a close.
+    const closed = new Promise<void>((resolve) => {
+      flow.once("end", () => resolve());
+      flow.once("close", () => resolve());
+    });
+    flow.on("error", () => {});
+    flow.resume();
+    // A is deleted: B and C get the member list without it.
+    const withoutA = all.filter((peer) => peer.node !== "a");
+    b.node.setPeers(withoutA, []);
+    c.node.setPeers(withoutA, []);
+    await closed;
+    expect(c.node.relayHub()?.hasListener("a")).toBe(false);
+    expect(await rawPing(b.port, cluster.caPem, certs.a)).not.toBe("ok");
+  });
+
+  it("REQ-040: a dial deadline out of range is refused before any work", async () => {
+    const a = await startNode("a");
+    a.node.setPeers([meshPeer("a", { port: a.port }), meshPeer("b", { port: 1 })], []);
+    await expect(a.node.dial("b", target, { timeoutMs: 0 })).rejects.toThrow(
+      "dial timeoutMs must be above 0",
+    );
+    await expect(a.node.dial("b", target, { timeoutMs: Number.NaN })).rejects.toThrow(RangeError);
+    await expect(a.node.dial("x", target)).rejects.toMatchObject({ code: "refused" });
+    expect(a.node.peers()).toEqual([]);
+  });
 });

@@ -103,6 +103,13 @@ export interface MeshLimits {
   localConnectTimeoutMs: number;
   /** Inbound flows at once; more are answered "busy" (each holds two sockets). */
   maxConcurrentInboundFlows: number;
+  /**
+   * TCP connections on the mesh port at once, handshakes and relay sessions included:
+   * bounds file descriptors against a flood before anyone is authenticated.
+   */
+  maxConnections: number;
+  /** The longest dial deadline a caller may ask for. */
+  maxDialTimeoutMs: number;
   /** A flow with no byte either way for this long is closed (Envoy's TCP idle default). */
   flowIdleTimeoutMs: number;
   /** A dial's whole deadline when the caller gives none. */
@@ -133,6 +140,8 @@ export const defaultMeshLimits: MeshLimits = {
   headerTimeoutMs: 10_000,
   localConnectTimeoutMs: 5_000,
   maxConcurrentInboundFlows: 4_096,
+  maxConnections: 8_192,
+  maxDialTimeoutMs: 120_000,
   flowIdleTimeoutMs: 3_600_000,
   defaultDialTimeoutMs: 10_000,
   directAttemptTimeoutMs: 3_000,
@@ -227,6 +236,8 @@ export class MeshNode {
   private nextSessionNode: string | undefined;
   private readonly refusalCounts = new Map<string, number>();
   private inboundFlows = 0;
+  /** Inbound flows by the peer that opened them: cut when the peer leaves the member list. */
+  private readonly inboundByPeer = new Map<string, Set<tls.TLSSocket>>();
   private cached?: CachedIdentity;
   private serverContextKey = "";
   private cancelProbe?: () => void;
@@ -265,6 +276,7 @@ export class MeshNode {
     server.on("tlsClientError", (error) => {
       this.countRefusal(`TLS handshake failed: ${error.message}`);
     });
+    server.maxConnections = this.limits.maxConnections;
     this.server = server;
     if (this.options.relay) {
       this.hub = new RelayHub({
@@ -302,6 +314,8 @@ export class MeshNode {
     });
     server.on("error", (error) => this.logger.warn({ err: error }, "mesh listener error"));
     this.scheduleProbe();
+    // Relays named before start are connected now.
+    for (const link of this.links.values()) this.connectLink(link, 0);
     const address = server.address() as net.AddressInfo;
     this.logger.info({ port: address.port, relay: this.options.relay }, "mesh listening");
     return { port: address.port };
@@ -353,10 +367,18 @@ export class MeshNode {
       this.links.set(key, link);
       if (this.started) this.connectLink(link, 0);
     }
-    // Peers that left are forgotten: their flows are cut by the other side's check.
-    for (const node of this.paths.keys()) {
-      if (!this.members.has(node)) this.paths.delete(node);
+    // A peer that left (deleted) keeps no flow with us, either way, nor a relay stream.
+    for (const [node, state] of this.paths) {
+      if (this.members.has(node)) continue;
+      for (const socket of state.flows) socket.destroy();
+      this.paths.delete(node);
     }
+    for (const [node, sockets] of this.inboundByPeer) {
+      if (this.members.has(node)) continue;
+      for (const socket of sockets) socket.destroy();
+      this.inboundByPeer.delete(node);
+    }
+    this.hub?.evictNonMembers();
   }
 
   /** Opens a flow to `target` on `node`; resolves once the remote connected to it. */
@@ -367,6 +389,12 @@ export class MeshNode {
   ): Promise<Duplex> {
     if (this.stopped || !this.started) {
       throw new MeshDialError("unreachable", "the mesh node is not running");
+    }
+    const timeoutMs = options.timeoutMs ?? this.limits.defaultDialTimeoutMs;
+    if (!Number.isFinite(timeoutMs) || timeoutMs <= 0 || timeoutMs > this.limits.maxDialTimeoutMs) {
+      throw new RangeError(
+        `dial timeoutMs must be above 0 and at most ${this.limits.maxDialTimeoutMs} ms, got ${timeoutMs}`,
+      );
     }
     const peer = this.members.get(node);
     if (!peer) throw new MeshDialError("refused", `node ${node} is not a member of the cluster`);
@@ -387,13 +415,7 @@ export class MeshNode {
     }
     const state = this.stateFor(node);
     state.lastUsedMs = this.options.clock.nowMs();
-    const flow = await this.openFlow(
-      peer,
-      state,
-      headerLine,
-      options.timeoutMs ?? this.limits.defaultDialTimeoutMs,
-      options.signal,
-    );
+    const flow = await this.openFlow(peer, state, headerLine, timeoutMs, options.signal);
     this.adoptFlow(state, flow.socket);
     return flow.socket;
   }
@@ -558,11 +580,18 @@ export class MeshNode {
       return;
     }
     this.inboundFlows += 1;
+    const ofPeer = this.inboundByPeer.get(peer) ?? new Set<tls.TLSSocket>();
+    ofPeer.add(socket);
+    this.inboundByPeer.set(peer, ofPeer);
     let counted = true;
     const release = () => {
       if (counted) {
         counted = false;
         this.inboundFlows -= 1;
+        ofPeer.delete(socket);
+        if (ofPeer.size === 0 && this.inboundByPeer.get(peer) === ofPeer) {
+          this.inboundByPeer.delete(peer);
+        }
       }
     };
     socket.once("close", release);
