@@ -1,11 +1,6 @@
 import { toJson } from "@bufbuild/protobuf";
 import type { Command } from "commander";
-import {
-  type NodePeers,
-  NodePeersSchema,
-  type Service,
-  ServiceSchema,
-} from "../../api/gen/cloudless/v1/service_pb.js";
+import { type Service, ServiceSchema } from "../../api/gen/cloudless/v1/service_pb.js";
 import { connect, describeClientError } from "../clientCommand.js";
 import { parseOutputFormat, printResult, renderTable } from "../output.js";
 import { action, fail } from "../run.js";
