@@ -2,7 +2,9 @@ import { Command } from "commander";
 import { registerAuditCommands } from "./commands/auditCommands.js";
 import { registerClusterCommands } from "./commands/clusterCommands.js";
 import { registerEventCommands } from "./commands/eventCommands.js";
+import { registerNetworkCommands } from "./commands/networkCommands.js";
 import { registerNodeCommands } from "./commands/nodeCommands.js";
+import { registerServiceCommands } from "./commands/serviceCommands.js";
 import { registerTokenCommands } from "./commands/tokenCommands.js";
 import { registerWorkloadCommands } from "./commands/workloadCommands.js";
 import { cliVersion } from "./version.js";
@@ -36,4 +38,6 @@ export function registerClientCommands(program: Command): void {
   registerEventCommands(program);
   registerClusterCommands(program);
   registerAuditCommands(program);
+  registerServiceCommands(program);
+  registerNetworkCommands(program);
 }

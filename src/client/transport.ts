@@ -5,6 +5,7 @@ import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-no
 import { ClusterService } from "../api/gen/cloudless/v1/cluster_pb.js";
 import { EventService } from "../api/gen/cloudless/v1/event_pb.js";
 import { NodeService } from "../api/gen/cloudless/v1/node_pb.js";
+import { ServiceService } from "../api/gen/cloudless/v1/service_pb.js";
 import { TokenService } from "../api/gen/cloudless/v1/token_pb.js";
 import { WorkloadService } from "../api/gen/cloudless/v1/workload_pb.js";
 import { namesCoordinator } from "../api/identity.js";
@@ -112,6 +113,7 @@ export interface CoordinatorClients {
   events: Client<typeof EventService>;
   workloads: Client<typeof WorkloadService>;
   cluster: Client<typeof ClusterService>;
+  services: Client<typeof ServiceService>;
 }
 
 export function createClients(transport: Transport): CoordinatorClients {
@@ -121,5 +123,6 @@ export function createClients(transport: Transport): CoordinatorClients {
     events: createClient(EventService, transport),
     workloads: createClient(WorkloadService, transport),
     cluster: createClient(ClusterService, transport),
+    services: createClient(ServiceService, transport),
   };
 }

@@ -9,6 +9,16 @@ import { action, fail } from "../cli/run.js";
 import { cliVersion } from "../cli/version.js";
 import { defaultDataDir } from "../client/config.js";
 import type { Coordinator } from "../control/coordinator.js";
+import {
+  defaultClusterDomain,
+  defaultServiceCidr,
+  parseClusterDomain,
+} from "../control/services/clusterDomain.js";
+import {
+  parseServiceCidr,
+  serviceCidrPrefixMax,
+  serviceCidrPrefixMin,
+} from "../control/services/vipAllocator.js";
 import { parseDurationMs } from "../lib/duration.js";
 import { handleStopSignals, type StopRequests } from "../lib/signals.js";
 import { createLogger, isLogLevel, type Logger } from "../observe/logger.js";
@@ -69,6 +79,8 @@ export interface CoordinatorFlags {
   /** false with --no-rebalance. */
   rebalance: boolean;
   rebalanceCooldown?: string;
+  serviceCidr?: string;
+  clusterDomain?: string;
   logLevel: string;
 }
 
@@ -136,6 +148,16 @@ export function addCoordinatorFlags(
       "least time between two moves of one workload's replicas (1s to 24h)",
       "30s",
     )
+    .option(
+      "--service-cidr <cidr>",
+      `IPv4 range services' virtual IPs come from, /${serviceCidrPrefixMin} to /${serviceCidrPrefixMax} (its .10 is the agents' DNS address)`,
+      defaultServiceCidr,
+    )
+    .option(
+      "--cluster-domain <domain>",
+      "DNS domain of services: <name>.<namespace>.svc.<domain>",
+      defaultClusterDomain,
+    )
     .option("--log-level <level>", "trace, debug, info, warn, error or silent", "info");
 }
 
@@ -193,6 +215,14 @@ export async function coordinatorFromFlags(
   ) {
     fail(`--rebalance-cooldown ${flags.rebalanceCooldown}: must be from 1s to 24h`);
   }
+  const serviceCidr = networkFlag(
+    () => parseServiceCidr(flags.serviceCidr ?? defaultServiceCidr).text,
+    "--service-cidr",
+  );
+  const clusterDomain = networkFlag(
+    () => parseClusterDomain(flags.clusterDomain ?? defaultClusterDomain),
+    "--cluster-domain",
+  );
   // Loaded here, not at the top: an agent process never loads the coordinator (idle memory).
   const { startCoordinator } = await import("../control/coordinator.js");
   return startCoordinator({
@@ -212,8 +242,19 @@ export async function coordinatorFromFlags(
       enabled: flags.rebalance !== false,
       ...(rebalanceCooldownMs !== undefined ? { cooldownMs: rebalanceCooldownMs } : {}),
     },
+    serviceCidr,
+    clusterDomain,
     logger,
   });
+}
+
+/** A network flag's value, or a one-line error naming the flag and what it expects. */
+function networkFlag<T>(parse: () => T, flag: string): T {
+  try {
+    return parse();
+  } catch (error) {
+    return fail(`${flag}: ${error instanceof Error ? error.message : String(error)}`);
+  }
 }
 
 export function registerDaemonCommands(program: Command): void {

@@ -81,6 +81,10 @@ export interface CoordinatorOptions {
   leaderLeaseTtlMs?: number;
   /** The rebalancer (ADR 0035): on by default; the cool-down between moves of a workload. */
   rebalance?: { enabled?: boolean; cooldownMs?: number };
+  /** Services' virtual IPs come from this IPv4 range (default 10.43.0.0/16; ADR 0048). */
+  serviceCidr?: string;
+  /** Services are named `<name>.<namespace>.svc.<clusterDomain>` (default cluster.local). */
+  clusterDomain?: string;
   clock?: Clock;
   rng?: Rng;
   logger?: Logger;

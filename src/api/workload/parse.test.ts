@@ -375,6 +375,37 @@ describe("parseWorkloadText", () => {
       ],
     ],
     [
+      "REQ-041 a service publishing an unknown port",
+      withSpec(
+        `${image + resources}  ports: [{name: http, containerPort: 8080}]\n` +
+          "  service: {ports: [http, admin]}\n",
+      ),
+      ['spec.service.ports[1]: no port named "admin" in spec.ports (tcp ports: "http")'],
+    ],
+    [
+      "REQ-041 a service publishing a udp port",
+      withSpec(
+        `${image + resources}  ports: [{name: dns, containerPort: 53, protocol: udp}]\n` +
+          "  service: {ports: [dns]}\n",
+      ),
+      [
+        'spec.service.ports[0]: port "dns" is udp; a service publishes tcp ports only (the mesh is L4 TCP)',
+      ],
+    ],
+    [
+      "REQ-042 a service weight above 1000",
+      withSpec(`${image + resources}  service: {weight: 1001}\n`),
+      ["spec.service.weight: expected an integer from 0 to 1000"],
+    ],
+    [
+      "REQ-041 a service name that is not a DNS label",
+      withSpec(`${image + resources}  service: {name: Shop_1}\n`),
+      [
+        "spec.service.name: must be a DNS label: lowercase letters, digits and '-', starting and " +
+          "ending with a letter or digit, at most 63 characters",
+      ],
+    ],
+    [
       "a port out of range",
       withSpec(`${image + resources}  ports: [{name: http, containerPort: 70000}]\n`),
       ["spec.ports[0].containerPort: expected a port number from 1 to 65535"],

@@ -240,6 +240,28 @@ export const rolloutSchema = z
   )
   .prefault({});
 
+/** Weight bounds of a service's endpoints: 0 drains, 1000 is ten times the default. */
+export const serviceWeightMax = 1000;
+export const serviceWeightDefault = 100;
+
+export const serviceSchema = z
+  .strictObject({
+    name: dnsLabel()
+      .optional()
+      .describe(
+        "The service's name (default metadata.name). Workloads naming the same service " +
+          "share it: their replicas are its endpoints together.",
+      ),
+    ports: z
+      .array(dnsLabel())
+      .optional()
+      .describe("Names of spec.ports to publish (default: every tcp port)."),
+    weight: integer(`expected an integer from 0 to ${serviceWeightMax}`, 0, serviceWeightMax)
+      .default(serviceWeightDefault)
+      .describe("This workload's share of the service's traffic; 0 drains it."),
+  })
+  .describe("How the workload is published as a service (REQ-041). Changing it starts no rollout.");
+
 const httpPath = z
   .string({ error: "expected a string" })
   .regex(/^\/\S*$/, { error: "must be a URL path starting with '/' and without spaces" })
@@ -335,6 +357,7 @@ const specObjectSchema = z.strictObject({
   placement: placementSchema,
   restartPolicy: z.enum(["Always", "OnFailure", "Never"]).default("Always"),
   rollout: rolloutSchema,
+  service: serviceSchema.optional(),
   livenessProbe: probeSchema.optional().describe("Failing it restarts the replica."),
   readinessProbe: probeSchema.optional().describe("Until it passes the replica gets no traffic."),
   terminationGracePeriodSeconds: integer(
@@ -431,6 +454,8 @@ function checkSpec(spec: unknown, ctx: z.RefinementCtx): void {
     }
   });
 
+  checkServicePorts(spec.service, ports, ctx);
+
   for (const probeField of ["livenessProbe", "readinessProbe"] as const) {
     const probe = spec[probeField];
     if (!isRecord(probe)) continue;
@@ -450,6 +475,44 @@ function checkSpec(spec: unknown, ctx: z.RefinementCtx): void {
       }
     }
   }
+}
+
+/**
+ * `service.ports` must name tcp ports of spec.ports (the mesh is L4 TCP only), and a
+ * workload publishing nothing is no service: said at the entry a person would fix.
+ */
+function checkServicePorts(service: unknown, ports: unknown[], ctx: z.RefinementCtx): void {
+  if (!isRecord(service) || !Array.isArray(service.ports)) return;
+  const byName = new Map<string, unknown>();
+  for (const port of ports) {
+    if (isRecord(port) && typeof port.name === "string") byName.set(port.name, port.protocol);
+  }
+  const tcpNames = [...byName].filter(([, protocol]) => (protocol ?? "tcp") === "tcp");
+  const known = tcpNames.map(([name]) => `"${name}"`).join(", ");
+  const seen = new Set<string>();
+  service.ports.forEach((name: unknown, index) => {
+    if (typeof name !== "string" || !dnsLabelPattern.test(name)) return;
+    const path = ["service", "ports", index];
+    if (seen.has(name)) {
+      ctx.addIssue({ code: "custom", path, message: `duplicate port name "${name}"` });
+    }
+    seen.add(name);
+    if (!byName.has(name)) {
+      ctx.addIssue({
+        code: "custom",
+        path,
+        message:
+          `no port named "${name}" in spec.ports` +
+          (known === "" ? " (it declares no tcp port)" : ` (tcp ports: ${known})`),
+      });
+    } else if ((byName.get(name) ?? "tcp") !== "tcp") {
+      ctx.addIssue({
+        code: "custom",
+        path,
+        message: `port "${name}" is udp; a service publishes tcp ports only (the mesh is L4 TCP)`,
+      });
+    }
+  });
 }
 
 export const workloadSpecSchema = specObjectSchema
@@ -489,6 +552,7 @@ export type Toleration = z.output<typeof tolerationSchema>;
 export type RolloutStrategy = z.output<typeof rolloutSchema>;
 export type RestartPolicy = WorkloadSpec["restartPolicy"];
 export type Probe = z.output<typeof probeSchema>;
+export type ServiceSection = z.output<typeof serviceSchema>;
 export type PortReference = number | string;
 export type WorkloadDriver = "container" | "process";
 

@@ -155,7 +155,12 @@ describe("node API in process (router transport, ManualClock)", () => {
     expect(node?.capacity?.cpuMillicores).toBe(2000);
     // A deleted node's stream ends at once.
     await api.client(NodeService).deleteNode({ name: "n1" });
-    const ended = await refusal(stream.responses.next());
+    // Messages already queued (the services module's NetworkSnapshot) come first.
+    const ended = await refusal(
+      (async () => {
+        for (let read = 0; read < 10; read++) await stream.responses.next();
+      })(),
+    );
     expect(ended.code).toBe(Code.Unauthenticated);
     expect(ended.rawMessage).toContain('node "n1" was deleted from the cluster');
     stream.end();

@@ -44,6 +44,7 @@ import {
   taintsFromProto,
 } from "./convert.js";
 import { EventBudget } from "./eventBudget.js";
+import type { HeartbeatHooks } from "./heartbeatHooks.js";
 import { requestLogger } from "./requestContext.js";
 import { validateLabels, validateLocality } from "./validation.js";
 
@@ -77,6 +78,8 @@ export interface NodeServiceDeps {
   assignments: AssignmentHub;
   replicaStatus: ReplicaStatusWriter;
   tunnels: TunnelHub;
+  /** Modules' sinks on each stream and handlers of the request kinds not handled here. */
+  hooks?: HeartbeatHooks;
 }
 
 export function nodeServiceImpl(services: NodeServiceDeps): ServiceImpl<typeof NodeService> {
@@ -271,6 +274,7 @@ export function nodeServiceImpl(services: NodeServiceDeps): ServiceImpl<typeof N
       let left = false;
       let helloed = false;
       let detach: (() => void) | undefined;
+      let detachHooks: (() => void) | undefined;
       try {
         services.replicaStatus.forget(name);
         const record = await membership.hello(name, {
@@ -293,6 +297,7 @@ export function nodeServiceImpl(services: NodeServiceDeps): ServiceImpl<typeof N
           }
           outbound.push(message);
         });
+        detachHooks = services.hooks?.attach(name, (message) => outbound.push(message));
         const reader = (async () => {
           let reports: Promise<void> = Promise.resolve();
           for (;;) {
@@ -360,6 +365,17 @@ export function nodeServiceImpl(services: NodeServiceDeps): ServiceImpl<typeof N
               await membership.leave(name, message.value.backWithinMs);
               outbound.push(ack(0n, services));
               break;
+            } else if (message.case !== "hello") {
+              // A kind a module handles (network reports); an unknown one is ignored, as
+              // an older coordinator ignores what a newer agent sends.
+              try {
+                services.hooks?.dispatch(name, message);
+              } catch (error) {
+                logger.warn(
+                  { err: error, node: name, kind: message.case },
+                  "heartbeat hook failed",
+                );
+              }
             }
           }
           await reports;
@@ -371,6 +387,7 @@ export function nodeServiceImpl(services: NodeServiceDeps): ServiceImpl<typeof N
         yield* outbound.drain();
       } finally {
         detach?.();
+        detachHooks?.();
         streams.delete(deleted);
         if (streams.size === 0) services.nodeStreams.delete(name);
         if (helloed && !left) membership.streamClosed(name);

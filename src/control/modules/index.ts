@@ -4,6 +4,7 @@ import { infoModule } from "../info/infoModule.js";
 import { clusterModule } from "../leader/clusterModule.js";
 import { membershipModule } from "../membership/membershipModule.js";
 import { nodesModule } from "../nodes/nodesModule.js";
+import { servicesModule } from "../services/servicesModule.js";
 import { tokensModule } from "../tokens/tokensModule.js";
 import { workloadsModule } from "../workloads/workloadsModule.js";
 import type { ModuleDefinition } from "./module.js";
@@ -19,6 +20,7 @@ export const coordinatorModules: readonly ModuleDefinition[] = [
   membershipModule,
   workloadsModule,
   nodesModule,
+  servicesModule,
   clusterModule,
   infoModule,
 ];

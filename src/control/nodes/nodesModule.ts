@@ -1,6 +1,7 @@
 import { CloudlessError } from "../../api/errors.js";
 import { NodeService } from "../../api/gen/cloudless/v1/node_pb.js";
 import { type AuditTarget, auditedMethodName, stringField } from "../api/audit.js";
+import { HeartbeatHooks } from "../api/heartbeatHooks.js";
 import { nodeServiceImpl } from "../api/nodeService.js";
 import { eventsKey } from "../events/eventsModule.js";
 import { membershipKey, nodeRegistryKey } from "../membership/membershipModule.js";
@@ -13,6 +14,8 @@ const defaultNodeCertTtlMs = 24 * 3600 * 1000;
 /** The open heartbeat streams per node, so deleting a node or a demotion can end them. */
 export type NodeStreams = Map<string, Set<AbortController>>;
 export const nodeStreamsKey = moduleKey<NodeStreams>("node streams");
+/** Lets later modules push down and read from every heartbeat stream (services, storage). */
+export const heartbeatHooksKey = moduleKey<HeartbeatHooks>("heartbeat hooks");
 
 /** The node a request names. */
 const namedNode: AuditTarget = ({ request }) => {
@@ -39,6 +42,8 @@ export const nodesModule: ModuleDefinition = {
   start(context) {
     const streams: NodeStreams = new Map();
     context.provide(nodeStreamsKey, streams);
+    const hooks = new HeartbeatHooks();
+    context.provide(heartbeatHooksKey, hooks);
     const plane = context.use(workloadPlaneKey);
     const deps = {
       clusterName: context.clusterName,
@@ -55,6 +60,7 @@ export const nodesModule: ModuleDefinition = {
       events: context.use(eventsKey),
       membership: context.use(membershipKey),
       nodeStreams: streams,
+      hooks,
       ...plane,
     };
     return {

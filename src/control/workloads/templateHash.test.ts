@@ -3,7 +3,11 @@ import { parseWorkloadValue, specHash } from "../../api/workload/parse.js";
 import type { WorkloadSpecDocument } from "../../api/workload/spec.js";
 import { templateHash } from "./workloadRegistry.js";
 
-function doc(placement: Record<string, unknown>, replicas = 3): WorkloadSpecDocument {
+function doc(
+  placement: Record<string, unknown>,
+  replicas = 3,
+  service?: Record<string, unknown>,
+): WorkloadSpecDocument {
   const parsed = parseWorkloadValue({
     apiVersion: "cloudless/v1",
     kind: "Workload",
@@ -13,6 +17,7 @@ function doc(placement: Record<string, unknown>, replicas = 3): WorkloadSpecDocu
       resources: { cpuMillicores: 100, memoryMiB: 64 },
       replicas,
       placement,
+      ...(service ? { ports: [{ name: "http", containerPort: 8080 }], service } : {}),
     },
   });
   if (!parsed.ok) throw new Error("test spec is invalid");
@@ -23,6 +28,12 @@ describe("REQ-020 the template hash decides what is a new revision", () => {
   it("ADR 0035 placement.rebalance is not part of it: turning rebalancing off or on starts no rollout", () => {
     expect(templateHash(doc({ rebalance: false }))).toBe(templateHash(doc({})));
     expect(templateHash(doc({ rebalance: true }))).toBe(templateHash(doc({})));
+  });
+
+  it("REQ-041 the service section is not part of it: a weight, a name or published ports start no rollout", () => {
+    const plain = templateHash(doc({}, 3, {}));
+    expect(templateHash(doc({}, 3, { weight: 0 }))).toBe(plain);
+    expect(templateHash(doc({}, 3, { name: "shop", ports: ["http"], weight: 1000 }))).toBe(plain);
   });
 
   it("the rest of placement and the replica count: new revision for the first, not the second", () => {

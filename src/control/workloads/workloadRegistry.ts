@@ -28,6 +28,7 @@ import {
   workloadRevisionRecordSchema,
 } from "../controllers/records.js";
 import type { EventLog } from "../events/eventLog.js";
+import { servicePortConflict } from "../services/serviceModel.js";
 import { compareAndSwap } from "../store/compareAndSwap.js";
 import type { Op, Store } from "../store/store.js";
 
@@ -41,12 +42,14 @@ function concurrentChange(name: string): string {
 }
 
 /**
- * Everything but the replica count, the rollout knobs and whether the rebalancer may move
- * replicas: a change here is a new revision. (`placement.rebalance` is left out also so
- * that a spec applied before it existed keeps its hash.)
+ * Everything but the replica count, the rollout knobs, whether the rebalancer may move
+ * replicas and how the workload is published as a service (a weight or a service name
+ * changes routing, not what a replica runs): a change here is a new revision.
+ * (`placement.rebalance` and `service` are left out also so that a spec applied before
+ * they existed keeps its hash.)
  */
 export function templateHash(doc: WorkloadSpecDocument): string {
-  const { replicas: _r, minAvailable: _m, rollout: _o, ...template } = doc.spec;
+  const { replicas: _r, minAvailable: _m, rollout: _o, service: _s, ...template } = doc.spec;
   const { rebalance: _b, ...placement } = template.placement;
   return specHash({ ...doc, spec: { ...template, placement } } as WorkloadSpecDocument);
 }
@@ -122,7 +125,14 @@ export class WorkloadRegistry {
         // Quotas are checked against the cluster as it is, a dry run included, before
         // anything is written. Two concurrent creates may both pass: the bounds are soft
         // by the number of requests in flight.
-        checkQuotas(await this.state(), namespace, name, existing, doc.spec.replicas);
+        const current = await this.state();
+        checkQuotas(current, namespace, name, existing, doc.spec.replicas);
+        // Workloads of one service share its VIP: a port name has one number (REQ-041).
+        const clash = servicePortConflict(
+          doc,
+          [...current.workloads.values()].map((entry) => entry.value),
+        );
+        if (clash) throw CloudlessError.failedPrecondition(`spec.service: ${clash}`);
         const hash = templateHash(doc);
         const ops: Op[] = [];
         let action: ApplyAction;
