@@ -38,8 +38,8 @@ export class NetworkMetrics {
   readonly connectFailures: Counter<EndpointLabel>;
   readonly ejections: Counter<EndpointLabel>;
   readonly refused: Counter<"namespace" | "service" | "port" | "reason">;
-  private readonly peerPath: Gauge<"peer" | "path">;
-  private readonly peerRtt: Gauge<"peer">;
+  readonly peerPath: Gauge<"peer" | "path">;
+  readonly peerRtt: Gauge<"peer">;
   private readonly dnsQueries: Counter<string>;
   private readonly dnsAnswers: Counter<string>;
   /** Label sets with series, so those of removed endpoints can be dropped. */
