@@ -280,7 +280,7 @@ export class ServiceProxy {
     client.on("error", () => undefined);
     client.once("close", () => listener.flows.delete(client));
     const span = startSpan(
-      "proxy connection",
+      "proxy.connection",
       {
         "cloudless.service": `${listener.namespace}/${listener.service}`,
         "cloudless.service.port": listener.portName,
