@@ -405,6 +405,20 @@ describe("ServiceProxy (REQ-042)", () => {
     expect(proxy.forwards()).toEqual([
       { vip: "10.96.0.20", port: 80, protocol: "tcp", toPort: port(proxy) },
     ]);
+    // Hostile or unfinished input: no VIP yet, a VIP that is not IPv4, a port out of range.
+    await proxy.setServices([
+      { ...service("web", [{ id: "a", port: a.port }]), vip: "" },
+      { ...service("db", [{ id: "a", port: a.port }]), vip: "10.96.0.999; flush ruleset" },
+      service("bad", [{ id: "a", port: a.port }], [{ name: "big", port: 70_000 }]),
+    ]);
+    expect(proxy.forwards()).toEqual([]);
+    expect(proxy.listenerPort("default", "bad", "big")).toBeUndefined();
+    await proxy.setServices([
+      service("web", [
+        { id: "a", port: a.port },
+        { id: "r", port: 4000, node: "n2" },
+      ]),
+    ]);
     const target = { namespace: "default", service: "web", port: "http" };
     expect(proxy.resolveLocal({ ...target, replicaId: "a" })).toBe(a.port);
     expect(proxy.resolveLocal({ ...target, replicaId: "r" })).toBeUndefined();

@@ -129,6 +129,8 @@ export class ServiceProxy {
     for (const service of services) {
       for (const port of service.ports) {
         if (port.protocol !== "" && port.protocol !== "tcp") continue;
+        // The snapshot is input: a port the VIP table could not hold gets no listener.
+        if (!Number.isInteger(port.port) || port.port < 1 || port.port > 65_535) continue;
         if (wanted.size >= maxServicePorts) break;
         wanted.set(listenerKey(service.namespace, service.name, port.name, port.port), {
           service,
@@ -459,7 +461,8 @@ export class ServiceProxy {
   forwards(): VipForward[] {
     const forwards: VipForward[] = [];
     for (const listener of this.listeners.values()) {
-      if (listener.vip === "") continue;
+      // No VIP allocated yet, or not an IPv4 address the table can hold.
+      if (!net.isIPv4(listener.vip)) continue;
       forwards.push({
         vip: listener.vip,
         port: listener.servicePort,
