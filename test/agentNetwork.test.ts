@@ -9,18 +9,72 @@
  * have pushed, written in the format the agent keeps it in.
  */
 import { execFile } from "node:child_process";
-import { mkdir, readdir, stat, writeFile } from "node:fs/promises";
+import { randomBytes } from "node:crypto";
+import { mkdir, readdir, readFile, stat, writeFile } from "node:fs/promises";
 import * as net from "node:net";
 import * as path from "node:path";
 import { promisify } from "node:util";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { NetworkSnapshotSchema } from "../src/api/gen/cloudless/v1/service_pb.js";
+import {
+  removeProcessReplicas,
+  replicaDir,
+  startAgents,
+  type WorkloadJson,
+  waitForWorkload,
+  workloadDoc,
+} from "./helpers/behaviour.js";
 import { TestCluster } from "./helpers/cluster.js";
 import { runCli, TestResources, waitFor } from "./helpers/processes.js";
 import { hasStackTrace, humanLines } from "./helpers/tlsProbe.js";
+import { writeSpec } from "./helpers/workloads.js";
+
+const isRoot = process.getuid?.() === 0;
 
 const run = promisify(execFile);
+
+/** What a coordinator would push: one service whose one endpoint runs on `node`. */
+function snapshotBytes(
+  node: string,
+  namespace: string,
+  name: string,
+  hostPort: number,
+): Uint8Array {
+  const snapshot = create(NetworkSnapshotSchema, {
+    version: 7n,
+    clusterDomain: "cluster.local",
+    serviceCidr: "10.96.0.0/16",
+    services: [
+      {
+        namespace,
+        name,
+        dnsName: `${name}.${namespace}.svc.cluster.local`,
+        vip: "10.96.0.20",
+        ports: [{ name: "http", port: 80, protocol: "tcp" }],
+        endpoints: [
+          {
+            replicaId: `${name}-1`,
+            node,
+            zone: "a",
+            region: "r",
+            ready: true,
+            weight: 1,
+            hostPorts: { http: hostPort },
+          },
+        ],
+      },
+    ],
+  });
+  return toBinary(NetworkSnapshotSchema, snapshot);
+}
+
+async function saveSnapshot(dataDir: string, bytes: Uint8Array): Promise<string> {
+  await mkdir(path.join(dataDir, "network"), { recursive: true, mode: 0o700 });
+  const file = path.join(dataDir, "network", "snapshot.bin");
+  await writeFile(file, bytes, { mode: 0o600 });
+  return file;
+}
 
 /** TCP ports a process listens on at 127.0.0.1 (ss, from iproute2). */
 async function loopbackListeners(pid: number): Promise<number[]> {
@@ -75,8 +129,69 @@ describe("agent service proxy (issue 14)", { timeout: 120_000 }, () => {
   afterAll(async () => {
     await new Promise<void>((resolve) => backend?.close(() => resolve()));
     for (const agent of cluster?.agents.values() ?? []) await agent.stop(10_000);
+    // Process replicas lead their own session: a test that failed half-way leaves them.
+    await removeProcessReplicas(processAgentDirs);
     await resources?.cleanup();
   }, 60_000);
+
+  const processAgentDirs: string[] = [];
+
+  it.skipIf(!isRoot)(
+    "REQ-041 REQ-042: a process replica gets CLOUDLESS_SERVICE_* variables of its namespace pointing at the proxy, and reaches the service through them",
+    async () => {
+      const namespace = `net-${randomBytes(3).toString("hex")}`;
+      const dataDir = await cluster.agentDir("env1");
+      processAgentDirs.push(dataDir);
+      await saveSnapshot(dataDir, snapshotBytes("env1", namespace, "web-api", backendPort));
+      const agents = await startAgents(cluster, [
+        { name: "env1", drivers: ["process"], extra: ["--label", "pin=env1"] },
+      ]);
+      const agent = agents.get("env1")!;
+      const specDir = await resources.tempDir("cloudless-specs-");
+      const file = await writeSpec(
+        specDir,
+        "client",
+        workloadDoc("client", namespace, {
+          command: [
+            "/bin/sh",
+            "-c",
+            "env | grep ^CLOUDLESS_SERVICE_ > services.env; exec sleep 3600",
+          ],
+          replicas: 1,
+          placement: { nodeSelector: { pin: "env1" } },
+        }),
+      );
+      const applied = await cluster.cli(["workload", "apply", "-f", file]);
+      expect(applied.code, applied.stderr).toBe(0);
+      const workload = await waitForWorkload(
+        cluster,
+        namespace,
+        "client",
+        "1 Running",
+        (w: WorkloadJson) => w.replicas.length === 1 && w.replicas[0]?.phase === "Running",
+      );
+      const replicaId = workload.replicas[0]!.id;
+      const envFile = path.join(replicaDir(dataDir, replicaId), "work", "services.env");
+      const text = await waitFor(
+        "the replica to write its service variables",
+        async () => (await readFile(envFile, "utf8").catch(() => "")) || undefined,
+        20_000,
+        100,
+      );
+      const [listener] = await loopbackListeners(agent.pid);
+      expect(listener).toBeDefined();
+      expect(text.trim().split("\n").sort()).toEqual([
+        "CLOUDLESS_SERVICE_WEB_API_HOST=127.0.0.1",
+        `CLOUDLESS_SERVICE_WEB_API_PORT=${listener}`,
+        `CLOUDLESS_SERVICE_WEB_API_PORT_HTTP=${listener}`,
+      ]);
+      expect(await fetchBody(listener!)).toBe("hello from web-1");
+      const deleted = await cluster.cli(["workload", "delete", "client", "-n", namespace]);
+      expect(deleted.code, deleted.stderr).toBe(0);
+      await agent.stop(15_000);
+      expect(await connectError(listener!)).toBe("ECONNREFUSED");
+    },
+  );
 
   it("NFR-A1 REQ-042: an agent restarted with every coordinator down applies its saved snapshot and proxies to the local endpoint; after it stops nothing answers", async () => {
     const token = await cluster.createToken();
@@ -88,34 +203,7 @@ describe("agent service proxy (issue 14)", { timeout: 120_000 }, () => {
 
     // What a coordinator would have pushed: one service whose endpoint runs on net1.
     const dataDir = await cluster.agentDir("net1");
-    const snapshot = create(NetworkSnapshotSchema, {
-      version: 7n,
-      clusterDomain: "cluster.local",
-      serviceCidr: "10.96.0.0/16",
-      services: [
-        {
-          namespace: "default",
-          name: "web",
-          dnsName: "web.default.svc.cluster.local",
-          vip: "10.96.0.20",
-          ports: [{ name: "http", port: 80, protocol: "tcp" }],
-          endpoints: [
-            {
-              replicaId: "web-1",
-              node: "net1",
-              zone: "a",
-              region: "r",
-              ready: true,
-              weight: 1,
-              hostPorts: { http: backendPort },
-            },
-          ],
-        },
-      ],
-    });
-    await mkdir(path.join(dataDir, "network"), { recursive: true, mode: 0o700 });
-    const file = path.join(dataDir, "network", "snapshot.bin");
-    await writeFile(file, toBinary(NetworkSnapshotSchema, snapshot), { mode: 0o600 });
+    const file = await saveSnapshot(dataDir, snapshotBytes("net1", "default", "web", backendPort));
 
     const second = await cluster.startAgent("net1", { zone: "a", region: "r" });
     const [listener] = await waitFor(
