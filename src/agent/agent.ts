@@ -43,6 +43,12 @@ import {
 import { type AgentIdentity, certificateWindow, saveIdentity } from "./identity.js";
 import { stopPlan } from "./leaving.js";
 import { type MetricsListener, startMetricsListener } from "./metricsListener.js";
+import {
+  type AgentNetworkOptions,
+  defaultNetworkComponents,
+  vipsFor,
+} from "./network/networkComponents.js";
+import { NetworkModule } from "./network/networkModule.js";
 import { ReplicaModule } from "./replicaModule.js";
 import {
   type CapacityOverrides,
@@ -112,6 +118,11 @@ export interface AgentOptions {
    * at start (NFR-A1; default true). Off only where nothing outlives the agent (tests).
    */
   persistState?: boolean;
+  /**
+   * Service networking (issue 14): the mesh, the node's service proxy, VIPs and DNS.
+   * Absent: no network module (the hollow-node simulator, in-process tests).
+   */
+  network?: AgentNetworkOptions;
 }
 
 export interface AgentExit {
@@ -268,6 +279,8 @@ class AgentRunner {
     try {
       await this.startRunning();
     } catch (error) {
+      // Modules started before the failure (the network's listeners) stop again.
+      await this.stopModules(false);
       await this.metricsListener?.close();
       throw error;
     }
@@ -303,6 +316,10 @@ class AgentRunner {
       { drivers: [...this.drivers.keys()], unavailable: detected.unavailable },
       "runtime drivers",
     );
+    // Networking before replicas: it applies the saved service set first, so replicas
+    // started from disk get their CLOUDLESS_SERVICE_* variables (NFR-A1); it stops last.
+    const network = await this.createNetworkModule();
+    if (network) this.modules.push(network);
     this.replicas = new ReplicaModule({
       nodeName: this.identity.nodeName,
       dataDir: this.dataDir,
@@ -319,6 +336,7 @@ class AgentRunner {
       persistState: this.options.persistState ?? true,
       onProbeResult: (kind, result) =>
         this.metrics.probeResults.inc({ kind, result: result.ok ? "success" : "failure" }),
+      ...(network ? { networking: (spec) => network.replicaNetworking(spec) } : {}),
     });
     this.modules.push(this.replicas);
     const context = { send: (message: HeartbeatRequest) => this.heartbeat.current?.send(message) };
@@ -350,6 +368,55 @@ class AgentRunner {
     this.cancelReportTimer = this.clock.setTimeout(resend, fullReportIntervalMs);
     void this.heartbeat.run();
     this.renewal.start();
+  }
+
+  /** The network module per the agent's network options; undefined without them. */
+  private async createNetworkModule(): Promise<NetworkModule | undefined> {
+    const network = this.options.network;
+    if (!network) return undefined;
+    const components = network.components ?? defaultNetworkComponents();
+    const logger = this.logger.child({ component: "network" });
+    const vips = await vipsFor(network.serviceVips, components, logger).catch((error: unknown) => {
+      throw CloudlessError.invalid(error instanceof Error ? error.message : String(error));
+    });
+    const dns = components.createDns?.({ host: "127.0.0.1", port: network.dnsPort, logger });
+    const createMesh = components.createMesh;
+    return new NetworkModule({
+      nodeName: this.identity.nodeName,
+      zone: this.options.zone ?? "",
+      region: this.options.region ?? "",
+      dataDir: this.dataDir,
+      clock: this.clock,
+      rng: this.rng,
+      logger,
+      registry: this.metrics.registry,
+      ...(createMesh
+        ? {
+            createMesh: (hooks) =>
+              createMesh({
+                ...hooks,
+                // Read at each handshake: a renewed certificate is used from then on.
+                identity: () => ({
+                  clusterName: this.identity.clusterName,
+                  nodeName: this.identity.nodeName,
+                  caPem: this.identity.caPem,
+                  certPem: this.identity.certPem,
+                  keyPem: this.identity.keyPem,
+                }),
+                host: network.meshHost,
+                port: network.meshPort,
+                relay: network.relay,
+                logger: logger.child({ component: "mesh" }),
+                clock: this.clock,
+              }),
+          }
+        : {}),
+      ...(vips ? { vips } : {}),
+      ...(dns ? { dns } : {}),
+      advertiseAddresses: network.advertiseAddresses,
+      relay: network.relay,
+      persist: this.options.persistState ?? true,
+    });
   }
 
   handle(): Agent {

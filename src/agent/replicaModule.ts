@@ -37,6 +37,8 @@ export interface ReplicaModuleOptions {
   /** Keep the desired set and replica state in <dataDir>/agent-state.json (NFR-A1). */
   persistState: boolean;
   onProbeResult: NonNullable<ReplicaSupervisorOptions["onProbeResult"]>;
+  /** Service variables and DNS settings for a starting replica (the network module). */
+  networking?: ReplicaSupervisorOptions["networking"];
 }
 
 export class ReplicaModule implements AgentModule {
@@ -65,6 +67,7 @@ export class ReplicaModule implements AgentModule {
       hostPorts: options.hostPorts,
       logger: options.logger.child({ component: "supervisor" }),
       onProbeResult: options.onProbeResult,
+      ...(options.networking ? { networking: options.networking } : {}),
       onDurableChange: () => this.stateWriter?.durableChanged(),
       onReport: (reports) => {
         this.reports = reports;

@@ -317,6 +317,29 @@ export function registerDaemonCommands(program: Command): void {
     )
     .option("--metrics-host <address>", "address for --metrics-port", "127.0.0.1")
     .option(
+      "--mesh-port <port>",
+      "port of the encrypted service mesh between agents (mutual TLS, cluster certificates only); 0 picks a free port",
+      "7444",
+    )
+    .option("--mesh-host <address>", "address the mesh listens on", "0.0.0.0")
+    .option(
+      "--advertise-address <ip>",
+      "an address other nodes can dial this node's mesh on (repeatable; the coordinator adds the one it sees)",
+      collect,
+      [],
+    )
+    .option("--relay", "relay mesh traffic for nodes behind NAT (they cannot be dialled)", false)
+    .option(
+      "--service-vips <mode>",
+      "send service virtual IPs to this node's proxy with nftables: auto (when this host can), on (fail if it cannot) or off",
+      "auto",
+    )
+    .option(
+      "--dns-port <port>",
+      "port of the agent's name server on 127.0.0.1 (the DNS VIP forwards to it); 0 picks a free port",
+      "10053",
+    )
+    .option(
       "--restart-grace <duration>",
       "how long the coordinator keeps this node's replicas when the agent dies and comes back (default: the coordinator's --stream-loss-grace, fast failover)",
     )
@@ -346,6 +369,12 @@ export function registerDaemonCommands(program: Command): void {
           egressMbps?: string;
           metricsPort?: string;
           metricsHost: string;
+          meshPort: string;
+          meshHost: string;
+          advertiseAddress: string[];
+          relay: boolean;
+          serviceVips: string;
+          dnsPort: string;
           restartGrace?: string;
           onStop: string;
           logLevel: string;
@@ -362,6 +391,13 @@ export function registerDaemonCommands(program: Command): void {
           watchParent(stop, logger);
           // Loaded here, not at the top: a coordinator process never loads the agent.
           const { agentVersion, startAgent } = await import("../agent/agent.js");
+          const { parseNetworkFlags } = await import("../agent/network/networkComponents.js");
+          let network: ReturnType<typeof parseNetworkFlags>;
+          try {
+            network = parseNetworkFlags(flags);
+          } catch (error) {
+            fail((error as Error).message);
+          }
           // The node name is known once the agent has its identity; spans wait for it.
           let nameNode: (name: string | undefined) => void = () => undefined;
           await initTracing({
@@ -430,6 +466,7 @@ export function registerDaemonCommands(program: Command): void {
               overrides,
               ...(metricsListener ? { metricsListener } : {}),
               ...(restartGraceMs !== undefined ? { restartGraceMs } : {}),
+              network,
               logger,
             });
           } catch (error) {

@@ -299,6 +299,14 @@ async function startCluster(run: UpRun, cancel: AbortSignal): Promise<void> {
     // up restarts a crashed local agent: its replicas wait for it (ADR 0031).
     "--restart-grace",
     "30s",
+    // A single node has no mesh peers: its mesh listens on loopback only, and mesh and
+    // name server take free ports, so `up` never clashes with another agent's ports.
+    "--mesh-host",
+    "127.0.0.1",
+    "--mesh-port",
+    "0",
+    "--dns-port",
+    "0",
   ];
   if (flags.nodeName) args.push("--name", flags.nodeName);
   if (engine) args.push("--container-socket", engine.socketPath);

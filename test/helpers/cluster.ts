@@ -164,6 +164,9 @@ export class TestCluster {
       "info",
       ...(options.zone ? ["--zone", options.zone] : []),
       ...(options.region ? ["--region", options.region] : []),
+      // Many test agents share this host: free ports for the mesh and the name server,
+      // and no VIP table (one per host); a test that wants them passes flags in extra.
+      ...["--mesh-port", "0", "--dns-port", "0", "--service-vips", "off"],
       ...(options.extra ?? []),
     ];
     const agent = this.resources.track(

@@ -305,6 +305,37 @@ describe.skipIf(skipReason !== "")("container driver on podman", () => {
     expect(capEff & (1n << 10n)).not.toBe(0n); // NET_BIND_SERVICE kept
   });
 
+  it("REQ-041 a replica given service DNS settings gets them in the engine's HostConfig and its resolv.conf", async () => {
+    const runtime = driver();
+    const id = replicaId();
+    created.push(id);
+    await runtime.start(
+      spec({
+        replicaId: id,
+        command: ["/bin/sleep", "60"],
+        dns: {
+          servers: ["10.96.0.10"],
+          search: ["default.svc.cluster.local", "svc.cluster.local", "cluster.local"],
+          options: ["ndots:5"],
+        },
+      }),
+    );
+    const docker = new Docker({ socketPath: podman.available ? podman.socketPath : "" });
+    const info = await docker.getContainer(containerNameFor(id)).inspect();
+    expect(info.HostConfig.Dns).toEqual(["10.96.0.10"]);
+    expect(info.HostConfig.DnsSearch).toEqual([
+      "default.svc.cluster.local",
+      "svc.cluster.local",
+      "cluster.local",
+    ]);
+    const resolvConf = await runtime.exec(id, ["cat", "/etc/resolv.conf"], 10_000);
+    expect(resolvConf.stdout).toMatch(/^nameserver 10\.96\.0\.10$/m);
+    expect(resolvConf.stdout).toMatch(
+      /^search default\.svc\.cluster\.local svc\.cluster\.local cluster\.local$/m,
+    );
+    expect(resolvConf.stdout).toMatch(/ndots:5/);
+  });
+
   it("REQ-032 portOwner: a port the running container publishes is its own (the engine holds it, nothing else can bind it); any other port is not; a stopped container owns none", async () => {
     const runtime = driver();
     const id = replicaId();

@@ -435,6 +435,10 @@ class DockerContainerDriver implements ContainerDriver {
         // so the limit behaves like the process driver's (OOM kill at the limit).
         ...(memoryBytes > 0 ? { Memory: memoryBytes, MemorySwap: memoryBytes } : {}),
         ...(cpuMillicores > 0 ? { NanoCpus: Math.round(cpuMillicores * 1_000_000) } : {}),
+        // Service DNS (issue 14): the agent's name server through its VIP.
+        ...(spec.dns
+          ? { Dns: spec.dns.servers, DnsSearch: spec.dns.search, DnsOptions: spec.dns.options }
+          : {}),
         SecurityOpt: ["no-new-privileges"],
         CapDrop: ["ALL"],
         CapAdd: keptCapabilities,

@@ -30,6 +30,11 @@ export interface ReplicaRunSpec {
   env: Record<string, string>;
   ports: PortMapping[];
   resources: { cpuMillicores: number; memoryMiB: number; storageGiB: number };
+  /**
+   * Container driver: the name server and search list the engine writes into the
+   * container's resolv.conf (service DNS, issue 14); absent: the engine's default.
+   */
+  dns?: { servers: string[]; search: string[]; options: string[] };
 }
 
 export type DriverErrorKind =

@@ -122,6 +122,30 @@ describe("buildRunSpec", () => {
   });
 });
 
+describe("buildRunSpec with service networking", () => {
+  it("REQ-041 adds the service variables below the workload's own env, and the DNS settings", () => {
+    const built = buildRunSpec(
+      spec({ env: { CLOUDLESS_SERVICE_DB_HOST: "db.example" } }),
+      { http: 41001, "admin-ui": 41002 },
+      {
+        env: {
+          CLOUDLESS_SERVICE_DB_HOST: "10.96.0.30",
+          CLOUDLESS_SERVICE_DB_PORT: "5432",
+        },
+        dns: { servers: ["10.96.0.10"], search: ["svc.cluster.local"], options: ["ndots:5"] },
+      },
+    );
+    expect(built.env.CLOUDLESS_SERVICE_DB_HOST).toBe("db.example");
+    expect(built.env.CLOUDLESS_SERVICE_DB_PORT).toBe("5432");
+    expect(built.dns).toEqual({
+      servers: ["10.96.0.10"],
+      search: ["svc.cluster.local"],
+      options: ["ndots:5"],
+    });
+    expect(buildRunSpec(spec({}), {}).dns).toBeUndefined();
+  });
+});
+
 describe("resolveProbeAction", () => {
   it("REQ-032 maps a container port to its host port and leaves other ports alone", () => {
     const hostPorts = { http: 41001, "admin-ui": 41002 };

@@ -28,6 +28,15 @@ export function allocatorFrom(allocate: AllocatePort, checkReuse = false): HostP
   };
 }
 
+/**
+ * What service networking gives a replica when it starts (issue 14): the
+ * CLOUDLESS_SERVICE_* variables, and for a container the name server to use.
+ */
+export interface ReplicaNetworkingSettings {
+  env: Record<string, string>;
+  dns?: { servers: string[]; search: string[]; options: string[] };
+}
+
 /** Environment variable name for a named port: "http-alt" → "PORT_HTTP_ALT". */
 export function portEnvName(portName: string): string {
   return `PORT_${portName.toUpperCase().replace(/[^A-Z0-9]/g, "_")}`;
@@ -41,6 +50,7 @@ export function portEnvName(portName: string): string {
 export function buildRunSpec(
   spec: ReplicaRunSpec,
   hostPorts: Record<string, number>,
+  networking?: ReplicaNetworkingSettings,
 ): ReplicaRunSpec {
   // A process shares the node's network: it must listen on the host port it was
   // given (Nomad-style dynamic ports), so two replicas on one node never collide.
@@ -62,7 +72,9 @@ export function buildRunSpec(
   };
   return {
     ...spec,
-    env: { ...identityEnv, ...portEnv, ...spec.env },
+    // Service variables below the workload's own, which the operator set on purpose.
+    env: { ...identityEnv, ...portEnv, ...networking?.env, ...spec.env },
+    ...(networking?.dns ? { dns: networking.dns } : {}),
     ports,
     ...(spec.command ? { command: [...spec.command] } : {}),
     ...(spec.args ? { args: [...spec.args] } : {}),

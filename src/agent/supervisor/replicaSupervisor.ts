@@ -10,7 +10,12 @@ import {
   type Span,
   startSpan,
 } from "../../observe/tracing.js";
-import type { DriverName, ReplicaRuntimeStatus, RuntimeDriver } from "../drivers/driver.js";
+import type {
+  DriverName,
+  ReplicaRunSpec,
+  ReplicaRuntimeStatus,
+  RuntimeDriver,
+} from "../drivers/driver.js";
 import type { ProbeExec, ProbeFunction, ProbeKind, ProbeResult } from "../probes/probeTypes.js";
 import { runProbeOnce } from "../probes/runProbeOnce.js";
 import { type BackoffPolicy, defaultBackoff } from "./backoff.js";
@@ -32,7 +37,7 @@ import {
 } from "./hostPortAssigner.js";
 import type { HostPortAllocator } from "./hostPortReservations.js";
 import { agentKnows, isOrphan, OrphanScanSchedule } from "./orphanScan.js";
-import { type AllocatePort, buildRunSpec } from "./replicaPorts.js";
+import { type AllocatePort, buildRunSpec, type ReplicaNetworkingSettings } from "./replicaPorts.js";
 import { probeWithPortOwnership, ReplicaProbes } from "./replicaProbes.js";
 import { isReady, ReportEmitter, reportsOf, snapshotOf } from "./replicaReports.js";
 import {
@@ -96,6 +101,11 @@ export interface ReplicaSupervisorOptions {
   probe?: ProbeFunction;
   /** Called with every probe result (metrics). */
   onProbeResult?: (kind: ProbeKind, result: ProbeResult) => void;
+  /**
+   * Service variables and DNS settings for a replica about to start (the agent's
+   * network module, issue 14); read at each start, so a restart sees current services.
+   */
+  networking?: (spec: ReplicaRunSpec) => ReplicaNetworkingSettings;
 }
 
 type HealthLookup = (driver: DriverName) => Promise<DriverHealth>;
@@ -650,7 +660,11 @@ export class ReplicaSupervisor {
     const starting = startingStatus(isRestart, record.lastTermination);
     this.setPhase(record, "Starting", starting.reason, starting.message);
     record.startAttempted = true;
-    const runSpec = buildRunSpec(record.desired.spec, record.hostPorts);
+    const runSpec = buildRunSpec(
+      record.desired.spec,
+      record.hostPorts,
+      this.options.networking?.(record.desired.spec),
+    );
     try {
       await this.call(() => runInSpan(span, () => driver.start(runSpec)), `${name} start`);
     } catch (error) {
