@@ -316,7 +316,7 @@ export interface PeerJson {
 }
 
 export async function listServices(sl: ServiceLab): Promise<ServiceJson[]> {
-  return (await sl.cluster.cliJson<{ services: ServiceJson[] }>(["service", "list", "-A"]))
+  return (await sl.cluster.cliJson<{ services: ServiceJson[] }>(["service", "list"]))
     .services;
 }
 
