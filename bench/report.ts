@@ -186,7 +186,112 @@ export function buildRows(r: Json): Row[] {
     at: "1 node",
     reference: "",
   });
+  rows.push(...networkRows(r.network));
   return rows;
+}
+
+/** A part of the network benchmark that did not run says why, in place of a number. */
+function networkResult(part: Json, format: (p: Json) => string): string {
+  if (part === undefined) return "—";
+  if (part.skipped) return `skipped: ${part.skipped}`;
+  if (part.error) return `error: ${part.error}`;
+  return format(part);
+}
+
+/** Issue 14's rows: lab link throughput, proxy latency, connection rate, endpoint fan-out. */
+export function networkRows(n: Json): Row[] {
+  if (!n || Object.keys(n).length === 0) return [];
+  if (n.skipped) {
+    return [
+      {
+        measure: "Service networking (lab)",
+        result: `skipped: ${n.skipped}`,
+        target: "—",
+        met: "n/a",
+        at: "",
+        reference: "",
+      },
+    ];
+  }
+  const t = n.targets ?? {};
+  const met = (name: string): Row["met"] =>
+    t[name]?.met === "met" ? "yes" : t[name]?.met === "missed" ? "no" : "n/a";
+  const link = "two lab hosts, one bridge link";
+  const gbit = (p: Json) => `${p.gbitPerSec} Gbit/s`;
+  return [
+    {
+      measure: "Plain TCP throughput (iperf3)",
+      result: networkResult(n.plainTcp, gbit),
+      target: "—",
+      met: "—",
+      at: link,
+      reference: "the link itself",
+    },
+    {
+      measure: "wireguard-go throughput (iperf3 through the tunnel)",
+      result: networkResult(n.wireguardGo, gbit),
+      target: "—",
+      met: "—",
+      at: link,
+      reference: "the userspace WireGuard of Tailscale-style meshes",
+    },
+    {
+      measure: "Mesh throughput (iperf3 to the service VIP)",
+      result: networkResult(n.mesh, gbit),
+      target: "≥ 5× wireguard-go",
+      met: met("meshOverWireguard"),
+      at: link,
+      reference: `ratio ${t.meshOverWireguard?.value ?? "—"}× wireguard-go`,
+    },
+    {
+      measure: "  · share of plain TCP",
+      result:
+        t.meshShareOfPlain?.value != null ? `${Math.round(t.meshShareOfPlain.value * 100)} %` : "—",
+      target: "≥ 25 %",
+      met: met("meshShareOfPlain"),
+      at: link,
+      reference: "",
+    },
+    {
+      measure: "Relayed mesh throughput (NAT host to NAT host)",
+      result: networkResult(
+        n.relayed,
+        (p) => `${p.gbitPerSec} Gbit/s (${p.path}${p.via ? ` via ${p.via}` : ""})`,
+      ),
+      target: "—",
+      met: "—",
+      at: "two hosts behind their own NAT",
+      reference: "",
+    },
+    {
+      measure: "Request latency direct / through proxy + mesh, P50 / P99",
+      result: networkResult(
+        n.latency,
+        (p) =>
+          `${p.direct.p50Ms} / ${p.direct.p99Ms} ms vs ${p.proxyAndMesh.p50Ms} / ${p.proxyAndMesh.p99Ms} ms (added P99 ${p.addedP99Ms} ms)`,
+      ),
+      target: "added P99 ≤ 1 ms",
+      met: met("addedP99"),
+      at: "1,000 req/s, direct path",
+      reference: "",
+    },
+    {
+      measure: "New connections/s direct / through the proxy",
+      result: networkResult(n.connections, (p) => `${p.direct.perSec} / ${p.proxy.perSec}`),
+      target: "—",
+      met: "—",
+      at: "16 concurrent clients",
+      reference: "",
+    },
+    {
+      measure: "Endpoint change on every node P50 / P99",
+      result: networkResult(n.endpointChange, (p) => `${p.p50Ms} / ${p.p99Ms} ms`),
+      target: "P99 ≤ 1 s",
+      met: met("endpointChangeP99"),
+      at: `${n.endpointChange?.hollowNodes ?? 100} hollow nodes`,
+      reference: "",
+    },
+  ];
 }
 
 export function renderMarkdown(r: Json): string {

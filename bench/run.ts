@@ -10,7 +10,7 @@
  *   --join-concurrency N        nodes joining at once per hollow process (default 32)
  *   --fault-fraction F          share of nodes killed, then silenced (default 0.1)
  *   --scheduler-iterations N    decisions per scenario and size (full 2000, quick 150)
- *   --only LIST                 scheduler,e2e,idle (default: all)
+ *   --only LIST                 scheduler,e2e,idle,network (default: all)
  *   --store sqlite|etcd         the coordinator's store (default sqlite; etcd: a one-member etcd
  *                               started for the run, `etcd` must be installed)
  *   --heap-snapshot             V8 heap snapshot of the coordinator at the end of the run
@@ -37,6 +37,7 @@ import { Resources, withTimeLimit } from "./lib/children.js";
 import { summarizeProfile } from "./lib/cpuProfile.js";
 import { summarizeHeapSnapshot } from "./lib/heapSnapshot.js";
 import { Sampler } from "./lib/procStats.js";
+import { runNetworkBench } from "./network.js";
 import { renderMarkdown } from "./report.js";
 import { runSchedulerBench } from "./scheduler.js";
 
@@ -118,7 +119,7 @@ const config = {
   batchSize: quick ? 300 : 1000,
   batchRuns: quick ? 1 : 5,
   seed: num("seed", values.seed, 42),
-  only: new Set((values.only ?? "scheduler,e2e,idle").split(",").map((s) => s.trim())),
+  only: new Set((values.only ?? "scheduler,e2e,idle,network").split(",").map((s) => s.trim())),
   cpuProf: values["cpu-prof"] ?? false,
   outDir: path.resolve(values.out ?? path.join(repoRoot, "bench")),
 };
@@ -162,6 +163,7 @@ const results: Record<string, any> = {
   steady: {},
   coordinator: {},
   idle: {},
+  network: {},
   phases: {},
   errors: [] as { bench: string; message: string }[],
   durationsS: {},
@@ -319,6 +321,12 @@ async function main(): Promise<void> {
     });
     results.idle = idle;
     results.memory.idleUpRssMiB = idle.idleUpRssMiB;
+  });
+
+  // Service networking (issue 14): lab links, wireguard-go, the mesh, its proxy and relay,
+  // endpoint fan-out to hollow nodes. Needs root; each part skips with its reason.
+  await bench("network", quick ? 90_000 : 15 * 60_000, async (_resources, signal) => {
+    results.network = await runNetworkBench({ quick, signal, log });
   });
 }
 

@@ -19,6 +19,19 @@
  * the neighbour entry expires. Processes inside a host notice nothing locally either (a
  * drop in their own OUTPUT chain would fail their sends with EPERM).
  *
+ * A host may sit behind NAT (`behindNat: true`, issue 14), like a laptop behind a home
+ * router: it gets its own private link `192.168.<N>.0/24` to a router namespace
+ * `cltest-<id>-<host>_nat`, whose `eth0` holds the lab address `<subnet>.N` on the bridge.
+ * The router masquerades what leaves the private subnet and forwards nothing from the
+ * bridge into it except replies (conntrack established,related), so the host dials out
+ * but nobody dials in — not even with a route to its private address. The router's
+ * nftables table lives in the router's namespace and goes with it; the router namespace
+ * carries the lab prefix, so the leak check and the startup sweep cover it.
+ *
+ * Packet captures (`lab.startCapture()`) run tcpdump on the bridge (promiscuous, so it
+ * sees frames forwarded between hosts, not only those for the root namespace) and on
+ * every NAT router's private leg, and search the raw pcap bytes for a marker.
+ *
  * Processes run in a host through `nsenter --net=/run/netns/<ns>`, not `ip netns exec`:
  * the latter also remounts /sys, which hides /sys/fs/cgroup from the process, and the
  * process driver needs the cgroup hierarchy.
@@ -34,6 +47,10 @@ import { type EtcdCluster, startEtcd } from "./etcd.js";
 import { binPath, ManagedProcess, type RunResult, TestResources, waitFor } from "./processes.js";
 
 const NETNS_PREFIX = "cltest-";
+/** Suffix of a NAT router's namespace; `_` is not allowed in host names, so no host clashes. */
+const ROUTER_SUFFIX = "_nat";
+/** The NAT router's nftables table, inside the router's own namespace. */
+const ROUTER_TABLE = "cltest_nat";
 const BRIDGE_PREFIX = "cltb";
 const VETH_PREFIX = "cltv";
 const TABLE_PREFIX = "cltest_";
@@ -221,6 +238,15 @@ export async function findLabLeaks(labId?: string): Promise<string[]> {
   for (const table of await bridgeTables()) {
     if (table.startsWith(tablePrefix)) leaks.push(`nftables table bridge ${table}`);
   }
+  for (const ns of await netnsNames()) {
+    if (!ns.startsWith(nsPrefix)) continue;
+    // Tables inside a lab namespace (a NAT router's, an agent's) go with the namespace;
+    // listed here so a leftover namespace shows what it still holds.
+    const tables = await run("nsenter", [`--net=/run/netns/${ns}`, "--", "nft", "list", "tables"]);
+    for (const line of tables.stdout.split("\n").filter((l) => l.startsWith("table "))) {
+      leaks.push(`nftables ${line.trim()} in ${ns}`);
+    }
+  }
   const inodes = new Map([...createdNamespaceInodes].filter(([, ns]) => ns.startsWith(nsPrefix)));
   leaks.push(...(await processesInNamespaces(inodes)));
   return leaks;
@@ -336,6 +362,23 @@ export interface HostDefinition {
   /** Lower-case letters, digits and dashes. */
   name: string;
   zone?: string;
+  /**
+   * Puts the host behind its own NAT router (masquerade, no inbound): its address is a
+   * private one only its router reaches; the lab sees it as the router's lab address.
+   */
+  behindNat?: boolean;
+}
+
+/** The router in front of a host behind NAT. */
+export interface NatRouter {
+  /** The router's namespace, `cltest-<lab id>-<host>_nat`. */
+  netns: string;
+  /** The router's address on the lab bridge: what the other hosts see as the source. */
+  publicIp: string;
+  /** The router's address on the private link: the host's default gateway. */
+  gatewayIp: string;
+  /** The private subnet, `192.168.<N>.0/24`. */
+  privateSubnet: string;
 }
 
 export interface SpawnOptions {
@@ -391,9 +434,19 @@ export class LabHost {
     readonly ip: string,
     /** Network namespace name, `cltest-<lab id>-<host>`. */
     readonly netns: string,
-    /** The bridge-side end of the host's veth pair, in the root namespace. */
+    /**
+     * The bridge-side end of the host's veth pair, in the root namespace (for a host
+     * behind NAT, its router's), so a fault on it cuts the host off.
+     */
     readonly vethRoot: string,
+    /** Set when the host sits behind its own NAT router; `ip` is then its private address. */
+    readonly nat?: NatRouter,
   ) {}
+
+  /** The address other lab hosts see this host's connections come from. */
+  get publicIp(): string {
+    return this.nat?.publicIp ?? this.ip;
+  }
 
   /** `nsenter` into this host's network namespace, followed by the command. */
   launcher(command: string): string[] {
@@ -583,17 +636,31 @@ export class NetLab {
     }
     const index = this.hosts.length + 2;
     if (index > 254) throw new Error("a lab holds at most 253 hosts");
+    const netns = `${NETNS_PREFIX}${this.id}-${definition.name}`;
+    const vethRoot = `${VETH_PREFIX}${this.id}-${index}`;
+    const labIp = `${this.subnet}.${index}`;
+    const nat: NatRouter | undefined = definition.behindNat
+      ? {
+          netns: `${netns}${ROUTER_SUFFIX}`,
+          publicIp: labIp,
+          gatewayIp: `192.168.${index}.1`,
+          privateSubnet: `192.168.${index}.0/24`,
+        }
+      : undefined;
     const host = new LabHost(
       this,
       definition.name,
       definition.zone ?? "a",
-      `${this.subnet}.${index}`,
-      `${NETNS_PREFIX}${this.id}-${definition.name}`,
-      `${VETH_PREFIX}${this.id}-${index}`,
+      nat ? `192.168.${index}.2` : labIp,
+      netns,
+      vethRoot,
+      nat,
     );
     this.hosts.push(host);
-    await must("ip", ["netns", "add", host.netns]);
-    createdNamespaceInodes.set(`net:[${statSync(`/run/netns/${host.netns}`).ino}]`, host.netns);
+    await this.addNamespace(host.netns);
+    // The namespace on the bridge: the host itself, or its router.
+    const onBridge = nat?.netns ?? host.netns;
+    if (nat) await this.addNamespace(nat.netns);
     await must("ip", [
       "link",
       "add",
@@ -604,14 +671,76 @@ export class NetLab {
       "name",
       "eth0",
       "netns",
-      host.netns,
+      onBridge,
     ]);
     await must("ip", ["link", "set", host.vethRoot, "master", this.bridge]);
     await must("ip", ["link", "set", host.vethRoot, "up"]);
+    await must("ip", ["-n", onBridge, "addr", "add", `${labIp}/24`, "dev", "eth0"]);
+    await must("ip", ["-n", onBridge, "link", "set", "eth0", "up"]);
+    await must("ip", ["-n", onBridge, "link", "set", "lo", "up"]);
+    if (nat) await this.addNatRouter(host, nat);
+    return host;
+  }
+
+  private async addNamespace(netns: string): Promise<void> {
+    await must("ip", ["netns", "add", netns]);
+    createdNamespaceInodes.set(`net:[${statSync(`/run/netns/${netns}`).ino}]`, netns);
+  }
+
+  /**
+   * The private link (router `lan0` ↔ host `eth0`, both ends created inside the
+   * namespaces, so no name can clash in the root namespace), the host's default route
+   * through the router, forwarding on the router and its masquerade/no-inbound table.
+   */
+  private async addNatRouter(host: LabHost, nat: NatRouter): Promise<void> {
+    await must("ip", [
+      "-n",
+      nat.netns,
+      "link",
+      "add",
+      "lan0",
+      "type",
+      "veth",
+      "peer",
+      "name",
+      "eth0",
+      "netns",
+      host.netns,
+    ]);
+    await must("ip", ["-n", nat.netns, "addr", "add", `${nat.gatewayIp}/24`, "dev", "lan0"]);
+    await must("ip", ["-n", nat.netns, "link", "set", "lan0", "up"]);
     await must("ip", ["-n", host.netns, "addr", "add", `${host.ip}/24`, "dev", "eth0"]);
     await must("ip", ["-n", host.netns, "link", "set", "eth0", "up"]);
     await must("ip", ["-n", host.netns, "link", "set", "lo", "up"]);
-    return host;
+    await must("ip", ["-n", host.netns, "route", "add", "default", "via", nat.gatewayIp]);
+    // /proc/sys/net is per network namespace: the write reaches the router's copy.
+    const launcher = ["nsenter", `--net=/run/netns/${nat.netns}`, "--"];
+    await must(launcher[0] as string, [
+      ...launcher.slice(1),
+      "sh",
+      "-c",
+      "echo 1 > /proc/sys/net/ipv4/ip_forward",
+    ]);
+    // A home router: everything out, only replies in. The forward policy drops whatever
+    // else comes from the bridge, even to a host that routes the private subnet here.
+    const table = `table ip ${ROUTER_TABLE} {
+  chain forward {
+    type filter hook forward priority 0; policy drop;
+    iifname "lan0" oifname "eth0" accept
+    iifname "eth0" oifname "lan0" ct state established,related accept
+  }
+  chain postrouting {
+    type nat hook postrouting priority srcnat; policy accept;
+    oifname "eth0" ip saddr ${nat.privateSubnet} masquerade
+  }
+}
+`;
+    await must(launcher[0] as string, [...launcher.slice(1), "nft", "-f", "-"], table);
+  }
+
+  /** Hosts behind NAT, each with its router. */
+  get natHosts(): LabHost[] {
+    return this.hosts.filter((host) => host.nat !== undefined);
   }
 
   host(name: string): LabHost {
@@ -771,6 +900,58 @@ export class NetLab {
   }
 
   // -------------------------------------------------------------------------------------------
+  // Packet capture
+
+  /**
+   * Starts tcpdump on the lab bridge and on every NAT router's private leg, writing raw
+   * pcap files into a lab temp dir; resolves once every capture listens. Stop it with
+   * `capture.stop()` (the lab kills it on dispose anyway).
+   */
+  async startCapture(label = "capture"): Promise<PacketCapture> {
+    const dir = await this.resources.tempDir(`cloudless-${label}-`);
+    const points: CapturePoint[] = [
+      { where: `bridge ${this.bridge}`, launcher: ["tcpdump"], iface: this.bridge },
+      ...this.natHosts.map((host) => ({
+        where: `${host.name}'s private link`,
+        launcher: ["nsenter", `--net=/run/netns/${host.nat?.netns}`, "--", "tcpdump"],
+        iface: "lan0",
+      })),
+    ];
+    const capture = new PacketCapture();
+    for (const [index, point] of points.entries()) {
+      const file = path.join(dir, `${index}.pcap`);
+      // -U: write each packet as it comes (a stop loses nothing); -s 0: whole frames;
+      // -Z root: write the file as root instead of dropping to the tcpdump user;
+      // -B: a 16 MiB kernel buffer, so a burst is not dropped (drops are reported);
+      // --immediate-mode: without it, packets of the last second sit in a kernel block
+      // that a stop (SIGINT) never reads: "received by filter" but not "captured".
+      const child = new ManagedProcess(
+        [
+          "-i",
+          point.iface,
+          "-w",
+          file,
+          "-U",
+          "--immediate-mode",
+          "-n",
+          "-s",
+          "0",
+          "-Z",
+          "root",
+          "-B",
+          "16384",
+        ],
+        {},
+        { launcher: point.launcher, label: `${label}-${index}` },
+      );
+      this.track(child);
+      capture.points.push({ where: point.where, file, process: child });
+      await waitForOutput(child, "listening on", `tcpdump on ${point.where}`);
+    }
+    return capture;
+  }
+
+  // -------------------------------------------------------------------------------------------
   // Cleanup
 
   /**
@@ -790,9 +971,12 @@ export class NetLab {
       await fn().catch((err: unknown) => errors.push(`disposer: ${String(err)}`));
     }
     for (const child of this.processes) child.kill("SIGKILL");
-    for (const host of this.hosts) {
+    const namespaces = this.hosts.flatMap((host) =>
+      host.nat ? [host.netns, host.nat.netns] : [host.netns],
+    );
+    for (const netns of namespaces) {
       // A paused process must die too: SIGKILL works on stopped processes.
-      await emptyNamespace(host.netns).catch((err: unknown) => errors.push(String(err)));
+      await emptyNamespace(netns).catch((err: unknown) => errors.push(String(err)));
     }
     await waitFor(
       "the lab's processes to exit",
@@ -812,6 +996,71 @@ export class NetLab {
         `lab ${this.id} was not removed cleanly:\n${[...errors, ...leaks].join("\n")}`,
       );
     }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Packet capture
+
+interface CapturePoint {
+  where: string;
+  launcher: string[];
+  iface: string;
+}
+
+export interface CaptureStats {
+  where: string;
+  captured: number;
+  /** Dropped by the kernel, or received but never written (counted by tcpdump). */
+  lost: number;
+}
+
+/** tcpdump processes writing pcap files; see NetLab.startCapture(). */
+export class PacketCapture {
+  readonly points: { where: string; file: string; process: ManagedProcess }[] = [];
+  private stats: CaptureStats[] | undefined;
+
+  /**
+   * Stops every tcpdump (SIGINT: it flushes and prints its counts) and returns how many
+   * packets each captured and how many the kernel dropped: a marker "not found" only
+   * means something when nothing was dropped.
+   */
+  async stop(): Promise<CaptureStats[]> {
+    if (this.stats) return this.stats;
+    const stats: CaptureStats[] = [];
+    for (const point of this.points) {
+      point.process.kill("SIGINT");
+      const timer = setTimeout(() => point.process.kill("SIGKILL"), KILL_DEADLINE_MS);
+      await point.process.exited();
+      clearTimeout(timer);
+      // The counts tcpdump prints on exit; "received by filter" minus "captured" was lost.
+      const count = (what: string) =>
+        Number(new RegExp(`(\\d+) packets? ${what}`).exec(point.process.stderr)?.[1] ?? Number.NaN);
+      const captured = count("captured");
+      stats.push({
+        where: point.where,
+        captured,
+        lost: count("dropped by kernel") + (count("received by filter") - captured),
+      });
+    }
+    this.stats = stats;
+    return stats;
+  }
+
+  /**
+   * Where (which capture point) the marker's bytes appear verbatim in the raw capture.
+   * Plaintext carrying it shows up as is; a marker split across two segments would not,
+   * so callers keep markers short and inside one small request.
+   */
+  async findMarker(marker: string): Promise<string[]> {
+    await this.stop();
+    const needle = Buffer.from(marker);
+    const found: string[] = [];
+    for (const point of this.points) {
+      const bytes = await readFile(point.file).catch(() => Buffer.alloc(0));
+      if (bytes.includes(needle)) found.push(point.where);
+    }
+    return found;
   }
 }
 
