@@ -43,12 +43,9 @@ import {
 import { type AgentIdentity, certificateWindow, saveIdentity } from "./identity.js";
 import { stopPlan } from "./leaving.js";
 import { type MetricsListener, startMetricsListener } from "./metricsListener.js";
-import {
-  type AgentNetworkOptions,
-  defaultNetworkComponents,
-  vipsFor,
-} from "./network/networkComponents.js";
+import { type AgentNetworkOptions, vipsFor } from "./network/networkComponents.js";
 import { NetworkModule } from "./network/networkModule.js";
+import { realNetworkComponents } from "./network/realComponents.js";
 import { ReplicaModule } from "./replicaModule.js";
 import {
   type CapacityOverrides,
@@ -374,7 +371,7 @@ class AgentRunner {
   private async createNetworkModule(): Promise<NetworkModule | undefined> {
     const network = this.options.network;
     if (!network) return undefined;
-    const components = network.components ?? defaultNetworkComponents();
+    const components = network.components ?? realNetworkComponents();
     const logger = this.logger.child({ component: "network" });
     const vips = await vipsFor(network.serviceVips, components, logger).catch((error: unknown) => {
       throw CloudlessError.invalid(error instanceof Error ? error.message : String(error));

@@ -268,6 +268,7 @@ async function startWithStore(
         logger,
         metrics,
         routes: (router) => modules.routes(router),
+        streamRoutes: modules.streamRoutes(),
       },
       {
         host: options.host,

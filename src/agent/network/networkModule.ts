@@ -242,7 +242,7 @@ export class NetworkModule implements AgentModule {
       }
     }
     try {
-      await vips.apply(forwards);
+      await vips.apply(forwards, snapshot.serviceCidr);
     } catch (error) {
       // The proxy still serves on 127.0.0.1 (process replicas' variables point there
       // when VIPs are off); the next snapshot tries again.

@@ -56,8 +56,8 @@ export interface VipForward {
 
 /** Programs the node's VIP table (ServiceVips). */
 export interface VipProgrammer {
-  /** Replaces the whole set of forwards. */
-  apply(forwards: VipForward[]): Promise<void> | void;
+  /** Replaces the whole set of forwards; `serviceCidr` is the cluster's range (from the snapshot). */
+  apply(forwards: VipForward[], serviceCidr: string): Promise<void> | void;
   /** Removes the table (nothing of it stays). */
   remove(): Promise<void> | void;
 }

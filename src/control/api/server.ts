@@ -14,6 +14,7 @@ import type { Logger } from "../../observe/logger.js";
 import type { CoordinatorMetrics } from "../../observe/metrics.js";
 import { metricsPath } from "../../observe/metrics.js";
 import type { EventLog } from "../events/eventLog.js";
+import type { StreamRoute } from "../modules/module.js";
 import type { NodeRegistry } from "../nodes/nodeRegistry.js";
 import { type Store, StoreError } from "../store/store.js";
 import { type AuditedMethods, auditInterceptor, auditRefusal } from "./audit.js";
@@ -54,6 +55,8 @@ export interface ApiServerServices {
   nodes: NodeRegistry;
   events: EventLog;
   audit: AuditLog;
+  /** The modules' raw stream endpoints (the mesh relay); absent: none. */
+  streamRoutes?: readonly StreamRoute[];
   /** The modules' state-changing methods: these enter the audit log (NFR-C1). */
   audited: AuditedMethods;
   clock: Clock;
@@ -214,6 +217,13 @@ export async function startApiServer(
       serveHealth(services, peer, pathname, response).catch(() => response.destroy());
       return;
     }
+    const streamRoute = services.streamRoutes?.find((route) => pathname.startsWith(route.prefix));
+    if (streamRoute && peer.identity) {
+      serveStreamRoute(services, streamRoute, peer.identity, request, response).catch(() =>
+        response.destroy(),
+      );
+      return;
+    }
     if (peer.identity || pathname === enrollPath) {
       if (String(request.headers["content-type"] ?? "").startsWith("application/grpc")) {
         encodeGrpcMessagesPerSpec(response);
@@ -334,6 +344,26 @@ function refuseUnauthenticated(
 }
 
 const readinessTimeoutMs = 1_000;
+
+/** A module's raw stream endpoint, for a verified caller that is still a member. */
+async function serveStreamRoute(
+  services: ApiServerServices,
+  route: StreamRoute,
+  identity: NonNullable<Peer["identity"]>,
+  request: http2.Http2ServerRequest | IncomingMessage,
+  response: http2.Http2ServerResponse | ServerResponse,
+): Promise<void> {
+  if (!(await isCurrentMember(services.nodes, identity))) {
+    const reply = response as ServerResponse;
+    reply.writeHead(401, { "content-type": "application/json" });
+    reply.end(JSON.stringify({ code: "unauthenticated", message: formerMemberMessage }));
+    return;
+  }
+  route.handle(request as http2.Http2ServerRequest, response as http2.Http2ServerResponse, {
+    kind: identity.kind,
+    name: identity.name,
+  });
+}
 
 async function serveHealth(
   services: ApiServerServices,

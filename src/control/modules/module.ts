@@ -6,6 +6,7 @@
  * work while this coordinator leads, and feed the state gauges. Adding a module is a
  * new folder and one line in the list (modules/index.ts): no other module changes.
  */
+import type { Http2ServerRequest, Http2ServerResponse } from "node:http2";
 import type { ConnectRouter } from "@connectrpc/connect";
 import type { Clock } from "../../lib/clock.js";
 import type { Rng } from "../../lib/rng.js";
@@ -60,10 +61,27 @@ export interface ModuleContext extends CoordinatorCore {
   use<T>(key: ModuleKey<T>): T;
 }
 
+/**
+ * A raw HTTP/2 stream endpoint beside the Connect services (the mesh relay, ADR 0046):
+ * requests whose path starts with `prefix` come here instead of to Connect, once the
+ * caller's certificate is verified and, for a node, still current (not deleted or
+ * re-enrolled). The route checks the caller's kind itself.
+ */
+export interface StreamRoute {
+  readonly prefix: string;
+  handle(
+    request: Http2ServerRequest,
+    response: Http2ServerResponse,
+    caller: { kind: "admin" | "node" | "coordinator"; name: string },
+  ): void;
+}
+
 /** A started module: every part is optional. */
 export interface CoordinatorModule {
   /** Registers this module's API services. */
   routes?(router: ConnectRouter): void;
+  /** Its raw stream endpoints (served on the API port, authenticated like the API). */
+  readonly streamRoutes?: readonly StreamRoute[];
   /** Its state-changing methods, which enter the audit log, and what each is about. */
   readonly audited?: AuditedMethods;
   /** This coordinator was elected: start the leader-only work (controllers, trackers). */

@@ -1,7 +1,13 @@
 import type { ConnectRouter } from "@connectrpc/connect";
 import type { CoordinatorStateSource } from "../../observe/metrics.js";
 import type { AuditedMethods, AuditTarget } from "../api/audit.js";
-import type { CoordinatorCore, CoordinatorModule, ModuleDefinition, ModuleKey } from "./module.js";
+import type {
+  CoordinatorCore,
+  CoordinatorModule,
+  ModuleDefinition,
+  ModuleKey,
+  StreamRoute,
+} from "./module.js";
 
 /** The started modules of one coordinator, driven as one. */
 export interface ModuleHost {
@@ -11,6 +17,8 @@ export interface ModuleHost {
   routes(router: ConnectRouter): void;
   /** Every module's audited methods. */
   audited(): AuditedMethods;
+  /** Every module's raw stream endpoints, in list order. */
+  streamRoutes(): StreamRoute[];
   /** Starts the leader-only work, in list order. */
   onLeader(): Promise<void>;
   /**
@@ -97,6 +105,7 @@ export async function startModules(
   let stopped = false;
   return {
     audited: () => audited,
+    streamRoutes: () => started.flatMap(({ module }) => module.streamRoutes ?? []),
     use: (key) => use(key, "coordinator"),
     routes(router) {
       for (const { module } of started) module.routes?.(router);
