@@ -343,12 +343,17 @@ describe("ServiceProxy (REQ-042)", () => {
     const holding = await holdingServer();
     const { proxy, metrics } = newProxy({ maxConnectionsPerListener: 2 });
     await proxy.setServices([service("web", [{ id: "h", port: holding.port }])]);
-    const held = [net.connect(port(proxy), "127.0.0.1"), net.connect(port(proxy), "127.0.0.1")];
-    for (const socket of held) socket.on("error", () => undefined);
+    const held: net.Socket[] = [];
     cleanups.push(() => {
       for (const socket of held) socket.destroy();
     });
-    await waitUntil(() => holding.sockets.size === 2);
+    // One after the other, each piped through before the next: both fit the limit of 2.
+    for (const expected of [1, 2]) {
+      const socket = net.connect(port(proxy), "127.0.0.1");
+      socket.on("error", () => undefined);
+      held.push(socket);
+      await waitUntil(() => holding.sockets.size === expected);
+    }
     expect(await request(port(proxy))).toEqual({ ok: false, error: "ECONNRESET" });
     expect(await counterValue(metrics.refused, { reason: "TooManyConnections" })).toBe(1);
   });

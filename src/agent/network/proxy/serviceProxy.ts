@@ -71,7 +71,10 @@ interface RoutedEndpoint extends ServiceEndpoint {
 class PortListener {
   readonly picker: EndpointPicker;
   endpoints = new Map<string, RoutedEndpoint>();
-  readonly flows = new Set<Duplex>();
+  /** Client connections open now (the per-listener limit counts these). */
+  readonly clients = new Set<Duplex>();
+  /** Their connections to endpoints, closed with the listener. */
+  readonly upstreams = new Set<Duplex>();
   vip: string;
   constructor(
     readonly namespace: string,
@@ -261,8 +264,9 @@ export class ServiceProxy {
   private async closeListener(key: string, listener: PortListener): Promise<void> {
     this.listeners.delete(key);
     const closed = new Promise<void>((resolve) => listener.server.close(() => resolve()));
-    for (const flow of listener.flows) flow.destroy();
-    listener.flows.clear();
+    for (const flow of [...listener.clients, ...listener.upstreams]) flow.destroy();
+    listener.clients.clear();
+    listener.upstreams.clear();
     await closed;
   }
 
@@ -273,14 +277,14 @@ export class ServiceProxy {
       service: listener.service,
       port: listener.portName,
     };
-    if (listener.flows.size >= this.maxFlows || this.closed) {
+    if (listener.clients.size >= this.maxFlows || this.closed) {
       this.options.metrics?.refused.inc({ ...serviceLabels, reason: "TooManyConnections" });
       client.resetAndDestroy();
       return;
     }
-    listener.flows.add(client);
+    listener.clients.add(client);
     client.on("error", () => undefined);
-    client.once("close", () => listener.flows.delete(client));
+    client.once("close", () => listener.clients.delete(client));
     const span = startSpan(
       "proxy.connection",
       {
@@ -308,7 +312,7 @@ export class ServiceProxy {
         endSpan(span);
         return;
       }
-      listener.flows.add(upstream);
+      listener.upstreams.add(upstream);
       this.pipe(listener, client, upstream, { ...serviceLabels, endpoint: endpoint.id }, span);
     });
   }
@@ -437,7 +441,7 @@ export class ServiceProxy {
         if (!(side.readableEnded && side.writableFinished)) other.destroy();
         return;
       }
-      listener.flows.delete(upstream);
+      listener.upstreams.delete(upstream);
       const metrics = this.options.metrics;
       if (metrics) {
         metrics.bytes.inc({ ...labels, direction: "to_endpoint" }, toEndpoint);
@@ -510,7 +514,7 @@ export class ServiceProxy {
   /** Open client connections over every listener (tests, metrics). */
   get activeFlows(): number {
     let count = 0;
-    for (const listener of this.listeners.values()) count += listener.flows.size;
+    for (const listener of this.listeners.values()) count += listener.clients.size;
     return count;
   }
 
