@@ -431,6 +431,25 @@ describe("ServiceProxy (REQ-042)", () => {
     expect(proxy.resolveLocal({ ...target, service: "db", replicaId: "a" })).toBeUndefined();
   });
 
+  it("REQ-042: an endpoint said to listen on one of the proxy's own ports is never dialled (no loop back into the proxy)", async () => {
+    const a = await nameServer("a");
+    const { proxy, metrics } = newProxy();
+    await proxy.setServices([service("web", [{ id: "a", port: a.port }])]);
+    const own = port(proxy);
+    await proxy.setServices([
+      service("web", [
+        { id: "a", port: a.port, weight: 1 },
+        { id: "loop", port: own, weight: 1_000 },
+      ]),
+    ]);
+    expect(await load(own, 20, 1)).toEqual(new Map([["a", 20]]));
+    expect(proxy.activeFlows).toBe(0);
+    expect(await counterValue(metrics.connections, { endpoint: "loop" })).toBe(0);
+    expect(
+      proxy.resolveLocal({ namespace: "default", service: "web", port: "http", replicaId: "loop" }),
+    ).toBeUndefined();
+  });
+
   it("REQ-042: without a mesh, endpoints on other nodes are left out instead of failing connects", async () => {
     const a = await nameServer("a");
     const { proxy, metrics } = newProxy();

@@ -102,6 +102,11 @@ export class ServiceProxy {
   private readonly attemptMs: number;
   private readonly maxFlows: number;
   private closed = false;
+  /**
+   * The proxy's own listener ports: an endpoint said to listen on one of them (a bad
+   * snapshot) would send every connection back into the proxy, in a loop.
+   */
+  private readonly ownPorts = new Set<number>();
   /** setServices calls run one at a time, in order. */
   private updating: Promise<void> = Promise.resolve();
 
@@ -242,6 +247,7 @@ export class ServiceProxy {
       this.options.logger.warn({ err: error.message }, "proxy listener error"),
     );
     const address = server.address() as net.AddressInfo;
+    this.ownPorts.add(address.port);
     const listener = new PortListener(
       service.namespace,
       service.name,
@@ -263,6 +269,7 @@ export class ServiceProxy {
 
   private async closeListener(key: string, listener: PortListener): Promise<void> {
     this.listeners.delete(key);
+    this.ownPorts.delete(listener.listenPort);
     const closed = new Promise<void>((resolve) => listener.server.close(() => resolve()));
     for (const flow of [...listener.clients, ...listener.upstreams]) flow.destroy();
     listener.clients.clear();
@@ -400,6 +407,9 @@ export class ServiceProxy {
         ...(traceparent ? { traceparent } : {}),
       });
     }
+    if (this.ownPorts.has(endpoint.hostPort)) {
+      return Promise.reject(new ConnectFailure("the endpoint's port is one of the proxy's own"));
+    }
     return connectLocal(endpoint.hostPort, timeoutMs, signal);
   }
 
@@ -506,7 +516,13 @@ export class ServiceProxy {
         continue;
       }
       const endpoint = listener.endpoints.get(target.replicaId);
-      if (endpoint && endpoint.node === this.options.locality.node) return endpoint.hostPort;
+      if (
+        endpoint &&
+        endpoint.node === this.options.locality.node &&
+        !this.ownPorts.has(endpoint.hostPort)
+      ) {
+        return endpoint.hostPort;
+      }
     }
     return undefined;
   }
