@@ -443,7 +443,7 @@ describe("ServiceProxy (REQ-042)", () => {
       ]),
     ]);
     expect(await load(own, 20, 1)).toEqual(new Map([["a", 20]]));
-    expect(proxy.activeFlows).toBe(0);
+    expect(proxy.openSockets).toBe(0);
     expect(await counterValue(metrics.connections, { endpoint: "loop" })).toBe(0);
     expect(
       proxy.resolveLocal({ namespace: "default", service: "web", port: "http", replicaId: "loop" }),

@@ -527,10 +527,15 @@ export class ServiceProxy {
     return undefined;
   }
 
-  /** Open client connections over every listener (tests, metrics). */
-  get activeFlows(): number {
+  /**
+   * Sockets open over every listener, client and endpoint sides (tests): 0 once every
+   * flow has finished, its metrics counted and its span ended.
+   */
+  get openSockets(): number {
     let count = 0;
-    for (const listener of this.listeners.values()) count += listener.clients.size;
+    for (const listener of this.listeners.values()) {
+      count += listener.clients.size + listener.upstreams.size;
+    }
     return count;
   }
 
