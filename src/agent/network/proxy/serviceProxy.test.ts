@@ -397,6 +397,35 @@ describe("ServiceProxy (REQ-042)", () => {
     expect(metrics.endpointSeriesCount).toBeLessThanOrEqual(2);
   });
 
+  it("REQ-042: flows to an endpoint that leaves the set are cut; flows to one that only turns not ready drain", async () => {
+    const removed = await holdingServer();
+    const draining = await holdingServer();
+    const { proxy } = newProxy();
+    const open = async (endpoints: EndpointSpec[], backend: { sockets: Set<net.Socket> }) => {
+      await proxy.setServices([service("web", endpoints)]);
+      const socket = net.connect(port(proxy), "127.0.0.1");
+      socket.on("error", () => undefined);
+      cleanups.push(() => {
+        socket.destroy();
+      });
+      await waitUntil(() => backend.sockets.size === 1);
+      return socket;
+    };
+    const toRemoved = await open([{ id: "gone", port: removed.port }], removed);
+    const toDraining = await open(
+      [
+        { id: "gone", port: removed.port, ready: false },
+        { id: "drain", port: draining.port },
+      ],
+      draining,
+    );
+    // "drain" turns not ready, "gone" leaves the set.
+    await proxy.setServices([service("web", [{ id: "drain", port: draining.port, ready: false }])]);
+    await waitUntil(() => toRemoved.destroyed && removed.sockets.size === 0);
+    expect(toDraining.destroyed).toBe(false);
+    expect(draining.sockets.size).toBe(1);
+  });
+
   it("REQ-042: forwards() sends each VIP:port to its listener, and resolveLocal names only this node's endpoints of that port", async () => {
     const a = await nameServer("a");
     const mesh = new LoopbackMesh(new Map());

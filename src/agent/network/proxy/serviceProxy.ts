@@ -75,6 +75,8 @@ class PortListener {
   readonly clients = new Set<Duplex>();
   /** Their connections to endpoints, closed with the listener. */
   readonly upstreams = new Set<Duplex>();
+  /** Flows by endpoint id, so those of an endpoint that leaves the set can be cut. */
+  readonly flowsByEndpoint = new Map<string, Set<Duplex>>();
   vip: string;
   constructor(
     readonly namespace: string,
@@ -185,6 +187,14 @@ export class ServiceProxy {
       try {
         listener.picker.setEndpoints(endpoints);
         listener.endpoints = new Map(endpoints.map((e) => [e.id, e]));
+        // Flows to an endpoint that left the set (its replica was removed, its node
+        // lost) are cut, so their clients fail now instead of hanging on a dead peer
+        // (ADR 0046). A not-ready endpoint stays in the set: its flows drain.
+        for (const [id, flows] of listener.flowsByEndpoint) {
+          if (listener.endpoints.has(id)) continue;
+          for (const flow of flows) flow.destroy();
+          listener.flowsByEndpoint.delete(id);
+        }
       } catch (error) {
         // A set the picker refuses (too large, duplicate ids) keeps the last good one.
         this.options.logger.warn(
@@ -452,6 +462,9 @@ export class ServiceProxy {
         return;
       }
       listener.upstreams.delete(upstream);
+      const flows = listener.flowsByEndpoint.get(labels.endpoint);
+      flows?.delete(upstream);
+      if (flows?.size === 0) listener.flowsByEndpoint.delete(labels.endpoint);
       const metrics = this.options.metrics;
       if (metrics) {
         metrics.bytes.inc({ ...labels, direction: "to_endpoint" }, toEndpoint);
@@ -461,6 +474,12 @@ export class ServiceProxy {
       span.setAttribute("cloudless.bytes.from_endpoint", fromEndpoint);
       endSpan(span, failure);
     };
+    let endpointFlows = listener.flowsByEndpoint.get(labels.endpoint);
+    if (!endpointFlows) {
+      endpointFlows = new Set();
+      listener.flowsByEndpoint.set(labels.endpoint, endpointFlows);
+    }
+    endpointFlows.add(upstream);
     client.once("close", () => closed(client, upstream));
     upstream.once("close", () => closed(upstream, client));
     client.pipe(upstream);
