@@ -343,12 +343,17 @@ describe("ServiceProxy (REQ-042)", () => {
     const holding = await holdingServer();
     const { proxy, metrics } = newProxy({ maxConnectionsPerListener: 2 });
     await proxy.setServices([service("web", [{ id: "h", port: holding.port }])]);
-    const held = [net.connect(port(proxy), "127.0.0.1"), net.connect(port(proxy), "127.0.0.1")];
-    for (const socket of held) socket.on("error", () => undefined);
+    const held: net.Socket[] = [];
     cleanups.push(() => {
       for (const socket of held) socket.destroy();
     });
-    await waitUntil(() => holding.sockets.size === 2);
+    // One after the other, each piped through before the next: both fit the limit of 2.
+    for (const expected of [1, 2]) {
+      const socket = net.connect(port(proxy), "127.0.0.1");
+      socket.on("error", () => undefined);
+      held.push(socket);
+      await waitUntil(() => holding.sockets.size === expected);
+    }
     expect(await request(port(proxy))).toEqual({ ok: false, error: "ECONNRESET" });
     expect(await counterValue(metrics.refused, { reason: "TooManyConnections" })).toBe(1);
   });
@@ -392,6 +397,35 @@ describe("ServiceProxy (REQ-042)", () => {
     expect(metrics.endpointSeriesCount).toBeLessThanOrEqual(2);
   });
 
+  it("REQ-042: flows to an endpoint that leaves the set are cut; flows to one that only turns not ready drain", async () => {
+    const removed = await holdingServer();
+    const draining = await holdingServer();
+    const { proxy } = newProxy();
+    const open = async (endpoints: EndpointSpec[], backend: { sockets: Set<net.Socket> }) => {
+      await proxy.setServices([service("web", endpoints)]);
+      const socket = net.connect(port(proxy), "127.0.0.1");
+      socket.on("error", () => undefined);
+      cleanups.push(() => {
+        socket.destroy();
+      });
+      await waitUntil(() => backend.sockets.size === 1);
+      return socket;
+    };
+    const toRemoved = await open([{ id: "gone", port: removed.port }], removed);
+    const toDraining = await open(
+      [
+        { id: "gone", port: removed.port, ready: false },
+        { id: "drain", port: draining.port },
+      ],
+      draining,
+    );
+    // "drain" turns not ready, "gone" leaves the set.
+    await proxy.setServices([service("web", [{ id: "drain", port: draining.port, ready: false }])]);
+    await waitUntil(() => toRemoved.destroyed && removed.sockets.size === 0);
+    expect(toDraining.destroyed).toBe(false);
+    expect(draining.sockets.size).toBe(1);
+  });
+
   it("REQ-042: forwards() sends each VIP:port to its listener, and resolveLocal names only this node's endpoints of that port", async () => {
     const a = await nameServer("a");
     const mesh = new LoopbackMesh(new Map());
@@ -424,6 +458,25 @@ describe("ServiceProxy (REQ-042)", () => {
     expect(proxy.resolveLocal({ ...target, replicaId: "r" })).toBeUndefined();
     expect(proxy.resolveLocal({ ...target, port: "other", replicaId: "a" })).toBeUndefined();
     expect(proxy.resolveLocal({ ...target, service: "db", replicaId: "a" })).toBeUndefined();
+  });
+
+  it("REQ-042: an endpoint said to listen on one of the proxy's own ports is never dialled (no loop back into the proxy)", async () => {
+    const a = await nameServer("a");
+    const { proxy, metrics } = newProxy();
+    await proxy.setServices([service("web", [{ id: "a", port: a.port }])]);
+    const own = port(proxy);
+    await proxy.setServices([
+      service("web", [
+        { id: "a", port: a.port, weight: 1 },
+        { id: "loop", port: own, weight: 1_000 },
+      ]),
+    ]);
+    expect(await load(own, 20, 1)).toEqual(new Map([["a", 20]]));
+    expect(proxy.openSockets).toBe(0);
+    expect(await counterValue(metrics.connections, { endpoint: "loop" })).toBe(0);
+    expect(
+      proxy.resolveLocal({ namespace: "default", service: "web", port: "http", replicaId: "loop" }),
+    ).toBeUndefined();
   });
 
   it("REQ-042: without a mesh, endpoints on other nodes are left out instead of failing connects", async () => {

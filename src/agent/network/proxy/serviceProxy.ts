@@ -71,7 +71,12 @@ interface RoutedEndpoint extends ServiceEndpoint {
 class PortListener {
   readonly picker: EndpointPicker;
   endpoints = new Map<string, RoutedEndpoint>();
-  readonly flows = new Set<Duplex>();
+  /** Client connections open now (the per-listener limit counts these). */
+  readonly clients = new Set<Duplex>();
+  /** Their connections to endpoints, closed with the listener. */
+  readonly upstreams = new Set<Duplex>();
+  /** Flows by endpoint id, so those of an endpoint that leaves the set can be cut. */
+  readonly flowsByEndpoint = new Map<string, Set<Duplex>>();
   vip: string;
   constructor(
     readonly namespace: string,
@@ -99,6 +104,11 @@ export class ServiceProxy {
   private readonly attemptMs: number;
   private readonly maxFlows: number;
   private closed = false;
+  /**
+   * The proxy's own listener ports: an endpoint said to listen on one of them (a bad
+   * snapshot) would send every connection back into the proxy, in a loop.
+   */
+  private readonly ownPorts = new Set<number>();
   /** setServices calls run one at a time, in order. */
   private updating: Promise<void> = Promise.resolve();
 
@@ -177,6 +187,14 @@ export class ServiceProxy {
       try {
         listener.picker.setEndpoints(endpoints);
         listener.endpoints = new Map(endpoints.map((e) => [e.id, e]));
+        // Flows to an endpoint that left the set (its replica was removed, its node
+        // lost) are cut, so their clients fail now instead of hanging on a dead peer
+        // (ADR 0046). A not-ready endpoint stays in the set: its flows drain.
+        for (const [id, flows] of listener.flowsByEndpoint) {
+          if (listener.endpoints.has(id)) continue;
+          for (const flow of flows) flow.destroy();
+          listener.flowsByEndpoint.delete(id);
+        }
       } catch (error) {
         // A set the picker refuses (too large, duplicate ids) keeps the last good one.
         this.options.logger.warn(
@@ -239,6 +257,7 @@ export class ServiceProxy {
       this.options.logger.warn({ err: error.message }, "proxy listener error"),
     );
     const address = server.address() as net.AddressInfo;
+    this.ownPorts.add(address.port);
     const listener = new PortListener(
       service.namespace,
       service.name,
@@ -260,9 +279,11 @@ export class ServiceProxy {
 
   private async closeListener(key: string, listener: PortListener): Promise<void> {
     this.listeners.delete(key);
+    this.ownPorts.delete(listener.listenPort);
     const closed = new Promise<void>((resolve) => listener.server.close(() => resolve()));
-    for (const flow of listener.flows) flow.destroy();
-    listener.flows.clear();
+    for (const flow of [...listener.clients, ...listener.upstreams]) flow.destroy();
+    listener.clients.clear();
+    listener.upstreams.clear();
     await closed;
   }
 
@@ -273,14 +294,14 @@ export class ServiceProxy {
       service: listener.service,
       port: listener.portName,
     };
-    if (listener.flows.size >= this.maxFlows || this.closed) {
+    if (listener.clients.size >= this.maxFlows || this.closed) {
       this.options.metrics?.refused.inc({ ...serviceLabels, reason: "TooManyConnections" });
       client.resetAndDestroy();
       return;
     }
-    listener.flows.add(client);
+    listener.clients.add(client);
     client.on("error", () => undefined);
-    client.once("close", () => listener.flows.delete(client));
+    client.once("close", () => listener.clients.delete(client));
     const span = startSpan(
       "proxy.connection",
       {
@@ -308,7 +329,7 @@ export class ServiceProxy {
         endSpan(span);
         return;
       }
-      listener.flows.add(upstream);
+      listener.upstreams.add(upstream);
       this.pipe(listener, client, upstream, { ...serviceLabels, endpoint: endpoint.id }, span);
     });
   }
@@ -396,6 +417,9 @@ export class ServiceProxy {
         ...(traceparent ? { traceparent } : {}),
       });
     }
+    if (this.ownPorts.has(endpoint.hostPort)) {
+      return Promise.reject(new ConnectFailure("the endpoint's port is one of the proxy's own"));
+    }
     return connectLocal(endpoint.hostPort, timeoutMs, signal);
   }
 
@@ -437,7 +461,10 @@ export class ServiceProxy {
         if (!(side.readableEnded && side.writableFinished)) other.destroy();
         return;
       }
-      listener.flows.delete(upstream);
+      listener.upstreams.delete(upstream);
+      const flows = listener.flowsByEndpoint.get(labels.endpoint);
+      flows?.delete(upstream);
+      if (flows?.size === 0) listener.flowsByEndpoint.delete(labels.endpoint);
       const metrics = this.options.metrics;
       if (metrics) {
         metrics.bytes.inc({ ...labels, direction: "to_endpoint" }, toEndpoint);
@@ -447,6 +474,12 @@ export class ServiceProxy {
       span.setAttribute("cloudless.bytes.from_endpoint", fromEndpoint);
       endSpan(span, failure);
     };
+    let endpointFlows = listener.flowsByEndpoint.get(labels.endpoint);
+    if (!endpointFlows) {
+      endpointFlows = new Set();
+      listener.flowsByEndpoint.set(labels.endpoint, endpointFlows);
+    }
+    endpointFlows.add(upstream);
     client.once("close", () => closed(client, upstream));
     upstream.once("close", () => closed(upstream, client));
     client.pipe(upstream);
@@ -502,15 +535,26 @@ export class ServiceProxy {
         continue;
       }
       const endpoint = listener.endpoints.get(target.replicaId);
-      if (endpoint && endpoint.node === this.options.locality.node) return endpoint.hostPort;
+      if (
+        endpoint &&
+        endpoint.node === this.options.locality.node &&
+        !this.ownPorts.has(endpoint.hostPort)
+      ) {
+        return endpoint.hostPort;
+      }
     }
     return undefined;
   }
 
-  /** Open client connections over every listener (tests, metrics). */
-  get activeFlows(): number {
+  /**
+   * Sockets open over every listener, client and endpoint sides (tests): 0 once every
+   * flow has finished, its metrics counted and its span ended.
+   */
+  get openSockets(): number {
     let count = 0;
-    for (const listener of this.listeners.values()) count += listener.flows.size;
+    for (const listener of this.listeners.values()) {
+      count += listener.clients.size + listener.upstreams.size;
+    }
     return count;
   }
 
