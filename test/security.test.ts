@@ -2,6 +2,7 @@ import { X509Certificate } from "node:crypto";
 import { chmod, mkdir, readdir, readFile, stat } from "node:fs/promises";
 import { type AddressInfo, createServer, type Server } from "node:net";
 import * as path from "node:path";
+import * as tls from "node:tls";
 import { create } from "@bufbuild/protobuf";
 import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
@@ -216,7 +217,7 @@ describe("security with real processes and real TLS", () => {
         expect(plain.closedByServer).toBe(true);
       }
     }
-    for (const socket of agentSockets) await probe("agent", socket);
+    // The agent's listeners speak no API: they are checked below (mesh, DNS).
 
     // The same request with the admin certificate succeeds, so the refusals above are
     // about the credential and not a broken probe (REQ-080: one handler, gRPC and JSON).
@@ -256,9 +257,18 @@ describe("security with real processes and real TLS", () => {
       reason: "NoValidClientCertificate",
     });
 
-    // The agent listens on no port today. A new agent listener is covered by the probes
-    // above; this tripwire makes sure it also gets a security review.
-    expect(agentSockets, "agent listening sockets").toEqual([]);
+    // The agent listens on its mesh port (every address, mutual TLS with node certificates,
+    // REQ-040) and on 127.0.0.1 for DNS; with no service there are no proxy listeners. A
+    // listener beyond these is new: this tripwire makes sure it gets a security review.
+    const exposed = agentSockets.filter((s) => dialHost(s) !== "127.0.0.1");
+    expect(exposed, `agent sockets beyond loopback: ${JSON.stringify(agentSockets)}`).toEqual([]);
+    const wildcard = agentSockets.filter((s) => s.address === "0.0.0.0");
+    expect(wildcard, "the agent's one wildcard listener, the mesh").toHaveLength(1);
+    expect(agentSockets.length, "mesh + DNS").toBeLessThanOrEqual(2);
+    // The mesh answers nothing to a TLS client without a node certificate.
+    const meshRefusal = await tlsWithoutCertificate("127.0.0.1", wildcard[0]!.port);
+    expect(meshRefusal.bytes, "application bytes from the mesh to an anonymous client").toBe(0);
+    expect(meshRefusal.closed, "the mesh closed the anonymous connection").toBe(true);
   });
 
   it("REQ-001 NFR-S1 REQ-071 enrollment answers only with a valid token: garbage, forged, other-cluster, expired and reused tokens are refused and recorded", async () => {
@@ -692,4 +702,33 @@ async function readAgentCredentials(dir: string) {
 async function waitForExit(process: ManagedProcess, timeoutMs: number): Promise<number | null> {
   await waitFor(`process ${process.pid} to exit`, () => !process.running, timeoutMs, 50);
   return process.exited();
+}
+
+/** Connects with TLS and no client certificate; counts what the server sends before it closes. */
+function tlsWithoutCertificate(
+  host: string,
+  port: number,
+): Promise<{ bytes: number; closed: boolean }> {
+  return new Promise((resolve) => {
+    let bytes = 0;
+    const socket = tls.connect({
+      host,
+      port,
+      rejectUnauthorized: false,
+      ALPNProtocols: ["cloudless-mesh/1"],
+    });
+    const deadline = setTimeout(() => {
+      socket.destroy();
+      resolve({ bytes, closed: false });
+    }, 5_000);
+    socket.on("secureConnect", () => socket.write('{"v":1,"op":"ping"}\n'));
+    socket.on("data", (chunk: Buffer) => {
+      bytes += chunk.length;
+    });
+    socket.on("error", () => undefined);
+    socket.on("close", () => {
+      clearTimeout(deadline);
+      resolve({ bytes, closed: true });
+    });
+  });
 }

@@ -205,9 +205,10 @@ export class NetworkModule implements AgentModule {
   receive(message: HeartbeatResponse): void {
     const snapshot = message.network;
     if (!snapshot || this.stopped) return;
-    // A message delayed on an old stream, or a coordinator that has not caught up yet,
-    // must not roll the node back to an older set.
-    if (this.snapshot && snapshot.version < this.snapshot.version) return;
+    // The coordinator's snapshot is the whole truth of the moment, and one stream delivers
+    // them in order; a lower version comes from a new leader whose clock runs behind the
+    // old one's (versions are wall-clock based), so only the version held is skipped.
+    if (this.snapshot && snapshot.version === this.snapshot.version) return;
     void this.apply(snapshot).catch((error: unknown) =>
       this.options.logger.warn(
         { err: error instanceof Error ? error.message : String(error) },
