@@ -563,4 +563,44 @@ describe("mesh node (REQ-040, REQ-060, REQ-003)", () => {
     await expect(a.node.dial("x", target)).rejects.toMatchObject({ code: "refused" });
     expect(a.node.peers()).toEqual([]);
   });
+
+  it("REQ-060: a connection that never completes the TLS handshake is closed at the handshake deadline", async () => {
+    const b = await startNode("b", { limits: { handshakeTimeoutMs: 200 } });
+    const outcome = await new Promise<string>((resolve) => {
+      const socket = net.connect({ host: "127.0.0.1", port: b.port });
+      const timer = setTimeout(() => {
+        socket.destroy();
+        resolve("still open");
+      }, 5_000);
+      socket.once("close", () => {
+        clearTimeout(timer);
+        resolve("closed");
+      });
+      socket.on("error", () => {});
+    });
+    expect(outcome).toBe("closed");
+  });
+
+  it("REQ-040: a mesh port in use is a one-line error naming the address", async () => {
+    const a = await startNode("a");
+    const clash = new MeshNode({
+      identity: () => ({
+        clusterName: "test",
+        nodeName: "b",
+        caPem: cluster.caPem,
+        certPem: certs.b!.certPem,
+        keyPem: certs.b!.keyPem,
+      }),
+      host: "127.0.0.1",
+      port: a.port,
+      relay: false,
+      resolveLocal: () => undefined,
+      logger: silentLogger,
+      clock: systemClock,
+    });
+    cleanups.push(() => clash.stop());
+    await expect(clash.start()).rejects.toThrow(
+      `cannot listen on the mesh address 127.0.0.1:${a.port} (EADDRINUSE)`,
+    );
+  });
 });

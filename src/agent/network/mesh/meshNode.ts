@@ -273,8 +273,10 @@ export class MeshNode {
       this.track(socket);
     });
     server.on("secureConnection", (socket) => this.onSecureConnection(socket));
-    server.on("tlsClientError", (error) => {
+    server.on("tlsClientError", (error, socket) => {
       this.countRefusal(`TLS handshake failed: ${error.message}`);
+      // With a listener here Node leaves the socket open (a handshake timeout included).
+      socket.destroy();
     });
     server.maxConnections = this.limits.maxConnections;
     this.server = server;
@@ -306,9 +308,16 @@ export class MeshNode {
       this.h2Server = h2Server;
     }
     await new Promise<void>((resolve, reject) => {
-      server.once("error", reject);
+      server.once("error", (error: NodeJS.ErrnoException) => {
+        const where = formatAddress(this.options.host, this.options.port);
+        reject(
+          new Error(
+            `cannot listen on the mesh address ${where} (${error.code ?? error.message}): choose a free port or address`,
+          ),
+        );
+      });
       server.listen({ host: this.options.host, port: this.options.port }, () => {
-        server.off("error", reject);
+        server.removeAllListeners("error");
         resolve();
       });
     });
