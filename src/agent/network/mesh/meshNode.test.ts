@@ -603,4 +603,29 @@ describe("mesh node (REQ-040, REQ-060, REQ-003)", () => {
       `cannot listen on the mesh address 127.0.0.1:${a.port} (EADDRINUSE)`,
     );
   });
+
+  it("REQ-040: a flow with no bytes either way for the idle limit is closed", async () => {
+    const echoPort = await echoServer();
+    const a = await startNode("a");
+    const b = await startNode("b", {
+      resolveLocal: () => echoPort,
+      limits: { flowIdleTimeoutMs: 200 },
+    });
+    const peers = [meshPeer("a", { port: a.port }), meshPeer("b", { port: b.port })];
+    a.node.setPeers(peers, []);
+    b.node.setPeers(peers, []);
+    const flow = await a.node.dial("b", target);
+    flow.on("error", () => {});
+    flow.resume();
+    const outcome = await new Promise<string>((resolve) => {
+      const timer = setTimeout(() => resolve("still open"), 5_000);
+      const done = () => {
+        clearTimeout(timer);
+        resolve("closed");
+      };
+      flow.once("end", done);
+      flow.once("close", done);
+    });
+    expect(outcome).toBe("closed");
+  });
 });
