@@ -628,4 +628,40 @@ describe("mesh node (REQ-040, REQ-060, REQ-003)", () => {
     });
     expect(outcome).toBe("closed");
   });
+
+  it("REQ-003: an address that swallows the connection does not hold the dial: the relay is tried after a head start", async () => {
+    // A NATed peer's advertised private address: TCP may connect somewhere, TLS never comes.
+    const silent = net.createServer(() => {});
+    const held = new Set<net.Socket>();
+    silent.on("connection", (socket) => held.add(socket));
+    await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve));
+    cleanups.push(
+      () =>
+        new Promise<void>((resolve) => {
+          for (const socket of held) socket.destroy();
+          silent.close(() => resolve());
+        }),
+    );
+    const echoPort = await echoServer();
+    const a = await startNode("a");
+    const b = await startNode("b", { resolveLocal: () => echoPort });
+    const silentPort = (silent.address() as net.AddressInfo).port;
+    const peers = [meshPeer("a", { port: a.port }), meshPeer("b", { port: silentPort })];
+    const relay = await startHubServer(() => new Set(["a", "b"]));
+    a.node.setPeers(peers, [relay.address]);
+    b.node.setPeers(peers, [relay.address]);
+    await waitFor("B's listen stream", () => relay.hub.hasListener("b") || undefined);
+    await waitFor("A's relay session", async () => {
+      // A's link is up once A listens too.
+      return relay.hub.hasListener("a") || undefined;
+    });
+    const started = performance.now();
+    const flow = await a.node.dial("b", target, { timeoutMs: 10_000 });
+    const tookMs = performance.now() - started;
+    expect((await exchange(flow, Buffer.from("ping"))).toString()).toBe("ping");
+    expect(a.node.peers().find((p) => p.node === "b")?.path).toBe("relayed");
+    // The direct attempt alone could hold it for the whole deadline; the relay started at 250 ms.
+    expect(tookMs).toBeLessThan(2_500);
+    console.log(`dial past a silent address through the relay: ${tookMs.toFixed(0)} ms`);
+  });
 });

@@ -114,8 +114,10 @@ export interface MeshLimits {
   flowIdleTimeoutMs: number;
   /** A dial's whole deadline when the caller gives none. */
   defaultDialTimeoutMs: number;
-  /** One direct address may take at most this of a dial, so a relay still has time. */
+  /** One path of a background probe may take at most this. */
   directAttemptTimeoutMs: number;
+  /** A dial starts its next path after this if the current one has not connected. */
+  attemptStaggerMs: number;
   /** Period of the background round (re-probe direct paths, ping peers in use). */
   probeIntervalMs: number;
   /** Peers probed per round at most: bounded work however many peers are in use. */
@@ -145,6 +147,7 @@ export const defaultMeshLimits: MeshLimits = {
   flowIdleTimeoutMs: 3_600_000,
   defaultDialTimeoutMs: 10_000,
   directAttemptTimeoutMs: 3_000,
+  attemptStaggerMs: 250,
   probeIntervalMs: 10_000,
   maxProbesPerRound: 16,
   probeIdleAfterMs: 60_000,
@@ -741,9 +744,13 @@ export class MeshNode {
   }
 
   /**
-   * Tries the peer's paths in order — direct first, unless the table says it is relayed
-   * (the background round moves it back) — and sends `headerLine` on the first that
-   * connects. A peer that answers "not ok" or fails the certificate check ends the dial.
+   * Races the peer's paths for a TLS session, staggered (RFC 8305's happy eyeballs): direct
+   * addresses first — relays first when the table says the peer is relayed (the background
+   * round moves it back) — each next attempt starting after `attemptStaggerMs` or at once
+   * when one fails, so a NATed peer's unroutable addresses cost a quarter second, not a
+   * timeout each. The header goes only on the winner, so the remote connects to the
+   * replica once. A peer that answers "not ok" ends the dial; a certificate that names
+   * someone else rules out that path only.
    */
   private async openFlow(
     peer: MeshPeer,
@@ -754,56 +761,118 @@ export class MeshNode {
   ): Promise<OpenedFlow> {
     const direct = this.directAttempts(peer);
     const relayed = this.relayAttempts(peer.node);
-    const attempts = state.path === "relayed" ? [...relayed, ...direct] : [...direct, ...relayed];
+    let remaining = state.path === "relayed" ? [...relayed, ...direct] : [...direct, ...relayed];
+    const attemptCount = remaining.length;
     const elapsed = startStopwatch();
     const failures: string[] = [];
     let refused: string | undefined;
-    for (const attempt of attempts) {
+    const where = (attempt: Attempt) =>
+      attempt.kind === "direct" ? attempt.address : `via ${attempt.link.via}`;
+    const fail = (attempt: Attempt, error: unknown) => {
+      const message = error instanceof Error ? error.message : String(error);
+      failures.push(`${where(attempt)}: ${message}`);
+      if (error instanceof RefusedError) refused = `${where(attempt)}: ${message}`;
+    };
+    while (remaining.length > 0) {
       if (signal?.aborted) throw new MeshDialError("timeout", "the dial was aborted");
-      const remainingMs = timeoutMs - elapsed();
-      if (remainingMs <= 0) break;
-      const attemptMs =
-        attempt.kind === "direct" && relayed.length > 0
-          ? Math.min(remainingMs, this.limits.directAttemptTimeoutMs)
-          : remainingMs;
+      const leftMs = timeoutMs - elapsed();
+      if (leftMs <= 0) break;
+      const won = await this.raceEstablish(peer.node, remaining, leftMs, signal, fail);
+      if (!won) break;
       try {
-        const flow = await this.tryAttempt(peer.node, attempt, headerLine, attemptMs, signal);
-        if (attempt.kind === "direct") this.setPath(state, "direct", "", attempt.address);
-        else this.setPath(state, "relayed", attempt.link.via, "");
-        state.rttMs = flow.rttMs;
-        return flow;
+        const rttMs = await this.exchangeHeader(
+          won.socket,
+          headerLine,
+          Math.max(1, timeoutMs - elapsed()),
+        );
+        if (won.attempt.kind === "direct") {
+          this.setPath(state, "direct", "", won.attempt.address);
+        } else this.setPath(state, "relayed", won.attempt.link.via, "");
+        state.rttMs = rttMs;
+        return { socket: won.socket, attempt: won.attempt, rttMs };
       } catch (error) {
-        const message = (error as Error).message;
-        const where = attempt.kind === "direct" ? attempt.address : `via ${attempt.link.via}`;
-        failures.push(`${where}: ${message}`);
-        if (error instanceof RefusedError) {
-          refused = `${where}: ${message}`;
-          // The peer itself said no: another path reaches the same peer and the same answer.
-          if (message.startsWith("remote: ")) break;
-        }
+        won.socket.destroy();
+        fail(won.attempt, error);
+        // The peer itself said no: another path reaches the same peer and the same answer.
+        if (error instanceof RefusedError) break;
+        remaining = remaining.filter((attempt) => attempt !== won.attempt);
       }
     }
     if (refused !== undefined) {
       throw new MeshDialError("refused", `node ${peer.node} refused the flow (${refused})`);
     }
     if (signal?.aborted) throw new MeshDialError("timeout", "the dial was aborted");
+    this.setPath(state, "unreachable", "", "");
     if (elapsed() >= timeoutMs) {
-      this.setPath(state, "unreachable", "", "");
       throw new MeshDialError(
         "timeout",
         `node ${peer.node} was not reached within ${timeoutMs} ms (${failures.join("; ") || "no path"})`,
       );
     }
-    this.setPath(state, "unreachable", "", "");
     throw new MeshDialError(
       "unreachable",
-      attempts.length === 0
+      attemptCount === 0
         ? `node ${peer.node} has no address and no relay reaches it`
         : `node ${peer.node} is unreachable (${failures.join("; ")})`,
     );
   }
 
-  /** One attempt: TLS to the peer (direct or inside a relay stream), header, reply. */
+  /** The first attempt to reach a TLS session with the peer, or undefined when all fail. */
+  private raceEstablish(
+    node: string,
+    attempts: Attempt[],
+    timeoutMs: number,
+    signal: AbortSignal | undefined,
+    onFailure: (attempt: Attempt, error: unknown) => void,
+  ): Promise<{ socket: tls.TLSSocket; attempt: Attempt } | undefined> {
+    return new Promise((resolve) => {
+      const losers = new AbortController();
+      const onOuterAbort = () => losers.abort();
+      signal?.addEventListener("abort", onOuterAbort, { once: true });
+      const elapsed = startStopwatch();
+      let next = 0;
+      let running = 0;
+      let done = false;
+      let staggerTimer: NodeJS.Timeout | undefined;
+      const finish = (result: { socket: tls.TLSSocket; attempt: Attempt } | undefined) => {
+        if (done) return;
+        done = true;
+        clearTimeout(staggerTimer);
+        losers.abort();
+        signal?.removeEventListener("abort", onOuterAbort);
+        resolve(result);
+      };
+      const launch = () => {
+        clearTimeout(staggerTimer);
+        if (done) return;
+        const leftMs = timeoutMs - elapsed();
+        if (next >= attempts.length || leftMs <= 0) {
+          if (running === 0) finish(undefined);
+          return;
+        }
+        const attempt = attempts[next++]!;
+        running += 1;
+        this.establish(node, attempt, leftMs, losers.signal).then(
+          (socket) => {
+            running -= 1;
+            if (done) socket.destroy();
+            else finish({ socket, attempt });
+          },
+          (error: unknown) => {
+            running -= 1;
+            if (done) return;
+            onFailure(attempt, error);
+            launch();
+          },
+        );
+        // A wire timer on real time: when the next path gets its chance.
+        staggerTimer = setTimeout(launch, this.limits.attemptStaggerMs);
+      };
+      launch();
+    });
+  }
+
+  /** One attempt, in sequence (probes): TLS to the peer, header, reply. */
   private async tryAttempt(
     node: string,
     attempt: Attempt,
@@ -812,6 +881,28 @@ export class MeshNode {
     signal: AbortSignal | undefined,
   ): Promise<OpenedFlow> {
     const elapsed = startStopwatch();
+    const socket = await this.establish(node, attempt, timeoutMs, signal);
+    try {
+      const rttMs = await this.exchangeHeader(
+        socket,
+        headerLine,
+        Math.max(1, timeoutMs - elapsed()),
+      );
+      return { socket, attempt, rttMs };
+    } catch (error) {
+      socket.destroy();
+      throw error;
+    }
+  }
+
+  /** A TLS session with the peer, direct or inside a relay's dial stream. */
+  private async establish(
+    node: string,
+    attempt: Attempt,
+    timeoutMs: number,
+    signal: AbortSignal | undefined,
+  ): Promise<tls.TLSSocket> {
+    const elapsed = startStopwatch();
     let carrier: Duplex | undefined;
     if (attempt.kind === "relayed") {
       const session = attempt.link.session;
@@ -819,23 +910,22 @@ export class MeshNode {
       carrier = await relayRequest(session, relayPaths.dial(node), timeoutMs, signal);
       this.track(carrier);
     }
-    const socket = await this.connectTls(node, attempt, carrier, timeoutMs - elapsed(), signal);
-    try {
-      const sent = startStopwatch();
-      socket.write(headerLine);
-      const line = await readLine(
-        socket,
-        MAX_FLOW_HEADER_BYTES,
-        Math.max(1, timeoutMs - elapsed()),
-      );
-      const rttMs = sent();
-      const reply = parseFlowReply(line);
-      if (!reply.ok) throw new RefusedError(`remote: ${reply.error}`);
-      return { socket, attempt, rttMs };
-    } catch (error) {
-      socket.destroy();
-      throw error;
-    }
+    return this.connectTls(node, attempt, carrier, Math.max(1, timeoutMs - elapsed()), signal);
+  }
+
+  /** Sends the header line and reads the reply; resolves with the round trip (ms). */
+  private async exchangeHeader(
+    socket: tls.TLSSocket,
+    headerLine: string,
+    timeoutMs: number,
+  ): Promise<number> {
+    const sent = startStopwatch();
+    socket.write(headerLine);
+    const line = await readLine(socket, MAX_FLOW_HEADER_BYTES, timeoutMs);
+    const rttMs = sent();
+    const reply = parseFlowReply(line);
+    if (!reply.ok) throw new RefusedError(`remote: ${reply.error}`);
+    return rttMs;
   }
 
   private connectTls(
