@@ -664,4 +664,16 @@ describe("mesh node (REQ-040, REQ-060, REQ-003)", () => {
     expect(tookMs).toBeLessThan(2_500);
     console.log(`dial past a silent address through the relay: ${tookMs.toFixed(0)} ms`);
   });
+
+  it("REQ-040: a member list over the limit is refused whole; a malformed relay address is skipped", async () => {
+    const a = await startNode("a", { limits: { maxPeers: 2 } });
+    const two = [meshPeer("a", { port: a.port }), meshPeer("b", { port: 1 })];
+    a.node.setPeers(two, ["not-an-address", "[::1"]);
+    expect(() => a.node.setPeers([...two, meshPeer("c", { port: 1 })], [])).toThrow(
+      "the member list has 3 nodes, more than the mesh accepts (2); the previous list stays",
+    );
+    // The previous list stays: b is still a member (refused for no path, not for membership).
+    const error = await a.node.dial("b", target, { timeoutMs: 2_000 }).catch((e: unknown) => e);
+    expect((error as MeshDialError).code).toBe("unreachable");
+  });
 });

@@ -41,6 +41,7 @@ import {
 import {
   MAX_RELAY_LINE_BYTES,
   openRelaySession,
+  parseHostPort,
   RELAY_SESSION_WINDOW_BYTES,
   type RelayAccept,
   readListenStream,
@@ -135,6 +136,10 @@ export interface MeshLimits {
   relayKeepaliveMs: number;
   /** Peers kept in the path table; the least recently used is dropped beyond it. */
   maxPathEntries: number;
+  /** Members in a setPeers list (the cluster's node limit); a longer list is refused whole. */
+  maxPeers: number;
+  /** Relays a node keeps a listen stream on (a session and a stream each); extra are skipped. */
+  maxRelayLinks: number;
 }
 
 export const defaultMeshLimits: MeshLimits = {
@@ -155,6 +160,8 @@ export const defaultMeshLimits: MeshLimits = {
   relayRetryMaxMs: 30_000,
   relayKeepaliveMs: 25_000,
   maxPathEntries: 10_000,
+  maxPeers: 10_000,
+  maxRelayLinks: 16,
 };
 
 export type MeshDialErrorCode = "unreachable" | "refused" | "timeout";
@@ -339,10 +346,21 @@ export class MeshNode {
    */
   setPeers(peers: MeshPeer[], coordinatorRelays: string[]): void {
     if (this.stopped) return;
+    if (peers.length > this.limits.maxPeers) {
+      throw new RangeError(
+        `the member list has ${peers.length} nodes, more than the mesh accepts (${this.limits.maxPeers}); the previous list stays`,
+      );
+    }
     const self = this.options.identity().nodeName;
     this.members = new Map(peers.map((peer) => [peer.node, peer]));
     const wanted = new Map<string, Omit<RelayLink, "listening" | "retryDelayMs" | "closed">>();
     for (const address of coordinatorRelays) {
+      try {
+        parseHostPort(address);
+      } catch (error) {
+        this.logger.warn({ relay: address }, `mesh: ${(error as Error).message}; skipped`);
+        continue;
+      }
       wanted.set(`coordinator ${address}`, {
         key: `coordinator ${address}`,
         via: `coordinator ${address}`,
@@ -361,6 +379,13 @@ export class MeshNode {
         addresses,
         expect: { kind: "node", name: peer.node },
       });
+    }
+    if (wanted.size > this.limits.maxRelayLinks) {
+      this.logger.warn(
+        { relays: wanted.size, limit: this.limits.maxRelayLinks },
+        "mesh: more relays than the limit; listening on the first ones (coordinators first)",
+      );
+      for (const key of [...wanted.keys()].slice(this.limits.maxRelayLinks)) wanted.delete(key);
     }
     for (const [key, link] of this.links) {
       if (!wanted.has(key)) {
