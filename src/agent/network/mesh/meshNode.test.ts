@@ -1,5 +1,6 @@
 import { createHash, randomBytes, X509Certificate } from "node:crypto";
 import * as http2 from "node:http2";
+import * as https from "node:https";
 import * as net from "node:net";
 import type { Duplex } from "node:stream";
 import * as tls from "node:tls";
@@ -288,6 +289,8 @@ describe("mesh node (REQ-040, REQ-060, REQ-003)", () => {
         requestCert: true,
         rejectUnauthorized: true,
         settings: relayHttp2Settings,
+        // As the coordinator's API listener: HTTP/1.1 callers exist on the same port.
+        allowHTTP1: true,
       },
       (request, response) => {
         const socket = request.socket as tls.TLSSocket;
@@ -298,12 +301,15 @@ describe("mesh node (REQ-040, REQ-060, REQ-003)", () => {
           return;
         }
         // A tap on every byte the hub writes to a stream, to prove it only sees ciphertext.
-        const stream = request.stream;
-        const write = stream.write.bind(stream) as (...args: unknown[]) => boolean;
-        stream.write = ((chunk: unknown, ...rest: unknown[]) => {
-          if (Buffer.isBuffer(chunk)) piped.push(Buffer.from(chunk));
-          return write(chunk, ...rest);
-        }) as typeof stream.write;
+        // (HTTP/1.1 requests have no stream: the hub answers them 505.)
+        const stream = request.stream as http2.ServerHttp2Stream | undefined;
+        if (stream) {
+          const write = stream.write.bind(stream) as (...args: unknown[]) => boolean;
+          stream.write = ((chunk: unknown, ...rest: unknown[]) => {
+            if (Buffer.isBuffer(chunk)) piped.push(Buffer.from(chunk));
+            return write(chunk, ...rest);
+          }) as typeof stream.write;
+        }
         handleRelayRequest(hub, request, response, node);
       },
     );
@@ -370,6 +376,29 @@ describe("mesh node (REQ-040, REQ-060, REQ-003)", () => {
     const row = a.node.peers().find((p) => p.node === "b")!;
     expect(row.path).toBe("relayed");
     expect(row.via).toBe(`coordinator ${relay.address}`);
+    // An HTTP/1.1 request to a relay path gets a clear status, not a broken stream.
+    const http1Status = await new Promise<number>((resolve, reject) => {
+      const request = https.request(
+        {
+          host: "127.0.0.1",
+          port: Number(relay.address.split(":")[1]),
+          path: "/cloudless.mesh.v1/listen",
+          method: "POST",
+          ca: cluster.caPem,
+          cert: certs.a!.certPem,
+          key: certs.a!.keyPem,
+          checkServerIdentity: () => undefined,
+          agent: false,
+        },
+        (response) => {
+          response.resume();
+          resolve(response.statusCode ?? 0);
+        },
+      );
+      request.on("error", reject);
+      request.end();
+    });
+    expect(http1Status).toBe(505);
     expect(a.pathChanges).toContain(`b:->relayed:coordinator ${relay.address}`);
 
     // B becomes reachable directly: the background probe moves the path back.

@@ -543,6 +543,8 @@ export class MeshNode {
 
   private onSecureConnection(socket: tls.TLSSocket): void {
     this.track(socket);
+    // A reset while the flow is being set up must not go unhandled; the close cleans up.
+    socket.on("error", (error) => this.logger.debug({ err: error }, "mesh connection error"));
     const identity = this.options.identity();
     const verdict = checkSocketPeer(socket, identity.clusterName, this.members);
     if (!verdict.ok) {
