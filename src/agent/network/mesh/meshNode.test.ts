@@ -351,6 +351,8 @@ describe("mesh node (REQ-040, REQ-060, REQ-003)", () => {
     a.node.setPeers(peers, [relay.address]);
     b.node.setPeers(peers, [relay.address]);
     await waitFor("B's listen stream on the relay", () => relay.hub.hasListener("b") || undefined);
+    // A's own session to the relay is up once it listens there too.
+    await waitFor("A's session on the relay", () => relay.hub.hasListener("a") || undefined);
 
     const marker = "MARKER-7f3a9c-PLAINTEXT";
     const payload = Buffer.concat([
