@@ -378,6 +378,12 @@ describe("mesh node (REQ-040, REQ-060, REQ-003)", () => {
     const row = a.node.peers().find((p) => p.node === "b")!;
     expect(row.path).toBe("relayed");
     expect(row.via).toBe(`coordinator ${relay.address}`);
+    await waitFor("the relayed flow to close in the path table", () =>
+      a.node.peers().find((p) => p.node === "b")?.activeFlows === 0 ? true : undefined,
+    );
+    const counted = a.node.peers().find((p) => p.node === "b")!;
+    expect(Number(counted.bytesSent)).toBeGreaterThanOrEqual(payload.length);
+    expect(Number(counted.bytesReceived)).toBeGreaterThanOrEqual(payload.length);
     // An HTTP/1.1 request to a relay path gets a clear status, not a broken stream.
     const http1Status = await new Promise<number>((resolve, reject) => {
       const request = https.request(
