@@ -58,8 +58,9 @@ export function openRelaySession(
   verifyServer: (cert: PeerCertificate) => Error | undefined,
   timeoutMs: number,
 ): Promise<http2.ClientHttp2Session> {
-  const { host, port } = parseHostPort(address);
   return new Promise((resolve, reject) => {
+    // Inside the promise: a bad address is a rejection, never a throw at the caller.
+    const { host, port } = parseHostPort(address);
     const authority = `https://${host.includes(":") ? `[${host}]` : host}:${port}`;
     const session = http2.connect(authority, {
       ca: tls.caPem,

@@ -135,10 +135,11 @@ describe("relay hub (REQ-003)", () => {
   });
 
   it("REQ-003: a dial the target never accepts times out; listen streams and pending dials are bounded", async () => {
-    const { hub, as } = await startHub(new Set(["a", "b"]), {
+    const { hub, as } = await startHub(new Set(["a", "b", "c", "d"]), {
       pendingDialTimeoutMs: 200,
       maxListenStreamsPerNode: 2,
-      maxPendingDials: 1,
+      maxPendingDials: 2,
+      maxPendingDialsPerNode: 1,
     });
     const b = as("b");
     await relayRequest(b, relayPaths.listen, 2_000);
@@ -146,11 +147,19 @@ describe("relay hub (REQ-003)", () => {
     await expect(relayRequest(b, relayPaths.listen, 2_000)).rejects.toMatchObject({
       status: 429,
     });
-    const first = relayRequest(as("a"), relayPaths.dial("b"), 2_000);
+    // Caught at once: they fail at the hub's deadline, maybe before the asserts reach them.
+    const first = relayRequest(as("a"), relayPaths.dial("b"), 2_000).catch((e: unknown) => e);
     await expect(relayRequest(as("a"), relayPaths.dial("b"), 2_000)).rejects.toMatchObject({
       status: 503,
+      message: "node a has 1 dials waiting here (the limit)",
     });
-    await expect(first).rejects.toMatchObject({
+    const second = relayRequest(as("c"), relayPaths.dial("b"), 2_000).catch((e: unknown) => e);
+    await expect(relayRequest(as("d"), relayPaths.dial("b"), 2_000)).rejects.toMatchObject({
+      status: 503,
+      message: "2 dials are waiting here (the limit)",
+    });
+    expect(await second).toMatchObject({ status: 504 });
+    expect(await first).toMatchObject({
       status: 504,
       message: "node b did not accept within the deadline",
     });

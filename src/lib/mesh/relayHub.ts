@@ -31,6 +31,8 @@ export interface RelayHubLimits {
   maxListenStreamsPerNode: number;
   /** Dials waiting for their accept, over all nodes: each holds two streams and a timer. */
   maxPendingDials: number;
+  /** Of those, from one node: one member cannot take every slot from the others. */
+  maxPendingDialsPerNode: number;
   /** Joined flows one node may take part in (as dialer or acceptor). */
   maxRelayedFlowsPerNode: number;
   /** How long a dial waits for the target's accept stream. */
@@ -40,6 +42,7 @@ export interface RelayHubLimits {
 export const defaultRelayHubLimits: RelayHubLimits = {
   maxListenStreamsPerNode: 4,
   maxPendingDials: 1024,
+  maxPendingDialsPerNode: 64,
   maxRelayedFlowsPerNode: 1024,
   pendingDialTimeoutMs: 5_000,
 };
@@ -235,12 +238,17 @@ export class RelayHub {
     if (to === "" || !this.options.isMember(to)) {
       throw new RelayRefusal(404, `node ${JSON.stringify(to)} is not a member of this cluster`);
     }
-    const streams = this.listeners.get(to);
+    const streams = this.listeners.get(to)?.filter((entry) => !entry.response.stream.destroyed);
     // The newest listen stream: an older one may belong to a connection going away.
     const listener = streams?.[streams.length - 1];
     if (!listener) throw new RelayRefusal(404, `node ${to} is not connected to this relay`);
     if (this.pending.size >= this.limits.maxPendingDials) {
       throw new RelayRefusal(503, `${this.pending.size} dials are waiting here (the limit)`);
+    }
+    let fromCaller = 0;
+    for (const dial of this.pending.values()) if (dial.from === from) fromCaller += 1;
+    if (fromCaller >= this.limits.maxPendingDialsPerNode) {
+      throw new RelayRefusal(503, `node ${from} has ${fromCaller} dials waiting here (the limit)`);
     }
     this.checkFlowLimit(from);
     this.checkFlowLimit(to);

@@ -1,5 +1,6 @@
 import { createHash, randomBytes, X509Certificate } from "node:crypto";
 import * as http2 from "node:http2";
+import * as https from "node:https";
 import * as net from "node:net";
 import type { Duplex } from "node:stream";
 import * as tls from "node:tls";
@@ -288,6 +289,8 @@ describe("mesh node (REQ-040, REQ-060, REQ-003)", () => {
         requestCert: true,
         rejectUnauthorized: true,
         settings: relayHttp2Settings,
+        // As the coordinator's API listener: HTTP/1.1 callers exist on the same port.
+        allowHTTP1: true,
       },
       (request, response) => {
         const socket = request.socket as tls.TLSSocket;
@@ -298,12 +301,15 @@ describe("mesh node (REQ-040, REQ-060, REQ-003)", () => {
           return;
         }
         // A tap on every byte the hub writes to a stream, to prove it only sees ciphertext.
-        const stream = request.stream;
-        const write = stream.write.bind(stream) as (...args: unknown[]) => boolean;
-        stream.write = ((chunk: unknown, ...rest: unknown[]) => {
-          if (Buffer.isBuffer(chunk)) piped.push(Buffer.from(chunk));
-          return write(chunk, ...rest);
-        }) as typeof stream.write;
+        // (HTTP/1.1 requests have no stream: the hub answers them 505.)
+        const stream = request.stream as http2.ServerHttp2Stream | undefined;
+        if (stream) {
+          const write = stream.write.bind(stream) as (...args: unknown[]) => boolean;
+          stream.write = ((chunk: unknown, ...rest: unknown[]) => {
+            if (Buffer.isBuffer(chunk)) piped.push(Buffer.from(chunk));
+            return write(chunk, ...rest);
+          }) as typeof stream.write;
+        }
         handleRelayRequest(hub, request, response, node);
       },
     );
@@ -345,6 +351,8 @@ describe("mesh node (REQ-040, REQ-060, REQ-003)", () => {
     a.node.setPeers(peers, [relay.address]);
     b.node.setPeers(peers, [relay.address]);
     await waitFor("B's listen stream on the relay", () => relay.hub.hasListener("b") || undefined);
+    // A's own session to the relay is up once it listens there too.
+    await waitFor("A's session on the relay", () => relay.hub.hasListener("a") || undefined);
 
     const marker = "MARKER-7f3a9c-PLAINTEXT";
     const payload = Buffer.concat([
@@ -370,6 +378,35 @@ describe("mesh node (REQ-040, REQ-060, REQ-003)", () => {
     const row = a.node.peers().find((p) => p.node === "b")!;
     expect(row.path).toBe("relayed");
     expect(row.via).toBe(`coordinator ${relay.address}`);
+    await waitFor("the relayed flow to close in the path table", () =>
+      a.node.peers().find((p) => p.node === "b")?.activeFlows === 0 ? true : undefined,
+    );
+    const counted = a.node.peers().find((p) => p.node === "b")!;
+    expect(Number(counted.bytesSent)).toBeGreaterThanOrEqual(payload.length);
+    expect(Number(counted.bytesReceived)).toBeGreaterThanOrEqual(payload.length);
+    // An HTTP/1.1 request to a relay path gets a clear status, not a broken stream.
+    const http1Status = await new Promise<number>((resolve, reject) => {
+      const request = https.request(
+        {
+          host: "127.0.0.1",
+          port: Number(relay.address.split(":")[1]),
+          path: "/cloudless.mesh.v1/listen",
+          method: "POST",
+          ca: cluster.caPem,
+          cert: certs.a!.certPem,
+          key: certs.a!.keyPem,
+          checkServerIdentity: () => undefined,
+          agent: false,
+        },
+        (response) => {
+          response.resume();
+          resolve(response.statusCode ?? 0);
+        },
+      );
+      request.on("error", reject);
+      request.end();
+    });
+    expect(http1Status).toBe(505);
     expect(a.pathChanges).toContain(`b:->relayed:coordinator ${relay.address}`);
 
     // B becomes reachable directly: the background probe moves the path back.
@@ -562,5 +599,118 @@ describe("mesh node (REQ-040, REQ-060, REQ-003)", () => {
     await expect(a.node.dial("b", target, { timeoutMs: Number.NaN })).rejects.toThrow(RangeError);
     await expect(a.node.dial("x", target)).rejects.toMatchObject({ code: "refused" });
     expect(a.node.peers()).toEqual([]);
+  });
+
+  it("REQ-060: a connection that never completes the TLS handshake is closed at the handshake deadline", async () => {
+    const b = await startNode("b", { limits: { handshakeTimeoutMs: 200 } });
+    const outcome = await new Promise<string>((resolve) => {
+      const socket = net.connect({ host: "127.0.0.1", port: b.port });
+      const timer = setTimeout(() => {
+        socket.destroy();
+        resolve("still open");
+      }, 5_000);
+      socket.once("close", () => {
+        clearTimeout(timer);
+        resolve("closed");
+      });
+      socket.on("error", () => {});
+    });
+    expect(outcome).toBe("closed");
+  });
+
+  it("REQ-040: a mesh port in use is a one-line error naming the address", async () => {
+    const a = await startNode("a");
+    const clash = new MeshNode({
+      identity: () => ({
+        clusterName: "test",
+        nodeName: "b",
+        caPem: cluster.caPem,
+        certPem: certs.b!.certPem,
+        keyPem: certs.b!.keyPem,
+      }),
+      host: "127.0.0.1",
+      port: a.port,
+      relay: false,
+      resolveLocal: () => undefined,
+      logger: silentLogger,
+      clock: systemClock,
+    });
+    cleanups.push(() => clash.stop());
+    await expect(clash.start()).rejects.toThrow(
+      `cannot listen on the mesh address 127.0.0.1:${a.port} (EADDRINUSE)`,
+    );
+  });
+
+  it("REQ-040: a flow with no bytes either way for the idle limit is closed", async () => {
+    const echoPort = await echoServer();
+    const a = await startNode("a");
+    const b = await startNode("b", {
+      resolveLocal: () => echoPort,
+      limits: { flowIdleTimeoutMs: 200 },
+    });
+    const peers = [meshPeer("a", { port: a.port }), meshPeer("b", { port: b.port })];
+    a.node.setPeers(peers, []);
+    b.node.setPeers(peers, []);
+    const flow = await a.node.dial("b", target);
+    flow.on("error", () => {});
+    flow.resume();
+    const outcome = await new Promise<string>((resolve) => {
+      const timer = setTimeout(() => resolve("still open"), 5_000);
+      const done = () => {
+        clearTimeout(timer);
+        resolve("closed");
+      };
+      flow.once("end", done);
+      flow.once("close", done);
+    });
+    expect(outcome).toBe("closed");
+  });
+
+  it("REQ-003: an address that swallows the connection does not hold the dial: the relay is tried after a head start", async () => {
+    // A NATed peer's advertised private address: TCP may connect somewhere, TLS never comes.
+    const silent = net.createServer(() => {});
+    const held = new Set<net.Socket>();
+    silent.on("connection", (socket) => held.add(socket));
+    await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve));
+    cleanups.push(
+      () =>
+        new Promise<void>((resolve) => {
+          for (const socket of held) socket.destroy();
+          silent.close(() => resolve());
+        }),
+    );
+    const echoPort = await echoServer();
+    const a = await startNode("a");
+    const b = await startNode("b", { resolveLocal: () => echoPort });
+    const silentPort = (silent.address() as net.AddressInfo).port;
+    const peers = [meshPeer("a", { port: a.port }), meshPeer("b", { port: silentPort })];
+    const relay = await startHubServer(() => new Set(["a", "b"]));
+    a.node.setPeers(peers, [relay.address]);
+    b.node.setPeers(peers, [relay.address]);
+    await waitFor("B's listen stream", () => relay.hub.hasListener("b") || undefined);
+    await waitFor("A's relay session", async () => {
+      // A's link is up once A listens too.
+      return relay.hub.hasListener("a") || undefined;
+    });
+    const started = performance.now();
+    const flow = await a.node.dial("b", target, { timeoutMs: 10_000 });
+    const tookMs = performance.now() - started;
+    expect((await exchange(flow, Buffer.from("ping"))).toString()).toBe("ping");
+    expect(a.node.peers().find((p) => p.node === "b")?.path).toBe("relayed");
+    // The direct attempt alone could hold it for the whole deadline; the relay started at 250 ms.
+    expect(tookMs).toBeLessThan(2_500);
+    console.log(`dial past a silent address through the relay: ${tookMs.toFixed(0)} ms`);
+  });
+
+  it("REQ-040: a member list over the limit is refused whole; a malformed relay address is skipped", async () => {
+    const a = await startNode("a", { limits: { maxPeers: 2 } });
+    const two = [meshPeer("a", { port: a.port }), meshPeer("b", { port: 1 })];
+    a.node.setPeers(two, ["not-an-address", "[::1"]);
+    expect(() => a.node.setPeers([...two, meshPeer("c", { port: 1 })], [])).toThrow(
+      "the member list has 3 nodes, more than the mesh accepts (2); the previous list stays",
+    );
+    // The previous list stays: b is still a member (refused for no path, not for membership).
+    const error = await a.node.dial("b", target, { timeoutMs: 2_000 }).catch((e: unknown) => e);
+    expect((error as MeshDialError).code).toBe("unreachable");
   });
 });

@@ -41,6 +41,7 @@ import {
 import {
   MAX_RELAY_LINE_BYTES,
   openRelaySession,
+  parseHostPort,
   RELAY_SESSION_WINDOW_BYTES,
   type RelayAccept,
   readListenStream,
@@ -114,8 +115,10 @@ export interface MeshLimits {
   flowIdleTimeoutMs: number;
   /** A dial's whole deadline when the caller gives none. */
   defaultDialTimeoutMs: number;
-  /** One direct address may take at most this of a dial, so a relay still has time. */
+  /** One path of a background probe may take at most this. */
   directAttemptTimeoutMs: number;
+  /** A dial starts its next path after this if the current one has not connected. */
+  attemptStaggerMs: number;
   /** Period of the background round (re-probe direct paths, ping peers in use). */
   probeIntervalMs: number;
   /** Peers probed per round at most: bounded work however many peers are in use. */
@@ -133,6 +136,10 @@ export interface MeshLimits {
   relayKeepaliveMs: number;
   /** Peers kept in the path table; the least recently used is dropped beyond it. */
   maxPathEntries: number;
+  /** Members in a setPeers list (the cluster's node limit); a longer list is refused whole. */
+  maxPeers: number;
+  /** Relays a node keeps a listen stream on (a session and a stream each); extra are skipped. */
+  maxRelayLinks: number;
 }
 
 export const defaultMeshLimits: MeshLimits = {
@@ -145,6 +152,7 @@ export const defaultMeshLimits: MeshLimits = {
   flowIdleTimeoutMs: 3_600_000,
   defaultDialTimeoutMs: 10_000,
   directAttemptTimeoutMs: 3_000,
+  attemptStaggerMs: 250,
   probeIntervalMs: 10_000,
   maxProbesPerRound: 16,
   probeIdleAfterMs: 60_000,
@@ -152,6 +160,8 @@ export const defaultMeshLimits: MeshLimits = {
   relayRetryMaxMs: 30_000,
   relayKeepaliveMs: 25_000,
   maxPathEntries: 10_000,
+  maxPeers: 10_000,
+  maxRelayLinks: 16,
 };
 
 export type MeshDialErrorCode = "unreachable" | "refused" | "timeout";
@@ -273,8 +283,10 @@ export class MeshNode {
       this.track(socket);
     });
     server.on("secureConnection", (socket) => this.onSecureConnection(socket));
-    server.on("tlsClientError", (error) => {
+    server.on("tlsClientError", (error, socket) => {
       this.countRefusal(`TLS handshake failed: ${error.message}`);
+      // With a listener here Node leaves the socket open (a handshake timeout included).
+      socket.destroy();
     });
     server.maxConnections = this.limits.maxConnections;
     this.server = server;
@@ -306,9 +318,16 @@ export class MeshNode {
       this.h2Server = h2Server;
     }
     await new Promise<void>((resolve, reject) => {
-      server.once("error", reject);
+      server.once("error", (error: NodeJS.ErrnoException) => {
+        const where = formatAddress(this.options.host, this.options.port);
+        reject(
+          new Error(
+            `cannot listen on the mesh address ${where} (${error.code ?? error.message}): choose a free port or address`,
+          ),
+        );
+      });
       server.listen({ host: this.options.host, port: this.options.port }, () => {
-        server.off("error", reject);
+        server.removeAllListeners("error");
         resolve();
       });
     });
@@ -327,10 +346,21 @@ export class MeshNode {
    */
   setPeers(peers: MeshPeer[], coordinatorRelays: string[]): void {
     if (this.stopped) return;
+    if (peers.length > this.limits.maxPeers) {
+      throw new RangeError(
+        `the member list has ${peers.length} nodes, more than the mesh accepts (${this.limits.maxPeers}); the previous list stays`,
+      );
+    }
     const self = this.options.identity().nodeName;
     this.members = new Map(peers.map((peer) => [peer.node, peer]));
     const wanted = new Map<string, Omit<RelayLink, "listening" | "retryDelayMs" | "closed">>();
     for (const address of coordinatorRelays) {
+      try {
+        parseHostPort(address);
+      } catch (error) {
+        this.logger.warn({ relay: address }, `mesh: ${(error as Error).message}; skipped`);
+        continue;
+      }
       wanted.set(`coordinator ${address}`, {
         key: `coordinator ${address}`,
         via: `coordinator ${address}`,
@@ -349,6 +379,13 @@ export class MeshNode {
         addresses,
         expect: { kind: "node", name: peer.node },
       });
+    }
+    if (wanted.size > this.limits.maxRelayLinks) {
+      this.logger.warn(
+        { relays: wanted.size, limit: this.limits.maxRelayLinks },
+        "mesh: more relays than the limit; listening on the first ones (coordinators first)",
+      );
+      for (const key of [...wanted.keys()].slice(this.limits.maxRelayLinks)) wanted.delete(key);
     }
     for (const [key, link] of this.links) {
       if (!wanted.has(key)) {
@@ -506,6 +543,8 @@ export class MeshNode {
 
   private onSecureConnection(socket: tls.TLSSocket): void {
     this.track(socket);
+    // A reset while the flow is being set up must not go unhandled; the close cleans up.
+    socket.on("error", (error) => this.logger.debug({ err: error }, "mesh connection error"));
     const identity = this.options.identity();
     const verdict = checkSocketPeer(socket, identity.clusterName, this.members);
     if (!verdict.ok) {
@@ -732,9 +771,13 @@ export class MeshNode {
   }
 
   /**
-   * Tries the peer's paths in order — direct first, unless the table says it is relayed
-   * (the background round moves it back) — and sends `headerLine` on the first that
-   * connects. A peer that answers "not ok" or fails the certificate check ends the dial.
+   * Races the peer's paths for a TLS session, staggered (RFC 8305's happy eyeballs): direct
+   * addresses first — relays first when the table says the peer is relayed (the background
+   * round moves it back) — each next attempt starting after `attemptStaggerMs` or at once
+   * when one fails, so a NATed peer's unroutable addresses cost a quarter second, not a
+   * timeout each. The header goes only on the winner, so the remote connects to the
+   * replica once. A peer that answers "not ok" ends the dial; a certificate that names
+   * someone else rules out that path only.
    */
   private async openFlow(
     peer: MeshPeer,
@@ -745,56 +788,118 @@ export class MeshNode {
   ): Promise<OpenedFlow> {
     const direct = this.directAttempts(peer);
     const relayed = this.relayAttempts(peer.node);
-    const attempts = state.path === "relayed" ? [...relayed, ...direct] : [...direct, ...relayed];
+    let remaining = state.path === "relayed" ? [...relayed, ...direct] : [...direct, ...relayed];
+    const attemptCount = remaining.length;
     const elapsed = startStopwatch();
     const failures: string[] = [];
     let refused: string | undefined;
-    for (const attempt of attempts) {
+    const where = (attempt: Attempt) =>
+      attempt.kind === "direct" ? attempt.address : `via ${attempt.link.via}`;
+    const fail = (attempt: Attempt, error: unknown) => {
+      const message = error instanceof Error ? error.message : String(error);
+      failures.push(`${where(attempt)}: ${message}`);
+      if (error instanceof RefusedError) refused = `${where(attempt)}: ${message}`;
+    };
+    while (remaining.length > 0) {
       if (signal?.aborted) throw new MeshDialError("timeout", "the dial was aborted");
-      const remainingMs = timeoutMs - elapsed();
-      if (remainingMs <= 0) break;
-      const attemptMs =
-        attempt.kind === "direct" && relayed.length > 0
-          ? Math.min(remainingMs, this.limits.directAttemptTimeoutMs)
-          : remainingMs;
+      const leftMs = timeoutMs - elapsed();
+      if (leftMs <= 0) break;
+      const won = await this.raceEstablish(peer.node, remaining, leftMs, signal, fail);
+      if (!won) break;
       try {
-        const flow = await this.tryAttempt(peer.node, attempt, headerLine, attemptMs, signal);
-        if (attempt.kind === "direct") this.setPath(state, "direct", "", attempt.address);
-        else this.setPath(state, "relayed", attempt.link.via, "");
-        state.rttMs = flow.rttMs;
-        return flow;
+        const rttMs = await this.exchangeHeader(
+          won.socket,
+          headerLine,
+          Math.max(1, timeoutMs - elapsed()),
+        );
+        if (won.attempt.kind === "direct") {
+          this.setPath(state, "direct", "", won.attempt.address);
+        } else this.setPath(state, "relayed", won.attempt.link.via, "");
+        state.rttMs = rttMs;
+        return { socket: won.socket, attempt: won.attempt, rttMs };
       } catch (error) {
-        const message = (error as Error).message;
-        const where = attempt.kind === "direct" ? attempt.address : `via ${attempt.link.via}`;
-        failures.push(`${where}: ${message}`);
-        if (error instanceof RefusedError) {
-          refused = `${where}: ${message}`;
-          // The peer itself said no: another path reaches the same peer and the same answer.
-          if (message.startsWith("remote: ")) break;
-        }
+        won.socket.destroy();
+        fail(won.attempt, error);
+        // The peer itself said no: another path reaches the same peer and the same answer.
+        if (error instanceof RefusedError) break;
+        remaining = remaining.filter((attempt) => attempt !== won.attempt);
       }
     }
     if (refused !== undefined) {
       throw new MeshDialError("refused", `node ${peer.node} refused the flow (${refused})`);
     }
     if (signal?.aborted) throw new MeshDialError("timeout", "the dial was aborted");
+    this.setPath(state, "unreachable", "", "");
     if (elapsed() >= timeoutMs) {
-      this.setPath(state, "unreachable", "", "");
       throw new MeshDialError(
         "timeout",
         `node ${peer.node} was not reached within ${timeoutMs} ms (${failures.join("; ") || "no path"})`,
       );
     }
-    this.setPath(state, "unreachable", "", "");
     throw new MeshDialError(
       "unreachable",
-      attempts.length === 0
+      attemptCount === 0
         ? `node ${peer.node} has no address and no relay reaches it`
         : `node ${peer.node} is unreachable (${failures.join("; ")})`,
     );
   }
 
-  /** One attempt: TLS to the peer (direct or inside a relay stream), header, reply. */
+  /** The first attempt to reach a TLS session with the peer, or undefined when all fail. */
+  private raceEstablish(
+    node: string,
+    attempts: Attempt[],
+    timeoutMs: number,
+    signal: AbortSignal | undefined,
+    onFailure: (attempt: Attempt, error: unknown) => void,
+  ): Promise<{ socket: tls.TLSSocket; attempt: Attempt } | undefined> {
+    return new Promise((resolve) => {
+      const losers = new AbortController();
+      const onOuterAbort = () => losers.abort();
+      signal?.addEventListener("abort", onOuterAbort, { once: true });
+      const elapsed = startStopwatch();
+      let next = 0;
+      let running = 0;
+      let done = false;
+      let staggerTimer: NodeJS.Timeout | undefined;
+      const finish = (result: { socket: tls.TLSSocket; attempt: Attempt } | undefined) => {
+        if (done) return;
+        done = true;
+        clearTimeout(staggerTimer);
+        losers.abort();
+        signal?.removeEventListener("abort", onOuterAbort);
+        resolve(result);
+      };
+      const launch = () => {
+        clearTimeout(staggerTimer);
+        if (done) return;
+        const leftMs = timeoutMs - elapsed();
+        if (next >= attempts.length || leftMs <= 0) {
+          if (running === 0) finish(undefined);
+          return;
+        }
+        const attempt = attempts[next++]!;
+        running += 1;
+        this.establish(node, attempt, leftMs, losers.signal).then(
+          (socket) => {
+            running -= 1;
+            if (done) socket.destroy();
+            else finish({ socket, attempt });
+          },
+          (error: unknown) => {
+            running -= 1;
+            if (done) return;
+            onFailure(attempt, error);
+            launch();
+          },
+        );
+        // A wire timer on real time: when the next path gets its chance.
+        staggerTimer = setTimeout(launch, this.limits.attemptStaggerMs);
+      };
+      launch();
+    });
+  }
+
+  /** One attempt, in sequence (probes): TLS to the peer, header, reply. */
   private async tryAttempt(
     node: string,
     attempt: Attempt,
@@ -803,6 +908,28 @@ export class MeshNode {
     signal: AbortSignal | undefined,
   ): Promise<OpenedFlow> {
     const elapsed = startStopwatch();
+    const socket = await this.establish(node, attempt, timeoutMs, signal);
+    try {
+      const rttMs = await this.exchangeHeader(
+        socket,
+        headerLine,
+        Math.max(1, timeoutMs - elapsed()),
+      );
+      return { socket, attempt, rttMs };
+    } catch (error) {
+      socket.destroy();
+      throw error;
+    }
+  }
+
+  /** A TLS session with the peer, direct or inside a relay's dial stream. */
+  private async establish(
+    node: string,
+    attempt: Attempt,
+    timeoutMs: number,
+    signal: AbortSignal | undefined,
+  ): Promise<tls.TLSSocket> {
+    const elapsed = startStopwatch();
     let carrier: Duplex | undefined;
     if (attempt.kind === "relayed") {
       const session = attempt.link.session;
@@ -810,23 +937,22 @@ export class MeshNode {
       carrier = await relayRequest(session, relayPaths.dial(node), timeoutMs, signal);
       this.track(carrier);
     }
-    const socket = await this.connectTls(node, attempt, carrier, timeoutMs - elapsed(), signal);
-    try {
-      const sent = startStopwatch();
-      socket.write(headerLine);
-      const line = await readLine(
-        socket,
-        MAX_FLOW_HEADER_BYTES,
-        Math.max(1, timeoutMs - elapsed()),
-      );
-      const rttMs = sent();
-      const reply = parseFlowReply(line);
-      if (!reply.ok) throw new RefusedError(`remote: ${reply.error}`);
-      return { socket, attempt, rttMs };
-    } catch (error) {
-      socket.destroy();
-      throw error;
-    }
+    return this.connectTls(node, attempt, carrier, Math.max(1, timeoutMs - elapsed()), signal);
+  }
+
+  /** Sends the header line and reads the reply; resolves with the round trip (ms). */
+  private async exchangeHeader(
+    socket: tls.TLSSocket,
+    headerLine: string,
+    timeoutMs: number,
+  ): Promise<number> {
+    const sent = startStopwatch();
+    socket.write(headerLine);
+    const line = await readLine(socket, MAX_FLOW_HEADER_BYTES, timeoutMs);
+    const rttMs = sent();
+    const reply = parseFlowReply(line);
+    if (!reply.ok) throw new RefusedError(`remote: ${reply.error}`);
+    return rttMs;
   }
 
   private connectTls(
