@@ -8,6 +8,7 @@ import { NodeService } from "../../api/gen/cloudless/v1/node_pb.js";
 import { WorkloadService } from "../../api/gen/cloudless/v1/workload_pb.js";
 import { limits, specTooLargeMessage } from "../../api/limits.js";
 import type { Clock } from "../../lib/clock.js";
+import { RELAY_SESSION_WINDOW_BYTES, relayHttp2Settings } from "../../lib/mesh/relayClient.js";
 import type { Rng } from "../../lib/rng.js";
 import type { AuditLog } from "../../observe/audit.js";
 import type { Logger } from "../../observe/logger.js";
@@ -253,12 +254,21 @@ export async function startApiServer(
       allowHTTP1: true,
       minVersion: "TLSv1.2",
       handshakeTimeout: tlsHandshakeTimeoutMs,
-      settings: { maxConcurrentStreams: 1000 },
+      // Relay streams (the mesh relay module) need wider windows than the 64 KiB default,
+      // which would cap a relayed flow at one window per round trip.
+      settings: { maxConcurrentStreams: 1000, ...relayHttp2Settings },
     },
     guarded,
   );
   tlsServer.on("tlsClientError", (error) => {
     services.logger.debug({ err: error }, "TLS handshake failed");
+  });
+  tlsServer.on("session", (session) => {
+    try {
+      session.setLocalWindowSize(RELAY_SESSION_WINDOW_BYTES);
+    } catch {
+      // A session torn down before its settings were exchanged: nothing to widen.
+    }
   });
   tlsServer.on("sessionError", (error) => {
     services.logger.debug({ err: error }, "HTTP/2 session error");
