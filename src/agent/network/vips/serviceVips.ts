@@ -446,11 +446,12 @@ export class ServiceVips {
   }
 
   /** Replaces the whole forward set in one atomic transaction; skips an unchanged set. */
-  apply(forwards: readonly VipForward[]): Promise<void> {
-    // Validated before queueing: a bad set is refused whole and nothing is applied.
+  async apply(forwards: readonly VipForward[]): Promise<void> {
+    // Validated before queueing (a rejected promise, never a synchronous throw): a bad set
+    // is refused whole and nothing is applied.
     validateForwards(this.table, this.serviceCidr, forwards);
     const copy = forwards.map((f) => ({ ...f }));
-    return this.serialize(() => this.applyNow(copy));
+    await this.serialize(() => this.applyNow(copy));
   }
 
   /** Deletes the table and its route, and restores route_localnet; idempotent. */
