@@ -99,6 +99,29 @@ describe.skipIf(unavailable !== undefined)("ServiceVips in network namespaces (R
     expect(await tableJson()).toBe(before);
   });
 
+  it("REQ-042: a changed UDP forward moves a client that keeps its source port (stale conntrack entries cleared)", async () => {
+    const udpOne = (await host.must({ op: "listenUdp", tag: "udp-one" })).port ?? 0;
+    const udpTwo = (await host.must({ op: "listenUdp", tag: "udp-two" })).port ?? 0;
+    const tcpForward = { vip: "10.96.0.20", port: 80, protocol: "tcp" as const, toPort: portTwo };
+    const ask = {
+      op: "askUdp" as const,
+      host: "10.96.0.53",
+      port: 53,
+      sourcePort: 40_053,
+      timeoutMs: 3_000,
+    };
+    await host.must({
+      op: "apply",
+      forwards: [tcpForward, { vip: "10.96.0.53", port: 53, protocol: "udp", toPort: udpOne }],
+    });
+    expect(await host.send(ask)).toMatchObject({ ok: true, data: "udp-one" });
+    await host.must({
+      op: "apply",
+      forwards: [tcpForward, { vip: "10.96.0.53", port: 53, protocol: "udp", toPort: udpTwo }],
+    });
+    expect(await host.send(ask)).toMatchObject({ ok: true, data: "udp-two" });
+  });
+
   it("REQ-042: a VIP or port with no forward is refused at once, from the node and from a container", async () => {
     for (const driver of [host, guest]) {
       for (const [vip, port] of [

@@ -63,7 +63,7 @@ async function must(command: string, args: string[]): Promise<string> {
 export async function netnsUnavailableReason(): Promise<string | undefined> {
   if (process.platform !== "linux") return "needs Linux network namespaces";
   if (process.getuid?.() !== 0) return "needs root (network namespaces, nftables)";
-  for (const tool of ["ip", "nft", "nsenter", "dig"]) {
+  for (const tool of ["ip", "nft", "nsenter", "dig", "conntrack"]) {
     const result = await run("sh", ["-c", `command -v ${tool}`]);
     if (result.code !== 0) return `${tool} is not installed`;
   }
