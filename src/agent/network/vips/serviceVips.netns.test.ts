@@ -173,6 +173,40 @@ describe.skipIf(unavailable !== undefined)("ServiceVips in network namespaces (R
     expect(await reach(host, "10.96.7.250", 80)).toBe("two");
   });
 
+  it("REQ-042 NFR-S1: route_localnet does not open the node's loopback-only services to a neighbour", async () => {
+    await host.must({ op: "apply", forwards: [{ vip: "10.96.4.1", port: 80, protocol: "tcp", toPort: portOne }] });
+    expect(await routeLocalnet()).toBe("1");
+    // The guest sends packets for 127.0.0.1 to the node over the veth, as a hostile
+    // neighbour on the node's link could: a rule ahead of its own `local` table, and
+    // route_localnet in the guest so its kernel lets them out.
+    const hostile = [
+      "echo 1 > /proc/sys/net/ipv4/conf/all/route_localnet",
+      `ip route add 127.0.0.1/32 via ${lab.hostAddress} table 100`,
+      "ip rule add pref 10 to 127.0.0.1 iif lo lookup 100",
+      "ip rule add pref 20 lookup local",
+      "ip rule del pref 0",
+    ];
+    await lab.mustExec(lab.guest, "sh", ["-c", hostile.join(" && ")]);
+    try {
+      const answer = await guest.send({
+        op: "connect",
+        host: "127.0.0.1",
+        port: portOne,
+        timeoutMs: 1_500,
+      });
+      // Dropped on the node's input hook (silently, as a martian would be without
+      // route_localnet), so the listener on 127.0.0.1 never sees it.
+      expect(answer).toMatchObject({ ok: false, code: "TIMEOUT" });
+      // The DNATed path from the same neighbour still works.
+      expect(await reach(guest, "10.96.4.1", 80)).toBe("one");
+    } finally {
+      await lab.mustExec(lab.guest, "sh", [
+        "-c",
+        "ip rule add pref 0 lookup local && ip rule del pref 20 && ip rule del pref 10 && ip route flush table 100",
+      ]);
+    }
+  });
+
   it("REQ-042: remove() leaves no table, no route and route_localnet as it found it, even after the agent was killed", async () => {
     // An agent killed with -9 forgets what it changed; the table's comment remembers.
     await host.must({
