@@ -3,6 +3,8 @@
  * sockets. `host` is the node; `guest` is a container whose route to the service range
  * goes via the node over a veth. Nothing here touches the root namespace.
  */
+import { readdir } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createVipLab, NsDriver, netnsUnavailableReason, type VipLab } from "./testing/netnsLab.js";
 
@@ -56,6 +58,10 @@ describe.skipIf(unavailable !== undefined)("ServiceVips in network namespaces (R
     await host?.stop();
     await guest?.stop();
     await lab?.destroy();
+  });
+
+  it("REQ-042: unavailableReason finds nft and kernel nat support here (checked inside the namespace)", async () => {
+    expect(await host.must({ op: "unavailableReason" })).toMatchObject({ data: "" });
   });
 
   it("REQ-042: a VIP:port reaches the listener on 127.0.0.1 from the node itself (output path)", async () => {
@@ -173,8 +179,25 @@ describe.skipIf(unavailable !== undefined)("ServiceVips in network namespaces (R
     expect(await reach(host, "10.96.7.250", 80)).toBe("two");
   });
 
+  it("REQ-042: where a route already covers the service range, ServiceVips adds none and removes none", async () => {
+    // The guest routes the range via the node; run a second ServiceVips there.
+    const routesBefore = await lab.mustExec(lab.guest, "ip", ["-j", "route", "show"]);
+    await guest.must({ op: "vips", table: "cloudless", serviceCidr });
+    await guest.must({
+      op: "apply",
+      forwards: [{ vip: "10.96.0.99", port: 80, protocol: "tcp", toPort: 9 }],
+    });
+    expect(await lab.mustExec(lab.guest, "ip", ["-j", "route", "show"])).toBe(routesBefore);
+    await guest.must({ op: "remove" });
+    expect(await lab.mustExec(lab.guest, "ip", ["-j", "route", "show"])).toBe(routesBefore);
+    expect((await lab.mustExec(lab.guest, "nft", ["list", "ruleset"])).trim()).toBe("");
+  });
+
   it("REQ-042 NFR-S1: route_localnet does not open the node's loopback-only services to a neighbour", async () => {
-    await host.must({ op: "apply", forwards: [{ vip: "10.96.4.1", port: 80, protocol: "tcp", toPort: portOne }] });
+    await host.must({
+      op: "apply",
+      forwards: [{ vip: "10.96.4.1", port: 80, protocol: "tcp", toPort: portOne }],
+    });
     expect(await routeLocalnet()).toBe("1");
     // The guest sends packets for 127.0.0.1 to the node over the veth, as a hostile
     // neighbour on the node's link could: a rule ahead of its own `local` table, and
@@ -226,6 +249,10 @@ describe.skipIf(unavailable !== undefined)("ServiceVips in network namespaces (R
     // Idempotent.
     await host.must({ op: "remove" });
     expect(await routeLocalnet()).toBe("0");
+    // Every nft transaction went through a private temporary file; none is left.
+    expect((await readdir(tmpdir())).filter((name) => name.startsWith("cloudless-nft-"))).toEqual(
+      [],
+    );
   });
 });
 

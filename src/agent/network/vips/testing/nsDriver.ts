@@ -17,6 +17,7 @@ import { ServiceVips, type VipForward } from "../serviceVips.js";
 
 export type DriverCommand =
   | { op: "vips"; table: string; serviceCidr: string }
+  | { op: "unavailableReason" }
   | { op: "apply"; forwards: VipForward[] }
   | { op: "remove" }
   | { op: "listen"; tag: string }
@@ -103,6 +104,8 @@ async function handle(command: DriverCommand): Promise<DriverAnswer> {
         logger: silentLogger,
       });
       return { ok: true };
+    case "unavailableReason":
+      return { ok: true, data: (await ServiceVips.unavailableReason()) ?? "" };
     case "apply": {
       if (!vips) throw new Error("no vips");
       const started = performance.now();
