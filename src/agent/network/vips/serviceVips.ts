@@ -419,7 +419,7 @@ export class ServiceVips {
   /** Why VIPs cannot be programmed here, or undefined: not Linux, not root, no nft, no nat. */
   static async unavailableReason(): Promise<string | undefined> {
     if (process.platform !== "linux") return "service VIPs need Linux nftables";
-    if (process.getuid?.() !== 0) return "service VIPs need root (nftables, sysctl, links)";
+    if (process.getuid?.() !== 0) return "service VIPs need root (nftables, sysctl, routes)";
     const version = await runCommand("nft", ["--version"]);
     if (version.code !== 0) {
       return `nft is not usable (${firstLine(version.stderr)}); install nftables`;
@@ -471,8 +471,10 @@ export class ServiceVips {
     const text = JSON.stringify({ nftables: buildCommands(this.table, cidr, forwards, saved) });
     if (text === this.appliedText) return;
     await this.ensureRoute(cidr);
-    await this.setRouteLocalnet("1");
+    // The table (with its guard for 127.0.0.0/8) before route_localnet, and on remove the
+    // other way round, so route_localnet is never 1 without the guard.
     await mustRunNftJson(text);
+    await this.setRouteLocalnet("1");
     this.saved = saved;
     this.appliedText = text;
     const previous = this.appliedForwards;
@@ -563,6 +565,8 @@ export class ServiceVips {
 
   private async removeNow(): Promise<void> {
     const saved = this.saved ?? (await this.discoverSavedState());
+    // route_localnet first: the table's guard for 127.0.0.0/8 must outlive it.
+    await this.setRouteLocalnet(saved.routeLocalnetBefore);
     await mustRunNftJson(
       JSON.stringify({
         nftables: [
@@ -582,7 +586,6 @@ export class ServiceVips {
         routeProtocol,
       ]);
     }
-    await this.setRouteLocalnet(saved.routeLocalnetBefore);
     this.saved = undefined;
     this.appliedText = undefined;
     this.appliedForwards = new Map();
