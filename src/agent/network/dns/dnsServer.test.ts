@@ -12,7 +12,15 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Service, ServiceSchema } from "../../../api/gen/cloudless/v1/service_pb.js";
 import { ManualClock, systemClock } from "../../../lib/clock.js";
 import { silentLogger } from "../../../observe/logger.js";
-import { DnsServer, maxQueryBytes, resolvConfNameservers, tcpIdleTimeoutMs } from "./dnsServer.js";
+import {
+  DnsServer,
+  forwardTimeoutMs,
+  maxForwardsInFlight,
+  maxQueryBytes,
+  maxTcpConnections,
+  resolvConfNameservers,
+  tcpIdleTimeoutMs,
+} from "./dnsServer.js";
 
 interface DigResult {
   status: string;
@@ -87,6 +95,13 @@ function udpExchange(
     });
     socket.send(message, port, "127.0.0.1");
   });
+}
+
+/** Polls a condition until it holds or the deadline passes (no fixed sleeps). */
+async function waitUntil(condition: () => boolean, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition() && Date.now() < deadline)
+    await new Promise((resolve) => setTimeout(resolve, 10));
 }
 
 const digUsable = await new Promise<boolean>((resolve) => {
@@ -239,15 +254,24 @@ describe.skipIf(!digUsable)("DnsServer with dig (REQ-041)", () => {
         "A",
       ]);
       expect(none.status).toBe("SERVFAIL");
-      const started = performance.now();
       const dead = await dig((await startIfNeeded(deadUpstream)).port, [
         ...extra,
         "example.org",
         "A",
       ]);
       expect(dead.status).toBe("SERVFAIL");
-      // Refused at once (ICMP or RST), not after the forward deadline.
-      expect(performance.now() - started).toBeLessThan(1_400);
+      // The upstream's refusal (ICMP port-unreachable on a connected UDP socket) fails the
+      // forward at once, not after its deadline; timed without dig's own start-up.
+      const deadPort = (await startIfNeeded(deadUpstream)).port;
+      const query = dnsPacket.encode({
+        type: "query",
+        id: 99,
+        questions: [{ type: "A", name: "example.org" }],
+      });
+      const asked = performance.now();
+      const answer = await udpExchange(deadPort, query, forwardTimeoutMs * 2);
+      expect(answer && dnsPacket.decode(answer)).toMatchObject({ id: 99, rcode: "SERVFAIL" });
+      expect(performance.now() - asked).toBeLessThan(forwardTimeoutMs / 2);
     });
   }
 
@@ -405,6 +429,85 @@ describe("DnsServer limits and configuration (REQ-041)", () => {
       }
       expect(isClosed).toBe(true);
     } finally {
+      await server.stop();
+    }
+  });
+
+  it("REQ-041: beyond maxForwardsInFlight a forwarded query gets SERVFAIL at once instead of queueing", async () => {
+    // An upstream that takes every query and never answers.
+    const blackHole = dgram.createSocket("udp4");
+    await new Promise<void>((resolve) => blackHole.bind(0, "127.0.0.1", resolve));
+    const server = new DnsServer({
+      host: "127.0.0.1",
+      port: 0,
+      upstreams: [`127.0.0.1:${blackHole.address().port}`],
+      logger: silentLogger,
+      clock: systemClock,
+    });
+    server.setServices("cluster.test", []);
+    const { port } = await server.start();
+    const client = dgram.createSocket("udp4");
+    try {
+      const total = maxForwardsInFlight + 40;
+      const quickServfails = new Set<number>();
+      const started = performance.now();
+      client.on("message", (answer) => {
+        const decoded = dnsPacket.decode(answer) as ReturnType<typeof dnsPacket.decode> & {
+          rcode?: string;
+        };
+        // Well before the forward deadline: refused by the limit, not timed out.
+        if (decoded.rcode === "SERVFAIL" && performance.now() - started < forwardTimeoutMs / 2) {
+          quickServfails.add(decoded.id ?? -1);
+        }
+      });
+      for (let id = 0; id < total; id++) {
+        // In bursts of 32: one burst of 300 overflows the socket's receive buffer.
+        if (id % 32 === 0) await new Promise((resolve) => setTimeout(resolve, 5));
+        client.send(
+          dnsPacket.encode({
+            type: "query",
+            id,
+            questions: [{ type: "A", name: `n${id}.example.org` }],
+          }),
+          port,
+          "127.0.0.1",
+        );
+      }
+      await waitUntil(() => quickServfails.size >= total - maxForwardsInFlight, forwardTimeoutMs);
+      expect(quickServfails.size).toBe(total - maxForwardsInFlight);
+    } finally {
+      client.close();
+      await server.stop();
+      blackHole.close();
+    }
+  });
+
+  it("REQ-041: accepts at most maxTcpConnections TCP connections at once", async () => {
+    const server = new DnsServer({
+      host: "127.0.0.1",
+      port: 0,
+      upstreams: [],
+      logger: silentLogger,
+      clock: systemClock,
+    });
+    server.setServices("cluster.test", []);
+    const { port } = await server.start();
+    const sockets: net.Socket[] = [];
+    try {
+      let closedByServer = 0;
+      for (let i = 0; i < maxTcpConnections + 5; i++) {
+        const socket = net.connect(port, "127.0.0.1");
+        socket.on("error", () => undefined);
+        socket.on("close", () => {
+          closedByServer += 1;
+        });
+        sockets.push(socket);
+        await new Promise<void>((resolve) => socket.once("connect", () => resolve()));
+      }
+      await waitUntil(() => closedByServer >= 5, 5_000);
+      expect(closedByServer).toBe(5);
+    } finally {
+      for (const socket of sockets) socket.destroy();
       await server.stop();
     }
   });

@@ -20,8 +20,9 @@
  *
  * Outside the table, and undone by `remove()`:
  * - `net.ipv4.conf.all.route_localnet=1` (the kernel ORs `all` with the interface's
- *   value, and containers' interfaces come and go). The value found before is kept in the
- *   table's comment, so an agent restarted after kill -9 still restores the original.
+ *   value, and containers' interfaces come and go). The value found before is kept in a
+ *   rule comment of the table (chain `saved_state`), so an agent restarted after kill -9
+ *   still restores the original.
  * - a route for the service range on `lo`, added only when no route covers the range: a
  *   local connect() is routed before the output hook runs, and without a route it fails
  *   with ENETUNREACH before the DNAT could apply. The route carries its own protocol
@@ -87,7 +88,7 @@ interface Cidr {
   readonly text: string;
 }
 
-/** The table's comment: what remove() must restore, even after a restart. */
+/** Kept in the table (chain saved_state): what remove() must restore, even after a restart. */
 interface SavedState {
   readonly routeLocalnetBefore: string;
 }
@@ -212,8 +213,8 @@ function buildCommands(
   const chain = (name: string, type: string, hook: string, prio: number): NftCommand => ({
     add: { chain: { family, table, name, type, hook, prio, policy: "accept" } },
   });
-  const rule = (chainName: string, expr: NftCommand[]): NftCommand => ({
-    add: { rule: { family, table, chain: chainName, expr } },
+  const rule = (chainName: string, expr: NftCommand[], comment?: string): NftCommand => ({
+    add: { rule: { family, table, chain: chainName, expr, ...(comment ? { comment } : {}) } },
   });
   // Sorted, so the same set always yields the same text (apply skips an unchanged one).
   const elements = [...forwards]
@@ -282,7 +283,7 @@ function buildCommands(
     // one transaction that never fails on the state it starts from (kube-proxy does this).
     { add: { table: { family, name: table } } },
     { delete: { table: { family, name: table } } },
-    { add: { table: { family, name: table, comment: JSON.stringify(saved) } } },
+    { add: { table: { family, name: table } } },
     { add: { map } },
     chain("nat_output", "nat", "output", -100),
     chain("nat_prerouting", "nat", "prerouting", -100),
@@ -302,6 +303,11 @@ function buildCommands(
       { accept: null },
     ]),
     rule("filter_input", [fromOtherInterface, toLoopback, { drop: null }]),
+    // What remove() must restore, kept in the kernel with the table so an agent restarted
+    // after kill -9 still knows it: a rule comment in a chain nothing jumps to (nft 1.0.6's
+    // JSON parser drops table comments but keeps rule comments).
+    { add: { chain: { family, table, name: "saved_state" } } },
+    rule("saved_state", [{ accept: null }], JSON.stringify(saved)),
   ];
 }
 
@@ -413,7 +419,7 @@ export class ServiceVips {
   /** Why VIPs cannot be programmed here, or undefined: not Linux, not root, no nft, no nat. */
   static async unavailableReason(): Promise<string | undefined> {
     if (process.platform !== "linux") return "service VIPs need Linux nftables";
-    if (process.getuid?.() !== 0) return "service VIPs need root (nftables, sysctl, links)";
+    if (process.getuid?.() !== 0) return "service VIPs need root (nftables, sysctl, routes)";
     const version = await runCommand("nft", ["--version"]);
     if (version.code !== 0) {
       return `nft is not usable (${firstLine(version.stderr)}); install nftables`;
@@ -440,11 +446,12 @@ export class ServiceVips {
   }
 
   /** Replaces the whole forward set in one atomic transaction; skips an unchanged set. */
-  apply(forwards: readonly VipForward[]): Promise<void> {
-    // Validated before queueing: a bad set is refused whole and nothing is applied.
+  async apply(forwards: readonly VipForward[]): Promise<void> {
+    // Validated before queueing (a rejected promise, never a synchronous throw): a bad set
+    // is refused whole and nothing is applied.
     validateForwards(this.table, this.serviceCidr, forwards);
     const copy = forwards.map((f) => ({ ...f }));
-    return this.serialize(() => this.applyNow(copy));
+    await this.serialize(() => this.applyNow(copy));
   }
 
   /** Deletes the table and its route, and restores route_localnet; idempotent. */
@@ -464,8 +471,10 @@ export class ServiceVips {
     const text = JSON.stringify({ nftables: buildCommands(this.table, cidr, forwards, saved) });
     if (text === this.appliedText) return;
     await this.ensureRoute(cidr);
-    await this.setRouteLocalnet("1");
+    // The table (with its guard for 127.0.0.0/8) before route_localnet, and on remove the
+    // other way round, so route_localnet is never 1 without the guard.
     await mustRunNftJson(text);
+    await this.setRouteLocalnet("1");
     this.saved = saved;
     this.appliedText = text;
     const previous = this.appliedForwards;
@@ -498,21 +507,22 @@ export class ServiceVips {
     }
   }
 
-  /** After a restart (even kill -9) the table's comment still says what to restore. */
+  /** After a restart (even kill -9) the table's saved_state chain still says what to restore. */
   private async discoverSavedState(): Promise<SavedState> {
     const listed = await runCommand("nft", ["-j", "list", "table", "ip", this.table]);
     if (listed.code === 0) {
       try {
         const parsed = JSON.parse(listed.stdout) as {
-          nftables?: { table?: { comment?: string } }[];
+          nftables?: { rule?: { chain?: string; comment?: string } }[];
         };
-        const comment = parsed.nftables?.find((entry) => entry.table)?.table?.comment;
+        const comment = parsed.nftables?.find((entry) => entry.rule?.chain === "saved_state")?.rule
+          ?.comment;
         const state = comment ? (JSON.parse(comment) as Partial<SavedState>) : {};
         if (state.routeLocalnetBefore === "0" || state.routeLocalnetBefore === "1") {
           return { routeLocalnetBefore: state.routeLocalnetBefore };
         }
       } catch {
-        // A table without our comment: fall through and read the current value.
+        // A table without our saved state: fall through and read the current value.
       }
     }
     return { routeLocalnetBefore: (await readFile(routeLocalnetPath, "utf8")).trim() };
@@ -555,6 +565,8 @@ export class ServiceVips {
 
   private async removeNow(): Promise<void> {
     const saved = this.saved ?? (await this.discoverSavedState());
+    // route_localnet first: the table's guard for 127.0.0.0/8 must outlive it.
+    await this.setRouteLocalnet(saved.routeLocalnetBefore);
     await mustRunNftJson(
       JSON.stringify({
         nftables: [
@@ -574,7 +586,6 @@ export class ServiceVips {
         routeProtocol,
       ]);
     }
-    await this.setRouteLocalnet(saved.routeLocalnetBefore);
     this.saved = undefined;
     this.appliedText = undefined;
     this.appliedForwards = new Map();

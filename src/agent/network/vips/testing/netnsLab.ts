@@ -63,7 +63,7 @@ async function must(command: string, args: string[]): Promise<string> {
 export async function netnsUnavailableReason(): Promise<string | undefined> {
   if (process.platform !== "linux") return "needs Linux network namespaces";
   if (process.getuid?.() !== 0) return "needs root (network namespaces, nftables)";
-  for (const tool of ["ip", "nft", "nsenter", "dig"]) {
+  for (const tool of ["ip", "nft", "nsenter", "dig", "conntrack"]) {
     const result = await run("sh", ["-c", `command -v ${tool}`]);
     if (result.code !== 0) return `${tool} is not installed`;
   }
@@ -132,6 +132,14 @@ export class NsDriver {
     const answer = await this.send(command);
     if (!answer.ok) throw new Error(`${command.op} failed in the namespace: ${answer.error}`);
     return answer;
+  }
+
+  /** kill -9, as an agent crash: nothing of the process runs its cleanup. */
+  async kill(): Promise<void> {
+    if (this.child.exitCode !== null || this.child.signalCode !== null) return;
+    const exited = new Promise<void>((resolve) => this.child.once("exit", () => resolve()));
+    this.child.kill("SIGKILL");
+    await exited;
   }
 
   async stop(): Promise<void> {

@@ -5,6 +5,7 @@
  * stdout line. It also runs the TCP servers and clients the tests need on both sides.
  * It stops everything it started when stdin closes.
  */
+import * as dgram from "node:dgram";
 import * as net from "node:net";
 import { createInterface } from "node:readline";
 import { create } from "@bufbuild/protobuf";
@@ -16,9 +17,12 @@ import { ServiceVips, type VipForward } from "../serviceVips.js";
 
 export type DriverCommand =
   | { op: "vips"; table: string; serviceCidr: string }
+  | { op: "unavailableReason" }
   | { op: "apply"; forwards: VipForward[] }
   | { op: "remove" }
   | { op: "listen"; tag: string }
+  | { op: "listenUdp"; tag: string }
+  | { op: "askUdp"; host: string; port: number; sourcePort: number; timeoutMs: number }
   | { op: "connect"; host: string; port: number; timeoutMs: number }
   | {
       op: "dns";
@@ -32,6 +36,7 @@ export type DriverAnswer =
 
 let vips: ServiceVips | undefined;
 const servers: net.Server[] = [];
+const udpServers: dgram.Socket[] = [];
 const dnsServers: DnsServer[] = [];
 
 function connect(host: string, port: number, timeoutMs: number): Promise<DriverAnswer> {
@@ -63,6 +68,33 @@ function connect(host: string, port: number, timeoutMs: number): Promise<DriverA
   });
 }
 
+/** One datagram from a fixed source port (as a resolver reusing its socket) and its answer. */
+function askUdp(
+  host: string,
+  port: number,
+  sourcePort: number,
+  timeoutMs: number,
+): Promise<DriverAnswer> {
+  return new Promise((resolve) => {
+    const socket = dgram.createSocket({ type: "udp4", reuseAddr: true });
+    const timer = setTimeout(() => {
+      socket.close();
+      resolve({ ok: false, error: "timeout", code: "TIMEOUT" });
+    }, timeoutMs);
+    socket.on("message", (message) => {
+      clearTimeout(timer);
+      socket.close();
+      resolve({ ok: true, data: message.toString() });
+    });
+    socket.on("error", (err: NodeJS.ErrnoException) => {
+      clearTimeout(timer);
+      socket.close();
+      resolve({ ok: false, error: err.message, code: err.code ?? "" });
+    });
+    socket.bind(sourcePort, () => socket.send("ping", port, host));
+  });
+}
+
 async function handle(command: DriverCommand): Promise<DriverAnswer> {
   switch (command.op) {
     case "vips":
@@ -72,6 +104,8 @@ async function handle(command: DriverCommand): Promise<DriverAnswer> {
         logger: silentLogger,
       });
       return { ok: true };
+    case "unavailableReason":
+      return { ok: true, data: (await ServiceVips.unavailableReason()) ?? "" };
     case "apply": {
       if (!vips) throw new Error("no vips");
       const started = performance.now();
@@ -89,6 +123,17 @@ async function handle(command: DriverCommand): Promise<DriverAnswer> {
       await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
       return { ok: true, port: (server.address() as net.AddressInfo).port };
     }
+    case "listenUdp": {
+      const socket = dgram.createSocket("udp4");
+      socket.on("message", (_message, remote) =>
+        socket.send(command.tag, remote.port, remote.address),
+      );
+      udpServers.push(socket);
+      await new Promise<void>((resolve) => socket.bind(0, "127.0.0.1", resolve));
+      return { ok: true, port: socket.address().port };
+    }
+    case "askUdp":
+      return askUdp(command.host, command.port, command.sourcePort, command.timeoutMs);
     case "connect":
       return connect(command.host, command.port, command.timeoutMs);
     case "dns": {
@@ -132,6 +177,7 @@ lines.on("line", (line) => {
 lines.on("close", () => {
   void chain.then(async () => {
     for (const server of servers) server.close();
+    for (const socket of udpServers) socket.close();
     for (const server of dnsServers) await server.stop();
     process.exit(0);
   });
