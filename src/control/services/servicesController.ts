@@ -14,6 +14,7 @@ import {
 } from "../../api/gen/cloudless/v1/service_pb.js";
 import type { Clock } from "../../lib/clock.js";
 import { decodeRecord, MalformedRecordError } from "../../lib/recordCodec.js";
+import { startStopwatch } from "../../lib/stopwatch.js";
 import type { Logger } from "../../observe/logger.js";
 import type { ClusterCache } from "../controllers/clusterCache.js";
 import type { EventLog } from "../events/eventLog.js";
@@ -38,6 +39,13 @@ import { type ServiceCidr, VipAllocator } from "./vipAllocator.js";
  * endpoint change still reaches every node well within the 1 s target).
  */
 export const snapshotDebounceMs = 50;
+/**
+ * The bound on recompute work: the next recompute waits at least four times the last one
+ * took (at most 1 s), so however often replicas report, the leader spends at most a
+ * fifth of its time on snapshots (a 50,000-replica cluster costs tens of ms each).
+ */
+const recomputeLoadFactor = 4;
+const maxRecomputeDelayMs = 1_000;
 /** How often the coordinator registry is read for the relays list. */
 export const relayRefreshMs = 5_000;
 
@@ -183,7 +191,14 @@ export class ServicesController {
     return this.snapshot;
   }
 
-  private schedule(delayMs = snapshotDebounceMs): void {
+  private lastRecomputeMs = 0;
+
+  private schedule(
+    delayMs = Math.min(
+      maxRecomputeDelayMs,
+      Math.max(snapshotDebounceMs, this.lastRecomputeMs * recomputeLoadFactor),
+    ),
+  ): void {
     if (!this.running || this.timer) return;
     this.timer = setTimeout(() => {
       this.timer = undefined;
@@ -198,7 +213,9 @@ export class ServicesController {
     if (!this.again || !this.running) return;
     this.again = false;
     try {
+      const elapsedMs = startStopwatch();
       await this.recompute();
+      this.lastRecomputeMs = elapsedMs();
     } catch (error) {
       this.deps.logger.error({ err: error }, "services recompute failed; retrying");
       this.schedule(1_000);
@@ -209,6 +226,15 @@ export class ServicesController {
     const { cache, store, clock, clusterDomain } = this.deps;
     const state = cache.snapshot();
     const views = buildServices(state, this.deps.revisionWeights?.() ?? new Map());
+    // A service whose last workload is gone gives its VIP back (first, so a
+    // service waiting for an address in a full range gets it in this same pass).
+    for (const id of [...this.records.keys()]) {
+      if (views.has(id)) continue;
+      const [namespace = "", name = ""] = id.split("/");
+      await store.delete(serviceRecordKey(namespace, name));
+      this.records.delete(id);
+      this.allocator.release(id);
+    }
     // New services get a VIP (stored before it is announced, so it never changes).
     for (const [id, view] of views) {
       if (this.records.has(id)) continue;
@@ -254,14 +280,6 @@ export class ServicesController {
       }
       this.unallocated.delete(id);
       this.records.set(id, record);
-    }
-    // A service whose last workload is gone gives its VIP back.
-    for (const id of [...this.records.keys()]) {
-      if (views.has(id)) continue;
-      const [namespace = "", name = ""] = id.split("/");
-      await store.delete(serviceRecordKey(namespace, name));
-      this.records.delete(id);
-      this.allocator.release(id);
     }
     for (const id of this.unallocated) if (!views.has(id)) this.unallocated.delete(id);
     // A deleted node's mesh report goes with it.
