@@ -46,6 +46,15 @@ export const snapshotDebounceMs = 50;
  */
 const recomputeLoadFactor = 4;
 const maxRecomputeDelayMs = 1_000;
+/**
+ * The bound on what pushes cost: every stream serializes the whole snapshot, so a push is
+ * (snapshot bytes × streams). The next push waits until the last one, at this rate, is
+ * done: 100 nodes with a 20 KB snapshot wait 30 ms (the debounce rules), 5,000 nodes
+ * with a 400 KB one (peers grow with nodes) wait 30 s instead of serializing 2 GB a
+ * second while nodes join. At most 30 s, so a change always arrives.
+ */
+const fanoutBytesPerSecond = 64 * 1024 * 1024;
+const maxFanoutDelayMs = 30_000;
 /** How often the coordinator registry is read for the relays list. */
 export const relayRefreshMs = 5_000;
 
@@ -192,11 +201,14 @@ export class ServicesController {
   }
 
   private lastRecomputeMs = 0;
+  /** What the last push costs in serialization time at fanoutBytesPerSecond. */
+  private fanoutDelayMs = 0;
 
   private schedule(
-    delayMs = Math.min(
-      maxRecomputeDelayMs,
-      Math.max(snapshotDebounceMs, this.lastRecomputeMs * recomputeLoadFactor),
+    delayMs = Math.max(
+      snapshotDebounceMs,
+      Math.min(maxRecomputeDelayMs, this.lastRecomputeMs * recomputeLoadFactor),
+      this.fanoutDelayMs,
     ),
   ): void {
     if (!this.running || this.timer) return;
@@ -300,9 +312,8 @@ export class ServicesController {
         .map((node) => meshPeerOf(node, this.reports.get(node.name))),
       coordinatorRelays: this.relays,
     });
-    const fingerprint = createHash("sha256")
-      .update(toBinary(NetworkSnapshotSchema, body))
-      .digest("hex");
+    const bytes = toBinary(NetworkSnapshotSchema, body);
+    const fingerprint = createHash("sha256").update(bytes).digest("hex");
     if (fingerprint === this.fingerprint || !this.running) return;
     // Versions grow across leader changes too: at least the wall clock in ms, which a
     // new leader's first snapshot is past (recomputes are ≥ 50 ms apart).
@@ -312,9 +323,15 @@ export class ServicesController {
     this.fingerprint = fingerprint;
     this.snapshot = body;
     this.message = create(HeartbeatResponseSchema, { network: body });
+    let streams = 0;
     for (const sinks of this.sinks.values()) {
       for (const sink of sinks) sink(this.message);
+      streams += sinks.size;
     }
+    this.fanoutDelayMs = Math.min(
+      maxFanoutDelayMs,
+      ((bytes.byteLength * streams) / fanoutBytesPerSecond) * 1000,
+    );
   }
 
   private async refreshRelays(): Promise<void> {
