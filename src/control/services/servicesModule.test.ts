@@ -176,6 +176,16 @@ describe("services module in process (heartbeat stream, router transport)", () =
 
   it("REQ-041 REQ-042 a heartbeat client receives a NetworkSnapshot with the service when it is applied, and a new version when a replica's readiness changes", async () => {
     await enroll("n1");
+    // Coordinators in the registry: an alive one is a relay, a stale one is not.
+    const now = api.clock.nowMs();
+    await api.store.put(
+      "/coordinators/c1",
+      JSON.stringify({ id: "c1", url: "https://10.0.0.1:7443", lastSeenMs: now + 600_000 }),
+    );
+    await api.store.put(
+      "/coordinators/c2",
+      JSON.stringify({ id: "c2", url: "https://10.0.0.2:7443", lastSeenMs: now - 60_000 }),
+    );
     await api.lead();
     const stream = heartbeatStream("n1");
     try {
@@ -223,6 +233,8 @@ describe("services module in process (heartbeat stream, router transport)", () =
       });
       expect(web?.endpoints[0]?.hostPorts).toEqual({ http: 31080 });
       expect(first.network?.serviceCidr).toBe("10.43.0.0/16");
+      expect(first.network?.clusterDomain).toBe("cluster.local");
+      expect(first.network?.coordinatorRelays).toEqual(["10.0.0.1:7443"]);
       expect(first.network?.peers).toEqual([
         expect.objectContaining({
           node: "n1",

@@ -111,7 +111,7 @@ export async function startInProcessApi(
     leadership,
     core,
     async lead() {
-      const info = { id: core.coordinatorId, url: "https://127.0.0.1:1" };
+      const info = { id: core.coordinatorId, url: "https://127.0.0.1:1", sinceMs: clock.nowMs() };
       const result = await store.txn({
         compare: [],
         success: [
