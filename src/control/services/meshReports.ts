@@ -86,7 +86,8 @@ interface Kept {
   shape: string;
   writtenShape: string | undefined;
   writtenAtMs: number;
-  timer: NodeJS.Timeout | undefined;
+  /** Cancels the pending write of a shape change. */
+  timer: (() => void) | undefined;
 }
 
 export class MeshReports {
@@ -150,7 +151,7 @@ export class MeshReports {
   /** A deleted node's report goes with it. */
   forget(node: string): void {
     const kept = this.kept.get(node);
-    if (kept?.timer) clearTimeout(kept.timer);
+    kept?.timer?.();
     this.kept.delete(node);
   }
 
@@ -160,7 +161,7 @@ export class MeshReports {
 
   stop(): void {
     for (const kept of this.kept.values()) {
-      if (kept.timer) clearTimeout(kept.timer);
+      kept.timer?.();
       kept.timer = undefined;
     }
     this.kept.clear();
@@ -179,11 +180,10 @@ export class MeshReports {
     // Only a shape change waits for its slot; counters are written with the next report
     // after the interval (no timer per node for them).
     if (kept.shape === kept.writtenShape) return;
-    kept.timer = setTimeout(() => {
+    kept.timer = this.deps.clock.setTimeout(() => {
       kept.timer = undefined;
-      void this.write(kept);
+      if (this.kept.get(kept.record.node) === kept) void this.write(kept);
     }, dueInMs);
-    kept.timer.unref?.();
   }
 
   private async write(kept: Kept): Promise<void> {

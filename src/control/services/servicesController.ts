@@ -14,6 +14,7 @@ import {
 } from "../../api/gen/cloudless/v1/service_pb.js";
 import type { Clock } from "../../lib/clock.js";
 import { decodeRecord, MalformedRecordError } from "../../lib/recordCodec.js";
+import { startStopwatch } from "../../lib/stopwatch.js";
 import type { Logger } from "../../observe/logger.js";
 import type { ClusterCache } from "../controllers/clusterCache.js";
 import type { EventLog } from "../events/eventLog.js";
@@ -38,6 +39,22 @@ import { type ServiceCidr, VipAllocator } from "./vipAllocator.js";
  * endpoint change still reaches every node well within the 1 s target).
  */
 export const snapshotDebounceMs = 50;
+/**
+ * The bound on recompute work: the next recompute waits at least four times the last one
+ * took (at most 1 s), so however often replicas report, the leader spends at most a
+ * fifth of its time on snapshots (a 50,000-replica cluster costs tens of ms each).
+ */
+const recomputeLoadFactor = 4;
+const maxRecomputeDelayMs = 1_000;
+/**
+ * The bound on what pushes cost: every stream serializes the whole snapshot, so a push is
+ * (snapshot bytes × streams). The next push waits until the last one, at this rate, is
+ * done: 100 nodes with a 20 KB snapshot wait 30 ms (the debounce rules), 5,000 nodes
+ * with a 400 KB one (peers grow with nodes) wait 30 s instead of serializing 2 GB a
+ * second while nodes join. At most 30 s, so a change always arrives.
+ */
+const fanoutBytesPerSecond = 64 * 1024 * 1024;
+const maxFanoutDelayMs = 30_000;
 /** How often the coordinator registry is read for the relays list. */
 export const relayRefreshMs = 5_000;
 
@@ -183,7 +200,17 @@ export class ServicesController {
     return this.snapshot;
   }
 
-  private schedule(delayMs = snapshotDebounceMs): void {
+  private lastRecomputeMs = 0;
+  /** What the last push costs in serialization time at fanoutBytesPerSecond. */
+  private fanoutDelayMs = 0;
+
+  private schedule(
+    delayMs = Math.max(
+      snapshotDebounceMs,
+      Math.min(maxRecomputeDelayMs, this.lastRecomputeMs * recomputeLoadFactor),
+      this.fanoutDelayMs,
+    ),
+  ): void {
     if (!this.running || this.timer) return;
     this.timer = setTimeout(() => {
       this.timer = undefined;
@@ -198,7 +225,9 @@ export class ServicesController {
     if (!this.again || !this.running) return;
     this.again = false;
     try {
+      const elapsedMs = startStopwatch();
       await this.recompute();
+      this.lastRecomputeMs = elapsedMs();
     } catch (error) {
       this.deps.logger.error({ err: error }, "services recompute failed; retrying");
       this.schedule(1_000);
@@ -209,6 +238,15 @@ export class ServicesController {
     const { cache, store, clock, clusterDomain } = this.deps;
     const state = cache.snapshot();
     const views = buildServices(state, this.deps.revisionWeights?.() ?? new Map());
+    // A service whose last workload is gone gives its VIP back (first, so a
+    // service waiting for an address in a full range gets it in this same pass).
+    for (const id of [...this.records.keys()]) {
+      if (views.has(id)) continue;
+      const [namespace = "", name = ""] = id.split("/");
+      await store.delete(serviceRecordKey(namespace, name));
+      this.records.delete(id);
+      this.allocator.release(id);
+    }
     // New services get a VIP (stored before it is announced, so it never changes).
     for (const [id, view] of views) {
       if (this.records.has(id)) continue;
@@ -255,14 +293,6 @@ export class ServicesController {
       this.unallocated.delete(id);
       this.records.set(id, record);
     }
-    // A service whose last workload is gone gives its VIP back.
-    for (const id of [...this.records.keys()]) {
-      if (views.has(id)) continue;
-      const [namespace = "", name = ""] = id.split("/");
-      await store.delete(serviceRecordKey(namespace, name));
-      this.records.delete(id);
-      this.allocator.release(id);
-    }
     for (const id of this.unallocated) if (!views.has(id)) this.unallocated.delete(id);
     // A deleted node's mesh report goes with it.
     for (const node of this.reports.nodes()) {
@@ -282,9 +312,8 @@ export class ServicesController {
         .map((node) => meshPeerOf(node, this.reports.get(node.name))),
       coordinatorRelays: this.relays,
     });
-    const fingerprint = createHash("sha256")
-      .update(toBinary(NetworkSnapshotSchema, body))
-      .digest("hex");
+    const bytes = toBinary(NetworkSnapshotSchema, body);
+    const fingerprint = createHash("sha256").update(bytes).digest("hex");
     if (fingerprint === this.fingerprint || !this.running) return;
     // Versions grow across leader changes too: at least the wall clock in ms, which a
     // new leader's first snapshot is past (recomputes are ≥ 50 ms apart).
@@ -294,9 +323,15 @@ export class ServicesController {
     this.fingerprint = fingerprint;
     this.snapshot = body;
     this.message = create(HeartbeatResponseSchema, { network: body });
+    let streams = 0;
     for (const sinks of this.sinks.values()) {
       for (const sink of sinks) sink(this.message);
+      streams += sinks.size;
     }
+    this.fanoutDelayMs = Math.min(
+      maxFanoutDelayMs,
+      ((bytes.byteLength * streams) / fanoutBytesPerSecond) * 1000,
+    );
   }
 
   private async refreshRelays(): Promise<void> {

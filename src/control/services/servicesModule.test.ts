@@ -1,6 +1,7 @@
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { EventService } from "../../api/gen/cloudless/v1/event_pb.js";
 import {
   type HeartbeatRequest,
   HeartbeatRequestSchema,
@@ -131,8 +132,60 @@ spec:
 ${extra}`;
 
 describe("services module in process (heartbeat stream, router transport)", () => {
+  it("REQ-041 a full service range: the service has no VIP and an event says why; nothing crashes, others keep theirs", async () => {
+    await api.close();
+    // A /28 has 12 usable addresses (16 less network, .1, DNS and broadcast).
+    api = await startInProcessApi({ coordinatorOptions: { serviceCidr: "10.99.0.0/28" } });
+    await api.lead();
+    const workloads = api.client(WorkloadService);
+    for (let i = 0; i < 13; i++) {
+      await workloads.applyWorkload({
+        specText: webSpec().replace("name: web", `name: s${String(i).padStart(2, "0")}`),
+      });
+    }
+    const services = api.client(ServiceService);
+    let listed = await services.listServices({});
+    for (let i = 0; i < 100 && listed.services.filter((s) => s.vip !== "").length < 12; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      listed = await services.listServices({});
+    }
+    expect(listed.serviceCidr).toBe("10.99.0.0/28");
+    const vips = listed.services.map((s) => s.vip);
+    expect(vips.filter((vip) => vip !== "")).toHaveLength(12);
+    expect(new Set(vips.filter((vip) => vip !== "")).size).toBe(12);
+    expect(vips.filter((vip) => vip === "")).toHaveLength(1);
+    for (const reserved of ["10.99.0.0", "10.99.0.1", "10.99.0.10", "10.99.0.15"]) {
+      expect(vips).not.toContain(reserved);
+    }
+    const events = await api
+      .client(EventService)
+      .listEvents({ types: ["ServiceAddressUnavailable"] });
+    expect(events.events.map((e) => e.reason)).toEqual(["ServiceRangeFull"]);
+    expect(events.events[0]?.message).toContain(
+      "no free address in the service range 10.99.0.0/28",
+    );
+    // Deleting a service frees its address for the one waiting.
+    await workloads.deleteWorkload({ name: "s00" });
+    for (let i = 0; i < 100; i++) {
+      listed = await services.listServices({});
+      if (listed.services.every((s) => s.vip !== "")) break;
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    expect(listed.services.map((s) => s.vip).filter((vip) => vip !== "")).toHaveLength(12);
+  });
+
   it("REQ-041 REQ-042 a heartbeat client receives a NetworkSnapshot with the service when it is applied, and a new version when a replica's readiness changes", async () => {
     await enroll("n1");
+    // Coordinators in the registry: an alive one is a relay, a stale one is not.
+    const now = api.clock.nowMs();
+    await api.store.put(
+      "/coordinators/c1",
+      JSON.stringify({ id: "c1", url: "https://10.0.0.1:7443", lastSeenMs: now + 600_000 }),
+    );
+    await api.store.put(
+      "/coordinators/c2",
+      JSON.stringify({ id: "c2", url: "https://10.0.0.2:7443", lastSeenMs: now - 60_000 }),
+    );
     await api.lead();
     const stream = heartbeatStream("n1");
     try {
@@ -180,6 +233,8 @@ describe("services module in process (heartbeat stream, router transport)", () =
       });
       expect(web?.endpoints[0]?.hostPorts).toEqual({ http: 31080 });
       expect(first.network?.serviceCidr).toBe("10.43.0.0/16");
+      expect(first.network?.clusterDomain).toBe("cluster.local");
+      expect(first.network?.coordinatorRelays).toEqual(["10.0.0.1:7443"]);
       expect(first.network?.peers).toEqual([
         expect.objectContaining({
           node: "n1",
@@ -208,6 +263,13 @@ describe("services module in process (heartbeat stream, router transport)", () =
       expect(drained.network?.services[0]?.vip).toBe(web?.vip);
       const peers = await api.client(ServiceService).listPeers({});
       expect(peers.nodes.map((n) => [n.node, n.meshPort, n.relay])).toEqual([["n1", 7444, true]]);
+      // A follower answers from the store record the leader wrote (any coordinator).
+      await api.modules.onFollower();
+      api.leadership.isLeader = false;
+      const fromStore = await api.client(ServiceService).listPeers({ node: "n1" });
+      expect(fromStore.nodes.map((n) => [n.node, n.meshPort, n.addresses])).toEqual([
+        ["n1", 7444, ["203.0.113.5"]],
+      ]);
     } finally {
       stream.end();
     }

@@ -19,6 +19,7 @@ import { ManualClock } from "../../../lib/clock.js";
 import { seededRng } from "../../../lib/rng.js";
 import { silentLogger } from "../../../observe/logger.js";
 import { createCoordinatorMetrics } from "../../../observe/metrics.js";
+import type { CoordinatorOptions } from "../../coordinator.js";
 import { FencedStore } from "../../leader/fencedStore.js";
 import { leaderKey } from "../../leader/leaderElection.js";
 import { coordinatorModules } from "../../modules/index.js";
@@ -56,7 +57,12 @@ export interface InProcessApi {
 }
 
 export async function startInProcessApi(
-  options: { modules?: readonly ModuleDefinition[]; seed?: number } = {},
+  options: {
+    modules?: readonly ModuleDefinition[];
+    seed?: number;
+    /** Coordinator settings the modules read (service range, rebalance…). */
+    coordinatorOptions?: Partial<CoordinatorOptions>;
+  } = {},
 ): Promise<InProcessApi> {
   const dir = await mkdtemp(join(tmpdir(), "cloudless-api-"));
   const clock = new ManualClock();
@@ -80,7 +86,13 @@ export async function startInProcessApi(
     logger: silentLogger,
     metrics: createCoordinatorMetrics({ defaultMetrics: false }),
     leadership,
-    options: { dataDir: dir, host: "127.0.0.1", port: 0, clusterName: "test" },
+    options: {
+      dataDir: dir,
+      host: "127.0.0.1",
+      port: 0,
+      clusterName: "test",
+      ...options.coordinatorOptions,
+    },
   };
   let modules: ModuleHost;
   try {
@@ -99,7 +111,7 @@ export async function startInProcessApi(
     leadership,
     core,
     async lead() {
-      const info = { id: core.coordinatorId, url: "https://127.0.0.1:1" };
+      const info = { id: core.coordinatorId, url: "https://127.0.0.1:1", sinceMs: clock.nowMs() };
       const result = await store.txn({
         compare: [],
         success: [
