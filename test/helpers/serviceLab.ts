@@ -188,7 +188,22 @@ export async function startServiceLab(
       cluster.agents.set(definition.name, agent);
     }
     for (const definition of hosts.filter((h) => !h.noAgent)) {
-      await cluster.waitForStatus(definition.name, "Ready", 90_000);
+      const agent = sl.agents.get(definition.name) as LabProcess;
+      // An agent that exits (e.g. a flag it does not know) fails the lab now, with its
+      // words, instead of at the end of the wait.
+      let ready = false;
+      await Promise.race([
+        cluster.waitForStatus(definition.name, "Ready", 90_000).then(() => {
+          ready = true;
+        }),
+        // Never rejects once the agent was Ready: a later exit is the tests' business.
+        agent.exited().then((code) => {
+          if (ready) return;
+          throw new Error(
+            `agent ${definition.name} exited (${code}): ${agent.stderr.trim().slice(-1_000)}`,
+          );
+        }),
+      ]);
     }
     return sl;
   } catch (error) {
@@ -316,8 +331,7 @@ export interface PeerJson {
 }
 
 export async function listServices(sl: ServiceLab): Promise<ServiceJson[]> {
-  return (await sl.cluster.cliJson<{ services: ServiceJson[] }>(["service", "list"]))
-    .services;
+  return (await sl.cluster.cliJson<{ services: ServiceJson[] }>(["service", "list"])).services;
 }
 
 export async function getService(
