@@ -42,6 +42,7 @@ import { binPath, waitFor } from "../test/helpers/processes.js";
 import {
   applyServiceWorkload,
   echoReplicaScript,
+  endpointOn,
   httpWorkload,
   networkPeers,
   type ServiceLab,
@@ -372,7 +373,7 @@ async function endpointChange(
 ): Promise<Json> {
   await applyServiceWorkload(sl, httpWorkload(sl, "flip", "b", { port: 8081 }));
   const service = await waitForEndpoints(sl, "flip", 1, ["b"]);
-  const replicaId = service.endpoints[0]?.replicaId as string;
+  const replicaId = endpointOn(service, "b")?.replicaId as string;
 
   // Per hollow node, every change of the flip endpoint's readiness it was told of.
   const sightings = new Map<string, Sighting[]>();
@@ -587,7 +588,7 @@ export async function runNetworkBench(options: NetworkBenchOptions): Promise<Jso
         const peer = (await networkPeers(s, "d")).find((p) => p.node === "e");
         return { gbitPerSec: round(gbit, 3), path: peer?.path ?? "unknown", via: peer?.via };
       });
-      const echoHostPort = echo.endpoints[0]?.hostPorts.echo as number;
+      const echoHostPort = endpointOn(echo, "b")?.hostPorts.echo as number;
       await part("latency", async () => {
         const direct = await latency(a, b.ip, echoHostPort, seconds);
         const proxied = await latency(a, echo.vip, echoPort, seconds);

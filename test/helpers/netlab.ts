@@ -463,6 +463,15 @@ export class LabHost {
     return child;
   }
 
+  /**
+   * The host dies: SIGKILL to every process in its namespace (agent, replicas, clients),
+   * repeated until none is left. Its address and links stay, as a crashed machine's
+   * would until it is unplugged; use lab.cutHost() for silence on the wire.
+   */
+  async killAll(): Promise<void> {
+    await emptyNamespace(this.netns);
+  }
+
   /** Starts `cloudless ARGS…` (bin/cloudless, i.e. dist/) in this host. */
   cloudless(args: string[], env: NodeJS.ProcessEnv = {}): LabProcess {
     return this.spawn(process.execPath, [binPath, ...args], {

@@ -188,7 +188,22 @@ export async function startServiceLab(
       cluster.agents.set(definition.name, agent);
     }
     for (const definition of hosts.filter((h) => !h.noAgent)) {
-      await cluster.waitForStatus(definition.name, "Ready", 90_000);
+      const agent = sl.agents.get(definition.name) as LabProcess;
+      // An agent that exits (e.g. a flag it does not know) fails the lab now, with its
+      // words, instead of at the end of the wait.
+      let ready = false;
+      await Promise.race([
+        cluster.waitForStatus(definition.name, "Ready", 90_000).then(() => {
+          ready = true;
+        }),
+        // Never rejects once the agent was Ready: a later exit is the tests' business.
+        agent.exited().then((code) => {
+          if (ready) return;
+          throw new Error(
+            `agent ${definition.name} exited (${code}): ${agent.stderr.trim().slice(-1_000)}`,
+          );
+        }),
+      ]);
     }
     return sl;
   } catch (error) {
@@ -287,13 +302,18 @@ export function setReady(sl: ServiceLab, workload: string, ready: boolean): void
 // ---------------------------------------------------------------------------------------------
 // The product's views
 
+/**
+ * The CLI prints services and peers as protobuf JSON (`toJson`): camelCase names, fields
+ * at their default value left out (`ready: false`, `weight: 0`, an empty `via`), 64-bit
+ * counters as strings. These types say so; read them through the helpers below.
+ */
 export interface EndpointJson {
   replicaId: string;
   node: string;
-  zone: string;
-  ready: boolean;
-  weight: number;
-  hostPorts: Record<string, number>;
+  zone?: string;
+  ready?: boolean;
+  weight?: number;
+  hostPorts?: Record<string, number>;
 }
 
 export interface ServiceJson {
@@ -302,22 +322,42 @@ export interface ServiceJson {
   dnsName: string;
   vip: string;
   ports: { name: string; port: number }[];
-  endpoints: EndpointJson[];
+  endpoints?: EndpointJson[];
 }
 
 export interface PeerJson {
   node: string;
-  path: "direct" | "relayed" | "unreachable";
-  via: string;
-  address: string;
-  rttMs: number;
-  bytesSent: number;
-  bytesReceived: number;
+  path?: "direct" | "relayed" | "unreachable";
+  via?: string;
+  address?: string;
+  rttMs?: number;
+  bytesSent?: string | number;
+  bytesReceived?: string | number;
 }
 
+export function endpointsOf(service: ServiceJson): Required<EndpointJson>[] {
+  return (service.endpoints ?? []).map((e) => ({
+    replicaId: e.replicaId,
+    node: e.node,
+    zone: e.zone ?? "",
+    ready: e.ready === true,
+    weight: e.weight ?? 0,
+    hostPorts: e.hostPorts ?? {},
+  }));
+}
+
+export function endpointOn(service: ServiceJson, node: string): Required<EndpointJson> | undefined {
+  return endpointsOf(service).find((e) => e.node === node);
+}
+
+/** `cloudless service list -A -o json` (an array; an object with `services` is read too). */
 export async function listServices(sl: ServiceLab): Promise<ServiceJson[]> {
-  return (await sl.cluster.cliJson<{ services: ServiceJson[] }>(["service", "list"]))
-    .services;
+  const got = await sl.cluster.cliJson<ServiceJson[] | { services: ServiceJson[] }>([
+    "service",
+    "list",
+    "-A",
+  ]);
+  return Array.isArray(got) ? got : got.services;
 }
 
 export async function getService(
@@ -325,15 +365,15 @@ export async function getService(
   name: string,
   namespace = "default",
 ): Promise<ServiceJson> {
-  const got = await sl.cluster.cliJson<ServiceJson | { services: ServiceJson[] }>([
+  const got = await sl.cluster.cliJson<ServiceJson | { service: ServiceJson }>([
     "service",
     "get",
     name,
     "-n",
     namespace,
   ]);
-  const service = "services" in got ? got.services[0] : got;
-  if (!service) throw new Error(`service get ${namespace}/${name}: no service in the answer`);
+  const service = "service" in got ? got.service : got;
+  if (!service?.name) throw new Error(`service get ${namespace}/${name}: no service in the answer`);
   return service;
 }
 
@@ -349,7 +389,7 @@ export function waitForEndpoints(
     `service ${name} to have ${count} ready endpoints${nodes ? ` on ${nodes.join(",")}` : ""}`,
     async () => {
       const service = await getService(sl, name).catch(() => undefined);
-      const ready = service?.endpoints.filter((e) => e.ready) ?? [];
+      const ready = service ? endpointsOf(service).filter((e) => e.ready) : [];
       if (ready.length !== count) return undefined;
       if (nodes && !ready.every((e) => nodes.includes(e.node))) return undefined;
       return service;
@@ -359,13 +399,17 @@ export function waitForEndpoints(
   );
 }
 
-/** `cloudless network peers -o json`: the node's view of each of its peers. */
+/** `cloudless network peers --node NODE -o json`: the node's view of each of its peers. */
 export async function networkPeers(sl: ServiceLab, node: string): Promise<PeerJson[]> {
-  const all = await sl.cluster.cliJson<{ nodes: { node: string; peers: PeerJson[] }[] }>([
+  type NodePeers = { node: string; peers?: PeerJson[] };
+  const got = await sl.cluster.cliJson<NodePeers[] | { nodes: NodePeers[] }>([
     "network",
     "peers",
+    "--node",
+    node,
   ]);
-  return all.nodes.find((n) => n.node === node)?.peers ?? [];
+  const nodes = Array.isArray(got) ? got : got.nodes;
+  return nodes.find((n) => n.node === node)?.peers ?? [];
 }
 
 export function dnsName(service: string, namespace = "default"): string {
