@@ -269,6 +269,36 @@ describe("ServiceProxy (REQ-042)", () => {
     expect(mesh.dials[0]?.options?.timeoutMs).toBeGreaterThan(0);
   });
 
+  it("REQ-042 REQ-003: a lone remote endpoint whose mesh path fails once (a relay going down) is dialled again within the client's connect; a refusal by the remote is not", async () => {
+    const remote = await nameServer("remote");
+    const loopback = new LoopbackMesh(new Map([["remote", remote.port]]));
+    let failNext = 0;
+    let failure: "unreachable" | "refused" = "unreachable";
+    const mesh: MeshDialer = {
+      dial(node, target, options) {
+        if (failNext > 0) {
+          failNext -= 1;
+          return Promise.reject(
+            Object.assign(new Error(`path to ${node} broke`), {
+              name: "MeshDialError",
+              code: failure,
+            }),
+          );
+        }
+        return loopback.dial(node, target, options);
+      },
+    };
+    const { proxy } = newProxy({ mesh });
+    await proxy.setServices([service("web", [{ id: "remote", port: 1, node: "n2", zone: "b" }])]);
+    for (let i = 0; i < 5; i++) {
+      failNext = 1;
+      expect(await request(port(proxy))).toMatchObject({ ok: true, body: "remote" });
+    }
+    failure = "refused";
+    failNext = 1;
+    expect((await request(port(proxy))).ok).toBe(false);
+  });
+
   it("REQ-042: a refused endpoint is retried on another within the client's connect: no client connection fails", async () => {
     const good = await nameServer("good");
     const dead = await refusedPort();

@@ -346,10 +346,20 @@ export class ServiceProxy {
     const { clock, metrics } = this.options;
     const deadline = clock.nowMs() + this.deadlineMs;
     const tried = new Set<string>();
+    // An endpoint whose mesh *path* failed (a relay that just went down, a peer whose
+    // direct address changed) may be retried once when nothing else is left: the mesh
+    // tries its other paths on the next dial, and a lone endpoint is otherwise lost.
+    let pathRetry: string | undefined;
+    let pathRetried = false;
     for (let attempt = 0; attempt < this.maxAttempts && !signal.aborted; attempt++) {
       const remainingMs = deadline - clock.nowMs();
       if (remainingMs <= 0) break;
-      const pick = listener.picker.pick(clock.nowMs(), tried);
+      let pick = listener.picker.pick(clock.nowMs(), tried);
+      if (!pick && pathRetry !== undefined && !pathRetried) {
+        pathRetried = true;
+        tried.delete(pathRetry);
+        pick = listener.picker.pick(clock.nowMs(), tried);
+      }
       if (!pick) break;
       const endpoint = listener.endpoints.get(pick.endpoint.id);
       if (!endpoint) break;
@@ -374,6 +384,7 @@ export class ServiceProxy {
         return { upstream, endpoint };
       } catch (error) {
         if (signal.aborted) break;
+        if (isMeshPathFailure(error)) pathRetry = endpoint.id;
         const nowMs = clock.nowMs();
         const wasEjected = listener.picker.ejectedUntilMs(endpoint.id, nowMs) !== undefined;
         listener.picker.reportConnectFailure(endpoint.id, nowMs);
@@ -598,4 +609,11 @@ function connectLocal(port: number, timeoutMs: number, signal: AbortSignal): Pro
       resolve(socket);
     });
   });
+}
+
+/** A mesh dial that failed on the way (no path, timed out), not one the remote refused. */
+function isMeshPathFailure(error: unknown): boolean {
+  if (typeof error !== "object" || error === null || !("code" in error)) return false;
+  const { name, code } = error as { name?: unknown; code?: unknown };
+  return name === "MeshDialError" && (code === "unreachable" || code === "timeout");
 }
