@@ -764,9 +764,17 @@ export class MeshNode {
     }));
   }
 
+  /**
+   * Relays that can reach `node`, relay nodes before coordinators: a coordinator relays
+   * only as a fallback, so that relayed flows neither load the control plane nor break
+   * when every coordinator is down (NFR-A1).
+   */
   private relayAttempts(node: string): Attempt[] {
     return [...this.links.values()]
       .filter((link) => link.session !== undefined && !link.session.destroyed && link.via !== node)
+      .sort(
+        (a, b) => Number(a.expect.kind === "coordinator") - Number(b.expect.kind === "coordinator"),
+      )
       .map((link) => ({ kind: "relayed" as const, link }));
   }
 
