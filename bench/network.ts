@@ -557,53 +557,74 @@ export async function runNetworkBench(options: NetworkBenchOptions): Promise<Jso
       }
     } else {
       const s = sl;
-      const iperfCommand = ["sh", "-c", 'exec iperf3 -s -p "$PORT"'];
-      await applyServiceWorkload(s, {
-        name: "iperf-b",
-        nodeSelector: { host: "b" },
-        command: iperfCommand,
-        ports: [{ name: "iperf", containerPort: iperfPort }],
-      });
-      await applyServiceWorkload(s, {
-        name: "iperf-e",
-        nodeSelector: { host: "e" },
-        command: iperfCommand,
-        ports: [{ name: "iperf", containerPort: iperfPort }],
-      });
-      await applyServiceWorkload(s, {
-        name: "echo",
-        nodeSelector: { host: "b" },
-        command: [process.execPath, "-e", echoReplicaScript],
-        ports: [{ name: "echo", containerPort: echoPort }],
-      });
-      const iperfB = await waitForEndpoints(s, "iperf-b", 1, ["b"]);
-      const iperfE = await waitForEndpoints(s, "iperf-e", 1, ["e"]);
-      const echo = await waitForEndpoints(s, "echo", 1, ["b"]);
-
-      await part("mesh", async () => ({
-        gbitPerSec: round(await iperf(a, undefined, iperfB.vip, iperfPort, seconds), 3),
-      }));
-      await part("relayed", async () => {
-        const gbit = await iperf(lab.host("d"), undefined, iperfE.vip, iperfPort, seconds);
-        const peer = (await networkPeers(s, "d")).find((p) => p.node === "e");
-        return { gbitPerSec: round(gbit, 3), path: peer?.path ?? "unknown", via: peer?.via };
-      });
-      const echoHostPort = endpointOn(echo, "b")?.hostPorts.echo as number;
-      await part("latency", async () => {
-        const direct = await latency(a, b.ip, echoHostPort, seconds);
-        const proxied = await latency(a, echo.vip, echoPort, seconds);
+      const deploy = async () => {
+        const iperfCommand = ["sh", "-c", 'exec iperf3 -s -p "$PORT"'];
+        await applyServiceWorkload(s, {
+          name: "iperf-b",
+          nodeSelector: { host: "b" },
+          command: iperfCommand,
+          ports: [{ name: "iperf", containerPort: iperfPort }],
+          readiness: "none",
+        });
+        await applyServiceWorkload(s, {
+          name: "iperf-e",
+          nodeSelector: { host: "e" },
+          command: iperfCommand,
+          ports: [{ name: "iperf", containerPort: iperfPort }],
+          readiness: "none",
+        });
+        await applyServiceWorkload(s, {
+          name: "echo",
+          nodeSelector: { host: "b" },
+          command: [process.execPath, "-e", echoReplicaScript],
+          ports: [{ name: "echo", containerPort: echoPort }],
+          readiness: "tcp",
+        });
         return {
-          ratePerSec: latencyRatePerSec,
-          direct,
-          proxyAndMesh: proxied,
-          addedP50Ms: round(proxied.p50Ms - direct.p50Ms, 3),
-          addedP99Ms: round(proxied.p99Ms - direct.p99Ms, 3),
+          iperfB: await waitForEndpoints(s, "iperf-b", 1, ["b"]),
+          iperfE: await waitForEndpoints(s, "iperf-e", 1, ["e"]),
+          echo: await waitForEndpoints(s, "echo", 1, ["b"]),
         };
-      });
-      await part("connections", async () => ({
-        direct: await connectRate(a, b.ip, echoHostPort, seconds),
-        proxy: await connectRate(a, echo.vip, echoPort, seconds),
-      }));
+      };
+      let services: Awaited<ReturnType<typeof deploy>> | undefined;
+      try {
+        services = await deploy();
+      } catch (error) {
+        // The parts that need these services report why they did not run.
+        const message = `setup: ${error instanceof Error ? error.message : String(error)}`;
+        for (const name of ["mesh", "relayed", "latency", "connections"]) {
+          results[name] = { error: message };
+        }
+        log(`network: ${message}`);
+      }
+      if (services) {
+        const { iperfB, iperfE, echo } = services;
+
+        await part("mesh", async () => ({
+          gbitPerSec: round(await iperf(a, undefined, iperfB.vip, iperfPort, seconds), 3),
+        }));
+        await part("relayed", async () => {
+          const gbit = await iperf(lab.host("d"), undefined, iperfE.vip, iperfPort, seconds);
+          const peer = (await networkPeers(s, "d")).find((p) => p.node === "e");
+          return { gbitPerSec: round(gbit, 3), path: peer?.path ?? "unknown", via: peer?.via };
+        });
+        const echoHostPort = endpointOn(echo, "b")?.hostPorts.echo as number;
+        await part("latency", async () => {
+          const direct = await latency(a, b.ip, echoHostPort, seconds);
+          const proxied = await latency(a, echo.vip, echoPort, seconds);
+          return {
+            ratePerSec: latencyRatePerSec,
+            direct,
+            proxyAndMesh: proxied,
+            addedP50Ms: round(proxied.p50Ms - direct.p50Ms, 3),
+            addedP99Ms: round(proxied.p99Ms - direct.p99Ms, 3),
+          };
+        });
+        await part("connections", async () => ({
+          direct: await connectRate(a, b.ip, echoHostPort, seconds),
+          proxy: await connectRate(a, echo.vip, echoPort, seconds),
+        }));
+      }
       await part("endpointChange", () => endpointChange(s, quick ? 2 : 6, options));
     }
   } finally {

@@ -236,6 +236,11 @@ export interface ServiceWorkload {
   command: string[];
   ports: { name: string; containerPort: number }[];
   env?: Record<string, string>;
+  /**
+   * "http" (GET `readinessPath` on the first port, the default), "tcp" (a connect), or
+   * "none": ready once running (an iperf3 server, which would take a probe for a test).
+   */
+  readiness?: "http" | "tcp" | "none";
   readinessPath?: string;
 }
 
@@ -257,10 +262,16 @@ export async function applyServiceWorkload(sl: ServiceLab, w: ServiceWorkload): 
         rebalance: false,
       },
       service: { name: w.service ?? w.name, weight: w.weight ?? 1 },
-      readinessProbe: {
-        http: { path: w.readinessPath ?? "/", port: firstPort },
-        periodSeconds: 1,
-      },
+      ...(w.readiness === "none"
+        ? {}
+        : {
+            readinessProbe: {
+              ...(w.readiness === "tcp"
+                ? { tcp: { port: firstPort } }
+                : { http: { path: w.readinessPath ?? "/", port: firstPort } }),
+              periodSeconds: 1,
+            },
+          }),
       terminationGracePeriodSeconds: 2,
     }),
   );
