@@ -9,7 +9,7 @@
  * have pushed, written in the format the agent keeps it in.
  */
 import { execFile } from "node:child_process";
-import { randomBytes } from "node:crypto";
+import { randomBytes, randomInt } from "node:crypto";
 import { mkdir, readdir, readFile, stat, writeFile } from "node:fs/promises";
 import * as net from "node:net";
 import * as path from "node:path";
@@ -142,12 +142,51 @@ describe("agent service proxy (issue 14)", { timeout: 120_000 }, () => {
       const namespace = `net-${randomBytes(3).toString("hex")}`;
       const dataDir = await cluster.agentDir("env1");
       processAgentDirs.push(dataDir);
-      await saveSnapshot(dataDir, snapshotBytes("env1", namespace, "web-api", backendPort));
       const agents = await startAgents(cluster, [
         { name: "env1", drivers: ["process"], extra: ["--label", "pin=env1"] },
       ]);
       const agent = agents.get("env1")!;
       const specDir = await resources.tempDir("cloudless-specs-");
+      // The service first: a replica's variables name the services known when it starts.
+      const web = await writeSpec(
+        specDir,
+        "web-api",
+        workloadDoc("web-api", namespace, {
+          command: [
+            process.execPath,
+            "-e",
+            // A process replica listens on the host port its agent assigned ($PORT).
+            // A probe that resets its connection must not crash it: errors are ignored.
+            'require("node:net").createServer((s) => { s.on("error", () => {}); s.end("hello from web-1"); }).listen(process.env.PORT, "127.0.0.1")',
+          ],
+          // A port no other test uses: a replica left by another file would answer for it.
+          ports: [{ name: "http", containerPort: 20_000 + randomInt(20_000) }],
+          replicas: 1,
+          placement: { nodeSelector: { pin: "env1" } },
+          readinessProbe: { tcp: { port: "http" }, periodSeconds: 1 },
+        }),
+      );
+      const appliedWeb = await cluster.cli(["workload", "apply", "-f", web]);
+      expect(appliedWeb.code, appliedWeb.stderr).toBe(0);
+      await waitFor(
+        "web-api to be a service with a ready endpoint",
+        async () => {
+          const got = await cluster.cli([
+            "service",
+            "get",
+            "web-api",
+            "-n",
+            namespace,
+            "-o",
+            "json",
+          ]);
+          if (got.code !== 0) return undefined;
+          const service = JSON.parse(got.stdout) as { endpoints?: { ready?: boolean }[] };
+          return service.endpoints?.some((e) => e.ready) ? true : undefined;
+        },
+        30_000,
+        200,
+      );
       const file = await writeSpec(
         specDir,
         "client",
@@ -178,16 +217,19 @@ describe("agent service proxy (issue 14)", { timeout: 120_000 }, () => {
         20_000,
         100,
       );
-      const [listener] = await loopbackListeners(agent.pid);
-      expect(listener).toBeDefined();
+      const listener = Number(/^CLOUDLESS_SERVICE_WEB_API_PORT=(\d+)$/m.exec(text)?.[1]);
+      expect(await loopbackListeners(agent.pid)).toContain(listener);
       expect(text.trim().split("\n").sort()).toEqual([
         "CLOUDLESS_SERVICE_WEB_API_HOST=127.0.0.1",
         `CLOUDLESS_SERVICE_WEB_API_PORT=${listener}`,
         `CLOUDLESS_SERVICE_WEB_API_PORT_HTTP=${listener}`,
       ]);
-      expect(await fetchBody(listener!)).toBe("hello from web-1");
-      const deleted = await cluster.cli(["workload", "delete", "client", "-n", namespace]);
-      expect(deleted.code, deleted.stderr).toBe(0);
+      const body = await fetchBody(listener!).catch((e: unknown) => String(e));
+      expect(body).toBe("hello from web-1");
+      for (const name of ["client", "web-api"]) {
+        const deleted = await cluster.cli(["workload", "delete", name, "-n", namespace]);
+        expect(deleted.code, deleted.stderr).toBe(0);
+      }
       await agent.stop(15_000);
       expect(await connectError(listener!)).toBe("ECONNREFUSED");
     },
@@ -210,8 +252,10 @@ describe("agent service proxy (issue 14)", { timeout: 120_000 }, () => {
       "the proxy to listen on 127.0.0.1",
       async () => {
         if (!second.running) throw new Error(`agent exited: ${second.stderr}`);
-        const ports = await loopbackListeners(second.pid);
-        return ports.length > 0 ? ports : undefined;
+        // Beside the proxy's listener the agent's name server listens on 127.0.0.1 too.
+        const dnsPort = Number(/"port":(\d+)[^\n]*DNS server listening/.exec(second.stderr)?.[1]);
+        const ports = (await loopbackListeners(second.pid)).filter((port) => port !== dnsPort);
+        return ports.length > 0 && dnsPort > 0 ? ports : undefined;
       },
       20_000,
       100,
