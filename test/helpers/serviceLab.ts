@@ -242,6 +242,11 @@ export interface ServiceWorkload {
    */
   readiness?: "http" | "tcp" | "none";
   readinessPath?: string;
+  /**
+   * CPU reserved, and with it the cgroup's CPU quota (default 100 millicores): a replica
+   * measured for throughput needs more, or the quota is what gets measured.
+   */
+  cpuMillicores?: number;
 }
 
 export async function applyServiceWorkload(sl: ServiceLab, w: ServiceWorkload): Promise<void> {
@@ -254,7 +259,7 @@ export async function applyServiceWorkload(sl: ServiceLab, w: ServiceWorkload): 
       command: w.command,
       ports: w.ports,
       env: w.env ?? {},
-      resources: { cpuMillicores: 100, memoryMiB: 96 },
+      resources: { cpuMillicores: w.cpuMillicores ?? 100, memoryMiB: 96 },
       replicas: w.replicas ?? 1,
       placement: {
         ...(w.nodeSelector ? { nodeSelector: w.nodeSelector } : {}),
