@@ -119,9 +119,19 @@ describe("node certificate rotation", () => {
     const certificate = new X509Certificate(current.pem);
     expect(certificate.verify(new X509Certificate(caPem).publicKey)).toBe(true);
     expect(certificate.subjectAltName).toContain(`/node/${nodeName}`);
-    // The private key on disk belongs to the new certificate.
-    const keyPem = await readFile(path.join(agentDir, "node.key"), "utf8");
-    expect(certificate.checkPrivateKey(createPrivateKey(keyPem))).toBe(true);
+    // The private key on disk belongs to the certificate on disk. Renewals go on meanwhile
+    // and write the key, then the certificate, so a read can straddle one; a pair that does
+    // is read again (a key that never matched would time out here).
+    await waitFor(
+      "the certificate and key on disk to be one pair",
+      async () => {
+        const certPem = await readFile(path.join(agentDir, "node.crt"), "utf8");
+        const keyPem = await readFile(path.join(agentDir, "node.key"), "utf8");
+        return new X509Certificate(certPem).checkPrivateKey(createPrivateKey(keyPem)) || undefined;
+      },
+      10_000,
+      50,
+    );
 
     // The node is still Ready and the CLI still works with it after the renewals.
     expect((await cluster.node(nodeName))?.status).toBe("Ready");
