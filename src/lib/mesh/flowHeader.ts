@@ -5,7 +5,6 @@
  * `{"ok":true}` once it has connected to the replica, or `{"ok":false,"error":…}` and
  * closes. After that the connection carries the flow's bytes both ways.
  */
-import type { Socket } from "node:net";
 import type { Duplex } from "node:stream";
 
 /** The ALPN protocol of a mesh flow connection (a relay session negotiates "h2"). */
@@ -206,10 +205,6 @@ export function pipeFlow(
   onClose: () => void,
 ): void {
   let closed = 0;
-  // A relay forwards each write at once: Nagle's algorithm would hold a small response
-  // behind an unacknowledged segment (a delayed ACK away), which is latency added per hop.
-  noDelay(a);
-  noDelay(b);
   const destroyBoth = () => {
     a.destroy();
     b.destroy();
@@ -240,10 +235,4 @@ export function pipeFlow(
   b.once("close", () => onSideClose(b, a));
   a.resume();
   b.resume();
-}
-
-/** TCP_NODELAY on a socket (TLS sockets too); other duplexes (HTTP/2 streams) have no Nagle. */
-export function noDelay(stream: Duplex): void {
-  const socket = stream as Partial<Pick<Socket, "setNoDelay">>;
-  if (typeof socket.setNoDelay === "function") socket.setNoDelay(true);
 }

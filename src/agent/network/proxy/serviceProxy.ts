@@ -13,7 +13,6 @@ import * as net from "node:net";
 import type { Duplex } from "node:stream";
 import type { Service } from "../../../api/gen/cloudless/v1/service_pb.js";
 import type { Clock } from "../../../lib/clock.js";
-import { noDelay } from "../../../lib/mesh/flowHeader.js";
 import type { Rng } from "../../../lib/rng.js";
 import type { Logger } from "../../../observe/logger.js";
 import { endSpan, injectTraceparent, spanKind, startSpan } from "../../../observe/tracing.js";
@@ -449,9 +448,6 @@ export class ServiceProxy {
   ): void {
     let toEndpoint = 0;
     let fromEndpoint = 0;
-    // Each write goes out at once (no Nagle): the proxy must add no delay of its own.
-    noDelay(client);
-    noDelay(upstream);
     client.on("data", (chunk: Buffer) => {
       toEndpoint += chunk.length;
     });
