@@ -421,18 +421,21 @@ describe.skipIf(unavailable !== undefined)(
         ratePerSec: 20,
       });
       let records: RequestRecord[] = [];
+      let killStartMs = 0;
       let killedAtMs = 0;
       try {
         await loop.waitForMore(40);
-        killedAtMs = Date.now();
+        killStartMs = Date.now();
         // The machine dies: its agent (proxy, mesh listener) and its replica, at once.
         await sl.lab.host("b").killAll();
+        // b is surely dead from here; a request started before may still have reached it.
+        killedAtMs = Date.now();
         await loop.waitForMore(200, 60_000);
       } finally {
         records = await loop.stop();
       }
       const failed = records.filter((r) => !r.ok);
-      const inFlight = failed.filter((r) => r.s <= killedAtMs && r.e >= killedAtMs);
+      const inFlight = failed.filter((r) => r.s <= killedAtMs && r.e >= killStartMs);
       const after = records.filter((r) => r.s > killedAtMs);
       console.log(
         `REQ-042 kill -9 of b: ${summary(records)}; ${inFlight.length} failed in flight at the kill; ${after.length} started after it`,
