@@ -430,7 +430,8 @@ describe.skipIf(unavailable !== undefined)(
         await sl.lab.host("b").killAll();
         // b is surely dead from here; a request started before may still have reached it.
         killedAtMs = Date.now();
-        await loop.waitForMore(200, 60_000);
+        // Counted the way the assertions below count: by start time, not by finish time.
+        await loop.waitForStartedAfter(killedAtMs, 200, 60_000);
       } finally {
         records = await loop.stop();
       }

@@ -584,6 +584,16 @@ export class RequestLoop {
     await waitFor(`${count} more requests`, () => this.records().length >= target, timeoutMs, 50);
   }
 
+  /** Waits until `count` requests that started after `afterMs` have finished. */
+  async waitForStartedAfter(afterMs: number, count: number, timeoutMs = 30_000): Promise<void> {
+    await waitFor(
+      `${count} requests started after ${new Date(afterMs).toISOString()}`,
+      () => this.records().filter((r) => r.s > afterMs).length >= count,
+      timeoutMs,
+      50,
+    );
+  }
+
   /** Stops it (SIGTERM: requests in flight finish) and returns every record. */
   async stop(): Promise<RequestRecord[]> {
     await this.process.stop(10_000);
