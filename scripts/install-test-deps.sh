@@ -12,7 +12,7 @@
 #   packet capture that must never show plaintext, DNS answers checked by a resolver someone
 #   else wrote, and the userspace WireGuard the mesh is measured against
 set -euo pipefail
-packages=(python3 make g++ podman runc busybox-static prometheus etcd-server etcd-client iproute2 nftables util-linux conntrack tcpdump bind9-dnsutils iperf3 wireguard-go wireguard-tools)
+packages=(python3 make g++ podman runc busybox-static prometheus etcd-server etcd-client iproute2 nftables util-linux conntrack tcpdump bind9-dnsutils iperf3 wireguard-go wireguard-tools bubblewrap)
 missing=()
 for package in "${packages[@]}"; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
