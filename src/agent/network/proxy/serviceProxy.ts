@@ -13,6 +13,7 @@ import * as net from "node:net";
 import type { Duplex } from "node:stream";
 import type { Service } from "../../../api/gen/cloudless/v1/service_pb.js";
 import type { Clock } from "../../../lib/clock.js";
+import { type FlowCounters, pipeFlow } from "../../../lib/mesh/flowHeader.js";
 import type { Rng } from "../../../lib/rng.js";
 import type { Logger } from "../../../observe/logger.js";
 import { endSpan, injectTraceparent, spanKind, startSpan } from "../../../observe/tracing.js";
@@ -435,9 +436,9 @@ export class ServiceProxy {
   }
 
   /**
-   * Carries bytes both ways until both sides are done. Half-close is passed on (a client
-   * that shuts its sending side still reads the answer); an error on either side
-   * destroys both.
+   * Carries bytes both ways until both sides are done (lib/mesh's pipeFlow: half-close is
+   * passed on, an error or an abrupt close on either side cuts both), then counts the
+   * bytes and ends the span.
    */
   private pipe(
     listener: PortListener,
@@ -446,56 +447,40 @@ export class ServiceProxy {
     labels: EndpointLabels,
     span: ReturnType<typeof startSpan>,
   ): void {
-    let toEndpoint = 0;
-    let fromEndpoint = 0;
-    client.on("data", (chunk: Buffer) => {
-      toEndpoint += chunk.length;
-    });
-    upstream.on("data", (chunk: Buffer) => {
-      fromEndpoint += chunk.length;
-    });
     let failure: unknown;
-    const destroyBoth = (error: unknown) => {
+    const noteFailure = (error: unknown) => {
       failure ??= error;
-      client.destroy();
-      upstream.destroy();
     };
-    client.on("error", destroyBoth);
-    upstream.on("error", destroyBoth);
-    let open = 2;
-    const closed = (side: Duplex, other: Duplex) => {
-      open -= 1;
-      if (open > 0) {
-        // A side that closed before both its directions were done was cut (reset,
-        // destroyed): the other side cannot finish either. After a clean close the other
-        // side ends by itself (its FIN was already passed on).
-        if (!(side.readableEnded && side.writableFinished)) other.destroy();
-        return;
-      }
-      listener.upstreams.delete(upstream);
-      const flows = listener.flowsByEndpoint.get(labels.endpoint);
-      flows?.delete(upstream);
-      if (flows?.size === 0) listener.flowsByEndpoint.delete(labels.endpoint);
-      const metrics = this.options.metrics;
-      if (metrics) {
-        metrics.bytes.inc({ ...labels, direction: "to_endpoint" }, toEndpoint);
-        metrics.bytes.inc({ ...labels, direction: "from_endpoint" }, fromEndpoint);
-      }
-      span.setAttribute("cloudless.bytes.to_endpoint", toEndpoint);
-      span.setAttribute("cloudless.bytes.from_endpoint", fromEndpoint);
-      endSpan(span, failure);
-    };
+    client.on("error", noteFailure);
+    upstream.on("error", noteFailure);
     let endpointFlows = listener.flowsByEndpoint.get(labels.endpoint);
     if (!endpointFlows) {
       endpointFlows = new Set();
       listener.flowsByEndpoint.set(labels.endpoint, endpointFlows);
     }
     endpointFlows.add(upstream);
-    client.once("close", () => closed(client, upstream));
-    upstream.once("close", () => closed(upstream, client));
-    client.pipe(upstream);
-    upstream.pipe(client);
-    client.resume();
+    const bytes: FlowCounters = { aToB: 0, bToA: 0 };
+    pipeFlow(
+      client,
+      upstream,
+      (direction, count) => {
+        bytes[direction] += count;
+      },
+      () => {
+        listener.upstreams.delete(upstream);
+        const flows = listener.flowsByEndpoint.get(labels.endpoint);
+        flows?.delete(upstream);
+        if (flows?.size === 0) listener.flowsByEndpoint.delete(labels.endpoint);
+        const metrics = this.options.metrics;
+        if (metrics) {
+          metrics.bytes.inc({ ...labels, direction: "to_endpoint" }, bytes.aToB);
+          metrics.bytes.inc({ ...labels, direction: "from_endpoint" }, bytes.bToA);
+        }
+        span.setAttribute("cloudless.bytes.to_endpoint", bytes.aToB);
+        span.setAttribute("cloudless.bytes.from_endpoint", bytes.bToA);
+        endSpan(span, failure);
+      },
+    );
   }
 
   /**
