@@ -561,64 +561,71 @@ export class DnsServer {
 
   /** One UDP exchange with an upstream; undefined on a timeout or an ICMP error. */
   private forwardUdp(message: Buffer, upstream: Upstream): Promise<Buffer | undefined> {
-    return new Promise((resolve) => {
-      // A fresh socket per query: a random source port, and only the upstream can answer.
-      const socket = dgram.createSocket(net.isIPv6(upstream.host) ? "udp6" : "udp4");
-      let done = false;
-      const finish = (answer: Buffer | undefined): void => {
-        if (done) return;
-        done = true;
-        cancelTimer();
-        this.inFlight.delete(cancel);
-        socket.close();
-        resolve(answer);
-      };
-      const cancel = (): void => finish(undefined);
-      const cancelTimer = this.clock.setTimeout(cancel, forwardTimeoutMs);
-      this.inFlight.add(cancel);
-      socket.on("error", cancel);
-      socket.on("message", (answer) => {
-        if (answer.length >= 2 && answer.readUInt16BE(0) === message.readUInt16BE(0))
-          finish(answer);
-      });
-      // Connected, so an ICMP port-unreachable arrives as an error at once, not a timeout.
-      socket.connect(upstream.port, upstream.host, () => {
-        if (!done) socket.send(message, (err) => err && cancel());
-      });
-    });
+    // A fresh socket per query: a random source port, and only the upstream can answer.
+    const socket = dgram.createSocket(net.isIPv6(upstream.host) ? "udp6" : "udp4");
+    return this.exchange(
+      () => socket.close(),
+      (finish, settled) => {
+        socket.on("error", () => finish(undefined));
+        socket.on("message", (answer) => {
+          if (answer.length >= 2 && answer.readUInt16BE(0) === message.readUInt16BE(0))
+            finish(answer);
+        });
+        // Connected, so an ICMP port-unreachable arrives as an error at once, not a timeout.
+        socket.connect(upstream.port, upstream.host, () => {
+          if (!settled()) socket.send(message, (err) => err && finish(undefined));
+        });
+      },
+    );
   }
 
   /** One TCP exchange with an upstream; undefined on a timeout or error. */
   private forwardTcp(message: Buffer, upstream: Upstream): Promise<Buffer | undefined> {
+    const socket = net.connect({ host: upstream.host, port: upstream.port });
+    return this.exchange(
+      () => socket.destroy(),
+      (finish) => {
+        let buffer = Buffer.alloc(0);
+        socket.on("error", () => finish(undefined));
+        socket.on("close", () => finish(undefined));
+        socket.on("connect", () => {
+          const framed = Buffer.alloc(2 + message.length);
+          framed.writeUInt16BE(message.length, 0);
+          message.copy(framed, 2);
+          socket.write(framed);
+        });
+        socket.on("data", (chunk: Buffer) => {
+          buffer = Buffer.concat([buffer, chunk]);
+          if (buffer.length >= 2 && buffer.length >= 2 + buffer.readUInt16BE(0)) {
+            finish(buffer.subarray(2, 2 + buffer.readUInt16BE(0)));
+          }
+        });
+      },
+    );
+  }
+
+  /**
+   * The bookkeeping every forwarded exchange shares: one answer at most, a deadline, a place
+   * in the in-flight set (which stop() cancels), and `release` (closing the socket) once.
+   */
+  private exchange(
+    release: () => void,
+    wire: (finish: (answer: Buffer | undefined) => void, settled: () => boolean) => void,
+  ): Promise<Buffer | undefined> {
     return new Promise((resolve) => {
-      const socket = net.connect({ host: upstream.host, port: upstream.port });
-      let buffer = Buffer.alloc(0);
       let done = false;
       const finish = (answer: Buffer | undefined): void => {
         if (done) return;
         done = true;
         cancelTimer();
         this.inFlight.delete(cancel);
-        socket.destroy();
+        release();
         resolve(answer);
       };
       const cancel = (): void => finish(undefined);
       const cancelTimer = this.clock.setTimeout(cancel, forwardTimeoutMs);
       this.inFlight.add(cancel);
-      socket.on("error", cancel);
-      socket.on("close", cancel);
-      socket.on("connect", () => {
-        const framed = Buffer.alloc(2 + message.length);
-        framed.writeUInt16BE(message.length, 0);
-        message.copy(framed, 2);
-        socket.write(framed);
-      });
-      socket.on("data", (chunk: Buffer) => {
-        buffer = Buffer.concat([buffer, chunk]);
-        if (buffer.length >= 2 && buffer.length >= 2 + buffer.readUInt16BE(0)) {
-          finish(buffer.subarray(2, 2 + buffer.readUInt16BE(0)));
-        }
-      });
+      wire(finish, () => done);
     });
   }
 }
