@@ -6,8 +6,8 @@
  * old certificate, issued before, is refused). Admin and coordinator certificates are not
  * mesh peers — except a coordinator serving as a relay, checked by `checkRelayCertificate`.
  */
-import { X509Certificate } from "node:crypto";
-import type { PeerCertificate, TLSSocket } from "node:tls";
+import { createHash, X509Certificate } from "node:crypto";
+import type { TLSSocket } from "node:tls";
 import { timestampMs } from "@bufbuild/protobuf/wkt";
 import type { MeshPeer } from "../../../api/gen/cloudless/v1/service_pb.js";
 import { type CertificateIdentity, identityFromCertificate } from "../../../api/identity.js";
@@ -22,11 +22,34 @@ export const CLOCK_SKEW_ALLOWANCE_MS = 5 * 60_000;
 
 export type PeerVerdict = { ok: true; node: string } | { ok: false; reason: string };
 
-function identityOf(
-  raw: Buffer | undefined,
-  clusterName: string,
-): { identity: CertificateIdentity; notBeforeMs: number } | string {
+type ParsedIdentity = { identity: CertificateIdentity; notBeforeMs: number } | string;
+
+/**
+ * Parsed identities by certificate (SHA-256 of the DER and the cluster name). Every flow
+ * is a TLS handshake that presents the peer's certificate again, and reading its SAN with
+ * @peculiar/x509 took a third of the CPU of a new flow; the identity is a pure function of
+ * those bytes, so it is parsed once. Membership and incarnation are still checked on every
+ * flow. Bounded: past the limit the oldest entry goes (certificates are renewed, nodes come
+ * and go).
+ */
+const parsedIdentities = new Map<string, ParsedIdentity>();
+export const MAX_CACHED_PEER_IDENTITIES = 1024;
+
+function identityOf(raw: Buffer | undefined, clusterName: string): ParsedIdentity {
   if (!raw || raw.length === 0) return "no certificate was presented";
+  const key = `${clusterName}\n${createHash("sha256").update(raw).digest("hex")}`;
+  const cached = parsedIdentities.get(key);
+  if (cached !== undefined) return cached;
+  const parsed = parseIdentity(raw, clusterName);
+  if (parsedIdentities.size >= MAX_CACHED_PEER_IDENTITIES) {
+    const oldest = parsedIdentities.keys().next().value;
+    if (oldest !== undefined) parsedIdentities.delete(oldest);
+  }
+  parsedIdentities.set(key, parsed);
+  return parsed;
+}
+
+function parseIdentity(raw: Buffer, clusterName: string): ParsedIdentity {
   let certificate: X509Certificate;
   try {
     certificate = new X509Certificate(raw);
@@ -80,7 +103,8 @@ export function checkSocketPeer(
   members: ReadonlyMap<string, MeshPeer>,
   expectedNode?: string,
 ): PeerVerdict {
-  const certificate = socket.getPeerCertificate(false) as PeerCertificate | undefined;
+  // The native X509 object, not getPeerCertificate()'s JS object of every field: cheaper.
+  const certificate = socket.getPeerX509Certificate();
   if (!certificate?.raw) return { ok: false, reason: "no certificate was presented" };
   if (!socket.authorized) {
     return {

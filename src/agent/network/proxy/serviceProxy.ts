@@ -245,7 +245,9 @@ export class ServiceProxy {
     portName: string,
     port: number,
   ): Promise<PortListener> {
-    const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true });
+    // No Nagle on either side of the proxy: a response written in two pieces (headers, then
+    // body) must not wait at each hop for a delayed ACK (~40 ms); see the mesh server's noDelay.
+    const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true });
     await new Promise<void>((resolve, reject) => {
       server.once("error", reject);
       server.listen({ host: this.host, port: 0 }, () => {
@@ -571,7 +573,7 @@ function listenerKey(namespace: string, service: string, portName: string, port:
 /** A TCP connect to 127.0.0.1:port with a deadline, abortable by the client leaving. */
 function connectLocal(port: number, timeoutMs: number, signal: AbortSignal): Promise<Duplex> {
   return new Promise<Duplex>((resolve, reject) => {
-    const socket = net.connect({ host: "127.0.0.1", port, allowHalfOpen: true });
+    const socket = net.connect({ host: "127.0.0.1", port, allowHalfOpen: true, noDelay: true });
     const timer = setTimeout(
       () => fail(new ConnectFailure(`connect timed out after ${timeoutMs} ms`)),
       timeoutMs,
