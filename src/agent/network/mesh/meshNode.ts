@@ -30,6 +30,7 @@ import type { Clock } from "../../../lib/clock.js";
 import {
   encodeFlowHeader,
   encodeFlowReply,
+  type FlowCounters,
   type FlowHeader,
   MAX_FLOW_HEADER_BYTES,
   MESH_ALPN,
@@ -52,6 +53,7 @@ import {
 import { handleRelayRequest, RELAY_PATH_PREFIX, RelayHub } from "../../../lib/mesh/relayHub.js";
 import { startStopwatch } from "../../../lib/stopwatch.js";
 import type { Logger } from "../../../observe/logger.js";
+import { endSpan, extractContext, spanKind, startSpan } from "../../../observe/tracing.js";
 import {
   checkNodeCertificate,
   checkRelayCertificate,
@@ -491,6 +493,11 @@ export class MeshNode {
     return this.refusalCounts;
   }
 
+  /** Flows this node accepted that are still open. */
+  inboundFlowCount(): number {
+    return this.inboundFlows;
+  }
+
   /** The relay hub this node serves, when started with relay: true. */
   relayHub(): RelayHub | undefined {
     return this.hub;
@@ -622,6 +629,18 @@ export class MeshNode {
       );
       return;
     }
+    // The accepting side of the proxy's `proxy.connection` span (its traceparent came in the
+    // header), so a trace shows both nodes of a cross-node connection.
+    const span = startSpan(
+      "mesh.flow",
+      {
+        "cloudless.peer.node": peer,
+        "cloudless.service": `${header.namespace}/${header.service}`,
+        "cloudless.service.port": header.port,
+        "cloudless.replica": header.replica,
+      },
+      { kind: spanKind.server, parent: extractContext(header.traceparent) },
+    );
     this.inboundFlows += 1;
     const ofPeer = this.inboundByPeer.get(peer) ?? new Set<tls.TLSSocket>();
     ofPeer.add(socket);
@@ -643,6 +662,7 @@ export class MeshNode {
       local = await this.connectLocal(localPort);
     } catch (error) {
       release();
+      endSpan(span, error);
       socket.end(
         encodeFlowReply({
           ok: false,
@@ -653,21 +673,33 @@ export class MeshNode {
     }
     if (socket.destroyed) {
       local.destroy();
+      endSpan(span, new Error("the flow closed before the replica answered"));
       return;
     }
     this.track(local);
     socket.write(encodeFlowReply({ ok: true }));
     const state = this.paths.get(peer);
     socket.setTimeout(this.limits.flowIdleTimeoutMs, () => socket.destroy());
+    const bytes: FlowCounters = { aToB: 0, bToA: 0 };
+    let failure: unknown;
+    socket.on("error", (error) => {
+      failure ??= error;
+    });
     pipeFlow(
       socket,
       local,
-      (direction, bytes) => {
+      (direction, count) => {
+        bytes[direction] += count;
         if (!state) return;
-        if (direction === "aToB") state.closedBytesReceived += bytes;
-        else state.closedBytesSent += bytes;
+        if (direction === "aToB") state.closedBytesReceived += count;
+        else state.closedBytesSent += count;
       },
-      release,
+      () => {
+        release();
+        span.setAttribute("cloudless.bytes.to_replica", bytes.aToB);
+        span.setAttribute("cloudless.bytes.from_replica", bytes.bToA);
+        endSpan(span, failure);
+      },
     );
   }
 
