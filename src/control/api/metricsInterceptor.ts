@@ -21,8 +21,7 @@ import { ServiceService } from "../../api/gen/cloudless/v1/service_pb.js";
 import { TokenService } from "../../api/gen/cloudless/v1/token_pb.js";
 import { WorkloadService } from "../../api/gen/cloudless/v1/workload_pb.js";
 import { type CoordinatorMetrics, writeMetrics } from "../../observe/metrics.js";
-import type { NodeRegistry } from "../nodes/nodeRegistry.js";
-import { isCurrentMember, type Peer } from "./peer.js";
+import { isCurrentMember, type Members, type Peer } from "./peer.js";
 
 type ApiMetrics = Pick<CoordinatorMetrics, "apiRequests" | "apiRequestDuration">;
 
@@ -122,12 +121,12 @@ export function countRefusedRequest(
 export const formerMemberMessage = "this certificate no longer belongs to a member of the cluster";
 
 export async function serveMetrics(
-  services: { nodes: NodeRegistry; metrics: CoordinatorMetrics },
+  services: Members & { metrics: CoordinatorMetrics },
   peer: Peer,
   request: IncomingMessage | Http2ServerRequest,
   response: ServerResponse | Http2ServerResponse,
 ): Promise<void> {
-  if (!peer.identity || !(await isCurrentMember(services.nodes, peer.identity))) {
+  if (!peer.identity || !(await isCurrentMember(services, peer.identity))) {
     const reply = response as ServerResponse;
     reply.writeHead(401, { "content-type": "application/json" });
     reply.end(JSON.stringify({ code: "unauthenticated", message: formerMemberMessage }));
