@@ -19,6 +19,7 @@ import { EventService } from "../../api/gen/cloudless/v1/event_pb.js";
 import { NodeService } from "../../api/gen/cloudless/v1/node_pb.js";
 import { ServiceService } from "../../api/gen/cloudless/v1/service_pb.js";
 import { TokenService } from "../../api/gen/cloudless/v1/token_pb.js";
+import { UserService } from "../../api/gen/cloudless/v1/user_pb.js";
 import { WorkloadService } from "../../api/gen/cloudless/v1/workload_pb.js";
 import { type CoordinatorMetrics, writeMetrics } from "../../observe/metrics.js";
 import { isCurrentMember, type Members, type Peer } from "./peer.js";
@@ -32,6 +33,7 @@ const services: DescService[] = [
   WorkloadService,
   ClusterService,
   ServiceService,
+  UserService,
 ];
 
 /** Every procedure the API serves: the only values `method` takes besides "other". */
