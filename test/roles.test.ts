@@ -31,7 +31,10 @@ async function auditEntries(cluster: TestCluster): Promise<AuditEntry[]> {
     .map((line) => JSON.parse(line) as AuditEntry);
 }
 
-/** POSTs JSON to a Connect method with curl and a client certificate: status and body. */
+/**
+ * POSTs JSON to a Connect method with curl and a client certificate, over HTTP/1.1 (the
+ * plain HTTP/JSON path a script would take): status and body.
+ */
 async function curlJson(
   cluster: TestCluster,
   files: { ca: string; cert: string; key: string },
@@ -42,6 +45,7 @@ async function curlJson(
     "curl",
     [
       "--silent",
+      "--http1.1",
       "--max-time",
       "10",
       "--cacert",
