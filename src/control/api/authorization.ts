@@ -20,8 +20,11 @@ export function callerOf(peer: Peer): Caller | undefined {
   if (identity.kind === "node" || identity.kind === "coordinator") {
     return { kind: identity.kind, name: identity.name };
   }
-  // An admin certificate is role admin; a user one always carries its role (api/identity.ts).
-  return { kind: identity.kind, name: identity.name, role: identity.role ?? "viewer" };
+  // An admin certificate is role admin. A user one always carries its role
+  // (identityFromCertificate gives no identity otherwise); without one it gets nothing.
+  const role = identity.role ?? (identity.kind === "admin" ? "admin" : undefined);
+  if (role === undefined) return undefined;
+  return { kind: identity.kind, name: identity.name, role };
 }
 
 export function authorizationInterceptor(services: {
@@ -34,7 +37,14 @@ export function authorizationInterceptor(services: {
     const method = `${request.service.typeName}/${request.method.name}`;
     // The authentication interceptor refused every caller without an identity, except
     // for Enroll, which carries a token instead.
-    if (!caller) return next(request);
+    if (!peer.identity) return next(request);
+    if (!caller) {
+      throw toConnectError(
+        CloudlessError.permissionDenied(
+          "this user certificate carries no role; create the user again",
+        ),
+      );
+    }
     const decision = decideMethod(caller, method);
     if (decision.ok) return next(request);
     // Audited methods get their line from the audit interceptor, which sees this error.

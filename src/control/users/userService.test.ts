@@ -105,5 +105,11 @@ describe("user API in process (ADR 0051)", () => {
     expect((await viewerWorkloads.listWorkloads({})).workloads).toEqual([]);
     const nodeUsers = api.client(UserService, nodePeer("n1"));
     expect((await refusal(nodeUsers.listUsers({}))).code).toBe(Code.PermissionDenied);
+    // A user identity without a role (our CA never issues one) gets nothing, not a default.
+    const roleless = api.client(WorkloadService, {
+      address: "127.0.0.4:1",
+      identity: { kind: "user", name: "x", serial: "04" },
+    });
+    expect((await refusal(roleless.listWorkloads({}))).code).toBe(Code.PermissionDenied);
   });
 });
