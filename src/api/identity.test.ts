@@ -45,7 +45,7 @@ describe("names and SPIFFE URIs", () => {
       "spiffe://c/node",
       "spiffe://c/node/",
       "spiffe://c/node/n1/x",
-      "spiffe://c/user/n1",
+      "spiffe://c/root/n1",
       "spiffe://C/node/n1",
       "spiffe://c/node/n1?x=1",
       "spiffe://c/node/N1",

@@ -10,8 +10,33 @@ import { createHash, KeyObject, webcrypto, X509Certificate } from "node:crypto";
 import { x509 } from "../lib/x509Runtime.js";
 import { CloudlessError } from "./errors.js";
 
-/** The kinds of caller a certificate can name. */
-export type IdentityKind = "admin" | "node" | "coordinator";
+/**
+ * The kinds of caller a certificate can name. `admin` is the cluster's own admin
+ * certificate (admin.conf, role admin); `user` is a person or program made by `cloudless
+ * user create`, whose role is a second URI SAN (ADR 0051).
+ */
+export type IdentityKind = "admin" | "node" | "coordinator" | "user";
+
+/** What a person or program may do (ADR 0051): admin everything, operator workloads, viewer reads. */
+export type Role = "admin" | "operator" | "viewer";
+
+export const ROLES: readonly Role[] = ["admin", "operator", "viewer"];
+
+export function isRole(value: string): value is Role {
+  return (ROLES as readonly string[]).includes(value);
+}
+
+const ROLE_URI_PREFIX = "urn:cloudless:role:";
+
+/** The URI SAN that binds a user certificate to its role: `urn:cloudless:role:<role>`. */
+export function roleUri(role: Role): string {
+  return `${ROLE_URI_PREFIX}${role}`;
+}
+
+/** Checks a user name: a DNS-1123 label, like node names (it becomes part of a URI). */
+export function validateUserName(name: string): NameValidation {
+  return validateLabel("user name", name);
+}
 
 export type NameValidation = { ok: true } | { ok: false; reason: string };
 
@@ -39,7 +64,7 @@ export function validateClusterName(name: string): NameValidation {
 
 export type SpiffeId = { clusterName: string; kind: IdentityKind; name: string };
 
-const SPIFFE_KINDS: readonly IdentityKind[] = ["node", "admin", "coordinator"];
+const SPIFFE_KINDS: readonly IdentityKind[] = ["node", "admin", "coordinator", "user"];
 const SPIFFE_PATTERN = /^spiffe:\/\/([^/]+)\/([^/]+)\/([^/]+)$/;
 const TRUST_DOMAIN_PATTERN = /^spiffe:\/\/([^/]+)$/;
 
@@ -111,6 +136,8 @@ export type CertificateIdentity = {
   /** Lowercase hex, as returned by `issueFromCsr` / `issueKeyPair`. */
   serial: string;
   notAfterMs: number;
+  /** The role of a person or program: `admin` for kind admin, the role SAN for kind user. */
+  role?: Role;
 };
 
 /**
@@ -125,10 +152,13 @@ export function identityFromCertificate(
 ): CertificateIdentity | undefined {
   if (cert.ca) return undefined;
   let uris: string[];
+  let roleUris: string[];
   let notAfterMs: number;
   try {
     const parsed = parseCertificateDer(cert.raw);
-    uris = uriSansOf(parsed).filter((uri) => uri.toLowerCase().startsWith("spiffe:"));
+    const all = uriSansOf(parsed);
+    uris = all.filter((uri) => uri.toLowerCase().startsWith("spiffe:"));
+    roleUris = all.filter((uri) => uri.toLowerCase().startsWith(ROLE_URI_PREFIX));
     notAfterMs = parsed.notAfter.getTime();
   } catch {
     // SAN forms the parser does not know (otherName, x400) are not ours: no identity.
@@ -138,7 +168,23 @@ export function identityFromCertificate(
   if (uris.length !== 1) return undefined;
   const id = parseSpiffeUri(uris[0]!);
   if (id === undefined || id.clusterName !== clusterName) return undefined;
-  return { kind: id.kind, name: id.name, serial: cert.serialNumber.toLowerCase(), notAfterMs };
+  const serial = cert.serialNumber.toLowerCase();
+  if (id.kind !== "user") {
+    // A role SAN on a node, coordinator or admin certificate is not one our CA makes.
+    if (roleUris.length > 0) return undefined;
+    return {
+      kind: id.kind,
+      name: id.name,
+      serial,
+      notAfterMs,
+      ...(id.kind === "admin" ? { role: "admin" as const } : {}),
+    };
+  }
+  // A user has exactly one role; none or several would leave its permissions ambiguous.
+  if (roleUris.length !== 1) return undefined;
+  const role = roleUris[0]!.slice(ROLE_URI_PREFIX.length);
+  if (!isRole(role)) return undefined;
+  return { kind: "user", name: id.name, serial, notAfterMs, role };
 }
 
 // ---------------------------------------------------------------------------------------

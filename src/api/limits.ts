@@ -84,6 +84,11 @@ export const limits = {
   tokenTtlSeconds: 30 * 24 * 3600,
   /** A bootstrap token's description, shown in `token list`. */
   tokenDescriptionChars: 256,
+  /**
+   * Users (client identities with a role) a cluster keeps, revoked ones included: `user
+   * list` answers them in one message, and each is a store record read per request.
+   */
+  users: 1_000,
   /** Events one ListEvents returns: the whole retained log (10,000 events by default). */
   eventsPerList: 10_000,
   /** Event types one query may filter on: there are a few dozen types. */

@@ -6,6 +6,7 @@ import { registerNetworkCommands } from "./commands/networkCommands.js";
 import { registerNodeCommands } from "./commands/nodeCommands.js";
 import { registerServiceCommands } from "./commands/serviceCommands.js";
 import { registerTokenCommands } from "./commands/tokenCommands.js";
+import { registerUserCommands } from "./commands/userCommands.js";
 import { registerWorkloadCommands } from "./commands/workloadCommands.js";
 import { cliVersion } from "./version.js";
 
@@ -33,6 +34,7 @@ export function createProgram(): Command {
 /** The commands that talk to a cluster as a client (and `audit verify`, which reads a file). */
 export function registerClientCommands(program: Command): void {
   registerTokenCommands(program);
+  registerUserCommands(program);
   registerNodeCommands(program);
   registerWorkloadCommands(program);
   registerEventCommands(program);

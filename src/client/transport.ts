@@ -7,6 +7,7 @@ import { EventService } from "../api/gen/cloudless/v1/event_pb.js";
 import { NodeService } from "../api/gen/cloudless/v1/node_pb.js";
 import { ServiceService } from "../api/gen/cloudless/v1/service_pb.js";
 import { TokenService } from "../api/gen/cloudless/v1/token_pb.js";
+import { UserService } from "../api/gen/cloudless/v1/user_pb.js";
 import { WorkloadService } from "../api/gen/cloudless/v1/workload_pb.js";
 import { namesCoordinator } from "../api/identity.js";
 
@@ -114,6 +115,7 @@ export interface CoordinatorClients {
   workloads: Client<typeof WorkloadService>;
   cluster: Client<typeof ClusterService>;
   services: Client<typeof ServiceService>;
+  users: Client<typeof UserService>;
 }
 
 export function createClients(transport: Transport): CoordinatorClients {
@@ -124,5 +126,6 @@ export function createClients(transport: Transport): CoordinatorClients {
     workloads: createClient(WorkloadService, transport),
     cluster: createClient(ClusterService, transport),
     services: createClient(ServiceService, transport),
+    users: createClient(UserService, transport),
   };
 }

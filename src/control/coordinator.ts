@@ -53,6 +53,7 @@ import { openSqliteStore } from "./store/sqliteStore.js";
 import type { Store } from "./store/store.js";
 import type { TokenRegistry } from "./tokens/tokenRegistry.js";
 import { tokensKey } from "./tokens/tokensModule.js";
+import { usersKey } from "./users/usersModule.js";
 
 export interface CoordinatorOptions {
   dataDir: string;
@@ -260,6 +261,7 @@ async function startWithStore(
         clusterName,
         store,
         nodes,
+        users: modules.use(usersKey),
         events,
         audit: modules.use(auditKey),
         audited: modules.audited(),

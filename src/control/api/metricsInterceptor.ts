@@ -19,10 +19,10 @@ import { EventService } from "../../api/gen/cloudless/v1/event_pb.js";
 import { NodeService } from "../../api/gen/cloudless/v1/node_pb.js";
 import { ServiceService } from "../../api/gen/cloudless/v1/service_pb.js";
 import { TokenService } from "../../api/gen/cloudless/v1/token_pb.js";
+import { UserService } from "../../api/gen/cloudless/v1/user_pb.js";
 import { WorkloadService } from "../../api/gen/cloudless/v1/workload_pb.js";
 import { type CoordinatorMetrics, writeMetrics } from "../../observe/metrics.js";
-import type { NodeRegistry } from "../nodes/nodeRegistry.js";
-import { isCurrentMember, type Peer } from "./peer.js";
+import { isCurrentMember, type Members, type Peer } from "./peer.js";
 
 type ApiMetrics = Pick<CoordinatorMetrics, "apiRequests" | "apiRequestDuration">;
 
@@ -33,6 +33,7 @@ const services: DescService[] = [
   WorkloadService,
   ClusterService,
   ServiceService,
+  UserService,
 ];
 
 /** Every procedure the API serves: the only values `method` takes besides "other". */
@@ -122,12 +123,12 @@ export function countRefusedRequest(
 export const formerMemberMessage = "this certificate no longer belongs to a member of the cluster";
 
 export async function serveMetrics(
-  services: { nodes: NodeRegistry; metrics: CoordinatorMetrics },
+  services: Members & { metrics: CoordinatorMetrics },
   peer: Peer,
   request: IncomingMessage | Http2ServerRequest,
   response: ServerResponse | Http2ServerResponse,
 ): Promise<void> {
-  if (!peer.identity || !(await isCurrentMember(services.nodes, peer.identity))) {
+  if (!peer.identity || !(await isCurrentMember(services, peer.identity))) {
     const reply = response as ServerResponse;
     reply.writeHead(401, { "content-type": "application/json" });
     reply.end(JSON.stringify({ code: "unauthenticated", message: formerMemberMessage }));

@@ -18,7 +18,9 @@ import type { EventLog } from "../events/eventLog.js";
 import type { StreamRoute } from "../modules/module.js";
 import type { NodeRegistry } from "../nodes/nodeRegistry.js";
 import { type Store, StoreError } from "../store/store.js";
+import type { UserRegistry } from "../users/userRegistry.js";
 import { type AuditedMethods, auditInterceptor, auditRefusal } from "./audit.js";
+import { authorizationInterceptor } from "./authorization.js";
 import { errorMappingInterceptor } from "./errorInterceptor.js";
 import { encodeGrpcMessagesPerSpec, percentEncodeGrpcMessage } from "./grpcMessage.js";
 import {
@@ -54,6 +56,8 @@ export interface ApiServerServices {
   store: Store;
   /** A deleted node's certificate is refused: membership is checked per request. */
   nodes: NodeRegistry;
+  /** A revoked user's certificate is refused the same way (ADR 0051). */
+  users: UserRegistry;
   events: EventLog;
   audit: AuditLog;
   /** The modules' raw stream endpoints (the mesh relay); absent: none. */
@@ -108,10 +112,17 @@ export async function startApiServer(
       throw toConnectError(CloudlessError.unauthenticated(unauthenticatedMessage(reason)));
     }
     if (peer.identity && !isEnroll) {
-      if (!(await isCurrentMember(services.nodes, peer.identity))) {
+      if (!(await isCurrentMember(services, peer.identity))) {
+        recordAuthenticationFailure(
+          peer,
+          request.method.name,
+          `${peer.identity.kind} "${peer.identity.name}" presented a revoked certificate`,
+        );
         throw toConnectError(
           CloudlessError.unauthenticated(
-            `node "${peer.identity.name}" is no longer a member of this cluster (deleted or re-enrolled); join again with a new token`,
+            peer.identity.kind === "user"
+              ? `the certificate of user "${peer.identity.name}" was revoked or replaced; ask an admin for a new client config (\`cloudless user create\`)`
+              : `node "${peer.identity.name}" is no longer a member of this cluster (deleted or re-enrolled); join again with a new token`,
           ),
         );
       }
@@ -176,6 +187,8 @@ export async function startApiServer(
       auditInterceptor(services),
       mapErrors,
       authenticate,
+      // Roles (ADR 0051): after authentication, before any handler.
+      authorizationInterceptor(services),
     ],
     readMaxBytes,
     // HTTP/JSON requests with a field the method does not have are refused
@@ -363,7 +376,7 @@ async function serveStreamRoute(
   request: http2.Http2ServerRequest | IncomingMessage,
   response: http2.Http2ServerResponse | ServerResponse,
 ): Promise<void> {
-  if (!(await isCurrentMember(services.nodes, identity))) {
+  if (!(await isCurrentMember(services, identity))) {
     const reply = response as ServerResponse;
     reply.writeHead(401, { "content-type": "application/json" });
     reply.end(JSON.stringify({ code: "unauthenticated", message: formerMemberMessage }));
@@ -383,7 +396,7 @@ async function serveHealth(
 ): Promise<void> {
   const reply = response as ServerResponse;
   // A deleted node's certificate still chains to the CA; like the API, health refuses it.
-  if (!peer.identity || !(await isCurrentMember(services.nodes, peer.identity))) {
+  if (!peer.identity || !(await isCurrentMember(services, peer.identity))) {
     reply.writeHead(401, { "content-type": "application/json" });
     reply.end(JSON.stringify({ code: "unauthenticated", message: formerMemberMessage }));
     return;

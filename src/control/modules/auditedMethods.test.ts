@@ -19,6 +19,8 @@ describe("audited methods, declared by the modules (ADR 0045)", () => {
       "cloudless.v1.NodeService/UncordonNode",
       "cloudless.v1.TokenService/CreateToken",
       "cloudless.v1.TokenService/DeleteToken",
+      "cloudless.v1.UserService/CreateUser",
+      "cloudless.v1.UserService/RevokeUser",
       "cloudless.v1.WorkloadService/ApplyWorkload",
       "cloudless.v1.WorkloadService/DeleteWorkload",
       "cloudless.v1.WorkloadService/ExecWorkload",

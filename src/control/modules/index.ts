@@ -7,6 +7,7 @@ import { nodesModule } from "../nodes/nodesModule.js";
 import { relayModule } from "../relay/relayModule.js";
 import { servicesModule } from "../services/servicesModule.js";
 import { tokensModule } from "../tokens/tokensModule.js";
+import { usersModule } from "../users/usersModule.js";
 import { workloadsModule } from "../workloads/workloadsModule.js";
 import type { ModuleDefinition } from "./module.js";
 
@@ -18,6 +19,7 @@ export const coordinatorModules: readonly ModuleDefinition[] = [
   auditModule,
   eventsModule,
   tokensModule,
+  usersModule,
   membershipModule,
   workloadsModule,
   nodesModule,

@@ -8,6 +8,7 @@
  */
 import type { Http2ServerRequest, Http2ServerResponse } from "node:http2";
 import type { ConnectRouter } from "@connectrpc/connect";
+import type { IdentityKind } from "../../api/identity.js";
 import type { Clock } from "../../lib/clock.js";
 import type { Rng } from "../../lib/rng.js";
 import type { Logger } from "../../observe/logger.js";
@@ -72,7 +73,7 @@ export interface StreamRoute {
   handle(
     request: Http2ServerRequest,
     response: Http2ServerResponse,
-    caller: { kind: "admin" | "node" | "coordinator"; name: string },
+    caller: { kind: IdentityKind; name: string },
   ): void;
 }
 

@@ -27,11 +27,19 @@ const ALLOWED: AuthorizationResult = { ok: true };
  * Decides whether `identity` may perform `action`.
  *
  * Administrators may do everything. Coordinators count as administrators for now: they
- * call each other only for cluster-wide work. A node may act only as itself, so a stolen
+ * call each other only for cluster-wide work. A user (a person or program with a role,
+ * ADR 0051) passes the checks for people: which methods its role may call was decided
+ * before the handler, by the permission table (permissions.ts) in the authorization
+ * interceptor; it may never act as a node. A node may act only as itself, so a stolen
  * node certificate cannot be used to impersonate other nodes or to administer the cluster.
  */
 export function authorize(identity: Identity, action: Action): AuthorizationResult {
   if (identity.kind === "admin" || identity.kind === "coordinator") return ALLOWED;
+  if (identity.kind === "user") {
+    return action.kind === "node"
+      ? { ok: false, reason: `user "${identity.name}" may not act as node "${action.nodeName}"` }
+      : ALLOWED;
+  }
   switch (action.kind) {
     case "admin":
       return {

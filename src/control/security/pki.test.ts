@@ -207,6 +207,7 @@ describe("issueFromCsr", () => {
       serial: issued.serial,
       notAfterMs: issued.notAfterMs,
     });
+    expect(identityFromCertificate(cert, CLUSTER)?.role).toBeUndefined();
   });
 
   it("REQ-001: issues from a CSR made by generateKeyAndCsr", async () => {
@@ -406,6 +407,60 @@ describe("identityFromCertificate", () => {
     expect(
       identityFromCertificate(await selfSigned(["spiffe://test/node/a"]), CLUSTER),
     ).toMatchObject({ kind: "node", name: "a" });
+    // A user needs exactly one known role; a role on any other kind is not ours (ADR 0051).
+    for (const uris of [
+      ["spiffe://test/user/u"],
+      ["spiffe://test/user/u", "urn:cloudless:role:root"],
+      ["spiffe://test/user/u", "urn:cloudless:role:viewer", "urn:cloudless:role:admin"],
+      ["spiffe://test/node/a", "urn:cloudless:role:admin"],
+      ["spiffe://test/admin/admin", "urn:cloudless:role:viewer"],
+    ]) {
+      expect(identityFromCertificate(await selfSigned(uris), CLUSTER), uris.join(" ")).toBe(
+        undefined,
+      );
+    }
+    expect(
+      identityFromCertificate(
+        await selfSigned(["spiffe://test/user/u", "urn:cloudless:role:operator"]),
+        CLUSTER,
+      ),
+    ).toMatchObject({ kind: "user", name: "u", role: "operator" });
+    expect(
+      identityFromCertificate(await selfSigned(["spiffe://test/admin/admin"]), CLUSTER),
+    ).toMatchObject({ kind: "admin", role: "admin" });
+  });
+
+  it("NFR-S1 issues a user certificate whose role is bound by a second URI SAN, and only for a user", async () => {
+    const { csrPem } = await generateKeyAndCsr({ commonName: "anything" });
+    const issued = await ca.issueFromCsr(csrPem, {
+      subjectName: "vera",
+      spiffeUri: spiffeUri(CLUSTER, "user", "vera"),
+      role: "viewer",
+      ttlMs: HOUR_MS,
+      nowMs: NOW_MS,
+      usage: "client",
+    });
+    const cert = new X509Certificate(issued.certPem);
+    expect(cert.subjectAltName).toBe(
+      `URI:spiffe://${CLUSTER}/user/vera, URI:urn:cloudless:role:viewer`,
+    );
+    expect(identityFromCertificate(cert, CLUSTER)).toMatchObject({
+      kind: "user",
+      name: "vera",
+      role: "viewer",
+      serial: issued.serial,
+    });
+    const options = { subjectName: "x", ttlMs: HOUR_MS, nowMs: NOW_MS, usage: "client" as const };
+    await expect(
+      ca.issueFromCsr(csrPem, { ...options, spiffeUri: spiffeUri(CLUSTER, "user", "x") }),
+    ).rejects.toThrow("a role is given with a user SPIFFE ID, and only with one");
+    await expect(
+      ca.issueFromCsr(csrPem, {
+        ...options,
+        spiffeUri: spiffeUri(CLUSTER, "node", "x"),
+        role: "admin",
+      }),
+    ).rejects.toThrow("a role is given with a user SPIFFE ID, and only with one");
   });
 });
 

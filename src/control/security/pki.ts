@@ -27,11 +27,14 @@ import {
   ecP256,
   generateP256KeyPair,
   isP256,
+  isRole,
   parseCertificateDer,
   parseSpiffeUri,
   parseTrustDomainUri,
   pemOf,
   privateKeyPem,
+  type Role,
+  roleUri,
   trustDomainUri,
   uriSansOf,
   validateClusterName,
@@ -151,8 +154,10 @@ export type CertificateUsage = "client" | "server" | "clientAndServer";
 export type IssueOptions = {
   /** Becomes the subject CN; for humans and logs only, identity comes from the URI SAN. */
   subjectName: string;
-  /** The only URI SAN; must name this CA's cluster. */
+  /** The identity's URI SAN; must name this CA's cluster. */
   spiffeUri: string;
+  /** A user's role, as a second URI SAN (ADR 0051); only with a `user` SPIFFE ID. */
+  role?: Role;
   ttlMs: number;
   nowMs: number;
   usage: CertificateUsage;
@@ -316,6 +321,9 @@ export class CertificateAuthority {
     if (options.usage !== "client") extendedUsages.push(x509.ExtendedKeyUsage.serverAuth);
     const sans: { type: "url" | "dns" | "ip"; value: string }[] = [
       { type: "url", value: options.spiffeUri },
+      ...(options.role !== undefined
+        ? [{ type: "url" as const, value: roleUri(options.role) }]
+        : []),
       ...(options.dnsNames ?? []).map((value) => ({ type: "dns" as const, value })),
       ...(options.ipAddresses ?? []).map((value) => ({ type: "ip" as const, value })),
     ];
@@ -359,6 +367,10 @@ export class CertificateAuthority {
       invalid(
         `spiffeUri ${JSON.stringify(options.spiffeUri)} is not spiffe://<cluster>/<kind>/<name>`,
       );
+    } else if ((id.kind === "user") !== (options.role !== undefined)) {
+      invalid("a role is given with a user SPIFFE ID, and only with one");
+    } else if (options.role !== undefined && !isRole(options.role)) {
+      invalid(`role ${JSON.stringify(options.role)} is not admin, operator or viewer`);
     } else if (id.clusterName !== this.clusterName) {
       invalid(
         `spiffeUri ${JSON.stringify(options.spiffeUri)} names cluster "${id.clusterName}", but this CA is for "${this.clusterName}"`,

@@ -19,6 +19,7 @@ import { ManualClock } from "../../../lib/clock.js";
 import { seededRng } from "../../../lib/rng.js";
 import { silentLogger } from "../../../observe/logger.js";
 import { createCoordinatorMetrics } from "../../../observe/metrics.js";
+import { auditKey } from "../../audit/auditModule.js";
 import type { CoordinatorOptions } from "../../coordinator.js";
 import { FencedStore } from "../../leader/fencedStore.js";
 import { leaderKey } from "../../leader/leaderElection.js";
@@ -28,16 +29,25 @@ import { type ModuleHost, startModules } from "../../modules/moduleHost.js";
 import { loadOrCreateCa } from "../../security/pki.js";
 import { openSqliteStore } from "../../store/sqliteStore.js";
 import type { Store } from "../../store/store.js";
+import { authorizationInterceptor } from "../authorization.js";
 import { errorMappingInterceptor } from "../errorInterceptor.js";
 import { type Peer, peerKey } from "../peer.js";
 
 export const admin: Peer = {
   address: "127.0.0.1:50000",
-  identity: { kind: "admin", name: "admin", serial: "01" },
+  identity: { kind: "admin", name: "admin", serial: "01", role: "admin" },
 };
 
 export function nodePeer(name: string): Peer {
   return { address: "127.0.0.2:50001", identity: { kind: "node", name, serial: "02" } };
+}
+
+/** A person or program made by `user create`, with its role (ADR 0051). */
+export function userPeer(name: string, role: "admin" | "operator" | "viewer"): Peer {
+  return {
+    address: "127.0.0.3:50002",
+    identity: { kind: "user", name, serial: "03", role },
+  };
 }
 
 export const anonymous: Peer = { address: "192.0.2.7:40000", refusal: "no client certificate" };
@@ -102,8 +112,12 @@ export async function startInProcessApi(
     await rm(dir, { recursive: true, force: true });
     throw error;
   }
-  // The server's own error mapping: our errors become Connect codes.
+  // The server's own error mapping: our errors become Connect codes; then the roles.
   const mapErrors = errorMappingInterceptor();
+  const authorize = authorizationInterceptor({
+    audit: modules.use(auditKey),
+    audited: modules.audited(),
+  });
   return {
     clock,
     store,
@@ -131,7 +145,7 @@ export async function startInProcessApi(
         return next(request);
       };
       const transport = createRouterTransport((router) => modules.routes(router), {
-        router: { interceptors: [asPeer, mapErrors] },
+        router: { interceptors: [asPeer, mapErrors, authorize] },
       });
       return createClient(service, transport);
     },
