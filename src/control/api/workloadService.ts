@@ -20,6 +20,7 @@ import {
   parseWorkloadValue,
   specTextTooLarge,
 } from "../../api/workload/parse.js";
+import type { WorkloadSpecDocument } from "../../api/workload/spec.js";
 import type { Clock } from "../../lib/clock.js";
 import type { ClusterState } from "../controllers/clusterState.js";
 import { type ReplicaRecord, type WorkloadRecord, workloadId } from "../controllers/records.js";
@@ -69,6 +70,11 @@ export interface WorkloadServiceDeps {
   /** Logs and exec go to agents through the leader's tunnels. */
   tunnels: TunnelHub;
   leadership: Leadership;
+  /**
+   * Admission: refuses a spec a cluster policy denies (REQ-061), before anything is
+   * written; dry runs are judged too, so `apply --dry-run` tells the truth.
+   */
+  admit?: (doc: WorkloadSpecDocument) => Promise<void>;
 }
 
 export function workloadServiceImpl(
@@ -86,6 +92,7 @@ export function workloadServiceImpl(
           `workload spec is invalid:\n${formatSpecErrors(parsed.errors)}`,
         );
       }
+      await services.admit?.(parsed.doc);
       const { record, state, action } = await registry.apply(parsed.doc, {
         dryRun: request.dryRun,
         actor: actorName(identity),

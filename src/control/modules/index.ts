@@ -4,6 +4,7 @@ import { infoModule } from "../info/infoModule.js";
 import { clusterModule } from "../leader/clusterModule.js";
 import { membershipModule } from "../membership/membershipModule.js";
 import { nodesModule } from "../nodes/nodesModule.js";
+import { policiesModule } from "../policies/policiesModule.js";
 import { relayModule } from "../relay/relayModule.js";
 import { servicesModule } from "../services/servicesModule.js";
 import { tokensModule } from "../tokens/tokensModule.js";
@@ -21,6 +22,7 @@ export const coordinatorModules: readonly ModuleDefinition[] = [
   tokensModule,
   usersModule,
   membershipModule,
+  policiesModule,
   workloadsModule,
   nodesModule,
   servicesModule,

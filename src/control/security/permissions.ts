@@ -8,6 +8,7 @@ import type { DescMethod, DescService } from "@bufbuild/protobuf";
 import { ClusterService } from "../../api/gen/cloudless/v1/cluster_pb.js";
 import { EventService } from "../../api/gen/cloudless/v1/event_pb.js";
 import { NodeService } from "../../api/gen/cloudless/v1/node_pb.js";
+import { PolicyService } from "../../api/gen/cloudless/v1/policy_pb.js";
 import { ServiceService } from "../../api/gen/cloudless/v1/service_pb.js";
 import { TokenService } from "../../api/gen/cloudless/v1/token_pb.js";
 import { UserService } from "../../api/gen/cloudless/v1/user_pb.js";
@@ -123,6 +124,13 @@ export const methodPermissions: ReadonlyMap<string, Permission> = new Map([
     uncordonNode: "nodes.write",
     drainNode: "nodes.write",
     deleteNode: "nodes.write",
+  }),
+  ...entries(PolicyService, {
+    applyPolicy: "policies.write",
+    deletePolicy: "policies.write",
+    getPolicy: "policies.read",
+    listPolicies: "policies.read",
+    testPolicy: "policies.read",
   }),
   ...entries(ServiceService, {
     listServices: "services.read",

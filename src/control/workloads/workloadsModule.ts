@@ -9,6 +9,7 @@ import { TunnelHub } from "../controllers/tunnelHub.js";
 import { WorkloadController } from "../controllers/workloadController.js";
 import { eventsKey } from "../events/eventsModule.js";
 import { type ModuleDefinition, moduleKey } from "../modules/module.js";
+import { policiesKey } from "../policies/policiesModule.js";
 import { workloadAuditTargets } from "./auditTargets.js";
 import { WorkloadRegistry } from "./workloadRegistry.js";
 
@@ -32,6 +33,7 @@ export const workloadsModule: ModuleDefinition = {
   start(context) {
     const { clock, rng, options } = context;
     const events = context.use(eventsKey);
+    const policies = context.use(policiesKey);
     const assignments = new AssignmentHub();
     // The controller and the report writer are the leader's: they write through the fence.
     const controller = new WorkloadController({
@@ -64,6 +66,7 @@ export const workloadsModule: ModuleDefinition = {
             registry,
             tunnels: plane.tunnels,
             leadership: context.leadership,
+            admit: (doc) => policies.admit(doc),
           }),
         );
       },
