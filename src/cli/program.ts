@@ -4,6 +4,7 @@ import { registerClusterCommands } from "./commands/clusterCommands.js";
 import { registerEventCommands } from "./commands/eventCommands.js";
 import { registerNetworkCommands } from "./commands/networkCommands.js";
 import { registerNodeCommands } from "./commands/nodeCommands.js";
+import { registerSecretCommands } from "./commands/secretCommands.js";
 import { registerServiceCommands } from "./commands/serviceCommands.js";
 import { registerTokenCommands } from "./commands/tokenCommands.js";
 import { registerWorkloadCommands } from "./commands/workloadCommands.js";
@@ -33,6 +34,7 @@ export function createProgram(): Command {
 /** The commands that talk to a cluster as a client (and `audit verify`, which reads a file). */
 export function registerClientCommands(program: Command): void {
   registerTokenCommands(program);
+  registerSecretCommands(program);
   registerNodeCommands(program);
   registerWorkloadCommands(program);
   registerEventCommands(program);

@@ -5,6 +5,7 @@ import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-no
 import { ClusterService } from "../api/gen/cloudless/v1/cluster_pb.js";
 import { EventService } from "../api/gen/cloudless/v1/event_pb.js";
 import { NodeService } from "../api/gen/cloudless/v1/node_pb.js";
+import { SecretService } from "../api/gen/cloudless/v1/secret_pb.js";
 import { ServiceService } from "../api/gen/cloudless/v1/service_pb.js";
 import { TokenService } from "../api/gen/cloudless/v1/token_pb.js";
 import { WorkloadService } from "../api/gen/cloudless/v1/workload_pb.js";
@@ -114,6 +115,7 @@ export interface CoordinatorClients {
   workloads: Client<typeof WorkloadService>;
   cluster: Client<typeof ClusterService>;
   services: Client<typeof ServiceService>;
+  secrets: Client<typeof SecretService>;
 }
 
 export function createClients(transport: Transport): CoordinatorClients {
@@ -124,5 +126,6 @@ export function createClients(transport: Transport): CoordinatorClients {
     workloads: createClient(WorkloadService, transport),
     cluster: createClient(ClusterService, transport),
     services: createClient(ServiceService, transport),
+    secrets: createClient(SecretService, transport),
   };
 }

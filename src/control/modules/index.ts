@@ -5,6 +5,7 @@ import { clusterModule } from "../leader/clusterModule.js";
 import { membershipModule } from "../membership/membershipModule.js";
 import { nodesModule } from "../nodes/nodesModule.js";
 import { relayModule } from "../relay/relayModule.js";
+import { secretsModule } from "../secrets/secretsModule.js";
 import { servicesModule } from "../services/servicesModule.js";
 import { tokensModule } from "../tokens/tokensModule.js";
 import { workloadsModule } from "../workloads/workloadsModule.js";
@@ -18,6 +19,7 @@ export const coordinatorModules: readonly ModuleDefinition[] = [
   auditModule,
   eventsModule,
   tokensModule,
+  secretsModule,
   membershipModule,
   workloadsModule,
   nodesModule,

@@ -6,7 +6,8 @@
  */
 import { z } from "zod";
 import { CloudlessError } from "../../api/errors.js";
-import { formatBytes, limitRef, limits } from "../../api/limits.js";
+import { limitRef, limits } from "../../api/limits.js";
+import { validateSecretData, validateSecretName } from "../../api/secrets.js";
 import type { Clock } from "../../lib/clock.js";
 import { decodeRecord } from "../../lib/recordCodec.js";
 import type { Logger } from "../../observe/logger.js";
@@ -57,67 +58,8 @@ const secretRecordSchema: z.ZodType<SecretRecord> = z.looseObject({
 /** The plaintext inside an envelope: every key's value, base64. */
 const payloadSchema = z.object({ data: z.record(z.string(), z.string()) });
 
-const dnsLabelPattern = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
-/** A key becomes a file name under the mount path: no slashes, not "." or "..". */
-const keyNamePattern = /^[-._a-zA-Z0-9]+$/;
-
 export function secretStoreKey(namespace: string, name: string): string {
   return `${secretKeyPrefix}${namespace}/${name}`;
-}
-
-/** Checks a namespace and name (DNS labels, as for workloads); errors name the field. */
-export function validateSecretName(namespace: string, name: string): void {
-  for (const [field, value] of [
-    ["namespace", namespace],
-    ["name", name],
-  ] as const) {
-    if (value.length > 63 || !dnsLabelPattern.test(value)) {
-      throw CloudlessError.invalid(
-        `${field} "${value.slice(0, 80)}" must be a DNS label: at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit`,
-      );
-    }
-  }
-}
-
-/**
- * Checks a secret's data against the limits before any work; errors name the key and the
- * limit, never a value.
- */
-export function validateSecretData(data: ReadonlyMap<string, Uint8Array>): void {
-  if (data.size === 0) {
-    throw CloudlessError.invalid(
-      "a secret needs at least one key; give --from-literal or --from-file",
-    );
-  }
-  if (data.size > limits.secretKeysPerSecret) {
-    throw CloudlessError.invalid(
-      `a secret holds at most ${limits.secretKeysPerSecret} keys, got ${data.size} ${limitRef("secretKeysPerSecret")}; split it into several secrets`,
-    );
-  }
-  let totalBytes = 0;
-  for (const [key, value] of data) {
-    if (
-      key.length > limits.secretKeyNameChars ||
-      !keyNamePattern.test(key) ||
-      key === "." ||
-      key === ".."
-    ) {
-      throw CloudlessError.invalid(
-        `secret key "${key.slice(0, 80)}" must be 1 to ${limits.secretKeyNameChars} letters, digits, '-', '_' or '.' (it becomes a file name) ${limitRef("secretKeyNameChars")}`,
-      );
-    }
-    if (value.byteLength > limits.secretValueBytes) {
-      throw CloudlessError.invalid(
-        `the value of secret key "${key}" is larger than ${formatBytes(limits.secretValueBytes)} ${limitRef("secretValueBytes")}`,
-      );
-    }
-    totalBytes += value.byteLength;
-  }
-  if (totalBytes > limits.secretTotalBytes) {
-    throw CloudlessError.invalid(
-      `the values of one secret are larger than ${formatBytes(limits.secretTotalBytes)} together ${limitRef("secretTotalBytes")}; split it into several secrets`,
-    );
-  }
 }
 
 export interface RotationResult {
