@@ -99,6 +99,8 @@ export const limits = {
    * of base64, about 1.8x) must stay well inside etcd's 1.5 MiB request limit.
    */
   secretTotalBytes: 256 * 1024,
+  /** Secrets one workload may reference: each is fetched for every replica it starts. */
+  secretsPerWorkload: 32,
   /** Secrets in one namespace: `secret list` and `secret rotate-key` walk them all. */
   secretsPerNamespace: 1_000,
   /** Events one ListEvents returns: the whole retained log (10,000 events by default). */

@@ -47,7 +47,9 @@ describe("REQ-063 secret registry and key ring", () => {
     const everything = stored.kvs.map((kv) => kv.key + kv.value).join("\n");
     expect(everything).not.toContain(value);
     expect(everything).not.toContain(Buffer.from(value).toString("base64"));
-    expect((await secrets.readValues("default", "db")).get("password")?.toString()).toBe(value);
+    expect((await secrets.readValues("default", "db")).values.get("password")?.toString()).toBe(
+      value,
+    );
   });
 
   it("REQ-063 update makes a new version; create of an existing name and get of a missing one are refused", async () => {
@@ -60,7 +62,7 @@ describe("REQ-063 secret registry and key ring", () => {
     );
     const updated = await secrets.update("default", "db", data("new-value"), "admin/admin");
     expect(updated.version).toBe(2);
-    expect((await secrets.readValues("default", "db")).get("password")?.toString()).toBe(
+    expect((await secrets.readValues("default", "db")).values.get("password")?.toString()).toBe(
       "new-value",
     );
     await secrets.delete("default", "db");
@@ -108,7 +110,7 @@ describe("REQ-063 secret registry and key ring", () => {
     expect(await reopened.verify()).toEqual({ checked: 3, failures: [] });
     for (const name of ["a", "b", "c"]) {
       expect((await reopened.get("default", name)).envelope.kekId).toBe(result.activeKekId);
-      expect((await reopened.readValues("default", name)).get("password")?.toString()).toBe(
+      expect((await reopened.readValues("default", name)).values.get("password")?.toString()).toBe(
         `${value}-${name}`,
       );
     }

@@ -190,9 +190,12 @@ export class SecretRegistry {
    * The values of a secret, for the coordinator itself (delivery to the replicas that
    * reference it). Never returned to an API client: reading needs `secrets.read`.
    */
-  async readValues(namespace: string, name: string): Promise<Map<string, Buffer>> {
+  async readValues(
+    namespace: string,
+    name: string,
+  ): Promise<{ version: number; values: Map<string, Buffer> }> {
     const record = await this.get(namespace, name);
-    return this.open(record);
+    return { version: record.version, values: await this.open(record) };
   }
 
   /**

@@ -6,19 +6,24 @@
 import { create } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import type { ServiceImpl } from "@connectrpc/connect";
+import { CloudlessError } from "../../api/errors.js";
 import {
   type SecretInfo,
   SecretInfoSchema,
   type SecretService,
 } from "../../api/gen/cloudless/v1/secret_pb.js";
-import { actorName, requireAdmin } from "../api/context.js";
+import { validateSecretName } from "../../api/secrets.js";
+import { actorName, requireAdmin, requireNode } from "../api/context.js";
 import type { EventLog } from "../events/eventLog.js";
+import type { Store } from "../store/store.js";
 import type { KeyRing } from "./keyRing.js";
+import { checkReplicaAccess } from "./replicaAccess.js";
 import type { SecretRecord, SecretRegistry } from "./secretRegistry.js";
 
 export interface SecretServiceDeps {
   secrets: SecretRegistry;
   keyRing: KeyRing;
+  store: Store;
   events: EventLog;
 }
 
@@ -44,6 +49,9 @@ export function secretToProto(record: SecretRecord): SecretInfo {
 function dataOf(request: { data: { [key: string]: Uint8Array } }): Map<string, Uint8Array> {
   return new Map(Object.entries(request.data));
 }
+
+/** Replica ids are generated, 10-20 characters; anything far longer is refused unread. */
+const replicaIdCharsMax = 128;
 
 export function secretServiceImpl(deps: SecretServiceDeps): ServiceImpl<typeof SecretService> {
   const { secrets, events } = deps;
@@ -123,6 +131,40 @@ export function secretServiceImpl(deps: SecretServiceDeps): ServiceImpl<typeof S
         removedKekIds: result.removedKekIds,
         keySource: deps.keyRing.describe(),
       };
+    },
+
+    async readReplicaSecret(request, context) {
+      const node = requireNode(context).name;
+      validateSecretName(request.namespace, request.name);
+      validateSecretName(request.namespace, request.workload);
+      // Replica ids are short generated names; a long one is no replica of ours.
+      if (request.replicaId.length === 0 || request.replicaId.length > replicaIdCharsMax) {
+        throw CloudlessError.invalid(`replica_id must be 1 to ${replicaIdCharsMax} characters`);
+      }
+      const access = await checkReplicaAccess(deps.store, {
+        node,
+        namespace: request.namespace,
+        workload: request.workload,
+        replicaId: request.replicaId,
+        secret: request.name,
+      });
+      const subject = `secret/${request.namespace}/${request.name}`;
+      const replica = `${request.namespace}/${request.workload}/${request.replicaId}`;
+      if (!access.ok) {
+        await events.record({
+          type: "SecretAccessDenied",
+          category: "security",
+          subject,
+          reason: "NotAssigned",
+          message: `node ${node} asked for secret ${request.name} for replica ${replica}: ${access.reason}`,
+          actor: `node/${node}`,
+        });
+        throw CloudlessError.permissionDenied(
+          `node ${node} may not read secret ${request.namespace}/${request.name} for replica ${replica}: ${access.reason}`,
+        );
+      }
+      const { version, values } = await secrets.readValues(request.namespace, request.name);
+      return { version: BigInt(version), data: Object.fromEntries(values) };
     },
 
     async verifySecrets(request, context) {

@@ -61,12 +61,26 @@ export const secretsModule: ModuleDefinition = {
     const events = context.use(eventsKey);
     return {
       routes: (router) => {
-        router.service(SecretService, secretServiceImpl({ secrets, keyRing, events }));
+        router.service(
+          SecretService,
+          secretServiceImpl({ secrets, keyRing, events, store: context.store }),
+        );
       },
       audited: new Map([
         [auditedMethodName(SecretService.method.createSecret), secretTarget],
         [auditedMethodName(SecretService.method.updateSecret), secretTarget],
         [auditedMethodName(SecretService.method.deleteSecret), secretTarget],
+        // Every delivery to a node, and every refusal, by name (REQ-063).
+        [
+          auditedMethodName(SecretService.method.readReplicaSecret),
+          ({ request }) => {
+            const target = secretTarget({ request });
+            const replica = stringField(request, "replicaId");
+            return target && replica
+              ? `${target} replica/${stringField(request, "workload")}/${replica}`
+              : target;
+          },
+        ],
         [
           auditedMethodName(SecretService.method.rotateSecretsKey),
           ({ response }) => {
