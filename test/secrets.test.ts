@@ -9,10 +9,19 @@ import { randomBytes } from "node:crypto";
 import { readdir, readFile, stat, writeFile } from "node:fs/promises";
 import * as path from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { loadClientConfig } from "../src/client/config.js";
 import type { AuditEntry } from "../src/observe/audit.js";
+import {
+  fastAgentFlags,
+  removeProcessReplicas,
+  waitForWorkload,
+  workloadDoc,
+} from "./helpers/behaviour.js";
 import { TestCluster } from "./helpers/cluster.js";
 import { type EtcdCluster, etcdUnavailableReason, startEtcd } from "./helpers/etcd.js";
 import { TestResources } from "./helpers/processes.js";
+import { clientsFor, rpcError } from "./helpers/tlsProbe.js";
+import { writeSpec } from "./helpers/workloads.js";
 
 const etcdMissing = await etcdUnavailableReason();
 
@@ -51,12 +60,15 @@ function found(text: string | Buffer, values: { forms: string[] }[]): string[] {
 describe("REQ-063 encrypted secrets, with real coordinators", { timeout: 120_000 }, () => {
   let resources: TestResources;
   let etcd: EtcdCluster | undefined;
+  let agentDirs: string[];
 
   beforeEach(() => {
     resources = new TestResources();
+    agentDirs = [];
   });
   afterEach(async () => {
     await resources.cleanup();
+    await removeProcessReplicas(agentDirs);
     await etcd?.stop();
     etcd = undefined;
   });
@@ -204,6 +216,136 @@ describe("REQ-063 encrypted secrets, with real coordinators", { timeout: 120_000
     expect(tooBig.code).not.toBe(0);
     expect(tooBig.stderr).toMatch(/secretValueBytes/);
     expect(await cluster.cliJson<SecretJson[]>(["secret", "list"])).toEqual([]);
+  });
+
+  it("REQ-063 NFR-C1 a node reads a secret only for a replica assigned to it whose spec references it; any other ask is PermissionDenied, an event and an audit line", async () => {
+    const cluster = await TestCluster.start(resources);
+    const namespace = "secure";
+    const db = marker("delivered");
+    const other = marker("unreferenced");
+    for (const [name, value] of [
+      ["db", db],
+      ["other", other],
+    ] as const) {
+      const created = await cluster.cli([
+        "secret",
+        "create",
+        name,
+        "-n",
+        namespace,
+        "--from-literal",
+        `password=${value.value}`,
+      ]);
+      expect(created.code, created.stderr).toBe(0);
+    }
+    for (const [name, role] of [
+      ["near", "near"],
+      ["far", "far"],
+    ] as const) {
+      agentDirs.push(await cluster.agentDir(name));
+      await cluster.startAgent(name, {
+        token: await cluster.createToken(),
+        zone: "a",
+        extra: [...fastAgentFlags, "--driver", "process", "--label", `role=${role}`],
+      });
+      await cluster.waitForStatus(name, "Ready", 30_000);
+    }
+    const specDir = await resources.tempDir("cloudless-specs-");
+    const command = [process.execPath, "-e", "setInterval(()=>{},1000)"];
+    for (const [workload, role] of [
+      ["web", "near"],
+      ["remote", "far"],
+    ] as const) {
+      const spec = await writeSpec(
+        specDir,
+        workload,
+        workloadDoc(workload, namespace, {
+          command,
+          replicas: 1,
+          placement: { nodeSelector: { role } },
+          secrets: [{ name: "db" }],
+        }),
+      );
+      const applied = await cluster.cli(["workload", "apply", "-f", spec]);
+      expect(applied.code, applied.stderr).toBe(0);
+    }
+    const running = async (workload: string) =>
+      (
+        await waitForWorkload(cluster, namespace, workload, "a replica running", (w) =>
+          w.replicas.some((r) => r.phase === "Running"),
+        )
+      ).replicas[0];
+    const web = await running("web");
+    const remote = await running("remote");
+    expect(web?.node).toBe("near");
+    expect(remote?.node).toBe("far");
+
+    // The agent "near", with its own node certificate.
+    const { caPem } = await loadClientConfig(cluster.configPath);
+    const nearDir = await cluster.agentDir("near");
+    const asNear = clientsFor({
+      url: cluster.url,
+      caPem,
+      certPem: await readFile(path.join(nearDir, "node.crt"), "utf8"),
+      keyPem: await readFile(path.join(nearDir, "node.key"), "utf8"),
+    });
+    const ask = (workload: string, replicaId: string, name: string) =>
+      asNear.secrets.readReplicaSecret({ namespace, workload, replicaId, name });
+
+    const allowed = await ask("web", web?.id ?? "", "db");
+    expect(allowed.version).toBe(1n);
+    expect(Buffer.from(allowed.data.password ?? new Uint8Array()).toString("utf8")).toBe(db.value);
+
+    const refusals = [
+      // A secret of a workload it does not run (the replica is on "far").
+      await rpcError(ask("remote", remote?.id ?? "", "db")),
+      // A secret its own replica does not reference.
+      await rpcError(ask("web", web?.id ?? "", "other")),
+    ];
+    expect(refusals.map((error) => error.codeName)).toEqual([
+      "PermissionDenied",
+      "PermissionDenied",
+    ]);
+    // An admin certificate is not a node: values never go to a client.
+    const adminConfig = await loadClientConfig(cluster.configPath);
+    const asAdmin = clientsFor({
+      url: cluster.url,
+      caPem,
+      certPem: adminConfig.certPem,
+      keyPem: adminConfig.keyPem,
+    });
+    const admin = await rpcError(
+      asAdmin.secrets.readReplicaSecret({
+        namespace,
+        workload: "web",
+        replicaId: web?.id ?? "",
+        name: "db",
+      }),
+    );
+    expect(admin.codeName).toBe("PermissionDenied");
+
+    // Each delivery and refusal is an audit line by name; each refusal an event.
+    const audit = (await readFile(path.join(cluster.dataDir, "audit", "audit.log"), "utf8"))
+      .split("\n")
+      .filter((line) => line !== "")
+      .map((line) => JSON.parse(line) as AuditEntry)
+      .filter((entry) => entry.method.endsWith("/ReadReplicaSecret"))
+      .map((entry) => `${entry.actor} ${entry.target} ${entry.result}`);
+    expect(audit).toEqual([
+      `node/near secret/${namespace}/db replica/web/${web?.id} ok`,
+      `node/near secret/${namespace}/db replica/remote/${remote?.id} PermissionDenied`,
+      `node/near secret/${namespace}/other replica/web/${web?.id} PermissionDenied`,
+      `admin/admin secret/${namespace}/db replica/web/${web?.id} PermissionDenied`,
+    ]);
+    const events = await cluster.cli(["events", "--type", "SecretAccessDenied", "-o", "json"]);
+    expect(events.code, events.stderr).toBe(0);
+    const denied = JSON.parse(events.stdout) as { subject: string; actor: string }[];
+    expect(denied.map((event) => `${event.actor} ${event.subject}`)).toEqual([
+      `node/near secret/${namespace}/db`,
+      `node/near secret/${namespace}/other`,
+    ]);
+    const logs = cluster.coordinator.stderr + events.stdout;
+    expect(found(logs, [db, other])).toEqual([]);
   });
 
   it.skipIf(etcdMissing !== undefined)(
