@@ -66,6 +66,11 @@ export class KeyRing {
   constructor(
     readonly source: KeyRingSource,
     private readonly secureRandom: (size: number) => Buffer,
+    /**
+     * The store is shared (etcd): keys in one coordinator's data dir would seal secrets the
+     * other coordinators cannot open, so the data dir is refused as a source.
+     */
+    private readonly sharedStore = false,
   ) {}
 
   /** Said in `rotate-key`'s answer and the docs: where the keys are. */
@@ -82,7 +87,7 @@ export class KeyRing {
 
   /** Whether this ring can create and remove keys itself (only the data dir). */
   get managesKeys(): boolean {
-    return this.source.kind === "dataDir";
+    return this.source.kind === "dataDir" && !this.sharedStore;
   }
 
   /** Every key, the active one first. */
@@ -108,6 +113,11 @@ export class KeyRing {
         return parseKeys((await readFile(source.file, "utf8")).split("\n"), source.file);
       }
       case "dataDir":
+        if (this.sharedStore) {
+          throw CloudlessError.failedPrecondition(
+            `secrets need the same keys on every coordinator of a shared (etcd) store: start each coordinator with --secrets-key-file (or ${secretsKeyEnvVariable}); see docs/operations/security.md`,
+          );
+        }
         return this.dataDirKeys(source.dir);
     }
   }

@@ -141,6 +141,17 @@ describe("REQ-063 secret registry and key ring", () => {
     expect(JSON.stringify(verify)).not.toContain(value);
   });
 
+  it("REQ-063 with a shared (etcd) store the data dir is refused as the key source, so no coordinator seals with a key the others lack", async () => {
+    const keyDir = path.join(dir, "secrets-kek");
+    const secrets = registry(new KeyRing({ kind: "dataDir", dir: keyDir }, randomBytes, true));
+    await expect(secrets.create("default", "db", data(value), "admin/admin")).rejects.toThrow(
+      /--secrets-key-file/,
+    );
+    await expect(secrets.rotateKey({ removeOld: true })).rejects.toThrow(/--secrets-key-file/);
+    await expect(readdir(keyDir)).rejects.toThrow(/ENOENT/);
+    expect((await store.range("/secrets/")).kvs).toHaveLength(0);
+  });
+
   it("REQ-063 a key file or variable with a malformed key is refused naming the entry, not its text", () => {
     expect(() => parseKeys(["not-a-key"], "CLOUDLESS_SECRETS_KEY")).toThrow(
       /entry 1 is not a base64 32-byte key/,

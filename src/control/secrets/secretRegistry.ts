@@ -232,6 +232,8 @@ export class SecretRegistry {
   }
 
   private async rotateNow(options: { removeOld: boolean }): Promise<RotationResult> {
+    // Unusable keys (a shared store without a key file, a malformed file) are said first.
+    await this.keyRing.keys();
     if (options.removeOld && !this.keyRing.managesKeys) {
       throw CloudlessError.failedPrecondition(
         `the keys are in ${this.keyRing.describe()}: Cloudless cannot remove them; run \`cloudless secret rotate-key\` without --remove-old, then delete the old key from every coordinator's copy`,

@@ -46,6 +46,7 @@ export const secretsModule: ModuleDefinition = {
         secretsKeyEnv: context.options.secretsKeyEnv,
       }),
       randomBytes,
+      context.store.backend === "etcd",
     );
     const secrets = new SecretRegistry(
       context.store,
@@ -56,7 +57,7 @@ export const secretsModule: ModuleDefinition = {
     );
     // A key file or variable given at start is checked now: a typo fails the start with one
     // line, not the first `secret create` hours later. The data dir creates its key on use.
-    if (!keyRing.managesKeys) await keyRing.keys();
+    if (keyRing.source.kind !== "dataDir") await keyRing.keys();
     context.provide(secretsKey, secrets);
     const events = context.use(eventsKey);
     return {
