@@ -5,7 +5,7 @@
  * every secret decryptable by the new key alone, and every change is audited by name while
  * no value reaches the audit log, the coordinator's log or the events.
  */
-import { randomBytes } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { readdir, readFile, stat, writeFile } from "node:fs/promises";
 import * as path from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
@@ -19,7 +19,7 @@ import {
 } from "./helpers/behaviour.js";
 import { TestCluster } from "./helpers/cluster.js";
 import { type EtcdCluster, etcdUnavailableReason, startEtcd } from "./helpers/etcd.js";
-import { TestResources } from "./helpers/processes.js";
+import { runCli, TestResources } from "./helpers/processes.js";
 import { clientsFor, rpcError } from "./helpers/tlsProbe.js";
 import { writeSpec } from "./helpers/workloads.js";
 
@@ -216,6 +216,50 @@ describe("REQ-063 encrypted secrets, with real coordinators", { timeout: 120_000
     expect(tooBig.code).not.toBe(0);
     expect(tooBig.stderr).toMatch(/secretValueBytes/);
     expect(await cluster.cliJson<SecretJson[]>(["secret", "list"])).toEqual([]);
+  });
+
+  it("REQ-063 NFR-S1 CLOUDLESS_SECRETS_KEY holds the keys instead of the data dir; a malformed one stops the start with one line that does not echo it", async () => {
+    const badDir = await resources.tempDir("cloudless-coord-");
+    const garbage = `not-a-key-${randomBytes(8).toString("hex")}`;
+    const refused = await runCli(
+      [
+        "coordinator",
+        "--data-dir",
+        path.join(badDir, "data"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+      ],
+      { env: { CLOUDLESS_SECRETS_KEY: garbage } },
+    );
+    expect(refused.code).not.toBe(0);
+    expect(refused.stderr).toMatch(/CLOUDLESS_SECRETS_KEY: entry 1 is not a base64 32-byte key/);
+    expect(refused.stderr).not.toContain(garbage);
+    // Refused before the data dir was touched: no half-made cluster to clean up.
+    await expect(stat(path.join(badDir, "data"))).rejects.toThrow(/ENOENT/);
+
+    const key = randomBytes(32);
+    const cluster = await TestCluster.start(resources, [], {
+      CLOUDLESS_SECRETS_KEY: key.toString("base64"),
+    });
+    const value = marker("envkey");
+    const created = await cluster.cli([
+      "secret",
+      "create",
+      "db",
+      "--from-literal",
+      `pw=${value.value}`,
+    ]);
+    expect(created.code, created.stderr).toBe(0);
+    const info = await cluster.cliJson<SecretJson>(["secret", "get", "db"]);
+    expect(info.kekId).toBe(`kek-${createHash("sha256").update(key).digest("hex").slice(0, 16)}`);
+    await expect(stat(path.join(cluster.dataDir, "secrets-kek"))).rejects.toThrow(/ENOENT/);
+    // The data dir cannot rotate keys it does not hold.
+    const removeOld = await cluster.cli(["secret", "rotate-key", "--remove-old"]);
+    expect(removeOld.code).not.toBe(0);
+    expect(removeOld.stderr).toMatch(/CLOUDLESS_SECRETS_KEY: Cloudless cannot remove them/);
+    expect((await cluster.cli(["secret", "verify"])).stdout).toContain("1 of 1 secrets decrypt");
   });
 
   it("REQ-063 NFR-C1 a node reads a secret only for a replica assigned to it whose spec references it; any other ask is PermissionDenied, an event and an audit line", async () => {

@@ -230,6 +230,16 @@ export async function coordinatorFromFlags(
     "--cluster-domain",
   );
   // Loaded here, not at the top: an agent process never loads the coordinator (idle memory).
+  const secretsKeyEnv = takeSecretsKeyEnv();
+  if (flags.secretsKeyFile !== undefined || secretsKeyEnv !== undefined) {
+    // Checked before the data dir is touched: a typo in the keys must not create a cluster.
+    const { checkKeySource } = await import("../control/secrets/secretsModule.js");
+    await checkKeySource({
+      dataDir: flags.dataDir,
+      secretsKeyFile: flags.secretsKeyFile,
+      secretsKeyEnv,
+    });
+  }
   const { startCoordinator } = await import("../control/coordinator.js");
   return startCoordinator({
     dataDir: flags.dataDir,
@@ -244,7 +254,7 @@ export async function coordinatorFromFlags(
     store: flags.store,
     clusterSecretFile: flags.clusterSecretFile,
     secretsKeyFile: flags.secretsKeyFile,
-    secretsKeyEnv: takeSecretsKeyEnv(),
+    secretsKeyEnv,
     leaderLeaseTtlMs: leaderLeaseMs,
     rebalance: {
       enabled: flags.rebalance !== false,

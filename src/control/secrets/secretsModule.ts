@@ -29,6 +29,15 @@ export function keyRingSource(options: {
   return { kind: "dataDir", dir: path.join(options.dataDir, "secrets-kek") };
 }
 
+/** Reads a key file or variable as the coordinator would, failing with one line if unusable. */
+export async function checkKeySource(options: {
+  dataDir: string;
+  secretsKeyFile?: string;
+  secretsKeyEnv?: string;
+}): Promise<void> {
+  await new KeyRing(keyRingSource(options), randomBytes).keys();
+}
+
 /** "secret/<namespace>/<name>" of a request: what the audit log names, never a value. */
 function secretTarget({ request }: { request: unknown }): string {
   const name = stringField(request, "name");
