@@ -23,6 +23,9 @@ import { parseOutputFormat, printResult } from "../output.js";
 import { action, fail } from "../run.js";
 import { collect } from "./nodeCommands.js";
 
+/** How long `rotate-key` and `verify` wait: every secret of the cluster is visited. */
+const rotateTimeoutMs = 10 * 60_000;
+
 interface DataFlags {
   fromLiteral: string[];
   fromFile: string[];
@@ -229,7 +232,9 @@ export function registerSecretCommands(program: Command): void {
         const { clients, server } = await connect(program.opts().config);
         if (format === "table") process.stderr.write("re-wrapping every secret's data key…\n");
         const response = await clients.secrets
-          .rotateSecretsKey({ removeOld: flags.removeOld === true })
+          // Each secret is a read and a compare-and-swap: thousands take longer than the
+          // default 15 s; the rotation is idempotent, so a retry elsewhere is safe.
+          .rotateSecretsKey({ removeOld: flags.removeOld === true }, { timeoutMs: rotateTimeoutMs })
           .catch((error: unknown) => Promise.reject(describeClientError(error, server)));
         if (format !== "table") {
           printResult(
@@ -267,7 +272,7 @@ export function registerSecretCommands(program: Command): void {
         }
         const { clients, server } = await connect(program.opts().config);
         const response = await clients.secrets
-          .verifySecrets({ namespace, name: name ?? "" })
+          .verifySecrets({ namespace, name: name ?? "" }, { timeoutMs: rotateTimeoutMs })
           .catch((error: unknown) => Promise.reject(describeClientError(error, server)));
         if (format !== "table") {
           printResult(
