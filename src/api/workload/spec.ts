@@ -367,6 +367,9 @@ const specObjectSchema = z.strictObject({
     .max(limits.secretsPerWorkload, {
       error: `at most ${limits.secretsPerWorkload} secrets ${limitRef("secretsPerWorkload")}`,
     })
+    .refine((refs) => new Set(refs.map((ref) => ref.name)).size === refs.length, {
+      error: "names a secret twice",
+    })
     // Absent means none; no default is written, so existing workloads keep their hash.
     .optional()
     .describe(
