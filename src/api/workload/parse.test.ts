@@ -640,7 +640,9 @@ describe("spec.secrets (REQ-063)", () => {
       errorLines(
         parseWorkloadText(withSpec(`${image}${resources}  secrets: ${secrets}\n`), "web.yaml"),
       );
-    expect(refused("[{name: Bad_Name}]").join("\n")).toMatch(/spec\.secrets\[0\]\.name: must be a DNS label/);
+    expect(refused("[{name: Bad_Name}]").join("\n")).toMatch(
+      /spec\.secrets\[0\]\.name: must be a DNS label/,
+    );
     expect(refused("[{name: db}, {name: db}]").join("\n")).toMatch(/names a secret twice/);
     expect(refused("[{name: db, value: x}]").join("\n")).toMatch(/unknown field "value"/);
     const many = `[${Array.from({ length: limits.secretsPerWorkload + 1 }, (_, i) => `{name: s${i}}`).join(", ")}]`;
