@@ -4,8 +4,8 @@ import * as path from "node:path";
 
 /**
  * Keeps every log line of the test run (see helpers/logCapture.ts) and, when the run
- * ends, proves that no bootstrap token secret and no private key reached any of them
- * (NFR-S1, REQ-070). A leak fails the run.
+ * ends, proves that no bootstrap token secret, no secret's value (REQ-063) and no private
+ * key reached any of them (NFR-S1, REQ-070). A leak fails the run.
  */
 let logDir: string;
 
@@ -20,6 +20,13 @@ export async function teardown(): Promise<void> {
     .split("\n")
     .filter(Boolean);
   const secrets = [...new Set(tokens.map((token) => token.slice(token.lastIndexOf(".") + 1)))];
+  const secretValues = [
+    ...new Set(
+      (await readFile(path.join(logDir, "secret-values.txt"), "utf8").catch(() => ""))
+        .split("\n")
+        .filter(Boolean),
+    ),
+  ];
   const leaks: string[] = [];
   let lines = 0;
   for (const file of files) {
@@ -28,10 +35,13 @@ export async function teardown(): Promise<void> {
     for (const secret of secrets) {
       if (text.includes(secret)) leaks.push(`${file}: a bootstrap token secret`);
     }
+    for (const value of secretValues) {
+      if (text.includes(value)) leaks.push(`${file}: a secret's value (REQ-063)`);
+    }
     if (/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(text)) leaks.push(`${file}: a private key`);
   }
   console.log(
-    `NFR-S1 log audit: ${files.length} log files, ${lines} lines, ${secrets.length} issued tokens checked: ${leaks.length === 0 ? "no token or private key found" : `${leaks.length} LEAKS`}`,
+    `NFR-S1 log audit: ${files.length} log files, ${lines} lines, ${secrets.length} issued tokens and ${secretValues.length} secret values checked: ${leaks.length === 0 ? "no token, secret value or private key found" : `${leaks.length} LEAKS`}`,
   );
   if (leaks.length > 0) {
     // Vitest reports a throwing teardown but still exits 0; the exit code must say it.

@@ -89,6 +89,25 @@ export const limits = {
    * list` answers them in one message, and each is a store record read per request.
    */
   users: 1_000,
+  // --- Secrets (REQ-063) ------------------------------------------------------------------
+  /** Keys in one secret (files in its mount): Kubernetes secrets rarely hold more than a few. */
+  secretKeysPerSecret: 64,
+  /** A secret key's name: a file name under the mount path, like a Kubernetes secret key. */
+  secretKeyNameChars: 253,
+  /**
+   * One value, in bytes: certificates, keys and tokens are a few KiB. Sealed and encoded it
+   * grows by about 1.8x, and every coordinator keeps the record in its store.
+   */
+  secretValueBytes: 128 * 1024,
+  /**
+   * All values of one secret together: Kubernetes allows 1 MiB; the sealed record (base64
+   * of base64, about 1.8x) must stay well inside etcd's 1.5 MiB request limit.
+   */
+  secretTotalBytes: 256 * 1024,
+  /** Secrets one workload may reference: each is fetched for every replica it starts. */
+  secretsPerWorkload: 32,
+  /** Secrets in one namespace: `secret list` and `secret rotate-key` walk them all. */
+  secretsPerNamespace: 1_000,
   /** Events one ListEvents returns: the whole retained log (10,000 events by default). */
   eventsPerList: 10_000,
   /** Event types one query may filter on: there are a few dozen types. */

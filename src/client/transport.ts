@@ -5,6 +5,7 @@ import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-no
 import { ClusterService } from "../api/gen/cloudless/v1/cluster_pb.js";
 import { EventService } from "../api/gen/cloudless/v1/event_pb.js";
 import { NodeService } from "../api/gen/cloudless/v1/node_pb.js";
+import { SecretService } from "../api/gen/cloudless/v1/secret_pb.js";
 import { ServiceService } from "../api/gen/cloudless/v1/service_pb.js";
 import { TokenService } from "../api/gen/cloudless/v1/token_pb.js";
 import { UserService } from "../api/gen/cloudless/v1/user_pb.js";
@@ -116,6 +117,7 @@ export interface CoordinatorClients {
   cluster: Client<typeof ClusterService>;
   services: Client<typeof ServiceService>;
   users: Client<typeof UserService>;
+  secrets: Client<typeof SecretService>;
 }
 
 export function createClients(transport: Transport): CoordinatorClients {
@@ -127,5 +129,6 @@ export function createClients(transport: Transport): CoordinatorClients {
     cluster: createClient(ClusterService, transport),
     services: createClient(ServiceService, transport),
     users: createClient(UserService, transport),
+    secrets: createClient(SecretService, transport),
   };
 }

@@ -9,6 +9,7 @@ import { action, fail } from "../cli/run.js";
 import { cliVersion } from "../cli/version.js";
 import { defaultDataDir } from "../client/config.js";
 import type { Coordinator } from "../control/coordinator.js";
+import { secretsKeyEnvVariable } from "../control/secrets/keyRing.js";
 import {
   defaultClusterDomain,
   defaultServiceCidr,
@@ -75,6 +76,7 @@ export interface CoordinatorFlags {
   nodeCertTtl?: string;
   store: string;
   clusterSecretFile?: string;
+  secretsKeyFile?: string;
   leaderLease?: string;
   /** false with --no-rebalance. */
   rebalance: boolean;
@@ -133,6 +135,10 @@ export function addCoordinatorFlags(
     .option(
       "--cluster-secret-file <path>",
       "with etcd: the secret sealing the cluster CA in the store (default DATA/cluster-secret; the first coordinator creates it)",
+    )
+    .option(
+      "--secrets-key-file <path>",
+      `keys that encrypt secrets, one base64 32-byte key per line, the first active (default: DATA/secrets-kek/, or ${secretsKeyEnvVariable}); give every coordinator the same file`,
     )
     .option(
       "--leader-lease <duration>",
@@ -224,6 +230,16 @@ export async function coordinatorFromFlags(
     "--cluster-domain",
   );
   // Loaded here, not at the top: an agent process never loads the coordinator (idle memory).
+  const secretsKeyEnv = takeSecretsKeyEnv();
+  if (flags.secretsKeyFile !== undefined || secretsKeyEnv !== undefined) {
+    // Checked before the data dir is touched: a typo in the keys must not create a cluster.
+    const { checkKeySource } = await import("../control/secrets/secretsModule.js");
+    await checkKeySource({
+      dataDir: flags.dataDir,
+      secretsKeyFile: flags.secretsKeyFile,
+      secretsKeyEnv,
+    });
+  }
   const { startCoordinator } = await import("../control/coordinator.js");
   return startCoordinator({
     dataDir: flags.dataDir,
@@ -237,6 +253,8 @@ export async function coordinatorFromFlags(
     nodeCertTtlMs: durationFlag("--node-cert-ttl", flags.nodeCertTtl),
     store: flags.store,
     clusterSecretFile: flags.clusterSecretFile,
+    secretsKeyFile: flags.secretsKeyFile,
+    secretsKeyEnv,
     leaderLeaseTtlMs: leaderLeaseMs,
     rebalance: {
       enabled: flags.rebalance !== false,
@@ -246,6 +264,16 @@ export async function coordinatorFromFlags(
     clusterDomain,
     logger,
   });
+}
+
+/**
+ * The secrets keys from the environment, removed from it once read: replicas and tools this
+ * process starts must not inherit them (ADR 0052).
+ */
+function takeSecretsKeyEnv(): string | undefined {
+  const value = process.env[secretsKeyEnvVariable];
+  delete process.env[secretsKeyEnvVariable];
+  return value === undefined || value.trim() === "" ? undefined : value;
 }
 
 /** A network flag's value, or a one-line error naming the flag and what it expects. */

@@ -78,6 +78,13 @@ export interface CoordinatorOptions {
    * Default DATA/cluster-secret; the first coordinator creates it, the others need a copy.
    */
   clusterSecretFile?: string;
+  /**
+   * A file of secrets key-encryption keys, one base64 key per line, the first active
+   * (ADR 0052): every coordinator of an HA cluster needs the same file.
+   */
+  secretsKeyFile?: string;
+  /** The same keys from CLOUDLESS_SECRETS_KEY (comma-separated); the file wins. */
+  secretsKeyEnv?: string;
   /** How long a dead leader keeps the role before another coordinator takes over. */
   leaderLeaseTtlMs?: number;
   /** The rebalancer (ADR 0035): on by default; the cool-down between moves of a workload. */

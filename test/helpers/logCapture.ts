@@ -5,8 +5,8 @@ import * as path from "node:path";
 /**
  * Every log line a test run produces is kept, so that the run can prove no token or
  * private key ever reached a log (NFR-S1): processes' stderr (their JSON logs) and the
- * log files `cloudless up` writes are copied here, and every token a test issues is
- * recorded. test/globalSetup.ts checks them all when the run ends.
+ * log files `cloudless up` writes are copied here, and every token a test issues and
+ * every secret value it creates is recorded. test/globalSetup.ts checks them all when the run ends.
  */
 const captureDir = process.env.CLOUDLESS_TEST_LOG_DIR;
 
@@ -40,6 +40,28 @@ export function recordTokensIn(text: string): void {
   for (const match of text.match(tokenPattern) ?? []) {
     appendFileSync(path.join(dir, "issued-tokens.txt"), `${match}\n`);
   }
+}
+
+/**
+ * Shorter values could match log text by chance; every value the secrets tests create is
+ * longer (REQ-063).
+ */
+const secretValueMinChars = 12;
+
+/**
+ * Records the values a command gives with `--from-literal KEY=VALUE` (a secret's value), so
+ * the run's log audit proves none reached a log (REQ-063, NFR-S1).
+ */
+export function recordSecretValuesIn(args: readonly string[]): void {
+  const dir = ensureDir();
+  if (!dir) return;
+  args.forEach((arg, index) => {
+    if (args[index - 1] !== "--from-literal") return;
+    const value = arg.slice(arg.indexOf("=") + 1);
+    if (arg.includes("=") && value.length >= secretValueMinChars && !value.includes("\n")) {
+      appendFileSync(path.join(dir, "secret-values.txt"), `${value}\n`);
+    }
+  });
 }
 
 /** Copies log files under a test's temp dir (e.g. DATA/logs of `cloudless up`) before it is removed. */

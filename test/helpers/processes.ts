@@ -3,7 +3,13 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
-import { appendCapture, archiveLogFiles, captureFile, recordTokensIn } from "./logCapture.js";
+import {
+  appendCapture,
+  archiveLogFiles,
+  captureFile,
+  recordSecretValuesIn,
+  recordTokensIn,
+} from "./logCapture.js";
 
 export const repoRoot = fileURLToPath(new URL("../..", import.meta.url));
 export const binPath = path.join(repoRoot, "bin", "cloudless");
@@ -42,6 +48,7 @@ export function runCli(
   args: string[],
   options: { env?: NodeJS.ProcessEnv; timeoutMs?: number } = {},
 ): Promise<RunResult> {
+  recordSecretValuesIn(args);
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [binPath, ...args], {
       env: { ...process.env, CLOUDLESS_CONFIG: undefined, ...options.env },

@@ -625,3 +625,27 @@ describe("closestKey", () => {
     expect(closestKey(typo, known)).toBe(expected);
   });
 });
+
+describe("spec.secrets (REQ-063)", () => {
+  it("REQ-063 lists secrets by name; absent stays absent so existing workloads keep their hash", () => {
+    expect(
+      parsed(withSpec(`${image}${resources}  secrets: [{name: db}, {name: api-token}]\n`)).spec
+        .secrets,
+    ).toEqual([{ name: "db" }, { name: "api-token" }]);
+    expect(parsed(withSpec(`${image}${resources}`)).spec.secrets).toBeUndefined();
+  });
+
+  it("REQ-063 refuses a bad or repeated name, an unknown field and more than secretsPerWorkload", () => {
+    const refused = (secrets: string) =>
+      errorLines(
+        parseWorkloadText(withSpec(`${image}${resources}  secrets: ${secrets}\n`), "web.yaml"),
+      );
+    expect(refused("[{name: Bad_Name}]").join("\n")).toMatch(
+      /spec\.secrets\[0\]\.name: must be a DNS label/,
+    );
+    expect(refused("[{name: db}, {name: db}]").join("\n")).toMatch(/names a secret twice/);
+    expect(refused("[{name: db, value: x}]").join("\n")).toMatch(/unknown field "value"/);
+    const many = `[${Array.from({ length: limits.secretsPerWorkload + 1 }, (_, i) => `{name: s${i}}`).join(", ")}]`;
+    expect(refused(many).join("\n")).toMatch(/secretsPerWorkload/);
+  });
+});

@@ -358,6 +358,23 @@ const specObjectSchema = z.strictObject({
   restartPolicy: z.enum(["Always", "OnFailure", "Never"]).default("Always"),
   rollout: rolloutSchema,
   service: serviceSchema.optional(),
+  secrets: z
+    .array(
+      z.strictObject({
+        name: dnsLabel().describe("A secret in the workload's namespace (`cloudless secret`)."),
+      }),
+    )
+    .max(limits.secretsPerWorkload, {
+      error: `at most ${limits.secretsPerWorkload} secrets ${limitRef("secretsPerWorkload")}`,
+    })
+    .refine((refs) => new Set(refs.map((ref) => ref.name)).size === refs.length, {
+      error: "names a secret twice",
+    })
+    // Absent means none; no default is written, so existing workloads keep their hash.
+    .optional()
+    .describe(
+      "Secrets the replicas may read (REQ-063): the node running a replica may fetch these, no others. The agent does not write them into the replica yet.",
+    ),
   livenessProbe: probeSchema.optional().describe("Failing it restarts the replica."),
   readinessProbe: probeSchema.optional().describe("Until it passes the replica gets no traffic."),
   terminationGracePeriodSeconds: integer(

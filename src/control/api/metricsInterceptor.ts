@@ -17,6 +17,7 @@ import { codeToString } from "@connectrpc/connect/protocol-connect";
 import { ClusterService } from "../../api/gen/cloudless/v1/cluster_pb.js";
 import { EventService } from "../../api/gen/cloudless/v1/event_pb.js";
 import { NodeService } from "../../api/gen/cloudless/v1/node_pb.js";
+import { SecretService } from "../../api/gen/cloudless/v1/secret_pb.js";
 import { ServiceService } from "../../api/gen/cloudless/v1/service_pb.js";
 import { TokenService } from "../../api/gen/cloudless/v1/token_pb.js";
 import { UserService } from "../../api/gen/cloudless/v1/user_pb.js";
@@ -34,6 +35,7 @@ const services: DescService[] = [
   ClusterService,
   ServiceService,
   UserService,
+  SecretService,
 ];
 
 /** Every procedure the API serves: the only values `method` takes besides "other". */

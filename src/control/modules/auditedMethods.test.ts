@@ -17,6 +17,11 @@ describe("audited methods, declared by the modules (ADR 0045)", () => {
       "cloudless.v1.NodeService/Enroll",
       "cloudless.v1.NodeService/RenewCertificate",
       "cloudless.v1.NodeService/UncordonNode",
+      "cloudless.v1.SecretService/CreateSecret",
+      "cloudless.v1.SecretService/DeleteSecret",
+      "cloudless.v1.SecretService/ReadReplicaSecret",
+      "cloudless.v1.SecretService/RotateSecretsKey",
+      "cloudless.v1.SecretService/UpdateSecret",
       "cloudless.v1.TokenService/CreateToken",
       "cloudless.v1.TokenService/DeleteToken",
       "cloudless.v1.UserService/CreateUser",
@@ -40,6 +45,22 @@ describe("audited methods, declared by the modules (ADR 0045)", () => {
     expect(
       target("cloudless.v1.TokenService/CreateToken", {}, { info: { id: "abc" }, token: "x" }),
     ).toBe("token/abc");
+    // Secrets are named, never their values (REQ-063).
+    expect(
+      target("cloudless.v1.SecretService/CreateSecret", {
+        namespace: "",
+        name: "db",
+        data: { password: new TextEncoder().encode("hunter2") },
+      }),
+    ).toBe("secret/default/db");
+    expect(
+      target("cloudless.v1.SecretService/ReadReplicaSecret", {
+        namespace: "shop",
+        workload: "web",
+        replicaId: "r1",
+        name: "db",
+      }),
+    ).toBe("secret/shop/db replica/web/r1");
     expect(
       target("cloudless.v1.WorkloadService/ScaleWorkload", { name: "web", namespace: "" }),
     ).toBe("workload/default/web");

@@ -6,6 +6,7 @@ import { membershipModule } from "../membership/membershipModule.js";
 import { nodesModule } from "../nodes/nodesModule.js";
 import { policiesModule } from "../policies/policiesModule.js";
 import { relayModule } from "../relay/relayModule.js";
+import { secretsModule } from "../secrets/secretsModule.js";
 import { servicesModule } from "../services/servicesModule.js";
 import { tokensModule } from "../tokens/tokensModule.js";
 import { usersModule } from "../users/usersModule.js";
@@ -21,6 +22,7 @@ export const coordinatorModules: readonly ModuleDefinition[] = [
   eventsModule,
   tokensModule,
   usersModule,
+  secretsModule,
   membershipModule,
   policiesModule,
   workloadsModule,
