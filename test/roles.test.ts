@@ -129,6 +129,10 @@ describe("roles and users with a real coordinator (ADR 0051)", () => {
         "workloads.write",
       ],
       [["token", "create"], "TokenService/CreateToken", "tokens.write"],
+      // Secret metadata and policies are not for viewers either (REQ-061, REQ-063).
+      [["secret", "list"], "SecretService/ListSecrets", "secrets.read"],
+      [["secret", "get", "db"], "SecretService/GetSecret", "secrets.read"],
+      [["policy", "list"], "PolicyService/ListPolicies", "policies.read"],
     ];
     for (const [args, method, permission] of viewerRefusals) {
       const result = await as(viewerConf, args);
@@ -151,6 +155,8 @@ describe("roles and users with a real coordinator (ADR 0051)", () => {
         "UserService/CreateUser",
         "users.write",
       ],
+      [["policy", "delete", "images"], "PolicyService/DeletePolicy", "policies.write"],
+      [["secret", "rotate-key"], "SecretService/RotateSecretsKey", "secrets.keys"],
     ];
     for (const [args, method, permission] of operatorRefusals) {
       const result = await as(operatorConf, args);

@@ -4,6 +4,7 @@ import { registerClusterCommands } from "./commands/clusterCommands.js";
 import { registerEventCommands } from "./commands/eventCommands.js";
 import { registerNetworkCommands } from "./commands/networkCommands.js";
 import { registerNodeCommands } from "./commands/nodeCommands.js";
+import { registerPolicyCommands } from "./commands/policyCommands.js";
 import { registerSecretCommands } from "./commands/secretCommands.js";
 import { registerServiceCommands } from "./commands/serviceCommands.js";
 import { registerTokenCommands } from "./commands/tokenCommands.js";
@@ -37,6 +38,7 @@ export function registerClientCommands(program: Command): void {
   registerTokenCommands(program);
   registerUserCommands(program);
   registerSecretCommands(program);
+  registerPolicyCommands(program);
   registerNodeCommands(program);
   registerWorkloadCommands(program);
   registerEventCommands(program);

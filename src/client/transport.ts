@@ -5,6 +5,7 @@ import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-no
 import { ClusterService } from "../api/gen/cloudless/v1/cluster_pb.js";
 import { EventService } from "../api/gen/cloudless/v1/event_pb.js";
 import { NodeService } from "../api/gen/cloudless/v1/node_pb.js";
+import { PolicyService } from "../api/gen/cloudless/v1/policy_pb.js";
 import { SecretService } from "../api/gen/cloudless/v1/secret_pb.js";
 import { ServiceService } from "../api/gen/cloudless/v1/service_pb.js";
 import { TokenService } from "../api/gen/cloudless/v1/token_pb.js";
@@ -118,6 +119,7 @@ export interface CoordinatorClients {
   services: Client<typeof ServiceService>;
   users: Client<typeof UserService>;
   secrets: Client<typeof SecretService>;
+  policies: Client<typeof PolicyService>;
 }
 
 export function createClients(transport: Transport): CoordinatorClients {
@@ -130,5 +132,6 @@ export function createClients(transport: Transport): CoordinatorClients {
     services: createClient(ServiceService, transport),
     users: createClient(UserService, transport),
     secrets: createClient(SecretService, transport),
+    policies: createClient(PolicyService, transport),
   };
 }

@@ -17,6 +17,7 @@ import { codeToString } from "@connectrpc/connect/protocol-connect";
 import { ClusterService } from "../../api/gen/cloudless/v1/cluster_pb.js";
 import { EventService } from "../../api/gen/cloudless/v1/event_pb.js";
 import { NodeService } from "../../api/gen/cloudless/v1/node_pb.js";
+import { PolicyService } from "../../api/gen/cloudless/v1/policy_pb.js";
 import { SecretService } from "../../api/gen/cloudless/v1/secret_pb.js";
 import { ServiceService } from "../../api/gen/cloudless/v1/service_pb.js";
 import { TokenService } from "../../api/gen/cloudless/v1/token_pb.js";
@@ -36,6 +37,7 @@ const services: DescService[] = [
   ServiceService,
   UserService,
   SecretService,
+  PolicyService,
 ];
 
 /** Every procedure the API serves: the only values `method` takes besides "other". */

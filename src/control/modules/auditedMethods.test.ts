@@ -17,6 +17,8 @@ describe("audited methods, declared by the modules (ADR 0045)", () => {
       "cloudless.v1.NodeService/Enroll",
       "cloudless.v1.NodeService/RenewCertificate",
       "cloudless.v1.NodeService/UncordonNode",
+      "cloudless.v1.PolicyService/ApplyPolicy",
+      "cloudless.v1.PolicyService/DeletePolicy",
       "cloudless.v1.SecretService/CreateSecret",
       "cloudless.v1.SecretService/DeleteSecret",
       "cloudless.v1.SecretService/ReadReplicaSecret",

@@ -25,7 +25,7 @@ describe("the permission table (ADR 0051)", () => {
 
   it("NFR-S1 a method missing from the table is refused to everyone, admin and nodes included (default deny)", () => {
     for (const caller of [admin, viewer, { kind: "node", name: "n1" } as const]) {
-      const decision = decideMethod(caller, "cloudless.v1.SecretService/GetSecret");
+      const decision = decideMethod(caller, "cloudless.v1.ConfigService/GetConfig");
       expect(decision.ok).toBe(false);
       if (!decision.ok) expect(decision.reason).toContain("default deny");
     }

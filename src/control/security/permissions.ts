@@ -9,6 +9,7 @@ import { ClusterService } from "../../api/gen/cloudless/v1/cluster_pb.js";
 import { EventService } from "../../api/gen/cloudless/v1/event_pb.js";
 import { NodeService } from "../../api/gen/cloudless/v1/node_pb.js";
 import { PolicyService } from "../../api/gen/cloudless/v1/policy_pb.js";
+import { SecretService } from "../../api/gen/cloudless/v1/secret_pb.js";
 import { ServiceService } from "../../api/gen/cloudless/v1/service_pb.js";
 import { TokenService } from "../../api/gen/cloudless/v1/token_pb.js";
 import { UserService } from "../../api/gen/cloudless/v1/user_pb.js";
@@ -39,6 +40,7 @@ export type Permission =
   | "users.write"
   | "secrets.read"
   | "secrets.write"
+  | "secrets.keys"
   | "policies.read"
   | "policies.write"
   | "configs.read"
@@ -57,7 +59,7 @@ const viewerPermissions: readonly Permission[] = [
  * exec), services, secrets and configs. Not tokens, users or policies, and not nodes:
  * cordon, drain and delete act on the whole cluster's capacity, so like Kubernetes
  * (nodes are cluster-scoped, not in the `edit` role) they stay with admin. An operator
- * may read policies, to learn why an apply was refused.
+ * may read policies, to learn why an apply was refused; rotating the secrets key is admin
  */
 const operatorPermissions: readonly Permission[] = [
   ...viewerPermissions,
@@ -80,6 +82,8 @@ const adminPermissions: readonly Permission[] = [
   "users.read",
   "users.write",
   "policies.write",
+  // Rotating the key-encryption key touches every namespace's secrets.
+  "secrets.keys",
 ];
 
 export const rolePermissions: Readonly<Record<Role, ReadonlySet<Permission>>> = {
@@ -131,6 +135,18 @@ export const methodPermissions: ReadonlyMap<string, Permission> = new Map([
     getPolicy: "policies.read",
     listPolicies: "policies.read",
     testPolicy: "policies.read",
+  }),
+  ...entries(SecretService, {
+    createSecret: "secrets.write",
+    updateSecret: "secrets.write",
+    deleteSecret: "secrets.write",
+    // Metadata only (no RPC returns a value to a client), still not for viewers.
+    getSecret: "secrets.read",
+    listSecrets: "secrets.read",
+    rotateSecretsKey: "secrets.keys",
+    verifySecrets: "secrets.keys",
+    // A node reads the values its own replicas reference; the handler checks which.
+    readReplicaSecret: "agent",
   }),
   ...entries(ServiceService, {
     listServices: "services.read",
