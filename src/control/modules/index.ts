@@ -5,6 +5,7 @@ import { clusterModule } from "../leader/clusterModule.js";
 import { membershipModule } from "../membership/membershipModule.js";
 import { nodesModule } from "../nodes/nodesModule.js";
 import { policiesModule } from "../policies/policiesModule.js";
+import { policyDistributionModule } from "../policies/policyDistributionModule.js";
 import { relayModule } from "../relay/relayModule.js";
 import { secretsModule } from "../secrets/secretsModule.js";
 import { servicesModule } from "../services/servicesModule.js";
@@ -27,6 +28,7 @@ export const coordinatorModules: readonly ModuleDefinition[] = [
   policiesModule,
   workloadsModule,
   nodesModule,
+  policyDistributionModule,
   servicesModule,
   relayModule,
   clusterModule,

@@ -1,15 +1,10 @@
 import { createHash } from "node:crypto";
-import { parseAllDocuments } from "yaml";
 import { z } from "zod";
 import { CloudlessError } from "../../api/errors.js";
 import { PolicySet, type PolicyVerdict } from "../../api/policy/evaluate.js";
 import { workloadFacts } from "../../api/policy/facts.js";
-import {
-  decodePolicy,
-  MAX_POLICIES,
-  MAX_POLICY_DOCUMENT_BYTES,
-  type Policy,
-} from "../../api/policy/policy.js";
+import { parsePolicyDocument } from "../../api/policy/parse.js";
+import { MAX_POLICIES, type Policy } from "../../api/policy/policy.js";
 import type { WorkloadSpecDocument } from "../../api/workload/spec.js";
 import type { Clock } from "../../lib/clock.js";
 import { decodeRecord } from "../../lib/recordCodec.js";
@@ -31,54 +26,6 @@ const policyRecordSchema: z.ZodType<PolicyRecord> = z.looseObject({
 });
 
 export const policyKeyPrefix = "/policies/";
-
-/** YAML aliases a policy document may use (a billion-laughs document is refused early). */
-const maxYamlAliases = 50;
-
-/** Reads one Policy document (YAML or JSON); every problem is one line naming the field. */
-export function parsePolicyDocument(text: string): Policy {
-  const bytes = Buffer.byteLength(text);
-  if (bytes > MAX_POLICY_DOCUMENT_BYTES) {
-    throw CloudlessError.invalid(
-      `the policy document is ${bytes} bytes; at most ${MAX_POLICY_DOCUMENT_BYTES} (MAX_POLICY_DOCUMENT_BYTES)`,
-    );
-  }
-  const documents = parseAllDocuments(text);
-  const list = Array.isArray(documents) ? documents : [];
-  const values: unknown[] = [];
-  for (const document of list) {
-    if (document.errors.length > 0) {
-      const first = document.errors[0];
-      const at = first?.linePos?.[0];
-      const reason = (first?.message.split("\n")[0] ?? "").replace(
-        / at line \d+, column \d+:?$/,
-        "",
-      );
-      throw CloudlessError.invalid(
-        `the policy document is not valid YAML${at ? ` at line ${at.line}, column ${at.col}` : ""}: ${reason}`,
-      );
-    }
-    let value: unknown;
-    try {
-      value = document.toJS({ maxAliasCount: maxYamlAliases });
-    } catch (error) {
-      throw CloudlessError.invalid(
-        `the policy document cannot be read: ${error instanceof Error ? error.message : String(error)}`,
-      );
-    }
-    if (value !== null && value !== undefined) values.push(value);
-  }
-  if (values.length !== 1) {
-    throw CloudlessError.invalid(
-      `expected one Policy document, found ${values.length}; apply one policy per file`,
-    );
-  }
-  const decoded = decodePolicy(values[0]);
-  if (!decoded.ok) {
-    throw CloudlessError.invalid(`the policy is invalid:\n  ${decoded.errors.join("\n  ")}`);
-  }
-  return decoded.policy;
-}
 
 /**
  * Policies under /policies/<name>. Every workload apply reads them all (at most

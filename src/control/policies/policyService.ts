@@ -7,11 +7,12 @@ import {
   PolicyInfoSchema,
   type PolicyService,
 } from "../../api/gen/cloudless/v1/policy_pb.js";
+import { parsePolicyDocument } from "../../api/policy/parse.js";
 import type { Policy } from "../../api/policy/policy.js";
 import { formatSpecErrors } from "../../api/workload/parse.js";
 import { actorName, requireAdmin } from "../api/context.js";
 import { parseRequestSpec } from "../api/workloadService.js";
-import { type PolicyRecord, type PolicyRegistry, parsePolicyDocument } from "./policyRegistry.js";
+import type { PolicyRecord, PolicyRegistry } from "./policyRegistry.js";
 
 export function policyToProto(record: PolicyRecord, policy?: Policy): PolicyInfo {
   const decoded = policy ?? parsePolicyDocument(record.document);
