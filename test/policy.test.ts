@@ -4,12 +4,14 @@
  * named (nothing written), `policy test` names the deciding rule, a policy that does not
  * compile is refused in one line, and only the roles that may read or change policies do.
  */
-import { writeFile } from "node:fs/promises";
+import { readFile, writeFile } from "node:fs/promises";
 import * as path from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { workloadDoc } from "./helpers/behaviour.js";
-import { TestCluster } from "./helpers/cluster.js";
-import { TestResources } from "./helpers/processes.js";
+import { startAgents, workloadDoc } from "./helpers/behaviour.js";
+import { type EventJson, TestCluster } from "./helpers/cluster.js";
+import { run } from "./helpers/netlab.js";
+import { ensurePodman, testImage } from "./helpers/podman.js";
+import { TestResources, waitFor } from "./helpers/processes.js";
 import { writeSpec } from "./helpers/workloads.js";
 
 /** The exit codes the CLI gives (src/cli/run.ts). */
@@ -170,4 +172,92 @@ describe("cluster policies with a real coordinator (ADR 0053)", () => {
     expect(operatorList.code, operatorList.stderr).toBe(0);
     expect(operatorList.stdout).toContain("images");
   });
+
+  it("REQ-061 the agent refuses a replica the policies deny even when its record reached the store without an apply check (a scale after the policy), with a PolicyDenied event", async () => {
+    const podman = await ensurePodman();
+    if (!podman.available) throw new Error(`podman unavailable: ${podman.reason}`);
+    const stopPodman = podman.stop;
+    try {
+      await agentRefuses(podman.socketPath);
+    } finally {
+      for (const running of clusters.splice(0)) {
+        for (const agentProcess of running.agents.values()) await agentProcess.stop(10_000);
+      }
+      await stopPodman();
+    }
+  });
+
+  const clusters: TestCluster[] = [];
+
+  async function agentRefuses(socketPath: string): Promise<void> {
+    const cluster = await TestCluster.start(resources);
+    clusters.push(cluster);
+    const node = "policy-node";
+    const agents = await startAgents(cluster, [
+      { name: node, drivers: ["container"], socket: socketPath },
+    ]);
+    const agent = agents.get(node);
+    const dir = await resources.tempDir("cloudless-policy-");
+    // Admitted while no policy exists, with no replica yet.
+    const spec = await writeSpec(
+      dir,
+      "locked",
+      workloadDoc("locked", "default", { image: testImage, replicas: 0 }),
+    );
+    expect((await cluster.cli(["workload", "apply", "-f", spec])).code).toBe(0);
+    const policyFile = path.join(dir, "no-test-images.yaml");
+    await writeFile(
+      policyFile,
+      `apiVersion: cloudless/v1
+kind: Policy
+metadata:
+  name: no-test-images
+spec:
+  rules:
+    - name: ci-only
+      subject: image
+      effect: deny
+      match: ["localhost/cloudless-test/**"]
+      message: test images stay in CI
+`,
+    );
+    expect((await cluster.cli(["policy", "apply", "-f", policyFile])).code).toBe(0);
+    // The agent holds the policies (kept on disk, 0600, for restarts without a coordinator).
+    const kept = path.join(await cluster.agentDir(node), "policies.json");
+    await waitFor(
+      "the agent to hold the policy",
+      async () => (await readFile(kept, "utf8").catch(() => "")).includes("no-test-images"),
+      15_000,
+    );
+    // A scale creates a replica from the stored spec without an apply check.
+    const scaled = await cluster.cli(["workload", "scale", "locked", "--replicas", "1"]);
+    expect(scaled.code, scaled.stderr).toBe(0);
+    let refusal: EventJson | undefined;
+    await waitFor(
+      "a PolicyDenied event from the agent",
+      async () => {
+        const events = await cluster.cliJson<EventJson[]>(["events", "--type", "ReplicaRefused"]);
+        refusal = events.find((event) => event.reason === "PolicyDenied");
+        return refusal !== undefined;
+      },
+      30_000,
+    );
+    expect(refusal?.message).toMatch(
+      /^replica locked-\S+ \(revision 1\) is denied by policy no-test-images rule ci-only \(image localhost\/cloudless-test\/busybox:1\): test images stay in CI; it is not started$/,
+    );
+    expect(agent?.stderr).toContain("replica refused by policy");
+    // Never started: no container of this cluster's replica exists.
+    const replicaId = /^replica (\S+) /.exec(refusal?.message ?? "")?.[1] ?? "";
+    const containers = await run("podman", [
+      "--url",
+      `unix://${socketPath}`,
+      "ps",
+      "-a",
+      "--filter",
+      `label=cloudless.replica=${replicaId}`,
+      "--format",
+      "{{.ID}}",
+    ]);
+    expect(containers.stdout.trim()).toBe("");
+  }
 });

@@ -46,6 +46,7 @@ import { type MetricsListener, startMetricsListener } from "./metricsListener.js
 import { type AgentNetworkOptions, vipsFor } from "./network/networkComponents.js";
 import { NetworkModule } from "./network/networkModule.js";
 import { realNetworkComponents } from "./network/realComponents.js";
+import { PolicyModule } from "./policy/policyModule.js";
 import { ReplicaModule } from "./replicaModule.js";
 import {
   type CapacityOverrides,
@@ -317,6 +318,13 @@ class AgentRunner {
     // started from disk get their CLOUDLESS_SERVICE_* variables (NFR-A1); it stops last.
     const network = await this.createNetworkModule();
     if (network) this.modules.push(network);
+    // Before the replicas: kept policies are loaded before any replica is judged.
+    const policies = new PolicyModule({
+      dataDir: this.dataDir,
+      logger: this.logger.child({ component: "policies" }),
+      onChange: () => this.replicas?.reevaluate(),
+    });
+    this.modules.push(policies);
     this.replicas = new ReplicaModule({
       nodeName: this.identity.nodeName,
       dataDir: this.dataDir,
@@ -334,6 +342,7 @@ class AgentRunner {
       onProbeResult: (kind, result) =>
         this.metrics.probeResults.inc({ kind, result: result.ok ? "success" : "failure" }),
       ...(network ? { networking: (spec) => network.replicaNetworking(spec) } : {}),
+      policyDenial: (doc) => policies.judge(doc)?.denied?.reason,
     });
     this.modules.push(this.replicas);
     const context = { send: (message: HeartbeatRequest) => this.heartbeat.current?.send(message) };

@@ -77,6 +77,26 @@ export function specNotUnderstoodEvent(
 }
 
 /**
+ * A replica a cluster policy denies (REQ-061): the agent does not start it, whatever put
+ * its record in the store (defence in depth behind the check at apply).
+ */
+export function policyDeniedEvent(
+  assignment: AssignmentRef,
+  reason: string,
+  keptRevision: number | undefined,
+): AgentEvent {
+  const kept =
+    keptRevision === undefined ? "it is not started" : `it keeps running revision ${keptRevision}`;
+  return create(AgentEventSchema, {
+    type: "ReplicaRefused",
+    reason: "PolicyDenied",
+    replicaId: assignment.replicaId,
+    message: `replica ${assignment.replicaId} (revision ${assignment.revision}) is ${reason.slice(0, 1_000)}; ${kept}`,
+    attributes: { revision: String(assignment.revision) },
+  });
+}
+
+/**
  * Events waiting to be sent, each raised once: a desired set the coordinator sends again
  * (on every reconnect, on every change) does not repeat an event already raised for the
  * same replica, revision and cause. Bounded both ways: keys are kept only for replicas

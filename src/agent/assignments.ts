@@ -24,6 +24,8 @@ export type AssignmentReading =
   | {
       ok: true;
       desired: DesiredReplica;
+      /** The workload spec as read, for the policy check before the replica starts. */
+      doc: WorkloadSpecDocument;
       /**
        * Spec fields this agent does not know (a coordinator newer than the agent), set
        * aside: the replica runs with the rest (ADR 0042). Empty when none.
@@ -68,6 +70,7 @@ export function desiredFromAssignment(assignment: AssignmentInput): AssignmentRe
       generation: assignment.revision,
       ...(assignment.traceparent ? { traceparent: assignment.traceparent } : {}),
     },
+    doc,
     unknownFields: parsed.unknownFields,
   };
 }

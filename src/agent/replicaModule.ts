@@ -10,10 +10,16 @@ import {
   HeartbeatRequestSchema,
   type HeartbeatResponse,
 } from "../api/gen/cloudless/v1/node_pb.js";
+import type { WorkloadSpecDocument } from "../api/workload/spec.js";
 import type { Clock } from "../lib/clock.js";
 import type { Rng } from "../lib/rng.js";
 import type { Logger } from "../observe/logger.js";
-import { AgentEventOutbox, specNotUnderstoodEvent, unknownSpecFieldsEvent } from "./agentEvents.js";
+import {
+  AgentEventOutbox,
+  policyDeniedEvent,
+  specNotUnderstoodEvent,
+  unknownSpecFieldsEvent,
+} from "./agentEvents.js";
 import type { AgentModule, AgentModuleContext, AgentModuleStopOptions } from "./agentModule.js";
 import { desiredFromAssignment, reportToProto } from "./assignments.js";
 import type { DriverName, RuntimeDriver } from "./drivers/driver.js";
@@ -39,6 +45,11 @@ export interface ReplicaModuleOptions {
   onProbeResult: NonNullable<ReplicaSupervisorOptions["onProbeResult"]>;
   /** Service variables and DNS settings for a starting replica (the network module). */
   networking?: ReplicaSupervisorOptions["networking"];
+  /**
+   * The cluster policies' denial of a replica's spec, if any (the policy module): a denied
+   * replica is not started (REQ-061, defence in depth behind the check at apply).
+   */
+  policyDenial?: (doc: WorkloadSpecDocument) => string | undefined;
 }
 
 export class ReplicaModule implements AgentModule {
@@ -49,6 +60,8 @@ export class ReplicaModule implements AgentModule {
   private reports: ReplicaReport[] = [];
   /** Events for the cluster's event stream, each raised once per cause (ADR 0042). */
   private readonly events = new AgentEventOutbox();
+  /** The last desired set received, judged again when the policies change. */
+  private lastAssignments: HeartbeatResponse | undefined;
 
   constructor(private readonly options: ReplicaModuleOptions) {}
 
@@ -125,6 +138,7 @@ export class ReplicaModule implements AgentModule {
   receive(message: HeartbeatResponse): void {
     const supervisor = this.supervisor;
     if (!message.assignments || !supervisor) return;
+    this.lastAssignments = message;
     const { logger, agentVersion } = this.options;
     const desired: DesiredReplica[] = [];
     for (const assignment of message.assignments.replicas) {
@@ -139,6 +153,19 @@ export class ReplicaModule implements AgentModule {
         specJson: assignment.specJson,
         traceparent: assignment.traceparent,
       });
+      const denial = reading.ok ? this.options.policyDenial?.(reading.doc) : undefined;
+      if (reading.ok && denial !== undefined) {
+        // Not started. What this agent already runs for the replica keeps running: a policy
+        // applied later refuses new starts, it does not stop running replicas (as admission
+        // control in Kubernetes); delete or roll the workload to move it.
+        const kept = supervisor.desiredFor(ref.replicaId);
+        if (kept) desired.push(kept);
+        const key = `${ref.replicaId}|${ref.revision}|policy|${denial}`;
+        if (this.events.raise(key, policyDeniedEvent(ref, denial, kept?.generation))) {
+          logger.warn({ replica: ref.replicaId, reason: denial }, "replica refused by policy");
+        }
+        continue;
+      }
       if (reading.ok) {
         desired.push(reading.desired);
         if (reading.unknownFields.length > 0) {
@@ -167,6 +194,11 @@ export class ReplicaModule implements AgentModule {
     supervisor.setDesired(desired);
     this.stateWriter?.durableChanged();
     for (const eventMessage of this.events.take()) this.context?.send(eventMessage);
+  }
+
+  /** Judges the last desired set again (the policies changed). */
+  reevaluate(): void {
+    if (this.lastAssignments) this.receive(this.lastAssignments);
   }
 
   statusMessages(): HeartbeatRequest[] {
