@@ -16,9 +16,14 @@
  * The process does not depend on the agent: its output goes straight to files and it
  * leads its own session, so an agent restart neither kills it nor loses its logs.
  * It shares the node's network, so ports are used as given (hostPort = containerPort).
- * All replicas run as the agent's user; the 0700 directories keep them apart from other
- * users' processes, not from each other if that user is root. Disk use (storageGiB) is
- * not limited.
+ * Disk use (storageGiB) is not limited.
+ *
+ * Sandboxed by default (REQ-062, ADR 0050, src/agent/sandbox/): each workload's replicas
+ * run as the workload's own user from the dynamic uid range, with no capabilities, no
+ * new privileges, the default seccomp filter, a read-only view of the host, a private
+ * /tmp, the work dir (owned by that user, 0700) as the only writable path and the
+ * agent's data dir hidden. With `sandbox: "off"` (development) they run as the agent's
+ * user, as before.
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import {
@@ -34,6 +39,7 @@ import {
   chmod,
   constants,
   copyFile,
+  lchown,
   mkdir,
   open,
   readdir,
@@ -50,8 +56,12 @@ import { startStopwatch } from "../../lib/stopwatch.js";
 import type { Logger } from "../../observe/logger.js";
 import { silentLogger } from "../../observe/logger.js";
 import { readProcStat } from "../procfs.js";
+import { DynamicUsers, defaultUidRange, type UidRange } from "../sandbox/dynamicUsers.js";
+import { findSandboxBinaries, type SandboxBinaries, sandboxArgv } from "../sandbox/launch.js";
+import { hostSeccompArch, seccompFilterBytes } from "../sandbox/seccomp.js";
 import {
   type CgroupLayout,
+  readProcs,
   type CgroupPaths,
   cgroupPathsFor,
   cgroupSuffix,
@@ -111,6 +121,19 @@ export interface ProcessDriverOptions {
    * clock that only tests move would never pass.
    */
   clock?: Clock;
+  /**
+   * "on" (default): replicas run in the sandbox (REQ-062); where it cannot be built (no
+   * root, no bwrap or setpriv) they are refused with the reason. "off": replicas run as
+   * the agent's user without a sandbox (development only; the agent logs a warning).
+   */
+  sandbox?: "on" | "off";
+  /** The uids workloads' users are taken from (default systemd's 61184-65519). */
+  replicaUidRange?: UidRange;
+  /**
+   * More directories the sandbox hides besides the agent's data dir (e.g. a coordinator's
+   * data dir with the CA on the same host).
+   */
+  hiddenDirs?: string[];
 }
 
 export interface ProcessDriver extends RuntimeDriver {
@@ -169,6 +192,8 @@ const joinAndExec = [
 /** What a replica's process.json records so a later agent can recognise its process. */
 interface ProcessRecord {
   pid: number;
+  /** The workload's user the replica runs as in its sandbox; absent: unsandboxed. */
+  sandboxUid?: number;
   /** Start time in clock ticks since boot (/proc/<pid>/stat field 22): guards against pid reuse. */
   startTicks: string | undefined;
   startedAtMs: number;
@@ -289,6 +314,10 @@ class CgroupProcessDriver implements ProcessDriver {
    * than portRecheckMs, the listeners are not read again (see portOwner).
    */
   private readonly confirmedPorts = new Map<string, ConfirmedPort>();
+  private readonly sandboxMode: "on" | "off";
+  private readonly hiddenDirs: string[];
+  private readonly replicaUidRange: UidRange;
+  private dynamicUsers: DynamicUsers | undefined;
 
   constructor(options: ProcessDriverOptions) {
     this.logger = (options.logger ?? silentLogger).child({ driver: "process" });
@@ -301,6 +330,59 @@ class CgroupProcessDriver implements ProcessDriver {
     this.maxLogBytes = options.maxLogBytes ?? 10 * 1024 * 1024;
     this.logCheckIntervalMs = options.logCheckIntervalMs ?? 2_000;
     this.replicasDir = path.join(path.resolve(options.dataDir), "replicas");
+    this.dataDir = path.resolve(options.dataDir);
+    this.sandboxMode = options.sandbox ?? "on";
+    this.replicaUidRange = options.replicaUidRange ?? defaultUidRange;
+    this.hiddenDirs = [this.dataDir, ...(options.hiddenDirs ?? []).map((dir) => path.resolve(dir))];
+    if (this.sandboxMode === "off") {
+      this.logger.warn(
+        "process sandbox is off: replicas run as the agent's user with its privileges (development only)",
+      );
+    }
+  }
+
+  private readonly dataDir: string;
+
+  /** The uid table, loaded on first use (the data dir may not exist before). */
+  private users(): DynamicUsers {
+    this.dynamicUsers ??= new DynamicUsers(
+      path.join(this.dataDir, "replica-uids.json"),
+      this.replicaUidRange,
+    );
+    return this.dynamicUsers;
+  }
+
+  /** The sandbox's programs, or the one-line reason replicas cannot be sandboxed here. */
+  private sandboxBinaries(): SandboxBinaries | undefined {
+    if (this.sandboxMode === "off") return undefined;
+    const found = findSandboxBinaries();
+    if ("problem" in found) throw new DriverError("failed", `process sandbox: ${found.problem}`);
+    return found;
+  }
+
+  /**
+   * Makes the work dir reachable by the replica's user and by nobody else: the dirs
+   * above it may be passed through (o+x: no listing; their files keep their own 0600),
+   * the work dir itself is the user's, 0700. An ancestor the user cannot pass is named.
+   */
+  private async prepareSandboxDirs(replicaDir: string, workDir: string, uid: number): Promise<void> {
+    for (const dir of [this.dataDir, this.replicasDir, replicaDir]) {
+      const mode = (await stat(dir)).mode & 0o7777;
+      if ((mode & 0o001) === 0) await chmod(dir, mode | 0o111);
+    }
+    for (let dir = path.dirname(this.dataDir); ; dir = path.dirname(dir)) {
+      const mode = (await stat(dir)).mode & 0o7777;
+      if ((mode & 0o001) === 0) {
+        throw new DriverError(
+          "failed",
+          `process sandbox: the replica's user cannot pass ${dir} (mode ${mode.toString(8)}) to reach its work dir; allow it with chmod o+x ${dir} or use a --data-dir elsewhere`,
+        );
+      }
+      if (dir === path.dirname(dir)) break;
+    }
+    const info = await stat(workDir);
+    if (info.uid !== uid || info.gid !== uid) await chownTree(workDir, uid);
+    await chmod(workDir, 0o700);
   }
 
   cgroupPaths(replicaId: string): CgroupPaths | undefined {
@@ -555,30 +637,72 @@ class CgroupProcessDriver implements ProcessDriver {
     await rm(path.join(dir, "exit.json"), { force: true });
     await this.rotateIfLarge(replicaId);
 
+    let sandboxUid: number | undefined;
+    let launchArgv = argv;
+    let seccompFile: string | undefined;
+    try {
+      const binaries = this.sandboxBinaries();
+      if (binaries) {
+        const arch = hostSeccompArch();
+        if (!arch) {
+          throw new DriverError(
+            "failed",
+            `process sandbox: no seccomp filter for ${process.arch} (x86_64 and aarch64 only); start the agent with --process-sandbox off`,
+          );
+        }
+        sandboxUid = this.users().acquire(`${spec.namespace}/${spec.workload}`, replicaId);
+        await this.prepareSandboxDirs(dir, workDir, sandboxUid);
+        seccompFile = path.join(dir, "seccomp.bpf");
+        await writeFile(seccompFile, seccompFilterBytes(arch), { mode: 0o600 });
+        launchArgv = sandboxArgv({
+          binaries,
+          uid: sandboxUid,
+          gid: sandboxUid,
+          workDir,
+          hiddenDirs: this.hiddenDirs,
+          seccomp: true,
+          argv,
+        });
+      }
+    } catch (error) {
+      if (cgroup) await removeReplicaCgroup(cgroup).catch(() => undefined);
+      if (error instanceof DriverError) throw error;
+      throw new DriverError(
+        "failed",
+        `process sandbox for replica ${replicaId}: ${describeError(error)}`,
+        { cause: error },
+      );
+    }
+
     // The workload writes its output straight into the log files (O_APPEND), so it keeps
     // logging — and keeps running — while the agent restarts.
     const stdoutFd = openSync(path.join(dir, "stdout.log"), "a", 0o600);
     let stderrFd: number | undefined;
+    let filterFd: number | undefined;
     let child: ChildProcess;
     try {
       stderrFd = openSync(path.join(dir, "stderr.log"), "a", 0o600);
+      // bwrap reads the filter from fd 3 (seccompFd); the file is root's, the fd is open.
+      if (seccompFile) filterFd = openSync(seccompFile, "r");
       const procs = cgroup?.procsFiles ?? [];
       child = spawn(
         "/bin/sh",
-        ["-c", joinAndExec, "cloudless", String(procs.length), ...procs, ...argv],
+        ["-c", joinAndExec, "cloudless", String(procs.length), ...procs, ...launchArgv],
         {
           cwd: workDir,
           env,
           detached: true,
-          stdio: ["ignore", stdoutFd, stderrFd],
+          stdio: ["ignore", stdoutFd, stderrFd, ...(filterFd !== undefined ? [filterFd] : [])],
         },
       );
     } finally {
       closeSync(stdoutFd);
       if (stderrFd !== undefined) closeSync(stderrFd);
+      if (filterFd !== undefined) closeSync(filterFd);
     }
     const record: ProcessRecord = {
       pid: 0,
+      ...(sandboxUid !== undefined ? { sandboxUid } : {}),
       startTicks: undefined,
       startedAtMs: this.clock.nowMs(),
       cgroup,
@@ -604,6 +728,7 @@ class CgroupProcessDriver implements ProcessDriver {
     tracked.startTicks = readProcStat(tracked.pid)?.startTicks;
     const persisted: ProcessRecord = {
       pid: tracked.pid,
+      ...(sandboxUid !== undefined ? { sandboxUid } : {}),
       startTicks: tracked.startTicks,
       startedAtMs: tracked.startedAtMs,
       cgroup,
@@ -696,7 +821,11 @@ class CgroupProcessDriver implements ProcessDriver {
     const tracked = await this.lookup(replicaId);
     if (!tracked) return;
     if (await this.refresh(tracked)) {
-      signalGroup(tracked.pid, "SIGTERM");
+      if (tracked.sandboxUid !== undefined && tracked.cgroup) {
+        await signalWorkload(tracked.cgroup, "SIGTERM");
+      } else {
+        signalGroup(tracked.pid, "SIGTERM");
+      }
       if (!(await this.waitExit(tracked, hurry?.aborted ? 0 : graceMs, hurry))) {
         signalGroup(tracked.pid, "SIGKILL");
         if (!(await this.waitExit(tracked, 5_000))) {
@@ -754,6 +883,8 @@ class CgroupProcessDriver implements ProcessDriver {
       }
       await rm(this.replicaDir(replicaId), { recursive: true, force: true });
       this.tracked.delete(replicaId);
+      // Its workload's user is freed with its last replica on this node.
+      if (this.sandboxMode === "on") this.users().release(replicaId);
       if (cgroupError !== undefined) {
         throw new DriverError(
           "failed",
@@ -882,17 +1013,45 @@ class CgroupProcessDriver implements ProcessDriver {
     }
     const env = this.replicaEnv(tracked);
     const procs = tracked.cgroup?.procsFiles ?? [];
-    const child = spawn(
-      "/bin/sh",
-      ["-c", joinAndExec, "cloudless-exec", String(procs.length), ...procs, ...command],
-      {
-        cwd: this.workDir(replicaId),
-        env,
-        // Its own process group, so a timeout kills the whole command tree.
-        detached: true,
-        stdio: ["ignore", "pipe", "pipe"],
-      },
-    );
+    // A sandboxed replica's commands run in a sandbox like its own: its user, its
+    // filter, its work dir — never as the agent's root.
+    let argv = command;
+    let filterFd: number | undefined;
+    if (tracked.sandboxUid !== undefined) {
+      const binaries = this.sandboxBinaries() ?? findSandboxBinaries();
+      const arch = hostSeccompArch();
+      if ("problem" in binaries || !arch) {
+        throw new DriverError("failed", `exec in replica ${replicaId}: the sandbox is not available`);
+      }
+      argv = sandboxArgv({
+        binaries,
+        uid: tracked.sandboxUid,
+        gid: tracked.sandboxUid,
+        workDir: this.workDir(replicaId),
+        hiddenDirs: this.hiddenDirs,
+        seccomp: true,
+        argv: command,
+      });
+      const seccompFile = path.join(this.replicaDir(replicaId), "seccomp.bpf");
+      await writeFile(seccompFile, seccompFilterBytes(arch), { mode: 0o600 });
+      filterFd = openSync(seccompFile, "r");
+    }
+    let child: ChildProcess;
+    try {
+      child = spawn(
+        "/bin/sh",
+        ["-c", joinAndExec, "cloudless-exec", String(procs.length), ...procs, ...argv],
+        {
+          cwd: this.workDir(replicaId),
+          env,
+          // Its own process group, so a timeout kills the whole command tree.
+          detached: true,
+          stdio: ["ignore", "pipe", "pipe", ...(filterFd !== undefined ? [filterFd] : [])],
+        },
+      );
+    } finally {
+      if (filterFd !== undefined) closeSync(filterFd);
+    }
     const output = { stdout: [] as Buffer[], stderr: [] as Buffer[] };
     const sizes = { stdout: 0, stderr: 0 };
     const collect = (stream: "stdout" | "stderr") => (chunk: Buffer) => {
@@ -1063,6 +1222,30 @@ class CgroupProcessDriver implements ProcessDriver {
       await copyFile(file, `${file}.1`);
       await truncate(file, 0);
     }
+  }
+}
+
+/**
+ * Signals the workload's own processes in the cgroup, not bwrap's: bwrap does not pass
+ * signals on, and the outer bwrap dying first would SIGKILL the workload (it runs with
+ * --die-with-parent) before it could stop gracefully. bwrap exits when its child does.
+ */
+async function signalWorkload(cgroup: CgroupPaths, signal: NodeJS.Signals): Promise<void> {
+  for (const pid of await readProcs(cgroup)) {
+    if (readProcStat(pid)?.comm === "bwrap") continue;
+    try {
+      process.kill(pid, signal);
+    } catch {
+      // Gone meanwhile.
+    }
+  }
+}
+
+/** Gives a directory tree to a user (lchown: a symlink in it never redirects the change). */
+async function chownTree(root: string, uid: number): Promise<void> {
+  await lchown(root, uid, uid);
+  for (const entry of await readdir(root, { recursive: true })) {
+    await lchown(path.join(root, entry), uid, uid);
   }
 }
 
