@@ -173,6 +173,8 @@ const ownerFileName = "owner.json";
 const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 const maxExecOutputBytes = 4 * 1024 * 1024;
 const logPollIntervalMs = 200;
+/** How far up a process's parents are followed to find the replica's sandbox (bwrap, its init, the workload: 3). */
+const maxAncestorDepth = 32;
 
 /**
  * Joins the cgroups named by the leading arguments, then becomes the workload. The
@@ -1154,7 +1156,17 @@ class CgroupProcessDriver implements ProcessDriver {
     }
     // The replica leads its own session (spawned detached); what it forks stays in it
     // unless it calls setsid itself.
-    return readProcStat(pid)?.session === tracked.pid;
+    const stat = readProcStat(pid);
+    if (stat?.session === tracked.pid) return true;
+    // A sandboxed workload leads a session of its own (bwrap --new-session) under the
+    // replica's process: it is the replica's when that process is among its ancestors.
+    if (tracked.sandboxUid === undefined) return false;
+    let parent = stat?.ppid;
+    for (let depth = 0; depth < maxAncestorDepth && parent !== undefined && parent > 1; depth += 1) {
+      if (parent === tracked.pid) return true;
+      parent = readProcStat(parent)?.ppid;
+    }
+    return false;
   }
 
   /** Where the replica's sockets are looked for first: its cgroup's members, or its main process. */

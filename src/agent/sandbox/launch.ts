@@ -3,7 +3,7 @@
  *
  *   setpriv --reuid=U --regid=G --clear-groups --no-new-privs --inh-caps=-all
  *           --bounding-set=-all --
- *   bwrap --unshare-all --share-net --die-with-parent --new-session --ro-bind / /
+ *   bwrap --unshare-user --unshare-ipc --unshare-pid --unshare-uts --die-with-parent --new-session --ro-bind / /
  *         --dev /dev --proc /proc --tmpfs /tmp --tmpfs <hidden dir>…
  *         --bind <work dir> <work dir> --chdir <work dir> --cap-drop ALL --seccomp 3 -- cmd
  *
@@ -54,9 +54,14 @@ export function sandboxArgv(launch: SandboxLaunch): string[] {
     "--bounding-set=-all",
     "--",
     launch.binaries.bwrap,
-    "--unshare-all",
-    // Replicas of the process driver use the node's network (ports as given).
-    "--share-net",
+    // Every namespace but the network (replicas of the process driver use the node's
+    // ports as given) and the cgroup one: the host's /sys/fs/cgroup is what the replica
+    // sees, so its /proc/self/cgroup must name its real cgroup, or runtimes that read
+    // their limits there (JVM, Go, Node) would read the host root's.
+    "--unshare-user",
+    "--unshare-ipc",
+    "--unshare-pid",
+    "--unshare-uts",
     "--die-with-parent",
     // No controlling terminal to inject input into (TIOCSTI).
     "--new-session",
