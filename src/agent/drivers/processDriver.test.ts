@@ -362,11 +362,7 @@ describe.skipIf(cgroupProblem !== undefined)(
       await driver.start(
         spec({
           replicaId: stubborn,
-          command: [
-            "/bin/sh",
-            "-c",
-            "trap '' TERM; : > trapped; while true; do sleep 0.1; done",
-          ],
+          command: ["/bin/sh", "-c", "trap '' TERM; : > trapped; while true; do sleep 0.1; done"],
         }),
       );
       await waitFor(

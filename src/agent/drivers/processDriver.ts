@@ -61,7 +61,6 @@ import { findSandboxBinaries, type SandboxBinaries, sandboxArgv } from "../sandb
 import { hostSeccompArch, seccompFilterBytes } from "../sandbox/seccomp.js";
 import {
   type CgroupLayout,
-  readProcs,
   type CgroupPaths,
   cgroupPathsFor,
   cgroupSuffix,
@@ -71,6 +70,7 @@ import {
   killMembers,
   prepareParent,
   readOomKillCount,
+  readProcs,
   removeReplicaCgroup,
 } from "./cgroups.js";
 import {
@@ -367,7 +367,11 @@ class CgroupProcessDriver implements ProcessDriver {
    * above it may be passed through (o+x: no listing; their files keep their own 0600),
    * the work dir itself is the user's, 0700. An ancestor the user cannot pass is named.
    */
-  private async prepareSandboxDirs(replicaDir: string, workDir: string, uid: number): Promise<void> {
+  private async prepareSandboxDirs(
+    replicaDir: string,
+    workDir: string,
+    uid: number,
+  ): Promise<void> {
     for (const dir of [this.dataDir, this.replicasDir, replicaDir]) {
       const mode = (await stat(dir)).mode & 0o7777;
       if ((mode & 0o001) === 0) await chmod(dir, mode | 0o111);
@@ -1023,7 +1027,10 @@ class CgroupProcessDriver implements ProcessDriver {
       const binaries = this.sandboxBinaries() ?? findSandboxBinaries();
       const arch = hostSeccompArch();
       if ("problem" in binaries || !arch) {
-        throw new DriverError("failed", `exec in replica ${replicaId}: the sandbox is not available`);
+        throw new DriverError(
+          "failed",
+          `exec in replica ${replicaId}: the sandbox is not available`,
+        );
       }
       argv = sandboxArgv({
         binaries,
@@ -1162,7 +1169,11 @@ class CgroupProcessDriver implements ProcessDriver {
     // replica's process: it is the replica's when that process is among its ancestors.
     if (tracked.sandboxUid === undefined) return false;
     let parent = stat?.ppid;
-    for (let depth = 0; depth < maxAncestorDepth && parent !== undefined && parent > 1; depth += 1) {
+    for (
+      let depth = 0;
+      depth < maxAncestorDepth && parent !== undefined && parent > 1;
+      depth += 1
+    ) {
       if (parent === tracked.pid) return true;
       parent = readProcStat(parent)?.ppid;
     }

@@ -36,7 +36,9 @@ describe("REQ-062 dynamic users per workload", () => {
     expect(again.uidOf("default/a")).toBeUndefined();
     expect(again.acquire("default/c", "c-1")).toBe(61184);
     expect(again.acquire("default/d", "d-1")).toBe(61186);
-    expect(() => again.acquire("default/e", "e-1")).toThrow(/no free replica uid.*--replica-uid-range/);
+    expect(() => again.acquire("default/e", "e-1")).toThrow(
+      /no free replica uid.*--replica-uid-range/,
+    );
   });
 
   it("REQ-062 checks the configured range with one-line errors", () => {

@@ -141,7 +141,8 @@ export class DynamicUsers {
       if (typeof uid !== "number" || uid < this.range.first || uid > this.range.last) continue;
       if (!Array.isArray(replicas)) continue;
       const ids = replicas.filter((id): id is string => typeof id === "string");
-      if (ids.length > 0) this.workloads.set(key, { uid, replicas: ids.slice(0, maxReplicasPerWorkload) });
+      if (ids.length > 0)
+        this.workloads.set(key, { uid, replicas: ids.slice(0, maxReplicasPerWorkload) });
     }
   }
 
