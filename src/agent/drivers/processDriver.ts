@@ -827,12 +827,16 @@ class CgroupProcessDriver implements ProcessDriver {
     const tracked = await this.lookup(replicaId);
     if (!tracked) return;
     if (await this.refresh(tracked)) {
-      if (tracked.sandboxUid !== undefined && tracked.cgroup) {
-        await signalWorkload(tracked.cgroup, "SIGTERM");
+      // A sandboxed workload leads its own session below bwrap (--new-session): found
+      // by its cgroup, or without one among the replica's descendants.
+      const sandboxed = tracked.sandboxUid !== undefined;
+      if (sandboxed) {
+        await signalWorkload(tracked, "SIGTERM");
       } else {
         signalGroup(tracked.pid, "SIGTERM");
       }
       if (!(await this.waitExit(tracked, hurry?.aborted ? 0 : graceMs, hurry))) {
+        if (sandboxed) await signalWorkload(tracked, "SIGKILL");
         signalGroup(tracked.pid, "SIGKILL");
         if (!(await this.waitExit(tracked, 5_000))) {
           throw new DriverError("failed", `replica ${replicaId} (pid ${tracked.pid}) did not die`);
@@ -1249,19 +1253,45 @@ class CgroupProcessDriver implements ProcessDriver {
 }
 
 /**
- * Signals the workload's own processes in the cgroup, not bwrap's: bwrap does not pass
- * signals on, and the outer bwrap dying first would SIGKILL the workload (it runs with
- * --die-with-parent) before it could stop gracefully. bwrap exits when its child does.
+ * Signals a sandboxed replica's workload processes — the members of its cgroup, or
+ * without one the descendants of its process — and, for SIGTERM, not bwrap's own:
+ * bwrap does not pass signals on, and it exits when its child does.
  */
-async function signalWorkload(cgroup: CgroupPaths, signal: NodeJS.Signals): Promise<void> {
-  for (const pid of await readProcs(cgroup)) {
-    if (readProcStat(pid)?.comm === "bwrap") continue;
+async function signalWorkload(
+  tracked: { pid: number; cgroup: CgroupPaths | undefined },
+  signal: NodeJS.Signals,
+): Promise<void> {
+  const pids = tracked.cgroup ? await readProcs(tracked.cgroup) : await descendantsOf(tracked.pid);
+  for (const pid of pids) {
+    if (signal === "SIGTERM" && readProcStat(pid)?.comm === "bwrap") continue;
     try {
       process.kill(pid, signal);
     } catch {
       // Gone meanwhile.
     }
   }
+}
+
+/** The processes below `root` (one pass over /proc; bounded by the host's process count). */
+async function descendantsOf(root: number): Promise<number[]> {
+  const children = new Map<number, number[]>();
+  for (const entry of await readdir("/proc")) {
+    const pid = Number(entry);
+    if (!Number.isInteger(pid) || pid <= 0) continue;
+    const parent = readProcStat(pid)?.ppid;
+    if (parent === undefined) continue;
+    const siblings = children.get(parent) ?? [];
+    siblings.push(pid);
+    children.set(parent, siblings);
+  }
+  const found: number[] = [];
+  const queue = [...(children.get(root) ?? [])];
+  while (queue.length > 0) {
+    const pid = queue.shift() as number;
+    found.push(pid);
+    queue.push(...(children.get(pid) ?? []));
+  }
+  return found;
 }
 
 /** Gives a directory tree to a user (lchown: a symlink in it never redirects the change). */

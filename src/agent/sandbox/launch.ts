@@ -3,7 +3,7 @@
  *
  *   setpriv --reuid=U --regid=G --clear-groups --no-new-privs --inh-caps=-all
  *           --bounding-set=-all --
- *   bwrap --unshare-user --unshare-ipc --unshare-pid --unshare-uts --die-with-parent --new-session --ro-bind / /
+ *   bwrap --unshare-user --unshare-ipc --unshare-pid --unshare-uts --new-session --ro-bind / /
  *         --dev /dev --proc /proc --tmpfs /tmp --tmpfs <hidden dir>…
  *         --bind <work dir> <work dir> --chdir <work dir> --cap-drop ALL --seccomp 3 -- cmd
  *
@@ -62,7 +62,9 @@ export function sandboxArgv(launch: SandboxLaunch): string[] {
     "--unshare-ipc",
     "--unshare-pid",
     "--unshare-uts",
-    "--die-with-parent",
+    // No --die-with-parent: it would tie the sandbox to the agent (its parent), and
+    // replicas must outlive an agent restart (ADR 0031). The driver's stop kills the
+    // whole cgroup (or, without one, every descendant).
     // No controlling terminal to inject input into (TIOCSTI).
     "--new-session",
     "--ro-bind",
