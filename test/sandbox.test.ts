@@ -4,7 +4,7 @@
  * is allowed to do from inside its sandbox into its own log.
  */
 import { randomBytes } from "node:crypto";
-import { readFile, stat } from "node:fs/promises";
+import { readFile, rm, stat } from "node:fs/promises";
 import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
@@ -43,6 +43,8 @@ describe.skipIf(!isRoot)(
     afterAll(async () => {
       for (const agent of cluster?.agents.values() ?? []) await agent.stop(10_000);
       if (agentDir) await removeProcessReplicas([agentDir]);
+    // Only an unsandboxed replica (the old code, or a regression) can have made it.
+    await rm("/etc/cloudless-sandbox", { force: true });
       await resources?.cleanup();
     }, 60_000);
 

@@ -34,6 +34,8 @@ afterEach(async () => {
     driver.close();
   }
   for (const dir of dirs.splice(0)) await rm(dir, { recursive: true, force: true });
+  // Only an unsandboxed replica (the old code, or a regression) can have made it.
+  await rm("/etc/cloudless-sandbox-test", { force: true });
 });
 
 afterAll(async () => {
