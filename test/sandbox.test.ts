@@ -43,8 +43,8 @@ describe.skipIf(!isRoot)(
     afterAll(async () => {
       for (const agent of cluster?.agents.values() ?? []) await agent.stop(10_000);
       if (agentDir) await removeProcessReplicas([agentDir]);
-    // Only an unsandboxed replica (the old code, or a regression) can have made it.
-    await rm("/etc/cloudless-sandbox", { force: true });
+      // Only an unsandboxed replica (the old code, or a regression) can have made it.
+      await rm("/etc/cloudless-sandbox", { force: true });
       await resources?.cleanup();
     }, 60_000);
 

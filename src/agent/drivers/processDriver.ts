@@ -1044,6 +1044,9 @@ class CgroupProcessDriver implements ProcessDriver {
         hiddenDirs: this.hiddenDirs,
         seccomp: true,
         argv: command,
+        // A timed-out exec kills its process group: the command (in bwrap's own session)
+        // must go with it.
+        dieWithParent: true,
       });
       const seccompFile = path.join(this.replicaDir(replicaId), "seccomp.bpf");
       await writeFile(seccompFile, seccompFilterBytes(arch), { mode: 0o600 });

@@ -35,6 +35,11 @@ export interface SandboxLaunch {
   seccomp: boolean;
   /** The workload's program and arguments. */
   argv: readonly string[];
+  /**
+   * End the sandbox when its parent (the agent) dies or kills it: for `exec` commands,
+   * never for replicas, which outlive agent restarts (ADR 0031).
+   */
+  dieWithParent?: boolean;
 }
 
 /** The argv (program first) that runs `launch.argv` sandboxed. */
@@ -62,9 +67,10 @@ export function sandboxArgv(launch: SandboxLaunch): string[] {
     "--unshare-ipc",
     "--unshare-pid",
     "--unshare-uts",
-    // No --die-with-parent: it would tie the sandbox to the agent (its parent), and
-    // replicas must outlive an agent restart (ADR 0031). The driver's stop kills the
-    // whole cgroup (or, without one, every descendant).
+    // Not for replicas: it would tie the sandbox to the agent (its parent), and replicas
+    // must outlive an agent restart (ADR 0031); the driver's stop kills the whole cgroup
+    // (or, without one, every descendant). An exec's command goes with its killed bwrap.
+    ...(launch.dieWithParent ? ["--die-with-parent"] : []),
     // No controlling terminal to inject input into (TIOCSTI).
     "--new-session",
     "--ro-bind",
