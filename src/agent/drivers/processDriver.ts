@@ -191,6 +191,15 @@ const joinAndExec = [
   'exec "$@"',
 ].join("\n");
 
+/**
+ * The same for a sandboxed replica, but the shell stays as bwrap's parent instead of
+ * becoming it: bwrap runs with --die-with-parent, so killing the replica's process
+ * (this shell, whoever does it) takes the whole sandbox along, while an agent that
+ * dies (the shell's parent) leaves it running (ADR 0031). The exit status is bwrap's,
+ * which is the workload's.
+ */
+const joinAndRun = joinAndExec.replace(/exec "\$@"$/, '"$@"; exit $?');
+
 /** What a replica's process.json records so a later agent can recognise its process. */
 interface ProcessRecord {
   pid: number;
@@ -668,6 +677,8 @@ class CgroupProcessDriver implements ProcessDriver {
           hiddenDirs: this.hiddenDirs,
           seccomp: true,
           argv,
+          // Its parent is the wrapper shell (joinAndRun), not the agent.
+          dieWithParent: true,
         });
       }
     } catch (error) {
@@ -693,7 +704,14 @@ class CgroupProcessDriver implements ProcessDriver {
       const procs = cgroup?.procsFiles ?? [];
       child = spawn(
         "/bin/sh",
-        ["-c", joinAndExec, "cloudless", String(procs.length), ...procs, ...launchArgv],
+        [
+          "-c",
+          sandboxUid !== undefined ? joinAndRun : joinAndExec,
+          "cloudless",
+          String(procs.length),
+          ...procs,
+          ...launchArgv,
+        ],
         {
           cwd: workDir,
           env,
@@ -1266,7 +1284,10 @@ async function signalWorkload(
 ): Promise<void> {
   const pids = tracked.cgroup ? await readProcs(tracked.cgroup) : await descendantsOf(tracked.pid);
   for (const pid of pids) {
-    if (signal === "SIGTERM" && readProcStat(pid)?.comm === "bwrap") continue;
+    // The wrapper shell and bwrap: their death would SIGKILL the workload at once.
+    if (signal === "SIGTERM" && (pid === tracked.pid || readProcStat(pid)?.comm === "bwrap")) {
+      continue;
+    }
     try {
       process.kill(pid, signal);
     } catch {

@@ -67,9 +67,8 @@ export function sandboxArgv(launch: SandboxLaunch): string[] {
     "--unshare-ipc",
     "--unshare-pid",
     "--unshare-uts",
-    // Not for replicas: it would tie the sandbox to the agent (its parent), and replicas
-    // must outlive an agent restart (ADR 0031); the driver's stop kills the whole cgroup
-    // (or, without one, every descendant). An exec's command goes with its killed bwrap.
+    // Killing bwrap's parent kills the sandbox. The driver makes that parent a wrapper
+    // shell for replicas, never the agent: replicas outlive agent restarts (ADR 0031).
     ...(launch.dieWithParent ? ["--die-with-parent"] : []),
     // No controlling terminal to inject input into (TIOCSTI).
     "--new-session",

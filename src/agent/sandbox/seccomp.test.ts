@@ -82,7 +82,7 @@ describe("REQ-062 seccomp filter assembly", () => {
     expect(text).toContain("--tmpfs /tmp --tmpfs /data --bind /data/replicas/r/work");
     expect(text).toContain("--cap-drop ALL --seccomp 3 -- /bin/sleep 1");
     expect(() => sandboxArgv({ ...baseLaunch(), uid: 0 })).toThrow(/invalid uid/);
-    // A replica outlives the agent (ADR 0031); an exec's command dies with its bwrap.
+    // Only on request: the driver asks for it where bwrap's parent is not the agent.
     expect(argv).not.toContain("--die-with-parent");
     expect(sandboxArgv({ ...baseLaunch(), dieWithParent: true })).toContain("--die-with-parent");
   });
