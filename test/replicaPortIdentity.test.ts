@@ -256,10 +256,11 @@ describe.skipIf(!isRoot)(
     });
 
     it("REQ-032 REQ-030 a replica whose port another program takes before it listens is never reported ready on it (that program answers its probe), and moves to a port of its own", async () => {
-      const goFile = path.join(await resources.tempDir("cloudless-go-"), "go");
+      // Relative: the go file is in the replica's work dir, the only place a sandboxed
+      // replica (REQ-062) shares with the host.
       await apply("taken", {
         command: [process.execPath, "-e", server],
-        env: { GO_FILE: goFile },
+        env: { GO_FILE: "go" },
         ports: [{ name: "http", containerPort: await freePort() }],
         resources: { cpuMillicores: 50, memoryMiB: 64 },
         replicas: 1,
@@ -280,7 +281,13 @@ describe.skipIf(!isRoot)(
       const intruder = http.createServer((_request, response) => response.end("intruder"));
       await new Promise<void>((resolve) => intruder.listen(taken, "0.0.0.0", resolve));
       try {
-        await writeFile(goFile, "go");
+        const agentDir = await cluster.agentDir(replica?.node ?? "");
+        // Into the work dir the replica has now: a move to another port may give it a new one.
+        const go = () =>
+          writeFile(path.join(agentDir, "replicas", replica?.id ?? "", "work", "go"), "go").catch(
+            () => undefined,
+          );
+        await go();
         const samples: Array<{ ready: boolean; port: number | undefined; phase: string }> = [];
         const moved = await waitFor(
           "the replica ready on another port",
@@ -288,6 +295,7 @@ describe.skipIf(!isRoot)(
             const workload = await getWorkload(clients, namespace, "taken");
             const current = workload.replicas[0];
             if (!current) return undefined;
+            await go();
             samples.push({
               ready: current.ready,
               port: current.hostPorts.http,

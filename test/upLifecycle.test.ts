@@ -1,6 +1,6 @@
 import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
-import { readFile, writeFile } from "node:fs/promises";
+import { readdir, readFile, writeFile } from "node:fs/promises";
 import * as path from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { sampleSpec } from "../src/cmd/sample.js";
@@ -71,7 +71,7 @@ async function leftovers(dir: string, node: string): Promise<Leftovers> {
         .split("\n")
         .filter(Boolean);
   return {
-    replicaProcesses: await replicaProcessesUnder(dir),
+    replicaProcesses: await replicaProcessesUnder(dir, { sandboxes: true }),
     containers,
     engineServices: await engineServicesUnder(dir),
     cloudless: await processesUsing(dir),
@@ -235,7 +235,8 @@ describe("cloudless up lifecycle (issue 12)", () => {
   const stubborn = ["/bin/sh", "-c", "trap '' TERM; exec /bin/sleep 600"];
   /**
    * After SIGTERM, exits only once `releaseFile` exists (one process, like the others);
-   * creates `readyFile` once its SIGTERM handler is in place.
+   * creates `readyFile` once its SIGTERM handler is in place. Both are relative: in its
+   * work dir, the only place a sandboxed replica (REQ-062) shares with the host.
    */
   const slowStopper = (releaseFile: string, readyFile: string) => [
     process.execPath,
@@ -271,14 +272,25 @@ describe("cloudless up lifecycle (issue 12)", () => {
     await applyProcessWorkload(dir, "sleepers", sleeper, 3, 5);
     // One replica stops only when the test says: the orphan is still stopping when the
     // next up starts.
-    const release = path.join(dir, "release-slow-replica");
-    const ready = path.join(dir, "slow-replica-ready");
-    await applyProcessWorkload(dir, "slow", slowStopper(release, ready), 1, 120, {
+    await applyProcessWorkload(dir, "slow", slowStopper("release", "ready"), 1, 120, {
       cpuMillicores: 200,
       memoryMiB: 64,
     });
     const before = await waitForReplicaProcesses(dir, 4);
-    await waitFor("the slow replica to handle SIGTERM", () => existsSync(ready), upReadyTimeoutMs);
+    // The slow replica's work dir is the one it writes its ready file into.
+    const replicasDir = path.join(dir, "agent", "replicas");
+    const slowWorkDir = await waitFor(
+      "the slow replica to handle SIGTERM",
+      async () => {
+        for (const id of await readdir(replicasDir).catch(() => [] as string[])) {
+          const work = path.join(replicasDir, id, "work");
+          if (existsSync(path.join(work, "ready"))) return work;
+        }
+        return undefined;
+      },
+      upReadyTimeoutMs,
+    );
+    const release = path.join(slowWorkDir, "release");
     const [agent] = await findAgentProcesses(path.join(dir, "agent"));
     expect(agent).toBeDefined();
     const services = await engineServicesUnder(dir);

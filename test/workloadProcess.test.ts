@@ -37,6 +37,24 @@ import {
 } from "./helpers/workloads.js";
 
 const isRoot = process.getuid?.() === 0;
+
+/** Whether `pid` has `ancestor` among its parents (a sandboxed workload sits below bwrap). */
+async function descendsFrom(pid: number, ancestor: number): Promise<boolean> {
+  let current = (await readProc(pid))?.ppid;
+  for (let depth = 0; depth < 16 && current !== undefined && current > 1; depth += 1) {
+    if (current === ancestor) return true;
+    current = (await readProc(current))?.ppid;
+  }
+  return false;
+}
+
+/** The workload's own argv in a sandboxed replica's command line (after bwrap's "--"). */
+function workloadArgv(argv: string[] | undefined): string[] | undefined {
+  if (!argv) return undefined;
+  const bwrap = argv.findIndex((part) => part.endsWith("/bwrap"));
+  const separator = argv.indexOf("--", bwrap + 1);
+  return bwrap >= 0 && separator > bwrap ? argv.slice(separator + 1) : argv;
+}
 const node = "proc-node";
 
 // Deadlines inside the tests bound every wait; the test timeout only has to exceed them.
@@ -126,24 +144,33 @@ describe.skipIf(!isRoot)(
         expect((await read(cgroup.cpuDir, "cpu.max")).trim()).toBe("25000 100000");
         expect((await read(cgroup.memoryDir, "memory.max")).trim()).toBe(String(48 * 1024 * 1024));
       }
-      // The replica's process, and what it forked (the sleep), are members of every hierarchy.
+      // The replica's process (its sandbox, REQ-062), and what the workload forked (the
+      // sleep, below bwrap's init), are members of every hierarchy.
       const pid = await replicaPid(agentDir, replica.id);
       const children = await findProcesses((argv) => argv[0] === "sleep" && argv[1] === "600");
-      const sleeper = (await Promise.all(children.map((c) => readProc(c.pid)))).find(
-        (info) => info?.ppid === pid,
-      );
+      const sleeper = (
+        await Promise.all(
+          children.map(async (c) =>
+            (await descendsFrom(c.pid, pid)) ? readProc(c.pid) : undefined,
+          ),
+        )
+      ).find((info) => info !== undefined);
       expect(sleeper, "the workload's sleep child").toBeDefined();
+      // It runs as its workload's own user from the dynamic range, not root.
+      expect((await stat(`/proc/${sleeper?.pid}`)).uid).toBeGreaterThanOrEqual(61184);
       for (const procsFile of cgroup.procsFiles) {
         const members = (await readFile(procsFile, "utf8")).split("\n").filter(Boolean).map(Number);
         expect(members, procsFile).toContain(pid);
         expect(members, procsFile).toContain(sleeper?.pid);
       }
 
-      // REQ-052: a private working directory, the process's cwd, only for the agent's user.
+      // REQ-052: a private working directory, the process's cwd, only for the workload's
+      // user (REQ-062); the replica dir above it can only be passed through.
       const dir = replicaDir(agentDir, replica.id);
       const workDir = path.join(dir, "work");
       expect((await stat(workDir)).mode & 0o777).toBe(0o700);
-      expect((await stat(dir)).mode & 0o777).toBe(0o700);
+      expect((await stat(workDir)).uid).toBe((await stat(`/proc/${sleeper?.pid}`)).uid);
+      expect((await stat(dir)).mode & 0o777).toBe(0o711);
       expect(await readlink(`/proc/${pid}/cwd`)).toBe(workDir);
       expect(await readFile(path.join(dir, "stdout.log"), "utf8")).toContain("started");
 
@@ -437,7 +464,7 @@ describe.skipIf(!isRoot)(
               reason: r.reason,
             })),
             workerPid: await replicaPid(dir, workerReplica.id),
-            workerArgv: (await readProc(workerPid))?.argv,
+            workerArgv: workloadArgv((await readProc(workerPid))?.argv),
             webReason: webNow.replicas[0]?.reason,
           };
         };
@@ -464,7 +491,9 @@ describe.skipIf(!isRoot)(
               { id: workerReplica.id, phase: "Running", ready: true, restarts: 0, reason: "" },
             ],
             workerPid,
-            workerArgv: ["sleep", "600"],
+            // The replica's process is its sandbox (bwrap, REQ-062), whose command line
+            // names the workload as it was given.
+            workerArgv: ["/bin/sh", "-c", "exec sleep 600"],
             webReason: "DriverUnavailable",
           });
         }

@@ -57,6 +57,7 @@ import {
   type UsageSample,
   UsageSampler,
 } from "./resources/index.js";
+import type { UidRange } from "./sandbox/dynamicUsers.js";
 import { createFileReservationAllocator } from "./supervisor/hostPortReservations.js";
 import { AgentTunnels } from "./tunnels.js";
 
@@ -77,6 +78,14 @@ export interface AgentOptions {
   containerSocket?: string;
   /** Drivers to use, e.g. ["process"]; default: every driver that works here. */
   drivers?: DriverName[];
+  /**
+   * The process replicas' sandbox (REQ-062, ADR 0050): "on" by default; "off" runs them
+   * as the agent's user (development). The uid range workloads' users come from, and
+   * more directories hidden from replicas (a coordinator's data dir on the same host).
+   */
+  processSandbox?: "on" | "off";
+  replicaUidRange?: UidRange;
+  sandboxHiddenDirs?: string[];
   /**
    * Where host ports are reserved, shared by every agent of the host (ADR 0032);
    * default /run/cloudless/ports for root, a private temp directory otherwise.
@@ -304,6 +313,13 @@ class AgentRunner {
           owner,
           logger: this.logger,
           clock: this.clock,
+          ...(this.options.processSandbox ? { processSandbox: this.options.processSandbox } : {}),
+          ...(this.options.replicaUidRange
+            ? { replicaUidRange: this.options.replicaUidRange }
+            : {}),
+          ...(this.options.sandboxHiddenDirs
+            ? { sandboxHiddenDirs: this.options.sandboxHiddenDirs }
+            : {}),
         });
     for (const driver of detected.drivers) {
       if (!this.options.drivers || this.options.drivers.includes(driver.name)) {

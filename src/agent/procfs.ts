@@ -11,6 +11,8 @@ export interface ProcStat {
   comm: string;
   /** R, S, D, Z, X…: Z and X mean the process has ended. */
   state: string;
+  /** Parent pid. */
+  ppid: number;
   /** Session id: a process spawned detached leads its own session, and its children join it. */
   session: number;
   /** Start time in clock ticks since boot: with the pid it names one process, never a reused pid. */
@@ -37,10 +39,11 @@ export function parseProcStat(text: string): ProcStat | undefined {
   const pid = Number(text.slice(0, open).trim());
   const fields = text.slice(close + 2).split(" ");
   const state = fields[0];
+  const ppid = Number(fields[1]);
   const session = Number(fields[3]);
   const startTicks = fields[19];
   if (!Number.isInteger(pid) || state === undefined || startTicks === undefined) return undefined;
-  return { pid, comm: text.slice(open + 1, close), state, session, startTicks };
+  return { pid, comm: text.slice(open + 1, close), state, ppid, session, startTicks };
 }
 
 /**

@@ -335,6 +335,22 @@ export function registerDaemonCommands(program: Command): void {
       "where the agent keeps its identity and state",
       path.join(defaultDataDir(), "agent"),
     )
+    .option(
+      "--process-sandbox <mode>",
+      "on: process replicas run as their workload's own user without privileges (setpriv, bwrap, seccomp; needs root); off: as the agent's user (development only)",
+      "on",
+    )
+    .option(
+      "--replica-uid-range <first-last>",
+      "uids the workloads' users of process replicas are taken from",
+      "61184-65519",
+    )
+    .option(
+      "--sandbox-hide <dir>",
+      "a directory process replicas must not see, besides the agent's data dir (repeatable; e.g. a coordinator's data dir on this host)",
+      collect,
+      [],
+    )
     .option("--cpu-millicores <n>", "override measured CPU")
     .option("--memory-mib <n>", "override measured memory")
     .option("--storage-gib <n>", "override measured storage")
@@ -391,6 +407,9 @@ export function registerDaemonCommands(program: Command): void {
           containerSocket?: string;
           driver: string[];
           dataDir: string;
+          processSandbox: string;
+          replicaUidRange: string;
+          sandboxHide: string[];
           cpuMillicores?: string;
           memoryMib?: string;
           storageGib?: string;
@@ -458,6 +477,16 @@ export function registerDaemonCommands(program: Command): void {
             }
             metricsListener = { host: flags.metricsHost, port };
           }
+          if (flags.processSandbox !== "on" && flags.processSandbox !== "off") {
+            fail(`--process-sandbox ${flags.processSandbox}: expected on or off`);
+          }
+          const { parseUidRange } = await import("../agent/sandbox/dynamicUsers.js");
+          let replicaUidRange: ReturnType<typeof parseUidRange>;
+          try {
+            replicaUidRange = parseUidRange(flags.replicaUidRange);
+          } catch (error) {
+            fail((error as Error).message);
+          }
           const restartGraceMs = durationFlag("--restart-grace", flags.restartGrace);
           if (restartGraceMs !== undefined && restartGraceMs > maxRestartGraceLimitMs) {
             fail(`--restart-grace ${flags.restartGrace}: at most 24h`);
@@ -491,6 +520,9 @@ export function registerDaemonCommands(program: Command): void {
               taints: flags.taint.map(parseTaint),
               ...(flags.containerSocket ? { containerSocket: flags.containerSocket } : {}),
               ...(flags.driver.length > 0 ? { drivers: flags.driver.map(parseDriver) } : {}),
+              processSandbox: flags.processSandbox,
+              replicaUidRange,
+              sandboxHiddenDirs: flags.sandboxHide.map((dir) => path.resolve(dir)),
               overrides,
               ...(metricsListener ? { metricsListener } : {}),
               ...(restartGraceMs !== undefined ? { restartGraceMs } : {}),

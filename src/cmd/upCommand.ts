@@ -1,6 +1,6 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { closeSync, createWriteStream, openSync } from "node:fs";
-import { access, mkdir } from "node:fs/promises";
+import { access, chmod, mkdir, stat } from "node:fs/promises";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
 import type { Command } from "commander";
@@ -310,6 +310,12 @@ async function startCluster(run: UpRun, cancel: AbortSignal): Promise<void> {
   ];
   if (flags.nodeName) args.push("--name", flags.nodeName);
   if (engine) args.push("--container-socket", engine.socketPath);
+  // The local agent's process replicas run as their workloads' own users (REQ-062,
+  // ADR 0050): they pass through this dir to their work dirs under agent/replicas (x
+  // only: no listing; what it holds keeps its own 0700/0600), and it is hidden from them.
+  const dataDirMode = (await stat(dataDir)).mode & 0o7777;
+  if ((dataDirMode & 0o001) === 0) await chmod(dataDir, dataDirMode | 0o011);
+  args.push("--sandbox-hide", dataDir);
   // The token travels in the environment, not argv, so `ps` does not show it.
   const agent = new LocalAgent(
     args,

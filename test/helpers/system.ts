@@ -107,8 +107,14 @@ export async function certificateValidity(
  * Replica processes of the process driver that belong to this data dir: the ones with
  * CLOUDLESS_REPLICA in their environment (as the agent sets it) and HOME under the dir
  * (their private working directory). Other tests' replicas on the same machine do not count.
+ * A sandboxed replica (REQ-062) is its workload plus a wrapper shell and two bwrap
+ * processes (the sandbox and its init) with the same environment: they count only with
+ * `sandboxes` (leftover checks).
  */
-export async function replicaProcessesUnder(dir: string): Promise<ProcInfo[]> {
+export async function replicaProcessesUnder(
+  dir: string,
+  options: { sandboxes?: boolean } = {},
+): Promise<ProcInfo[]> {
   const found: ProcInfo[] = [];
   for (const entry of await readdir("/proc")) {
     if (!/^\d+$/.test(entry)) continue;
@@ -116,8 +122,14 @@ export async function replicaProcessesUnder(dir: string): Promise<ProcInfo[]> {
     const vars = environ.split("\0");
     if (!vars.some((v) => v.startsWith("CLOUDLESS_REPLICA="))) continue;
     if (!vars.some((v) => v.startsWith("HOME=") && v.includes(`${dir}/`))) continue;
+    if (!options.sandboxes) {
+      const comm = await readFile(`/proc/${entry}/comm`, "utf8").catch(() => "");
+      if (comm.trim() === "bwrap") continue;
+    }
     const info = await readProc(Number(entry));
-    if (info) found.push(info);
+    // The wrapper shell that runs a sandbox (argv: /bin/sh -c <script> cloudless … bwrap …).
+    const wrapper = info?.argv[3] === "cloudless" && info.argv.some((a) => a.endsWith("/bwrap"));
+    if (info && (options.sandboxes || !wrapper)) found.push(info);
   }
   return found;
 }

@@ -1,6 +1,7 @@
 import type { Clock } from "../../lib/clock.js";
 import type { Logger } from "../../observe/logger.js";
 import { silentLogger } from "../../observe/logger.js";
+import type { UidRange } from "../sandbox/dynamicUsers.js";
 import { createContainerDriver } from "./containerDriver.js";
 import type { DriverName, RuntimeDriver } from "./driver.js";
 import type { ReplicaOwner } from "./ownership.js";
@@ -60,6 +61,10 @@ export async function detectDrivers(options: {
   cgroupParent?: string;
   /** Passed to the process driver: stamps replicas' start and end times. */
   clock?: Clock;
+  /** Passed to the process driver: its sandbox (REQ-062, ADR 0050). */
+  processSandbox?: "on" | "off";
+  replicaUidRange?: UidRange;
+  sandboxHiddenDirs?: string[];
 }): Promise<DetectedDrivers> {
   const logger = options.logger ?? silentLogger;
   const candidates: RuntimeDriver[] = [
@@ -76,6 +81,9 @@ export async function detectDrivers(options: {
       ...(options.enforceLimits !== undefined ? { enforceLimits: options.enforceLimits } : {}),
       ...(options.cgroupParent !== undefined ? { cgroupParent: options.cgroupParent } : {}),
       ...(options.clock ? { clock: options.clock } : {}),
+      ...(options.processSandbox ? { sandbox: options.processSandbox } : {}),
+      ...(options.replicaUidRange ? { replicaUidRange: options.replicaUidRange } : {}),
+      ...(options.sandboxHiddenDirs ? { hiddenDirs: options.sandboxHiddenDirs } : {}),
     }),
   ];
   const results = await Promise.all(

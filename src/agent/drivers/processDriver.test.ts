@@ -222,8 +222,11 @@ describe.skipIf(cgroupProblem !== undefined)(
       expect(first).not.toBe(second);
       for (const id of ids) {
         const workDir = driver.workDir(id);
+        // The work dir is the workload's user's alone; the replica dir above it may only
+        // be passed through (its files are the agent's, 0600).
         expect((await stat(workDir)).mode & 0o777).toBe(0o700);
-        expect((await stat(driver.replicaDir(id))).mode & 0o777).toBe(0o700);
+        expect((await stat(workDir)).uid).toBeGreaterThanOrEqual(61184);
+        expect((await stat(driver.replicaDir(id))).mode & 0o777).toBe(0o711);
         await waitFor("the pwd line", async () => (await logText(driver, id)) === workDir);
       }
       const firstId = ids[0] ?? "";
@@ -339,10 +342,11 @@ describe.skipIf(cgroupProblem !== undefined)(
     });
 
     it("stops with SIGTERM, then SIGKILL after the grace period, and records exit codes", async () => {
-      const { driver, dataDir } = await newDriver();
+      const { driver } = await newDriver();
       // Each shell says when its trap is set: a SIGTERM that comes before would end it
-      // at once (it did, on a loaded machine), which is not what this test is about.
-      const trapped = (name: string) => path.join(dataDir, `${name}.trapped`);
+      // at once (it did, on a loaded machine), which is not what this test is about. It
+      // writes into its work dir, the only place a sandboxed replica may write.
+      const trapped = (id: string) => path.join(driver.workDir(id), "trapped");
       const polite = replicaId();
       await driver.start(
         spec({
@@ -350,7 +354,7 @@ describe.skipIf(cgroupProblem !== undefined)(
           command: [
             "/bin/sh",
             "-c",
-            `trap 'exit 0' TERM; : > ${trapped("polite")}; while true; do sleep 0.1; done`,
+            "trap 'exit 0' TERM; : > trapped; while true; do sleep 0.1; done",
           ],
         }),
       );
@@ -358,16 +362,12 @@ describe.skipIf(cgroupProblem !== undefined)(
       await driver.start(
         spec({
           replicaId: stubborn,
-          command: [
-            "/bin/sh",
-            "-c",
-            `trap '' TERM; : > ${trapped("stubborn")}; while true; do sleep 0.1; done`,
-          ],
+          command: ["/bin/sh", "-c", "trap '' TERM; : > trapped; while true; do sleep 0.1; done"],
         }),
       );
       await waitFor(
         "both shells to set their traps",
-        async () => existsSync(trapped("polite")) && existsSync(trapped("stubborn")),
+        async () => existsSync(trapped(polite)) && existsSync(trapped(stubborn)),
       );
       await driver.start(spec({ replicaId: polite, command: ["/bin/false"] })); // no-op: running
       await driver.stop(polite, 5_000);
@@ -392,21 +392,22 @@ describe.skipIf(cgroupProblem !== undefined)(
 
     it("NFR-U1 hardening: a hurry (second Ctrl-C) during the grace period kills a replica that ignores SIGTERM at once, its own child or adopted (ADR 0028)", async () => {
       const { driver, dataDir } = await newDriver();
-      const trapped = (name: string) => path.join(dataDir, `${name}.trapped`);
-      const termed = (name: string) => path.join(dataDir, `${name}.termed`);
+      // Markers in the replica's work dir, the only place a sandboxed replica may write.
+      const trapped = (id: string) => path.join(driver.workDir(id), "trapped");
+      const termed = (id: string) => path.join(driver.workDir(id), "termed");
       // Notes each SIGTERM in a file and carries on: only SIGKILL ends it.
-      const stubborn = (name: string) => [
+      const stubborn = () => [
         "/bin/sh",
         "-c",
-        `trap ': > ${termed(name)}' TERM; : > ${trapped(name)}; while true; do sleep 0.1; done`,
+        "trap ': > termed' TERM; : > trapped; while true; do sleep 0.1; done",
       ];
       const own = replicaId();
       const adopted = replicaId();
-      await driver.start(spec({ replicaId: own, command: stubborn("own") }));
-      await driver.start(spec({ replicaId: adopted, command: stubborn("adopted") }));
+      await driver.start(spec({ replicaId: own, command: stubborn() }));
+      await driver.start(spec({ replicaId: adopted, command: stubborn() }));
       await waitFor(
         "both shells to set their traps",
-        async () => existsSync(trapped("own")) && existsSync(trapped("adopted")),
+        async () => existsSync(trapped(own)) && existsSync(trapped(adopted)),
       );
       // The second replica through a new driver on the same data dir: not its child.
       const { driver: restarted } = await newDriver({ dataDir });
@@ -417,7 +418,7 @@ describe.skipIf(cgroupProblem !== undefined)(
         const hurry = new AbortController();
         // A grace far longer than the test: only the hurry can end the stop in time.
         const stopped = stopper.stop(id, 600_000, hurry.signal);
-        await waitFor(`replica ${name} to get SIGTERM`, async () => existsSync(termed(name)));
+        await waitFor(`replica ${name} to get SIGTERM`, async () => existsSync(termed(id)));
         expect((await stopper.status(id)).state).toBe("running");
         hurry.abort();
         await stopped;
@@ -426,8 +427,8 @@ describe.skipIf(cgroupProblem !== undefined)(
       expect((await driver.status(own)).exitCode).toBe(137);
       // Already aborted: no grace at all.
       const late = replicaId();
-      await driver.start(spec({ replicaId: late, command: stubborn("late") }));
-      await waitFor("the shell to set its trap", async () => existsSync(trapped("late")));
+      await driver.start(spec({ replicaId: late, command: stubborn() }));
+      await waitFor("the shell to set its trap", async () => existsSync(trapped(late)));
       await driver.stop(late, 600_000, AbortSignal.abort());
       expect(await driver.status(late)).toMatchObject({ state: "exited", exitCode: 137 });
     });

@@ -16,9 +16,14 @@
  * The process does not depend on the agent: its output goes straight to files and it
  * leads its own session, so an agent restart neither kills it nor loses its logs.
  * It shares the node's network, so ports are used as given (hostPort = containerPort).
- * All replicas run as the agent's user; the 0700 directories keep them apart from other
- * users' processes, not from each other if that user is root. Disk use (storageGiB) is
- * not limited.
+ * Disk use (storageGiB) is not limited.
+ *
+ * Sandboxed by default (REQ-062, ADR 0050, src/agent/sandbox/): each workload's replicas
+ * run as the workload's own user from the dynamic uid range, with no capabilities, no
+ * new privileges, the default seccomp filter, a read-only view of the host, a private
+ * /tmp, the work dir (owned by that user, 0700) as the only writable path and the
+ * agent's data dir hidden. With `sandbox: "off"` (development) they run as the agent's
+ * user, as before.
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import {
@@ -34,6 +39,7 @@ import {
   chmod,
   constants,
   copyFile,
+  lchown,
   mkdir,
   open,
   readdir,
@@ -50,6 +56,9 @@ import { startStopwatch } from "../../lib/stopwatch.js";
 import type { Logger } from "../../observe/logger.js";
 import { silentLogger } from "../../observe/logger.js";
 import { readProcStat } from "../procfs.js";
+import { DynamicUsers, defaultUidRange, type UidRange } from "../sandbox/dynamicUsers.js";
+import { findSandboxBinaries, type SandboxBinaries, sandboxArgv } from "../sandbox/launch.js";
+import { hostSeccompArch, seccompFilterBytes } from "../sandbox/seccomp.js";
 import {
   type CgroupLayout,
   type CgroupPaths,
@@ -61,6 +70,7 @@ import {
   killMembers,
   prepareParent,
   readOomKillCount,
+  readProcs,
   removeReplicaCgroup,
 } from "./cgroups.js";
 import {
@@ -111,6 +121,19 @@ export interface ProcessDriverOptions {
    * clock that only tests move would never pass.
    */
   clock?: Clock;
+  /**
+   * "on" (default): replicas run in the sandbox (REQ-062); where it cannot be built (no
+   * root, no bwrap or setpriv) they are refused with the reason. "off": replicas run as
+   * the agent's user without a sandbox (development only; the agent logs a warning).
+   */
+  sandbox?: "on" | "off";
+  /** The uids workloads' users are taken from (default systemd's 61184-65519). */
+  replicaUidRange?: UidRange;
+  /**
+   * More directories the sandbox hides besides the agent's data dir (e.g. a coordinator's
+   * data dir with the CA on the same host).
+   */
+  hiddenDirs?: string[];
 }
 
 export interface ProcessDriver extends RuntimeDriver {
@@ -150,6 +173,8 @@ const ownerFileName = "owner.json";
 const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 const maxExecOutputBytes = 4 * 1024 * 1024;
 const logPollIntervalMs = 200;
+/** How far up a process's parents are followed to find the replica's sandbox (bwrap, its init, the workload: 3). */
+const maxAncestorDepth = 32;
 
 /**
  * Joins the cgroups named by the leading arguments, then becomes the workload. The
@@ -166,9 +191,20 @@ const joinAndExec = [
   'exec "$@"',
 ].join("\n");
 
+/**
+ * The same for a sandboxed replica, but the shell stays as bwrap's parent instead of
+ * becoming it: bwrap runs with --die-with-parent, so killing the replica's process
+ * (this shell, whoever does it) takes the whole sandbox along, while an agent that
+ * dies (the shell's parent) leaves it running (ADR 0031). The exit status is bwrap's,
+ * which is the workload's.
+ */
+const joinAndRun = joinAndExec.replace(/exec "\$@"$/, '"$@"; exit $?');
+
 /** What a replica's process.json records so a later agent can recognise its process. */
 interface ProcessRecord {
   pid: number;
+  /** The workload's user the replica runs as in its sandbox; absent: unsandboxed. */
+  sandboxUid?: number;
   /** Start time in clock ticks since boot (/proc/<pid>/stat field 22): guards against pid reuse. */
   startTicks: string | undefined;
   startedAtMs: number;
@@ -289,6 +325,10 @@ class CgroupProcessDriver implements ProcessDriver {
    * than portRecheckMs, the listeners are not read again (see portOwner).
    */
   private readonly confirmedPorts = new Map<string, ConfirmedPort>();
+  private readonly sandboxMode: "on" | "off";
+  private readonly hiddenDirs: string[];
+  private readonly replicaUidRange: UidRange;
+  private dynamicUsers: DynamicUsers | undefined;
 
   constructor(options: ProcessDriverOptions) {
     this.logger = (options.logger ?? silentLogger).child({ driver: "process" });
@@ -301,6 +341,63 @@ class CgroupProcessDriver implements ProcessDriver {
     this.maxLogBytes = options.maxLogBytes ?? 10 * 1024 * 1024;
     this.logCheckIntervalMs = options.logCheckIntervalMs ?? 2_000;
     this.replicasDir = path.join(path.resolve(options.dataDir), "replicas");
+    this.dataDir = path.resolve(options.dataDir);
+    this.sandboxMode = options.sandbox ?? "on";
+    this.replicaUidRange = options.replicaUidRange ?? defaultUidRange;
+    this.hiddenDirs = [this.dataDir, ...(options.hiddenDirs ?? []).map((dir) => path.resolve(dir))];
+    if (this.sandboxMode === "off") {
+      this.logger.warn(
+        "process sandbox is off: replicas run as the agent's user with its privileges (development only)",
+      );
+    }
+  }
+
+  private readonly dataDir: string;
+
+  /** The uid table, loaded on first use (the data dir may not exist before). */
+  private users(): DynamicUsers {
+    this.dynamicUsers ??= new DynamicUsers(
+      path.join(this.dataDir, "replica-uids.json"),
+      this.replicaUidRange,
+    );
+    return this.dynamicUsers;
+  }
+
+  /** The sandbox's programs, or the one-line reason replicas cannot be sandboxed here. */
+  private sandboxBinaries(): SandboxBinaries | undefined {
+    if (this.sandboxMode === "off") return undefined;
+    const found = findSandboxBinaries();
+    if ("problem" in found) throw new DriverError("failed", `process sandbox: ${found.problem}`);
+    return found;
+  }
+
+  /**
+   * Makes the work dir reachable by the replica's user and by nobody else: the dirs
+   * above it may be passed through (o+x: no listing; their files keep their own 0600),
+   * the work dir itself is the user's, 0700. An ancestor the user cannot pass is named.
+   */
+  private async prepareSandboxDirs(
+    replicaDir: string,
+    workDir: string,
+    uid: number,
+  ): Promise<void> {
+    for (const dir of [this.dataDir, this.replicasDir, replicaDir]) {
+      const mode = (await stat(dir)).mode & 0o7777;
+      if ((mode & 0o001) === 0) await chmod(dir, mode | 0o111);
+    }
+    for (let dir = path.dirname(this.dataDir); ; dir = path.dirname(dir)) {
+      const mode = (await stat(dir)).mode & 0o7777;
+      if ((mode & 0o001) === 0) {
+        throw new DriverError(
+          "failed",
+          `process sandbox: the replica's user cannot pass ${dir} (mode ${mode.toString(8)}) to reach its work dir; allow it with chmod o+x ${dir} or use a --data-dir elsewhere`,
+        );
+      }
+      if (dir === path.dirname(dir)) break;
+    }
+    const info = await stat(workDir);
+    if (info.uid !== uid || info.gid !== uid) await chownTree(workDir, uid);
+    await chmod(workDir, 0o700);
   }
 
   cgroupPaths(replicaId: string): CgroupPaths | undefined {
@@ -555,30 +652,81 @@ class CgroupProcessDriver implements ProcessDriver {
     await rm(path.join(dir, "exit.json"), { force: true });
     await this.rotateIfLarge(replicaId);
 
+    let sandboxUid: number | undefined;
+    let launchArgv = argv;
+    let seccompFile: string | undefined;
+    try {
+      const binaries = this.sandboxBinaries();
+      if (binaries) {
+        const arch = hostSeccompArch();
+        if (!arch) {
+          throw new DriverError(
+            "failed",
+            `process sandbox: no seccomp filter for ${process.arch} (x86_64 and aarch64 only); start the agent with --process-sandbox off`,
+          );
+        }
+        sandboxUid = this.users().acquire(`${spec.namespace}/${spec.workload}`, replicaId);
+        await this.prepareSandboxDirs(dir, workDir, sandboxUid);
+        seccompFile = path.join(dir, "seccomp.bpf");
+        await writeFile(seccompFile, seccompFilterBytes(arch), { mode: 0o600 });
+        launchArgv = sandboxArgv({
+          binaries,
+          uid: sandboxUid,
+          gid: sandboxUid,
+          workDir,
+          hiddenDirs: this.hiddenDirs,
+          seccomp: true,
+          argv,
+          // Its parent is the wrapper shell (joinAndRun), not the agent.
+          dieWithParent: true,
+        });
+      }
+    } catch (error) {
+      if (cgroup) await removeReplicaCgroup(cgroup).catch(() => undefined);
+      if (error instanceof DriverError) throw error;
+      throw new DriverError(
+        "failed",
+        `process sandbox for replica ${replicaId}: ${describeError(error)}`,
+        { cause: error },
+      );
+    }
+
     // The workload writes its output straight into the log files (O_APPEND), so it keeps
     // logging — and keeps running — while the agent restarts.
     const stdoutFd = openSync(path.join(dir, "stdout.log"), "a", 0o600);
     let stderrFd: number | undefined;
+    let filterFd: number | undefined;
     let child: ChildProcess;
     try {
       stderrFd = openSync(path.join(dir, "stderr.log"), "a", 0o600);
+      // bwrap reads the filter from fd 3 (seccompFd); the file is root's, the fd is open.
+      if (seccompFile) filterFd = openSync(seccompFile, "r");
       const procs = cgroup?.procsFiles ?? [];
       child = spawn(
         "/bin/sh",
-        ["-c", joinAndExec, "cloudless", String(procs.length), ...procs, ...argv],
+        [
+          "-c",
+          sandboxUid !== undefined ? joinAndRun : joinAndExec,
+          "cloudless",
+          String(procs.length),
+          ...procs,
+          ...launchArgv,
+        ],
         {
           cwd: workDir,
           env,
           detached: true,
-          stdio: ["ignore", stdoutFd, stderrFd],
+          stdio: ["ignore", stdoutFd, stderrFd, ...(filterFd !== undefined ? [filterFd] : [])],
         },
       );
     } finally {
       closeSync(stdoutFd);
       if (stderrFd !== undefined) closeSync(stderrFd);
+      if (filterFd !== undefined) closeSync(filterFd);
     }
     const record: ProcessRecord = {
       pid: 0,
+      ...(sandboxUid !== undefined ? { sandboxUid } : {}),
       startTicks: undefined,
       startedAtMs: this.clock.nowMs(),
       cgroup,
@@ -604,6 +752,7 @@ class CgroupProcessDriver implements ProcessDriver {
     tracked.startTicks = readProcStat(tracked.pid)?.startTicks;
     const persisted: ProcessRecord = {
       pid: tracked.pid,
+      ...(sandboxUid !== undefined ? { sandboxUid } : {}),
       startTicks: tracked.startTicks,
       startedAtMs: tracked.startedAtMs,
       cgroup,
@@ -696,8 +845,16 @@ class CgroupProcessDriver implements ProcessDriver {
     const tracked = await this.lookup(replicaId);
     if (!tracked) return;
     if (await this.refresh(tracked)) {
-      signalGroup(tracked.pid, "SIGTERM");
+      // A sandboxed workload leads its own session below bwrap (--new-session): found
+      // by its cgroup, or without one among the replica's descendants.
+      const sandboxed = tracked.sandboxUid !== undefined;
+      if (sandboxed) {
+        await signalWorkload(tracked, "SIGTERM");
+      } else {
+        signalGroup(tracked.pid, "SIGTERM");
+      }
       if (!(await this.waitExit(tracked, hurry?.aborted ? 0 : graceMs, hurry))) {
+        if (sandboxed) await signalWorkload(tracked, "SIGKILL");
         signalGroup(tracked.pid, "SIGKILL");
         if (!(await this.waitExit(tracked, 5_000))) {
           throw new DriverError("failed", `replica ${replicaId} (pid ${tracked.pid}) did not die`);
@@ -754,6 +911,8 @@ class CgroupProcessDriver implements ProcessDriver {
       }
       await rm(this.replicaDir(replicaId), { recursive: true, force: true });
       this.tracked.delete(replicaId);
+      // Its workload's user is freed with its last replica on this node.
+      if (this.sandboxMode === "on") this.users().release(replicaId);
       if (cgroupError !== undefined) {
         throw new DriverError(
           "failed",
@@ -882,17 +1041,51 @@ class CgroupProcessDriver implements ProcessDriver {
     }
     const env = this.replicaEnv(tracked);
     const procs = tracked.cgroup?.procsFiles ?? [];
-    const child = spawn(
-      "/bin/sh",
-      ["-c", joinAndExec, "cloudless-exec", String(procs.length), ...procs, ...command],
-      {
-        cwd: this.workDir(replicaId),
-        env,
-        // Its own process group, so a timeout kills the whole command tree.
-        detached: true,
-        stdio: ["ignore", "pipe", "pipe"],
-      },
-    );
+    // A sandboxed replica's commands run in a sandbox like its own: its user, its
+    // filter, its work dir — never as the agent's root.
+    let argv = command;
+    let filterFd: number | undefined;
+    if (tracked.sandboxUid !== undefined) {
+      const binaries = this.sandboxBinaries() ?? findSandboxBinaries();
+      const arch = hostSeccompArch();
+      if ("problem" in binaries || !arch) {
+        throw new DriverError(
+          "failed",
+          `exec in replica ${replicaId}: the sandbox is not available`,
+        );
+      }
+      argv = sandboxArgv({
+        binaries,
+        uid: tracked.sandboxUid,
+        gid: tracked.sandboxUid,
+        workDir: this.workDir(replicaId),
+        hiddenDirs: this.hiddenDirs,
+        seccomp: true,
+        argv: command,
+        // A timed-out exec kills its process group: the command (in bwrap's own session)
+        // must go with it.
+        dieWithParent: true,
+      });
+      const seccompFile = path.join(this.replicaDir(replicaId), "seccomp.bpf");
+      await writeFile(seccompFile, seccompFilterBytes(arch), { mode: 0o600 });
+      filterFd = openSync(seccompFile, "r");
+    }
+    let child: ChildProcess;
+    try {
+      child = spawn(
+        "/bin/sh",
+        ["-c", joinAndExec, "cloudless-exec", String(procs.length), ...procs, ...argv],
+        {
+          cwd: this.workDir(replicaId),
+          env,
+          // Its own process group, so a timeout kills the whole command tree.
+          detached: true,
+          stdio: ["ignore", "pipe", "pipe", ...(filterFd !== undefined ? [filterFd] : [])],
+        },
+      );
+    } finally {
+      if (filterFd !== undefined) closeSync(filterFd);
+    }
     const output = { stdout: [] as Buffer[], stderr: [] as Buffer[] };
     const sizes = { stdout: 0, stderr: 0 };
     const collect = (stream: "stdout" | "stderr") => (chunk: Buffer) => {
@@ -995,7 +1188,21 @@ class CgroupProcessDriver implements ProcessDriver {
     }
     // The replica leads its own session (spawned detached); what it forks stays in it
     // unless it calls setsid itself.
-    return readProcStat(pid)?.session === tracked.pid;
+    const stat = readProcStat(pid);
+    if (stat?.session === tracked.pid) return true;
+    // A sandboxed workload leads a session of its own (bwrap --new-session) under the
+    // replica's process: it is the replica's when that process is among its ancestors.
+    if (tracked.sandboxUid === undefined) return false;
+    let parent = stat?.ppid;
+    for (
+      let depth = 0;
+      depth < maxAncestorDepth && parent !== undefined && parent > 1;
+      depth += 1
+    ) {
+      if (parent === tracked.pid) return true;
+      parent = readProcStat(parent)?.ppid;
+    }
+    return false;
   }
 
   /** Where the replica's sockets are looked for first: its cgroup's members, or its main process. */
@@ -1063,6 +1270,59 @@ class CgroupProcessDriver implements ProcessDriver {
       await copyFile(file, `${file}.1`);
       await truncate(file, 0);
     }
+  }
+}
+
+/**
+ * Signals a sandboxed replica's workload processes — the members of its cgroup, or
+ * without one the descendants of its process — and, for SIGTERM, not bwrap's own:
+ * bwrap does not pass signals on, and it exits when its child does.
+ */
+async function signalWorkload(
+  tracked: { pid: number; cgroup: CgroupPaths | undefined },
+  signal: NodeJS.Signals,
+): Promise<void> {
+  const pids = tracked.cgroup ? await readProcs(tracked.cgroup) : await descendantsOf(tracked.pid);
+  for (const pid of pids) {
+    // The wrapper shell and bwrap: their death would SIGKILL the workload at once.
+    if (signal === "SIGTERM" && (pid === tracked.pid || readProcStat(pid)?.comm === "bwrap")) {
+      continue;
+    }
+    try {
+      process.kill(pid, signal);
+    } catch {
+      // Gone meanwhile.
+    }
+  }
+}
+
+/** The processes below `root` (one pass over /proc; bounded by the host's process count). */
+async function descendantsOf(root: number): Promise<number[]> {
+  const children = new Map<number, number[]>();
+  for (const entry of await readdir("/proc")) {
+    const pid = Number(entry);
+    if (!Number.isInteger(pid) || pid <= 0) continue;
+    const parent = readProcStat(pid)?.ppid;
+    if (parent === undefined) continue;
+    const siblings = children.get(parent) ?? [];
+    siblings.push(pid);
+    children.set(parent, siblings);
+  }
+  const found: number[] = [];
+  const queue = [...(children.get(root) ?? [])];
+  while (queue.length > 0) {
+    const pid = queue.shift() as number;
+    found.push(pid);
+    queue.push(...(children.get(pid) ?? []));
+  }
+  return found;
+}
+
+/** Gives a directory tree to a user (lchown: a symlink in it never redirects the change). */
+async function chownTree(root: string, uid: number): Promise<void> {
+  await lchown(root, uid, uid);
+  for (const entry of await readdir(root, { recursive: true })) {
+    await lchown(path.join(root, entry), uid, uid);
   }
 }
 
