@@ -45,7 +45,7 @@ import {
 const unavailable = await netlabUnavailableReason();
 if (unavailable) console.log(`service networking chaos tests skipped: ${unavailable}`);
 
-const webPort = 80;
+const webPort = 8080;
 /** The issue asks for 60 s; CLOUDLESS_CHAOS_OUTAGE_MS may only lengthen it. */
 const outageMs = Math.max(60_000, Number(process.env.CLOUDLESS_CHAOS_OUTAGE_MS ?? 0));
 /** How long an endpoint change may take to reach every proxy (issue 14: ≤ 1 s P99) plus slack for this shared machine. */

@@ -568,8 +568,8 @@ export function waitForOutput(
 class LabResources extends TestResources {
   readonly createdDirs: string[] = [];
 
-  override async tempDir(prefix = "cloudless-test-"): Promise<string> {
-    const dir = await super.tempDir(prefix);
+  override async tempDir(prefix = "cloudless-test-", base?: string): Promise<string> {
+    const dir = await super.tempDir(prefix, base);
     this.createdDirs.push(dir);
     return dir;
   }

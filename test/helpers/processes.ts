@@ -173,8 +173,12 @@ export class TestResources {
    */
   private cleanedUp = false;
 
-  async tempDir(prefix = "cloudless-test-"): Promise<string> {
-    const dir = await mkdtemp(path.join(tmpdir(), prefix));
+  /**
+   * A fresh directory, removed at cleanup; under the system's temp dir unless `base` says
+   * otherwise (a sandboxed replica has a private /tmp, so what it must see lives elsewhere).
+   */
+  async tempDir(prefix = "cloudless-test-", base = tmpdir()): Promise<string> {
+    const dir = await mkdtemp(path.join(base, prefix));
     if (this.cleanedUp) {
       await rm(dir, { recursive: true, force: true });
       throw new Error("test resources were already cleaned up (the test timed out?)");

@@ -11,7 +11,7 @@
  * fields the product uses are all in this file, so a seam is fixed in one place.
  */
 import { rmSync, writeFileSync } from "node:fs";
-import { readFile } from "node:fs/promises";
+import { chmod, readFile } from "node:fs/promises";
 import * as path from "node:path";
 import { workloadDoc } from "./behaviour.js";
 import { TestCluster } from "./cluster.js";
@@ -175,7 +175,7 @@ export async function startServiceLab(
       agentDirs: new Map(),
       agentArgs: new Map(),
       specDir: await lab.resources.tempDir("cloudless-specs-"),
-      scratchDir: await lab.resources.tempDir("cloudless-scratch-"),
+      scratchDir: await sandboxVisibleDir(lab),
     };
     for (const definition of hosts.filter((h) => !h.noAgent)) {
       const agentHost = lab.host(definition.name);
@@ -297,10 +297,22 @@ export function httpWorkload(
     ...(options.weight ? { weight: options.weight } : {}),
     nodeSelector: { host: node },
     command: [process.execPath, "-e", httpReplicaScript],
-    ports: [{ name: "http", containerPort: options.port ?? 80 }],
+    // Above 1024: a sandboxed process replica has no capability to bind a privileged port.
+    ports: [{ name: "http", containerPort: options.port ?? 8080 }],
     env: { NODE_NAME: node, READY_FILE: readinessSwitch(sl, name) },
     readinessPath: "/ready",
   };
+}
+
+/**
+ * A scratch dir whose files sandboxed replicas can look up by name (ADR 0050): outside /tmp
+ * (a replica has its own), mode 0711 (passable, not listable: a replica runs as its
+ * workload's own unprivileged user).
+ */
+async function sandboxVisibleDir(lab: NetLab): Promise<string> {
+  const dir = await lab.resources.tempDir("cloudless-scratch-", "/var/tmp");
+  await chmod(dir, 0o711);
+  return dir;
 }
 
 /** The file whose existence makes the workload's replicas fail readiness. */
