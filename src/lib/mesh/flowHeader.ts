@@ -128,6 +128,9 @@ export function parseFlowReply(line: string): FlowReply {
  * the line is longer than maxBytes, the stream ends or errors first, or `timeoutMs`
  * passes; the caller closes the stream then.
  */
+/** A wire deadline passed: what the caller reports as a timeout, whatever else failed. */
+export class DeadlineError extends Error {}
+
 export function readLine(stream: Duplex, maxBytes: number, timeoutMs: number): Promise<string> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
@@ -173,7 +176,7 @@ export function readLine(stream: Duplex, maxBytes: number, timeoutMs: number): P
     const onError = (error: Error) => finish(error);
     // A timer of its own: the line is a wire deadline, not a decision under the Clock.
     const timer = setTimeout(
-      () => finish(new Error(`no header line within ${timeoutMs} ms`)),
+      () => finish(new DeadlineError(`no header line within ${timeoutMs} ms`)),
       timeoutMs,
     );
     stream.on("readable", onReadable);

@@ -28,6 +28,7 @@ import {
 } from "../../../api/gen/cloudless/v1/service_pb.js";
 import type { Clock } from "../../../lib/clock.js";
 import {
+  DeadlineError,
   encodeFlowHeader,
   encodeFlowReply,
   type FlowCounters,
@@ -837,12 +838,17 @@ export class MeshNode {
     const elapsed = startStopwatch();
     const failures: string[] = [];
     let refused: string | undefined;
+    // An attempt that ran into its deadline makes the dial a timeout: its timer and the
+    // dial's clock are two clocks, and the timer may fire a hair before the dial's own
+    // elapsed time reaches the deadline (CI saw "unreachable" for a silent peer).
+    let deadlinePassed = false;
     const where = (attempt: Attempt) =>
       attempt.kind === "direct" ? attempt.address : `via ${attempt.link.via}`;
     const fail = (attempt: Attempt, error: unknown) => {
       const message = error instanceof Error ? error.message : String(error);
       failures.push(`${where(attempt)}: ${message}`);
       if (error instanceof RefusedError) refused = `${where(attempt)}: ${message}`;
+      if (error instanceof DeadlineError) deadlinePassed = true;
     };
     while (remaining.length > 0) {
       if (signal?.aborted) throw new MeshDialError("timeout", "the dial was aborted");
@@ -874,7 +880,7 @@ export class MeshNode {
     }
     if (signal?.aborted) throw new MeshDialError("timeout", "the dial was aborted");
     this.setPath(state, "unreachable", "", "");
-    if (elapsed() >= timeoutMs) {
+    if (deadlinePassed || elapsed() >= timeoutMs) {
       throw new MeshDialError(
         "timeout",
         `node ${peer.node} was not reached within ${timeoutMs} ms (${failures.join("; ") || "no path"})`,
@@ -1055,7 +1061,7 @@ export class MeshNode {
       signal?.addEventListener("abort", onAbort, { once: true });
       // A wire deadline on real time.
       const timer = setTimeout(
-        () => finish(new Error(`no TLS session within ${Math.round(timeoutMs)} ms`)),
+        () => finish(new DeadlineError(`no TLS session within ${Math.round(timeoutMs)} ms`)),
         Math.max(1, timeoutMs),
       );
       socket.once("error", onError);
