@@ -63,8 +63,7 @@ export function specNotUnderstoodEvent(
   keptRevision: number | undefined,
   agentVersion: string,
 ): AgentEvent {
-  const kept =
-    keptRevision === undefined ? "it is not started" : `it keeps running revision ${keptRevision}`;
+  const kept = keptPhrase(keptRevision);
   return create(AgentEventSchema, {
     type: "SpecRefused",
     reason: "SpecNotUnderstood",
@@ -85,8 +84,7 @@ export function policyDeniedEvent(
   reason: string,
   keptRevision: number | undefined,
 ): AgentEvent {
-  const kept =
-    keptRevision === undefined ? "it is not started" : `it keeps running revision ${keptRevision}`;
+  const kept = keptPhrase(keptRevision);
   return create(AgentEventSchema, {
     type: "ReplicaRefused",
     reason: "PolicyDenied",
@@ -94,6 +92,13 @@ export function policyDeniedEvent(
     message: `replica ${assignment.replicaId} (revision ${assignment.revision}) is ${reason.slice(0, 1_000)}; ${kept}`,
     attributes: { revision: String(assignment.revision) },
   });
+}
+
+/** What happens to a replica whose new revision is not run: the revision it keeps, if any. */
+function keptPhrase(keptRevision: number | undefined): string {
+  return keptRevision === undefined
+    ? "it is not started"
+    : `it keeps running revision ${keptRevision}`;
 }
 
 /**
