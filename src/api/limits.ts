@@ -108,6 +108,24 @@ export const limits = {
   secretsPerWorkload: 32,
   /** Secrets in one namespace: `secret list` and `secret rotate-key` walk them all. */
   secretsPerNamespace: 1_000,
+  // --- Configuration objects (issue 15, hot reload) ---------------------------------------
+  /** Keys in one config (files in its mount), as for secrets. */
+  configKeysPerConfig: 64,
+  /** A config key's name: a file name under the mount path. */
+  configKeyNameChars: 253,
+  /**
+   * All values of one config together: Kubernetes ConfigMaps allow 1 MiB; every coordinator
+   * keeps the record and every node running a replica that mounts it keeps a copy.
+   */
+  configTotalBytes: 512 * 1024,
+  /** Configs one workload may reference: each is fetched for every replica it starts. */
+  configsPerWorkload: 32,
+  /** Configs in one namespace: `config list` walks them all. */
+  configsPerNamespace: 1_000,
+  /** Environment variables one workload may take from its secrets (`spec.secrets[].env`). */
+  secretEnvPerWorkload: 64,
+  /** A mount path in a replica (`mountPath`): a Linux path, well under PATH_MAX. */
+  mountPathChars: 1024,
   /** Events one ListEvents returns: the whole retained log (10,000 events by default). */
   eventsPerList: 10_000,
   /** Event types one query may filter on: there are a few dozen types. */

@@ -649,3 +649,52 @@ describe("spec.secrets (REQ-063)", () => {
     expect(refused(many).join("\n")).toMatch(/secretsPerWorkload/);
   });
 });
+
+describe("spec.secrets mounts and env, spec.configs (REQ-063, configuration with hot reload)", () => {
+  const refused = (field: string, value: string) =>
+    errorLines(
+      parseWorkloadText(withSpec(`${image}${resources}  ${field}: ${value}\n`), "web.yaml"),
+    ).join("\n");
+
+  it("REQ-063 takes a mount path and environment variables from keys of a secret", () => {
+    expect(
+      parsed(
+        withSpec(
+          `${image}${resources}  secrets: [{name: db, mountPath: /etc/db, env: [{name: DB_PASSWORD, key: password}]}]\n`,
+        ),
+      ).spec.secrets,
+    ).toEqual([
+      { name: "db", mountPath: "/etc/db", env: [{ name: "DB_PASSWORD", key: "password" }] },
+    ]);
+  });
+
+  it("REQ-063 refuses a relative or '..' mount path and a bad environment variable name", () => {
+    expect(refused("secrets", "[{name: db, mountPath: run/db}]")).toMatch(
+      /spec\.secrets\[0\]\.mountPath: must be an absolute path/,
+    );
+    expect(refused("secrets", "[{name: db, mountPath: /run/../etc}]")).toMatch(
+      /must be an absolute path without '\.\.'/,
+    );
+    expect(refused("secrets", "[{name: db, env: [{name: 1X, key: a}]}]")).toMatch(
+      /must be an environment variable name/,
+    );
+  });
+
+  it("configs default to onChange reload; restart is taken; repeats and unknown values are refused", () => {
+    expect(
+      parsed(
+        withSpec(
+          `${image}${resources}  configs: [{name: app}, {name: rules, onChange: restart}]\n`,
+        ),
+      ).spec.configs,
+    ).toEqual([
+      { name: "app", onChange: "reload" },
+      { name: "rules", onChange: "restart" },
+    ]);
+    expect(parsed(withSpec(`${image}${resources}`)).spec.configs).toBeUndefined();
+    expect(refused("configs", "[{name: app}, {name: app}]")).toMatch(/names a config twice/);
+    expect(refused("configs", "[{name: app, onChange: sometimes}]")).toMatch(
+      /spec\.configs\[0\]\.onChange/,
+    );
+  });
+});

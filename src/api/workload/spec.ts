@@ -137,6 +137,71 @@ export const containerPortSchema = z
   })
   .describe("A port the workload listens on.");
 
+/** A path inside the replica where files are mounted: absolute, no `..`, no NUL. */
+function mountPath() {
+  const message = "must be an absolute path without '..' segments, such as /run/secrets/db";
+  return z
+    .string()
+    .max(limits.mountPathChars, {
+      error: `must be at most ${limits.mountPathChars} characters ${limitRef("mountPathChars")}`,
+    })
+    .refine(
+      (value) =>
+        value.startsWith("/") &&
+        value !== "/" &&
+        !value.includes("\0") &&
+        !value.split("/").some((segment) => segment === ".." || segment === "."),
+      { error: message },
+    );
+}
+
+const envNamePattern = /^[A-Za-z_][A-Za-z0-9_]*$/;
+
+export const secretReferenceSchema = z
+  .strictObject({
+    name: dnsLabel().describe("A secret in the workload's namespace (`cloudless secret`)."),
+    mountPath: mountPath()
+      .optional()
+      .describe(
+        "Where the secret's keys appear as files (mode 0400, owned by the replica's user). Default: /run/secrets/<name>.",
+      ),
+    env: z
+      .array(
+        z.strictObject({
+          name: z
+            .string()
+            .regex(envNamePattern, {
+              error:
+                "must be an environment variable name: letters, digits and '_', not starting with a digit",
+            })
+            .max(256, { error: "must be at most 256 characters" }),
+          key: z.string().min(1, { error: "must name a key of the secret" }),
+        }),
+      )
+      .optional()
+      .describe(
+        "Environment variables set from keys of the secret when a replica starts (an update reaches them only at the next start; files update in place).",
+      ),
+  })
+  .describe("A secret the replicas read.");
+
+export const configReferenceSchema = z
+  .strictObject({
+    name: dnsLabel().describe("A config in the workload's namespace (`cloudless config`)."),
+    mountPath: mountPath()
+      .optional()
+      .describe(
+        "Where the config's keys appear as files (read-only). Default: /run/configs/<name>.",
+      ),
+    onChange: z
+      .enum(["reload", "restart"])
+      .default("reload")
+      .describe(
+        "reload: an update swaps the files in place, atomically, without a restart; restart: an update rolls the replicas, never below minAvailable.",
+      ),
+  })
+  .describe("A configuration object the replicas read.");
+
 export const resourcesSchema = z
   .strictObject({
     cpuMillicores: positiveInteger().describe("CPU reserved per replica; 1000 = one core."),
@@ -311,8 +376,6 @@ export const metadataSchema = z.strictObject({
   labels: labelMap(),
 });
 
-const envNamePattern = /^[A-Za-z_][A-Za-z0-9_]*$/;
-
 const specObjectSchema = z.strictObject({
   image: z
     .string({ error: "expected a string" })
@@ -359,21 +422,37 @@ const specObjectSchema = z.strictObject({
   rollout: rolloutSchema,
   service: serviceSchema.optional(),
   secrets: z
-    .array(
-      z.strictObject({
-        name: dnsLabel().describe("A secret in the workload's namespace (`cloudless secret`)."),
-      }),
-    )
+    .array(secretReferenceSchema)
     .max(limits.secretsPerWorkload, {
       error: `at most ${limits.secretsPerWorkload} secrets ${limitRef("secretsPerWorkload")}`,
     })
     .refine((refs) => new Set(refs.map((ref) => ref.name)).size === refs.length, {
       error: "names a secret twice",
     })
+    .refine(
+      (refs) =>
+        refs.reduce((sum, ref) => sum + (ref.env?.length ?? 0), 0) <= limits.secretEnvPerWorkload,
+      {
+        error: `at most ${limits.secretEnvPerWorkload} environment variables from secrets ${limitRef("secretEnvPerWorkload")}`,
+      },
+    )
     // Absent means none; no default is written, so existing workloads keep their hash.
     .optional()
     .describe(
-      "Secrets the replicas may read (REQ-063): the node running a replica may fetch these, no others. The agent does not write them into the replica yet.",
+      "Secrets the replicas may read (REQ-063): the node running a replica may fetch these, no others; each is mounted as files (one per key) readable only by the replica's user, and may also fill environment variables.",
+    ),
+  configs: z
+    .array(configReferenceSchema)
+    .max(limits.configsPerWorkload, {
+      error: `at most ${limits.configsPerWorkload} configs ${limitRef("configsPerWorkload")}`,
+    })
+    .refine((refs) => new Set(refs.map((ref) => ref.name)).size === refs.length, {
+      error: "names a config twice",
+    })
+    // Absent means none; no default is written, so existing workloads keep their hash.
+    .optional()
+    .describe(
+      "Configuration objects (`cloudless config`) mounted into the replicas as files, one per key.",
     ),
   livenessProbe: probeSchema.optional().describe("Failing it restarts the replica."),
   readinessProbe: probeSchema.optional().describe("Until it passes the replica gets no traffic."),
