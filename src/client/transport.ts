@@ -3,6 +3,7 @@ import type { PeerCertificate } from "node:tls";
 import { type Client, createClient, type Transport } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import { ClusterService } from "../api/gen/cloudless/v1/cluster_pb.js";
+import { ConfigService } from "../api/gen/cloudless/v1/config_pb.js";
 import { EventService } from "../api/gen/cloudless/v1/event_pb.js";
 import { NodeService } from "../api/gen/cloudless/v1/node_pb.js";
 import { PolicyService } from "../api/gen/cloudless/v1/policy_pb.js";
@@ -120,6 +121,7 @@ export interface CoordinatorClients {
   users: Client<typeof UserService>;
   secrets: Client<typeof SecretService>;
   policies: Client<typeof PolicyService>;
+  configs: Client<typeof ConfigService>;
 }
 
 export function createClients(transport: Transport): CoordinatorClients {
@@ -133,5 +135,6 @@ export function createClients(transport: Transport): CoordinatorClients {
     users: createClient(UserService, transport),
     secrets: createClient(SecretService, transport),
     policies: createClient(PolicyService, transport),
+    configs: createClient(ConfigService, transport),
   };
 }

@@ -15,6 +15,7 @@ import {
 } from "@connectrpc/connect";
 import { codeToString } from "@connectrpc/connect/protocol-connect";
 import { ClusterService } from "../../api/gen/cloudless/v1/cluster_pb.js";
+import { ConfigService } from "../../api/gen/cloudless/v1/config_pb.js";
 import { EventService } from "../../api/gen/cloudless/v1/event_pb.js";
 import { NodeService } from "../../api/gen/cloudless/v1/node_pb.js";
 import { PolicyService } from "../../api/gen/cloudless/v1/policy_pb.js";
@@ -38,6 +39,7 @@ const services: DescService[] = [
   UserService,
   SecretService,
   PolicyService,
+  ConfigService,
 ];
 
 /** Every procedure the API serves: the only values `method` takes besides "other". */

@@ -31,13 +31,31 @@ export interface WorkloadRecord {
    * on): replicas the controller creates for it soon after join that trace.
    */
   traceparent?: string;
+  /**
+   * The configs with `onChange: restart` the current revision was made for, by name
+   * (ADR 0056): a config whose record changed since makes a new revision, which rolls.
+   */
+  configVersions?: ConfigStamps;
 }
+
+/** A config's version (for people) and its record's store revision (for the decision). */
+export interface ConfigStamp {
+  /** 0: the config did not exist when the revision was made. */
+  version: number;
+  modRevision: number;
+}
+
+export type ConfigStamps = Record<string, ConfigStamp>;
 
 export interface WorkloadRevisionRecord {
   revision: number;
   templateHash: string;
   spec: unknown;
   createdAtMs: number;
+  /** Set on a revision made because configs changed (onChange: restart, ADR 0056). */
+  configVersions?: ConfigStamps;
+  /** Why the revision was made when it was not an apply: "config changed: app v3". */
+  cause?: string;
 }
 
 /** One list for the agent and the coordinator (lib/replicaPhase.ts). */
@@ -113,6 +131,11 @@ export const resourcesRecordSchema: z.ZodType<ResourcesRecord> = z.looseObject({
   bandwidthMbps: z.number().nonnegative(),
 });
 
+const configStampsSchema: z.ZodType<ConfigStamps> = z.record(
+  z.string(),
+  z.looseObject({ version: count, modRevision: count }),
+);
+
 export const workloadRecordSchema: z.ZodType<WorkloadRecord> = z.looseObject({
   uid: z.string(),
   namespace: z.string().min(1),
@@ -125,6 +148,7 @@ export const workloadRecordSchema: z.ZodType<WorkloadRecord> = z.looseObject({
   createdAtMs: timeMs,
   updatedAtMs: timeMs,
   traceparent: z.string().optional(),
+  configVersions: configStampsSchema.optional(),
 });
 
 export const workloadRevisionRecordSchema: z.ZodType<WorkloadRevisionRecord> = z.looseObject({
@@ -132,6 +156,8 @@ export const workloadRevisionRecordSchema: z.ZodType<WorkloadRevisionRecord> = z
   templateHash: z.string(),
   spec: z.unknown(),
   createdAtMs: timeMs,
+  configVersions: configStampsSchema.optional(),
+  cause: z.string().optional(),
 });
 
 export const replicaStatusRecordSchema: z.ZodType<ReplicaStatusRecord> = z.looseObject({

@@ -11,6 +11,10 @@ describe("audited methods, declared by the modules (ADR 0045)", () => {
     api = await startInProcessApi();
     const audited = api.modules.audited();
     expect([...audited.keys()].sort()).toEqual([
+      "cloudless.v1.ConfigService/CreateConfig",
+      "cloudless.v1.ConfigService/DeleteConfig",
+      "cloudless.v1.ConfigService/ReadReplicaConfig",
+      "cloudless.v1.ConfigService/UpdateConfig",
       "cloudless.v1.NodeService/CordonNode",
       "cloudless.v1.NodeService/DeleteNode",
       "cloudless.v1.NodeService/DrainNode",

@@ -1,4 +1,5 @@
 import { auditModule } from "../audit/auditModule.js";
+import { configsModule } from "../configs/configsModule.js";
 import { eventsModule } from "../events/eventsModule.js";
 import { infoModule } from "../info/infoModule.js";
 import { clusterModule } from "../leader/clusterModule.js";
@@ -27,6 +28,7 @@ export const coordinatorModules: readonly ModuleDefinition[] = [
   membershipModule,
   policiesModule,
   workloadsModule,
+  configsModule,
   nodesModule,
   policyDistributionModule,
   servicesModule,

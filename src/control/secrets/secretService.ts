@@ -15,9 +15,9 @@ import {
 import { validateSecretName } from "../../api/secrets.js";
 import { actorName, requireAdmin, requireNode } from "../api/context.js";
 import type { EventLog } from "../events/eventLog.js";
+import { checkReplicaAccess } from "../security/replicaAccess.js";
 import type { Store } from "../store/store.js";
 import type { KeyRing } from "./keyRing.js";
-import { checkReplicaAccess } from "./replicaAccess.js";
 import type { SecretRecord, SecretRegistry } from "./secretRegistry.js";
 
 export interface SecretServiceDeps {
@@ -146,7 +146,7 @@ export function secretServiceImpl(deps: SecretServiceDeps): ServiceImpl<typeof S
         namespace: request.namespace,
         workload: request.workload,
         replicaId: request.replicaId,
-        secret: request.name,
+        object: { kind: "secret", name: request.name },
       });
       const subject = `secret/${request.namespace}/${request.name}`;
       const replica = `${request.namespace}/${request.workload}/${request.replicaId}`;

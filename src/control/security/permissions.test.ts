@@ -25,7 +25,7 @@ describe("the permission table (ADR 0051)", () => {
 
   it("NFR-S1 a method missing from the table is refused to everyone, admin and nodes included (default deny)", () => {
     for (const caller of [admin, viewer, { kind: "node", name: "n1" } as const]) {
-      const decision = decideMethod(caller, "cloudless.v1.ConfigService/GetConfig");
+      const decision = decideMethod(caller, "cloudless.v1.ConfigService/ForgottenMethod");
       expect(decision.ok).toBe(false);
       if (!decision.ok) expect(decision.reason).toContain("default deny");
     }
@@ -82,6 +82,24 @@ describe("the permission table (ADR 0051)", () => {
     expect(rolePermissions.operator.has("policies.write")).toBe(false);
     expect(rolePermissions.admin.has("policies.write")).toBe(true);
     expect(rolePermissions.admin.has("agent")).toBe(false);
+  });
+
+  it("NFR-S1 configs: viewer gets and lists; operator and admin also create, update, delete; only nodes read a replica's config", () => {
+    const allowed = (caller: Parameters<typeof decideMethod>[0], method: string) =>
+      decideMethod(caller, `cloudless.v1.ConfigService/${method}`).ok;
+    for (const read of ["GetConfig", "ListConfigs"]) {
+      for (const caller of [viewer, operator, admin])
+        expect(allowed(caller, read), read).toBe(true);
+    }
+    for (const write of ["CreateConfig", "UpdateConfig", "DeleteConfig"]) {
+      expect(allowed(viewer, write), write).toBe(false);
+      expect(allowed(operator, write), write).toBe(true);
+      expect(allowed(admin, write), write).toBe(true);
+    }
+    for (const caller of [viewer, operator, admin]) {
+      expect(allowed(caller, "ReadReplicaConfig")).toBe(false);
+    }
+    expect(allowed({ kind: "node", name: "n1" }, "ReadReplicaConfig")).toBe(true);
   });
 
   it("NFR-S1 a refusal says in one line who, which role, which permission is needed and which role has it", () => {

@@ -6,6 +6,7 @@
  */
 import type { DescMethod, DescService } from "@bufbuild/protobuf";
 import { ClusterService } from "../../api/gen/cloudless/v1/cluster_pb.js";
+import { ConfigService } from "../../api/gen/cloudless/v1/config_pb.js";
 import { EventService } from "../../api/gen/cloudless/v1/event_pb.js";
 import { NodeService } from "../../api/gen/cloudless/v1/node_pb.js";
 import { PolicyService } from "../../api/gen/cloudless/v1/policy_pb.js";
@@ -19,8 +20,7 @@ import type { Role } from "../../api/identity.js";
 /**
  * What a method needs. `public` is open to a caller without a certificate (Enroll, which
  * carries a token); `agent` is for node agents only (their handlers check which node).
- * `secrets.*`, `policies.*` and `configs.*` have no methods yet: they are the hooks the
- * secrets, policy and config services use when they land.
+ * `secrets.*`, `policies.*` and `configs.*` are the secret, policy and config services'.
  */
 export type Permission =
   | "public"
@@ -52,6 +52,8 @@ const viewerPermissions: readonly Permission[] = [
   "nodes.read",
   "services.read",
   "workloads.read",
+  // Configs are not secret; a viewer sees them as it sees the workloads that mount them.
+  "configs.read",
 ];
 
 /**
@@ -68,7 +70,6 @@ const operatorPermissions: readonly Permission[] = [
   "services.write",
   "secrets.read",
   "secrets.write",
-  "configs.read",
   "configs.write",
   "policies.read",
 ];
@@ -114,6 +115,16 @@ function entries<S extends DescService>(
  */
 export const methodPermissions: ReadonlyMap<string, Permission> = new Map([
   ...entries(ClusterService, { listCoordinators: "cluster.read" }),
+  ...entries(ConfigService, {
+    createConfig: "configs.write",
+    updateConfig: "configs.write",
+    deleteConfig: "configs.write",
+    // Configs are not secret (get returns values): readable like workloads, by viewers too.
+    getConfig: "configs.read",
+    listConfigs: "configs.read",
+    // A node reads the configs its own replicas mount; the handler checks which.
+    readReplicaConfig: "agent",
+  }),
   ...entries(EventService, { listEvents: "events.read", watchEvents: "events.read" }),
   ...entries(NodeService, {
     enroll: "public",

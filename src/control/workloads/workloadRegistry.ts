@@ -16,9 +16,17 @@ import type { Clock } from "../../lib/clock.js";
 import { decodeRecord } from "../../lib/recordCodec.js";
 import type { Rng } from "../../lib/rng.js";
 import { injectTraceparent } from "../../observe/tracing.js";
+import {
+  type ConfigRestart,
+  decideConfigRestart,
+  mountedConfigNames,
+  readConfigStamps,
+  restartConfigNames,
+} from "../configs/configStamps.js";
 import { type ClusterCache, readFreshClusterState } from "../controllers/clusterCache.js";
 import type { ClusterState } from "../controllers/clusterState.js";
 import {
+  type ConfigStamps,
   revisionKey,
   revisionListPrefix,
   type WorkloadRecord,
@@ -108,6 +116,10 @@ export class WorkloadRegistry {
     const now = clock.nowMs();
     // The replicas this change makes are placed and started in this request's trace.
     const traceparent = injectTraceparent();
+    // The configs it mounts as they are now: a new revision carries the stamps of those it
+    // restarts for (ADR 0056); a config updated after this read rolls it once more.
+    const mounted = await readConfigStamps(store, namespace, mountedConfigNames(doc));
+    const configVersions = stampsOf(mounted, restartConfigNames(doc));
     type Applied = {
       existing: WorkloadRecord | undefined;
       record: WorkloadRecord;
@@ -152,6 +164,7 @@ export class WorkloadRegistry {
             createdAtMs: options.dryRun ? 0 : now,
             updatedAtMs: options.dryRun ? 0 : now,
             traceparent,
+            ...configVersions,
           };
         } else if (existing.templateHash === hash) {
           const same =
@@ -185,8 +198,9 @@ export class WorkloadRegistry {
           };
         } else {
           action = "updated";
+          const { configVersions: _stale, ...kept } = existing;
           record = {
-            ...existing,
+            ...kept,
             revision: existing.revision + 1,
             templateHash: hash,
             spec: doc,
@@ -194,6 +208,7 @@ export class WorkloadRegistry {
             minAvailable: doc.spec.minAvailable,
             updatedAtMs: now,
             traceparent,
+            ...configVersions,
           };
         }
         if (options.dryRun) {
@@ -211,6 +226,7 @@ export class WorkloadRegistry {
               templateHash: hash,
               spec: doc,
               createdAtMs: now,
+              ...configVersions,
             }),
           });
           const expired = record.revision - revisionHistoryLimit;
@@ -249,8 +265,109 @@ export class WorkloadRegistry {
               : "settings updated",
       actor: options.actor,
     });
+    await this.reportMissingConfigs(namespace, name, mounted);
     this.deps.controller.trigger();
     return { record, state: await this.state(), action };
+  }
+
+  /**
+   * Says which configs a workload mounts that do not exist (yet): like Kubernetes, the
+   * apply succeeds and the replicas wait for them (the agent's side); this names them.
+   */
+  private async reportMissingConfigs(
+    namespace: string,
+    name: string,
+    mounted: ConfigStamps,
+  ): Promise<void> {
+    const missing = Object.entries(mounted)
+      .filter(([, stamp]) => stamp.modRevision === 0)
+      .map(([config]) => config);
+    if (missing.length === 0) return;
+    await this.deps.events.record({
+      type: "ConfigMissing",
+      category: "operations",
+      subject: `workload/${namespace}/${name}`,
+      reason: "ConfigNotFound",
+      message: `mounts config${missing.length === 1 ? "" : "s"} ${missing.join(", ")}, which do${missing.length === 1 ? "es" : ""} not exist in namespace ${namespace}; create ${missing.length === 1 ? "it" : "them"} with \`cloudless config create\``,
+      actor: "coordinator",
+    });
+  }
+
+  /**
+   * onChange: restart (ADR 0056): when a config the workload mounts with `onChange:
+   * restart` changed since its current revision was made, makes a new revision with the
+   * same template and the configs' new stamps, so the rollout controller replaces every
+   * replica, never below minAvailable. Decided again on the record as read inside the
+   * compare-and-swap, so two passes (or a new leader after failover) make one revision
+   * per change; undefined when nothing changed.
+   */
+  async restartForConfigs(
+    namespace: string,
+    name: string,
+    actor: string,
+  ): Promise<(ConfigRestart & { revision: number }) | undefined> {
+    const { store, clock, events } = this.deps;
+    const key = workloadKey(namespace, name);
+    const outcome = await compareAndSwap<(ConfigRestart & { revision: number }) | undefined>(
+      store,
+      key,
+      async (current) => {
+        if (!current) return { result: undefined };
+        const workload = decodeRecord(workloadRecordSchema, key, current.value);
+        const names = restartConfigNames(workload.spec);
+        if (names.length === 0) return { result: undefined };
+        const restart = decideConfigRestart(
+          workload,
+          await readConfigStamps(store, namespace, names),
+        );
+        if (!restart) return { result: undefined };
+        const now = clock.nowMs();
+        const revision = workload.revision + 1;
+        const cause = `config changed: ${restart.changed.join(", ")}`;
+        const updated: WorkloadRecord = {
+          ...workload,
+          revision,
+          configVersions: restart.stamps,
+          updatedAtMs: now,
+          traceparent: injectTraceparent(),
+        };
+        const ops: Op[] = [
+          { type: "put", key, value: JSON.stringify(updated) },
+          {
+            type: "put",
+            key: revisionKey(namespace, name, revision),
+            value: JSON.stringify({
+              revision,
+              templateHash: workload.templateHash,
+              spec: workload.spec,
+              createdAtMs: now,
+              configVersions: restart.stamps,
+              cause,
+            }),
+          },
+        ];
+        const expired = revision - revisionHistoryLimit;
+        if (expired >= 1) ops.push({ type: "delete", key: revisionKey(namespace, name, expired) });
+        return { write: ops, result: { ...restart, revision } };
+      },
+      {
+        clock,
+        rng: this.deps.rng,
+        maxAttempts: writeAttempts,
+        conflictMessage: concurrentChange(name),
+      },
+    );
+    if (!outcome) return undefined;
+    await events.record({
+      type: "WorkloadRestarted",
+      category: "scheduling",
+      subject: `workload/${namespace}/${name}`,
+      reason: "ConfigChanged",
+      message: `rolling out revision ${outcome.revision}: config changed (${outcome.changed.join(", ")}), onChange: restart`,
+      actor,
+    });
+    this.deps.controller.trigger();
+    return outcome;
   }
 
   /** Sets the replica count (capping minAvailable to it); the caller checked its range. */
@@ -344,13 +461,20 @@ export class WorkloadRegistry {
       );
     }
     const doc: WorkloadSpecDocument = restored.doc;
+    // The replicas restart anyway: they read the configs as they are now.
+    const configVersions = stampsOf(
+      await readConfigStamps(store, namespace, restartConfigNames(doc)),
+      restartConfigNames(doc),
+    );
+    const { configVersions: _stale, ...kept } = workload;
     const updated: WorkloadRecord = {
-      ...workload,
+      ...kept,
       revision,
       templateHash: previous.templateHash,
       spec: doc,
       updatedAtMs: now,
       traceparent: injectTraceparent(),
+      ...configVersions,
     };
     const key = workloadKey(namespace, name);
     const result = await store.txn({
@@ -365,6 +489,7 @@ export class WorkloadRegistry {
             templateHash: previous.templateHash,
             spec: doc,
             createdAtMs: now,
+            ...configVersions,
           }),
         },
       ],
@@ -410,6 +535,15 @@ export class WorkloadRegistry {
     });
     this.deps.controller.trigger();
   }
+}
+
+/** `{configVersions}` of the named configs, or nothing when the spec restarts for none. */
+function stampsOf(
+  stamps: ConfigStamps,
+  names: readonly string[],
+): { configVersions?: ConfigStamps } {
+  if (names.length === 0) return {};
+  return { configVersions: Object.fromEntries(names.map((name) => [name, stamps[name]!])) };
 }
 
 /**
