@@ -1,6 +1,7 @@
 import { Command } from "commander";
 import { registerAuditCommands } from "./commands/auditCommands.js";
 import { registerClusterCommands } from "./commands/clusterCommands.js";
+import { registerConfigCommands } from "./commands/configCommands.js";
 import { registerEventCommands } from "./commands/eventCommands.js";
 import { registerNetworkCommands } from "./commands/networkCommands.js";
 import { registerNodeCommands } from "./commands/nodeCommands.js";
@@ -38,6 +39,7 @@ export function registerClientCommands(program: Command): void {
   registerTokenCommands(program);
   registerUserCommands(program);
   registerSecretCommands(program);
+  registerConfigCommands(program);
   registerPolicyCommands(program);
   registerNodeCommands(program);
   registerWorkloadCommands(program);

@@ -3,8 +3,6 @@
  * rotate-key and verify. Values are read from literals or files, checked against the same
  * limits as the coordinator before anything is sent, and never printed.
  */
-import { open } from "node:fs/promises";
-import * as path from "node:path";
 import { toJson } from "@bufbuild/protobuf";
 import { timestampMs } from "@bufbuild/protobuf/wkt";
 import type { Command } from "commander";
@@ -15,74 +13,20 @@ import {
   SecretInfoSchema,
   VerifySecretsResponseSchema,
 } from "../../api/gen/cloudless/v1/secret_pb.js";
-import { formatBytes, limitRef, limits } from "../../api/limits.js";
-import { validateSecretData, validateSecretName } from "../../api/secrets.js";
+import { secretDataLimits, validateSecretName } from "../../api/secrets.js";
 import { formatAge } from "../../lib/duration.js";
 import { connect, describeClientError } from "../clientCommand.js";
+import { type KeyValueFlags, keyValueDataFromFlags } from "../keyValueFlags.js";
 import { parseOutputFormat, printResult } from "../output.js";
-import { action, fail } from "../run.js";
+import { action } from "../run.js";
 import { collect } from "./nodeCommands.js";
 
 /** How long `rotate-key` and `verify` wait: every secret of the cluster is visited. */
 const rotateTimeoutMs = 10 * 60_000;
 
-interface DataFlags {
-  fromLiteral: string[];
-  fromFile: string[];
+interface DataFlags extends KeyValueFlags {
   namespace: string;
   output?: string;
-}
-
-/** Reads a file of at most secretValueBytes, refusing a larger one before reading it all. */
-async function readValueFile(file: string, flag: string): Promise<Buffer> {
-  const handle = await open(file, "r").catch((error: NodeJS.ErrnoException) =>
-    fail(`${flag} ${file}: cannot read it (${error.code ?? error.message})`),
-  );
-  try {
-    const info = await handle.stat();
-    if (!info.isFile()) fail(`${flag} ${file}: not a regular file`);
-    if (info.size > limits.secretValueBytes) {
-      fail(
-        `${flag} ${file}: larger than ${formatBytes(limits.secretValueBytes)} ${limitRef("secretValueBytes")}`,
-      );
-    }
-    // One byte more than allowed: a file that grew since the stat is still caught.
-    const buffer = Buffer.alloc(limits.secretValueBytes + 1);
-    const { bytesRead } = await handle.read(buffer, 0, buffer.length, 0);
-    if (bytesRead > limits.secretValueBytes) {
-      fail(
-        `${flag} ${file}: larger than ${formatBytes(limits.secretValueBytes)} ${limitRef("secretValueBytes")}`,
-      );
-    }
-    return buffer.subarray(0, bytesRead);
-  } finally {
-    await handle.close();
-  }
-}
-
-/** The keys and values of --from-literal KEY=VALUE and --from-file [KEY=]PATH. */
-async function dataFromFlags(flags: DataFlags): Promise<Map<string, Uint8Array>> {
-  const data = new Map<string, Uint8Array>();
-  const add = (key: string, value: Uint8Array, flag: string) => {
-    if (data.has(key)) fail(`${flag}: key "${key}" is given twice`);
-    data.set(key, value);
-    // Checked as it grows, so a hundred large files are refused before all are read.
-    if (data.size > limits.secretKeysPerSecret) validateSecretData(data);
-  };
-  for (const literal of flags.fromLiteral) {
-    const index = literal.indexOf("=");
-    // The message never repeats the text: it may be the value itself.
-    if (index <= 0) fail("--from-literal: expected KEY=VALUE, e.g. --from-literal password=…");
-    add(literal.slice(0, index), Buffer.from(literal.slice(index + 1), "utf8"), "--from-literal");
-  }
-  for (const spec of flags.fromFile) {
-    const index = spec.indexOf("=");
-    const key = index > 0 ? spec.slice(0, index) : path.basename(spec);
-    const file = index > 0 ? spec.slice(index + 1) : spec;
-    add(key, await readValueFile(file, "--from-file"), "--from-file");
-  }
-  validateSecretData(data);
-  return data;
 }
 
 function secretJson(info: SecretInfo): unknown {
@@ -124,7 +68,7 @@ export function registerSecretCommands(program: Command): void {
       action(async (name: string, flags: DataFlags) => {
         const format = parseOutputFormat(flags.output);
         validateSecretName(flags.namespace, name);
-        const data = await dataFromFlags(flags);
+        const data = await keyValueDataFromFlags(flags, secretDataLimits);
         const { clients, server } = await connect(program.opts().config);
         const request = { namespace: flags.namespace, name, data: Object.fromEntries(data) };
         const response = await (verb === "create"
