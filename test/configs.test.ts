@@ -333,6 +333,24 @@ describe("configs with a real cluster (issue 15, ADR 0056)", { timeout: 180_000 
     expect(
       audit.some((line) => line.startsWith("admin/admin ") && line.endsWith(" PermissionDenied")),
     ).toBe(true);
+    // A workload mounting a config that does not exist is applied; describe names it.
+    const waiting = await writeSpec(
+      specDir,
+      "waiting",
+      workloadDoc("waiting", namespace, {
+        command,
+        replicas: 0,
+        configs: [{ name: "absent", onChange: "restart" }],
+      }),
+    );
+    const appliedWaiting = await cluster.cli(["workload", "apply", "-f", waiting]);
+    expect(appliedWaiting.code, appliedWaiting.stderr).toBe(0);
+    const described = await cluster.cli(["workload", "describe", "waiting", "-n", namespace]);
+    expect(described.code, described.stderr).toBe(0);
+    expect(described.stdout).toMatch(
+      /ConfigMissing\s+mounts config absent, which does not exist in namespace cfg; create it with `cloudless config create`/,
+    );
+
     const denied = (await cluster.events())
       .filter((event) => event.type === "ConfigAccessDenied" && event.actor === "node/near")
       .map((event) => event.subject);

@@ -4,7 +4,7 @@ import * as path from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { parseWorkloadValue } from "../../api/workload/parse.js";
 import type { WorkloadSpecDocument } from "../../api/workload/spec.js";
-import { ManualClock } from "../../lib/clock.js";
+import { ManualClock, systemClock } from "../../lib/clock.js";
 import { decodeRecord } from "../../lib/recordCodec.js";
 import { seededRng } from "../../lib/rng.js";
 import { silentLogger } from "../../observe/logger.js";
@@ -187,6 +187,40 @@ describe("onChange: restart, the new revision (ADR 0056)", () => {
     expect((await workloads.restartForConfigs("default", "web", "c"))?.changed).toEqual([
       "absent v1",
     ]);
+  });
+
+  it("two coordinators passing at once (a leader and its successor after failover) make one revision per change", async () => {
+    await configs.create("default", "app", data("v1"), "admin/admin");
+    await workloads.apply(doc([{ name: "app", onChange: "restart" }]), {
+      dryRun: false,
+      actor: "admin/admin",
+    });
+    // The loser of a compare-and-swap backs off on its clock before it reads again: a real
+    // clock here, so the retries happen (the manual one would hold them forever).
+    const racer = (seed: number) =>
+      new WorkloadRegistry({
+        store,
+        clock: systemClock,
+        rng: seededRng(seed),
+        events: new EventLog(store, clock),
+        controller: { cache: { isRunning: false } as unknown as ClusterCache, trigger: () => {} },
+      });
+    const [first, other] = [racer(2), racer(3)];
+    for (const version of [2, 3]) {
+      await configs.update("default", "app", data(`v${version}`), "admin/admin");
+      const outcomes = await Promise.all([
+        first.restartForConfigs("default", "web", "coordinator/a"),
+        other.restartForConfigs("default", "web", "coordinator/b"),
+        first.restartForConfigs("default", "web", "coordinator/a"),
+      ]);
+      expect(outcomes.filter((outcome) => outcome !== undefined)).toHaveLength(1);
+      expect((await workload()).revision).toBe(version);
+      expect((await workload()).configVersions?.app?.version).toBe(version);
+    }
+    const restarted = (await store.range("/events/")).kvs
+      .map((kv) => JSON.parse(kv.value))
+      .filter((event) => event.type === "WorkloadRestarted");
+    expect(restarted).toHaveLength(2);
   });
 
   it("the restarter rolls on a watched config change, once, and stops cleanly", async () => {
