@@ -71,15 +71,15 @@ export class ConfigRestarter {
     const { kvs } = await this.deps.store.range(prefix);
     for (const kv of kvs) {
       if (!this.running) return;
-      const workload = decodeRecord(workloadRecordSchema, kv.key, kv.value);
-      if (restartConfigNames(workload.spec).length === 0) continue;
       try {
+        const workload = decodeRecord(workloadRecordSchema, kv.key, kv.value);
+        if (restartConfigNames(workload.spec).length === 0) continue;
         await this.deps.restart(workload.namespace, workload.name, restartActor);
       } catch (error) {
-        // One workload's conflict or a lost fence must not stop the others; the next
-        // change, leadership or maintenance pass tries again.
+        // One workload's conflict, unreadable record or a lost fence must not stop the
+        // others; the next change, leadership or maintenance pass tries again.
         this.deps.logger.warn(
-          { err: error, workload: `${workload.namespace}/${workload.name}` },
+          { err: error, key: kv.key },
           "cannot roll a workload for its changed configs",
         );
       }
