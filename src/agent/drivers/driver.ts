@@ -144,4 +144,9 @@ export interface RuntimeDriver {
    * cannot tell, and its replicas' probes trust whatever answers.
    */
   portOwner?(replicaId: string, port: number): Promise<PortOwner>;
+  /**
+   * Who must own the replica's secret files for it alone to read them (its sandbox user,
+   * ADR 0055). Optional: absent or undefined, the files stay the agent's (root's).
+   */
+  replicaUser?(spec: ReplicaRunSpec): Promise<{ uid: number; gid: number } | undefined>;
 }

@@ -10,7 +10,7 @@
  * are left to the coordinator's rolling restart. Values are held only while being
  * written, and never logged: errors name the source and the key.
  */
-import { chmod, lchown, lstat, readdir, rm } from "node:fs/promises";
+import { chmod, lchown, lstat, mkdir, readdir, rm } from "node:fs/promises";
 import * as path from "node:path";
 import type { Logger } from "../../observe/logger.js";
 import type { ReadOnlyMount, ReplicaFileSource, ReplicaRunSpec } from "../drivers/driver.js";
@@ -299,6 +299,10 @@ export class ReplicaFiles {
     if (source.kind === "secret" && this.options.secretsOnTmpfs !== false) {
       await ensureSecretsTmpfs(this.secretsRoot);
     }
+    // The kind's root: replicas' users pass through (bwrap binds as them), never list it.
+    const kindRoot = source.kind === "secret" ? this.secretsRoot : this.configsRoot;
+    await mkdir(kindRoot, { recursive: true, mode: 0o711 });
+    await chmod(kindRoot, 0o711);
     const replicaDir = path.dirname(dir);
     // The replica's own dir: its user passes through it to the source dirs (bwrap binds
     // as that user); nobody else can.
