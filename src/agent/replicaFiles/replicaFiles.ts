@@ -224,10 +224,13 @@ export class ReplicaFiles {
 
   /**
    * The replicas this node should run: their specs are remembered (a replica adopted
-   * after an agent restart gets in-place updates too) and the files of every other
-   * replica are removed.
+   * after an agent restart gets in-place updates too) and the files of every replica
+   * neither wanted nor `stillThere` (being stopped; removed later by remove()) go.
    */
-  async retain(specs: readonly ReplicaRunSpec[]): Promise<void> {
+  async retain(
+    specs: readonly ReplicaRunSpec[],
+    stillThere: (replicaId: string) => boolean = () => false,
+  ): Promise<void> {
     const wanted = new Map(specs.map((spec) => [spec.replicaId, spec]));
     for (const [replicaId, spec] of wanted) {
       if (!spec.files || spec.files.length === 0) continue;
@@ -241,7 +244,7 @@ export class ReplicaFiles {
     for (const root of [this.secretsRoot, this.configsRoot]) {
       const entries = await readdir(root).catch(() => [] as string[]);
       for (const entry of entries) {
-        if (wanted.has(entry)) continue;
+        if (wanted.has(entry) || stillThere(entry)) continue;
         await this.serialize(entry, () =>
           rm(path.join(root, entry), { recursive: true, force: true }),
         );

@@ -7,6 +7,7 @@ import { nodesModule } from "../nodes/nodesModule.js";
 import { policiesModule } from "../policies/policiesModule.js";
 import { policyDistributionModule } from "../policies/policyDistributionModule.js";
 import { relayModule } from "../relay/relayModule.js";
+import { objectVersionsModule } from "../replicaFiles/objectVersionsModule.js";
 import { secretsModule } from "../secrets/secretsModule.js";
 import { servicesModule } from "../services/servicesModule.js";
 import { tokensModule } from "../tokens/tokensModule.js";
@@ -29,6 +30,7 @@ export const coordinatorModules: readonly ModuleDefinition[] = [
   workloadsModule,
   nodesModule,
   policyDistributionModule,
+  objectVersionsModule,
   servicesModule,
   relayModule,
   clusterModule,
