@@ -198,7 +198,12 @@ export class ReplicaFiles {
         work.push(
           this.serialize(replicaId, () => this.refresh(replicaId, source)).catch((error: unknown) =>
             this.options.logger.warn(
-              { replica: replicaId, [source.kind]: source.name, reason: errorText(error) },
+              {
+                replica: replicaId,
+                kind: source.kind,
+                source: source.name,
+                reason: errorText(error),
+              },
               `cannot update the ${source.kind}'s files in a running replica; it keeps the previous version`,
             ),
           ),
@@ -217,7 +222,12 @@ export class ReplicaFiles {
     await this.write(source, dir, content, undefined);
     tracked.versions.set(sourceKey(source), content.version);
     this.options.logger.info(
-      { replica: replicaId, [source.kind]: source.name, version: String(content.version) },
+      {
+        replica: replicaId,
+        kind: source.kind,
+        source: source.name,
+        version: String(content.version),
+      },
       `updated the ${source.kind}'s files in a running replica`,
     );
   }
