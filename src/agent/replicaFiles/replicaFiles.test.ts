@@ -191,13 +191,20 @@ describe("ReplicaFiles (REQ-063)", () => {
     await before.prepare(spec("gone", [{ ...dbSecret, env: [] }]));
     // A new agent (restart) knows nothing until the desired set arrives.
     const after = new ReplicaFiles(options);
-    await after.retain([keep]);
+    const notStarted = spec("not-started", [{ ...dbSecret, env: [] }]);
+    await after.retain([keep, notStarted]);
     expect(await readdir(path.join(dataDir, "secrets-tmpfs"))).toEqual(["keep"]);
+    // The version on disk is known: announcing it again reads nothing; a replica whose
+    // files are not written yet is not fetched for (its start does that).
+    coordinator.requests.length = 0;
+    await after.sourcesChanged([{ kind: "secret", namespace: "default", name: "db", version: 1n }]);
+    expect(coordinator.requests).toEqual([]);
     coordinator.sources.set("secret/db", content(2, { password: "pw-2" }));
     await after.sourcesChanged([{ kind: "secret", namespace: "default", name: "db", version: 2n }]);
     expect(await readFile(path.join(after.sourceDir("keep", dbSecret), "password"), "utf8")).toBe(
       "pw-2",
     );
+    expect(coordinator.requests.map((request) => request.replicaId)).toEqual(["keep"]);
     await after.remove("keep");
     expect(await readdir(path.join(dataDir, "secrets-tmpfs"))).toEqual([]);
   });

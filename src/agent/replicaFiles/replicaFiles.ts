@@ -10,7 +10,7 @@
  * are left to the coordinator's rolling restart. Values are held only while being
  * written, and never logged: errors name the source and the key.
  */
-import { chmod, lchown, lstat, mkdir, readdir, rm } from "node:fs/promises";
+import { chmod, lchown, lstat, mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import * as path from "node:path";
 import type { Logger } from "../../observe/logger.js";
 import type { ReadOnlyMount, ReplicaFileSource, ReplicaRunSpec } from "../drivers/driver.js";
@@ -245,8 +245,18 @@ export class ReplicaFiles {
     for (const [replicaId, spec] of wanted) {
       if (!spec.files || spec.files.length === 0) continue;
       const tracked = this.tracked.get(replicaId);
-      if (tracked) tracked.spec = spec;
-      else this.track(replicaId, { spec, versions: new Map() });
+      if (tracked) {
+        tracked.spec = spec;
+        continue;
+      }
+      // Found after an agent restart: the versions its files hold. A replica with none
+      // written yet is left to prepare() (no fetch before it starts).
+      const versions = new Map<string, bigint>();
+      for (const source of spec.files) {
+        const version = await readVersion(this.sourceDir(replicaId, source));
+        if (version !== undefined) versions.set(sourceKey(source), version);
+      }
+      if (versions.size > 0) this.track(replicaId, { spec, versions });
     }
     for (const replicaId of [...this.tracked.keys()]) {
       if (!wanted.has(replicaId)) this.tracked.delete(replicaId);
@@ -320,6 +330,9 @@ export class ReplicaFiles {
     // The replica's own dir: its user passes through it to the source dirs (bwrap binds
     // as that user); nobody else can.
     await writeAtomicDir(dir, files, { ...modes[source.kind], ...(owner ? { owner } : {}) });
+    // Beside the mounted dir (the replica never sees it): what a restarted agent compares
+    // announced versions with. Source names are DNS labels, so "<name>.version" is free.
+    await writeFile(`${dir}.version`, String(content.version), { mode: 0o600 });
     await ownLike(replicaDir, dir);
   }
 
@@ -377,6 +390,16 @@ async function ownLike(parent: string, child: string): Promise<void> {
   const info = await lstat(child);
   await lchown(parent, info.uid, info.gid);
   await chmod(parent, info.mode & 0o777);
+}
+
+/** The version a source's files hold, from its ".version" file; undefined when unknown. */
+async function readVersion(dir: string): Promise<bigint | undefined> {
+  try {
+    const text = (await readFile(`${dir}.version`, "utf8")).trim();
+    return /^\d{1,20}$/.test(text) ? BigInt(text) : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 function sourceKey(source: Pick<ReplicaFileSource, "kind" | "name">): string {
