@@ -7,8 +7,9 @@
 import { mkdir } from "node:fs/promises";
 import * as path from "node:path";
 import { create } from "@bufbuild/protobuf";
-import type { Transport } from "@connectrpc/connect";
+import { type Client, createClient, type Transport } from "@connectrpc/connect";
 import { CloudlessError } from "../api/errors.js";
+import { ConfigService } from "../api/gen/cloudless/v1/config_pb.js";
 import {
   CapacitySchema,
   type HeartbeatRequest,
@@ -47,6 +48,8 @@ import { type AgentNetworkOptions, vipsFor } from "./network/networkComponents.j
 import { NetworkModule } from "./network/networkModule.js";
 import { realNetworkComponents } from "./network/realComponents.js";
 import { PolicyModule } from "./policy/policyModule.js";
+import { coordinatorFetch } from "./replicaFiles/coordinatorFetch.js";
+import { ReplicaFiles } from "./replicaFiles/replicaFiles.js";
 import { ReplicaModule } from "./replicaModule.js";
 import {
   type CapacityOverrides,
@@ -223,6 +226,8 @@ class AgentRunner {
   private readonly endpoints: EndpointRotation;
   /** One transport per coordinator URL (rebuilt when the certificate changes). */
   private clientsByUrl = new Map<string, ReturnType<typeof createClients>>();
+  /** ConfigService clients per URL, for replicas' configs (ADR 0055); reset like clientsByUrl. */
+  private configClientsByUrl = new Map<string, Client<typeof ConfigService>>();
   /** Whose replicas the drivers touch (ADR 0030); learns the node uid from the hello ack. */
   private owner: ReplicaOwner | undefined;
   /** The grace granted was lower than asked for: warned about once. */
@@ -359,6 +364,15 @@ class AgentRunner {
         this.metrics.probeResults.inc({ kind, result: result.ok ? "success" : "failure" }),
       ...(network ? { networking: (spec) => network.replicaNetworking(spec) } : {}),
       policyDenial: (doc) => policies.judge(doc)?.denied?.reason,
+      // Secrets and configs written for replicas before they start (REQ-063, ADR 0055).
+      files: new ReplicaFiles({
+        dataDir: this.dataDir,
+        logger: this.logger.child({ component: "replica files" }),
+        fetch: coordinatorFetch(() => ({
+          secrets: this.clients.secrets,
+          configs: this.configClient(),
+        })),
+      }),
     });
     this.modules.push(this.replicas);
     const context = { send: (message: HeartbeatRequest) => this.heartbeat.current?.send(message) };
@@ -460,6 +474,17 @@ class AgentRunner {
       this.clientsByUrl.set(url, clients);
     }
     return clients;
+  }
+
+  /** The ConfigService client for the coordinator the agent talks to now. */
+  private configClient(): Client<typeof ConfigService> {
+    const url = this.endpoints.current;
+    let client = this.configClientsByUrl.get(url);
+    if (!client) {
+      client = createClient(ConfigService, this.transportFor(this.identity, url));
+      this.configClientsByUrl.set(url, client);
+    }
+    return client;
   }
 
   private transportFor(identity: AgentIdentity, server: string) {
@@ -565,6 +590,7 @@ class AgentRunner {
     this.identity = renewed;
     this.metricsListener?.updateCredentials(renewed);
     this.clientsByUrl = new Map();
+    this.configClientsByUrl = new Map();
     this.clients = this.clientsFor(this.endpoints.current);
     const { notAfterMs } = certificateWindow(renewed.certPem);
     this.logger.info({ notAfter: new Date(notAfterMs).toISOString() }, "certificate renewed");

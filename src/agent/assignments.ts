@@ -6,7 +6,7 @@ import {
 } from "../api/gen/cloudless/v1/node_pb.js";
 import type { Probe, WorkloadSpecDocument } from "../api/workload/spec.js";
 import { parseWorkloadValueTolerant } from "../api/workload/tolerant.js";
-import type { ReplicaRunSpec } from "./drivers/driver.js";
+import type { ReplicaFileSource, ReplicaRunSpec } from "./drivers/driver.js";
 import type { ProbeAction, ProbeSpec } from "./probes/probeTypes.js";
 import type { DesiredReplica, ReplicaReport } from "./supervisor/supervisorTypes.js";
 
@@ -110,7 +110,32 @@ export function runSpecFromDocument(replicaId: string, doc: WorkloadSpecDocument
       memoryMiB: doc.spec.resources.memoryMiB,
       storageGiB: doc.spec.resources.storageGiB,
     },
+    ...(fileSources(doc).length > 0 ? { files: fileSources(doc) } : {}),
   };
+}
+
+/** The secrets and configs the replica reads, with their default mount paths (ADR 0055). */
+function fileSources(doc: WorkloadSpecDocument): ReplicaFileSource[] {
+  return [
+    ...(doc.spec.secrets ?? []).map(
+      (ref): ReplicaFileSource => ({
+        kind: "secret",
+        name: ref.name,
+        mountPath: ref.mountPath ?? `/run/secrets/${ref.name}`,
+        ...(ref.env && ref.env.length > 0
+          ? { env: ref.env.map((entry) => ({ name: entry.name, key: entry.key })) }
+          : {}),
+      }),
+    ),
+    ...(doc.spec.configs ?? []).map(
+      (ref): ReplicaFileSource => ({
+        kind: "config",
+        name: ref.name,
+        mountPath: ref.mountPath ?? `/run/configs/${ref.name}`,
+        onChange: ref.onChange,
+      }),
+    ),
+  ];
 }
 
 /** Probe ports may name a port of the spec; the supervisor maps container ports to host ports. */

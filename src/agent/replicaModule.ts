@@ -9,6 +9,7 @@ import {
   type HeartbeatRequest,
   HeartbeatRequestSchema,
   type HeartbeatResponse,
+  type ObjectVersion,
 } from "../api/gen/cloudless/v1/node_pb.js";
 import type { WorkloadSpecDocument } from "../api/workload/spec.js";
 import type { Clock } from "../lib/clock.js";
@@ -24,6 +25,7 @@ import type { AgentModule, AgentModuleContext, AgentModuleStopOptions } from "./
 import { desiredFromAssignment, reportToProto } from "./assignments.js";
 import type { DriverName, RuntimeDriver } from "./drivers/driver.js";
 import type { ReplicaOwner } from "./drivers/index.js";
+import type { ReplicaFiles, SourceVersion } from "./replicaFiles/replicaFiles.js";
 import { AgentStateWriter, loadAgentState } from "./stateFile.js";
 import type { HostPortAllocator } from "./supervisor/hostPortReservations.js";
 import { ReplicaSupervisor, type ReplicaSupervisorOptions } from "./supervisor/index.js";
@@ -50,6 +52,12 @@ export interface ReplicaModuleOptions {
    * replica is not started (REQ-061, defence in depth behind the check at apply).
    */
   policyDenial?: (doc: WorkloadSpecDocument) => string | undefined;
+  /**
+   * Secrets and configs as files for the replicas (REQ-063, ADR 0055): written before a
+   * replica starts, swapped in place when the coordinator announces a newer version,
+   * removed with the replica.
+   */
+  files?: ReplicaFiles;
 }
 
 export class ReplicaModule implements AgentModule {
@@ -81,6 +89,12 @@ export class ReplicaModule implements AgentModule {
       logger: options.logger.child({ component: "supervisor" }),
       onProbeResult: options.onProbeResult,
       ...(options.networking ? { networking: options.networking } : {}),
+      ...(options.files
+        ? {
+            replicaFiles: replicaFilesHook(options.files),
+            onRemoved: (replicaId: string) => options.files?.remove(replicaId) ?? Promise.resolve(),
+          }
+        : {}),
       onDurableChange: () => this.stateWriter?.durableChanged(),
       onReport: (reports) => {
         this.reports = reports;
@@ -134,8 +148,9 @@ export class ReplicaModule implements AgentModule {
     logger.info({ replicas: count }, "restored desired replicas from the state file");
   }
 
-  /** The desired set, when the message carries one. */
+  /** The desired set, when the message carries one; newer secret and config versions. */
   receive(message: HeartbeatResponse): void {
+    if (message.objectVersions) this.sourcesChanged(message.objectVersions.objects);
     const supervisor = this.supervisor;
     if (!message.assignments || !supervisor) return;
     this.lastAssignments = message;
@@ -193,7 +208,39 @@ export class ReplicaModule implements AgentModule {
     this.events.endOfSet();
     supervisor.setDesired(desired);
     this.stateWriter?.durableChanged();
+    // Wanted replicas are tracked for updates; files of replicas neither wanted nor still
+    // supervised (removed while no agent ran) go. A stopping replica keeps its files
+    // until the supervisor has removed it (onRemoved).
+    this.options.files
+      ?.retain(
+        desired.map((replica) => replica.spec),
+        (replicaId) => supervisor.knows(replicaId),
+      )
+      .catch((error: unknown) =>
+        logger.warn(
+          { reason: error instanceof Error ? error.message : String(error) },
+          "cannot remove the files of replicas no longer here",
+        ),
+      );
     for (const eventMessage of this.events.take()) this.context?.send(eventMessage);
+  }
+
+  /** Swaps the files of running replicas whose secrets or configs have a newer version. */
+  private sourcesChanged(objects: readonly ObjectVersion[]): void {
+    const files = this.options.files;
+    if (!files) return;
+    const versions: SourceVersion[] = [];
+    for (const object of objects) {
+      if (object.kind !== "secret" && object.kind !== "config") continue;
+      versions.push({
+        kind: object.kind,
+        namespace: object.namespace,
+        name: object.name,
+        version: object.version,
+      });
+    }
+    // Failures are logged per replica inside; a running replica keeps its files meanwhile.
+    void files.sourcesChanged(versions);
   }
 
   /** Judges the last desired set again (the policies changed). */
@@ -224,7 +271,18 @@ export class ReplicaModule implements AgentModule {
     await this.supervisor
       ?.stop({ stopReplicas: options.leaving, hurry: options.hurry })
       .catch(() => undefined);
-    if (options.leaving) this.supervisor?.setDesired([]);
+    if (options.leaving) {
+      this.supervisor?.setDesired([]);
+      // The replicas are gone: so are their files.
+      await this.options.files?.retain([], () => false).catch(() => undefined);
+    }
     await this.stateWriter?.close();
+    // The secrets tmpfs stays mounted while a replica that outlives the agent uses it.
+    await this.options.files?.close();
   }
+}
+
+/** The supervisor's hook: the replica's files, owned by the user its driver runs it as. */
+function replicaFilesHook(files: ReplicaFiles): ReplicaSupervisorOptions["replicaFiles"] {
+  return async (spec, driver) => files.prepare(spec, await driver.replicaUser?.(spec));
 }

@@ -1,5 +1,5 @@
 import { type ChildProcess, spawn } from "node:child_process";
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -201,6 +201,26 @@ export class TestResources {
     await Promise.all(this.processes.map((p) => p.stop(3_000)));
     // Log files written under temp dirs join the run's log audit before they go.
     await Promise.all(this.dirs.map((dir) => archiveLogFiles(dir)));
+    // An agent's secrets tmpfs outlives it while its replicas run (ADR 0055): detached
+    // first, or removing the dir would fail on the busy mount point.
+    await unmountUnder(this.dirs);
     await Promise.all(this.dirs.map((dir) => rm(dir, { recursive: true, force: true })));
+  }
+}
+
+/** Lazily unmounts every mount below these dirs (deepest first). */
+export async function unmountUnder(dirs: readonly string[]): Promise<void> {
+  const text = await readFile("/proc/self/mountinfo", "utf8").catch(() => "");
+  const mountPoints = text
+    .split("\n")
+    .map((line) => line.split(" ")[4] ?? "")
+    .filter((mountPoint) => dirs.some((dir) => mountPoint.startsWith(`${dir}/`)))
+    .sort((a, b) => b.length - a.length);
+  for (const mountPoint of mountPoints) {
+    await new Promise<void>((resolve) => {
+      const child = spawn("umount", ["-l", mountPoint], { stdio: "ignore" });
+      child.on("exit", () => resolve());
+      child.on("error", () => resolve());
+    });
   }
 }

@@ -439,6 +439,18 @@ class DockerContainerDriver implements ContainerDriver {
         ...(spec.dns
           ? { Dns: spec.dns.servers, DnsSearch: spec.dns.search, DnsOptions: spec.dns.options }
           : {}),
+        // Secrets and configs (ADR 0055): the directory, not its files, so the agent's
+        // atomic swap of `..data` is seen inside; read-only.
+        ...(spec.mounts && spec.mounts.length > 0
+          ? {
+              Mounts: spec.mounts.map((mount) => ({
+                Type: "bind",
+                Source: mount.source,
+                Target: mount.target,
+                ReadOnly: true,
+              })),
+            }
+          : {}),
         SecurityOpt: ["no-new-privileges"],
         CapDrop: ["ALL"],
         CapAdd: keptCapabilities,

@@ -35,6 +35,31 @@ export interface ReplicaRunSpec {
    * container's resolv.conf (service DNS, issue 14); absent: the engine's default.
    */
   dns?: { servers: string[]; search: string[]; options: string[] };
+  /**
+   * Secrets and configs the replica reads (REQ-063, ADR 0055): names and where, never
+   * values. The agent's replica files turn them into `mounts` and `env` before each start.
+   */
+  files?: ReplicaFileSource[];
+  /** Host directories bound read-only into the replica (its secrets and configs, ADR 0055). */
+  mounts?: ReadOnlyMount[];
+}
+
+/** A secret or config a replica references (spec.secrets[], spec.configs[]). */
+export interface ReplicaFileSource {
+  kind: "secret" | "config";
+  name: string;
+  /** Absolute path inside the replica (default /run/secrets/<name>, /run/configs/<name>). */
+  mountPath: string;
+  /** Secrets: environment variables set from keys at start. */
+  env?: { name: string; key: string }[];
+  /** Configs: swap the files in place (reload) or leave it to a rolling restart. */
+  onChange?: "reload" | "restart";
+}
+
+/** A directory of the host seen read-only at `target` inside the replica. */
+export interface ReadOnlyMount {
+  source: string;
+  target: string;
 }
 
 export type DriverErrorKind =
@@ -119,4 +144,9 @@ export interface RuntimeDriver {
    * cannot tell, and its replicas' probes trust whatever answers.
    */
   portOwner?(replicaId: string, port: number): Promise<PortOwner>;
+  /**
+   * Who must own the replica's secret files for it alone to read them (its sandbox user,
+   * ADR 0055). Optional: absent or undefined, the files stay the agent's (root's).
+   */
+  replicaUser?(spec: ReplicaRunSpec): Promise<{ uid: number; gid: number } | undefined>;
 }

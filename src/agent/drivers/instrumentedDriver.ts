@@ -38,6 +38,8 @@ export function driverResultOf(error: unknown): string {
 export class InstrumentedDriver implements RuntimeDriver {
   /** Present when the inner driver has it; counted and timed, without a span (probes call it). */
   readonly portOwner?: (replicaId: string, port: number) => Promise<PortOwner>;
+  /** Present when the inner driver has it (the replica's file owner, ADR 0055). */
+  readonly replicaUser?: RuntimeDriver["replicaUser"];
 
   constructor(
     private readonly inner: RuntimeDriver,
@@ -48,6 +50,8 @@ export class InstrumentedDriver implements RuntimeDriver {
       this.portOwner = (replicaId, port) =>
         this.measure("portOwner", () => portOwner(replicaId, port));
     }
+    const replicaUser = inner.replicaUser?.bind(inner);
+    if (replicaUser) this.replicaUser = replicaUser;
   }
 
   get name(): DriverName {

@@ -78,6 +78,7 @@ import {
   type ExecResult,
   type LogLine,
   type PortOwner,
+  type ReadOnlyMount,
   type ReplicaRunSpec,
   type ReplicaRuntimeStatus,
   type RuntimeDriver,
@@ -205,6 +206,8 @@ interface ProcessRecord {
   pid: number;
   /** The workload's user the replica runs as in its sandbox; absent: unsandboxed. */
   sandboxUid?: number;
+  /** Read-only mounts of its secrets and configs (paths only), for `exec` in its sandbox. */
+  mounts?: ReadOnlyMount[];
   /** Start time in clock ticks since boot (/proc/<pid>/stat field 22): guards against pid reuse. */
   startTicks: string | undefined;
   startedAtMs: number;
@@ -400,6 +403,18 @@ class CgroupProcessDriver implements ProcessDriver {
     await chmod(workDir, 0o700);
   }
 
+  /**
+   * The workload's sandbox user, allocated now if it has none, so the replica's secret
+   * files can be its own before it starts (ADR 0055); undefined without the sandbox.
+   * start() acquires the same uid; remove() releases it.
+   */
+  async replicaUser(spec: ReplicaRunSpec): Promise<{ uid: number; gid: number } | undefined> {
+    checkReplicaId(spec.replicaId);
+    if (this.sandboxMode === "off") return undefined;
+    const uid = this.users().acquire(`${spec.namespace}/${spec.workload}`, spec.replicaId);
+    return { uid, gid: uid };
+  }
+
   cgroupPaths(replicaId: string): CgroupPaths | undefined {
     checkReplicaId(replicaId);
     return cgroupPathsFor(this.layout, this.cgroupParent, replicaId);
@@ -583,6 +598,13 @@ class CgroupProcessDriver implements ProcessDriver {
     }
     const existing = await this.lookup(replicaId);
     if (existing && (await this.refresh(existing))) return;
+    if ((spec.mounts?.length ?? 0) > 0 && this.sandboxMode === "off") {
+      // Without the sandbox there is no mount namespace to show them at their paths.
+      throw new DriverError(
+        "invalid",
+        "secrets and configs are mounted only into sandboxed process replicas; start the agent without --process-sandbox off",
+      );
+    }
     if (!existing && (await this.ownership(replicaId)) === "foreign") {
       throw new DriverError(
         "failed",
@@ -677,6 +699,7 @@ class CgroupProcessDriver implements ProcessDriver {
           hiddenDirs: this.hiddenDirs,
           seccomp: true,
           argv,
+          mounts: spec.mounts ?? [],
           // Its parent is the wrapper shell (joinAndRun), not the agent.
           dieWithParent: true,
         });
@@ -724,9 +747,11 @@ class CgroupProcessDriver implements ProcessDriver {
       if (stderrFd !== undefined) closeSync(stderrFd);
       if (filterFd !== undefined) closeSync(filterFd);
     }
+    const mounts = spec.mounts && spec.mounts.length > 0 ? { mounts: spec.mounts } : {};
     const record: ProcessRecord = {
       pid: 0,
       ...(sandboxUid !== undefined ? { sandboxUid } : {}),
+      ...mounts,
       startTicks: undefined,
       startedAtMs: this.clock.nowMs(),
       cgroup,
@@ -753,6 +778,7 @@ class CgroupProcessDriver implements ProcessDriver {
     const persisted: ProcessRecord = {
       pid: tracked.pid,
       ...(sandboxUid !== undefined ? { sandboxUid } : {}),
+      ...mounts,
       startTicks: tracked.startTicks,
       startedAtMs: tracked.startedAtMs,
       cgroup,
@@ -1062,6 +1088,7 @@ class CgroupProcessDriver implements ProcessDriver {
         hiddenDirs: this.hiddenDirs,
         seccomp: true,
         argv: command,
+        mounts: tracked.mounts ?? [],
         // A timed-out exec kills its process group: the command (in bwrap's own session)
         // must go with it.
         dieWithParent: true,

@@ -12,7 +12,7 @@
  * capability (empty bounding set, no_new_privs), and bwrap — unprivileged — builds its
  * namespaces inside a user namespace owned by the replica's user.
  */
-import { accessSync, constants } from "node:fs";
+import { accessSync, constants, lstatSync, readdirSync, readlinkSync } from "node:fs";
 import * as path from "node:path";
 
 /** The seccomp program is handed to bwrap on this descriptor (stdio index 3 of the spawn). */
@@ -36,6 +36,12 @@ export interface SandboxLaunch {
   /** The workload's program and arguments. */
   argv: readonly string[];
   /**
+   * Host directories seen read-only at a path inside (secrets and configs, ADR 0055), and
+   * how the host looks (injected by tests; default the real file system).
+   */
+  mounts?: readonly { source: string; target: string }[];
+  hostView?: HostView;
+  /**
    * End the sandbox when its parent (the agent) dies or kills it: for `exec` commands,
    * never for replicas, which outlive agent restarts (ADR 0031).
    */
@@ -49,6 +55,11 @@ export function sandboxArgv(launch: SandboxLaunch): string[] {
     if (!Number.isInteger(id) || id <= 0) throw new Error(`sandbox: invalid uid/gid ${id}`);
   }
   const hidden = launch.hiddenDirs.flatMap((dir) => ["--tmpfs", path.resolve(dir)]);
+  const plan = planMounts(launch.mounts ?? [], {
+    workDir: launch.workDir,
+    hiddenDirs: launch.hiddenDirs,
+    host: launch.hostView ?? realHostView,
+  });
   return [
     launch.binaries.setpriv,
     `--reuid=${launch.uid}`,
@@ -81,11 +92,16 @@ export function sandboxArgv(launch: SandboxLaunch): string[] {
     "/proc",
     "--tmpfs",
     "/tmp",
+    // Mount points for secrets and configs under read-only dirs (before the hidden dirs,
+    // which may lie in a dir split here).
+    ...plan.splitArgs,
     // After /tmp: a data dir under /tmp is hidden inside the new tmpfs as well.
     ...hidden,
     "--bind",
     launch.workDir,
     launch.workDir,
+    ...plan.mountArgs,
+    ...plan.sealArgs,
     "--chdir",
     launch.workDir,
     "--cap-drop",
@@ -94,6 +110,112 @@ export function sandboxArgv(launch: SandboxLaunch): string[] {
     "--",
     ...launch.argv,
   ];
+}
+
+/** What the mount planner needs to know of the host's file system. */
+export interface HostView {
+  kind(file: string): "dir" | "symlink" | "other" | "missing";
+  children(dir: string): string[];
+  readlink(file: string): string;
+}
+
+const realHostView: HostView = {
+  kind(file) {
+    try {
+      const info = lstatSync(file);
+      return info.isSymbolicLink() ? "symlink" : info.isDirectory() ? "dir" : "other";
+    } catch {
+      return "missing";
+    }
+  },
+  children: (dir) => readdirSync(dir),
+  readlink: (file) => readlinkSync(file),
+};
+
+/**
+ * Entries of one host dir re-created in its place: a dir with more is refused rather
+ * than turned into thousands of mounts (/run, /etc and /opt hold far fewer).
+ */
+const maxSplitChildren = 512;
+
+/**
+ * The bwrap arguments that show each mount's source read-only at its target.
+ *
+ * bwrap creates a missing mount point with mkdir, which fails under the read-only bind
+ * of `/` (the node has no /run/secrets). Creating it on the host would leave directories
+ * behind, and a tmpfs over all of /run would hide what replicas need (resolv.conf's
+ * target, for one). So the deepest existing parent of a missing target is "split": a
+ * tmpfs is put over it in the sandbox, each of its host entries is bound (or linked)
+ * back read-only, the mount points are made in the tmpfs, and the tmpfs is then made
+ * read-only. Under /tmp and the work dir (writable in the sandbox) nothing needs
+ * splitting. A target in the agent's hidden dirs, under a symlink, or whose only
+ * existing parent is `/` is refused with a line naming it.
+ */
+export function planMounts(
+  mounts: readonly { source: string; target: string }[],
+  context: { workDir: string; hiddenDirs: readonly string[]; host: HostView },
+): { splitArgs: string[]; mountArgs: string[]; sealArgs: string[] } {
+  const { host } = context;
+  const workDir = path.resolve(context.workDir);
+  const splits = new Set<string>();
+  const mountArgs: string[] = [];
+  for (const mount of mounts) {
+    const target = path.resolve(mount.target);
+    const refuse = (why: string) => new Error(`mountPath ${mount.target}: ${why}`);
+    if (target !== mount.target.replace(/\/+$/, "") || target === "/") {
+      throw refuse("must be an absolute path without '.' or '..' segments");
+    }
+    if (
+      !isWithin(target, workDir) &&
+      context.hiddenDirs.some((dir) => isWithin(target, path.resolve(dir)))
+    ) {
+      throw refuse("lies in the agent's data dir, which replicas never see; choose another path");
+    }
+    mountArgs.push("--ro-bind", mount.source, target);
+    if (isWithin(target, "/tmp") || isWithin(target, workDir)) continue;
+    // The deepest existing parent; no symlink on the way (it would redirect the mount).
+    let existing = "/";
+    for (const segment of target.split("/").filter(Boolean)) {
+      const next = path.join(existing, segment);
+      const kind = host.kind(next);
+      if (kind === "missing") break;
+      if (kind === "symlink") {
+        throw refuse(`${next} is a symlink on this node; use the path it points to`);
+      }
+      if (kind !== "dir") throw refuse(`${next} is a file on this node, not a directory`);
+      existing = next;
+    }
+    if (existing === target) continue;
+    if (existing === "/") {
+      throw refuse(
+        `the node has no ${path.join("/", target.split("/")[1] ?? "")} and the replica's / is read-only; choose a path under an existing directory, such as /run/secrets/<name>`,
+      );
+    }
+    splits.add(existing);
+  }
+  const splitArgs: string[] = [];
+  // Parents first: a split inside a split overlays what the outer one bound back.
+  for (const dir of [...splits].sort((a, b) => a.length - b.length)) {
+    const children = host.children(dir);
+    if (children.length > maxSplitChildren) {
+      throw new Error(
+        `mountPath under ${dir}: it has ${children.length} entries on this node, more than ${maxSplitChildren} the sandbox re-creates; choose a path under another directory`,
+      );
+    }
+    splitArgs.push("--tmpfs", dir);
+    for (const child of children.sort()) {
+      const file = path.join(dir, child);
+      if (host.kind(file) === "symlink") splitArgs.push("--symlink", host.readlink(file), file);
+      // -try: an entry gone between the listing and the launch is no reason to fail.
+      else splitArgs.push("--ro-bind-try", file, file);
+    }
+  }
+  const sealArgs = [...splits].flatMap((dir) => ["--remount-ro", dir]);
+  return { splitArgs, mountArgs, sealArgs };
+}
+
+function isWithin(file: string, dir: string): boolean {
+  return file === dir || file.startsWith(dir.endsWith("/") ? dir : `${dir}/`);
 }
 
 const searchDirs = ["/usr/bin", "/bin", "/usr/sbin", "/sbin", "/usr/local/bin"];

@@ -6,7 +6,7 @@ import { FakeDriver } from "../drivers/fakeDriver.js";
 import type { ProbeAction, ProbeFunction, ProbeResult, ProbeSpec } from "../probes/probeTypes.js";
 import { runProbeOnce } from "../probes/runProbeOnce.js";
 import type { HostPortAllocator } from "./hostPortReservations.js";
-import { ReplicaSupervisor } from "./replicaSupervisor.js";
+import { ReplicaSupervisor, type ReplicaSupervisorOptions } from "./replicaSupervisor.js";
 import type { DesiredReplica, ReplicaReport, SupervisorSnapshot } from "./supervisorTypes.js";
 
 /** Lets promise chains started by timers run to completion. */
@@ -86,6 +86,7 @@ function harness(
     allocatePort?: (preferred: number) => Promise<number>;
     hostPorts?: HostPortAllocator;
     onDurableChange?: () => void;
+    replicaFiles?: ReplicaSupervisorOptions["replicaFiles"];
   } = {},
 ): Harness {
   const clock = options.clock ?? new ManualClock();
@@ -111,6 +112,7 @@ function harness(
     ...(options.hostPorts ? { hostPorts: options.hostPorts } : {}),
     probe,
     ...(options.onDurableChange ? { onDurableChange: options.onDurableChange } : {}),
+    ...(options.replicaFiles ? { replicaFiles: options.replicaFiles } : {}),
   });
   supervisors.push(supervisor);
   return {
@@ -887,5 +889,51 @@ describe("ReplicaSupervisor: hardening, replica identity on the wire", () => {
     await second.supervisor.stop({ stopReplicas: true });
     expect(restoredHost.log).toContain("release 40001 web-1");
     expect(restoredHost.reserved.size).toBe(0);
+  });
+});
+
+describe("ReplicaSupervisor: secrets and configs (REQ-063)", () => {
+  it("REQ-063 a replica does not start until its files are written: a failure is Pending with the source named, retried with back-off; the mounts and env reach the driver only", async () => {
+    let failures = 1;
+    const calls: string[] = [];
+    const h = harness({
+      replicaFiles: async (spec, driver) => {
+        calls.push(`${spec.replicaId}@${driver.name}`);
+        if (failures > 0) {
+          failures -= 1;
+          throw Object.assign(
+            new Error("cannot read secret db from the coordinator: unavailable"),
+            {
+              reason: "SecretUnavailable",
+            },
+          );
+        }
+        return {
+          mounts: [{ source: "/data/secrets-tmpfs/web-0/db", target: "/run/secrets/db" }],
+          env: { DB_PASSWORD: "from-the-secret" },
+        };
+      },
+    });
+    const want = desired("web-0");
+    want.spec.files = [{ kind: "secret", name: "db", mountPath: "/run/secrets/db" }];
+    h.supervisor.setDesired([want, desired("plain-0")]);
+    await h.supervisor.start();
+    expect(h.report("web-0")).toMatchObject({ phase: "Pending", reason: "SecretUnavailable" });
+    expect(h.report("web-0")?.message).toMatch(
+      /^cannot read secret db from the coordinator: unavailable \(back-off/,
+    );
+    expect(h.container.replicas.has("web-0")).toBe(false);
+    // A replica without secrets or configs never calls the hook.
+    expect(h.report("plain-0")?.phase).toBe("Running");
+    await advance(h.clock, 2_000);
+    expect(h.report("web-0")?.phase).toBe("Running");
+    expect(calls).toEqual(["web-0@container", "web-0@container"]);
+    const started = h.container.replicas.get("web-0")?.spec;
+    expect(started?.mounts).toEqual([
+      { source: "/data/secrets-tmpfs/web-0/db", target: "/run/secrets/db" },
+    ]);
+    expect(started?.env.DB_PASSWORD).toBe("from-the-secret");
+    // The desired set (what the state file keeps) holds no value.
+    expect(JSON.stringify(h.supervisor.snapshot())).not.toContain("from-the-secret");
   });
 });

@@ -12,6 +12,7 @@ import {
 } from "../../observe/tracing.js";
 import type {
   DriverName,
+  ReadOnlyMount,
   ReplicaRunSpec,
   ReplicaRuntimeStatus,
   RuntimeDriver,
@@ -106,6 +107,20 @@ export interface ReplicaSupervisorOptions {
    * network module, issue 14); read at each start, so a restart sees current services.
    */
   networking?: (spec: ReplicaRunSpec) => ReplicaNetworkingSettings;
+  /**
+   * Writes the secrets and configs of a replica about to start (ADR 0055) and returns its
+   * mounts and the environment variables from secret keys. A failure is a failed start
+   * (retried with back-off); the error's `reason`, when it has one, is the status reason.
+   */
+  replicaFiles?: (spec: ReplicaRunSpec, driver: RuntimeDriver) => Promise<ReplicaFilesPrepared>;
+  /** A replica's resources were removed (its files go too, ADR 0055); failures are its own. */
+  onRemoved?: (replicaId: string) => Promise<void>;
+}
+
+/** What the replica files hook adds to a run spec (ADR 0055). */
+export interface ReplicaFilesPrepared {
+  mounts: ReadOnlyMount[];
+  env: Record<string, string>;
 }
 
 type HealthLookup = (driver: DriverName) => Promise<DriverHealth>;
@@ -660,11 +675,35 @@ export class ReplicaSupervisor {
     const starting = startingStatus(isRestart, record.lastTermination);
     this.setPhase(record, "Starting", starting.reason, starting.message);
     record.startAttempted = true;
-    const runSpec = buildRunSpec(
+    let runSpec = buildRunSpec(
       record.desired.spec,
       record.hostPorts,
       this.options.networking?.(record.desired.spec),
     );
+    const replicaFiles = this.options.replicaFiles;
+    if (replicaFiles && (runSpec.files?.length ?? 0) > 0) {
+      // Written before the start, so the replica never runs without them (ADR 0055).
+      // Secret values enter only this run spec, never the desired set or the state file.
+      try {
+        const baseSpec = runSpec;
+        const prepared = await this.call(
+          () => runInSpan(span, () => replicaFiles(baseSpec, driver)),
+          "replica files",
+        );
+        runSpec = {
+          ...baseSpec,
+          mounts: prepared.mounts,
+          env: { ...baseSpec.env, ...prepared.env },
+        };
+      } catch (error) {
+        const reason =
+          error instanceof Error && typeof (error as { reason?: unknown }).reason === "string"
+            ? (error as Error & { reason: string }).reason
+            : "ReplicaFilesFailed";
+        this.onStartFailed(record, reason, errorMessage(error));
+        return;
+      }
+    }
     try {
       await this.call(() => runInSpan(span, () => driver.start(runSpec)), `${name} start`);
     } catch (error) {
@@ -815,6 +854,7 @@ export class ReplicaSupervisor {
         graceMs + this.callTimeoutMs,
       );
       await this.call(() => driver.remove(record.id), `${name} remove`);
+      await this.options.onRemoved?.(record.id).catch(() => undefined);
     } catch (error) {
       this.noteDriverProblem(record, error);
       return false;
@@ -868,6 +908,7 @@ export class ReplicaSupervisor {
         this.orphanGraceMs + this.callTimeoutMs,
       );
       await this.call(() => driver.remove(id), `${driver.name} remove`);
+      await this.options.onRemoved?.(id).catch(() => undefined);
       const restored = this.restored[id];
       delete this.restored[id];
       if (restored) await this.ports.release(id, restored.hostPorts);

@@ -8,6 +8,7 @@ import { nodesModule } from "../nodes/nodesModule.js";
 import { policiesModule } from "../policies/policiesModule.js";
 import { policyDistributionModule } from "../policies/policyDistributionModule.js";
 import { relayModule } from "../relay/relayModule.js";
+import { objectVersionsModule } from "../replicaFiles/objectVersionsModule.js";
 import { secretsModule } from "../secrets/secretsModule.js";
 import { servicesModule } from "../services/servicesModule.js";
 import { tokensModule } from "../tokens/tokensModule.js";
@@ -31,6 +32,7 @@ export const coordinatorModules: readonly ModuleDefinition[] = [
   configsModule,
   nodesModule,
   policyDistributionModule,
+  objectVersionsModule,
   servicesModule,
   relayModule,
   clusterModule,

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file cloudless/v1/node.proto.
  */
 export const file_cloudless_v1_node: GenFile = /*@__PURE__*/
-  fileDesc("ChdjbG91ZGxlc3MvdjEvbm9kZS5wcm90bxIMY2xvdWRsZXNzLnYxIskBCghDYXBhY2l0eRIWCg5jcHVfbWlsbGljb3JlcxgBIAEoBRIdCgptZW1vcnlfbWliGAIgASgFUgltZW1vcnlNaUISHwoLc3RvcmFnZV9naWIYAyABKAFSCnN0b3JhZ2VHaUISEgoKaW9wc19jbGFzcxgEIAEoCRIVCg1tZWFzdXJlZF9pb3BzGAUgASgFEhMKC2VncmVzc19tYnBzGAYgASgFEhUKDWVncmVzc19zb3VyY2UYByABKAkSDgoGc291cmNlGAggASgJIoEBCghOb2RlSW5mbxIKCgJvcxgBIAEoCRIMCgRhcmNoGAIgASgJEg4KBmtlcm5lbBgDIAEoCRIQCghob3N0bmFtZRgEIAEoCRIVCg1hZ2VudF92ZXJzaW9uGAUgASgJEhEKCWNwdV9tb2RlbBgGIAEoCRIPCgdkcml2ZXJzGAcgAygJIjMKBVRhaW50EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCRIOCgZlZmZlY3QYAyABKAki6AUKBE5vZGUSDAoEbmFtZRgBIAEoCRILCgN1aWQYAiABKAkSDgoGc3RhdHVzGAMgASgJEhUKDXN0YXR1c19yZWFzb24YBCABKAkSDgoGcmVnaW9uGAUgASgJEgwKBHpvbmUYBiABKAkSLgoGbGFiZWxzGAcgAygLMh4uY2xvdWRsZXNzLnYxLk5vZGUuTGFiZWxzRW50cnkSKAoIY2FwYWNpdHkYCCABKAsyFi5jbG91ZGxlc3MudjEuQ2FwYWNpdHkSJAoEaW5mbxgJIAEoCzIWLmNsb3VkbGVzcy52MS5Ob2RlSW5mbxIQCghjb3Jkb25lZBgKIAEoCBIQCghkcmFpbmluZxgLIAEoCBIvCgtlbnJvbGxlZF9hdBgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNgoSbGFzdF90cmFuc2l0aW9uX2F0GA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI1ChFsYXN0X2hlYXJ0YmVhdF9hdBgOIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMwoPY2VydF9leHBpcmVzX2F0GA8gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdhZGRyZXNzGBAgASgJEhMKC2Vucm9sbG1lbnRzGBEgASgFEiMKBnRhaW50cxgSIAMoCzITLmNsb3VkbGVzcy52MS5UYWludBIVCg1yZXBsaWNhX2NvdW50GBMgASgFEikKCWFsbG9jYXRlZBgUIAEoCzIWLmNsb3VkbGVzcy52MS5DYXBhY2l0eRIxCg1sb3N0X2RlYWRsaW5lGBUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIYChByZXN0YXJ0X2dyYWNlX21zGBYgASgNGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiwwEKDUVucm9sbFJlcXVlc3QSDQoFdG9rZW4YASABKAkSDAoEbmFtZRgCIAEoCRIPCgdjc3JfcGVtGAMgASgJEg4KBnJlZ2lvbhgEIAEoCRIMCgR6b25lGAUgASgJEjcKBmxhYmVscxgGIAMoCzInLmNsb3VkbGVzcy52MS5FbnJvbGxSZXF1ZXN0LkxhYmVsc0VudHJ5Gi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiiAEKDkVucm9sbFJlc3BvbnNlEhEKCW5vZGVfbmFtZRgBIAEoCRIXCg9jZXJ0aWZpY2F0ZV9wZW0YAiABKAkSDgoGY2FfcGVtGAMgASgJEhQKDGNsdXN0ZXJfbmFtZRgEIAEoCRIQCghub2RlX3VpZBgFIAEoCRISCgpjbHVzdGVyX2lkGAYgASgJIrkCCg5IZWFydGJlYXRIZWxsbxIRCglub2RlX25hbWUYASABKAkSKAoIY2FwYWNpdHkYAiABKAsyFi5jbG91ZGxlc3MudjEuQ2FwYWNpdHkSJAoEaW5mbxgDIAEoCzIWLmNsb3VkbGVzcy52MS5Ob2RlSW5mbxIOCgZyZWdpb24YBCABKAkSDAoEem9uZRgFIAEoCRI4CgZsYWJlbHMYBiADKAsyKC5jbG91ZGxlc3MudjEuSGVhcnRiZWF0SGVsbG8uTGFiZWxzRW50cnkSIwoGdGFpbnRzGAcgAygLMhMuY2xvdWRsZXNzLnYxLlRhaW50EhgKEHJlc3RhcnRfZ3JhY2VfbXMYCCABKA0aLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJ2CgVVc2FnZRIbChNjcHVfbWlsbGljb3Jlc191c2VkGAEgASgFEiYKD21lbW9yeV9taWJfdXNlZBgCIAEoBVINbWVtb3J5TWlCVXNlZBIoChBzdG9yYWdlX2dpYl9mcmVlGAMgASgBUg5zdG9yYWdlR2lCRnJlZSJACg1IZWFydGJlYXRCZWF0EgsKA3NlcRgBIAEoBBIiCgV1c2FnZRgCIAEoCzITLmNsb3VkbGVzcy52MS5Vc2FnZSI4Cg5IZWFydGJlYXRMZWF2ZRIOCgZyZWFzb24YASABKAkSFgoOYmFja193aXRoaW5fbXMYAiABKA0izQIKDVJlcGxpY2FSZXBvcnQSEgoKcmVwbGljYV9pZBgBIAEoCRINCgVwaGFzZRgCIAEoCRINCgVyZWFkeRgDIAEoCBIQCghyZXN0YXJ0cxgEIAEoBRIOCgZyZWFzb24YBSABKAkSDwoHbWVzc2FnZRgGIAEoCRIRCglleGl0X2NvZGUYByABKAUSLgoKc3RhcnRlZF9hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASPgoKaG9zdF9wb3J0cxgJIAMoCzIqLmNsb3VkbGVzcy52MS5SZXBsaWNhUmVwb3J0Lkhvc3RQb3J0c0VudHJ5Eg4KBmRyaXZlchgKIAEoCRISCgpnZW5lcmF0aW9uGAsgASgDGjAKDkhvc3RQb3J0c0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoBToCOAEiTQoOUmVwbGljYVJlcG9ydHMSLQoIcmVwbGljYXMYASADKAsyGy5jbG91ZGxlc3MudjEuUmVwbGljYVJlcG9ydBIMCgRmdWxsGAIgASgIIsABCgpBZ2VudEV2ZW50EgwKBHR5cGUYASABKAkSDgoGcmVhc29uGAIgASgJEhIKCnJlcGxpY2FfaWQYAyABKAkSDwoHbWVzc2FnZRgEIAEoCRI8CgphdHRyaWJ1dGVzGAUgAygLMiguY2xvdWRsZXNzLnYxLkFnZW50RXZlbnQuQXR0cmlidXRlc0VudHJ5GjEKD0F0dHJpYnV0ZXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIjcKC0FnZW50RXZlbnRzEigKBmV2ZW50cxgBIAMoCzIYLmNsb3VkbGVzcy52MS5BZ2VudEV2ZW50IrMCChBIZWFydGJlYXRSZXF1ZXN0Ei0KBWhlbGxvGAEgASgLMhwuY2xvdWRsZXNzLnYxLkhlYXJ0YmVhdEhlbGxvSAASKwoEYmVhdBgCIAEoCzIbLmNsb3VkbGVzcy52MS5IZWFydGJlYXRCZWF0SAASLQoFbGVhdmUYAyABKAsyHC5jbG91ZGxlc3MudjEuSGVhcnRiZWF0TGVhdmVIABIvCgdyZXBvcnRzGAQgASgLMhwuY2xvdWRsZXNzLnYxLlJlcGxpY2FSZXBvcnRzSAASKwoGZXZlbnRzGAUgASgLMhkuY2xvdWRsZXNzLnYxLkFnZW50RXZlbnRzSAASLgoHbmV0d29yaxgGIAEoCzIbLmNsb3VkbGVzcy52MS5OZXR3b3JrUmVwb3J0SABCBgoEa2luZCJ/CgpBc3NpZ25tZW50EhIKCnJlcGxpY2FfaWQYASABKAkSEQoJbmFtZXNwYWNlGAIgASgJEhAKCHdvcmtsb2FkGAMgASgJEhAKCHJldmlzaW9uGAQgASgDEhEKCXNwZWNfanNvbhgFIAEoCRITCgt0cmFjZXBhcmVudBgGIAEoCSJKCgtBc3NpZ25tZW50cxIqCghyZXBsaWNhcxgBIAMoCzIYLmNsb3VkbGVzcy52MS5Bc3NpZ25tZW50Eg8KB3ZlcnNpb24YAiABKAQiWQoLTG9nc1JlcXVlc3QSEgoKcmVxdWVzdF9pZBgBIAEoCRISCgpyZXBsaWNhX2lkGAIgASgJEg4KBmZvbGxvdxgDIAEoCBISCgp0YWlsX2xpbmVzGAQgASgFIiMKDUNhbmNlbFJlcXVlc3QSEgoKcmVxdWVzdF9pZBgBIAEoCSJaCgtFeGVjUmVxdWVzdBISCgpyZXF1ZXN0X2lkGAEgASgJEhIKCnJlcGxpY2FfaWQYAiABKAkSDwoHY29tbWFuZBgDIAMoCRISCgp0aW1lb3V0X21zGAQgASgNIrwDChFIZWFydGJlYXRSZXNwb25zZRIPCgdhY2tfc2VxGAEgASgEEhMKC2ludGVydmFsX21zGAIgASgFEhAKCGNvcmRvbmVkGAMgASgIEhAKCGRyYWluaW5nGAQgASgIEi4KC2Fzc2lnbm1lbnRzGAUgASgLMhkuY2xvdWRsZXNzLnYxLkFzc2lnbm1lbnRzEi8KDGxvZ3NfcmVxdWVzdBgGIAEoCzIZLmNsb3VkbGVzcy52MS5Mb2dzUmVxdWVzdBIrCgZjYW5jZWwYByABKAsyGy5jbG91ZGxlc3MudjEuQ2FuY2VsUmVxdWVzdBIvCgxleGVjX3JlcXVlc3QYCCABKAsyGS5jbG91ZGxlc3MudjEuRXhlY1JlcXVlc3QSEAoIbm9kZV91aWQYCSABKAkSEgoKY2x1c3Rlcl9pZBgKIAEoCRIYChByZXN0YXJ0X2dyYWNlX21zGAsgASgNEi4KB25ldHdvcmsYDCABKAsyHS5jbG91ZGxlc3MudjEuTmV0d29ya1NuYXBzaG90Ei4KCHBvbGljaWVzGA0gASgLMhwuY2xvdWRsZXNzLnYxLlBvbGljeVNuYXBzaG90IjgKDlBvbGljeVNuYXBzaG90EhMKC2ZpbmdlcnByaW50GAEgASgJEhEKCWRvY3VtZW50cxgCIAMoCSInCgdMb2dMaW5lEg4KBnN0cmVhbRgBIAEoCRIMCgRsaW5lGAIgASgJIlwKEVVwbG9hZExvZ3NSZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAkSJAoFbGluZXMYAiADKAsyFS5jbG91ZGxlc3MudjEuTG9nTGluZRINCgVlcnJvchgDIAEoCSIUChJVcGxvYWRMb2dzUmVzcG9uc2UiigEKF1JlcG9ydEV4ZWNSZXN1bHRSZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAkSEQoJZXhpdF9jb2RlGAIgASgFEg4KBnN0ZG91dBgDIAEoCRIOCgZzdGRlcnIYBCABKAkSDQoFZXJyb3IYBSABKAkSGQoRZGVhZGxpbmVfZXhjZWVkZWQYBiABKAgiGgoYUmVwb3J0RXhlY1Jlc3VsdFJlc3BvbnNlIioKF1JlbmV3Q2VydGlmaWNhdGVSZXF1ZXN0Eg8KB2Nzcl9wZW0YASABKAkiQwoYUmVuZXdDZXJ0aWZpY2F0ZVJlc3BvbnNlEhcKD2NlcnRpZmljYXRlX3BlbRgBIAEoCRIOCgZjYV9wZW0YAiABKAkiJQoUTWVhc3VyZUVncmVzc1JlcXVlc3QSDQoFY2h1bmsYASABKAwiRAoVTWVhc3VyZUVncmVzc1Jlc3BvbnNlEhYKDmJ5dGVzX3JlY2VpdmVkGAEgASgEEhMKC2R1cmF0aW9uX21zGAIgASgNIqMBChBMaXN0Tm9kZXNSZXF1ZXN0EkkKDmxhYmVsX3NlbGVjdG9yGAEgAygLMjEuY2xvdWRsZXNzLnYxLkxpc3ROb2Rlc1JlcXVlc3QuTGFiZWxTZWxlY3RvckVudHJ5Eg4KBnN0YXR1cxgCIAEoCRo0ChJMYWJlbFNlbGVjdG9yRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASI2ChFMaXN0Tm9kZXNSZXNwb25zZRIhCgVub2RlcxgBIAMoCzISLmNsb3VkbGVzcy52MS5Ob2RlIh4KDkdldE5vZGVSZXF1ZXN0EgwKBG5hbWUYASABKAkiMwoPR2V0Tm9kZVJlc3BvbnNlEiAKBG5vZGUYASABKAsyEi5jbG91ZGxlc3MudjEuTm9kZSIhChFDb3Jkb25Ob2RlUmVxdWVzdBIMCgRuYW1lGAEgASgJIjYKEkNvcmRvbk5vZGVSZXNwb25zZRIgCgRub2RlGAEgASgLMhIuY2xvdWRsZXNzLnYxLk5vZGUiIwoTVW5jb3Jkb25Ob2RlUmVxdWVzdBIMCgRuYW1lGAEgASgJIjgKFFVuY29yZG9uTm9kZVJlc3BvbnNlEiAKBG5vZGUYASABKAsyEi5jbG91ZGxlc3MudjEuTm9kZSIgChBEcmFpbk5vZGVSZXF1ZXN0EgwKBG5hbWUYASABKAkiNQoRRHJhaW5Ob2RlUmVzcG9uc2USIAoEbm9kZRgBIAEoCzISLmNsb3VkbGVzcy52MS5Ob2RlIiEKEURlbGV0ZU5vZGVSZXF1ZXN0EgwKBG5hbWUYASABKAkiFAoSRGVsZXRlTm9kZVJlc3BvbnNlMvYHCgtOb2RlU2VydmljZRJDCgZFbnJvbGwSGy5jbG91ZGxlc3MudjEuRW5yb2xsUmVxdWVzdBocLmNsb3VkbGVzcy52MS5FbnJvbGxSZXNwb25zZRJQCglIZWFydGJlYXQSHi5jbG91ZGxlc3MudjEuSGVhcnRiZWF0UmVxdWVzdBofLmNsb3VkbGVzcy52MS5IZWFydGJlYXRSZXNwb25zZSgBMAESYQoQUmVuZXdDZXJ0aWZpY2F0ZRIlLmNsb3VkbGVzcy52MS5SZW5ld0NlcnRpZmljYXRlUmVxdWVzdBomLmNsb3VkbGVzcy52MS5SZW5ld0NlcnRpZmljYXRlUmVzcG9uc2USWgoNTWVhc3VyZUVncmVzcxIiLmNsb3VkbGVzcy52MS5NZWFzdXJlRWdyZXNzUmVxdWVzdBojLmNsb3VkbGVzcy52MS5NZWFzdXJlRWdyZXNzUmVzcG9uc2UoARJMCglMaXN0Tm9kZXMSHi5jbG91ZGxlc3MudjEuTGlzdE5vZGVzUmVxdWVzdBofLmNsb3VkbGVzcy52MS5MaXN0Tm9kZXNSZXNwb25zZRJGCgdHZXROb2RlEhwuY2xvdWRsZXNzLnYxLkdldE5vZGVSZXF1ZXN0Gh0uY2xvdWRsZXNzLnYxLkdldE5vZGVSZXNwb25zZRJPCgpDb3Jkb25Ob2RlEh8uY2xvdWRsZXNzLnYxLkNvcmRvbk5vZGVSZXF1ZXN0GiAuY2xvdWRsZXNzLnYxLkNvcmRvbk5vZGVSZXNwb25zZRJVCgxVbmNvcmRvbk5vZGUSIS5jbG91ZGxlc3MudjEuVW5jb3Jkb25Ob2RlUmVxdWVzdBoiLmNsb3VkbGVzcy52MS5VbmNvcmRvbk5vZGVSZXNwb25zZRJMCglEcmFpbk5vZGUSHi5jbG91ZGxlc3MudjEuRHJhaW5Ob2RlUmVxdWVzdBofLmNsb3VkbGVzcy52MS5EcmFpbk5vZGVSZXNwb25zZRJPCgpEZWxldGVOb2RlEh8uY2xvdWRsZXNzLnYxLkRlbGV0ZU5vZGVSZXF1ZXN0GiAuY2xvdWRsZXNzLnYxLkRlbGV0ZU5vZGVSZXNwb25zZRJRCgpVcGxvYWRMb2dzEh8uY2xvdWRsZXNzLnYxLlVwbG9hZExvZ3NSZXF1ZXN0GiAuY2xvdWRsZXNzLnYxLlVwbG9hZExvZ3NSZXNwb25zZSgBEmEKEFJlcG9ydEV4ZWNSZXN1bHQSJS5jbG91ZGxlc3MudjEuUmVwb3J0RXhlY1Jlc3VsdFJlcXVlc3QaJi5jbG91ZGxlc3MudjEuUmVwb3J0RXhlY1Jlc3VsdFJlc3BvbnNlYgZwcm90bzM", [file_cloudless_v1_service, file_google_protobuf_timestamp]);
+  fileDesc("ChdjbG91ZGxlc3MvdjEvbm9kZS5wcm90bxIMY2xvdWRsZXNzLnYxIskBCghDYXBhY2l0eRIWCg5jcHVfbWlsbGljb3JlcxgBIAEoBRIdCgptZW1vcnlfbWliGAIgASgFUgltZW1vcnlNaUISHwoLc3RvcmFnZV9naWIYAyABKAFSCnN0b3JhZ2VHaUISEgoKaW9wc19jbGFzcxgEIAEoCRIVCg1tZWFzdXJlZF9pb3BzGAUgASgFEhMKC2VncmVzc19tYnBzGAYgASgFEhUKDWVncmVzc19zb3VyY2UYByABKAkSDgoGc291cmNlGAggASgJIoEBCghOb2RlSW5mbxIKCgJvcxgBIAEoCRIMCgRhcmNoGAIgASgJEg4KBmtlcm5lbBgDIAEoCRIQCghob3N0bmFtZRgEIAEoCRIVCg1hZ2VudF92ZXJzaW9uGAUgASgJEhEKCWNwdV9tb2RlbBgGIAEoCRIPCgdkcml2ZXJzGAcgAygJIjMKBVRhaW50EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCRIOCgZlZmZlY3QYAyABKAki6AUKBE5vZGUSDAoEbmFtZRgBIAEoCRILCgN1aWQYAiABKAkSDgoGc3RhdHVzGAMgASgJEhUKDXN0YXR1c19yZWFzb24YBCABKAkSDgoGcmVnaW9uGAUgASgJEgwKBHpvbmUYBiABKAkSLgoGbGFiZWxzGAcgAygLMh4uY2xvdWRsZXNzLnYxLk5vZGUuTGFiZWxzRW50cnkSKAoIY2FwYWNpdHkYCCABKAsyFi5jbG91ZGxlc3MudjEuQ2FwYWNpdHkSJAoEaW5mbxgJIAEoCzIWLmNsb3VkbGVzcy52MS5Ob2RlSW5mbxIQCghjb3Jkb25lZBgKIAEoCBIQCghkcmFpbmluZxgLIAEoCBIvCgtlbnJvbGxlZF9hdBgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNgoSbGFzdF90cmFuc2l0aW9uX2F0GA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI1ChFsYXN0X2hlYXJ0YmVhdF9hdBgOIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMwoPY2VydF9leHBpcmVzX2F0GA8gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdhZGRyZXNzGBAgASgJEhMKC2Vucm9sbG1lbnRzGBEgASgFEiMKBnRhaW50cxgSIAMoCzITLmNsb3VkbGVzcy52MS5UYWludBIVCg1yZXBsaWNhX2NvdW50GBMgASgFEikKCWFsbG9jYXRlZBgUIAEoCzIWLmNsb3VkbGVzcy52MS5DYXBhY2l0eRIxCg1sb3N0X2RlYWRsaW5lGBUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIYChByZXN0YXJ0X2dyYWNlX21zGBYgASgNGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiwwEKDUVucm9sbFJlcXVlc3QSDQoFdG9rZW4YASABKAkSDAoEbmFtZRgCIAEoCRIPCgdjc3JfcGVtGAMgASgJEg4KBnJlZ2lvbhgEIAEoCRIMCgR6b25lGAUgASgJEjcKBmxhYmVscxgGIAMoCzInLmNsb3VkbGVzcy52MS5FbnJvbGxSZXF1ZXN0LkxhYmVsc0VudHJ5Gi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiiAEKDkVucm9sbFJlc3BvbnNlEhEKCW5vZGVfbmFtZRgBIAEoCRIXCg9jZXJ0aWZpY2F0ZV9wZW0YAiABKAkSDgoGY2FfcGVtGAMgASgJEhQKDGNsdXN0ZXJfbmFtZRgEIAEoCRIQCghub2RlX3VpZBgFIAEoCRISCgpjbHVzdGVyX2lkGAYgASgJIrkCCg5IZWFydGJlYXRIZWxsbxIRCglub2RlX25hbWUYASABKAkSKAoIY2FwYWNpdHkYAiABKAsyFi5jbG91ZGxlc3MudjEuQ2FwYWNpdHkSJAoEaW5mbxgDIAEoCzIWLmNsb3VkbGVzcy52MS5Ob2RlSW5mbxIOCgZyZWdpb24YBCABKAkSDAoEem9uZRgFIAEoCRI4CgZsYWJlbHMYBiADKAsyKC5jbG91ZGxlc3MudjEuSGVhcnRiZWF0SGVsbG8uTGFiZWxzRW50cnkSIwoGdGFpbnRzGAcgAygLMhMuY2xvdWRsZXNzLnYxLlRhaW50EhgKEHJlc3RhcnRfZ3JhY2VfbXMYCCABKA0aLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJ2CgVVc2FnZRIbChNjcHVfbWlsbGljb3Jlc191c2VkGAEgASgFEiYKD21lbW9yeV9taWJfdXNlZBgCIAEoBVINbWVtb3J5TWlCVXNlZBIoChBzdG9yYWdlX2dpYl9mcmVlGAMgASgBUg5zdG9yYWdlR2lCRnJlZSJACg1IZWFydGJlYXRCZWF0EgsKA3NlcRgBIAEoBBIiCgV1c2FnZRgCIAEoCzITLmNsb3VkbGVzcy52MS5Vc2FnZSI4Cg5IZWFydGJlYXRMZWF2ZRIOCgZyZWFzb24YASABKAkSFgoOYmFja193aXRoaW5fbXMYAiABKA0izQIKDVJlcGxpY2FSZXBvcnQSEgoKcmVwbGljYV9pZBgBIAEoCRINCgVwaGFzZRgCIAEoCRINCgVyZWFkeRgDIAEoCBIQCghyZXN0YXJ0cxgEIAEoBRIOCgZyZWFzb24YBSABKAkSDwoHbWVzc2FnZRgGIAEoCRIRCglleGl0X2NvZGUYByABKAUSLgoKc3RhcnRlZF9hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASPgoKaG9zdF9wb3J0cxgJIAMoCzIqLmNsb3VkbGVzcy52MS5SZXBsaWNhUmVwb3J0Lkhvc3RQb3J0c0VudHJ5Eg4KBmRyaXZlchgKIAEoCRISCgpnZW5lcmF0aW9uGAsgASgDGjAKDkhvc3RQb3J0c0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoBToCOAEiTQoOUmVwbGljYVJlcG9ydHMSLQoIcmVwbGljYXMYASADKAsyGy5jbG91ZGxlc3MudjEuUmVwbGljYVJlcG9ydBIMCgRmdWxsGAIgASgIIsABCgpBZ2VudEV2ZW50EgwKBHR5cGUYASABKAkSDgoGcmVhc29uGAIgASgJEhIKCnJlcGxpY2FfaWQYAyABKAkSDwoHbWVzc2FnZRgEIAEoCRI8CgphdHRyaWJ1dGVzGAUgAygLMiguY2xvdWRsZXNzLnYxLkFnZW50RXZlbnQuQXR0cmlidXRlc0VudHJ5GjEKD0F0dHJpYnV0ZXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIjcKC0FnZW50RXZlbnRzEigKBmV2ZW50cxgBIAMoCzIYLmNsb3VkbGVzcy52MS5BZ2VudEV2ZW50IrMCChBIZWFydGJlYXRSZXF1ZXN0Ei0KBWhlbGxvGAEgASgLMhwuY2xvdWRsZXNzLnYxLkhlYXJ0YmVhdEhlbGxvSAASKwoEYmVhdBgCIAEoCzIbLmNsb3VkbGVzcy52MS5IZWFydGJlYXRCZWF0SAASLQoFbGVhdmUYAyABKAsyHC5jbG91ZGxlc3MudjEuSGVhcnRiZWF0TGVhdmVIABIvCgdyZXBvcnRzGAQgASgLMhwuY2xvdWRsZXNzLnYxLlJlcGxpY2FSZXBvcnRzSAASKwoGZXZlbnRzGAUgASgLMhkuY2xvdWRsZXNzLnYxLkFnZW50RXZlbnRzSAASLgoHbmV0d29yaxgGIAEoCzIbLmNsb3VkbGVzcy52MS5OZXR3b3JrUmVwb3J0SABCBgoEa2luZCJ/CgpBc3NpZ25tZW50EhIKCnJlcGxpY2FfaWQYASABKAkSEQoJbmFtZXNwYWNlGAIgASgJEhAKCHdvcmtsb2FkGAMgASgJEhAKCHJldmlzaW9uGAQgASgDEhEKCXNwZWNfanNvbhgFIAEoCRITCgt0cmFjZXBhcmVudBgGIAEoCSJKCgtBc3NpZ25tZW50cxIqCghyZXBsaWNhcxgBIAMoCzIYLmNsb3VkbGVzcy52MS5Bc3NpZ25tZW50Eg8KB3ZlcnNpb24YAiABKAQiWQoLTG9nc1JlcXVlc3QSEgoKcmVxdWVzdF9pZBgBIAEoCRISCgpyZXBsaWNhX2lkGAIgASgJEg4KBmZvbGxvdxgDIAEoCBISCgp0YWlsX2xpbmVzGAQgASgFIiMKDUNhbmNlbFJlcXVlc3QSEgoKcmVxdWVzdF9pZBgBIAEoCSJaCgtFeGVjUmVxdWVzdBISCgpyZXF1ZXN0X2lkGAEgASgJEhIKCnJlcGxpY2FfaWQYAiABKAkSDwoHY29tbWFuZBgDIAMoCRISCgp0aW1lb3V0X21zGAQgASgNIvMDChFIZWFydGJlYXRSZXNwb25zZRIPCgdhY2tfc2VxGAEgASgEEhMKC2ludGVydmFsX21zGAIgASgFEhAKCGNvcmRvbmVkGAMgASgIEhAKCGRyYWluaW5nGAQgASgIEi4KC2Fzc2lnbm1lbnRzGAUgASgLMhkuY2xvdWRsZXNzLnYxLkFzc2lnbm1lbnRzEi8KDGxvZ3NfcmVxdWVzdBgGIAEoCzIZLmNsb3VkbGVzcy52MS5Mb2dzUmVxdWVzdBIrCgZjYW5jZWwYByABKAsyGy5jbG91ZGxlc3MudjEuQ2FuY2VsUmVxdWVzdBIvCgxleGVjX3JlcXVlc3QYCCABKAsyGS5jbG91ZGxlc3MudjEuRXhlY1JlcXVlc3QSEAoIbm9kZV91aWQYCSABKAkSEgoKY2x1c3Rlcl9pZBgKIAEoCRIYChByZXN0YXJ0X2dyYWNlX21zGAsgASgNEi4KB25ldHdvcmsYDCABKAsyHS5jbG91ZGxlc3MudjEuTmV0d29ya1NuYXBzaG90Ei4KCHBvbGljaWVzGA0gASgLMhwuY2xvdWRsZXNzLnYxLlBvbGljeVNuYXBzaG90EjUKD29iamVjdF92ZXJzaW9ucxgOIAEoCzIcLmNsb3VkbGVzcy52MS5PYmplY3RWZXJzaW9ucyI+Cg5PYmplY3RWZXJzaW9ucxIsCgdvYmplY3RzGAEgAygLMhsuY2xvdWRsZXNzLnYxLk9iamVjdFZlcnNpb24iTwoNT2JqZWN0VmVyc2lvbhIMCgRraW5kGAEgASgJEhEKCW5hbWVzcGFjZRgCIAEoCRIMCgRuYW1lGAMgASgJEg8KB3ZlcnNpb24YBCABKAQiOAoOUG9saWN5U25hcHNob3QSEwoLZmluZ2VycHJpbnQYASABKAkSEQoJZG9jdW1lbnRzGAIgAygJIicKB0xvZ0xpbmUSDgoGc3RyZWFtGAEgASgJEgwKBGxpbmUYAiABKAkiXAoRVXBsb2FkTG9nc1JlcXVlc3QSEgoKcmVxdWVzdF9pZBgBIAEoCRIkCgVsaW5lcxgCIAMoCzIVLmNsb3VkbGVzcy52MS5Mb2dMaW5lEg0KBWVycm9yGAMgASgJIhQKElVwbG9hZExvZ3NSZXNwb25zZSKKAQoXUmVwb3J0RXhlY1Jlc3VsdFJlcXVlc3QSEgoKcmVxdWVzdF9pZBgBIAEoCRIRCglleGl0X2NvZGUYAiABKAUSDgoGc3Rkb3V0GAMgASgJEg4KBnN0ZGVychgEIAEoCRINCgVlcnJvchgFIAEoCRIZChFkZWFkbGluZV9leGNlZWRlZBgGIAEoCCIaChhSZXBvcnRFeGVjUmVzdWx0UmVzcG9uc2UiKgoXUmVuZXdDZXJ0aWZpY2F0ZVJlcXVlc3QSDwoHY3NyX3BlbRgBIAEoCSJDChhSZW5ld0NlcnRpZmljYXRlUmVzcG9uc2USFwoPY2VydGlmaWNhdGVfcGVtGAEgASgJEg4KBmNhX3BlbRgCIAEoCSIlChRNZWFzdXJlRWdyZXNzUmVxdWVzdBINCgVjaHVuaxgBIAEoDCJEChVNZWFzdXJlRWdyZXNzUmVzcG9uc2USFgoOYnl0ZXNfcmVjZWl2ZWQYASABKAQSEwoLZHVyYXRpb25fbXMYAiABKA0iowEKEExpc3ROb2Rlc1JlcXVlc3QSSQoObGFiZWxfc2VsZWN0b3IYASADKAsyMS5jbG91ZGxlc3MudjEuTGlzdE5vZGVzUmVxdWVzdC5MYWJlbFNlbGVjdG9yRW50cnkSDgoGc3RhdHVzGAIgASgJGjQKEkxhYmVsU2VsZWN0b3JFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIjYKEUxpc3ROb2Rlc1Jlc3BvbnNlEiEKBW5vZGVzGAEgAygLMhIuY2xvdWRsZXNzLnYxLk5vZGUiHgoOR2V0Tm9kZVJlcXVlc3QSDAoEbmFtZRgBIAEoCSIzCg9HZXROb2RlUmVzcG9uc2USIAoEbm9kZRgBIAEoCzISLmNsb3VkbGVzcy52MS5Ob2RlIiEKEUNvcmRvbk5vZGVSZXF1ZXN0EgwKBG5hbWUYASABKAkiNgoSQ29yZG9uTm9kZVJlc3BvbnNlEiAKBG5vZGUYASABKAsyEi5jbG91ZGxlc3MudjEuTm9kZSIjChNVbmNvcmRvbk5vZGVSZXF1ZXN0EgwKBG5hbWUYASABKAkiOAoUVW5jb3Jkb25Ob2RlUmVzcG9uc2USIAoEbm9kZRgBIAEoCzISLmNsb3VkbGVzcy52MS5Ob2RlIiAKEERyYWluTm9kZVJlcXVlc3QSDAoEbmFtZRgBIAEoCSI1ChFEcmFpbk5vZGVSZXNwb25zZRIgCgRub2RlGAEgASgLMhIuY2xvdWRsZXNzLnYxLk5vZGUiIQoRRGVsZXRlTm9kZVJlcXVlc3QSDAoEbmFtZRgBIAEoCSIUChJEZWxldGVOb2RlUmVzcG9uc2Uy9gcKC05vZGVTZXJ2aWNlEkMKBkVucm9sbBIbLmNsb3VkbGVzcy52MS5FbnJvbGxSZXF1ZXN0GhwuY2xvdWRsZXNzLnYxLkVucm9sbFJlc3BvbnNlElAKCUhlYXJ0YmVhdBIeLmNsb3VkbGVzcy52MS5IZWFydGJlYXRSZXF1ZXN0Gh8uY2xvdWRsZXNzLnYxLkhlYXJ0YmVhdFJlc3BvbnNlKAEwARJhChBSZW5ld0NlcnRpZmljYXRlEiUuY2xvdWRsZXNzLnYxLlJlbmV3Q2VydGlmaWNhdGVSZXF1ZXN0GiYuY2xvdWRsZXNzLnYxLlJlbmV3Q2VydGlmaWNhdGVSZXNwb25zZRJaCg1NZWFzdXJlRWdyZXNzEiIuY2xvdWRsZXNzLnYxLk1lYXN1cmVFZ3Jlc3NSZXF1ZXN0GiMuY2xvdWRsZXNzLnYxLk1lYXN1cmVFZ3Jlc3NSZXNwb25zZSgBEkwKCUxpc3ROb2RlcxIeLmNsb3VkbGVzcy52MS5MaXN0Tm9kZXNSZXF1ZXN0Gh8uY2xvdWRsZXNzLnYxLkxpc3ROb2Rlc1Jlc3BvbnNlEkYKB0dldE5vZGUSHC5jbG91ZGxlc3MudjEuR2V0Tm9kZVJlcXVlc3QaHS5jbG91ZGxlc3MudjEuR2V0Tm9kZVJlc3BvbnNlEk8KCkNvcmRvbk5vZGUSHy5jbG91ZGxlc3MudjEuQ29yZG9uTm9kZVJlcXVlc3QaIC5jbG91ZGxlc3MudjEuQ29yZG9uTm9kZVJlc3BvbnNlElUKDFVuY29yZG9uTm9kZRIhLmNsb3VkbGVzcy52MS5VbmNvcmRvbk5vZGVSZXF1ZXN0GiIuY2xvdWRsZXNzLnYxLlVuY29yZG9uTm9kZVJlc3BvbnNlEkwKCURyYWluTm9kZRIeLmNsb3VkbGVzcy52MS5EcmFpbk5vZGVSZXF1ZXN0Gh8uY2xvdWRsZXNzLnYxLkRyYWluTm9kZVJlc3BvbnNlEk8KCkRlbGV0ZU5vZGUSHy5jbG91ZGxlc3MudjEuRGVsZXRlTm9kZVJlcXVlc3QaIC5jbG91ZGxlc3MudjEuRGVsZXRlTm9kZVJlc3BvbnNlElEKClVwbG9hZExvZ3MSHy5jbG91ZGxlc3MudjEuVXBsb2FkTG9nc1JlcXVlc3QaIC5jbG91ZGxlc3MudjEuVXBsb2FkTG9nc1Jlc3BvbnNlKAESYQoQUmVwb3J0RXhlY1Jlc3VsdBIlLmNsb3VkbGVzcy52MS5SZXBvcnRFeGVjUmVzdWx0UmVxdWVzdBomLmNsb3VkbGVzcy52MS5SZXBvcnRFeGVjUmVzdWx0UmVzcG9uc2ViBnByb3RvMw", [file_cloudless_v1_service, file_google_protobuf_timestamp]);
 
 /**
  * Capacity is what a node offers, measured on the machine unless overridden.
@@ -965,6 +965,15 @@ export type HeartbeatResponse = Message<"cloudless.v1.HeartbeatResponse"> & {
    * @generated from field: cloudless.v1.PolicySnapshot policies = 13;
    */
   policies?: PolicySnapshot;
+
+  /**
+   * Versions of secrets and configs (REQ-063, ADR 0055): names and versions only, never
+   * values. All of them on a new stream, then each change; the agent re-reads (with
+   * ReadReplicaSecret / ReadReplicaConfig) a source its replicas hold an older version of.
+   *
+   * @generated from field: cloudless.v1.ObjectVersions object_versions = 14;
+   */
+  objectVersions?: ObjectVersions;
 };
 
 /**
@@ -973,6 +982,57 @@ export type HeartbeatResponse = Message<"cloudless.v1.HeartbeatResponse"> & {
  */
 export const HeartbeatResponseSchema: GenMessage<HeartbeatResponse> = /*@__PURE__*/
   messageDesc(file_cloudless_v1_node, 20);
+
+/**
+ * @generated from message cloudless.v1.ObjectVersions
+ */
+export type ObjectVersions = Message<"cloudless.v1.ObjectVersions"> & {
+  /**
+   * @generated from field: repeated cloudless.v1.ObjectVersion objects = 1;
+   */
+  objects: ObjectVersion[];
+};
+
+/**
+ * Describes the message cloudless.v1.ObjectVersions.
+ * Use `create(ObjectVersionsSchema)` to create a new message.
+ */
+export const ObjectVersionsSchema: GenMessage<ObjectVersions> = /*@__PURE__*/
+  messageDesc(file_cloudless_v1_node, 21);
+
+/**
+ * @generated from message cloudless.v1.ObjectVersion
+ */
+export type ObjectVersion = Message<"cloudless.v1.ObjectVersion"> & {
+  /**
+   * "secret" or "config".
+   *
+   * @generated from field: string kind = 1;
+   */
+  kind: string;
+
+  /**
+   * @generated from field: string namespace = 2;
+   */
+  namespace: string;
+
+  /**
+   * @generated from field: string name = 3;
+   */
+  name: string;
+
+  /**
+   * @generated from field: uint64 version = 4;
+   */
+  version: bigint;
+};
+
+/**
+ * Describes the message cloudless.v1.ObjectVersion.
+ * Use `create(ObjectVersionSchema)` to create a new message.
+ */
+export const ObjectVersionSchema: GenMessage<ObjectVersion> = /*@__PURE__*/
+  messageDesc(file_cloudless_v1_node, 22);
 
 /**
  * @generated from message cloudless.v1.PolicySnapshot
@@ -998,7 +1058,7 @@ export type PolicySnapshot = Message<"cloudless.v1.PolicySnapshot"> & {
  * Use `create(PolicySnapshotSchema)` to create a new message.
  */
 export const PolicySnapshotSchema: GenMessage<PolicySnapshot> = /*@__PURE__*/
-  messageDesc(file_cloudless_v1_node, 21);
+  messageDesc(file_cloudless_v1_node, 23);
 
 /**
  * @generated from message cloudless.v1.LogLine
@@ -1020,7 +1080,7 @@ export type LogLine = Message<"cloudless.v1.LogLine"> & {
  * Use `create(LogLineSchema)` to create a new message.
  */
 export const LogLineSchema: GenMessage<LogLine> = /*@__PURE__*/
-  messageDesc(file_cloudless_v1_node, 22);
+  messageDesc(file_cloudless_v1_node, 24);
 
 /**
  * @generated from message cloudless.v1.UploadLogsRequest
@@ -1049,7 +1109,7 @@ export type UploadLogsRequest = Message<"cloudless.v1.UploadLogsRequest"> & {
  * Use `create(UploadLogsRequestSchema)` to create a new message.
  */
 export const UploadLogsRequestSchema: GenMessage<UploadLogsRequest> = /*@__PURE__*/
-  messageDesc(file_cloudless_v1_node, 23);
+  messageDesc(file_cloudless_v1_node, 25);
 
 /**
  * @generated from message cloudless.v1.UploadLogsResponse
@@ -1062,7 +1122,7 @@ export type UploadLogsResponse = Message<"cloudless.v1.UploadLogsResponse"> & {
  * Use `create(UploadLogsResponseSchema)` to create a new message.
  */
 export const UploadLogsResponseSchema: GenMessage<UploadLogsResponse> = /*@__PURE__*/
-  messageDesc(file_cloudless_v1_node, 24);
+  messageDesc(file_cloudless_v1_node, 26);
 
 /**
  * @generated from message cloudless.v1.ReportExecResultRequest
@@ -1107,7 +1167,7 @@ export type ReportExecResultRequest = Message<"cloudless.v1.ReportExecResultRequ
  * Use `create(ReportExecResultRequestSchema)` to create a new message.
  */
 export const ReportExecResultRequestSchema: GenMessage<ReportExecResultRequest> = /*@__PURE__*/
-  messageDesc(file_cloudless_v1_node, 25);
+  messageDesc(file_cloudless_v1_node, 27);
 
 /**
  * @generated from message cloudless.v1.ReportExecResultResponse
@@ -1120,7 +1180,7 @@ export type ReportExecResultResponse = Message<"cloudless.v1.ReportExecResultRes
  * Use `create(ReportExecResultResponseSchema)` to create a new message.
  */
 export const ReportExecResultResponseSchema: GenMessage<ReportExecResultResponse> = /*@__PURE__*/
-  messageDesc(file_cloudless_v1_node, 26);
+  messageDesc(file_cloudless_v1_node, 28);
 
 /**
  * @generated from message cloudless.v1.RenewCertificateRequest
@@ -1137,7 +1197,7 @@ export type RenewCertificateRequest = Message<"cloudless.v1.RenewCertificateRequ
  * Use `create(RenewCertificateRequestSchema)` to create a new message.
  */
 export const RenewCertificateRequestSchema: GenMessage<RenewCertificateRequest> = /*@__PURE__*/
-  messageDesc(file_cloudless_v1_node, 27);
+  messageDesc(file_cloudless_v1_node, 29);
 
 /**
  * @generated from message cloudless.v1.RenewCertificateResponse
@@ -1159,7 +1219,7 @@ export type RenewCertificateResponse = Message<"cloudless.v1.RenewCertificateRes
  * Use `create(RenewCertificateResponseSchema)` to create a new message.
  */
 export const RenewCertificateResponseSchema: GenMessage<RenewCertificateResponse> = /*@__PURE__*/
-  messageDesc(file_cloudless_v1_node, 28);
+  messageDesc(file_cloudless_v1_node, 30);
 
 /**
  * @generated from message cloudless.v1.MeasureEgressRequest
@@ -1176,7 +1236,7 @@ export type MeasureEgressRequest = Message<"cloudless.v1.MeasureEgressRequest"> 
  * Use `create(MeasureEgressRequestSchema)` to create a new message.
  */
 export const MeasureEgressRequestSchema: GenMessage<MeasureEgressRequest> = /*@__PURE__*/
-  messageDesc(file_cloudless_v1_node, 29);
+  messageDesc(file_cloudless_v1_node, 31);
 
 /**
  * @generated from message cloudless.v1.MeasureEgressResponse
@@ -1198,7 +1258,7 @@ export type MeasureEgressResponse = Message<"cloudless.v1.MeasureEgressResponse"
  * Use `create(MeasureEgressResponseSchema)` to create a new message.
  */
 export const MeasureEgressResponseSchema: GenMessage<MeasureEgressResponse> = /*@__PURE__*/
-  messageDesc(file_cloudless_v1_node, 30);
+  messageDesc(file_cloudless_v1_node, 32);
 
 /**
  * @generated from message cloudless.v1.ListNodesRequest
@@ -1222,7 +1282,7 @@ export type ListNodesRequest = Message<"cloudless.v1.ListNodesRequest"> & {
  * Use `create(ListNodesRequestSchema)` to create a new message.
  */
 export const ListNodesRequestSchema: GenMessage<ListNodesRequest> = /*@__PURE__*/
-  messageDesc(file_cloudless_v1_node, 31);
+  messageDesc(file_cloudless_v1_node, 33);
 
 /**
  * @generated from message cloudless.v1.ListNodesResponse
@@ -1239,7 +1299,7 @@ export type ListNodesResponse = Message<"cloudless.v1.ListNodesResponse"> & {
  * Use `create(ListNodesResponseSchema)` to create a new message.
  */
 export const ListNodesResponseSchema: GenMessage<ListNodesResponse> = /*@__PURE__*/
-  messageDesc(file_cloudless_v1_node, 32);
+  messageDesc(file_cloudless_v1_node, 34);
 
 /**
  * @generated from message cloudless.v1.GetNodeRequest
@@ -1256,7 +1316,7 @@ export type GetNodeRequest = Message<"cloudless.v1.GetNodeRequest"> & {
  * Use `create(GetNodeRequestSchema)` to create a new message.
  */
 export const GetNodeRequestSchema: GenMessage<GetNodeRequest> = /*@__PURE__*/
-  messageDesc(file_cloudless_v1_node, 33);
+  messageDesc(file_cloudless_v1_node, 35);
 
 /**
  * @generated from message cloudless.v1.GetNodeResponse
@@ -1273,7 +1333,7 @@ export type GetNodeResponse = Message<"cloudless.v1.GetNodeResponse"> & {
  * Use `create(GetNodeResponseSchema)` to create a new message.
  */
 export const GetNodeResponseSchema: GenMessage<GetNodeResponse> = /*@__PURE__*/
-  messageDesc(file_cloudless_v1_node, 34);
+  messageDesc(file_cloudless_v1_node, 36);
 
 /**
  * @generated from message cloudless.v1.CordonNodeRequest
@@ -1290,7 +1350,7 @@ export type CordonNodeRequest = Message<"cloudless.v1.CordonNodeRequest"> & {
  * Use `create(CordonNodeRequestSchema)` to create a new message.
  */
 export const CordonNodeRequestSchema: GenMessage<CordonNodeRequest> = /*@__PURE__*/
-  messageDesc(file_cloudless_v1_node, 35);
+  messageDesc(file_cloudless_v1_node, 37);
 
 /**
  * @generated from message cloudless.v1.CordonNodeResponse
@@ -1307,7 +1367,7 @@ export type CordonNodeResponse = Message<"cloudless.v1.CordonNodeResponse"> & {
  * Use `create(CordonNodeResponseSchema)` to create a new message.
  */
 export const CordonNodeResponseSchema: GenMessage<CordonNodeResponse> = /*@__PURE__*/
-  messageDesc(file_cloudless_v1_node, 36);
+  messageDesc(file_cloudless_v1_node, 38);
 
 /**
  * @generated from message cloudless.v1.UncordonNodeRequest
@@ -1324,7 +1384,7 @@ export type UncordonNodeRequest = Message<"cloudless.v1.UncordonNodeRequest"> & 
  * Use `create(UncordonNodeRequestSchema)` to create a new message.
  */
 export const UncordonNodeRequestSchema: GenMessage<UncordonNodeRequest> = /*@__PURE__*/
-  messageDesc(file_cloudless_v1_node, 37);
+  messageDesc(file_cloudless_v1_node, 39);
 
 /**
  * @generated from message cloudless.v1.UncordonNodeResponse
@@ -1341,7 +1401,7 @@ export type UncordonNodeResponse = Message<"cloudless.v1.UncordonNodeResponse"> 
  * Use `create(UncordonNodeResponseSchema)` to create a new message.
  */
 export const UncordonNodeResponseSchema: GenMessage<UncordonNodeResponse> = /*@__PURE__*/
-  messageDesc(file_cloudless_v1_node, 38);
+  messageDesc(file_cloudless_v1_node, 40);
 
 /**
  * @generated from message cloudless.v1.DrainNodeRequest
@@ -1358,7 +1418,7 @@ export type DrainNodeRequest = Message<"cloudless.v1.DrainNodeRequest"> & {
  * Use `create(DrainNodeRequestSchema)` to create a new message.
  */
 export const DrainNodeRequestSchema: GenMessage<DrainNodeRequest> = /*@__PURE__*/
-  messageDesc(file_cloudless_v1_node, 39);
+  messageDesc(file_cloudless_v1_node, 41);
 
 /**
  * @generated from message cloudless.v1.DrainNodeResponse
@@ -1375,7 +1435,7 @@ export type DrainNodeResponse = Message<"cloudless.v1.DrainNodeResponse"> & {
  * Use `create(DrainNodeResponseSchema)` to create a new message.
  */
 export const DrainNodeResponseSchema: GenMessage<DrainNodeResponse> = /*@__PURE__*/
-  messageDesc(file_cloudless_v1_node, 40);
+  messageDesc(file_cloudless_v1_node, 42);
 
 /**
  * @generated from message cloudless.v1.DeleteNodeRequest
@@ -1392,7 +1452,7 @@ export type DeleteNodeRequest = Message<"cloudless.v1.DeleteNodeRequest"> & {
  * Use `create(DeleteNodeRequestSchema)` to create a new message.
  */
 export const DeleteNodeRequestSchema: GenMessage<DeleteNodeRequest> = /*@__PURE__*/
-  messageDesc(file_cloudless_v1_node, 41);
+  messageDesc(file_cloudless_v1_node, 43);
 
 /**
  * @generated from message cloudless.v1.DeleteNodeResponse
@@ -1405,7 +1465,7 @@ export type DeleteNodeResponse = Message<"cloudless.v1.DeleteNodeResponse"> & {
  * Use `create(DeleteNodeResponseSchema)` to create a new message.
  */
 export const DeleteNodeResponseSchema: GenMessage<DeleteNodeResponse> = /*@__PURE__*/
-  messageDesc(file_cloudless_v1_node, 42);
+  messageDesc(file_cloudless_v1_node, 44);
 
 /**
  * NodeService is how agents join and stay in the cluster, and how operators
