@@ -348,6 +348,7 @@ class AgentRunner {
     this.modules.push(policies);
     // After the policies and the network it compiles from, before the replicas it confines.
     this.egress = new EgressModule({
+      nodeName: this.identity.nodeName,
       dataDir: this.dataDir,
       logger: this.logger.child({ component: "egress" }),
       policies: () => policies.current,

@@ -8,7 +8,7 @@ import { PolicySet } from "../../api/policy/evaluate.js";
 import { parsePolicyDocument } from "../../api/policy/parse.js";
 import { silentLogger } from "../../observe/logger.js";
 import { EgressModule } from "./egressModule.js";
-import { egressTableName } from "./egressRules.js";
+import { egressTableFor } from "./egressRules.js";
 
 const dirs: string[] = [];
 afterEach(async () => {
@@ -29,6 +29,7 @@ async function setup(policies: PolicySet | undefined) {
   const applied: { nftables: Record<string, Record<string, unknown>>[] }[] = [];
   let current = policies;
   const module = new EgressModule({
+    nodeName: "node-1",
     dataDir: dir,
     logger: silentLogger,
     policies: () => current,
@@ -66,7 +67,8 @@ const deletesTableOnly = (
   ruleset: { nftables: Record<string, Record<string, unknown>>[] } | undefined,
 ) =>
   ruleset?.nftables.length === 2 &&
-  (ruleset.nftables[1]?.delete?.table as { name: string } | undefined)?.name === egressTableName;
+  (ruleset.nftables[1]?.delete?.table as { name: string } | undefined)?.name ===
+    egressTableFor("node-1");
 
 function assignments(labels: Record<string, string>) {
   return create(HeartbeatResponseSchema, {
@@ -124,6 +126,7 @@ describe("the agent's egress table (REQ-061)", () => {
     const dir = await mkdtemp(path.join(tmpdir(), "cloudless-egress-"));
     dirs.push(dir);
     const module = new EgressModule({
+      nodeName: "node-1",
       dataDir: dir,
       logger: silentLogger,
       policies: () => new PolicySet([denyLab]),
@@ -154,6 +157,7 @@ describe("the agent's egress table (REQ-061)", () => {
       }),
     );
     const module = new EgressModule({
+      nodeName: "node-1",
       dataDir: dir,
       logger: silentLogger,
       policies: () => new PolicySet([denyLab]),

@@ -26,7 +26,7 @@ import {
   type EgressExemption,
   type EgressService,
   type EgressWorkload,
-  egressTableName,
+  egressTableFor,
   removeEgressRuleset,
 } from "./egressRules.js";
 
@@ -51,6 +51,8 @@ export interface EgressNetworkView {
 export type NftRunner = (rulesetJson: string) => Promise<void>;
 
 export interface EgressModuleOptions {
+  /** This node's name: the table is named after it (egressTableFor). */
+  nodeName: string;
   /** The agent's data dir: the process driver's uid table is there. */
   dataDir: string;
   logger: Logger;
@@ -73,9 +75,12 @@ export class EgressModule implements AgentModule {
   private queue: Promise<void> = Promise.resolve();
   private stopped = false;
   private readonly runNft: NftRunner;
+  /** The nftables table (family ip) this agent owns. */
+  readonly table: string;
 
   constructor(private readonly options: EgressModuleOptions) {
     this.runNft = options.runNft ?? runNftJson;
+    this.table = egressTableFor(options.nodeName);
   }
 
   async start(): Promise<void> {
@@ -141,7 +146,7 @@ export class EgressModule implements AgentModule {
     await this.queue;
     if (!options.leaving || this.options.unavailableReason) return;
     try {
-      await this.runNft(JSON.stringify(removeEgressRuleset()));
+      await this.runNft(JSON.stringify(removeEgressRuleset(this.table)));
       this.appliedText = undefined;
     } catch (error) {
       this.options.logger.warn({ err: describe(error) }, "cannot remove the egress table");
@@ -179,7 +184,9 @@ export class EgressModule implements AgentModule {
     this.lastCompiled = compiled;
     // Nothing to enforce: no table at all (an operator's `nft list ruleset` stays short).
     const text = JSON.stringify(
-      compiled.chains.length === 0 ? removeEgressRuleset() : buildEgressRuleset(compiled),
+      compiled.chains.length === 0
+        ? removeEgressRuleset(this.table)
+        : buildEgressRuleset(compiled, this.table),
     );
     if (text === this.appliedText) return;
     await this.runNft(text);
@@ -192,7 +199,7 @@ export class EgressModule implements AgentModule {
     }
     this.options.logger.info(
       {
-        table: egressTableName,
+        table: this.table,
         workloads: compiled.chains.length,
         rules: compiled.chains.reduce((sum, chain) => sum + chain.rules.length, 0),
       },

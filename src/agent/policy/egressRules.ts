@@ -15,11 +15,21 @@
  * to `deny`, which counts and rejects (tcp reset, otherwise icmp port-unreachable): a
  * denied connect() fails at once with ECONNREFUSED instead of timing out.
  */
+import { createHash } from "node:crypto";
 import type { PolicySet } from "../../api/policy/evaluate.js";
 import { ipv4ToNumber } from "../../api/policy/policy.js";
 
-/** The table Cloudless owns for egress, apart from the service VIP table. */
+/** The prefix of the table an agent owns for egress, apart from the service VIP table. */
 export const egressTableName = "cloudless_egress";
+
+/**
+ * The table of the agent of `nodeName`: `cloudless_egress_` and 12 hex digits of the name's
+ * SHA-256 (nft names stop at 32 characters). One per agent, so that agents sharing a host
+ * (test clusters) never replace or delete each other's, and a restarted agent finds its own.
+ */
+export function egressTableFor(nodeName: string): string {
+  return `${egressTableName}_${createHash("sha256").update(nodeName).digest("hex").slice(0, 12)}`;
+}
 /** After conntrack (-200), before the VIP table's DNAT (-100): the mangle priority. */
 export const egressHookPriority = -150;
 /**
