@@ -351,6 +351,7 @@ class AgentRunner {
       nodeName: this.identity.nodeName,
       dataDir: this.dataDir,
       logger: this.logger.child({ component: "egress" }),
+      registry: this.metrics.registry,
       policies: () => policies.current,
       ...(network ? { network: () => network.egressView() } : {}),
       ...(await egressUnavailable()),

@@ -188,8 +188,17 @@ describe.skipIf(unavailable !== undefined)(
       expect(await a.request(b.ip, labServerPort, "lab-server")).toBe("lab-server");
       const tables = await egressTables(a);
       expect(tables).toHaveLength(1);
-      const listed = await a.exec("nft", ["list", "ruleset"]);
-      expect(listed.stdout).toContain('comment "egress-lab/no-lab-host"');
+      const name = (tables[0] as string).split(" ").at(-1) as string;
+      // The deny rule counted the refusals: cloudless_agent_egress_denied_total reads these.
+      const listed = JSON.parse(
+        (await a.exec("nft", ["-j", "list", "table", "ip", name])).stdout,
+      ) as {
+        nftables: { rule?: { comment?: string; expr: { counter?: { packets: number } }[] } }[];
+      };
+      const denyRule = listed.nftables.find((e) => e.rule?.comment === "egress-lab/no-lab-host");
+      const counted = denyRule?.rule?.expr.find((e) => e.counter)?.counter?.packets ?? 0;
+      console.log(`REQ-061 egress: the deny rule counted ${counted} refused connections`);
+      expect(counted).toBeGreaterThanOrEqual(lab.length);
     });
 
     it("REQ-061 the egress table outlives a kill -9 of the agent (the replica stays confined) and is replaced at its next start", async () => {

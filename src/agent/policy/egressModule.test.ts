@@ -2,6 +2,7 @@ import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import * as path from "node:path";
 import { create } from "@bufbuild/protobuf";
+import { Registry } from "prom-client";
 import { afterEach, describe, expect, it } from "vitest";
 import { HeartbeatResponseSchema } from "../../api/gen/cloudless/v1/node_pb.js";
 import { PolicySet } from "../../api/policy/evaluate.js";
@@ -168,5 +169,65 @@ describe("the agent's egress table (REQ-061)", () => {
     await module.start();
     module.receive(assignments({ tier: "web" }));
     await expect(module.admit("default/web", 61184)).rejects.toThrow("Could not process rule");
+  });
+
+  it("REQ-061: cloudless_agent_egress_denied_total reads the deny rules' counters by workload and rule, and keeps them across a table replacement", async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), "cloudless-egress-"));
+    dirs.push(dir);
+    const uids = (workloads: Record<string, number>) =>
+      writeFile(
+        path.join(dir, "replica-uids.json"),
+        JSON.stringify({
+          version: 1,
+          workloads: Object.fromEntries(
+            Object.entries(workloads).map(([key, uid]) => [key, { uid, replicas: [key] }]),
+          ),
+        }),
+      );
+    await uids({ "default/web": 61184 });
+    // What the kernel counted in the applied table (as `nft -j list table` prints it).
+    let kernelPackets = 3;
+    const listed = () =>
+      JSON.stringify({
+        nftables: [
+          { metainfo: { json_schema_version: 1 } },
+          {
+            rule: {
+              chain: "wl_61184",
+              comment: "egress/no-lab",
+              expr: [
+                { counter: { packets: kernelPackets, bytes: 180 } },
+                { jump: { target: "deny" } },
+              ],
+            },
+          },
+          // The shared deny chain's counter is not a workload's.
+          { rule: { chain: "deny", expr: [{ counter: { packets: 99, bytes: 1 } }] } },
+        ],
+      });
+    const registry = new Registry();
+    const module = new EgressModule({
+      nodeName: "node-1",
+      dataDir: dir,
+      logger: silentLogger,
+      registry,
+      policies: () => new PolicySet([denyLab]),
+      runNft: async () => {},
+      listTable: async () => listed(),
+    });
+    module.receive(assignments({ tier: "web" }));
+    await module.start();
+    await module.admit("default/web", 61184);
+    expect(await module.denials()).toEqual([
+      { workload: "default/web", policy: "egress", rule: "no-lab", packets: 3 },
+    ]);
+    // Another workload arrives: the table is replaced and its counters start again at 0.
+    await uids({ "default/web": 61184, "default/other": 61185 });
+    await module.admit("default/other", 61185);
+    kernelPackets = 2;
+    const text = await registry.getSingleMetricAsString("cloudless_agent_egress_denied_total");
+    expect(text).toContain(
+      'cloudless_agent_egress_denied_total{workload="default/web",policy="egress",rule="no-lab"} 5',
+    );
   });
 });

@@ -15,6 +15,7 @@ import { execFile } from "node:child_process";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import * as path from "node:path";
+import { Counter, type Registry } from "prom-client";
 import type { HeartbeatRequest, HeartbeatResponse } from "../../api/gen/cloudless/v1/node_pb.js";
 import type { PolicySet } from "../../api/policy/evaluate.js";
 import type { Logger } from "../../observe/logger.js";
@@ -49,6 +50,16 @@ export interface EgressNetworkView {
 
 /** Runs one nft JSON transaction; the real one spawns nft, tests in process may record. */
 export type NftRunner = (rulesetJson: string) => Promise<void>;
+/** `nft -j list table ip TABLE`'s output (the deny rules' counters are read from it). */
+export type NftLister = (table: string) => Promise<string>;
+
+/** Denied connections of one workload by one rule, since the agent started. */
+export interface EgressDenials {
+  workload: string;
+  policy: string;
+  rule: string;
+  packets: number;
+}
 
 export interface EgressModuleOptions {
   /** This node's name: the table is named after it (egressTableFor). */
@@ -62,6 +73,10 @@ export interface EgressModuleOptions {
   network?: () => EgressNetworkView;
   /** Applies a transaction; default: `nft -j -f` through a private 0600 file. */
   runNft?: NftRunner;
+  /** Lists the table; default: `nft -j list table ip TABLE`. */
+  listTable?: NftLister;
+  /** The agent's metrics registry: `cloudless_agent_egress_denied_total` registers there. */
+  registry?: Registry;
   /** Why nftables cannot be programmed here (not Linux, not root, no nft), or undefined. */
   unavailableReason?: string;
 }
@@ -75,12 +90,82 @@ export class EgressModule implements AgentModule {
   private queue: Promise<void> = Promise.resolve();
   private stopped = false;
   private readonly runNft: NftRunner;
+  private readonly listTable: NftLister;
+  /**
+   * Denied packets counted by tables this agent replaced, by "workload|policy/rule": a
+   * replaced table starts its counters at 0, and the metric must not go down.
+   */
+  private carried = new Map<string, number>();
   /** The nftables table (family ip) this agent owns. */
   readonly table: string;
 
   constructor(private readonly options: EgressModuleOptions) {
     this.runNft = options.runNft ?? runNftJson;
     this.table = egressTableFor(options.nodeName);
+    this.listTable =
+      options.listTable ?? ((table) => execNft(["-j", "list", "table", "ip", table]));
+    if (options.registry) {
+      const self = this;
+      new Counter({
+        name: "cloudless_agent_egress_denied_total",
+        help: "New connections of a workload's process replicas that an egress policy rule refused on this node (ADR 0057).",
+        labelNames: ["workload", "policy", "rule"],
+        registers: [options.registry],
+        async collect() {
+          const rows = await self.denials();
+          this.reset();
+          for (const row of rows) {
+            this.inc({ workload: row.workload, policy: row.policy, rule: row.rule }, row.packets);
+          }
+        },
+      });
+    }
+  }
+
+  /**
+   * Denied connections (first packets: only new connections reach the rules) by workload
+   * and rule since this agent started: the live table's counters plus those of the tables
+   * it replaced.
+   */
+  async denials(): Promise<EgressDenials[]> {
+    const totals = new Map(this.carried);
+    for (const [key, packets] of await this.liveCounters()) {
+      totals.set(key, (totals.get(key) ?? 0) + packets);
+    }
+    return [...totals].map(([key, packets]) => {
+      const [workload = "", source = ""] = key.split("|");
+      const [policy = "", rule = ""] = source.split("/");
+      return { workload, policy, rule, packets };
+    });
+  }
+
+  /** The deny rules' counters of the table applied now, by "workload|policy/rule". */
+  private async liveCounters(): Promise<Map<string, number>> {
+    const counters = new Map<string, number>();
+    const compiled = this.lastCompiled;
+    if (!this.appliedText || !compiled || compiled.chains.length === 0) return counters;
+    const workloadOf = new Map(compiled.chains.map((chain) => [chain.chain, chain.workload]));
+    let listed: string;
+    try {
+      listed = await this.listTable(this.table);
+    } catch {
+      return counters; // Gone (removed by hand): nothing to count.
+    }
+    try {
+      const entries = (JSON.parse(listed) as { nftables?: { rule?: NftListedRule }[] }).nftables;
+      for (const entry of entries ?? []) {
+        const rule = entry.rule;
+        const workload = rule ? workloadOf.get(rule.chain) : undefined;
+        if (!rule || !workload || !rule.comment) continue;
+        const counter = rule.expr?.find((e) => e.counter !== undefined)?.counter;
+        if (!counter || typeof counter.packets !== "number") continue;
+        const key = `${workload}|${rule.comment}`;
+        counters.set(key, (counters.get(key) ?? 0) + counter.packets);
+      }
+    } catch (error) {
+      this.options.logger.debug({ err: describe(error) }, "cannot read the egress counters");
+    }
+    return counters;
   }
 
   async start(): Promise<void> {
@@ -181,15 +266,30 @@ export class EgressModule implements AgentModule {
           exemptions: network.exemptions,
         })
       : { chains: [], exemptions: [], failedClosed: [] };
-    this.lastCompiled = compiled;
     // Nothing to enforce: no table at all (an operator's `nft list ruleset` stays short).
     const text = JSON.stringify(
       compiled.chains.length === 0
         ? removeEgressRuleset(this.table)
         : buildEgressRuleset(compiled, this.table),
     );
-    if (text === this.appliedText) return;
+    if (text === this.appliedText) {
+      this.lastCompiled = compiled;
+      return;
+    }
+    // The counters of the table about to be replaced, kept for the workloads and rules
+    // still in the new one (those of removed ones go, so the series stay bounded).
+    const live = await this.liveCounters();
+    const keep = new Set(
+      compiled.chains.flatMap((chain) => chain.rules.map((r) => `${chain.workload}|${r.source}`)),
+    );
+    const carried = new Map<string, number>();
+    for (const [key, packets] of [...this.carried, ...live]) {
+      if (keep.has(key)) carried.set(key, (carried.get(key) ?? 0) + packets);
+    }
     await this.runNft(text);
+    // Read by liveCounters: which workload each chain of the kernel's table is.
+    this.lastCompiled = compiled;
+    this.carried = carried;
     this.appliedText = text;
     if (compiled.failedClosed.length > 0) {
       this.options.logger.warn(
@@ -227,6 +327,12 @@ export class EgressModule implements AgentModule {
     }
     return workloads;
   }
+}
+
+interface NftListedRule {
+  chain: string;
+  comment?: string;
+  expr?: { counter?: { packets?: number } }[];
 }
 
 /** The metadata labels of an assignment's spec; {} when they cannot be read. */

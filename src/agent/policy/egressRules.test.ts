@@ -243,7 +243,7 @@ describe("egress rules compiled for nftables (REQ-061)", () => {
         { match: { op: "==", left: { payload: { protocol: "th", field: "dport" } }, right: 443 } },
         { accept: null },
       ],
-      [{ jump: { target: "deny" } }],
+      [{ counter: null }, { jump: { target: "deny" } }],
     ]);
     // The node's name server stays reachable before any workload's rules.
     const dns = { uid: 61184, daddr: "10.96.0.10", protocol: "udp" as const, dport: 53 };

@@ -302,7 +302,11 @@ export function buildEgressRuleset(compiled: CompiledEgress, table = egressTable
           chain.chain,
           [
             ...matchExpressions(compiledRule.match),
-            compiledRule.verdict === "accept" ? { accept: null } : { jump: { target: "deny" } },
+            // A deny rule counts its own packets: the agent's denied-connections metric
+            // is read from these counters, by workload and rule.
+            ...(compiledRule.verdict === "accept"
+              ? [{ accept: null }]
+              : [{ counter: null }, { jump: { target: "deny" } }]),
           ],
           compiledRule.source,
         ),
