@@ -69,11 +69,11 @@ describe.skipIf(unavailable !== undefined)(
     let b: LabHost;
     let policyFile: string;
 
-    /** The prober's stdout.log under A's agent data dir (its only replica there with "lab"). */
-    async function proberLines(): Promise<ProbeLine[]> {
+    /** A prober workload's lines, from its replica's stdout.log under A's agent data dir. */
+    async function proberLines(workload = "prober"): Promise<ProbeLine[]> {
       const replicas = path.join(sl.agentDirs.get("a") as string, "replicas");
       for (const id of await readdir(replicas).catch(() => [] as string[])) {
-        if (!id.includes("prober")) continue;
+        if (!id.includes(workload)) continue;
         const text = await readFile(path.join(replicas, id, "stdout.log"), "utf8").catch(() => "");
         return text
           .split("\n")
@@ -112,6 +112,18 @@ describe.skipIf(unavailable !== undefined)(
         .map((line) => line.trim());
     }
 
+    /** A prober replica pinned to A (its port is unused: a service needs one). */
+    function proberWorkload(name: string, port: number) {
+      return {
+        name,
+        nodeSelector: { host: "a" },
+        command: [process.execPath, "-e", proberScript],
+        ports: [{ name: "unused", containerPort: port }],
+        env: { LAB_TARGET: `${b.ip}:${labServerPort}` },
+        readiness: "none" as const,
+      };
+    }
+
     beforeAll(async () => {
       sl = await startServiceLab(
         [
@@ -124,14 +136,7 @@ describe.skipIf(unavailable !== undefined)(
       await b.serveTcp(labServerPort, "lab-server");
       await applyServiceWorkload(sl, { ...httpWorkload(sl, "api", "b"), service: "api" });
       await waitForEndpoints(sl, "api", 1, ["b"]);
-      await applyServiceWorkload(sl, {
-        name: "prober",
-        nodeSelector: { host: "a" },
-        command: [process.execPath, "-e", proberScript],
-        ports: [{ name: "unused", containerPort: 8099 }],
-        env: { LAB_TARGET: `${b.ip}:${labServerPort}` },
-        readiness: "none",
-      });
+      await applyServiceWorkload(sl, proberWorkload("prober", 8099));
       policyFile = path.join(sl.specDir, "egress-policy.yaml");
       await writeFile(
         policyFile,
@@ -199,6 +204,33 @@ describe.skipIf(unavailable !== undefined)(
       const counted = denyRule?.rule?.expr.find((e) => e.counter)?.counter?.packets ?? 0;
       console.log(`REQ-061 egress: the deny rule counted ${counted} refused connections`);
       expect(counted).toBeGreaterThanOrEqual(lab.length);
+    });
+
+    it("REQ-061 a replica started under the policy is refused from its very first connection (launched only after its rules are in the kernel)", async () => {
+      await applyServiceWorkload(sl, proberWorkload("newcomer", 8098));
+      const first = await waitFor(
+        "the newcomer's first lab and api attempts",
+        async () => {
+          const lines = await proberLines("newcomer");
+          const lab = lines.filter((l) => l.target === "lab");
+          const api = lines.filter((l) => l.target === "api");
+          return lab.length >= 3 && api.length >= 3 ? { lab, api } : undefined;
+        },
+        60_000,
+        300,
+      );
+      console.log(`REQ-061 egress newcomer: lab ${JSON.stringify(first.lab.slice(0, 3))}`);
+      expect(first.lab.every((l) => !l.ok && l.code === "ECONNREFUSED")).toBe(true);
+      expect(first.api.every((l) => l.ok)).toBe(true);
+      const [table] = await egressTables(a);
+      const listed = await a.exec("nft", [
+        "list",
+        "table",
+        "ip",
+        (table as string).split(" ").at(-1) as string,
+      ]);
+      // Two workloads, two uids, two chains.
+      expect(listed.stdout.match(/meta skuid \d+ jump wl_\d+/g)?.length).toBe(2);
     });
 
     it("REQ-061 the egress table outlives a kill -9 of the agent (the replica stays confined) and is replaced at its next start", async () => {
