@@ -206,7 +206,7 @@ describe.skipIf(unavailable !== undefined)(
       expect(counted).toBeGreaterThanOrEqual(lab.length);
     });
 
-    it("REQ-061 a replica started under the policy is refused from its very first connection (launched only after its rules are in the kernel)", async () => {
+    it("REQ-061 a replica started under the policy is refused from its first connections (the launch order itself: src/agent/policy/egressLaunch.test.ts)", async () => {
       await applyServiceWorkload(sl, proberWorkload("newcomer", 8098));
       const first = await waitFor(
         "the newcomer's first lab and api attempts",
