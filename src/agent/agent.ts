@@ -47,6 +47,7 @@ import { type MetricsListener, startMetricsListener } from "./metricsListener.js
 import { type AgentNetworkOptions, vipsFor } from "./network/networkComponents.js";
 import { NetworkModule } from "./network/networkModule.js";
 import { realNetworkComponents } from "./network/realComponents.js";
+import { EgressModule, egressUnavailableReason } from "./policy/egressModule.js";
 import { PolicyModule } from "./policy/policyModule.js";
 import { coordinatorFetch } from "./replicaFiles/coordinatorFetch.js";
 import { ReplicaFiles } from "./replicaFiles/replicaFiles.js";
@@ -203,6 +204,7 @@ class AgentRunner {
   private metricsListener: MetricsListener | undefined;
   /** The replica supervisor, the first agent module (ADR 0042). */
   private replicas: ReplicaModule | undefined;
+  private egress: EgressModule | undefined;
   /** Every module, started in order before the first connect, stopped in reverse. */
   private readonly modules: AgentModule[] = [];
   private cancelReportTimer: (() => void) | undefined;
@@ -325,6 +327,9 @@ class AgentRunner {
           ...(this.options.sandboxHiddenDirs
             ? { sandboxHiddenDirs: this.options.sandboxHiddenDirs }
             : {}),
+          // Late-bound: the egress module is made after the drivers (ADR 0057).
+          beforeLaunch: (workloadKey, uid) =>
+            this.egress ? this.egress.admit(workloadKey, uid) : Promise.resolve(),
         });
     for (const driver of detected.drivers) {
       if (!this.options.drivers || this.options.drivers.includes(driver.name)) {
@@ -346,6 +351,17 @@ class AgentRunner {
       onChange: () => this.replicas?.reevaluate(),
     });
     this.modules.push(policies);
+    // After the policies and the network it compiles from, before the replicas it confines.
+    this.egress = new EgressModule({
+      nodeName: this.identity.nodeName,
+      dataDir: this.dataDir,
+      logger: this.logger.child({ component: "egress" }),
+      registry: this.metrics.registry,
+      policies: () => policies.current,
+      ...(network ? { network: () => network.egressView() } : {}),
+      ...(await egressUnavailable()),
+    });
+    this.modules.push(this.egress);
     this.replicas = new ReplicaModule({
       nodeName: this.identity.nodeName,
       dataDir: this.dataDir,
@@ -705,4 +721,10 @@ class AgentRunner {
     await this.releaseLock();
     this.resolveDone(exit);
   }
+}
+
+/** The egress module's `unavailableReason` option, when nftables cannot be used here. */
+async function egressUnavailable(): Promise<{ unavailableReason?: string }> {
+  const reason = await egressUnavailableReason();
+  return reason === undefined ? {} : { unavailableReason: reason };
 }

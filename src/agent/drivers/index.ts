@@ -65,6 +65,8 @@ export async function detectDrivers(options: {
   processSandbox?: "on" | "off";
   replicaUidRange?: UidRange;
   sandboxHiddenDirs?: string[];
+  /** Passed to the process driver: waits for the egress table before a launch (ADR 0057). */
+  beforeLaunch?: (workloadKey: string, uid: number) => Promise<void>;
 }): Promise<DetectedDrivers> {
   const logger = options.logger ?? silentLogger;
   const candidates: RuntimeDriver[] = [
@@ -84,6 +86,7 @@ export async function detectDrivers(options: {
       ...(options.processSandbox ? { sandbox: options.processSandbox } : {}),
       ...(options.replicaUidRange ? { replicaUidRange: options.replicaUidRange } : {}),
       ...(options.sandboxHiddenDirs ? { hiddenDirs: options.sandboxHiddenDirs } : {}),
+      ...(options.beforeLaunch ? { beforeLaunch: options.beforeLaunch } : {}),
     }),
   ];
   const results = await Promise.all(

@@ -135,6 +135,12 @@ export interface ProcessDriverOptions {
    * data dir with the CA on the same host).
    */
   hiddenDirs?: string[];
+  /**
+   * Called with a sandboxed replica's workload key and uid before it is launched; the
+   * launch waits for it, and a rejection fails the start (the egress policy's rules must
+   * be in the kernel first, REQ-061, ADR 0057).
+   */
+  beforeLaunch?: (workloadKey: string, uid: number) => Promise<void>;
 }
 
 export interface ProcessDriver extends RuntimeDriver {
@@ -331,6 +337,7 @@ class CgroupProcessDriver implements ProcessDriver {
   private readonly sandboxMode: "on" | "off";
   private readonly hiddenDirs: string[];
   private readonly replicaUidRange: UidRange;
+  private readonly beforeLaunch: ProcessDriverOptions["beforeLaunch"];
   private dynamicUsers: DynamicUsers | undefined;
 
   constructor(options: ProcessDriverOptions) {
@@ -347,6 +354,7 @@ class CgroupProcessDriver implements ProcessDriver {
     this.dataDir = path.resolve(options.dataDir);
     this.sandboxMode = options.sandbox ?? "on";
     this.replicaUidRange = options.replicaUidRange ?? defaultUidRange;
+    this.beforeLaunch = options.beforeLaunch;
     this.hiddenDirs = [this.dataDir, ...(options.hiddenDirs ?? []).map((dir) => path.resolve(dir))];
     if (this.sandboxMode === "off") {
       this.logger.warn(
@@ -688,6 +696,7 @@ class CgroupProcessDriver implements ProcessDriver {
           );
         }
         sandboxUid = this.users().acquire(`${spec.namespace}/${spec.workload}`, replicaId);
+        await this.beforeLaunch?.(`${spec.namespace}/${spec.workload}`, sandboxUid);
         await this.prepareSandboxDirs(dir, workDir, sandboxUid);
         seccompFile = path.join(dir, "seccomp.bpf");
         await writeFile(seccompFile, seccompFilterBytes(arch), { mode: 0o600 });

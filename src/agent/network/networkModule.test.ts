@@ -414,4 +414,37 @@ describe("NetworkModule", () => {
     expect(dnsVipOf("300.1.1.1/8")).toBeUndefined();
     expect(envName("web-api.v2")).toBe("WEB_API_V2");
   });
+
+  it("REQ-061: egressView gives the egress module the services' VIPs and ports and the name server to exempt (VIP and loopback)", async () => {
+    const withVips = newModule(await tempDir());
+    await withVips.module.start(withVips.context);
+    withVips.module.receive(message(snapshot(1, [webService("web", await backend("x"))])));
+    await until(() => withVips.module.egressView().services.length === 1);
+    expect(withVips.module.egressView()).toEqual({
+      services: [
+        {
+          namespace: "default",
+          name: "web",
+          vip: "10.96.0.20",
+          ports: [{ port: 80, protocol: "tcp" }],
+        },
+      ],
+      exemptions: [
+        { ip: "127.0.0.1", port: 10_053, protocol: "udp" },
+        { ip: "10.96.0.10", port: 53, protocol: "udp" },
+        { ip: "127.0.0.1", port: 10_053, protocol: "tcp" },
+        { ip: "10.96.0.10", port: 53, protocol: "tcp" },
+      ],
+    });
+    // Without VIPs a service is reached through 127.0.0.1 and the proxy: no VIP to name.
+    const noVips = newModule(await tempDir(), { vips: undefined });
+    await noVips.module.start(noVips.context);
+    noVips.module.receive(message(snapshot(1, [webService("web", await backend("y"))])));
+    await until(() => noVips.module.egressView().services.length === 1);
+    expect(noVips.module.egressView().services[0]?.vip).toBe("");
+    expect(noVips.module.egressView().exemptions.map((e) => e.ip)).toEqual([
+      "127.0.0.1",
+      "127.0.0.1",
+    ]);
+  });
 });

@@ -35,6 +35,7 @@ import type { Rng } from "../../lib/rng.js";
 import type { Logger } from "../../observe/logger.js";
 import type { AgentModule, AgentModuleContext, AgentModuleStopOptions } from "../agentModule.js";
 import type { DriverName } from "../drivers/driver.js";
+import type { EgressNetworkView } from "../policy/egressModule.js";
 import { NetworkMetrics } from "./networkMetrics.js";
 import type {
   MeshHooks,
@@ -359,6 +360,31 @@ export class NetworkModule implements AgentModule {
       env[`CLOUDLESS_SERVICE_${name}_PORT_${envName(port.name)}`] = String(address.port);
     }
     return env;
+  }
+
+  /**
+   * The services this node knows and its name server's addresses, which every replica may
+   * reach whatever the egress policies say (the egress module, ADR 0057).
+   */
+  egressView(): EgressNetworkView {
+    const snapshot = this.snapshot;
+    const exemptions: EgressNetworkView["exemptions"] = [];
+    if (this.dnsPort !== undefined) {
+      const dnsVip = snapshot && this.options.vips ? dnsVipOf(snapshot.serviceCidr) : undefined;
+      for (const protocol of ["udp", "tcp"] as const) {
+        exemptions.push({ ip: "127.0.0.1", port: this.dnsPort, protocol });
+        if (dnsVip) exemptions.push({ ip: dnsVip, port: 53, protocol });
+      }
+    }
+    const services = (snapshot?.services ?? []).map((service) => ({
+      namespace: service.namespace,
+      name: service.name,
+      // Without VIPs a replica reaches a service through 127.0.0.1 and the proxy; rules
+      // cannot name it there (ADR 0057).
+      vip: this.options.vips ? service.vip : "",
+      ports: service.ports.map((port) => ({ port: port.port, protocol: port.protocol })),
+    }));
+    return { services, exemptions };
   }
 
   /** The proxy's listener of a service port (tests and the CLI's diagnostics). */

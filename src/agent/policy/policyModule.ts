@@ -92,6 +92,11 @@ export class PolicyModule implements AgentModule {
     this.options.onChange();
   }
 
+  /** The policy set in force; undefined while none is known (the egress module compiles it). */
+  get current(): PolicySet | undefined {
+    return this.set;
+  }
+
   /** The verdict on a replica's workload spec; undefined while no policies are known. */
   judge(doc: WorkloadSpecDocument): PolicyVerdict | undefined {
     return this.set?.evaluateWorkload(workloadFacts(doc));

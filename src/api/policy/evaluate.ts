@@ -109,6 +109,18 @@ function globToRegExp(pattern: string): RegExp {
   return new RegExp(`^${source}$`);
 }
 
+/** An egress rule as it applies to one workload (see PolicySet.egressRulesFor). */
+export interface EgressRuleView {
+  policy: string;
+  rule: string;
+  effect: "allow" | "deny";
+  /** Destinations the rule matches; empty matches every destination. */
+  patterns: readonly EgressPattern[];
+}
+
+/** A condition that names the destination cannot be evaluated before there is a packet. */
+const destinationDependent = /\b(destination|item)\b/;
+
 type CompiledCondition = (context: Record<string, unknown>) => unknown;
 
 /** Policies prepared once for many evaluations: sorted, patterns and conditions compiled. */
@@ -242,6 +254,46 @@ export class PolicySet {
       });
     });
     return verdictOf([decision]);
+  }
+
+  /**
+   * The egress rules that can decide for one workload's replicas, in the decider's order,
+   * each with the patterns it matches (empty: every destination) — what the agent compiles
+   * into nftables (ADR 0057). A rule of another namespace is left out; a condition is
+   * evaluated here for the workload. A condition that reads the destination (`destination`
+   * or `item`) cannot be judged before a packet exists, so it fails closed as an
+   * unevaluable one does: the deny rule is kept as if it held, the allow rule is dropped.
+   */
+  egressRulesFor(workload: Pick<WorkloadFacts, "name" | "namespace" | "labels">): {
+    rules: EgressRuleView[];
+    /** `policy/rule` of the rules whose condition reads the destination (judged fail-closed). */
+    failedClosed: string[];
+  } {
+    const context = {
+      workload: { name: workload.name, namespace: workload.namespace, labels: workload.labels },
+    };
+    const rules: EgressRuleView[] = [];
+    const failedClosed: string[] = [];
+    for (const entry of this.rules) {
+      const { rule } = entry;
+      if (rule.subject !== "egress") continue;
+      if (rule.namespaces !== undefined && !rule.namespaces.includes(workload.namespace)) continue;
+      if (entry.condition) {
+        const readsDestination = destinationDependent.test(rule.condition ?? "");
+        if (readsDestination) failedClosed.push(`${entry.policy}/${rule.name}`);
+        const holds = readsDestination
+          ? rule.effect === "deny"
+          : conditionHolds(entry.condition, context, rule.effect);
+        if (!holds) continue;
+      }
+      rules.push({
+        policy: entry.policy,
+        rule: rule.name,
+        effect: rule.effect,
+        patterns: entry.egress,
+      });
+    }
+    return { rules, failedClosed };
   }
 
   private decide(
