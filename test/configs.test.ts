@@ -423,6 +423,9 @@ describe("configs with a real cluster (issue 15, ADR 0056)", { timeout: 180_000 
         command: [process.execPath, "-e", "setInterval(()=>{},1000)"],
         replicas: 3,
         minAvailable: 2,
+        // No surge and every replica allowed to go at once: only minAvailable holds the
+        // roll back, so the samples test that bound and nothing else.
+        rollout: { maxSurge: 0, maxUnavailable: 3 },
         configs: [{ name: "app", onChange: "restart" }],
         // Each new replica takes two seconds to be ready, so the roll lasts long enough
         // for the samples to see it go replica by replica.
@@ -483,6 +486,8 @@ describe("configs with a real cluster (issue 15, ADR 0056)", { timeout: 180_000 
     // The roll was seen under way, and all along never below minAvailable.
     expect(midRoll.length).toBeGreaterThan(5);
     expect(Math.min(...readyCounts)).toBeGreaterThanOrEqual(2);
+    // And it went down to the bound: replicas were replaced one at a time below three.
+    expect(readyCounts).toContain(2);
     const after = samples.at(-1);
     const newIds = (after?.replicas ?? []).map((r) => r.id).sort();
     expect(newIds).toHaveLength(3);

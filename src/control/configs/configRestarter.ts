@@ -34,11 +34,14 @@ export class ConfigRestarter {
 
   constructor(private readonly deps: ConfigRestarterDeps) {}
 
-  /** Starts watching and makes one pass over every namespace. */
-  start(): Promise<void> {
+  /**
+   * Starts watching and asks for one pass over every namespace. Does not wait for the
+   * pass: the modules after this one start their leader work meanwhile.
+   */
+  async start(): Promise<void> {
     this.running = true;
     this.startWatch();
-    return this.request("");
+    void this.request("");
   }
 
   async stop(): Promise<void> {
