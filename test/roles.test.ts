@@ -68,7 +68,8 @@ async function curlJson(
   return { status: Number(stdout.slice(cut + 1)), body: stdout.slice(0, cut) };
 }
 
-describe("roles and users with a real coordinator (ADR 0051)", () => {
+// The viewer test runs some forty CLI calls (each a Node start-up): about 50 s on a busy 2-core machine.
+describe("roles and users with a real coordinator (ADR 0051)", { timeout: 180_000 }, () => {
   let resources: TestResources;
 
   beforeEach(() => {
