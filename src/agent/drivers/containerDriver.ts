@@ -11,12 +11,17 @@
  * no restart policy. Storage reservations (storageGiB) are not enforced here: the
  * engines' overlay storage has no per-container quota without XFS project quotas.
  */
-import { existsSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync } from "node:fs";
+import { mkdir, rename, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import * as path from "node:path";
 import type { Readable } from "node:stream";
 import Docker from "dockerode";
 import { startStopwatch } from "../../lib/stopwatch.js";
 import type { Logger } from "../../observe/logger.js";
 import { silentLogger } from "../../observe/logger.js";
+import type { DynamicUsers } from "../sandbox/dynamicUsers.js";
+import { hostSeccompArch, ociSeccompProfile } from "../sandbox/seccomp.js";
 import { DockerStreamDemuxer } from "./dockerStream.js";
 import {
   DriverError,
@@ -57,6 +62,17 @@ export interface ContainerDriverOptions {
    * only containers that are its own (ADR 0030). The agent always sets it.
    */
   owner?: ReplicaOwner;
+  /**
+   * Where the driver writes the seccomp profile the engine loads (Podman takes a path):
+   * the agent's data dir. Absent: a temporary dir of its own (tests).
+   */
+  dataDir?: string;
+  /**
+   * The workloads' dynamic users, shared with the process driver (REQ-062, ADR 0050):
+   * a container runs as its workload's uid unless its securityContext says otherwise.
+   * Absent: containers run as nobody (65534).
+   */
+  users?: () => DynamicUsers;
 }
 
 export const replicaLabel = "cloudless.replica";
@@ -81,23 +97,56 @@ function marksOf(labels: Record<string, string> | undefined): OwnerMarks {
 const maxExecOutputBytes = 4 * 1024 * 1024;
 
 /**
- * Capabilities a replica keeps (REQ-062). Everything else is dropped — notably NET_RAW
- * (raw sockets/ARP spoofing), MKNOD, AUDIT_WRITE, SYS_CHROOT, SETFCAP and SETPCAP,
- * which Docker and Podman grant by default. Dropping ALL would break ordinary images:
- * servers binding ports below 1024 need NET_BIND_SERVICE, and images that start as
- * root and switch to a service user need SETUID/SETGID/CHOWN and the DAC/FOWNER pair
- * to prepare their files.
+ * Least privilege for containers (REQ-062, ADR 0054), the process sandbox's defaults
+ * through the engine: every capability dropped (the spec's securityContext may add some),
+ * no new privileges, the default seccomp profile, the workload's dynamic user, a private
+ * /tmp, a pid limit and explicit rlimits.
+ *
+ * A private /tmp of at most this size: tmpfs pages count against the container's memory
+ * limit, and a workload that needs more scratch space has its image's file system.
  */
-export const keptCapabilities = [
-  "CHOWN",
-  "DAC_OVERRIDE",
-  "FOWNER",
-  "FSETID",
-  "KILL",
-  "NET_BIND_SERVICE",
-  "SETGID",
-  "SETUID",
-];
+const tmpfsMiB = 64;
+/**
+ * Processes and threads a container may have (cgroup pids.max): far above what a service
+ * runs, far below what a fork bomb takes from the node (pid_max is 4 million at most).
+ */
+export const containerPidsLimit = 4096;
+/**
+ * rlimits given explicitly: without them the engine derives them from its own, which
+ * runc fails to apply inside some sandboxes, and an image cannot raise them. nofile as
+ * systemd gives services; nproc counts per uid on the whole host, so it is the pid limit.
+ * Neither above the agent's own hard limit: runc cannot raise a hard limit without
+ * CAP_SYS_RESOURCE, which a sandboxed engine lacks ("error setting rlimit type 7").
+ */
+const wantedUlimits = { nofile: 65_536, nproc: containerPidsLimit };
+
+export function containerUlimits(
+  limitsText: string = readOwnLimits(),
+): Array<{ Name: string; Soft: number; Hard: number }> {
+  const hard = (label: string): number => {
+    const match = new RegExp(`^${label}\\s+\\S+\\s+(\\S+)`, "m").exec(limitsText);
+    const value = Number(match?.[1]);
+    return Number.isSafeInteger(value) && value > 0 ? value : Number.POSITIVE_INFINITY;
+  };
+  const nofile = Math.min(wantedUlimits.nofile, hard("Max open files"));
+  const nproc = Math.min(wantedUlimits.nproc, hard("Max processes"));
+  return [
+    { Name: "nofile", Soft: nofile, Hard: nofile },
+    { Name: "nproc", Soft: nproc, Hard: nproc },
+  ];
+}
+
+function readOwnLimits(): string {
+  try {
+    return readFileSync("/proc/self/limits", "utf8");
+  } catch {
+    return "";
+  }
+}
+/** The user of a container when the driver has no uid allocator (tests): nobody. */
+const fallbackUid = 65_534;
+/** The seccomp profile file's name in the driver's data dir. */
+const seccompProfileFile = "seccomp-default.json";
 
 export function containerNameFor(replicaId: string): string {
   return `cloudless-${replicaId}`;
@@ -174,6 +223,8 @@ class DockerContainerDriver implements ContainerDriver {
    * running container's port bindings cannot change, and start/stop/remove forget them.
    */
   private readonly published = new Map<string, Promise<Set<number> | undefined>>();
+  /** Where the seccomp profile was written (once per driver). */
+  private profilePath: Promise<string> | undefined;
 
   constructor(private readonly options: ContainerDriverOptions) {
     this.logger = (options.logger ?? silentLogger).child({ driver: "container" });
@@ -324,7 +375,8 @@ class DockerContainerDriver implements ContainerDriver {
     this.published.delete(spec.replicaId);
     const image = spec.image;
     if (!image) throw new DriverError("invalid", "the container driver needs an image");
-    const create = this.createOptions(spec, image);
+    // Validated before anything is allocated or written.
+    this.createOptions(spec, image, { uid: fallbackUid, seccompProfile: undefined });
     const name = containerNameFor(spec.replicaId);
 
     const existing = await this.inspect(spec.replicaId);
@@ -338,6 +390,10 @@ class DockerContainerDriver implements ContainerDriver {
       await this.remove(spec.replicaId);
     }
     await this.ensureImage(image);
+    const create = this.createOptions(spec, image, {
+      uid: this.userOf(spec),
+      seccompProfile: spec.security?.seccomp === false ? undefined : await this.seccompProfile(),
+    });
 
     const container = await this.call(`creating container ${name}`, (docker, signal) =>
       docker.createContainer({ ...create, abortSignal: signal }),
@@ -375,7 +431,61 @@ class DockerContainerDriver implements ContainerDriver {
     return mapped;
   }
 
-  private createOptions(spec: ReplicaRunSpec, image: string): Docker.ContainerCreateOptions {
+  /** The uid the replica runs as: its securityContext's, else its workload's dynamic user. */
+  private userOf(spec: ReplicaRunSpec): number {
+    const explicit = spec.security?.runAsUser;
+    if (explicit !== undefined) {
+      const problem = this.options.users?.().explicitUidProblem(explicit);
+      if (problem) throw new DriverError("invalid", problem);
+      return explicit;
+    }
+    if (!this.options.users) return fallbackUid;
+    try {
+      return this.options.users().acquire(`${spec.namespace}/${spec.workload}`, spec.replicaId);
+    } catch (error) {
+      throw new DriverError("failed", `container user: ${describeError(error)}`, { cause: error });
+    }
+  }
+
+  /**
+   * The path of the default seccomp profile (the process sandbox's deny list as an OCI
+   * profile, ADR 0054), written once per driver. 0644 in a dir the engine can pass: the
+   * engine reads it, and it holds nothing secret. Written to a temporary name and renamed,
+   * so an engine never reads half a profile.
+   */
+  private async seccompProfile(): Promise<string> {
+    this.profilePath ??= (async () => {
+      const arch = hostSeccompArch();
+      if (!arch) {
+        throw new DriverError(
+          "failed",
+          `no seccomp profile for ${process.arch} (x86_64 and aarch64 only); set securityContext.seccompProfile: unconfined to run without one`,
+        );
+      }
+      const dir = this.options.dataDir ?? mkdtempSync(path.join(tmpdir(), "cloudless-seccomp-"));
+      await mkdir(dir, { recursive: true, mode: 0o700 });
+      const file = path.join(path.resolve(dir), seccompProfileFile);
+      const temporary = `${file}.${process.pid}.tmp`;
+      await writeFile(temporary, `${JSON.stringify(ociSeccompProfile(arch), null, 2)}\n`, {
+        mode: 0o644,
+      });
+      await rename(temporary, file);
+      return file;
+    })();
+    try {
+      return await this.profilePath;
+    } catch (error) {
+      this.profilePath = undefined;
+      if (error instanceof DriverError) throw error;
+      throw new DriverError("failed", `seccomp profile: ${describeError(error)}`, { cause: error });
+    }
+  }
+
+  private createOptions(
+    spec: ReplicaRunSpec,
+    image: string,
+    security: { uid: number; seccompProfile: string | undefined },
+  ): Docker.ContainerCreateOptions {
     const env: string[] = [];
     for (const [key, value] of Object.entries(spec.env)) {
       if (key.length === 0 || key.includes("=") || key.includes("\0") || value.includes("\0")) {
@@ -419,6 +529,9 @@ class DockerContainerDriver implements ContainerDriver {
         ...this.ownerLabels(),
       },
       Env: env,
+      // The workload's user, never the image's: an image that needs root says so in its
+      // spec (securityContext.runAsUser: 0), where policies can see it (ADR 0054).
+      User: `${security.uid}:${security.uid}`,
       // An explicit entrypoint must not pick up the image's CMD as its arguments, so
       // Cmd is set (possibly empty) whenever the entrypoint is overridden.
       ...(spec.command ? { Entrypoint: spec.command, Cmd: spec.args ?? [] } : {}),
@@ -439,9 +552,19 @@ class DockerContainerDriver implements ContainerDriver {
         ...(spec.dns
           ? { Dns: spec.dns.servers, DnsSearch: spec.dns.search, DnsOptions: spec.dns.options }
           : {}),
-        SecurityOpt: ["no-new-privileges"],
+        // Least privilege (REQ-062, ADR 0054): see the constants at the top.
+        SecurityOpt: [
+          "no-new-privileges",
+          ...(security.seccompProfile
+            ? [`seccomp=${security.seccompProfile}`]
+            : ["seccomp=unconfined"]),
+        ],
         CapDrop: ["ALL"],
-        CapAdd: keptCapabilities,
+        CapAdd: spec.security?.capabilitiesAdd ?? [],
+        ReadonlyRootfs: spec.security?.readOnlyRootFilesystem === true,
+        Tmpfs: { "/tmp": `rw,nosuid,nodev,mode=1777,size=${tmpfsMiB}m` },
+        PidsLimit: containerPidsLimit,
+        Ulimits: containerUlimits(),
       },
     };
   }
@@ -539,9 +662,10 @@ class DockerContainerDriver implements ContainerDriver {
         docker.getContainer(name).remove({ force: true, v: true, abortSignal: signal }),
       );
     } catch (error) {
-      if (statusCodeOf(error) === 404) return;
-      throw error;
+      if (statusCodeOf(error) !== 404) throw error;
     }
+    // Its workload's uid is free again once no replica on the node uses it.
+    this.options.users?.().release(replicaId);
   }
 
   async status(replicaId: string): Promise<ReplicaRuntimeStatus> {

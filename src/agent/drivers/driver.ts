@@ -35,6 +35,22 @@ export interface ReplicaRunSpec {
    * container's resolv.conf (service DNS, issue 14); absent: the engine's default.
    */
   dns?: { servers: string[]; search: string[]; options: string[] };
+  /**
+   * How far the least-privilege defaults are loosened (REQ-062, ADR 0054); absent: the
+   * defaults (the workload's dynamic user, no capabilities, the default seccomp filter).
+   */
+  security?: ReplicaSecurity;
+}
+
+/** A workload's `securityContext`, decoded for the drivers. */
+export interface ReplicaSecurity {
+  /** The uid and gid to run as; absent: the workload's dynamic user. */
+  runAsUser?: number;
+  /** Capabilities kept, bare upper-case names ("NET_BIND_SERVICE"), no duplicates. */
+  capabilitiesAdd?: string[];
+  readOnlyRootFilesystem?: boolean;
+  /** false: seccompProfile unconfined. */
+  seccomp?: boolean;
 }
 
 export type DriverErrorKind =
