@@ -19,7 +19,8 @@
  * capabilities, loads the filter, and setpriv inside drops to the user with exactly the
  * added capabilities (inheritable, ambient and bounding), no_new_privs, before the workload:
  *
- *   bwrap …same mounts… --cap-drop ALL --cap-add CAP_SETUID,SETGID,SETPCAP,<added> --seccomp 3 --
+ *   bwrap …same mounts… --cap-drop ALL --cap-add CAP_SETUID,SETGID,SETPCAP,DAC_READ_SEARCH,<added>
+ *         --seccomp 3 --
  *   setpriv --reuid=U --regid=U --clear-groups --no-new-privs --inh-caps=-all,+<added>
  *           --ambient-caps=-all,+<added> --bounding-set=-all,+<added> -- cmd
  */
@@ -57,8 +58,13 @@ export interface SandboxLaunch {
   dieWithParent?: boolean;
 }
 
-/** The capabilities setpriv needs to drop to the user and set the others (privileged order). */
-const setprivNeeds = ["SETUID", "SETGID", "SETPCAP"];
+/**
+ * What the privileged order keeps until setpriv drops them with root: setpriv needs SETUID,
+ * SETGID and SETPCAP to become the user with only the added capabilities, and bwrap —
+ * root without DAC_OVERRIDE — needs DAC_READ_SEARCH to enter the work dir (0700, the
+ * user's). None of them is in the bounding, inheritable or ambient set setpriv leaves.
+ */
+const setprivNeeds = ["SETUID", "SETGID", "SETPCAP", "DAC_READ_SEARCH"];
 const capabilityNamePattern = /^[A-Z_]{2,32}$/;
 
 /** The argv (program first) that runs `launch.argv` sandboxed. */
