@@ -7,7 +7,7 @@ import Docker from "dockerode";
 import { afterAll, afterEach, describe, expect, it } from "vitest";
 import { ensurePodman, type PodmanAvailability } from "../../../test/helpers/podman.js";
 import { waitFor } from "../../../test/helpers/processes.js";
-import { containerNameFor, createContainerDriver } from "./containerDriver.js";
+import { containerNameFor, containerUlimits, createContainerDriver } from "./containerDriver.js";
 import { DriverError, type LogLine, type ReplicaRunSpec } from "./driver.js";
 import { detectDrivers } from "./index.js";
 import { ReplicaOwner } from "./ownership.js";
@@ -88,6 +88,25 @@ function hostCgroupFiles(pid: number): { memoryLimit: string; cpuLimit: string }
     cpuLimit: readFileSync(path.join(dir, "cpu.max"), "utf8").trim(),
   };
 }
+
+describe("container rlimits (REQ-062)", () => {
+  it("REQ-062 gives nofile and nproc explicitly, never above the agent's own hard limit (runc cannot raise it)", () => {
+    const limits = (nofileHard: string, nprocHard: string) =>
+      [
+        "Limit                     Soft Limit           Hard Limit           Units",
+        `Max processes             4096                 ${nprocHard}                processes`,
+        `Max open files            1024                 ${nofileHard}                files`,
+      ].join("\n");
+    expect(containerUlimits(limits("20000", "96367"))).toEqual([
+      { Name: "nofile", Soft: 20_000, Hard: 20_000 },
+      { Name: "nproc", Soft: 4096, Hard: 4096 },
+    ]);
+    expect(containerUlimits(limits("unlimited", "unlimited"))).toEqual([
+      { Name: "nofile", Soft: 65_536, Hard: 65_536 },
+      { Name: "nproc", Soft: 4096, Hard: 4096 },
+    ]);
+  });
+});
 
 describe("container driver without an engine", () => {
   it("reports an unreachable socket in health() and start() fails as unavailable", async () => {
