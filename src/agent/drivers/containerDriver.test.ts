@@ -1,4 +1,4 @@
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { mkdtemp, rm, rmdir } from "node:fs/promises";
 import * as net from "node:net";
 import { tmpdir } from "node:os";
@@ -7,7 +7,12 @@ import Docker from "dockerode";
 import { afterAll, afterEach, describe, expect, it } from "vitest";
 import { ensurePodman, type PodmanAvailability } from "../../../test/helpers/podman.js";
 import { waitFor } from "../../../test/helpers/processes.js";
-import { containerNameFor, containerUlimits, createContainerDriver } from "./containerDriver.js";
+import {
+  containerNameFor,
+  containerUlimits,
+  createContainerDriver,
+  seccompSecurityOpt,
+} from "./containerDriver.js";
 import { DriverError, type LogLine, type ReplicaRunSpec } from "./driver.js";
 import { detectDrivers } from "./index.js";
 import { ReplicaOwner } from "./ownership.js";
@@ -105,6 +110,18 @@ describe("container rlimits (REQ-062)", () => {
       { Name: "nofile", Soft: 65_536, Hard: 65_536 },
       { Name: "nproc", Soft: 4096, Hard: 4096 },
     ]);
+  });
+});
+
+describe("container seccomp option (REQ-062)", () => {
+  it("REQ-062 gives Podman the profile's path and Docker the profile itself; unconfined without one", () => {
+    const profile = {
+      path: "/agent/seccomp-default.json",
+      json: '{"defaultAction":"SCMP_ACT_ALLOW"}',
+    };
+    expect(seccompSecurityOpt(profile, true)).toBe("seccomp=/agent/seccomp-default.json");
+    expect(seccompSecurityOpt(profile, false)).toBe('seccomp={"defaultAction":"SCMP_ACT_ALLOW"}');
+    expect(seccompSecurityOpt(undefined, true)).toBe("seccomp=unconfined");
   });
 });
 
@@ -334,6 +351,24 @@ describe.skipIf(skipReason !== "")("container driver on podman", () => {
     expect(status).toMatch(/^CapEff:\s+0000000000000000$/m);
     expect(status).toMatch(/^CapBnd:\s+0000000000000000$/m);
     expect(info.HostConfig.PidsLimit).toBe(4096);
+    // The agent's profile, by path (Podman), generated from the process filter's list.
+    const profile = path.join(driverDataDir, "seccomp-default.json");
+    expect(JSON.parse(readFileSync(profile, "utf8"))).toMatchObject({
+      defaultAction: "SCMP_ACT_ALLOW",
+    });
+    expect(info.HostConfig.SecurityOpt).toContain(`seccomp=${profile}`);
+    // The engine loads that very file: a profile that also denies getcwd makes pwd fail
+    // in the next container of the same driver, and only there.
+    expect((await runtime.exec(id, ["/bin/busybox", "pwd"], 10_000)).exitCode).toBe(0);
+    const denyGetcwd = JSON.parse(readFileSync(profile, "utf8"));
+    denyGetcwd.syscalls.push({ names: ["getcwd"], action: "SCMP_ACT_ERRNO", errnoRet: 1 });
+    writeFileSync(profile, JSON.stringify(denyGetcwd));
+    const second = replicaId();
+    created.push(second);
+    await runtime.start(spec({ replicaId: second, command: ["/bin/sleep", "60"] }));
+    const pwd = await runtime.exec(second, ["/bin/busybox", "pwd"], 10_000);
+    expect(pwd.exitCode).not.toBe(0);
+    expect(pwd.stderr).toMatch(/not permitted/i);
     expect(info.HostConfig.Tmpfs).toHaveProperty("/tmp");
     expect(info.HostConfig.ReadonlyRootfs).toBe(false);
     const limits = readFileSync(`/proc/${pid}/limits`, "utf8");

@@ -174,6 +174,29 @@ export function createContainerDriver(options: ContainerDriverOptions = {}): Con
 interface Engine {
   docker: Docker;
   socketPath: string;
+  /** Whether it is Podman (asked once per engine): it takes the seccomp profile as a path. */
+  podman?: Promise<boolean>;
+}
+
+/**
+ * The `SecurityOpt` entry of the seccomp profile. Podman's compatible API takes the path
+ * of a file on its host (its `seccomp=` is the profile path); Docker's daemon takes the
+ * JSON itself, as its CLI sends it after reading the file.
+ */
+export function seccompSecurityOpt(
+  profile: { path: string; json: string } | undefined,
+  enginePodman: boolean,
+): string {
+  if (!profile) return "seccomp=unconfined";
+  return `seccomp=${enginePodman ? profile.path : profile.json}`;
+}
+
+/** Podman names itself among the version's components; Docker does not. */
+function isPodmanVersion(version: unknown): boolean {
+  const components = (version as { Components?: Array<{ Name?: unknown }> } | null)?.Components;
+  return (components ?? []).some(
+    (component) => typeof component.Name === "string" && /podman/i.test(component.Name),
+  );
 }
 
 /** HTTP status of a dockerode error, looking through a DriverError's cause. */
@@ -223,8 +246,8 @@ class DockerContainerDriver implements ContainerDriver {
    * running container's port bindings cannot change, and start/stop/remove forget them.
    */
   private readonly published = new Map<string, Promise<Set<number> | undefined>>();
-  /** Where the seccomp profile was written (once per driver). */
-  private profilePath: Promise<string> | undefined;
+  /** The seccomp profile and where it was written (once per driver). */
+  private profile: Promise<{ path: string; json: string }> | undefined;
 
   constructor(private readonly options: ContainerDriverOptions) {
     this.logger = (options.logger ?? silentLogger).child({ driver: "container" });
@@ -376,7 +399,7 @@ class DockerContainerDriver implements ContainerDriver {
     const image = spec.image;
     if (!image) throw new DriverError("invalid", "the container driver needs an image");
     // Validated before anything is allocated or written.
-    this.createOptions(spec, image, { uid: fallbackUid, seccompProfile: undefined });
+    this.createOptions(spec, image, { uid: fallbackUid, seccomp: "seccomp=unconfined" });
     const name = containerNameFor(spec.replicaId);
 
     const existing = await this.inspect(spec.replicaId);
@@ -390,9 +413,10 @@ class DockerContainerDriver implements ContainerDriver {
       await this.remove(spec.replicaId);
     }
     await this.ensureImage(image);
+    const profile = spec.security?.seccomp === false ? undefined : await this.seccompProfile();
     const create = this.createOptions(spec, image, {
       uid: this.userOf(spec),
-      seccompProfile: spec.security?.seccomp === false ? undefined : await this.seccompProfile(),
+      seccomp: seccompSecurityOpt(profile, await this.enginePodman()),
     });
 
     const container = await this.call(`creating container ${name}`, (docker, signal) =>
@@ -448,13 +472,13 @@ class DockerContainerDriver implements ContainerDriver {
   }
 
   /**
-   * The path of the default seccomp profile (the process sandbox's deny list as an OCI
-   * profile, ADR 0054), written once per driver. 0644 in a dir the engine can pass: the
-   * engine reads it, and it holds nothing secret. Written to a temporary name and renamed,
-   * so an engine never reads half a profile.
+   * The default seccomp profile (the process sandbox's deny list as an OCI profile, ADR
+   * 0054) and the file it is written to, once per driver. 0644 in a dir the engine can
+   * pass: the engine reads it, and it holds nothing secret. Written to a temporary name
+   * and renamed, so an engine never reads half a profile.
    */
-  private async seccompProfile(): Promise<string> {
-    this.profilePath ??= (async () => {
+  private async seccompProfile(): Promise<{ path: string; json: string }> {
+    this.profile ??= (async () => {
       const arch = hostSeccompArch();
       if (!arch) {
         throw new DriverError(
@@ -462,29 +486,43 @@ class DockerContainerDriver implements ContainerDriver {
           `no seccomp profile for ${process.arch} (x86_64 and aarch64 only); set securityContext.seccompProfile: unconfined to run without one`,
         );
       }
+      const json = JSON.stringify(ociSeccompProfile(arch));
       const dir = this.options.dataDir ?? mkdtempSync(path.join(tmpdir(), "cloudless-seccomp-"));
       await mkdir(dir, { recursive: true, mode: 0o700 });
       const file = path.join(path.resolve(dir), seccompProfileFile);
       const temporary = `${file}.${process.pid}.tmp`;
-      await writeFile(temporary, `${JSON.stringify(ociSeccompProfile(arch), null, 2)}\n`, {
-        mode: 0o644,
-      });
+      await writeFile(temporary, `${json}\n`, { mode: 0o644 });
       await rename(temporary, file);
-      return file;
+      return { path: file, json };
     })();
     try {
-      return await this.profilePath;
+      return await this.profile;
     } catch (error) {
-      this.profilePath = undefined;
+      this.profile = undefined;
       if (error instanceof DriverError) throw error;
       throw new DriverError("failed", `seccomp profile: ${describeError(error)}`, { cause: error });
+    }
+  }
+
+  /** Whether the engine is Podman, asked once per engine connection (with a deadline). */
+  private async enginePodman(): Promise<boolean> {
+    const engine = await this.connect();
+    // version() takes no abort signal in dockerode's typings; the deadline still bounds it.
+    engine.podman ??= this.call("asking the container engine its version", (docker) =>
+      docker.version(),
+    ).then(isPodmanVersion);
+    try {
+      return await engine.podman;
+    } catch (error) {
+      engine.podman = undefined;
+      throw error;
     }
   }
 
   private createOptions(
     spec: ReplicaRunSpec,
     image: string,
-    security: { uid: number; seccompProfile: string | undefined },
+    security: { uid: number; seccomp: string },
   ): Docker.ContainerCreateOptions {
     const env: string[] = [];
     for (const [key, value] of Object.entries(spec.env)) {
@@ -553,12 +591,7 @@ class DockerContainerDriver implements ContainerDriver {
           ? { Dns: spec.dns.servers, DnsSearch: spec.dns.search, DnsOptions: spec.dns.options }
           : {}),
         // Least privilege (REQ-062, ADR 0054): see the constants at the top.
-        SecurityOpt: [
-          "no-new-privileges",
-          ...(security.seccompProfile
-            ? [`seccomp=${security.seccompProfile}`]
-            : ["seccomp=unconfined"]),
-        ],
+        SecurityOpt: ["no-new-privileges", security.seccomp],
         CapDrop: ["ALL"],
         CapAdd: spec.security?.capabilitiesAdd ?? [],
         ReadonlyRootfs: spec.security?.readOnlyRootFilesystem === true,
