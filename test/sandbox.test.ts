@@ -173,6 +173,23 @@ describe.skipIf(!isRoot)(
       expect(log).toContain("attempt1=failed");
       expect((await stat(path.join(replicaDir(agentDir, id), "work"))).uid).toBe(4242);
 
+      // exec runs in the replica's own sandbox: its user and its one capability.
+      const exec = await cluster.cli([
+        "workload",
+        "exec",
+        "loosened",
+        "-n",
+        namespace,
+        "--",
+        "grep",
+        "-E",
+        "^(Uid|CapEff):",
+        "/proc/self/status",
+      ]);
+      expect(exec.code, exec.stderr).toBe(0);
+      expect(exec.stdout).toMatch(/^Uid:\s+4242\s/m);
+      expect(exec.stdout).toMatch(/^CapEff:\s+0000000000000400$/m);
+
       // The default sandbox cannot bind it (no capability): the contrast that proves it.
       await apply("plain", reportScript(["busybox httpd -p 127.0.0.1:81 -h /tmp"]));
       const plain = await reportOf("plain");

@@ -410,7 +410,7 @@ class DockerContainerDriver implements ContainerDriver {
     }
     if (existing) {
       // An exited container of an earlier attempt: start fresh, as the spec may differ.
-      await this.remove(spec.replicaId);
+      await this.removeContainer(spec.replicaId);
     }
     await this.ensureImage(image);
     const profile = spec.security?.seccomp === false ? undefined : await this.seccompProfile();
@@ -431,7 +431,7 @@ class DockerContainerDriver implements ContainerDriver {
     } catch (error) {
       // A container that never ran holds the name and its port reservations; drop it so
       // the status line carries the reason and the next attempt starts clean.
-      await this.remove(spec.replicaId).catch(() => undefined);
+      await this.removeContainer(spec.replicaId).catch(() => undefined);
       throw this.startError(name, error);
     }
     this.logger.info({ replica: spec.replicaId, image }, "container started");
@@ -686,10 +686,20 @@ class DockerContainerDriver implements ContainerDriver {
   }
 
   async remove(replicaId: string): Promise<void> {
+    if (!(await this.removeContainer(replicaId))) return;
+    // Its workload's uid is free again once no replica on the node uses it.
+    this.options.users?.().release(replicaId);
+  }
+
+  /**
+   * Removes the container, keeping the replica's uid (a start replacing an exited
+   * container keeps its user); false when the container is another agent's.
+   */
+  private async removeContainer(replicaId: string): Promise<boolean> {
     checkReplicaId(replicaId);
     this.published.delete(replicaId);
     const name = containerNameFor(replicaId);
-    if (this.options.owner && (await this.inspect(replicaId)) === "foreign") return;
+    if (this.options.owner && (await this.inspect(replicaId)) === "foreign") return false;
     try {
       await this.call(`removing container ${name}`, (docker, signal) =>
         docker.getContainer(name).remove({ force: true, v: true, abortSignal: signal }),
@@ -697,8 +707,7 @@ class DockerContainerDriver implements ContainerDriver {
     } catch (error) {
       if (statusCodeOf(error) !== 404) throw error;
     }
-    // Its workload's uid is free again once no replica on the node uses it.
-    this.options.users?.().release(replicaId);
+    return true;
   }
 
   async status(replicaId: string): Promise<ReplicaRuntimeStatus> {
