@@ -224,7 +224,7 @@ export const securityContextSchema = z
           .string({ error: "expected a capability name such as NET_BIND_SERVICE" })
           .refine((name) => capabilityName(name) !== undefined, {
             error: (issue) =>
-              `${JSON.stringify(issue.input)} is not a Linux capability; use a name such as NET_BIND_SERVICE (known: ${linuxCapabilities.join(", ")})`,
+              `${JSON.stringify(issue.input)} is not a Linux capability; use a name such as NET_BIND_SERVICE, upper case, CAP_ prefix optional (see capabilities(7))`,
           }),
       )
       // A list longer than Linux's capabilities names one twice: a mistake, and a bound.
