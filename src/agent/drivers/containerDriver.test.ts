@@ -1,4 +1,4 @@
-import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { mkdtemp, rm, rmdir } from "node:fs/promises";
 import * as net from "node:net";
 import { tmpdir } from "node:os";
@@ -357,6 +357,7 @@ describe.skipIf(skipReason !== "")("container driver on podman", () => {
       defaultAction: "SCMP_ACT_ALLOW",
     });
     expect(info.HostConfig.SecurityOpt).toContain(`seccomp=${profile}`);
+    expect(statSync(profile).mode & 0o777).toBe(0o644);
     // The engine loads that very file: a profile that also denies getcwd makes pwd fail
     // in the next container of the same driver, and only there.
     expect((await runtime.exec(id, ["/bin/busybox", "pwd"], 10_000)).exitCode).toBe(0);

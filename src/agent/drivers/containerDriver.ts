@@ -12,7 +12,7 @@
  * engines' overlay storage has no per-container quota without XFS project quotas.
  */
 import { existsSync, mkdtempSync, readFileSync } from "node:fs";
-import { mkdir, rename, writeFile } from "node:fs/promises";
+import { chmod, mkdir, rename, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import * as path from "node:path";
 import type { Readable } from "node:stream";
@@ -492,6 +492,8 @@ class DockerContainerDriver implements ContainerDriver {
       const file = path.join(path.resolve(dir), seccompProfileFile);
       const temporary = `${file}.${process.pid}.tmp`;
       await writeFile(temporary, `${json}\n`, { mode: 0o644 });
+      // Whatever the umask: an engine that is not root must read it too.
+      await chmod(temporary, 0o644);
       await rename(temporary, file);
       return { path: file, json };
     })();
