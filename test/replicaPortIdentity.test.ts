@@ -329,7 +329,9 @@ describe.skipIf(!isRoot)(
         command: [
           "/bin/sh",
           "-c",
-          'echo -n "$CLOUDLESS_REPLICA" > /www/id && exec httpd -f -p 8080 -h /www',
+          // The image's files are root's; the replica runs as its workload's user (ADR
+          // 0054) and writes into its private /tmp.
+          'echo -n "$CLOUDLESS_REPLICA" > /tmp/id && exec httpd -f -p 8080 -h /tmp',
         ],
         ports: [{ name: "http", containerPort: 8080 }],
         resources: { cpuMillicores: 50, memoryMiB: 32 },

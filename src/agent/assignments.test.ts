@@ -53,6 +53,27 @@ describe("assignments", () => {
     ]);
   });
 
+  it("REQ-062 hands the securityContext to the driver: capability names bare and once each, unconfined as no filter; none without one", () => {
+    const reading = desiredFromAssignment(
+      assignment({
+        securityContext: {
+          runAsUser: 4242,
+          capabilitiesAdd: ["CAP_NET_BIND_SERVICE", "NET_BIND_SERVICE", "NET_RAW"],
+          readOnlyRootFilesystem: true,
+          seccompProfile: "unconfined",
+        },
+      }),
+    );
+    expect(reading.ok && reading.desired.spec.security).toEqual({
+      runAsUser: 4242,
+      capabilitiesAdd: ["NET_BIND_SERVICE", "NET_RAW"],
+      readOnlyRootFilesystem: true,
+      seccomp: false,
+    });
+    const plain = desiredFromAssignment(assignment({}));
+    expect(plain.ok && plain.desired.spec.security).toBeUndefined();
+  });
+
   it("REQ-071 contract: a spec without unknown fields names none", () => {
     const reading = desiredFromAssignment(assignment({}));
     expect(reading.ok && reading.unknownFields).toEqual([]);

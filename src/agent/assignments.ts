@@ -4,9 +4,10 @@ import {
   type ReplicaReport as ReplicaReportMessage,
   ReplicaReportSchema,
 } from "../api/gen/cloudless/v1/node_pb.js";
+import { capabilityName } from "../api/workload/capabilities.js";
 import type { Probe, WorkloadSpecDocument } from "../api/workload/spec.js";
 import { parseWorkloadValueTolerant } from "../api/workload/tolerant.js";
-import type { ReplicaFileSource, ReplicaRunSpec } from "./drivers/driver.js";
+import type { ReplicaFileSource, ReplicaRunSpec, ReplicaSecurity } from "./drivers/driver.js";
 import type { ProbeAction, ProbeSpec } from "./probes/probeTypes.js";
 import type { DesiredReplica, ReplicaReport } from "./supervisor/supervisorTypes.js";
 
@@ -111,6 +112,26 @@ export function runSpecFromDocument(replicaId: string, doc: WorkloadSpecDocument
       storageGiB: doc.spec.resources.storageGiB,
     },
     ...(fileSources(doc).length > 0 ? { files: fileSources(doc) } : {}),
+    ...(doc.spec.securityContext ? { security: securityOf(doc.spec.securityContext) } : {}),
+  };
+}
+
+/** The spec's securityContext as the drivers take it: capability names bare and once each. */
+function securityOf(
+  context: NonNullable<WorkloadSpecDocument["spec"]["securityContext"]>,
+): ReplicaSecurity {
+  const capabilities = [
+    ...new Set((context.capabilitiesAdd ?? []).flatMap((name) => capabilityName(name) ?? [])),
+  ];
+  return {
+    ...(context.runAsUser !== undefined ? { runAsUser: context.runAsUser } : {}),
+    ...(capabilities.length > 0 ? { capabilitiesAdd: capabilities } : {}),
+    ...(context.readOnlyRootFilesystem !== undefined
+      ? { readOnlyRootFilesystem: context.readOnlyRootFilesystem }
+      : {}),
+    ...(context.seccompProfile !== undefined
+      ? { seccomp: context.seccompProfile !== "unconfined" }
+      : {}),
   };
 }
 

@@ -1,4 +1,4 @@
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { mkdtemp, rm, rmdir } from "node:fs/promises";
 import * as net from "node:net";
 import { tmpdir } from "node:os";
@@ -7,17 +7,25 @@ import Docker from "dockerode";
 import { afterAll, afterEach, describe, expect, it } from "vitest";
 import { ensurePodman, type PodmanAvailability } from "../../../test/helpers/podman.js";
 import { waitFor } from "../../../test/helpers/processes.js";
-import { containerNameFor, createContainerDriver } from "./containerDriver.js";
+import {
+  containerNameFor,
+  containerUlimits,
+  createContainerDriver,
+  seccompSecurityOpt,
+} from "./containerDriver.js";
 import { DriverError, type LogLine, type ReplicaRunSpec } from "./driver.js";
 import { detectDrivers } from "./index.js";
 import { ReplicaOwner } from "./ownership.js";
 
 const podman: PodmanAvailability = await ensurePodman();
+/** Where the drivers write the seccomp profile (the agent's data dir in production). */
+const driverDataDir = await mkdtemp(path.join(tmpdir(), "cloudless-container-driver-"));
 const skipReason = podman.available ? "" : podman.reason;
 if (skipReason) console.warn(`container driver tests skipped: ${skipReason}`);
 
 afterAll(async () => {
   if (podman.available) await podman.stop();
+  await rm(driverDataDir, { recursive: true, force: true });
 });
 
 /** A port that was free a moment ago (the engine binds it, so it cannot be held open). */
@@ -86,10 +94,41 @@ function hostCgroupFiles(pid: number): { memoryLimit: string; cpuLimit: string }
   };
 }
 
+describe("container rlimits (REQ-062)", () => {
+  it("REQ-062 gives nofile and nproc explicitly, never above the agent's own hard limit (runc cannot raise it)", () => {
+    const limits = (nofileHard: string, nprocHard: string) =>
+      [
+        "Limit                     Soft Limit           Hard Limit           Units",
+        `Max processes             4096                 ${nprocHard}                processes`,
+        `Max open files            1024                 ${nofileHard}                files`,
+      ].join("\n");
+    expect(containerUlimits(limits("20000", "96367"))).toEqual([
+      { Name: "nofile", Soft: 20_000, Hard: 20_000 },
+      { Name: "nproc", Soft: 4096, Hard: 4096 },
+    ]);
+    expect(containerUlimits(limits("unlimited", "unlimited"))).toEqual([
+      { Name: "nofile", Soft: 65_536, Hard: 65_536 },
+      { Name: "nproc", Soft: 4096, Hard: 4096 },
+    ]);
+  });
+});
+
+describe("container seccomp option (REQ-062)", () => {
+  it("REQ-062 gives Podman the profile's path and Docker the profile itself; unconfined without one", () => {
+    const profile = {
+      path: "/agent/seccomp-default.json",
+      json: '{"defaultAction":"SCMP_ACT_ALLOW"}',
+    };
+    expect(seccompSecurityOpt(profile, true)).toBe("seccomp=/agent/seccomp-default.json");
+    expect(seccompSecurityOpt(profile, false)).toBe('seccomp={"defaultAction":"SCMP_ACT_ALLOW"}');
+    expect(seccompSecurityOpt(undefined, true)).toBe("seccomp=unconfined");
+  });
+});
+
 describe("container driver without an engine", () => {
   it("reports an unreachable socket in health() and start() fails as unavailable", async () => {
     const socketPath = "/nonexistent/cloudless/docker.sock";
-    const driver = createContainerDriver({ socketPath });
+    const driver = createContainerDriver({ dataDir: driverDataDir, socketPath });
     const health = await driver.health();
     expect(health.ok).toBe(false);
     if (!health.ok) expect(health.reason).toContain(socketPath);
@@ -101,7 +140,10 @@ describe("container driver without an engine", () => {
   });
 
   it("rejects a spec without an image or with an unusable replica id as invalid", async () => {
-    const driver = createContainerDriver({ socketPath: "/nonexistent/docker.sock" });
+    const driver = createContainerDriver({
+      dataDir: driverDataDir,
+      socketPath: "/nonexistent/docker.sock",
+    });
     const noImage = await driver
       .start({ ...spec({ replicaId: "x" }), image: undefined })
       .catch((caught: unknown) => caught);
@@ -114,7 +156,10 @@ describe("container driver without an engine", () => {
 describe.skipIf(skipReason !== "")("container driver on podman", () => {
   const created: string[] = [];
   const driver = () =>
-    createContainerDriver({ socketPath: podman.available ? podman.socketPath : "" });
+    createContainerDriver({
+      dataDir: driverDataDir,
+      socketPath: podman.available ? podman.socketPath : "",
+    });
 
   afterEach(async () => {
     // Every container a test made goes, whatever the test's outcome.
@@ -297,12 +342,70 @@ describe.skipIf(skipReason !== "")("container driver on podman", () => {
     // "quota period": from cpu.cfs_quota_us + cpu.cfs_period_us (v1) or cpu.max (v2).
     expect(files.cpuLimit).toBe("25000 100000");
 
-    // No new privileges, and NET_RAW (bit 13) is not among the effective capabilities.
+    // Least privilege (ADR 0054): not root, no capabilities at all, no new privileges,
+    // the seccomp filter, limits on pids and rlimits, a private /tmp.
     const status = readFileSync(`/proc/${pid}/status`, "utf8");
+    expect(status).toMatch(/^Uid:\s+65534\s/m);
     expect(status).toMatch(/^NoNewPrivs:\s+1$/m);
-    const capEff = BigInt(`0x${/^CapEff:\s+([0-9a-f]+)$/m.exec(status)?.[1] ?? "0"}`);
-    expect(capEff & (1n << 13n)).toBe(0n);
-    expect(capEff & (1n << 10n)).not.toBe(0n); // NET_BIND_SERVICE kept
+    expect(status).toMatch(/^Seccomp:\s+2$/m);
+    expect(status).toMatch(/^CapEff:\s+0000000000000000$/m);
+    expect(status).toMatch(/^CapBnd:\s+0000000000000000$/m);
+    expect(info.HostConfig.PidsLimit).toBe(4096);
+    // The agent's profile, by path (Podman), generated from the process filter's list.
+    const profile = path.join(driverDataDir, "seccomp-default.json");
+    expect(JSON.parse(readFileSync(profile, "utf8"))).toMatchObject({
+      defaultAction: "SCMP_ACT_ALLOW",
+    });
+    expect(info.HostConfig.SecurityOpt).toContain(`seccomp=${profile}`);
+    expect(statSync(profile).mode & 0o777).toBe(0o644);
+    // The engine loads that very file: a profile that also denies getcwd makes pwd fail
+    // in the next container of the same driver, and only there.
+    expect((await runtime.exec(id, ["/bin/busybox", "pwd"], 10_000)).exitCode).toBe(0);
+    const denyGetcwd = JSON.parse(readFileSync(profile, "utf8"));
+    denyGetcwd.syscalls.push({ names: ["getcwd"], action: "SCMP_ACT_ERRNO", errnoRet: 1 });
+    writeFileSync(profile, JSON.stringify(denyGetcwd));
+    const second = replicaId();
+    created.push(second);
+    await runtime.start(spec({ replicaId: second, command: ["/bin/sleep", "60"] }));
+    const pwd = await runtime.exec(second, ["/bin/busybox", "pwd"], 10_000);
+    expect(pwd.exitCode).not.toBe(0);
+    expect(pwd.stderr).toMatch(/not permitted/i);
+    expect(info.HostConfig.Tmpfs).toHaveProperty("/tmp");
+    expect(info.HostConfig.ReadonlyRootfs).toBe(false);
+    const limits = readFileSync(`/proc/${pid}/limits`, "utf8");
+    expect(limits).toMatch(/^Max open files\s+(\d+)\s+\1\s/m);
+    expect(limits).toMatch(/^Max processes\s+4096\s+4096/m);
+  });
+
+  it("REQ-062 securityContext: runAsUser, exactly the added capability, a read-only root file system, seccomp unconfined", async () => {
+    const runtime = driver();
+    const id = replicaId();
+    created.push(id);
+    await runtime.start(
+      spec({
+        replicaId: id,
+        command: ["/bin/sleep", "60"],
+        security: {
+          runAsUser: 1234,
+          capabilitiesAdd: ["NET_BIND_SERVICE"],
+          readOnlyRootFilesystem: true,
+          seccomp: false,
+        },
+      }),
+    );
+    const docker = new Docker({ socketPath: podman.available ? podman.socketPath : "" });
+    const info = await docker.getContainer(containerNameFor(id)).inspect();
+    expect(info.HostConfig.ReadonlyRootfs).toBe(true);
+    const status = readFileSync(`/proc/${info.State.Pid}/status`, "utf8");
+    expect(status).toMatch(/^Uid:\s+1234\s/m);
+    expect(status).toMatch(/^Gid:\s+1234\s/m);
+    // NET_BIND_SERVICE is bit 10: 0x400, and nothing else.
+    expect(status).toMatch(/^CapBnd:\s+0000000000000400$/m);
+    expect(status).toMatch(/^Seccomp:\s+0$/m);
+    const write = await runtime.exec(id, ["/bin/busybox", "touch", "/written"], 10_000);
+    expect(write.exitCode).not.toBe(0);
+    const tmp = await runtime.exec(id, ["/bin/busybox", "touch", "/tmp/written"], 10_000);
+    expect(tmp.exitCode, tmp.stderr).toBe(0);
   });
 
   it("REQ-041 a replica given service DNS settings gets them in the engine's HostConfig and its resolv.conf", async () => {
@@ -403,9 +506,9 @@ describe.skipIf(skipReason !== "")("container driver on podman", () => {
     const ownerB = new ReplicaOwner("b2b2b2b2b2b2b2b2", "shared-host", "uid-b");
     // Same cluster and name, another enrollment (the node was deleted and joined again).
     const ownerA2 = new ReplicaOwner("a1a1a1a1a1a1a1a1", "shared-host", "uid-a2");
-    const agentA = createContainerDriver({ socketPath, owner: ownerA });
-    const agentB = createContainerDriver({ socketPath, owner: ownerB });
-    const agentA2 = createContainerDriver({ socketPath, owner: ownerA2 });
+    const agentA = createContainerDriver({ dataDir: driverDataDir, socketPath, owner: ownerA });
+    const agentB = createContainerDriver({ dataDir: driverDataDir, socketPath, owner: ownerB });
+    const agentA2 = createContainerDriver({ dataDir: driverDataDir, socketPath, owner: ownerA2 });
     const idA = replicaId();
     const idB = replicaId();
     created.push(idA, idB);
@@ -447,12 +550,16 @@ describe.skipIf(skipReason !== "")("container driver on podman", () => {
 
   it("NFR-A1 hardening: a container an older agent made (node label, no owner marks) is adopted only when the agent's own state lists it", async () => {
     const socketPath = podman.available ? podman.socketPath : "";
-    const legacyAgent = createContainerDriver({ socketPath, nodeName: "legacy-host" });
+    const legacyAgent = createContainerDriver({
+      dataDir: driverDataDir,
+      socketPath,
+      nodeName: "legacy-host",
+    });
     const id = replicaId();
     created.push(id);
     await legacyAgent.start(spec({ replicaId: id, command: ["/bin/sleep", "600"] }));
     const owner = new ReplicaOwner("c3c3c3c3c3c3c3c3", "legacy-host", "uid-c");
-    const upgraded = createContainerDriver({ socketPath, owner });
+    const upgraded = createContainerDriver({ dataDir: driverDataDir, socketPath, owner });
     // Not in its state: it may be another cluster's (same node name), so it is left alone.
     expect(await upgraded.list()).not.toContain(id);
     expect(await upgraded.status(id)).toEqual({ state: "missing" });
@@ -465,7 +572,9 @@ describe.skipIf(skipReason !== "")("container driver on podman", () => {
     // Another node name never counts, state or not.
     const otherNode = new ReplicaOwner("c3c3c3c3c3c3c3c3", "other-host", "uid-d");
     otherNode.setStateLookup(() => true);
-    expect(await createContainerDriver({ socketPath, owner: otherNode }).list()).not.toContain(id);
+    expect(
+      await createContainerDriver({ dataDir: driverDataDir, socketPath, owner: otherNode }).list(),
+    ).not.toContain(id);
     await upgraded.remove(id);
     expect(await legacyAgent.status(id)).toEqual({ state: "missing" });
   });

@@ -11,12 +11,17 @@
  * no restart policy. Storage reservations (storageGiB) are not enforced here: the
  * engines' overlay storage has no per-container quota without XFS project quotas.
  */
-import { existsSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync } from "node:fs";
+import { chmod, mkdir, rename, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import * as path from "node:path";
 import type { Readable } from "node:stream";
 import Docker from "dockerode";
 import { startStopwatch } from "../../lib/stopwatch.js";
 import type { Logger } from "../../observe/logger.js";
 import { silentLogger } from "../../observe/logger.js";
+import type { DynamicUsers } from "../sandbox/dynamicUsers.js";
+import { hostSeccompArch, ociSeccompProfile } from "../sandbox/seccomp.js";
 import { DockerStreamDemuxer } from "./dockerStream.js";
 import {
   DriverError,
@@ -57,6 +62,17 @@ export interface ContainerDriverOptions {
    * only containers that are its own (ADR 0030). The agent always sets it.
    */
   owner?: ReplicaOwner;
+  /**
+   * Where the driver writes the seccomp profile the engine loads (Podman takes a path):
+   * the agent's data dir. Absent: a temporary dir of its own (tests).
+   */
+  dataDir?: string;
+  /**
+   * The workloads' dynamic users, shared with the process driver (REQ-062, ADR 0050):
+   * a container runs as its workload's uid unless its securityContext says otherwise.
+   * Absent: containers run as nobody (65534).
+   */
+  users?: () => DynamicUsers;
 }
 
 export const replicaLabel = "cloudless.replica";
@@ -81,23 +97,56 @@ function marksOf(labels: Record<string, string> | undefined): OwnerMarks {
 const maxExecOutputBytes = 4 * 1024 * 1024;
 
 /**
- * Capabilities a replica keeps (REQ-062). Everything else is dropped — notably NET_RAW
- * (raw sockets/ARP spoofing), MKNOD, AUDIT_WRITE, SYS_CHROOT, SETFCAP and SETPCAP,
- * which Docker and Podman grant by default. Dropping ALL would break ordinary images:
- * servers binding ports below 1024 need NET_BIND_SERVICE, and images that start as
- * root and switch to a service user need SETUID/SETGID/CHOWN and the DAC/FOWNER pair
- * to prepare their files.
+ * Least privilege for containers (REQ-062, ADR 0054), the process sandbox's defaults
+ * through the engine: every capability dropped (the spec's securityContext may add some),
+ * no new privileges, the default seccomp profile, the workload's dynamic user, a private
+ * /tmp, a pid limit and explicit rlimits.
+ *
+ * A private /tmp of at most this size: tmpfs pages count against the container's memory
+ * limit, and a workload that needs more scratch space has its image's file system.
  */
-export const keptCapabilities = [
-  "CHOWN",
-  "DAC_OVERRIDE",
-  "FOWNER",
-  "FSETID",
-  "KILL",
-  "NET_BIND_SERVICE",
-  "SETGID",
-  "SETUID",
-];
+const tmpfsMiB = 64;
+/**
+ * Processes and threads a container may have (cgroup pids.max): far above what a service
+ * runs, far below what a fork bomb takes from the node (pid_max is 4 million at most).
+ */
+export const containerPidsLimit = 4096;
+/**
+ * rlimits given explicitly: without them the engine derives them from its own, which
+ * runc fails to apply inside some sandboxes, and an image cannot raise them. nofile as
+ * systemd gives services; nproc counts per uid on the whole host, so it is the pid limit.
+ * Neither above the agent's own hard limit: runc cannot raise a hard limit without
+ * CAP_SYS_RESOURCE, which a sandboxed engine lacks ("error setting rlimit type 7").
+ */
+const wantedUlimits = { nofile: 65_536, nproc: containerPidsLimit };
+
+export function containerUlimits(
+  limitsText: string = readOwnLimits(),
+): Array<{ Name: string; Soft: number; Hard: number }> {
+  const hard = (label: string): number => {
+    const match = new RegExp(`^${label}\\s+\\S+\\s+(\\S+)`, "m").exec(limitsText);
+    const value = Number(match?.[1]);
+    return Number.isSafeInteger(value) && value > 0 ? value : Number.POSITIVE_INFINITY;
+  };
+  const nofile = Math.min(wantedUlimits.nofile, hard("Max open files"));
+  const nproc = Math.min(wantedUlimits.nproc, hard("Max processes"));
+  return [
+    { Name: "nofile", Soft: nofile, Hard: nofile },
+    { Name: "nproc", Soft: nproc, Hard: nproc },
+  ];
+}
+
+function readOwnLimits(): string {
+  try {
+    return readFileSync("/proc/self/limits", "utf8");
+  } catch {
+    return "";
+  }
+}
+/** The user of a container when the driver has no uid allocator (tests): nobody. */
+const fallbackUid = 65_534;
+/** The seccomp profile file's name in the driver's data dir. */
+const seccompProfileFile = "seccomp-default.json";
 
 export function containerNameFor(replicaId: string): string {
   return `cloudless-${replicaId}`;
@@ -125,6 +174,29 @@ export function createContainerDriver(options: ContainerDriverOptions = {}): Con
 interface Engine {
   docker: Docker;
   socketPath: string;
+  /** Whether it is Podman (asked once per engine): it takes the seccomp profile as a path. */
+  podman?: Promise<boolean>;
+}
+
+/**
+ * The `SecurityOpt` entry of the seccomp profile. Podman's compatible API takes the path
+ * of a file on its host (its `seccomp=` is the profile path); Docker's daemon takes the
+ * JSON itself, as its CLI sends it after reading the file.
+ */
+export function seccompSecurityOpt(
+  profile: { path: string; json: string } | undefined,
+  enginePodman: boolean,
+): string {
+  if (!profile) return "seccomp=unconfined";
+  return `seccomp=${enginePodman ? profile.path : profile.json}`;
+}
+
+/** Podman names itself among the version's components; Docker does not. */
+function isPodmanVersion(version: unknown): boolean {
+  const components = (version as { Components?: Array<{ Name?: unknown }> } | null)?.Components;
+  return (components ?? []).some(
+    (component) => typeof component.Name === "string" && /podman/i.test(component.Name),
+  );
 }
 
 /** HTTP status of a dockerode error, looking through a DriverError's cause. */
@@ -174,6 +246,8 @@ class DockerContainerDriver implements ContainerDriver {
    * running container's port bindings cannot change, and start/stop/remove forget them.
    */
   private readonly published = new Map<string, Promise<Set<number> | undefined>>();
+  /** The seccomp profile and where it was written (once per driver). */
+  private profile: Promise<{ path: string; json: string }> | undefined;
 
   constructor(private readonly options: ContainerDriverOptions) {
     this.logger = (options.logger ?? silentLogger).child({ driver: "container" });
@@ -324,7 +398,8 @@ class DockerContainerDriver implements ContainerDriver {
     this.published.delete(spec.replicaId);
     const image = spec.image;
     if (!image) throw new DriverError("invalid", "the container driver needs an image");
-    const create = this.createOptions(spec, image);
+    // Validated before anything is allocated or written.
+    this.createOptions(spec, image, { uid: fallbackUid, seccomp: "seccomp=unconfined" });
     const name = containerNameFor(spec.replicaId);
 
     const existing = await this.inspect(spec.replicaId);
@@ -335,9 +410,14 @@ class DockerContainerDriver implements ContainerDriver {
     }
     if (existing) {
       // An exited container of an earlier attempt: start fresh, as the spec may differ.
-      await this.remove(spec.replicaId);
+      await this.removeContainer(spec.replicaId);
     }
     await this.ensureImage(image);
+    const profile = spec.security?.seccomp === false ? undefined : await this.seccompProfile();
+    const create = this.createOptions(spec, image, {
+      uid: this.userOf(spec),
+      seccomp: seccompSecurityOpt(profile, await this.enginePodman()),
+    });
 
     const container = await this.call(`creating container ${name}`, (docker, signal) =>
       docker.createContainer({ ...create, abortSignal: signal }),
@@ -351,7 +431,7 @@ class DockerContainerDriver implements ContainerDriver {
     } catch (error) {
       // A container that never ran holds the name and its port reservations; drop it so
       // the status line carries the reason and the next attempt starts clean.
-      await this.remove(spec.replicaId).catch(() => undefined);
+      await this.removeContainer(spec.replicaId).catch(() => undefined);
       throw this.startError(name, error);
     }
     this.logger.info({ replica: spec.replicaId, image }, "container started");
@@ -375,7 +455,86 @@ class DockerContainerDriver implements ContainerDriver {
     return mapped;
   }
 
-  private createOptions(spec: ReplicaRunSpec, image: string): Docker.ContainerCreateOptions {
+  /**
+   * The user the replica will run as, so its secret files can be its own before it starts
+   * (ADR 0055): the same uid `start` gives the container.
+   */
+  async replicaUser(spec: ReplicaRunSpec): Promise<{ uid: number; gid: number }> {
+    const uid = this.userOf(spec);
+    return { uid, gid: uid };
+  }
+
+  /** The uid the replica runs as: its securityContext's, else its workload's dynamic user. */
+  private userOf(spec: ReplicaRunSpec): number {
+    const explicit = spec.security?.runAsUser;
+    if (explicit !== undefined) {
+      const problem = this.options.users?.().explicitUidProblem(explicit);
+      if (problem) throw new DriverError("invalid", problem);
+      return explicit;
+    }
+    if (!this.options.users) return fallbackUid;
+    try {
+      return this.options.users().acquire(`${spec.namespace}/${spec.workload}`, spec.replicaId);
+    } catch (error) {
+      throw new DriverError("failed", `container user: ${describeError(error)}`, { cause: error });
+    }
+  }
+
+  /**
+   * The default seccomp profile (the process sandbox's deny list as an OCI profile, ADR
+   * 0054) and the file it is written to, once per driver. 0644 in a dir the engine can
+   * pass: the engine reads it, and it holds nothing secret. Written to a temporary name
+   * and renamed, so an engine never reads half a profile.
+   */
+  private async seccompProfile(): Promise<{ path: string; json: string }> {
+    this.profile ??= (async () => {
+      const arch = hostSeccompArch();
+      if (!arch) {
+        throw new DriverError(
+          "failed",
+          `no seccomp profile for ${process.arch} (x86_64 and aarch64 only); set securityContext.seccompProfile: unconfined to run without one`,
+        );
+      }
+      const json = JSON.stringify(ociSeccompProfile(arch));
+      const dir = this.options.dataDir ?? mkdtempSync(path.join(tmpdir(), "cloudless-seccomp-"));
+      await mkdir(dir, { recursive: true, mode: 0o700 });
+      const file = path.join(path.resolve(dir), seccompProfileFile);
+      const temporary = `${file}.${process.pid}.tmp`;
+      await writeFile(temporary, `${json}\n`, { mode: 0o644 });
+      // Whatever the umask: an engine that is not root must read it too.
+      await chmod(temporary, 0o644);
+      await rename(temporary, file);
+      return { path: file, json };
+    })();
+    try {
+      return await this.profile;
+    } catch (error) {
+      this.profile = undefined;
+      if (error instanceof DriverError) throw error;
+      throw new DriverError("failed", `seccomp profile: ${describeError(error)}`, { cause: error });
+    }
+  }
+
+  /** Whether the engine is Podman, asked once per engine connection (with a deadline). */
+  private async enginePodman(): Promise<boolean> {
+    const engine = await this.connect();
+    // version() takes no abort signal in dockerode's typings; the deadline still bounds it.
+    engine.podman ??= this.call("asking the container engine its version", (docker) =>
+      docker.version(),
+    ).then(isPodmanVersion);
+    try {
+      return await engine.podman;
+    } catch (error) {
+      engine.podman = undefined;
+      throw error;
+    }
+  }
+
+  private createOptions(
+    spec: ReplicaRunSpec,
+    image: string,
+    security: { uid: number; seccomp: string },
+  ): Docker.ContainerCreateOptions {
     const env: string[] = [];
     for (const [key, value] of Object.entries(spec.env)) {
       if (key.length === 0 || key.includes("=") || key.includes("\0") || value.includes("\0")) {
@@ -419,6 +578,9 @@ class DockerContainerDriver implements ContainerDriver {
         ...this.ownerLabels(),
       },
       Env: env,
+      // The workload's user, never the image's: an image that needs root says so in its
+      // spec (securityContext.runAsUser: 0), where policies can see it (ADR 0054).
+      User: `${security.uid}:${security.uid}`,
       // An explicit entrypoint must not pick up the image's CMD as its arguments, so
       // Cmd is set (possibly empty) whenever the entrypoint is overridden.
       ...(spec.command ? { Entrypoint: spec.command, Cmd: spec.args ?? [] } : {}),
@@ -451,9 +613,14 @@ class DockerContainerDriver implements ContainerDriver {
               })),
             }
           : {}),
-        SecurityOpt: ["no-new-privileges"],
+        // Least privilege (REQ-062, ADR 0054): see the constants at the top.
+        SecurityOpt: ["no-new-privileges", security.seccomp],
         CapDrop: ["ALL"],
-        CapAdd: keptCapabilities,
+        CapAdd: spec.security?.capabilitiesAdd ?? [],
+        ReadonlyRootfs: spec.security?.readOnlyRootFilesystem === true,
+        Tmpfs: { "/tmp": `rw,nosuid,nodev,mode=1777,size=${tmpfsMiB}m` },
+        PidsLimit: containerPidsLimit,
+        Ulimits: containerUlimits(),
       },
     };
   }
@@ -542,18 +709,28 @@ class DockerContainerDriver implements ContainerDriver {
   }
 
   async remove(replicaId: string): Promise<void> {
+    if (!(await this.removeContainer(replicaId))) return;
+    // Its workload's uid is free again once no replica on the node uses it.
+    this.options.users?.().release(replicaId);
+  }
+
+  /**
+   * Removes the container, keeping the replica's uid (a start replacing an exited
+   * container keeps its user); false when the container is another agent's.
+   */
+  private async removeContainer(replicaId: string): Promise<boolean> {
     checkReplicaId(replicaId);
     this.published.delete(replicaId);
     const name = containerNameFor(replicaId);
-    if (this.options.owner && (await this.inspect(replicaId)) === "foreign") return;
+    if (this.options.owner && (await this.inspect(replicaId)) === "foreign") return false;
     try {
       await this.call(`removing container ${name}`, (docker, signal) =>
         docker.getContainer(name).remove({ force: true, v: true, abortSignal: signal }),
       );
     } catch (error) {
-      if (statusCodeOf(error) === 404) return;
-      throw error;
+      if (statusCodeOf(error) !== 404) throw error;
     }
+    return true;
   }
 
   async status(replicaId: string): Promise<ReplicaRuntimeStatus> {

@@ -42,6 +42,11 @@ export interface ReplicaRunSpec {
   files?: ReplicaFileSource[];
   /** Host directories bound read-only into the replica (its secrets and configs, ADR 0055). */
   mounts?: ReadOnlyMount[];
+  /**
+   * How far the least-privilege defaults are loosened (REQ-062, ADR 0054); absent: the
+   * defaults (the workload's dynamic user, no capabilities, the default seccomp filter).
+   */
+  security?: ReplicaSecurity;
 }
 
 /** A secret or config a replica references (spec.secrets[], spec.configs[]). */
@@ -60,6 +65,17 @@ export interface ReplicaFileSource {
 export interface ReadOnlyMount {
   source: string;
   target: string;
+}
+
+/** A workload's `securityContext`, decoded for the drivers. */
+export interface ReplicaSecurity {
+  /** The uid and gid to run as; absent: the workload's dynamic user. */
+  runAsUser?: number;
+  /** Capabilities kept, bare upper-case names ("NET_BIND_SERVICE"), no duplicates. */
+  capabilitiesAdd?: string[];
+  readOnlyRootFilesystem?: boolean;
+  /** false: seccompProfile unconfined. */
+  seccomp?: boolean;
 }
 
 export type DriverErrorKind =

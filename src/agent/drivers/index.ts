@@ -1,7 +1,8 @@
+import * as path from "node:path";
 import type { Clock } from "../../lib/clock.js";
 import type { Logger } from "../../observe/logger.js";
 import { silentLogger } from "../../observe/logger.js";
-import type { UidRange } from "../sandbox/dynamicUsers.js";
+import { DynamicUsers, defaultUidRange, type UidRange } from "../sandbox/dynamicUsers.js";
 import { createContainerDriver } from "./containerDriver.js";
 import type { DriverName, RuntimeDriver } from "./driver.js";
 import type { ReplicaOwner } from "./ownership.js";
@@ -12,9 +13,10 @@ export { cpuPeriodUs, detectCgroupLayout } from "./cgroups.js";
 export type { ContainerDriver, ContainerDriverOptions } from "./containerDriver.js";
 export {
   containerNameFor,
+  containerPidsLimit,
+  containerUlimits,
   createContainerDriver,
   defaultSocketCandidates,
-  keptCapabilities,
   namespaceLabel,
   replicaLabel,
   workloadLabel,
@@ -69,9 +71,21 @@ export async function detectDrivers(options: {
   beforeLaunch?: (workloadKey: string, uid: number) => Promise<void>;
 }): Promise<DetectedDrivers> {
   const logger = options.logger ?? silentLogger;
+  // One uid table for both drivers (REQ-062): a workload's replicas share its user,
+  // whichever driver runs them. Loaded on first use (the data dir may not exist before).
+  let dynamicUsers: DynamicUsers | undefined;
+  const users = (): DynamicUsers => {
+    dynamicUsers ??= new DynamicUsers(
+      path.join(path.resolve(options.dataDir), "replica-uids.json"),
+      options.replicaUidRange ?? defaultUidRange,
+    );
+    return dynamicUsers;
+  };
   const candidates: RuntimeDriver[] = [
     createContainerDriver({
       logger,
+      dataDir: options.dataDir,
+      users,
       ...(options.nodeName !== undefined ? { nodeName: options.nodeName } : {}),
       ...(options.owner ? { owner: options.owner } : {}),
       ...(options.socketPath !== undefined ? { socketPath: options.socketPath } : {}),
@@ -79,6 +93,7 @@ export async function detectDrivers(options: {
     createProcessDriver({
       dataDir: options.dataDir,
       logger,
+      users,
       ...(options.owner ? { owner: options.owner } : {}),
       ...(options.enforceLimits !== undefined ? { enforceLimits: options.enforceLimits } : {}),
       ...(options.cgroupParent !== undefined ? { cgroupParent: options.cgroupParent } : {}),

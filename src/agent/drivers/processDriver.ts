@@ -131,6 +131,11 @@ export interface ProcessDriverOptions {
   /** The uids workloads' users are taken from (default systemd's 61184-65519). */
   replicaUidRange?: UidRange;
   /**
+   * The uid table shared with the container driver (a workload's replicas share its user,
+   * whichever driver runs them); absent: the driver loads its own from the data dir.
+   */
+  users?: () => DynamicUsers;
+  /**
    * More directories the sandbox hides besides the agent's data dir (e.g. a coordinator's
    * data dir with the CA on the same host).
    */
@@ -207,6 +212,14 @@ const joinAndExec = [
  */
 const joinAndRun = joinAndExec.replace(/exec "\$@"$/, '"$@"; exit $?');
 
+/** What a securityContext changes in a replica's sandbox. */
+interface SandboxSecurity {
+  capabilities?: string[];
+  rootRequested?: boolean;
+  /** false: seccompProfile unconfined. */
+  seccomp?: boolean;
+}
+
 /** What a replica's process.json records so a later agent can recognise its process. */
 interface ProcessRecord {
   pid: number;
@@ -214,6 +227,8 @@ interface ProcessRecord {
   sandboxUid?: number;
   /** Read-only mounts of its secrets and configs (paths only), for `exec` in its sandbox. */
   mounts?: ReadOnlyMount[];
+  /** Its securityContext's loosening of the sandbox (ADR 0054); `exec` gets the same. */
+  sandboxSecurity?: SandboxSecurity;
   /** Start time in clock ticks since boot (/proc/<pid>/stat field 22): guards against pid reuse. */
   startTicks: string | undefined;
   startedAtMs: number;
@@ -339,8 +354,10 @@ class CgroupProcessDriver implements ProcessDriver {
   private readonly replicaUidRange: UidRange;
   private readonly beforeLaunch: ProcessDriverOptions["beforeLaunch"];
   private dynamicUsers: DynamicUsers | undefined;
+  private readonly sharedUsers: (() => DynamicUsers) | undefined;
 
   constructor(options: ProcessDriverOptions) {
+    this.sharedUsers = options.users;
     this.logger = (options.logger ?? silentLogger).child({ driver: "process" });
     this.clock = options.clock ?? systemClock;
     this.layout = detectCgroupLayout(options.cgroupRoot ?? "/sys/fs/cgroup");
@@ -367,6 +384,7 @@ class CgroupProcessDriver implements ProcessDriver {
 
   /** The uid table, loaded on first use (the data dir may not exist before). */
   private users(): DynamicUsers {
+    if (this.sharedUsers) return this.sharedUsers();
     this.dynamicUsers ??= new DynamicUsers(
       path.join(this.dataDir, "replica-uids.json"),
       this.replicaUidRange,
@@ -419,6 +437,9 @@ class CgroupProcessDriver implements ProcessDriver {
   async replicaUser(spec: ReplicaRunSpec): Promise<{ uid: number; gid: number } | undefined> {
     checkReplicaId(spec.replicaId);
     if (this.sandboxMode === "off") return undefined;
+    // securityContext.runAsUser (ADR 0054) is the user start() runs it as.
+    const explicit = spec.security?.runAsUser;
+    if (explicit !== undefined) return { uid: explicit, gid: explicit };
     const uid = this.users().acquire(`${spec.namespace}/${spec.workload}`, spec.replicaId);
     return { uid, gid: uid };
   }
@@ -683,6 +704,7 @@ class CgroupProcessDriver implements ProcessDriver {
     await this.rotateIfLarge(replicaId);
 
     let sandboxUid: number | undefined;
+    let sandboxSecurity: SandboxSecurity | undefined;
     let launchArgv = argv;
     let seccompFile: string | undefined;
     try {
@@ -695,18 +717,39 @@ class CgroupProcessDriver implements ProcessDriver {
             `process sandbox: no seccomp filter for ${process.arch} (x86_64 and aarch64 only); start the agent with --process-sandbox off`,
           );
         }
-        sandboxUid = this.users().acquire(`${spec.namespace}/${spec.workload}`, replicaId);
+        // securityContext (ADR 0054): its user instead of the workload's dynamic one, its
+        // capabilities, no filter when unconfined. Policies judged it before the start.
+        const security = spec.security;
+        sandboxSecurity = {
+          ...(security?.capabilitiesAdd?.length
+            ? { capabilities: [...security.capabilitiesAdd] }
+            : {}),
+          ...(security?.runAsUser === 0 ? { rootRequested: true } : {}),
+          ...(security?.seccomp === false ? { seccomp: false } : {}),
+        };
+        const problem =
+          security?.runAsUser !== undefined
+            ? this.users().explicitUidProblem(security.runAsUser)
+            : undefined;
+        if (problem) throw new DriverError("invalid", problem);
+        sandboxUid =
+          security?.runAsUser ??
+          this.users().acquire(`${spec.namespace}/${spec.workload}`, replicaId);
         await this.beforeLaunch?.(`${spec.namespace}/${spec.workload}`, sandboxUid);
         await this.prepareSandboxDirs(dir, workDir, sandboxUid);
-        seccompFile = path.join(dir, "seccomp.bpf");
-        await writeFile(seccompFile, seccompFilterBytes(arch), { mode: 0o600 });
+        if (sandboxSecurity.seccomp !== false) {
+          seccompFile = path.join(dir, "seccomp.bpf");
+          await writeFile(seccompFile, seccompFilterBytes(arch), { mode: 0o600 });
+        }
         launchArgv = sandboxArgv({
           binaries,
           uid: sandboxUid,
           gid: sandboxUid,
           workDir,
           hiddenDirs: this.hiddenDirs,
-          seccomp: true,
+          seccomp: sandboxSecurity.seccomp !== false,
+          ...(sandboxSecurity.capabilities ? { capabilities: sandboxSecurity.capabilities } : {}),
+          ...(sandboxSecurity.rootRequested ? { rootRequested: true } : {}),
           argv,
           mounts: spec.mounts ?? [],
           // Its parent is the wrapper shell (joinAndRun), not the agent.
@@ -761,6 +804,7 @@ class CgroupProcessDriver implements ProcessDriver {
       pid: 0,
       ...(sandboxUid !== undefined ? { sandboxUid } : {}),
       ...mounts,
+      ...(sandboxSecurity && Object.keys(sandboxSecurity).length > 0 ? { sandboxSecurity } : {}),
       startTicks: undefined,
       startedAtMs: this.clock.nowMs(),
       cgroup,
@@ -788,6 +832,7 @@ class CgroupProcessDriver implements ProcessDriver {
       pid: tracked.pid,
       ...(sandboxUid !== undefined ? { sandboxUid } : {}),
       ...mounts,
+      ...(record.sandboxSecurity ? { sandboxSecurity: record.sandboxSecurity } : {}),
       startTicks: tracked.startTicks,
       startedAtMs: tracked.startedAtMs,
       cgroup,
@@ -1089,22 +1134,28 @@ class CgroupProcessDriver implements ProcessDriver {
           `exec in replica ${replicaId}: the sandbox is not available`,
         );
       }
+      const security = tracked.sandboxSecurity ?? {};
+      const seccomp = security.seccomp !== false;
       argv = sandboxArgv({
         binaries,
         uid: tracked.sandboxUid,
         gid: tracked.sandboxUid,
         workDir: this.workDir(replicaId),
         hiddenDirs: this.hiddenDirs,
-        seccomp: true,
+        seccomp,
+        ...(security.capabilities ? { capabilities: security.capabilities } : {}),
+        ...(security.rootRequested ? { rootRequested: true } : {}),
         argv: command,
         mounts: tracked.mounts ?? [],
         // A timed-out exec kills its process group: the command (in bwrap's own session)
         // must go with it.
         dieWithParent: true,
       });
-      const seccompFile = path.join(this.replicaDir(replicaId), "seccomp.bpf");
-      await writeFile(seccompFile, seccompFilterBytes(arch), { mode: 0o600 });
-      filterFd = openSync(seccompFile, "r");
+      if (seccomp) {
+        const seccompFile = path.join(this.replicaDir(replicaId), "seccomp.bpf");
+        await writeFile(seccompFile, seccompFilterBytes(arch), { mode: 0o600 });
+        filterFd = openSync(seccompFile, "r");
+      }
     }
     let child: ChildProcess;
     try {

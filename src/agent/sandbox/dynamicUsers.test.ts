@@ -49,4 +49,13 @@ describe("REQ-062 dynamic users per workload", () => {
     expect(() => parseUidRange("60000-65535")).toThrow(/reserved uid 65534/);
     expect(() => parseUidRange("100000-300000")).toThrow(/at most 65536/);
   });
+
+  it("REQ-062 refuses a securityContext uid inside the range: it could be another workload's user", async () => {
+    const users = new DynamicUsers(await table(), { first: 61184, last: 61186 });
+    expect(users.explicitUidProblem(61185)).toMatch(
+      /^securityContext\.runAsUser 61185 lies in this node's range of workload users \(61184-61186\)/,
+    );
+    expect(users.explicitUidProblem(4242)).toBeUndefined();
+    expect(users.explicitUidProblem(0)).toBeUndefined();
+  });
 });

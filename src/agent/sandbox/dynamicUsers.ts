@@ -103,6 +103,15 @@ export class DynamicUsers {
     if (changed) this.save();
   }
 
+  /**
+   * Refuses a securityContext's uid inside the range (ADR 0054): it could be another
+   * workload's user, and with it that workload's files. A one-line reason, or undefined.
+   */
+  explicitUidProblem(uid: number): string | undefined {
+    if (uid < this.range.first || uid > this.range.last) return undefined;
+    return `securityContext.runAsUser ${uid} lies in this node's range of workload users (${this.range.first}-${this.range.last}), so it could be another workload's; pick a uid outside it`;
+  }
+
   /** The uid a workload holds now, if any (tests, status). */
   uidOf(workloadKey: string): number | undefined {
     return this.workloads.get(workloadKey)?.uid;

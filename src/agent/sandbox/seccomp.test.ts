@@ -87,6 +87,28 @@ describe("REQ-062 seccomp filter assembly", () => {
     expect(sandboxArgv({ ...baseLaunch(), dieWithParent: true })).toContain("--die-with-parent");
   });
 
+  it("REQ-062 securityContext launch line: added capabilities or root turn the order round (bwrap as root without a user namespace, setpriv inside keeps exactly the added capabilities)", () => {
+    const argv = sandboxArgv({ ...baseLaunch(), capabilities: ["NET_BIND_SERVICE"] });
+    expect(argv[0]).toBe("/usr/bin/bwrap");
+    expect(argv).not.toContain("--unshare-user");
+    const text = argv.join(" ");
+    expect(text).toContain(
+      "--cap-drop ALL --cap-add CAP_SETUID --cap-add CAP_SETGID --cap-add CAP_SETPCAP --cap-add CAP_DAC_READ_SEARCH --cap-add CAP_NET_BIND_SERVICE --seccomp 3 -- /usr/bin/setpriv",
+    );
+    expect(text).toContain(
+      "/usr/bin/setpriv --reuid=61184 --regid=61184 --clear-groups --no-new-privs --inh-caps=-all,+net_bind_service --ambient-caps=-all,+net_bind_service --bounding-set=-all,+net_bind_service -- true",
+    );
+    // Root only when the spec asked for it; then with no capability at all.
+    const root = sandboxArgv({ ...baseLaunch(), uid: 0, gid: 0, rootRequested: true });
+    expect(root.join(" ")).toContain("--reuid=0 --regid=0");
+    expect(root.join(" ")).toContain("--inh-caps=-all --ambient-caps=-all --bounding-set=-all");
+    // seccompProfile unconfined: no filter.
+    expect(sandboxArgv({ ...baseLaunch(), seccomp: false })).not.toContain("--seccomp");
+    expect(() => sandboxArgv({ ...baseLaunch(), capabilities: ["net_raw; rm"] })).toThrow(
+      /invalid capability/,
+    );
+  });
+
   it("REQ-062 refuses to sandbox when the agent is not root, naming the way out", () => {
     const found = findSandboxBinaries(1000);
     expect(found).toEqual({ problem: expect.stringMatching(/not root.*--process-sandbox off/) });

@@ -1,10 +1,10 @@
 /**
  * What the policies judge about a workload, read from its spec (the edge where a spec
  * becomes policy facts). Fields of a `securityContext` are read when the spec has them;
- * without one a process replica runs as its workload's unprivileged dynamic user with no
- * capabilities and the default seccomp filter (ADR 0050), and a container runs as its
- * image says — which the coordinator cannot see at apply, so `runAsRoot` rules judge
- * only what the spec states.
+ * without one a replica of either driver runs as its workload's unprivileged dynamic user
+ * with no capabilities and the default seccomp filter (ADR 0050, 0054) — a container no
+ * longer runs as its image says — so what the spec states is what the replica gets, and
+ * `runAsRoot` rules judge `runAsUser: 0` for both drivers.
  */
 import type { WorkloadSpecDocument } from "../workload/spec.js";
 import type { WorkloadFacts } from "./evaluate.js";

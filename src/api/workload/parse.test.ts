@@ -626,6 +626,50 @@ describe("closestKey", () => {
   });
 });
 
+describe("spec.securityContext (REQ-062)", () => {
+  const refused = (value: string) =>
+    errorLines(
+      parseWorkloadText(withSpec(`${image}${resources}  securityContext: ${value}\n`), "web.yaml"),
+    ).join("\n");
+
+  it("REQ-062 takes runAsUser, capabilities with or without CAP_, a read-only root and a seccomp profile; absent stays absent so existing workloads keep their hash", () => {
+    const doc = parsed(
+      withSpec(
+        `${image}${resources}  securityContext: {runAsUser: 0, capabilitiesAdd: [NET_BIND_SERVICE, CAP_NET_RAW], readOnlyRootFilesystem: true, seccompProfile: unconfined}\n`,
+      ),
+    );
+    expect(doc.spec.securityContext).toEqual({
+      runAsUser: 0,
+      capabilitiesAdd: ["NET_BIND_SERVICE", "CAP_NET_RAW"],
+      readOnlyRootFilesystem: true,
+      seccompProfile: "unconfined",
+    });
+    const plain = parsed(withSpec(`${image}${resources}`));
+    expect(plain.spec.securityContext).toBeUndefined();
+    expect(canonicalSpecJson(plain)).not.toContain("securityContext");
+    // An empty section writes no defaults either.
+    expect(
+      parsed(withSpec(`${image}${resources}  securityContext: {}\n`)).spec.securityContext,
+    ).toEqual({});
+  });
+
+  it("REQ-062 refuses an unknown capability, a uid out of range, an unknown profile and an unknown field, each in one line", () => {
+    expect(refused("{capabilitiesAdd: [NET_RAWW]}")).toMatch(
+      /spec\.securityContext\.capabilitiesAdd\[0\]: "NET_RAWW" is not a Linux capability; use a name such as NET_BIND_SERVICE/,
+    );
+    expect(refused("{capabilitiesAdd: [net_raw]}")).toMatch(/is not a Linux capability/);
+    expect(refused("{runAsUser: -1}")).toMatch(
+      /spec\.securityContext\.runAsUser: expected an integer uid from 0 to 2147483647/,
+    );
+    expect(refused("{runAsUser: 2147483648}")).toMatch(/expected an integer uid/);
+    expect(refused("{runAsUser: 1.5}")).toMatch(/expected an integer uid/);
+    expect(refused("{seccompProfile: localhost/mine}")).toMatch(
+      /spec\.securityContext\.seccompProfile: expected default or unconfined/,
+    );
+    expect(refused("{privileged: true}")).toMatch(/unknown field "privileged"/);
+  });
+});
+
 describe("spec.secrets (REQ-063)", () => {
   it("REQ-063 lists secrets by name; absent stays absent so existing workloads keep their hash", () => {
     expect(

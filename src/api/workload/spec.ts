@@ -11,6 +11,7 @@
  */
 import { z } from "zod";
 import { formatBytes, limitRef, limits } from "../limits.js";
+import { capabilityName, linuxCapabilities } from "./capabilities.js";
 
 export const workloadApiVersion = "cloudless/v1";
 export const workloadKind = "Workload";
@@ -201,6 +202,53 @@ export const configReferenceSchema = z
       ),
   })
   .describe("A configuration object the replicas read.");
+
+/** The largest uid a replica may run as: uids above it are negative to much of userland. */
+const maxRunAsUser = 2_147_483_647;
+
+/**
+ * How far a replica's least-privilege defaults (REQ-062, ADR 0050/0054) are loosened.
+ * Every field is optional and none has a default, so a spec without it keeps its hash
+ * and runs with the defaults; cluster policies (REQ-061) decide which loosening is allowed.
+ */
+export const securityContextSchema = z
+  .strictObject({
+    runAsUser: integer(`expected an integer uid from 0 to ${maxRunAsUser}`, 0, maxRunAsUser)
+      .optional()
+      .describe(
+        "The uid (and gid) the replica runs as. Absent: the workload's own unprivileged user, allocated per node. 0 (root) only when written, and policies may forbid it (runAsRoot).",
+      ),
+    capabilitiesAdd: z
+      .array(
+        z
+          .string({ error: "expected a capability name such as NET_BIND_SERVICE" })
+          .refine((name) => capabilityName(name) !== undefined, {
+            error: (issue) =>
+              `${JSON.stringify(issue.input)} is not a Linux capability; use a name such as NET_BIND_SERVICE, upper case, CAP_ prefix optional (see capabilities(7))`,
+          }),
+      )
+      // A list longer than Linux's capabilities names one twice: a mistake, and a bound.
+      .max(linuxCapabilities.length, {
+        error: `at most ${linuxCapabilities.length} capabilities (the ones Linux has)`,
+      })
+      .optional()
+      .describe(
+        "Capabilities the replica keeps on top of none, e.g. NET_BIND_SERVICE (with or without the CAP_ prefix); policies may forbid each (capability rules).",
+      ),
+    readOnlyRootFilesystem: z
+      .boolean({ error: "expected true or false" })
+      .optional()
+      .describe(
+        "Containers: the image's file system is read-only (a tmpfs /tmp stays writable). Process replicas see the host read-only anyway.",
+      ),
+    seccompProfile: z
+      .enum(["default", "unconfined"], { error: "expected default or unconfined" })
+      .optional()
+      .describe(
+        "default: the system calls a workload has no business making fail with EPERM (mount, bpf, ptrace, new user namespaces…). unconfined: no filter; policies may forbid it (seccompUnconfined).",
+      ),
+  })
+  .describe("Loosens the replica's least-privilege defaults, as far as policies allow (REQ-062).");
 
 export const resourcesSchema = z
   .strictObject({
@@ -454,6 +502,8 @@ const specObjectSchema = z.strictObject({
     .describe(
       "Configuration objects (`cloudless config`) mounted into the replicas as files, one per key.",
     ),
+  // Absent means the defaults; no default is written, so existing workloads keep their hash.
+  securityContext: securityContextSchema.optional(),
   livenessProbe: probeSchema.optional().describe("Failing it restarts the replica."),
   readinessProbe: probeSchema.optional().describe("Until it passes the replica gets no traffic."),
   terminationGracePeriodSeconds: integer(
@@ -642,6 +692,7 @@ export type WorkloadMetadata = WorkloadSpecDocument["metadata"];
 export type WorkloadSpec = WorkloadSpecDocument["spec"];
 export type ContainerPort = z.output<typeof containerPortSchema>;
 export type Resources = z.output<typeof resourcesSchema>;
+export type SecurityContext = z.output<typeof securityContextSchema>;
 export type Placement = z.output<typeof placementSchema>;
 export type PlacementStrategy = Placement["strategy"];
 export type Toleration = z.output<typeof tolerationSchema>;
