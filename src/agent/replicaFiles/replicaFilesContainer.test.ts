@@ -32,21 +32,27 @@ describe.skipIf(skipReason !== "")("REQ-063 secrets in containers", () => {
     cleanups.push(() => rm(dir, { recursive: true, force: true }));
     const source = path.join(dir, "db");
     const values = (password: string) => new Map([["password", Buffer.from(password)]]);
-    await writeAtomicDir(source, values("ct-one-5d2e"), { fileMode: 0o400, dirMode: 0o500 });
     const id = `files-ct-${process.pid}-${Date.now().toString(36)}`;
     cleanups.push(() => driver.remove(id));
-    await driver.start({
+    const spec = {
       replicaId: id,
       namespace: "default",
       workload: "web",
-      driver: "container",
+      driver: "container" as const,
       image: podman.available ? podman.image : "none",
       command: ["/bin/sleep", "600"],
       env: {},
       ports: [],
       resources: { cpuMillicores: 0, memoryMiB: 0, storageGiB: 0 },
       mounts: [{ source, target: "/run/secrets/db" }],
-    });
+    };
+    // The container runs as an unprivileged user (ADR 0054): its files are that user's.
+    const owner = await driver.replicaUser?.(spec);
+    if (!owner) throw new Error("the container driver must tell the replica's user");
+    expect(owner.uid).toBeGreaterThan(0);
+    const options = { fileMode: 0o400, dirMode: 0o500, owner };
+    await writeAtomicDir(source, values("ct-one-5d2e"), options);
+    await driver.start(spec);
     const read = async () =>
       (await driver.exec(id, ["cat", "/run/secrets/db/password"], 10_000)).stdout;
     expect(await read()).toBe("ct-one-5d2e");
@@ -58,7 +64,7 @@ describe.skipIf(skipReason !== "")("REQ-063 secrets in containers", () => {
     expect(write.stdout.trim()).toBe("refused");
     const docker = new Docker({ socketPath });
     const before = await docker.getContainer(containerNameFor(id)).inspect();
-    await writeAtomicDir(source, values("ct-two-8b1f"), { fileMode: 0o400, dirMode: 0o500 });
+    await writeAtomicDir(source, values("ct-two-8b1f"), options);
     expect(await read()).toBe("ct-two-8b1f");
     const after = await docker.getContainer(containerNameFor(id)).inspect();
     expect(after.State.Pid).toBe(before.State.Pid);
