@@ -12,6 +12,7 @@
  */
 import { chmod, lchown, lstat, mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import * as path from "node:path";
+import { limits } from "../../api/limits.js";
 import type { Logger } from "../../observe/logger.js";
 import type { ReadOnlyMount, ReplicaFileSource, ReplicaRunSpec } from "../drivers/driver.js";
 import { type FileOwner, keyProblem, writeAtomicDir } from "./atomicDir.js";
@@ -312,8 +313,21 @@ export class ReplicaFiles {
     content: SourceContent,
     owner: FileOwner | undefined,
   ): Promise<void> {
+    // The coordinator checks these limits at create; checked again before anything is
+    // written, so a wrong answer cannot fill the tmpfs (limits.ts).
+    const entries = Object.entries(content.data);
+    const maxKeys =
+      source.kind === "secret" ? limits.secretKeysPerSecret : limits.configKeysPerConfig;
+    const maxBytes = source.kind === "secret" ? limits.secretTotalBytes : limits.configTotalBytes;
+    const totalBytes = entries.reduce((sum, [, value]) => sum + value.byteLength, 0);
+    if (entries.length > maxKeys || totalBytes > maxBytes) {
+      throw new ReplicaFilesError(
+        "InvalidFiles",
+        `${source.kind} ${source.name} has ${entries.length} keys and ${totalBytes} bytes; at most ${maxKeys} keys and ${maxBytes} bytes`,
+      );
+    }
     const files = new Map<string, Uint8Array>();
-    for (const [key, value] of Object.entries(content.data)) {
+    for (const [key, value] of entries) {
       const problem = keyProblem(key);
       if (problem)
         throw new ReplicaFilesError("InvalidFiles", `${source.kind} ${source.name}: ${problem}`);

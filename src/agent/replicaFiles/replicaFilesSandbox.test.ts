@@ -159,9 +159,9 @@ describe.skipIf(problem !== undefined)(
       expect(Date.now() - swapStartedMs).toBeLessThan(2_000);
       expect(await readFile(path.join(driver.replicaDir(id), "pid"), "utf8")).toBe(pid);
       expect((await driver.status(id)).state).toBe("running");
-    // exec in the replica sees its mounts too.
-    const exec = await driver.exec(id, ["cat", "/run/secrets/db/password"], 10_000);
-    expect(exec.stdout).toBe("pw-two-91bc");
+      // exec in the replica sees its mounts too.
+      const exec = await driver.exec(id, ["cat", "/run/secrets/db/password"], 10_000);
+      expect(exec.stdout).toBe("pw-two-91bc");
       // Never a mix: every line shows both old or both new values.
       for (const line of (await logText(driver, id)).split("\n")) {
         if (line.includes("pw-one-7f3a")) expect(line).toContain("mode=400");
