@@ -183,15 +183,16 @@ export class ReplicaFiles {
    * their current files meanwhile.
    */
   async sourcesChanged(versions: readonly SourceVersion[]): Promise<void> {
+    // A whole cluster's versions arrive when a stream opens: one lookup per source.
+    const announcedBySource = new Map(
+      versions.map((version) => [`${version.kind}/${version.namespace}/${version.name}`, version]),
+    );
     const work: Promise<void>[] = [];
     for (const [replicaId, tracked] of this.tracked) {
       for (const source of tracked.spec.files ?? []) {
         if (source.kind === "config" && source.onChange === "restart") continue;
-        const announced = versions.find(
-          (version) =>
-            version.kind === source.kind &&
-            version.name === source.name &&
-            version.namespace === tracked.spec.namespace,
+        const announced = announcedBySource.get(
+          `${source.kind}/${tracked.spec.namespace}/${source.name}`,
         );
         if (!announced) continue;
         const held = tracked.versions.get(sourceKey(source));
