@@ -94,6 +94,20 @@ export function policyDeniedEvent(
   });
 }
 
+/**
+ * A replica not started because its secrets or configs could not be written (ADR 0055):
+ * the reason word and the supervisor's one line, which names the source and key, never
+ * a value.
+ */
+export function replicaFilesEvent(replicaId: string, reason: string, message: string): AgentEvent {
+  return create(AgentEventSchema, {
+    type: "ReplicaFilesFailed",
+    reason,
+    replicaId,
+    message: `replica ${replicaId} is not started: ${message.slice(0, 1_000)}`,
+  });
+}
+
 /** What happens to a replica whose new revision is not run: the revision it keeps, if any. */
 function keptPhrase(keptRevision: number | undefined): string {
   return keptRevision === undefined

@@ -1,14 +1,16 @@
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import * as path from "node:path";
 import { create } from "@bufbuild/protobuf";
 import { afterEach, describe, expect, it } from "vitest";
+import { waitFor } from "../../test/helpers/processes.js";
 import { type HeartbeatRequest, HeartbeatResponseSchema } from "../api/gen/cloudless/v1/node_pb.js";
 import { ManualClock } from "../lib/clock.js";
 import { seededRng } from "../lib/rng.js";
 import { silentLogger } from "../observe/logger.js";
 import { FakeDriver } from "./drivers/fakeDriver.js";
 import { ReplicaOwner } from "./drivers/index.js";
+import { ReplicaFiles } from "./replicaFiles/replicaFiles.js";
 import { ReplicaModule } from "./replicaModule.js";
 import { createFileReservationAllocator } from "./supervisor/hostPortReservations.js";
 
@@ -40,7 +42,7 @@ function assignments(extraSpec: Record<string, unknown>) {
   });
 }
 
-async function startedModule() {
+async function startedModule(withFiles?: (dir: string) => ReplicaFiles) {
   const dir = await mkdtemp(path.join(tmpdir(), "cloudless-replica-module-"));
   const clock = new ManualClock();
   const driver = new FakeDriver("container", clock);
@@ -59,6 +61,7 @@ async function startedModule() {
     logger: silentLogger,
     persistState: false,
     onProbeResult: () => undefined,
+    ...(withFiles ? { files: withFiles(dir) } : {}),
   });
   const sent: HeartbeatRequest[] = [];
   await module.start({ send: (message) => sent.push(message) });
@@ -110,5 +113,65 @@ describe("the replica supervisor as an agent module", () => {
     );
     expect(events.map((event) => event.reason)).toEqual(["SpecNotUnderstood"]);
     expect(events[0]?.message).toContain("keeps running revision 1");
+  });
+
+  it("REQ-063 a replica whose secret lacks an env key is not started: one ReplicaFilesFailed event naming the secret and key, never a value; files are written and swapped for a referenced secret", async () => {
+    let password = "value-one-4c1d";
+    let version = 1n;
+    const { module, driver, sent, settle } = await startedModule(
+      (dir) =>
+        new ReplicaFiles({
+          dataDir: dir,
+          logger: silentLogger,
+          secretsOnTmpfs: false,
+          fetch: async () => ({ version, data: { password: Buffer.from(password) } }),
+        }),
+    );
+    module.receive(
+      assignments({ secrets: [{ name: "db", env: [{ name: "DB_USER", key: "user" }] }] }),
+    );
+    await settle();
+    await settle();
+    expect(driver.replicas.has("web-1")).toBe(false);
+    const events = sent.flatMap((message) =>
+      message.kind.case === "events" ? message.kind.value.events : [],
+    );
+    expect(events.map((event) => `${event.type} ${event.reason}`)).toEqual([
+      "ReplicaFilesFailed SecretKeyMissing",
+    ]);
+    expect(events[0]?.message).toBe(
+      'replica web-1 is not started: secret db has no key "user" for environment variable DB_USER; add the key to the secret or fix spec.secrets',
+    );
+    expect(
+      JSON.stringify(sent, (_key, value) => (typeof value === "bigint" ? String(value) : value)),
+    ).not.toContain(password);
+
+    // The spec fixed: the replica starts with its mount, and a pushed version swaps it.
+    const fixed = assignments({ secrets: [{ name: "db" }] });
+    const fixedReplica = fixed.assignments?.replicas[0];
+    if (fixedReplica) fixedReplica.revision = 2n;
+    module.receive(fixed);
+    // The files are written with real I/O: wait in real time, moving the clock meanwhile.
+    await waitFor("the replica to start", async () => {
+      await settle();
+      return driver.replicas.get("web-1")?.state === "running";
+    });
+    const started = driver.replicas.get("web-1")?.spec;
+    expect(started?.mounts?.map((mount) => mount.target)).toEqual(["/run/secrets/db"]);
+    const source = started?.mounts?.[0]?.source ?? "";
+    expect(await readFile(path.join(source, "password"), "utf8")).toBe("value-one-4c1d");
+    password = "value-two-9e0a";
+    version = 2n;
+    module.receive(
+      create(HeartbeatResponseSchema, {
+        objectVersions: {
+          objects: [{ kind: "secret", namespace: "shop", name: "db", version: 2n }],
+        },
+      }),
+    );
+    await waitFor(
+      "the swapped file",
+      async () => (await readFile(path.join(source, "password"), "utf8")) === "value-two-9e0a",
+    );
   });
 });

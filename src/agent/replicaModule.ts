@@ -18,6 +18,7 @@ import type { Logger } from "../observe/logger.js";
 import {
   AgentEventOutbox,
   policyDeniedEvent,
+  replicaFilesEvent,
   specNotUnderstoodEvent,
   unknownSpecFieldsEvent,
 } from "./agentEvents.js";
@@ -98,6 +99,7 @@ export class ReplicaModule implements AgentModule {
       onDurableChange: () => this.stateWriter?.durableChanged(),
       onReport: (reports) => {
         this.reports = reports;
+        this.raiseFilesEvents(reports);
         this.stateWriter?.runtimeChanged();
         context.send(this.reportsMessage());
       },
@@ -225,6 +227,24 @@ export class ReplicaModule implements AgentModule {
     for (const eventMessage of this.events.take()) this.context?.send(eventMessage);
   }
 
+  /**
+   * An event per replica held back by its secrets or configs, once per cause (the status
+   * says the same, but an operator watching events should not have to poll replicas).
+   */
+  private raiseFilesEvents(reports: readonly ReplicaReport[]): void {
+    let raised = false;
+    for (const report of reports) {
+      if (!replicaFilesReasons.has(report.reason)) continue;
+      // The message ends with the back-off, which changes every attempt: not in the key.
+      const cause = report.message.replace(/ \(back-off [^)]*\)$/, "");
+      const key = `${report.replicaId}|files|${report.reason}|${cause}`;
+      if (this.events.raise(key, replicaFilesEvent(report.replicaId, report.reason, cause))) {
+        raised = true;
+      }
+    }
+    if (raised) for (const message of this.events.take()) this.context?.send(message);
+  }
+
   /** Swaps the files of running replicas whose secrets or configs have a newer version. */
   private sourcesChanged(objects: readonly ObjectVersion[]): void {
     const files = this.options.files;
@@ -286,3 +306,12 @@ export class ReplicaModule implements AgentModule {
 function replicaFilesHook(files: ReplicaFiles): ReplicaSupervisorOptions["replicaFiles"] {
   return async (spec, driver) => files.prepare(spec, await driver.replicaUser?.(spec));
 }
+
+/** Status reasons of a replica whose files could not be written (replicaFiles.ts). */
+const replicaFilesReasons = new Set([
+  "SecretUnavailable",
+  "ConfigUnavailable",
+  "SecretKeyMissing",
+  "InvalidFiles",
+  "ReplicaFilesFailed",
+]);

@@ -123,6 +123,15 @@ describe("ReplicaFiles (REQ-063)", () => {
     const unreadable = files.prepare(spec("r2", [{ ...appConfig, name: "other" }]));
     await expect(unreadable).rejects.toMatchObject({ reason: "ConfigUnavailable" });
     await expect(unreadable).rejects.toThrow(/cannot read config other from the coordinator/);
+    // An answer beyond the secret limits is refused before anything is written.
+    coordinator.sources.set("secret/huge", content(1, { big: "x".repeat(256 * 1024 + 1) }));
+    const huge = files.prepare(
+      spec("r4", [{ kind: "secret", name: "huge", mountPath: "/run/secrets/huge" }]),
+    );
+    await expect(huge).rejects.toThrow(
+      /secret huge has 1 keys and 262145 bytes; at most 64 keys and 262144 bytes/,
+    );
+    await expect(readdir(path.join(dataDir, "secrets-tmpfs", "r4"))).rejects.toThrow(/ENOENT/);
     const twice = files.prepare(
       spec("r3", [dbSecret, { ...appConfig, mountPath: "/run/secrets/db" }]),
     );

@@ -12,6 +12,7 @@
  */
 import { chmod, lchown, lstat, mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import * as path from "node:path";
+import { limits } from "../../api/limits.js";
 import type { Logger } from "../../observe/logger.js";
 import type { ReadOnlyMount, ReplicaFileSource, ReplicaRunSpec } from "../drivers/driver.js";
 import { type FileOwner, keyProblem, writeAtomicDir } from "./atomicDir.js";
@@ -182,15 +183,16 @@ export class ReplicaFiles {
    * their current files meanwhile.
    */
   async sourcesChanged(versions: readonly SourceVersion[]): Promise<void> {
+    // A whole cluster's versions arrive when a stream opens: one lookup per source.
+    const announcedBySource = new Map(
+      versions.map((version) => [`${version.kind}/${version.namespace}/${version.name}`, version]),
+    );
     const work: Promise<void>[] = [];
     for (const [replicaId, tracked] of this.tracked) {
       for (const source of tracked.spec.files ?? []) {
         if (source.kind === "config" && source.onChange === "restart") continue;
-        const announced = versions.find(
-          (version) =>
-            version.kind === source.kind &&
-            version.name === source.name &&
-            version.namespace === tracked.spec.namespace,
+        const announced = announcedBySource.get(
+          `${source.kind}/${tracked.spec.namespace}/${source.name}`,
         );
         if (!announced) continue;
         const held = tracked.versions.get(sourceKey(source));
@@ -312,8 +314,21 @@ export class ReplicaFiles {
     content: SourceContent,
     owner: FileOwner | undefined,
   ): Promise<void> {
+    // The coordinator checks these limits at create; checked again before anything is
+    // written, so a wrong answer cannot fill the tmpfs (limits.ts).
+    const entries = Object.entries(content.data);
+    const maxKeys =
+      source.kind === "secret" ? limits.secretKeysPerSecret : limits.configKeysPerConfig;
+    const maxBytes = source.kind === "secret" ? limits.secretTotalBytes : limits.configTotalBytes;
+    const totalBytes = entries.reduce((sum, [, value]) => sum + value.byteLength, 0);
+    if (entries.length > maxKeys || totalBytes > maxBytes) {
+      throw new ReplicaFilesError(
+        "InvalidFiles",
+        `${source.kind} ${source.name} has ${entries.length} keys and ${totalBytes} bytes; at most ${maxKeys} keys and ${maxBytes} bytes`,
+      );
+    }
     const files = new Map<string, Uint8Array>();
-    for (const [key, value] of Object.entries(content.data)) {
+    for (const [key, value] of entries) {
       const problem = keyProblem(key);
       if (problem)
         throw new ReplicaFilesError("InvalidFiles", `${source.kind} ${source.name}: ${problem}`);
