@@ -22,10 +22,18 @@ import { TestCluster } from "./helpers/cluster.js";
 import { TestResources, waitFor } from "./helpers/processes.js";
 import { writeSpec } from "./helpers/workloads.js";
 
-/** Reads both keys in one go every 0.1 s; a mix of versions would show as a mismatch. */
+/**
+ * Every 0.1 s, resolves `..data` once and reads both keys from that version, as a program
+ * that reloads its configuration would; a version whose dir was already removed (swapped
+ * out between the readlink and the cat) prints nothing. Two plain `cat`s of the key links
+ * could straddle a swap; reading one resolved version cannot, unless the swap mixed them.
+ */
 const readerScript = [
   "while true; do",
-  '  echo "seen $(date +%s%3N) $(cat /run/configs/app/greeting)/$(cat /run/configs/app/colour)"',
+  "  v=$(readlink /run/configs/app/..data) &&",
+  "    g=$(cat /run/configs/app/$v/greeting 2>/dev/null) &&",
+  "    c=$(cat /run/configs/app/$v/colour 2>/dev/null) &&",
+  '    echo "seen $(date +%s%3N) $g/$c"',
   "  sleep 0.1",
   "done",
 ].join("\n");
