@@ -12,7 +12,7 @@
  * until when tokens it signed can be valid and is deleted after that.
  */
 // biome-ignore lint/style/noRestrictedImports: key ids and token ids are credentials' names: cryptographic randomness only
-import { generateKeyPairSync, type KeyObject, randomBytes } from "node:crypto";
+import { generateKeyPairSync, type KeyObject, randomBytes, type webcrypto } from "node:crypto";
 import { decodeProtectedHeader, errors, importJWK, jwtVerify, SignJWT } from "jose";
 import { z } from "zod";
 import { limits } from "../../api/limits.js";
@@ -51,6 +51,9 @@ const keyRecordSchema = z.object({
 });
 type KeyRecord = z.infer<typeof keyRecordSchema>;
 
+/** A public key jose verifies with: a Node key object, or what importJWK gives. */
+type VerifyKey = KeyObject | webcrypto.CryptoKey;
+
 export type TokenVerdict = { ok: true } | { ok: false; reason: string };
 
 /**
@@ -63,7 +66,7 @@ export async function verifyReplicaToken(input: {
   node: string;
   replica: ReplicaRef;
   nowMs: number;
-  publicKey: (kid: string) => Promise<KeyObject | CryptoKey | undefined>;
+  publicKey: (kid: string) => Promise<VerifyKey | undefined>;
 }): Promise<TokenVerdict> {
   const { token } = input;
   if (token === "") return { ok: false, reason: "no replica token (the agent must send one)" };
@@ -141,10 +144,7 @@ interface SigningKey {
  */
 export class ReplicaTokenKeys {
   private signing: SigningKey | undefined;
-  private readonly publicKeys = new Map<
-    string,
-    { key: KeyObject | CryptoKey; expiresAtMs: number }
-  >();
+  private readonly publicKeys = new Map<string, { key: VerifyKey; expiresAtMs: number }>();
 
   constructor(
     private readonly store: Store,
@@ -229,7 +229,7 @@ export class ReplicaTokenKeys {
     return this.signing;
   }
 
-  private async publicKey(kid: string): Promise<KeyObject | CryptoKey | undefined> {
+  private async publicKey(kid: string): Promise<VerifyKey | undefined> {
     const nowMs = this.clock.nowMs();
     const cached = this.publicKeys.get(kid);
     if (cached) {
