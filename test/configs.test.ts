@@ -20,6 +20,7 @@ import {
   workloadDoc,
 } from "./helpers/behaviour.js";
 import { TestCluster } from "./helpers/cluster.js";
+import { recordReplicaTokens } from "./helpers/logCapture.js";
 import { TestResources } from "./helpers/processes.js";
 import { clientsFor, rpcError } from "./helpers/tlsProbe.js";
 import { adminClients, getWorkload, writeSpec } from "./helpers/workloads.js";
@@ -257,7 +258,7 @@ describe("configs with a real cluster (issue 15, ADR 0056)", { timeout: 180_000 
     );
   });
 
-  it("NFR-C1 NFR-S1 a node reads a config only for a replica assigned to it whose spec mounts it; anything else is PermissionDenied, an event and an audit line", async () => {
+  it("NFR-C1 NFR-S1 REQ-063 a node reads a config only with its replica's token, for a replica assigned to it whose spec mounts it; anything else is PermissionDenied, an event and an audit line", async () => {
     const cluster = await TestCluster.start(resources);
     const namespace = "cfg";
     for (const name of ["app", "other"]) {
@@ -319,14 +320,21 @@ describe("configs with a real cluster (issue 15, ADR 0056)", { timeout: 180_000 
       certPem: await readFile(path.join(nearDir, "node.crt"), "utf8"),
       keyPem: await readFile(path.join(nearDir, "node.key"), "utf8"),
     });
-    const ask = (workload: string, replicaId: string, name: string) =>
-      asNear.configs.readReplicaConfig({ namespace, workload, replicaId, name });
+    // The token bound to near's own replica (ADR 0058) goes with every read.
+    const { token } = await asNear.secrets.issueReplicaToken({
+      namespace,
+      workload: "web",
+      replicaId: web?.id ?? "",
+    });
+    recordReplicaTokens([token]);
+    const ask = (workload: string, replicaId: string, name: string, sent = token) =>
+      asNear.configs.readReplicaConfig({ namespace, workload, replicaId, name, token: sent });
     const allowed = await ask("web", web?.id ?? "", "app");
     expect(allowed.version).toBe(1n);
     expect(Buffer.from(allowed.data["app.conf"] ?? new Uint8Array()).toString()).toBe("app-value");
 
     const refusals = [
-      // A config of a workload it does not run (the replica is on "far").
+      // A config of a workload it does not run (the replica is on "far"), with its own token.
       await rpcError(ask("remote", remote?.id ?? "", "app")),
       // A config its own replica does not mount.
       await rpcError(ask("web", web?.id ?? "", "other")),
@@ -339,16 +347,21 @@ describe("configs with a real cluster (issue 15, ADR 0056)", { timeout: 180_000 
           workload: "web",
           replicaId: web?.id ?? "",
           name: "app",
+          token,
         }),
       ),
+      // Its own replica without a token.
+      await rpcError(ask("web", web?.id ?? "", "app", "")),
     ];
     expect(refusals.map((error) => error.codeName)).toEqual([
       "PermissionDenied",
       "PermissionDenied",
       "PermissionDenied",
       "PermissionDenied",
+      "PermissionDenied",
     ]);
-    expect(refusals[0]?.message).toContain("the replica is not assigned to node near");
+    expect(refusals[0]?.message).toContain("the replica token is for replica");
+    expect(refusals[4]?.message).toContain("no replica token");
     expect(refusals[1]?.message).toContain("the replica's spec does not reference config other");
 
     const audit = (await auditEntries(cluster))
@@ -361,6 +374,7 @@ describe("configs with a real cluster (issue 15, ADR 0056)", { timeout: 180_000 
         `node/near config/${namespace}/app replica/remote/${remote?.id} PermissionDenied`,
         `node/near config/${namespace}/other replica/web/${web?.id} PermissionDenied`,
         `node/near config/${namespace}/app replica/web/no-such-replica PermissionDenied`,
+        `node/near config/${namespace}/app replica/web/${web?.id} PermissionDenied`,
       ]),
     );
     expect(
@@ -390,6 +404,7 @@ describe("configs with a real cluster (issue 15, ADR 0056)", { timeout: 180_000 
     expect(denied).toEqual([
       `config/${namespace}/app`,
       `config/${namespace}/other`,
+      `config/${namespace}/app`,
       `config/${namespace}/app`,
     ]);
   });

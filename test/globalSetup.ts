@@ -8,6 +8,8 @@ import * as path from "node:path";
  * key reached any of them (NFR-S1, REQ-070). A leak fails the run.
  */
 let logDir: string;
+/** base64url of `{"alg":"EdDSA","kid":`, how every replica token begins. */
+const replicaTokenHeader = "eyJhbGciOiJFZERTQSIsImtpZCI6";
 
 export async function setup(): Promise<void> {
   logDir = await mkdtemp(path.join(tmpdir(), "cloudless-test-logs-"));
@@ -39,6 +41,8 @@ export async function teardown(): Promise<void> {
       if (text.includes(value)) leaks.push(`${file}: a secret's value (REQ-063)`);
     }
     if (/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(text)) leaks.push(`${file}: a private key`);
+    // Any replica token (ADR 0058), the agents' own included: its header is always this.
+    if (text.includes(replicaTokenHeader)) leaks.push(`${file}: a replica token (REQ-063)`);
   }
   console.log(
     `NFR-S1 log audit: ${files.length} log files, ${lines} lines, ${secrets.length} issued tokens and ${secretValues.length} secret values checked: ${leaks.length === 0 ? "no token, secret value or private key found" : `${leaks.length} LEAKS`}`,

@@ -19,6 +19,7 @@ import {
 } from "./helpers/behaviour.js";
 import { TestCluster } from "./helpers/cluster.js";
 import { type EtcdCluster, etcdUnavailableReason, startEtcd } from "./helpers/etcd.js";
+import { recordReplicaTokens } from "./helpers/logCapture.js";
 import { runCli, TestResources } from "./helpers/processes.js";
 import { clientsFor, rpcError } from "./helpers/tlsProbe.js";
 import { writeSpec } from "./helpers/workloads.js";
@@ -262,7 +263,7 @@ describe("REQ-063 encrypted secrets, with real coordinators", { timeout: 120_000
     expect((await cluster.cli(["secret", "verify"])).stdout).toContain("1 of 1 secrets decrypt");
   });
 
-  it("REQ-063 NFR-C1 a node reads a secret only for a replica assigned to it whose spec references it; any other ask is PermissionDenied, an event and an audit line", async () => {
+  it("REQ-063 NFR-C1 a node reads a secret only with a token bound to its own replica (not another replica's, not another node's, not a forged one) for a replica assigned to it whose spec references it; any other ask is PermissionDenied, an event and an audit line", async () => {
     const cluster = await TestCluster.start(resources);
     const namespace = "secure";
     const db = marker("delivered");
@@ -324,33 +325,61 @@ describe("REQ-063 encrypted secrets, with real coordinators", { timeout: 120_000
     expect(web?.node).toBe("near");
     expect(remote?.node).toBe("far");
 
-    // The agent "near", with its own node certificate.
+    // The agents "near" and "far", each with its own node certificate.
     const { caPem } = await loadClientConfig(cluster.configPath);
-    const nearDir = await cluster.agentDir("near");
-    const asNear = clientsFor({
-      url: cluster.url,
-      caPem,
-      certPem: await readFile(path.join(nearDir, "node.crt"), "utf8"),
-      keyPem: await readFile(path.join(nearDir, "node.key"), "utf8"),
-    });
-    const ask = (workload: string, replicaId: string, name: string) =>
-      asNear.secrets.readReplicaSecret({ namespace, workload, replicaId, name });
+    const asAgent = async (name: string) => {
+      const dir = await cluster.agentDir(name);
+      return clientsFor({
+        url: cluster.url,
+        caPem,
+        certPem: await readFile(path.join(dir, "node.crt"), "utf8"),
+        keyPem: await readFile(path.join(dir, "node.key"), "utf8"),
+      });
+    };
+    const asNear = await asAgent("near");
+    const asFar = await asAgent("far");
+    // A token bound to each agent's own replica (ADR 0058).
+    const issue = async (clients: typeof asNear, workload: string, replicaId: string) =>
+      (await clients.secrets.issueReplicaToken({ namespace, workload, replicaId })).token;
+    const nearToken = await issue(asNear, "web", web?.id ?? "");
+    const farToken = await issue(asFar, "remote", remote?.id ?? "");
+    recordReplicaTokens([nearToken, farToken]);
+    const ask = (workload: string, replicaId: string, name: string, token: string) =>
+      asNear.secrets.readReplicaSecret({ namespace, workload, replicaId, name, token });
 
-    const allowed = await ask("web", web?.id ?? "", "db");
+    const allowed = await ask("web", web?.id ?? "", "db", nearToken);
     expect(allowed.version).toBe(1n);
     expect(Buffer.from(allowed.data.password ?? new Uint8Array()).toString("utf8")).toBe(db.value);
 
+    // A token with its signature changed (a character inside it, not the padding bits at its end).
+    const flipAt = nearToken.length - 10;
+    const flipped = nearToken[flipAt] === "A" ? "B" : "A";
+    const tampered = `${nearToken.slice(0, flipAt)}${flipped}${nearToken.slice(flipAt + 1)}`;
     const refusals = [
-      // A secret of a workload it does not run (the replica is on "far").
-      await rpcError(ask("remote", remote?.id ?? "", "db")),
-      // A secret its own replica does not reference.
-      await rpcError(ask("web", web?.id ?? "", "other")),
+      // No token: the node certificate alone no longer reads a value.
+      await rpcError(ask("web", web?.id ?? "", "db", "")),
+      // A valid token for its own replica used for a replica of another node.
+      await rpcError(ask("remote", remote?.id ?? "", "db", nearToken)),
+      // The other node's token for its replica, replayed with this node's certificate.
+      await rpcError(ask("remote", remote?.id ?? "", "db", farToken)),
+      // A token whose signature does not verify.
+      await rpcError(ask("web", web?.id ?? "", "db", tampered)),
+      // A valid token, and a secret its own replica does not reference: the store says no.
+      await rpcError(ask("web", web?.id ?? "", "other", nearToken)),
     ];
-    expect(refusals.map((error) => error.codeName)).toEqual([
-      "PermissionDenied",
-      "PermissionDenied",
+    expect(refusals.map((error) => error.codeName)).toEqual(Array(5).fill("PermissionDenied"));
+    expect(refusals.map((error) => error.message)).toEqual([
+      expect.stringContaining("no replica token"),
+      expect.stringContaining("the replica token is for replica"),
+      expect.stringContaining("the replica token was issued to node far, not near"),
+      expect.stringContaining("signature does not verify"),
+      expect.stringContaining("does not reference secret other"),
     ]);
-    // An admin certificate is not a node: values never go to a client.
+    // No token for a replica of another node.
+    const notMine = await rpcError(issue(asNear, "remote", remote?.id ?? ""));
+    expect(notMine.codeName).toBe("PermissionDenied");
+    expect(notMine.message).toContain("not assigned to node near");
+    // An admin certificate is not a node: values never go to a client, nor tokens.
     const adminConfig = await loadClientConfig(cluster.configPath);
     const asAdmin = clientsFor({
       url: cluster.url,
@@ -364,15 +393,19 @@ describe("REQ-063 encrypted secrets, with real coordinators", { timeout: 120_000
         workload: "web",
         replicaId: web?.id ?? "",
         name: "db",
+        token: nearToken,
       }),
     );
     expect(admin.codeName).toBe("PermissionDenied");
+    const adminToken = await rpcError(issue(asAdmin, "web", web?.id ?? ""));
+    expect(adminToken.codeName).toBe("PermissionDenied");
 
     // Each delivery and refusal is an audit line by name; each refusal an event.
-    const audit = (await readFile(path.join(cluster.dataDir, "audit", "audit.log"), "utf8"))
+    const auditEntries = (await readFile(path.join(cluster.dataDir, "audit", "audit.log"), "utf8"))
       .split("\n")
       .filter((line) => line !== "")
-      .map((line) => JSON.parse(line) as AuditEntry)
+      .map((line) => JSON.parse(line) as AuditEntry);
+    const audit = auditEntries
       .filter((entry) => entry.method.endsWith("/ReadReplicaSecret"))
       .map((entry) => `${entry.actor} ${entry.target} ${entry.result}`);
     // The agents' own deliveries before each replica started (ADR 0055), then the asks above.
@@ -383,18 +416,53 @@ describe("REQ-063 encrypted secrets, with real coordinators", { timeout: 120_000
     ]);
     expect(audit.slice(2)).toEqual([
       `node/near secret/${namespace}/db replica/web/${web?.id} ok`,
+      `node/near secret/${namespace}/db replica/web/${web?.id} PermissionDenied`,
       `node/near secret/${namespace}/db replica/remote/${remote?.id} PermissionDenied`,
+      `node/near secret/${namespace}/db replica/remote/${remote?.id} PermissionDenied`,
+      `node/near secret/${namespace}/db replica/web/${web?.id} PermissionDenied`,
       `node/near secret/${namespace}/other replica/web/${web?.id} PermissionDenied`,
       `admin/admin secret/${namespace}/db replica/web/${web?.id} PermissionDenied`,
     ]);
+    // Tokens issued, and refused, are audited by replica (the agents' own come first).
+    const tokenAudit = auditEntries
+      .filter((entry) => entry.method.endsWith("/IssueReplicaToken"))
+      .map((entry) => `${entry.actor} ${entry.target} ${entry.result}`);
+    expect(tokenAudit.slice(-4)).toEqual([
+      `node/near replica/${namespace}/web/${web?.id} ok`,
+      `node/far replica/${namespace}/remote/${remote?.id} ok`,
+      `node/near replica/${namespace}/remote/${remote?.id} PermissionDenied`,
+      `admin/admin replica/${namespace}/web/${web?.id} PermissionDenied`,
+    ]);
     const events = await cluster.cli(["events", "--type", "SecretAccessDenied", "-o", "json"]);
     expect(events.code, events.stderr).toBe(0);
-    const denied = JSON.parse(events.stdout) as { subject: string; actor: string }[];
-    expect(denied.map((event) => `${event.actor} ${event.subject}`)).toEqual([
-      `node/near secret/${namespace}/db`,
-      `node/near secret/${namespace}/other`,
+    const denied = JSON.parse(events.stdout) as {
+      subject: string;
+      actor: string;
+      reason: string;
+    }[];
+    expect(denied.map((event) => `${event.actor} ${event.subject} ${event.reason}`)).toEqual([
+      `node/near secret/${namespace}/db BadToken`,
+      `node/near secret/${namespace}/db BadToken`,
+      `node/near secret/${namespace}/db BadToken`,
+      `node/near secret/${namespace}/db BadToken`,
+      `node/near secret/${namespace}/other NotAssigned`,
     ]);
-    const logs = cluster.coordinator.stderr + events.stdout;
+    const tokenEvents = await cluster.cli(["events", "--type", "ReplicaTokenDenied", "-o", "json"]);
+    expect(tokenEvents.code, tokenEvents.stderr).toBe(0);
+    expect(
+      (JSON.parse(tokenEvents.stdout) as { subject: string; actor: string }[]).map(
+        (event) => `${event.actor} ${event.subject}`,
+      ),
+    ).toEqual([`node/near replica/${namespace}/remote/${remote?.id}`]);
+    // No token in an event, an error or the coordinator's log (NFR-S1).
+    const logs =
+      cluster.coordinator.stderr +
+      events.stdout +
+      tokenEvents.stdout +
+      refusals.map((error) => error.message).join("\n");
+    for (const token of [nearToken, farToken]) {
+      expect(logs).not.toContain(token.slice(token.lastIndexOf(".") + 1));
+    }
     expect(found(logs, [db, other])).toEqual([]);
   });
 

@@ -362,6 +362,11 @@ class AgentRunner {
       ...(await egressUnavailable()),
     });
     this.modules.push(this.egress);
+    // Secrets and configs are read with a token per replica (ADR 0058), held in memory only.
+    const fetchFiles = coordinatorFetch(
+      () => ({ secrets: this.clients.secrets, configs: this.configClient() }),
+      this.clock,
+    );
     this.replicas = new ReplicaModule({
       nodeName: this.identity.nodeName,
       dataDir: this.dataDir,
@@ -384,10 +389,8 @@ class AgentRunner {
       files: new ReplicaFiles({
         dataDir: this.dataDir,
         logger: this.logger.child({ component: "replica files" }),
-        fetch: coordinatorFetch(() => ({
-          secrets: this.clients.secrets,
-          configs: this.configClient(),
-        })),
+        fetch: fetchFiles,
+        onReplicaGone: (replicaId) => fetchFiles.forget(replicaId),
       }),
     });
     this.modules.push(this.replicas);

@@ -122,6 +122,24 @@ export const limits = {
   configsPerWorkload: 32,
   /** Configs in one namespace: `config list` walks them all. */
   configsPerNamespace: 1_000,
+  /**
+   * A replica token (ADR 0058) lives 5 minutes: long enough for an agent to fetch a
+   * replica's secrets and configs and follow a few updates, short enough that a token
+   * copied off a node is soon useless. The agent renews it 1 minute before it expires.
+   */
+  replicaTokenTtlMs: 5 * 60_000,
+  /** A replica token as sent: an Ed25519 JWT is ~400 characters; anything far longer is refused unread. */
+  replicaTokenChars: 4096,
+  /**
+   * Clock difference tolerated between coordinators in HA when checking a replica
+   * token's `iat` and `exp`: NTP keeps hosts far closer; small against the 5-minute life.
+   */
+  replicaTokenClockSkewMs: 5_000,
+  /**
+   * A coordinator signs replica tokens with one key pair for 6 hours, then makes a new
+   * one; the public key stays in the store one token life longer, then goes.
+   */
+  replicaTokenKeyLifeMs: 6 * 3600_000,
   /** Environment variables one workload may take from its secrets (`spec.secrets[].env`). */
   secretEnvPerWorkload: 64,
   /** A mount path in a replica (`mountPath`): a Linux path, well under PATH_MAX. */

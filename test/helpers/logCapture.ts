@@ -43,6 +43,21 @@ export function recordTokensIn(text: string): void {
 }
 
 /**
+ * Records replica tokens (ADR 0058) a test was issued: the run's log audit then proves
+ * none reached a log (their signatures are searched for, like bootstrap token secrets).
+ */
+export function recordReplicaTokens(tokens: readonly string[]): void {
+  const dir = ensureDir();
+  if (!dir) return;
+  for (const token of tokens)
+    appendFileSync(
+      path.join(dir, "issued-tokens.txt"),
+      `${token}
+`,
+    );
+}
+
+/**
  * Shorter values could match log text by chance; every value the secrets tests create is
  * longer (REQ-063).
  */

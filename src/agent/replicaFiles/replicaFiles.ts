@@ -59,6 +59,8 @@ export interface ReplicaFilesOptions {
   secretsOnTmpfs?: boolean;
   /** Deadline of one fetch from the coordinator. */
   fetchTimeoutMs?: number;
+  /** Called when a replica is no longer tracked (its token is dropped, ADR 0058). */
+  onReplicaGone?: (replicaId: string) => void;
 }
 
 /** A change of version the coordinator announced (names and versions, never values). */
@@ -261,7 +263,10 @@ export class ReplicaFiles {
       if (versions.size > 0) this.track(replicaId, { spec, versions });
     }
     for (const replicaId of [...this.tracked.keys()]) {
-      if (!wanted.has(replicaId)) this.tracked.delete(replicaId);
+      if (!wanted.has(replicaId)) {
+        this.tracked.delete(replicaId);
+        this.options.onReplicaGone?.(replicaId);
+      }
     }
     for (const root of [this.secretsRoot, this.configsRoot]) {
       const entries = await readdir(root).catch(() => [] as string[]);
@@ -277,6 +282,7 @@ export class ReplicaFiles {
   /** Removes one replica's files (it was removed). */
   remove(replicaId: string): Promise<void> {
     this.tracked.delete(replicaId);
+    this.options.onReplicaGone?.(replicaId);
     return this.serialize(replicaId, async () => {
       for (const root of [this.secretsRoot, this.configsRoot]) {
         await rm(path.join(root, replicaId), { recursive: true, force: true });

@@ -17,6 +17,7 @@ import {
 import { actorName, requireAdmin, requireNode } from "../api/context.js";
 import type { EventLog } from "../events/eventLog.js";
 import { checkReplicaAccess } from "../security/replicaAccess.js";
+import type { ReplicaTokenKeys } from "../security/replicaTokens.js";
 import type { Store } from "../store/store.js";
 import { type ConfigRecord, type ConfigRegistry, configValues } from "./configRegistry.js";
 
@@ -24,6 +25,7 @@ export interface ConfigServiceDeps {
   configs: ConfigRegistry;
   store: Store;
   events: EventLog;
+  replicaTokens: ReplicaTokenKeys;
 }
 
 /** Defaulted like workloads: a config without a namespace is in "default". */
@@ -124,6 +126,23 @@ export function configServiceImpl(deps: ConfigServiceDeps): ServiceImpl<typeof C
       if (request.replicaId.length === 0 || request.replicaId.length > replicaIdCharsMax) {
         throw CloudlessError.invalid(`replica_id must be 1 to ${replicaIdCharsMax} characters`);
       }
+      const replica = `${request.namespace}/${request.workload}/${request.replicaId}`;
+      const refuse = async (reason: "BadToken" | "NotAssigned", why: string): Promise<never> => {
+        await events.record({
+          type: "ConfigAccessDenied",
+          category: "security",
+          subject: `config/${request.namespace}/${request.name}`,
+          reason,
+          message: `node ${node} asked for config ${request.name} for replica ${replica}: ${why}`,
+          actor: `node/${node}`,
+        });
+        throw CloudlessError.permissionDenied(
+          `node ${node} may not read config ${request.namespace}/${request.name} for replica ${replica}: ${why}`,
+        );
+      };
+      // The replica's token first (ADR 0058), then the store (defence in depth).
+      const token = await deps.replicaTokens.verify(request.token, node, request);
+      if (!token.ok) return await refuse("BadToken", token.reason);
       const access = await checkReplicaAccess(deps.store, {
         node,
         namespace: request.namespace,
@@ -131,20 +150,7 @@ export function configServiceImpl(deps: ConfigServiceDeps): ServiceImpl<typeof C
         replicaId: request.replicaId,
         object: { kind: "config", name: request.name },
       });
-      const replica = `${request.namespace}/${request.workload}/${request.replicaId}`;
-      if (!access.ok) {
-        await events.record({
-          type: "ConfigAccessDenied",
-          category: "security",
-          subject: `config/${request.namespace}/${request.name}`,
-          reason: "NotAssigned",
-          message: `node ${node} asked for config ${request.name} for replica ${replica}: ${access.reason}`,
-          actor: `node/${node}`,
-        });
-        throw CloudlessError.permissionDenied(
-          `node ${node} may not read config ${request.namespace}/${request.name} for replica ${replica}: ${access.reason}`,
-        );
-      }
+      if (!access.ok) return await refuse("NotAssigned", access.reason);
       const record = await configs.get(request.namespace, request.name);
       return {
         version: BigInt(record.version),

@@ -8,6 +8,7 @@ import { ConfigService } from "../../api/gen/cloudless/v1/config_pb.js";
 import { auditedMethodName, stringField } from "../api/audit.js";
 import { eventsKey } from "../events/eventsModule.js";
 import { type ModuleDefinition, moduleKey } from "../modules/module.js";
+import { replicaTokensKey } from "../secrets/secretsModule.js";
 import { WorkloadRegistry } from "../workloads/workloadRegistry.js";
 import { workloadPlaneKey } from "../workloads/workloadsModule.js";
 import { ConfigRegistry } from "./configRegistry.js";
@@ -30,6 +31,7 @@ export const configsModule: ModuleDefinition = {
     context.provide(configsKey, configs);
     const events = context.use(eventsKey);
     const plane = context.use(workloadPlaneKey);
+    const replicaTokens = context.use(replicaTokensKey);
     // The leader's writes go through the fence: a deposed leader makes no revision.
     const leaderWorkloads = new WorkloadRegistry({
       store: context.leaderStore,
@@ -46,7 +48,10 @@ export const configsModule: ModuleDefinition = {
     });
     return {
       routes: (router) => {
-        router.service(ConfigService, configServiceImpl({ configs, events, store: context.store }));
+        router.service(
+          ConfigService,
+          configServiceImpl({ configs, events, store: context.store, replicaTokens }),
+        );
       },
       audited: new Map([
         [auditedMethodName(ConfigService.method.createConfig), configTarget],

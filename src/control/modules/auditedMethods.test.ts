@@ -25,6 +25,7 @@ describe("audited methods, declared by the modules (ADR 0045)", () => {
       "cloudless.v1.PolicyService/DeletePolicy",
       "cloudless.v1.SecretService/CreateSecret",
       "cloudless.v1.SecretService/DeleteSecret",
+      "cloudless.v1.SecretService/IssueReplicaToken",
       "cloudless.v1.SecretService/ReadReplicaSecret",
       "cloudless.v1.SecretService/RotateSecretsKey",
       "cloudless.v1.SecretService/UpdateSecret",
@@ -67,6 +68,14 @@ describe("audited methods, declared by the modules (ADR 0045)", () => {
         name: "db",
       }),
     ).toBe("secret/shop/db replica/web/r1");
+    // A replica token is named by its replica, never by its value (ADR 0058).
+    expect(
+      target("cloudless.v1.SecretService/IssueReplicaToken", {
+        namespace: "shop",
+        workload: "web",
+        replicaId: "r1",
+      }),
+    ).toBe("replica/shop/web/r1");
     expect(
       target("cloudless.v1.WorkloadService/ScaleWorkload", { name: "web", namespace: "" }),
     ).toBe("workload/default/web");

@@ -15,7 +15,8 @@ import {
 import { validateSecretName } from "../../api/secrets.js";
 import { actorName, requireAdmin, requireNode } from "../api/context.js";
 import type { EventLog } from "../events/eventLog.js";
-import { checkReplicaAccess } from "../security/replicaAccess.js";
+import { checkReplicaAccess, checkReplicaAssignment } from "../security/replicaAccess.js";
+import type { ReplicaTokenKeys } from "../security/replicaTokens.js";
 import type { Store } from "../store/store.js";
 import type { KeyRing } from "./keyRing.js";
 import type { SecretRecord, SecretRegistry } from "./secretRegistry.js";
@@ -25,6 +26,7 @@ export interface SecretServiceDeps {
   keyRing: KeyRing;
   store: Store;
   events: EventLog;
+  replicaTokens: ReplicaTokenKeys;
 }
 
 /** Defaulted like workloads: a secret without a namespace is in "default". */
@@ -52,6 +54,15 @@ function dataOf(request: { data: { [key: string]: Uint8Array } }): Map<string, U
 
 /** Replica ids are generated, 10-20 characters; anything far longer is refused unread. */
 const replicaIdCharsMax = 128;
+
+/** A replica's namespace, workload and id, checked before any store read. */
+function validateReplicaRef(request: { namespace: string; workload: string; replicaId: string }) {
+  validateSecretName(request.namespace, request.workload);
+  // Replica ids are short generated names; a long one is no replica of ours.
+  if (request.replicaId.length === 0 || request.replicaId.length > replicaIdCharsMax) {
+    throw CloudlessError.invalid(`replica_id must be 1 to ${replicaIdCharsMax} characters`);
+  }
+}
 
 export function secretServiceImpl(deps: SecretServiceDeps): ServiceImpl<typeof SecretService> {
   const { secrets, events } = deps;
@@ -136,11 +147,26 @@ export function secretServiceImpl(deps: SecretServiceDeps): ServiceImpl<typeof S
     async readReplicaSecret(request, context) {
       const node = requireNode(context).name;
       validateSecretName(request.namespace, request.name);
-      validateSecretName(request.namespace, request.workload);
-      // Replica ids are short generated names; a long one is no replica of ours.
-      if (request.replicaId.length === 0 || request.replicaId.length > replicaIdCharsMax) {
-        throw CloudlessError.invalid(`replica_id must be 1 to ${replicaIdCharsMax} characters`);
-      }
+      validateReplicaRef(request);
+      const subject = `secret/${request.namespace}/${request.name}`;
+      const replica = `${request.namespace}/${request.workload}/${request.replicaId}`;
+      const refuse = async (reason: "BadToken" | "NotAssigned", why: string): Promise<never> => {
+        await events.record({
+          type: "SecretAccessDenied",
+          category: "security",
+          subject,
+          reason,
+          message: `node ${node} asked for secret ${request.name} for replica ${replica}: ${why}`,
+          actor: `node/${node}`,
+        });
+        throw CloudlessError.permissionDenied(
+          `node ${node} may not read secret ${request.namespace}/${request.name} for replica ${replica}: ${why}`,
+        );
+      };
+      // The replica's token first (ADR 0058), then the store (defence in depth): a token
+      // outlives neither a move of the replica nor its stop.
+      const token = await deps.replicaTokens.verify(request.token, node, request);
+      if (!token.ok) return await refuse("BadToken", token.reason);
       const access = await checkReplicaAccess(deps.store, {
         node,
         namespace: request.namespace,
@@ -148,23 +174,36 @@ export function secretServiceImpl(deps: SecretServiceDeps): ServiceImpl<typeof S
         replicaId: request.replicaId,
         object: { kind: "secret", name: request.name },
       });
-      const subject = `secret/${request.namespace}/${request.name}`;
+      if (!access.ok) return await refuse("NotAssigned", access.reason);
+      const { version, values } = await secrets.readValues(request.namespace, request.name);
+      return { version: BigInt(version), data: Object.fromEntries(values) };
+    },
+
+    async issueReplicaToken(request, context) {
+      const node = requireNode(context).name;
+      validateReplicaRef(request);
       const replica = `${request.namespace}/${request.workload}/${request.replicaId}`;
+      const access = await checkReplicaAssignment(deps.store, {
+        node,
+        namespace: request.namespace,
+        workload: request.workload,
+        replicaId: request.replicaId,
+      });
       if (!access.ok) {
         await events.record({
-          type: "SecretAccessDenied",
+          type: "ReplicaTokenDenied",
           category: "security",
-          subject,
+          subject: `replica/${replica}`,
           reason: "NotAssigned",
-          message: `node ${node} asked for secret ${request.name} for replica ${replica}: ${access.reason}`,
+          message: `node ${node} asked for a token for replica ${replica}: ${access.reason}`,
           actor: `node/${node}`,
         });
         throw CloudlessError.permissionDenied(
-          `node ${node} may not read secret ${request.namespace}/${request.name} for replica ${replica}: ${access.reason}`,
+          `node ${node} may not have a token for replica ${replica}: ${access.reason}`,
         );
       }
-      const { version, values } = await secrets.readValues(request.namespace, request.name);
-      return { version: BigInt(version), data: Object.fromEntries(values) };
+      const issued = await deps.replicaTokens.issue(node, request);
+      return { token: issued.token, expiresAt: timestampFromMs(issued.expiresAtMs) };
     },
 
     async verifySecrets(request, context) {

@@ -7,14 +7,17 @@
 import { randomBytes } from "node:crypto";
 import * as path from "node:path";
 import { SecretService } from "../../api/gen/cloudless/v1/secret_pb.js";
-import { auditedMethodName, stringField } from "../api/audit.js";
+import { type AuditTarget, auditedMethodName, stringField } from "../api/audit.js";
 import { eventsKey } from "../events/eventsModule.js";
 import { type ModuleDefinition, moduleKey } from "../modules/module.js";
+import { ReplicaTokenKeys } from "../security/replicaTokens.js";
 import { KeyRing, type KeyRingSource, secretsKeyEnvVariable } from "./keyRing.js";
 import { SecretRegistry } from "./secretRegistry.js";
 import { secretServiceImpl } from "./secretService.js";
 
 export const secretsKey = moduleKey<SecretRegistry>("secrets");
+/** The replica tokens' keys (ADR 0058): the configs module checks tokens with them too. */
+export const replicaTokensKey = moduleKey<ReplicaTokenKeys>("replica tokens");
 
 /** Where the KEKs are: the key file, else the environment variable, else the data dir. */
 export function keyRingSource(options: {
@@ -68,15 +71,17 @@ export const secretsModule: ModuleDefinition = {
     // line, not the first `secret create` hours later. The data dir creates its key on use.
     if (keyRing.source.kind !== "dataDir") await keyRing.keys();
     context.provide(secretsKey, secrets);
+    const replicaTokens = new ReplicaTokenKeys(context.store, context.clock);
+    context.provide(replicaTokensKey, replicaTokens);
     const events = context.use(eventsKey);
     return {
       routes: (router) => {
         router.service(
           SecretService,
-          secretServiceImpl({ secrets, keyRing, events, store: context.store }),
+          secretServiceImpl({ secrets, keyRing, events, store: context.store, replicaTokens }),
         );
       },
-      audited: new Map([
+      audited: new Map<string, AuditTarget>([
         [auditedMethodName(SecretService.method.createSecret), secretTarget],
         [auditedMethodName(SecretService.method.updateSecret), secretTarget],
         [auditedMethodName(SecretService.method.deleteSecret), secretTarget],
@@ -91,6 +96,12 @@ export const secretsModule: ModuleDefinition = {
               : target;
           },
         ],
+        // Every token issued to a node, and every refusal, by replica; never the token.
+        [
+          auditedMethodName(SecretService.method.issueReplicaToken),
+          ({ request }) =>
+            `replica/${stringField(request, "namespace")}/${stringField(request, "workload")}/${stringField(request, "replicaId")}`,
+        ],
         [
           auditedMethodName(SecretService.method.rotateSecretsKey),
           ({ response }) => {
@@ -99,6 +110,8 @@ export const secretsModule: ModuleDefinition = {
           },
         ],
       ]),
+      // Public keys no valid token can name any more leave the store.
+      maintain: () => replicaTokens.prune(),
     };
   },
 };

@@ -158,6 +158,8 @@ export const methodPermissions: ReadonlyMap<string, Permission> = new Map([
     verifySecrets: "secrets.keys",
     // A node reads the values its own replicas reference; the handler checks which.
     readReplicaSecret: "agent",
+    // A node gets a token only for a replica assigned to it (ADR 0058); the handler checks.
+    issueReplicaToken: "agent",
   }),
   ...entries(ServiceService, {
     listServices: "services.read",

@@ -42,6 +42,29 @@ export function referencedNames(document: unknown, kind: ReplicaObjectKind): str
   return (refs ?? []).map((ref) => ref.name);
 }
 
+/** Whether a replica is assigned to `node` and meant to run (pure). */
+export function decideReplicaAssignment(
+  node: string,
+  replica: ReplicaRecord | undefined,
+): ReplicaAccess {
+  if (!replica) return { ok: false, reason: "no such replica" };
+  if (replica.node !== node) {
+    return { ok: false, reason: `the replica is not assigned to node ${node}` };
+  }
+  if (replica.desired !== "Running") return { ok: false, reason: "the replica is being stopped" };
+  return { ok: true, replica };
+}
+
+/** Reads a replica from the store: may `node` get a token for it (ADR 0058)? */
+export async function checkReplicaAssignment(
+  store: Store,
+  request: { node: string; namespace: string; workload: string; replicaId: string },
+): Promise<ReplicaAccess> {
+  const kv = await store.get(replicaKey(request.namespace, request.workload, request.replicaId));
+  const replica = kv ? decodeRecord(replicaRecordSchema, kv.key, kv.value) : undefined;
+  return decideReplicaAssignment(request.node, replica);
+}
+
 /** The decision, given what the store holds (pure: tested without a store). */
 export function decideReplicaAccess(input: {
   node: string;
@@ -50,12 +73,10 @@ export function decideReplicaAccess(input: {
   /** The replica's revision's applied document (apiVersion, kind, metadata, spec). */
   document: unknown;
 }): ReplicaAccess {
-  const { node, object, replica } = input;
-  if (!replica) return { ok: false, reason: "no such replica" };
-  if (replica.node !== node) {
-    return { ok: false, reason: `the replica is not assigned to node ${node}` };
-  }
-  if (replica.desired !== "Running") return { ok: false, reason: "the replica is being stopped" };
+  const { node, object } = input;
+  const assigned = decideReplicaAssignment(node, input.replica);
+  if (!assigned.ok) return assigned;
+  const { replica } = assigned;
   if (!referencedNames(input.document, object.kind).includes(object.name)) {
     return {
       ok: false,
