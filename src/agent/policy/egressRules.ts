@@ -121,7 +121,7 @@ export interface CompiledContainerChain {
 
 export interface CompiledEgress {
   chains: CompiledWorkloadChain[];
-  /** Judged in the forward and input hooks by source address and original destination. */
+  /** Judged in prerouting (before the VIP DNAT) by source address. */
   containerChains: CompiledContainerChain[];
   exemptions: EgressExemption[];
   /** Rules whose condition reads the destination: judged fail-closed (ADR 0057). */
@@ -267,24 +267,14 @@ export function formatIpv4(value: number): string {
 
 type NftCommand = Record<string, unknown>;
 
-/**
- * Where a rule reads the destination: the packet's own (the output hook before the VIP DNAT)
- * or conntrack's original tuple (the forward and input hooks, after the DNAT in
- * prerouting: what the container dialled, not the proxy it was sent to).
- */
-type DestinationSource = "packet" | "conntrack";
-
-function matchExpressions(match: EgressMatch, from: DestinationSource = "packet"): NftCommand[] {
+function matchExpressions(match: EgressMatch): NftCommand[] {
   const expressions: NftCommand[] = [];
   if (match.prefixBits > 0) {
     const address = formatIpv4(match.network);
     expressions.push({
       match: {
         op: "==",
-        left:
-          from === "packet"
-            ? { payload: { protocol: "ip", field: "daddr" } }
-            : { ct: { key: "daddr", family: "ip", dir: "original" } },
+        left: { payload: { protocol: "ip", field: "daddr" } },
         right:
           match.prefixBits === 32 ? address : { prefix: { addr: address, len: match.prefixBits } },
       },
@@ -302,10 +292,7 @@ function matchExpressions(match: EgressMatch, from: DestinationSource = "packet"
     expressions.push({
       match: {
         op: "==",
-        left:
-          from === "packet"
-            ? { payload: { protocol: "th", field: "dport" } }
-            : { ct: { key: "proto-dst", dir: "original" } },
+        left: { payload: { protocol: "th", field: "dport" } },
         right: match.port,
       },
     });
@@ -354,21 +341,7 @@ export function buildEgressRuleset(compiled: CompiledEgress, table = egressTable
     ]),
   ];
   for (const exemption of compiled.exemptions) {
-    commands.push(
-      rule(
-        "output",
-        [
-          ...matchExpressions({
-            network: ipv4ToNumber(exemption.ip) ?? 0,
-            prefixBits: 32,
-            port: exemption.port,
-            protocols: [exemption.protocol],
-          }),
-          { accept: null },
-        ],
-        "the node's name server",
-      ),
-    );
+    commands.push(rule("output", exemptionRule(exemption), "the node's name server"));
   }
   for (const chain of compiled.chains) {
     commands.push({ add: { chain: { family, table, name: chain.chain } } });
@@ -382,91 +355,79 @@ export function buildEgressRuleset(compiled: CompiledEgress, table = egressTable
         `workload ${chain.workload}`,
       ),
     );
-    commands.push(...workloadRules(table, chain.chain, chain.rules, "packet"));
+    commands.push(...workloadRules(table, chain.chain, chain.rules));
   }
   if (compiled.containerChains.length > 0) {
-    // Containers (ADR 0057, "Containers"): their connections come in from the bridge,
-    // through prerouting (where the VIP table DNATs a VIP to the node's proxy), then
-    // input (to this host, the proxy included) or forward (elsewhere). Judged there, by
-    // source address and conntrack's original destination — what the container dialled —
-    // where reject is allowed on every kernel.
-    for (const hook of ["forward", "input"] as const) {
-      commands.push({
-        add: {
-          chain: {
-            family,
-            table,
-            name: hook,
-            type: "filter",
-            hook,
-            prio: egressHookPriority,
-            policy: "accept",
-          },
+    // Containers (ADR 0057, "Containers"): their connections come in from the bridge and
+    // are judged in prerouting at the same priority, before the VIP table's DNAT (-100):
+    // a connection to a service is still addressed to the VIP:port it dialled, and a
+    // reject answers from that address, so the container's connect() fails at once (after
+    // the DNAT, in input, the kernel's reset would carry the proxy's address and the
+    // container would wait for a timeout; measured).
+    commands.push({
+      add: {
+        chain: {
+          family,
+          table,
+          name: "prerouting",
+          type: "filter",
+          hook: "prerouting",
+          prio: egressHookPriority,
+          policy: "accept",
         },
-      });
-      commands.push(
-        rule(hook, [
-          {
-            match: { op: "in", left: { ct: { key: "state" } }, right: ["established", "related"] },
-          },
-          { accept: null },
-        ]),
-      );
-      for (const exemption of compiled.exemptions) {
-        commands.push(
-          rule(
-            hook,
-            [
-              ...matchExpressions(
-                {
-                  network: ipv4ToNumber(exemption.ip) ?? 0,
-                  prefixBits: 32,
-                  port: exemption.port,
-                  protocols: [exemption.protocol],
-                },
-                "conntrack",
-              ),
-              { accept: null },
-            ],
-            "the node's name server",
-          ),
-        );
-      }
+      },
+    });
+    commands.push(
+      rule("prerouting", [
+        { match: { op: "in", left: { ct: { key: "state" } }, right: ["established", "related"] } },
+        { accept: null },
+      ]),
+    );
+    for (const exemption of compiled.exemptions) {
+      commands.push(rule("prerouting", exemptionRule(exemption), "the node's name server"));
     }
     for (const chain of compiled.containerChains) {
       commands.push({ add: { chain: { family, table, name: chain.chain } } });
-      for (const hook of ["forward", "input"] as const) {
-        commands.push(
-          rule(
-            hook,
-            [
-              {
-                match: {
-                  op: "==",
-                  left: { payload: { protocol: "ip", field: "saddr" } },
-                  right:
-                    chain.addresses.length === 1
-                      ? chain.addresses[0]
-                      : { set: [...chain.addresses] },
-                },
+      commands.push(
+        rule(
+          "prerouting",
+          [
+            {
+              match: {
+                op: "==",
+                left: { payload: { protocol: "ip", field: "saddr" } },
+                right:
+                  chain.addresses.length === 1 ? chain.addresses[0] : { set: [...chain.addresses] },
               },
-              { jump: { target: chain.chain } },
-            ],
-            `workload ${chain.workload}`,
-          ),
-        );
-      }
-      commands.push(...workloadRules(table, chain.chain, chain.rules, "conntrack"));
+            },
+            { jump: { target: chain.chain } },
+          ],
+          `workload ${chain.workload}`,
+        ),
+      );
+      commands.push(...workloadRules(table, chain.chain, chain.rules));
     }
   }
   return { nftables: commands };
+}
+
+/** Accepts a connection to the node's name server (its VIP or 127.0.0.1 and port). */
+function exemptionRule(exemption: EgressExemption): NftCommand[] {
+  return [
+    ...matchExpressions({
+      network: ipv4ToNumber(exemption.ip) ?? 0,
+      prefixBits: 32,
+      port: exemption.port,
+      protocols: [exemption.protocol],
+    }),
+    { accept: null },
+  ];
 }
 
 function workloadRules(
   table: string,
   chain: string,
   rules: readonly CompiledEgressRule[],
-  from: DestinationSource,
 ): NftCommand[] {
   return rules.map((compiledRule) => ({
     add: {
@@ -475,7 +436,7 @@ function workloadRules(
         table,
         chain,
         expr: [
-          ...matchExpressions(compiledRule.match, from),
+          ...matchExpressions(compiledRule.match),
           // A deny rule counts its own packets: the agent's denied-connections metric
           // is read from these counters, by workload and rule.
           ...(compiledRule.verdict === "accept"
