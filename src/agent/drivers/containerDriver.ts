@@ -802,6 +802,8 @@ class DockerContainerDriver implements ContainerDriver {
     if (!(await this.removeContainer(replicaId))) return;
     // Its workload's uid is free again once no replica on the node uses it.
     this.options.users?.().release(replicaId);
+    // After the uid: the egress table is compiled again without either.
+    await this.releaseEgress(replicaId);
   }
 
   /**
@@ -820,7 +822,6 @@ class DockerContainerDriver implements ContainerDriver {
     } catch (error) {
       if (statusCodeOf(error) !== 404) throw error;
     }
-    await this.releaseEgress(replicaId);
     return true;
   }
 

@@ -39,7 +39,11 @@ function nft(args: string[]): Promise<string> {
 
 /** A TCP server on every address that answers each connection with `reply` and closes. */
 async function replyServer(reply: string): Promise<{ port: number; close(): Promise<void> }> {
-  const server = net.createServer((socket) => socket.end(`${reply}\n`));
+  const server = net.createServer((socket) => {
+    // A prober that gave up resets its side: nothing to do about it here.
+    socket.on("error", () => undefined);
+    socket.end(`${reply}\n`);
+  });
   await new Promise<void>((resolve) => server.listen(0, "0.0.0.0", resolve));
   const address = server.address();
   if (address === null || typeof address === "string") throw new Error("no port");
