@@ -330,6 +330,14 @@ class AgentRunner {
           // Late-bound: the egress module is made after the drivers (ADR 0057).
           beforeLaunch: (workloadKey, uid) =>
             this.egress ? this.egress.admit(workloadKey, uid) : Promise.resolve(),
+          containerEgress: {
+            admitContainer: (replicaId, workloadKey, address) =>
+              this.egress
+                ? this.egress.admitContainer(replicaId, workloadKey, address)
+                : Promise.resolve(),
+            releaseContainer: (replicaId) =>
+              this.egress ? this.egress.releaseContainer(replicaId) : Promise.resolve(),
+          },
         });
     for (const driver of detected.drivers) {
       if (!this.options.drivers || this.options.drivers.includes(driver.name)) {

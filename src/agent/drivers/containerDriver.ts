@@ -73,6 +73,36 @@ export interface ContainerDriverOptions {
    * Absent: containers run as nobody (65534).
    */
   users?: () => DynamicUsers;
+  /**
+   * The egress module (REQ-061, ADR 0057 "Containers"): told each container's address on
+   * the bridge before its process starts, and when it stops. Absent: no egress rules.
+   */
+  egress?: ContainerEgress;
+}
+
+/** What the container driver tells the egress module. */
+export interface ContainerEgress {
+  /** Resolves once the rules for `address` are in the kernel; rejects to refuse the start. */
+  admitContainer(
+    replicaId: string,
+    workloadKey: string,
+    address: string | undefined,
+  ): Promise<void>;
+  releaseContainer(replicaId: string): Promise<void>;
+}
+
+/**
+ * The container's IPv4 address on its network (the bridge): the first network's, else the
+ * legacy top-level field; undefined without one (host network, or not set up yet).
+ */
+export function containerAddressOf(info: Docker.ContainerInspectInfo): string | undefined {
+  const networks = Object.values(info.NetworkSettings?.Networks ?? {});
+  for (const network of networks) {
+    if (network?.IPAddress) return network.IPAddress;
+  }
+  // Older engines fill only the top-level field, which the typings omit.
+  const legacy = (info.NetworkSettings as { IPAddress?: unknown } | undefined)?.IPAddress;
+  return typeof legacy === "string" && legacy !== "" ? legacy : undefined;
 }
 
 export const replicaLabel = "cloudless.replica";
@@ -425,16 +455,62 @@ class DockerContainerDriver implements ContainerDriver {
       throw this.startError(name, error);
     });
     try {
+      // Egress (ADR 0057): with Podman the network is set up by init, before the
+      // container's process exists, so its rules are in the kernel before its first
+      // packet; Docker has no init, and its container runs unjudged until admitted.
+      const initialized = this.options.egress ? await this.initContainer(name) : false;
+      if (initialized) await this.admitEgress(spec, name);
       await this.call(`starting container ${name}`, (_docker, signal) =>
         container.start({ abortSignal: signal }),
       );
+      if (this.options.egress && !initialized) await this.admitEgress(spec, name);
     } catch (error) {
       // A container that never ran holds the name and its port reservations; drop it so
       // the status line carries the reason and the next attempt starts clean.
       await this.removeContainer(spec.replicaId).catch(() => undefined);
+      await this.options.egress?.releaseContainer(spec.replicaId).catch(() => undefined);
       throw this.startError(name, error);
     }
     this.logger.info({ replica: spec.replicaId, image }, "container started");
+  }
+
+  /**
+   * Podman's `init` (libpod API, same socket): creates the container's namespaces and
+   * network without starting its process. False on an engine without it (Docker).
+   */
+  private async initContainer(name: string): Promise<boolean> {
+    if (!(await this.enginePodman())) return false;
+    await this.call(
+      `initializing container ${name}`,
+      (docker, signal) =>
+        new Promise<void>((resolve, reject) => {
+          docker.modem.dial(
+            {
+              path: `/v4.0.0/libpod/containers/${encodeURIComponent(name)}/init`,
+              method: "POST",
+              statusCodes: { 204: true, 304: true, 404: "no such container", 500: "server error" },
+              abortSignal: signal,
+            } as never,
+            (error: unknown) => (error ? reject(error) : resolve()),
+          );
+        }),
+    );
+    return true;
+  }
+
+  /** Tells the egress module the container's address; its rejection fails the start. */
+  private async admitEgress(spec: ReplicaRunSpec, name: string): Promise<void> {
+    const info = await this.inspect(spec.replicaId);
+    const address = info && info !== "foreign" ? containerAddressOf(info) : undefined;
+    try {
+      await this.options.egress?.admitContainer(
+        spec.replicaId,
+        `${spec.namespace}/${spec.workload}`,
+        address,
+      );
+    } catch (error) {
+      throw new DriverError("failed", `${name}: ${describeError(error)}`, { cause: error });
+    }
   }
 
   /** Errors the spec caused (missing binary, taken port) are "invalid"; others stay as they are. */
@@ -701,17 +777,33 @@ class DockerContainerDriver implements ContainerDriver {
     } catch (error) {
       const status = statusCodeOf(error);
       // 304: already stopped; 404: already gone. Both mean "stopped".
-      if (status === 304 || status === 404) return;
+      if (status === 304 || status === 404) {
+        await this.releaseEgress(replicaId);
+        return;
+      }
       throw error;
     } finally {
       hurry?.removeEventListener("abort", kill);
     }
+    // Stopped: the engine frees its address for the next container, whoever's it is.
+    await this.releaseEgress(replicaId);
+  }
+
+  private async releaseEgress(replicaId: string): Promise<void> {
+    await this.options.egress?.releaseContainer(replicaId).catch((error: unknown) => {
+      this.logger.warn(
+        { replica: replicaId, err: describeError(error) },
+        "cannot drop the container's egress rules",
+      );
+    });
   }
 
   async remove(replicaId: string): Promise<void> {
     if (!(await this.removeContainer(replicaId))) return;
     // Its workload's uid is free again once no replica on the node uses it.
     this.options.users?.().release(replicaId);
+    // After the uid: the egress table is compiled again without either.
+    await this.releaseEgress(replicaId);
   }
 
   /**

@@ -3,14 +3,18 @@ import type { Clock } from "../../lib/clock.js";
 import type { Logger } from "../../observe/logger.js";
 import { silentLogger } from "../../observe/logger.js";
 import { DynamicUsers, defaultUidRange, type UidRange } from "../sandbox/dynamicUsers.js";
-import { createContainerDriver } from "./containerDriver.js";
+import { type ContainerEgress, createContainerDriver } from "./containerDriver.js";
 import type { DriverName, RuntimeDriver } from "./driver.js";
 import type { ReplicaOwner } from "./ownership.js";
 import { createProcessDriver } from "./processDriver.js";
 
 export type { CgroupLayout, CgroupPaths } from "./cgroups.js";
 export { cpuPeriodUs, detectCgroupLayout } from "./cgroups.js";
-export type { ContainerDriver, ContainerDriverOptions } from "./containerDriver.js";
+export type {
+  ContainerDriver,
+  ContainerDriverOptions,
+  ContainerEgress,
+} from "./containerDriver.js";
 export {
   containerNameFor,
   containerPidsLimit,
@@ -69,6 +73,8 @@ export async function detectDrivers(options: {
   sandboxHiddenDirs?: string[];
   /** Passed to the process driver: waits for the egress table before a launch (ADR 0057). */
   beforeLaunch?: (workloadKey: string, uid: number) => Promise<void>;
+  /** Passed to the container driver: each container's address for the egress table. */
+  containerEgress?: ContainerEgress;
 }): Promise<DetectedDrivers> {
   const logger = options.logger ?? silentLogger;
   // One uid table for both drivers (REQ-062): a workload's replicas share its user,
@@ -89,6 +95,7 @@ export async function detectDrivers(options: {
       ...(options.nodeName !== undefined ? { nodeName: options.nodeName } : {}),
       ...(options.owner ? { owner: options.owner } : {}),
       ...(options.socketPath !== undefined ? { socketPath: options.socketPath } : {}),
+      ...(options.containerEgress ? { egress: options.containerEgress } : {}),
     }),
     createProcessDriver({
       dataDir: options.dataDir,

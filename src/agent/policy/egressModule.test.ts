@@ -1,4 +1,4 @@
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import * as path from "node:path";
 import { create } from "@bufbuild/protobuf";
@@ -8,7 +8,7 @@ import { HeartbeatResponseSchema } from "../../api/gen/cloudless/v1/node_pb.js";
 import { PolicySet } from "../../api/policy/evaluate.js";
 import { parsePolicyDocument } from "../../api/policy/parse.js";
 import { silentLogger } from "../../observe/logger.js";
-import { EgressModule } from "./egressModule.js";
+import { containerTableFile, EgressModule } from "./egressModule.js";
 import { egressTableFor } from "./egressRules.js";
 
 const dirs: string[] = [];
@@ -51,6 +51,7 @@ async function setup(policies: PolicySet | undefined) {
     );
   return {
     module,
+    dir,
     applied,
     writeUids,
     setPolicies: (set: PolicySet | undefined) => {
@@ -229,5 +230,72 @@ describe("the agent's egress table (REQ-061)", () => {
     expect(text).toContain(
       'cloudless_agent_egress_denied_total{workload="default/web",policy="egress",rule="no-lab"} 5',
     );
+  });
+
+  it("REQ-061: a container's address is applied before admitContainer resolves, kept across an agent restart (0600 file), and dropped by releaseContainer", async () => {
+    const first = await setup(new PolicySet([denyLab]));
+    first.module.receive(assignments({ tier: "web" }));
+    await first.module.start();
+    await first.module.admitContainer("c1", "default/web", "10.88.0.5");
+    const saddrs = (ruleset: { nftables: Record<string, Record<string, unknown>>[] } | undefined) =>
+      [...JSON.stringify(ruleset).matchAll(/"field":"saddr"\}\},"right":"([0-9.]+)"/g)].map(
+        (m) => m[1],
+      );
+    expect(chainsOf(first.applied.at(-1))).toEqual(expect.arrayContaining(["prerouting", "wc_0"]));
+    expect(saddrs(first.applied.at(-1))).toEqual(["10.88.0.5"]);
+    // A second container of the same workload; then another workload's container is given
+    // c1's address after c1 stopped without the driver saying so (killed agent): the
+    // address is the newcomer's, never both.
+    await first.module.admitContainer("c2", "default/web", "10.88.0.6");
+    await first.module.admitContainer("c3", "jobs/batch", "10.88.0.5");
+    expect(saddrs(first.applied.at(-1))).toEqual(["10.88.0.6"]);
+    await first.module.stop({ leaving: false });
+    const file = path.join(first.dir, containerTableFile);
+    expect((await stat(file)).mode & 0o777).toBe(0o600);
+
+    // Restarted: the table is applied from the file at start, before any replica starts.
+    const applied: { nftables: Record<string, Record<string, unknown>>[] }[] = [];
+    const restarted = new EgressModule({
+      nodeName: "node-1",
+      dataDir: first.dir,
+      logger: silentLogger,
+      policies: () => new PolicySet([denyLab]),
+      runNft: async (text) => {
+        applied.push(JSON.parse(text));
+      },
+    });
+    restarted.receive(assignments({ tier: "web" }));
+    await restarted.start();
+    expect(saddrs(applied.at(-1))).toEqual(["10.88.0.6"]);
+    // The container stops: its rule goes, and with nothing left to enforce, the table.
+    await restarted.releaseContainer("c2");
+    expect(deletesTableOnly(applied.at(-1))).toBe(true);
+    await restarted.stop({ leaving: false });
+  });
+
+  it("REQ-061: a container of a workload with egress rules is refused when it cannot be judged: nftables unusable, or no IPv4 address", async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), "cloudless-egress-"));
+    dirs.push(dir);
+    const unavailable = new EgressModule({
+      nodeName: "node-1",
+      dataDir: dir,
+      logger: silentLogger,
+      policies: () => new PolicySet([denyLab]),
+      unavailableReason: "egress enforcement needs root (nftables)",
+    });
+    unavailable.receive(assignments({ tier: "web" }));
+    await expect(unavailable.admitContainer("c1", "default/web", "10.88.0.5")).rejects.toThrow(
+      "egress policy applies to workload default/web but cannot be enforced on this node",
+    );
+    await expect(
+      unavailable.admitContainer("c2", "jobs/batch", "10.88.0.7"),
+    ).resolves.toBeUndefined();
+    const { module } = await setup(new PolicySet([denyLab]));
+    module.receive(assignments({ tier: "web" }));
+    await module.start();
+    await expect(module.admitContainer("c1", "default/web", undefined)).rejects.toThrow(
+      "has no IPv4 address",
+    );
+    await expect(module.admitContainer("c2", "jobs/batch", undefined)).resolves.toBeUndefined();
   });
 });

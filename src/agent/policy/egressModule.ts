@@ -12,18 +12,20 @@
  * table at all.
  */
 import { execFile } from "node:child_process";
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import * as path from "node:path";
 import { Counter, type Registry } from "prom-client";
 import type { HeartbeatRequest, HeartbeatResponse } from "../../api/gen/cloudless/v1/node_pb.js";
 import type { PolicySet } from "../../api/policy/evaluate.js";
+import { ipv4ToNumber } from "../../api/policy/policy.js";
 import type { Logger } from "../../observe/logger.js";
 import type { AgentModule, AgentModuleStopOptions } from "../agentModule.js";
 import {
   buildEgressRuleset,
   type CompiledEgress,
   compileEgress,
+  type EgressContainerWorkload,
   type EgressExemption,
   type EgressService,
   type EgressWorkload,
@@ -40,6 +42,21 @@ export const nftTimeoutMs = 15_000;
 const maxUidTableBytes = 16 * 1024 * 1024;
 /** Labels kept per workload (the spec's own limit is lower; this bounds a hostile message). */
 const maxLabelsPerWorkload = 256;
+/**
+ * Container replicas this agent keeps an address for: a node runs hundreds of replicas, not
+ * tens of thousands; beyond this a container start is refused rather than left unjudged.
+ */
+export const maxEgressContainers = 10_000;
+/** The container address table (one short entry per container) read back at most this large. */
+const maxContainerTableBytes = 4 * 1024 * 1024;
+/** Where the container driver's addresses are kept across agent restarts (ADR 0057). */
+export const containerTableFile = "egress-containers.json";
+
+/** A container replica's workload and its address on the engine's bridge. */
+interface ContainerEntry {
+  workload: string;
+  address: string;
+}
 
 /** What the module needs of the node's service networking. */
 export interface EgressNetworkView {
@@ -85,6 +102,11 @@ export class EgressModule implements AgentModule {
   readonly name = "egress";
   /** Workload key (namespace/name) → its labels, from the coordinator's assignments. */
   private readonly labels = new Map<string, Record<string, string>>();
+  /**
+   * Container replica id → its workload and bridge address, from the container driver;
+   * kept in the data dir so a restarted agent confines the containers that kept running.
+   */
+  private containers: Map<string, ContainerEntry> | undefined;
   private appliedText: string | undefined;
   private lastCompiled: CompiledEgress | undefined;
   private queue: Promise<void> = Promise.resolve();
@@ -143,8 +165,13 @@ export class EgressModule implements AgentModule {
   private async liveCounters(): Promise<Map<string, number>> {
     const counters = new Map<string, number>();
     const compiled = this.lastCompiled;
-    if (!this.appliedText || !compiled || compiled.chains.length === 0) return counters;
-    const workloadOf = new Map(compiled.chains.map((chain) => [chain.chain, chain.workload]));
+    if (!this.appliedText || !compiled || isEmpty(compiled)) return counters;
+    const workloadOf = new Map(
+      [...compiled.chains, ...compiled.containerChains].map((chain) => [
+        chain.chain,
+        chain.workload,
+      ]),
+    );
     let listed: string;
     try {
       listed = await this.listTable(this.table);
@@ -217,6 +244,75 @@ export class EgressModule implements AgentModule {
     await this.reapply();
   }
 
+  /**
+   * Called by the container driver once the replica's container has its address on the
+   * bridge and before its process starts (ADR 0057, "Containers"): resolves once the rules
+   * that judge that address are in the kernel. Rejects (the container is not started)
+   * when the workload has egress rules that cannot be enforced: nftables unusable here,
+   * or no IPv4 address to match.
+   */
+  async admitContainer(
+    replicaId: string,
+    workloadKey: string,
+    address: string | undefined,
+  ): Promise<void> {
+    const concerned = this.rulesConcern(workloadKey, 0);
+    if (this.options.unavailableReason) {
+      if (concerned) {
+        throw new Error(
+          `egress policy applies to workload ${workloadKey} but cannot be enforced on this node (${this.options.unavailableReason})`,
+        );
+      }
+      return;
+    }
+    const containers = await this.containerTable();
+    if (address === undefined || ipv4ToNumber(address) === undefined) {
+      containers.delete(replicaId);
+      await this.saveContainers(containers);
+      if (concerned) {
+        throw new Error(
+          `egress policy applies to workload ${workloadKey} but its container has no IPv4 address on a bridge to match (host network?)`,
+        );
+      }
+      return;
+    }
+    if (!containers.has(replicaId) && containers.size >= maxEgressContainers) {
+      throw new Error(
+        `more than maxEgressContainers (${maxEgressContainers}) container replicas on this node; egress rules cannot judge another`,
+      );
+    }
+    // An engine reuses a freed address: whichever replica had it before has stopped.
+    for (const [id, entry] of containers) {
+      if (entry.address === address && id !== replicaId) containers.delete(id);
+    }
+    containers.set(replicaId, { workload: workloadKey, address });
+    await this.saveContainers(containers);
+    await this.reapply();
+  }
+
+  /** The container of `replicaId` stopped or went: its address is no longer its workload's. */
+  async releaseContainer(replicaId: string): Promise<void> {
+    if (this.options.unavailableReason) return;
+    const containers = await this.containerTable();
+    if (!containers.delete(replicaId)) return;
+    await this.saveContainers(containers);
+    if (!this.stopped) await this.reapply();
+  }
+
+  private async containerTable(): Promise<Map<string, ContainerEntry>> {
+    this.containers ??= await readContainerTable(this.options.dataDir, this.options.logger);
+    return this.containers;
+  }
+
+  /** Written whole to a temporary name and renamed (0600: it maps addresses to workloads). */
+  private async saveContainers(containers: Map<string, ContainerEntry>): Promise<void> {
+    const file = path.join(this.options.dataDir, containerTableFile);
+    const temporary = `${file}.${process.pid}.tmp`;
+    const replicas = Object.fromEntries([...containers].sort(([a], [b]) => a.localeCompare(b)));
+    await writeFile(temporary, `${JSON.stringify({ version: 1, replicas })}\n`, { mode: 0o600 });
+    await rename(temporary, file);
+  }
+
   /** The last table compiled (status, tests). */
   get compiled(): CompiledEgress | undefined {
     return this.lastCompiled;
@@ -256,19 +352,21 @@ export class EgressModule implements AgentModule {
   private async applyNow(): Promise<void> {
     if (this.options.unavailableReason) return;
     const workloads = await this.workloads();
+    const containers = this.containerWorkloads(await this.containerTable());
     const network = this.options.network?.() ?? { services: [], exemptions: [] };
     const set = this.options.policies();
     const compiled: CompiledEgress = set
       ? compileEgress({
           policies: set,
           workloads,
+          containers,
           services: network.services,
           exemptions: network.exemptions,
         })
-      : { chains: [], exemptions: [], failedClosed: [] };
+      : { chains: [], containerChains: [], exemptions: [], failedClosed: [] };
     // Nothing to enforce: no table at all (an operator's `nft list ruleset` stays short).
     const text = JSON.stringify(
-      compiled.chains.length === 0
+      isEmpty(compiled)
         ? removeEgressRuleset(this.table)
         : buildEgressRuleset(compiled, this.table),
     );
@@ -280,7 +378,9 @@ export class EgressModule implements AgentModule {
     // still in the new one (those of removed ones go, so the series stay bounded).
     const live = await this.liveCounters();
     const keep = new Set(
-      compiled.chains.flatMap((chain) => chain.rules.map((r) => `${chain.workload}|${r.source}`)),
+      [...compiled.chains, ...compiled.containerChains].flatMap((chain) =>
+        chain.rules.map((r) => `${chain.workload}|${r.source}`),
+      ),
     );
     const carried = new Map<string, number>();
     for (const [key, packets] of [...this.carried, ...live]) {
@@ -301,10 +401,36 @@ export class EgressModule implements AgentModule {
       {
         table: this.table,
         workloads: compiled.chains.length,
-        rules: compiled.chains.reduce((sum, chain) => sum + chain.rules.length, 0),
+        containerWorkloads: compiled.containerChains.length,
+        rules: [...compiled.chains, ...compiled.containerChains].reduce(
+          (sum, chain) => sum + chain.rules.length,
+          0,
+        ),
       },
       "egress table applied",
     );
+  }
+
+  /** Workloads with container replicas here, with their containers' addresses. */
+  private containerWorkloads(containers: Map<string, ContainerEntry>): EgressContainerWorkload[] {
+    const addresses = new Map<string, string[]>();
+    for (const entry of containers.values()) {
+      const list = addresses.get(entry.workload) ?? [];
+      list.push(entry.address);
+      addresses.set(entry.workload, list);
+    }
+    return [...addresses].flatMap(([key, list]) => {
+      const slash = key.indexOf("/");
+      if (slash <= 0) return [];
+      return [
+        {
+          namespace: key.slice(0, slash),
+          name: key.slice(slash + 1),
+          labels: this.labels.get(key) ?? {},
+          addresses: list,
+        },
+      ];
+    });
   }
 
   /**
@@ -327,6 +453,10 @@ export class EgressModule implements AgentModule {
     }
     return workloads;
   }
+}
+
+function isEmpty(compiled: CompiledEgress): boolean {
+  return compiled.chains.length === 0 && compiled.containerChains.length === 0;
 }
 
 interface NftListedRule {
@@ -372,6 +502,37 @@ async function readUidTable(dataDir: string, logger: Logger): Promise<[string, n
   } catch {
     return [];
   }
+}
+
+/** replica id → workload and address from <dataDir>/egress-containers.json; empty when absent. */
+async function readContainerTable(
+  dataDir: string,
+  logger: Logger,
+): Promise<Map<string, ContainerEntry>> {
+  const table = new Map<string, ContainerEntry>();
+  const file = path.join(dataDir, containerTableFile);
+  let text: string;
+  try {
+    text = await readFile(file, "utf8");
+  } catch {
+    return table;
+  }
+  if (text.length > maxContainerTableBytes) {
+    logger.warn({ file }, "the egress container table is larger than expected; it is ignored");
+    return table;
+  }
+  try {
+    const replicas = (JSON.parse(text) as { replicas?: Record<string, Partial<ContainerEntry>> })
+      .replicas;
+    for (const [id, entry] of Object.entries(replicas ?? {}).slice(0, maxEgressContainers)) {
+      if (typeof entry?.workload === "string" && typeof entry.address === "string") {
+        table.set(id, { workload: entry.workload, address: entry.address });
+      }
+    }
+  } catch {
+    logger.warn({ file }, "the egress container table cannot be read; it is ignored");
+  }
+  return table;
 }
 
 function describe(error: unknown): string {

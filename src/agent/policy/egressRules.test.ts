@@ -6,6 +6,7 @@ import {
   buildEgressRuleset,
   compileEgress,
   EgressCompileError,
+  type EgressContainerWorkload,
   type EgressService,
   type EgressWorkload,
   egressTableName,
@@ -49,6 +50,8 @@ interface NftRule {
 }
 interface Packet {
   uid: number;
+  /** A container's address on the bridge (judged in prerouting); absent for a process. */
+  saddr?: string;
   daddr: string;
   protocol: "tcp" | "udp";
   dport: number;
@@ -67,6 +70,7 @@ function verdictOf(ruleset: unknown, packet: Packet): "accept" | "reject" {
   const value = (left: Expr): unknown => {
     const payload = left.payload as { protocol: string; field: string } | undefined;
     if (payload?.protocol === "ip" && payload.field === "daddr") return packet.daddr;
+    if (payload?.protocol === "ip" && payload.field === "saddr") return packet.saddr;
     if (payload?.protocol === "th" && payload.field === "dport") return packet.dport;
     const meta = left.meta as { key: string } | undefined;
     if (meta?.key === "l4proto") return packet.protocol;
@@ -114,7 +118,8 @@ function verdictOf(ruleset: unknown, packet: Packet): "accept" | "reject" {
     }
     return undefined;
   };
-  return run("output", 0) ?? "accept";
+  // A process's connection leaves through output; a container's comes in from the bridge.
+  return run(packet.saddr === undefined ? "output" : "prerouting", 0) ?? "accept";
 }
 
 describe("egress rules compiled for nftables (REQ-061)", () => {
@@ -364,6 +369,87 @@ describe("egress rules compiled for nftables (REQ-061)", () => {
     ).toThrow(EgressCompileError);
   });
 
+  it("REQ-061: a container workload is judged in prerouting before the VIP DNAT, by its addresses; an address given to another workload since is the other's", () => {
+    const set = new PolicySet([
+      policy("egress", [
+        { name: "api-only", subject: "egress", effect: "allow", match: ["service:api:80"] },
+        { name: "rest", subject: "egress", effect: "deny" },
+      ]),
+    ]);
+    const compiled = compileEgress({
+      policies: set,
+      workloads: [],
+      containers: [
+        { namespace: "default", name: "web", labels: {}, addresses: ["10.88.0.5", "10.88.0.6"] },
+        // 10.88.0.6 was freed by web's container and given to batch's since.
+        { namespace: "jobs", name: "batch", labels: {}, addresses: ["10.88.0.6"] },
+        // No address (host network, not started): nothing to match, no chain.
+        { namespace: "jobs", name: "idle", labels: {}, addresses: [] },
+      ],
+      services: [api],
+      exemptions: [dnsExemption],
+    });
+    expect(compiled.chains).toEqual([]);
+    expect(
+      compiled.containerChains.map((c) => ({ workload: c.workload, addresses: c.addresses })),
+    ).toEqual([
+      { workload: "default/web", addresses: ["10.88.0.5"] },
+      { workload: "jobs/batch", addresses: ["10.88.0.6"] },
+    ]);
+    const ruleset = buildEgressRuleset(compiled) as {
+      nftables: Record<string, Record<string, unknown>>[];
+    };
+    const prerouting = ruleset.nftables.find(
+      (c) => (c.add?.chain as { name?: string } | undefined)?.name === "prerouting",
+    );
+    // Same priority as output: after conntrack (-200), before the VIP DNAT (-100).
+    expect(prerouting?.add?.chain).toMatchObject({
+      type: "filter",
+      hook: "prerouting",
+      prio: -150,
+      policy: "accept",
+    });
+    // No process workload: no output chain jumps by uid.
+    expect(JSON.stringify(ruleset)).not.toContain("skuid");
+    const jumps = ruleset.nftables
+      .map((c) => c.add?.rule as NftRule | undefined)
+      .filter(
+        (r): r is NftRule =>
+          r?.chain === "prerouting" && r.comment?.startsWith("workload") === true,
+      );
+    expect(jumps.map((r) => r.expr)).toEqual([
+      [
+        {
+          match: {
+            op: "==",
+            left: { payload: { protocol: "ip", field: "saddr" } },
+            right: "10.88.0.5",
+          },
+        },
+        { jump: { target: "wc_0" } },
+      ],
+      [
+        {
+          match: {
+            op: "==",
+            left: { payload: { protocol: "ip", field: "saddr" } },
+            right: "10.88.0.6",
+          },
+        },
+        { jump: { target: "wc_1" } },
+      ],
+    ]);
+    const from = (saddr: string, daddr: string, dport: number, protocol: "tcp" | "udp" = "tcp") =>
+      verdictOf(ruleset, { uid: 0, saddr, daddr, protocol, dport });
+    expect(from("10.88.0.5", "10.96.0.20", 80)).toBe("accept");
+    expect(from("10.88.0.5", "10.96.0.20", 8443)).toBe("reject");
+    expect(from("10.88.0.5", "8.8.8.8", 443)).toBe("reject");
+    // The name server is reachable whatever the policy says.
+    expect(from("10.88.0.5", "10.96.0.10", 53, "udp")).toBe("accept");
+    // Not a container of a workload with rules (another engine's, the host's): untouched.
+    expect(from("10.88.0.99", "8.8.8.8", 443)).toBe("accept");
+  });
+
   it("REQ-061: for random policies and destinations the compiled rules' verdict equals evaluateEgress", () => {
     const rng = seededRng(61);
     const pick = <T>(items: readonly T[]): T => items[Math.floor(rng.next() * items.length)] as T;
@@ -390,6 +476,13 @@ describe("egress rules compiled for nftables (REQ-061)", () => {
       batch,
       { namespace: "data", name: "etl", labels: { team: "b" }, uid: 61190 },
     ];
+    // The same workloads with container replicas (two addresses for web): judged by source.
+    const containers: EgressContainerWorkload[] = workloads.map((w, index) => ({
+      namespace: w.namespace,
+      name: w.name,
+      labels: w.labels,
+      addresses: index === 0 ? ["10.88.0.10", "10.88.0.11"] : [`10.88.0.${20 + index}`],
+    }));
     const patterns = [
       "*",
       "*:80",
@@ -429,6 +522,7 @@ describe("egress rules compiled for nftables (REQ-061)", () => {
     ];
     const ports = [80, 443, 5432, 6379, 8443, 53];
     let compared = 0;
+    let containerCompared = 0;
     let denials = 0;
     for (let round = 0; round < 200; round++) {
       const policies: Policy[] = [];
@@ -455,7 +549,7 @@ describe("egress rules compiled for nftables (REQ-061)", () => {
       }
       const set = new PolicySet(policies);
       const ruleset = buildEgressRuleset(
-        compileEgress({ policies: set, workloads, services, exemptions: [] }),
+        compileEgress({ policies: set, workloads, containers, services, exemptions: [] }),
       );
       for (let probe = 0; probe < 40; probe++) {
         const workload = pick(workloads);
@@ -483,9 +577,24 @@ describe("egress rules compiled for nftables (REQ-061)", () => {
         }
         compared++;
         if (decided === "reject") denials++;
+        const container = containers[workloads.indexOf(workload)];
+        const fromContainer = verdictOf(ruleset, {
+          uid: 0,
+          saddr: pick(container?.addresses ?? []),
+          daddr: ip,
+          protocol: "tcp",
+          dport: port,
+        });
+        if (fromContainer !== decided) {
+          throw new Error(
+            `round ${round}: container of ${workload.namespace}/${workload.name} → ${ip}:${port}: decider ${decided}, compiled ${fromContainer}\n${JSON.stringify(policies.map((p) => p.spec.rules))}`,
+          );
+        }
+        containerCompared++;
       }
     }
     expect(compared).toBe(8000);
+    expect(containerCompared).toBe(8000);
     // Both verdicts occur often, so the comparison is not trivially one-sided.
     expect(denials).toBeGreaterThan(1000);
     expect(compared - denials).toBeGreaterThan(1000);

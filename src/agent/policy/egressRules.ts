@@ -67,9 +67,22 @@ export interface EgressExemption {
   protocol: "tcp" | "udp";
 }
 
+/**
+ * A workload with container replicas here: the addresses its running containers have on
+ * the engine's bridge (ADR 0057, "Containers"). A container has no socket uid on the host.
+ */
+export interface EgressContainerWorkload {
+  namespace: string;
+  name: string;
+  labels: Readonly<Record<string, string>>;
+  addresses: readonly string[];
+}
+
 export interface EgressInput {
   policies: PolicySet;
   workloads: readonly EgressWorkload[];
+  /** Workloads with container replicas on this node, by address. */
+  containers?: readonly EgressContainerWorkload[];
   services: readonly EgressService[];
   exemptions: readonly EgressExemption[];
 }
@@ -98,8 +111,18 @@ export interface CompiledWorkloadChain {
   rules: CompiledEgressRule[];
 }
 
+export interface CompiledContainerChain {
+  chain: string;
+  /** The source addresses (its containers on the bridge) that jump to the chain. */
+  addresses: string[];
+  workload: string;
+  rules: CompiledEgressRule[];
+}
+
 export interface CompiledEgress {
   chains: CompiledWorkloadChain[];
+  /** Judged in prerouting (before the VIP DNAT) by source address. */
+  containerChains: CompiledContainerChain[];
   exemptions: EgressExemption[];
   /** Rules whose condition reads the destination: judged fail-closed (ADR 0057). */
   failedClosed: string[];
@@ -109,64 +132,32 @@ export class EgressCompileError extends Error {}
 
 /** The rules per workload; throws EgressCompileError (one line) beyond the limits. */
 export function compileEgress(input: EgressInput): CompiledEgress {
-  if (input.workloads.length > maxEgressWorkloads) {
+  const containers = input.containers ?? [];
+  if (input.workloads.length + containers.length > maxEgressWorkloads) {
     throw new EgressCompileError(
-      `${input.workloads.length} workloads on this node exceed maxEgressWorkloads (${maxEgressWorkloads})`,
+      `${input.workloads.length + containers.length} workloads on this node exceed maxEgressWorkloads (${maxEgressWorkloads})`,
     );
   }
   const byUid = [...input.workloads].sort((a, b) => a.uid - b.uid);
   const chains: CompiledWorkloadChain[] = [];
+  const containerChains: CompiledContainerChain[] = [];
   const failedClosed = new Set<string>();
   let total = 0;
-  const seenUids = new Set<number>();
-  for (const workload of byUid) {
-    // Two workloads never share a uid (dynamicUsers.ts); a stale entry must not widen one.
-    if (seenUids.has(workload.uid)) continue;
-    seenUids.add(workload.uid);
-    const rules: CompiledEgressRule[] = [];
-    const applying = input.policies.egressRulesFor(workload);
-    for (const source of applying.failedClosed) failedClosed.add(source);
-    for (const view of applying.rules) {
-      const source = `${view.policy}/${view.rule}`;
-      const verdict = view.effect === "allow" ? "accept" : "deny";
-      const matches: EgressMatch[] =
-        view.patterns.length === 0
-          ? [{ network: 0, prefixBits: 0 }]
-          : view.patterns.flatMap((pattern) => {
-              if (pattern.kind === "any")
-                return [withPort({ network: 0, prefixBits: 0 }, pattern.port)];
-              if (pattern.kind === "cidr") {
-                const bits = pattern.prefixBits ?? 32;
-                return [
-                  withPort(
-                    { network: networkOf(pattern.network ?? 0, bits), prefixBits: bits },
-                    pattern.port,
-                  ),
-                ];
-              }
-              const namespace = pattern.namespace ?? workload.namespace;
-              return input.services.flatMap((service) => {
-                if (service.name !== pattern.service || service.namespace !== namespace) return [];
-                const vip = ipv4ToNumber(service.vip);
-                if (vip === undefined) return [];
-                return service.ports
-                  .filter((p) => pattern.port === undefined || p.port === pattern.port)
-                  .map((p) => ({
-                    network: vip,
-                    prefixBits: 32,
-                    port: p.port,
-                    protocols: [p.protocol === "udp" ? ("udp" as const) : ("tcp" as const)],
-                  }));
-              });
-            });
-      for (const match of matches) rules.push({ verdict, match, source });
-    }
+  const count = (rules: CompiledEgressRule[]): void => {
     total += rules.length;
     if (total > maxEgressRules) {
       throw new EgressCompileError(
         `the egress policies expand to more than maxEgressRules (${maxEgressRules}) nft rules on this node; use CIDRs instead of long lists`,
       );
     }
+  };
+  const seenUids = new Set<number>();
+  for (const workload of byUid) {
+    // Two workloads never share a uid (dynamicUsers.ts); a stale entry must not widen one.
+    if (seenUids.has(workload.uid)) continue;
+    seenUids.add(workload.uid);
+    const rules = rulesFor(input, workload, failedClosed);
+    count(rules);
     // A workload no rule concerns needs no chain: no match is allowed.
     if (rules.length === 0) continue;
     chains.push({
@@ -176,11 +167,89 @@ export function compileEgress(input: EgressInput): CompiledEgress {
       rules,
     });
   }
+  // Containers by their address on the engine's bridge. One address is one container at a
+  // time: the last workload given an address keeps it (an engine reuses a freed address).
+  const owner = new Map<string, string>();
+  for (const container of containers) {
+    for (const address of container.addresses) {
+      owner.set(address, `${container.namespace}/${container.name}`);
+    }
+  }
+  const byKey = [...containers].sort((a, b) =>
+    `${a.namespace}/${a.name}`.localeCompare(`${b.namespace}/${b.name}`),
+  );
+  const seenKeys = new Set<string>();
+  for (const container of byKey) {
+    const key = `${container.namespace}/${container.name}`;
+    if (seenKeys.has(key)) continue;
+    seenKeys.add(key);
+    const addresses = [...new Set(container.addresses)]
+      .filter((address) => owner.get(address) === key && ipv4ToNumber(address) !== undefined)
+      .sort();
+    if (addresses.length === 0) continue;
+    const rules = rulesFor(input, container, failedClosed);
+    count(rules);
+    if (rules.length === 0) continue;
+    containerChains.push({
+      chain: `wc_${containerChains.length}`,
+      addresses,
+      workload: key,
+      rules,
+    });
+  }
   return {
     chains,
+    containerChains,
     exemptions: [...input.exemptions],
     failedClosed: [...failedClosed].sort(),
   };
+}
+
+/** A workload's egress rules, in the decider's order, as nft matches. */
+function rulesFor(
+  input: EgressInput,
+  workload: { namespace: string; name: string; labels: Readonly<Record<string, string>> },
+  failedClosed: Set<string>,
+): CompiledEgressRule[] {
+  const rules: CompiledEgressRule[] = [];
+  const applying = input.policies.egressRulesFor(workload);
+  for (const source of applying.failedClosed) failedClosed.add(source);
+  for (const view of applying.rules) {
+    const source = `${view.policy}/${view.rule}`;
+    const verdict = view.effect === "allow" ? "accept" : "deny";
+    const matches: EgressMatch[] =
+      view.patterns.length === 0
+        ? [{ network: 0, prefixBits: 0 }]
+        : view.patterns.flatMap((pattern) => {
+            if (pattern.kind === "any")
+              return [withPort({ network: 0, prefixBits: 0 }, pattern.port)];
+            if (pattern.kind === "cidr") {
+              const bits = pattern.prefixBits ?? 32;
+              return [
+                withPort(
+                  { network: networkOf(pattern.network ?? 0, bits), prefixBits: bits },
+                  pattern.port,
+                ),
+              ];
+            }
+            const namespace = pattern.namespace ?? workload.namespace;
+            return input.services.flatMap((service) => {
+              if (service.name !== pattern.service || service.namespace !== namespace) return [];
+              const vip = ipv4ToNumber(service.vip);
+              if (vip === undefined) return [];
+              return service.ports
+                .filter((p) => pattern.port === undefined || p.port === pattern.port)
+                .map((p) => ({
+                  network: vip,
+                  prefixBits: 32,
+                  port: p.port,
+                  protocols: [p.protocol === "udp" ? ("udp" as const) : ("tcp" as const)],
+                }));
+            });
+          });
+    for (const match of matches) rules.push({ verdict, match, source });
+  }
+  return rules;
 }
 
 function withPort(match: EgressMatch, port: number | undefined): EgressMatch {
@@ -221,7 +290,11 @@ function matchExpressions(match: EgressMatch): NftCommand[] {
       },
     });
     expressions.push({
-      match: { op: "==", left: { payload: { protocol: "th", field: "dport" } }, right: match.port },
+      match: {
+        op: "==",
+        left: { payload: { protocol: "th", field: "dport" } },
+        right: match.port,
+      },
     });
   }
   return expressions;
@@ -268,21 +341,7 @@ export function buildEgressRuleset(compiled: CompiledEgress, table = egressTable
     ]),
   ];
   for (const exemption of compiled.exemptions) {
-    commands.push(
-      rule(
-        "output",
-        [
-          ...matchExpressions({
-            network: ipv4ToNumber(exemption.ip) ?? 0,
-            prefixBits: 32,
-            port: exemption.port,
-            protocols: [exemption.protocol],
-          }),
-          { accept: null },
-        ],
-        "the node's name server",
-      ),
-    );
+    commands.push(rule("output", exemptionRule(exemption), "the node's name server"));
   }
   for (const chain of compiled.chains) {
     commands.push({ add: { chain: { family, table, name: chain.chain } } });
@@ -296,24 +355,98 @@ export function buildEgressRuleset(compiled: CompiledEgress, table = egressTable
         `workload ${chain.workload}`,
       ),
     );
-    for (const compiledRule of chain.rules) {
+    commands.push(...workloadRules(table, chain.chain, chain.rules));
+  }
+  if (compiled.containerChains.length > 0) {
+    // Containers (ADR 0057, "Containers"): their connections come in from the bridge and
+    // are judged in prerouting at the same priority, before the VIP table's DNAT (-100):
+    // a connection to a service is still addressed to the VIP:port it dialled, and a
+    // reject answers from that address, so the container's connect() fails at once (after
+    // the DNAT, in input, the kernel's reset would carry the proxy's address and the
+    // container would wait for a timeout; measured).
+    commands.push({
+      add: {
+        chain: {
+          family,
+          table,
+          name: "prerouting",
+          type: "filter",
+          hook: "prerouting",
+          prio: egressHookPriority,
+          policy: "accept",
+        },
+      },
+    });
+    commands.push(
+      rule("prerouting", [
+        { match: { op: "in", left: { ct: { key: "state" } }, right: ["established", "related"] } },
+        { accept: null },
+      ]),
+    );
+    for (const exemption of compiled.exemptions) {
+      commands.push(rule("prerouting", exemptionRule(exemption), "the node's name server"));
+    }
+    for (const chain of compiled.containerChains) {
+      commands.push({ add: { chain: { family, table, name: chain.chain } } });
       commands.push(
         rule(
-          chain.chain,
+          "prerouting",
           [
-            ...matchExpressions(compiledRule.match),
-            // A deny rule counts its own packets: the agent's denied-connections metric
-            // is read from these counters, by workload and rule.
-            ...(compiledRule.verdict === "accept"
-              ? [{ accept: null }]
-              : [{ counter: null }, { jump: { target: "deny" } }]),
+            {
+              match: {
+                op: "==",
+                left: { payload: { protocol: "ip", field: "saddr" } },
+                right:
+                  chain.addresses.length === 1 ? chain.addresses[0] : { set: [...chain.addresses] },
+              },
+            },
+            { jump: { target: chain.chain } },
           ],
-          compiledRule.source,
+          `workload ${chain.workload}`,
         ),
       );
+      commands.push(...workloadRules(table, chain.chain, chain.rules));
     }
   }
   return { nftables: commands };
+}
+
+/** Accepts a connection to the node's name server (its VIP or 127.0.0.1 and port). */
+function exemptionRule(exemption: EgressExemption): NftCommand[] {
+  return [
+    ...matchExpressions({
+      network: ipv4ToNumber(exemption.ip) ?? 0,
+      prefixBits: 32,
+      port: exemption.port,
+      protocols: [exemption.protocol],
+    }),
+    { accept: null },
+  ];
+}
+
+function workloadRules(
+  table: string,
+  chain: string,
+  rules: readonly CompiledEgressRule[],
+): NftCommand[] {
+  return rules.map((compiledRule) => ({
+    add: {
+      rule: {
+        family: "ip",
+        table,
+        chain,
+        expr: [
+          ...matchExpressions(compiledRule.match),
+          // A deny rule counts its own packets: the agent's denied-connections metric
+          // is read from these counters, by workload and rule.
+          ...(compiledRule.verdict === "accept"
+            ? [{ accept: null }]
+            : [{ counter: null }, { jump: { target: "deny" } }]),
+        ],
+        comment: compiledRule.source,
+      },
+    },
+  }));
 }
 
 /** The transaction that removes the egress table (idempotent). */
