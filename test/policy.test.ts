@@ -4,11 +4,21 @@
  * named (nothing written), `policy test` names the deciding rule, a policy that does not
  * compile is refused in one line, and only the roles that may read or change policies do.
  */
+import { randomUUID } from "node:crypto";
 import { readFile, writeFile } from "node:fs/promises";
 import * as path from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import type { WorkloadSpecDocument } from "../src/api/workload/spec.js";
+import {
+  revisionKey,
+  type WorkloadRecord,
+  type WorkloadRevisionRecord,
+  workloadKey,
+} from "../src/control/controllers/records.js";
+import { templateHash } from "../src/control/workloads/workloadRegistry.js";
 import { startAgents, workloadDoc } from "./helpers/behaviour.js";
 import { type EventJson, TestCluster } from "./helpers/cluster.js";
+import { type EtcdCluster, etcdUnavailableReason, startEtcd } from "./helpers/etcd.js";
 import { run } from "./helpers/netlab.js";
 import { ensurePodman, testImage } from "./helpers/podman.js";
 import { TestResources, waitFor } from "./helpers/processes.js";
@@ -17,6 +27,8 @@ import { writeSpec } from "./helpers/workloads.js";
 /** The exit codes the CLI gives (src/cli/run.ts). */
 const invalidArgumentExit = 2;
 const permissionDeniedExit = 5;
+
+const etcdMissing = await etcdUnavailableReason();
 
 const imagesPolicy = `apiVersion: cloudless/v1
 kind: Policy
@@ -259,5 +271,177 @@ spec:
       "{{.ID}}",
     ]);
     expect(containers.stdout.trim()).toBe("");
+  }
+  it.skipIf(etcdMissing !== undefined)(
+    "REQ-061 a workload record written straight into the etcd store, past the API, is refused by the agent with a PolicyDenied event",
+    async () => {
+      const podman = await ensurePodman();
+      if (!podman.available) throw new Error(`podman unavailable: ${podman.reason}`);
+      let etcd: EtcdCluster | undefined;
+      const started: TestCluster[] = [];
+      try {
+        etcd = await startEtcd({ members: 1 });
+        await refusedPastTheApi(etcd, podman.socketPath, started);
+      } finally {
+        // Agents and the coordinator first: a coordinator whose etcd is gone only retries.
+        for (const cluster of started) {
+          for (const agentProcess of cluster.agents.values()) await agentProcess.stop(10_000);
+          await cluster.coordinator.stop(10_000);
+        }
+        await podman.stop();
+        await etcd?.stop();
+      }
+    },
+  );
+
+  async function refusedPastTheApi(
+    etcd: EtcdCluster,
+    socketPath: string,
+    started: TestCluster[],
+  ): Promise<void> {
+    const namespace = `/cloudless-bypass-${process.pid}`;
+    const cluster = await TestCluster.start(resources, [
+      "--store",
+      `etcd://${etcd.endpoints.join(",")}${namespace}`,
+    ]);
+    started.push(cluster);
+    const node = "bypass-node";
+    const agents = await startAgents(cluster, [
+      { name: node, drivers: ["container"], socket: socketPath },
+    ]);
+    const agent = agents.get(node);
+    const dir = await resources.tempDir("cloudless-policy-");
+    const policyFile = path.join(dir, "no-miners.yaml");
+    await writeFile(
+      policyFile,
+      `apiVersion: cloudless/v1
+kind: Policy
+metadata:
+  name: no-miners
+spec:
+  rules:
+    - name: no-evil
+      subject: image
+      effect: deny
+      match: ["registry.example.com/evil/**"]
+      message: miners are not welcome
+`,
+    );
+    expect((await cluster.cli(["policy", "apply", "-f", policyFile])).code).toBe(0);
+    const kept = path.join(await cluster.agentDir(node), "policies.json");
+    await waitFor(
+      "the agent to hold the policy",
+      async () => (await readFile(kept, "utf8").catch(() => "")).includes("no-miners"),
+      15_000,
+    );
+    // An admitted workload: its records are what the API writes for an apply.
+    const clean = await writeSpec(
+      dir,
+      "clean",
+      workloadDoc("clean", "default", { image: testImage, replicas: 0 }),
+    );
+    const applied = await cluster.cli(["workload", "apply", "-f", clean]);
+    expect(applied.code, applied.stderr).toBe(0);
+
+    // Behind the API's back: the same records under a new name, with the denied image.
+    const deniedImage = "registry.example.com/evil/miner:1";
+    const { Etcd3 } = await import("etcd3");
+    const client = new Etcd3({
+      hosts: etcd.endpoints.map((e) => `http://${e}`),
+      dialTimeout: 2_000,
+    });
+    try {
+      // Where the coordinator keeps its keys in etcd: found, not assumed.
+      const stored = await client.getAll().prefix(namespace).keys();
+      const cleanKey = workloadKey("default", "clean");
+      const found = stored.find((key) => key.endsWith(cleanKey));
+      if (found === undefined) {
+        throw new Error(`no key ending ${cleanKey} under ${namespace}: ${stored.join(", ")}`);
+      }
+      const keyPrefix = found.slice(0, found.length - cleanKey.length);
+      const workloadText = await client.get(found);
+      const revisionText = await client.get(`${keyPrefix}${revisionKey("default", "clean", 1)}`);
+      if (workloadText === null || revisionText === null) {
+        throw new Error("the applied workload's records are not in etcd");
+      }
+      const admitted = JSON.parse(workloadText) as WorkloadRecord;
+      const admittedRevision = JSON.parse(revisionText) as WorkloadRevisionRecord;
+      const template = admitted.spec as WorkloadSpecDocument;
+      const spec = {
+        ...template,
+        metadata: { ...template.metadata, name: "miner" },
+        spec: { ...template.spec, image: deniedImage, replicas: 1 },
+      } as WorkloadSpecDocument;
+      expect(JSON.stringify(spec)).toContain(deniedImage);
+      const hash = templateHash(spec);
+      const record: WorkloadRecord = {
+        ...admitted,
+        uid: randomUUID(),
+        name: "miner",
+        revision: 1,
+        templateHash: hash,
+        spec,
+        replicas: 1,
+      };
+      const revision: WorkloadRevisionRecord = {
+        ...admittedRevision,
+        revision: 1,
+        templateHash: hash,
+        spec,
+      };
+      await client
+        .if(`${keyPrefix}${workloadKey("default", "miner")}`, "Create", "==", 0)
+        .then(
+          client
+            .put(`${keyPrefix}${revisionKey("default", "miner", 1)}`)
+            .value(JSON.stringify(revision)),
+          client
+            .put(`${keyPrefix}${workloadKey("default", "miner")}`)
+            .value(JSON.stringify(record)),
+        )
+        .commit();
+    } finally {
+      client.close();
+    }
+
+    // The coordinator's watch sees it and schedules a replica; the agent refuses it.
+    let refusal: EventJson | undefined;
+    await waitFor(
+      "a PolicyDenied event from the agent",
+      async () => {
+        const events = await cluster.cliJson<EventJson[]>(["events", "--type", "ReplicaRefused"]);
+        refusal = events.find((event) => event.reason === "PolicyDenied");
+        return refusal !== undefined;
+      },
+      30_000,
+    );
+    expect(refusal?.message).toMatch(
+      /^replica miner-\S+ \(revision 1\) is denied by policy no-miners rule no-evil \(image registry\.example\.com\/evil\/miner:1\): miners are not welcome; it is not started$/,
+    );
+    expect(agent?.stderr).toContain("replica refused by policy");
+    // Never started: no container of the replica exists.
+    const replicaId = /^replica (\S+) /.exec(refusal?.message ?? "")?.[1] ?? "";
+    const containers = await run("podman", [
+      "--url",
+      `unix://${socketPath}`,
+      "ps",
+      "-a",
+      "--filter",
+      `label=cloudless.replica=${replicaId}`,
+      "--format",
+      "{{.ID}}",
+    ]);
+    expect(containers.stdout.trim()).toBe("");
+    // The apply path had no part in it: the audit log records the apply of clean, none of miner.
+    const auditFile = path.join(cluster.dataDir, "audit", "audit.log");
+    const audit = await waitFor(
+      "the audit log to record the apply of clean",
+      async () => {
+        const text = await readFile(auditFile, "utf8").catch(() => "");
+        return text.includes("clean") ? text : undefined;
+      },
+      15_000,
+    );
+    expect(audit).not.toContain("miner");
   }
 });
