@@ -3,6 +3,8 @@
  * is applied, a workload whose image it denies is refused at apply with the policy and rule
  * named (nothing written), `policy test` names the deciding rule, a policy that does not
  * compile is refused in one line, and only the roles that may read or change policies do.
+ * The agent judges every replica again: one whose record reached the store past the API
+ * (a scale, or records written straight into etcd) is refused with a PolicyDenied event.
  */
 import { randomUUID } from "node:crypto";
 import { readFile, writeFile } from "node:fs/promises";
