@@ -354,6 +354,8 @@ class CgroupProcessDriver implements ProcessDriver {
   private readonly replicaUidRange: UidRange;
   private readonly beforeLaunch: ProcessDriverOptions["beforeLaunch"];
   private dynamicUsers: DynamicUsers | undefined;
+  /** Names each exec's seccomp file apart (see exec). */
+  private execFilterCount = 0;
   private readonly sharedUsers: (() => DynamicUsers) | undefined;
 
   constructor(options: ProcessDriverOptions) {
@@ -1152,9 +1154,19 @@ class CgroupProcessDriver implements ProcessDriver {
         dieWithParent: true,
       });
       if (seccomp) {
-        const seccompFile = path.join(this.replicaDir(replicaId), "seccomp.bpf");
+        // A file of its own, unlinked once open: rewriting the replica's seccomp.bpf in
+        // place would truncate it under a replica whose bwrap has not read its fd 3 yet
+        // (an exec right after a start on a busy node), and that replica would die.
+        const seccompFile = path.join(
+          this.replicaDir(replicaId),
+          `exec-seccomp-${process.pid}-${++this.execFilterCount}.bpf`,
+        );
         await writeFile(seccompFile, seccompFilterBytes(arch), { mode: 0o600 });
-        filterFd = openSync(seccompFile, "r");
+        try {
+          filterFd = openSync(seccompFile, "r");
+        } finally {
+          await rm(seccompFile, { force: true });
+        }
       }
     }
     let child: ChildProcess;

@@ -3,7 +3,7 @@
  * processes under setpriv + bwrap + seccomp and reads what they report about themselves.
  */
 import { existsSync } from "node:fs";
-import { mkdir, mkdtemp, readFile, rm, rmdir, stat, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, readFile, rm, rmdir, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import * as path from "node:path";
 import { afterAll, afterEach, describe, expect, it } from "vitest";
@@ -223,6 +223,33 @@ describe.skipIf(problem !== undefined)("REQ-062 process replicas run sandboxed",
     // The uid table forgets the workload once its last replica is gone.
     const table = JSON.parse(await readFile(path.join(dataDir, "replica-uids.json"), "utf8"));
     expect(table.workloads).toEqual({});
+  });
+});
+
+describe("REQ-062 exec in a sandboxed replica", () => {
+  it("REQ-062 exec never rewrites the replica's own seccomp filter file and leaves no filter of its own behind", async () => {
+    // The replica's bwrap reads its filter from fd 3 at some point after the start; an exec
+    // that truncated and rewrote that file before then (a busy node, an exec right after a
+    // start) killed the replica — seen once in CI as "replica … is not running".
+    const { driver } = await newSandbox();
+    const id = replicaId();
+    await driver.start(spec({ replicaId: id, command: ["/bin/sleep", "600"] }));
+    const filter = path.join(path.dirname(driver.workDir(id)), "seccomp.bpf");
+    const before = await stat(filter);
+    for (let round = 0; round < 3; round += 1) {
+      expect((await driver.exec(id, ["true"], 5_000)).exitCode).toBe(0);
+    }
+    const after = await stat(filter);
+    expect({ ino: after.ino, mtimeMs: after.mtimeMs, size: after.size }).toEqual({
+      ino: before.ino,
+      mtimeMs: before.mtimeMs,
+      size: before.size,
+    });
+    const left = (await readdir(path.dirname(filter))).filter((name) => name.includes("exec-"));
+    expect(left).toEqual([]);
+    expect((await driver.status(id)).state).toBe("running");
+    await driver.stop(id, 2_000);
+    await driver.remove(id);
   });
 });
 
